@@ -1,0 +1,114 @@
+"""Adapters: one small class per model family saying what the towers are and how to run them."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+from ..progress import progress_bar
+
+LATENCY_SEQ_LEN = 32
+
+
+class Adapter(ABC):
+    """Wraps one model: its towers, how to rebuild it, and how to run it."""
+
+    name: ClassVar[str]
+    tasks: ClassVar[frozenset[str]]
+    default_data: ClassVar[str] = "demo"
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model.eval()
+
+    @abstractmethod
+    def towers(self) -> dict[str, list[str]]:
+        """Tower name → module-name prefixes that form it."""
+
+    @abstractmethod
+    def architecture(self) -> dict[str, Any]:
+        """JSON-able description from which `from_architecture` rebuilds the empty model."""
+
+    @classmethod
+    @abstractmethod
+    def from_architecture(cls, arch: dict[str, Any], folder: Path | None) -> Adapter:
+        """Rebuild the model (random weights) from `architecture()` and assets in `folder`."""
+
+    def save_assets(self, folder: Path) -> None:
+        """Write what reloading needs besides weights (a tokenizer, say)."""
+
+    @abstractmethod
+    def latency_inputs(self, batch_size: int) -> dict[str, Callable[[], Any]]:
+        """Per latency metric ('image', 'text'): a closure running that tower on a fixed batch."""
+
+    def check_finite(self) -> None:
+        """Refuse weights holding NaN or Inf (a corrupted or diverged checkpoint)."""
+        for name, t in self.model.state_dict().items():
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                raise CheckpointError(f"weight {name!r} holds NaN or Inf values")
+
+
+class DualEncoderAdapter(Adapter):
+    """Image–text dual encoders: normalised embeddings of both modalities in one space."""
+
+    tasks = frozenset({"zeroshot", "retrieval"})
+    max_text_len: int = 77
+
+    @abstractmethod
+    def image_tensor(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Preprocess HxWxC [0, 1] images into the image tower's input."""
+
+    @abstractmethod
+    def text_tensors(
+        self, texts: Sequence[str], pad_to: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Tokenize texts (padded to `pad_to` tokens when given)."""
+
+    @abstractmethod
+    def embed_image_tensor(self, pixels: torch.Tensor) -> torch.Tensor:
+        """L2-normalised image embeddings."""
+
+    @abstractmethod
+    def embed_text_tensors(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """L2-normalised text embeddings."""
+
+    @torch.inference_mode()
+    def encode_images(
+        self, images: Sequence[np.ndarray], batch_size: int = 64, progress: bool = False
+    ) -> torch.Tensor:
+        out = []
+        for i in progress_bar(range(0, len(images), batch_size), desc="images", enabled=progress):
+            out.append(self.embed_image_tensor(self.image_tensor(images[i : i + batch_size])))
+        return torch.cat(out)
+
+    @torch.inference_mode()
+    def encode_texts(
+        self, texts: Sequence[str], batch_size: int = 64, progress: bool = False
+    ) -> torch.Tensor:
+        out = []
+        for i in progress_bar(range(0, len(texts), batch_size), desc="texts", enabled=progress):
+            out.append(self.embed_text_tensors(self.text_tensors(texts[i : i + batch_size])))
+        return torch.cat(out)
+
+    def latency_inputs(self, batch_size: int) -> dict[str, Callable[[], Any]]:
+        rng = np.random.default_rng(0)
+        size = self.image_size
+        images = [rng.random((size, size, 3), dtype=np.float32) for _ in range(batch_size)]
+        pixels = self.image_tensor(images)
+        sentence = " ".join(["a photo of a small dog on the grass"] * 8)
+        tokens = self.text_tensors([sentence] * batch_size, pad_to=LATENCY_SEQ_LEN)
+        return {
+            "image": lambda: self.embed_image_tensor(pixels),
+            "text": lambda: self.embed_text_tensors(tokens),
+        }
+
+    @property
+    @abstractmethod
+    def image_size(self) -> int:
+        """Side of the square image the image tower takes."""

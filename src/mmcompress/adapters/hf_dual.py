@@ -1,0 +1,159 @@
+"""Adapters for Hugging Face dual encoders (CLIP, SigLIP) from local folders or configs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
+
+from ..errors import CheckpointError
+from .base import DualEncoderAdapter
+from .preprocess import HashTokenizer, images_to_tensor
+from .tokenizers import has_tokenizer, load_tokenizer, tokenize
+
+
+class HFDualEncoderAdapter(DualEncoderAdapter):
+    """Shared logic; subclasses name the config/model classes and the tower modules."""
+
+    config_cls: ClassVar[type]
+    model_cls: ClassVar[type]
+    default_mean: ClassVar[tuple[float, ...]]
+    default_std: ClassVar[tuple[float, ...]]
+    pad_to_max: ClassVar[bool] = False
+
+    def __init__(self, model, tokenizer, image: dict[str, Any]) -> None:
+        super().__init__(model)
+        self.tokenizer = tokenizer
+        self.image = image
+        self.max_text_len = model.config.text_config.max_position_embeddings
+
+    @property
+    def image_size(self) -> int:
+        return self.image["size"]
+
+    def image_tensor(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        return images_to_tensor(images, self.image["size"], self.image["mean"], self.image["std"])
+
+    def text_tensors(
+        self, texts: Sequence[str], pad_to: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        if self.pad_to_max and pad_to is None:
+            pad_to = self.max_text_len
+        if isinstance(self.tokenizer, HashTokenizer):
+            return self.tokenizer(
+                texts, max_length=pad_to or self.max_text_len, pad_to_max=pad_to is not None
+            )
+        return tokenize(self.tokenizer, texts, self.max_text_len, pad_to)
+
+    def architecture(self) -> dict[str, Any]:
+        return {
+            "config": self.model.config.to_dict(),
+            "image": self.image,
+            "tokenizer": "hash" if isinstance(self.tokenizer, HashTokenizer) else "hf",
+        }
+
+    @classmethod
+    def from_architecture(cls, arch: dict[str, Any], folder: Path | None) -> HFDualEncoderAdapter:
+        config = cls.config_cls.from_dict(arch["config"])
+        model = cls.model_cls(config)
+        if arch.get("tokenizer") == "hf" and folder and (folder / "tokenizer").is_dir():
+            tokenizer = load_tokenizer(folder / "tokenizer")
+        else:
+            tokenizer = cls.hash_tokenizer(config)
+        return cls(model, tokenizer, arch["image"])
+
+    def save_assets(self, folder: Path) -> None:
+        if not isinstance(self.tokenizer, HashTokenizer):
+            self.tokenizer.save_pretrained(str(folder / "tokenizer"))
+
+    @classmethod
+    def hash_tokenizer(cls, config) -> HashTokenizer:
+        tc = config.text_config
+        return HashTokenizer(
+            tc.vocab_size,
+            tc.max_position_embeddings,
+            getattr(tc, "bos_token_id", None),
+            tc.eos_token_id,
+            tc.pad_token_id if tc.pad_token_id is not None else 0,
+            pad_to_max=cls.pad_to_max,
+        )
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> HFDualEncoderAdapter:
+        """Load pretrained weights, tokenizer and image settings from a local folder."""
+        try:
+            model = cls.model_cls.from_pretrained(str(folder), local_files_only=True).float()
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"cannot load {folder}: {str(exc).splitlines()[0]}") from None
+        tokenizer = (
+            load_tokenizer(folder) if has_tokenizer(folder) else cls.hash_tokenizer(model.config)
+        )
+        return cls(model, tokenizer, cls.image_settings(folder, model.config))
+
+    @classmethod
+    def image_settings(cls, folder: Path | None, config) -> dict[str, Any]:
+        settings = {
+            "size": config.vision_config.image_size,
+            "mean": list(cls.default_mean),
+            "std": list(cls.default_std),
+        }
+        pre = folder / "preprocessor_config.json" if folder else None
+        if pre and pre.is_file():
+            data = json.loads(pre.read_text())
+            settings["mean"] = list(data.get("image_mean", settings["mean"]))
+            settings["std"] = list(data.get("image_std", settings["std"]))
+        return settings
+
+    @classmethod
+    def random(cls, config) -> HFDualEncoderAdapter:
+        """Full-size architecture with random weights (for speed and memory work)."""
+        torch.manual_seed(0)
+        return cls(
+            cls.model_cls(config), cls.hash_tokenizer(config), cls.image_settings(None, config)
+        )
+
+
+class CLIPAdapter(HFDualEncoderAdapter):
+    name = "clip"
+    config_cls, model_cls = CLIPConfig, CLIPModel
+    default_mean = (0.48145466, 0.4578275, 0.40821073)
+    default_std = (0.26862954, 0.26130258, 0.27577711)
+
+    def towers(self) -> dict[str, list[str]]:
+        return {
+            "vision": ["vision_model"],
+            "text": ["text_model"],
+            "projector": ["visual_projection", "text_projection"],
+        }
+
+    def embed_image_tensor(self, pixels: torch.Tensor) -> torch.Tensor:
+        pooled = self.model.vision_model(pixel_values=pixels).pooler_output
+        return F.normalize(self.model.visual_projection(pooled), dim=-1)
+
+    def embed_text_tensors(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        pooled = self.model.text_model(**inputs).pooler_output
+        return F.normalize(self.model.text_projection(pooled), dim=-1)
+
+
+class SiglipAdapter(HFDualEncoderAdapter):
+    name = "siglip"
+    config_cls, model_cls = SiglipConfig, SiglipModel
+    default_mean = (0.5, 0.5, 0.5)
+    default_std = (0.5, 0.5, 0.5)
+    pad_to_max = True  # SigLIP pools the last token and was trained on max-length padding
+
+    def towers(self) -> dict[str, list[str]]:
+        return {"vision": ["vision_model"], "text": ["text_model"]}
+
+    def embed_image_tensor(self, pixels: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.model.vision_model(pixel_values=pixels).pooler_output, dim=-1)
+
+    def embed_text_tensors(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = self.model.text_model(input_ids=inputs["input_ids"])
+        return F.normalize(out.pooler_output, dim=-1)

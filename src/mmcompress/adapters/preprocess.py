@@ -1,0 +1,90 @@
+"""Input preparation shared by adapters: image tensors and a tokenizer-free fallback."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def images_to_tensor(
+    images: Sequence[np.ndarray],
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> torch.Tensor:
+    """HxWxC float images in [0, 1] → normalised [B, C, size, size], C = len(mean).
+
+    Resizes the shorter side to `size` (bilinear, antialiased), centre-crops, converts
+    between grey and RGB as needed, and normalises.
+    """
+    channels = len(mean)
+    out = []
+    for img in images:
+        t = torch.as_tensor(np.ascontiguousarray(img), dtype=torch.float32).permute(2, 0, 1)
+        if t.shape[0] != channels:
+            t = t.mean(0, keepdim=True) if channels == 1 else t[:1].expand(channels, -1, -1)
+        h, w = t.shape[1:]
+        if (h, w) != (size, size):
+            scale = size / min(h, w)
+            nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+            t = F.interpolate(
+                t[None], size=(nh, nw), mode="bilinear", antialias=True, align_corners=False
+            )[0]
+            top, left = (nh - size) // 2, (nw - size) // 2
+            t = t[:, top : top + size, left : left + size]
+        out.append(t)
+    batch = torch.stack(out)
+    m = torch.tensor(mean).view(1, -1, 1, 1)
+    s = torch.tensor(std).view(1, -1, 1, 1)
+    return (batch - m) / s
+
+
+class HashTokenizer:
+    """Deterministic word-hash tokenizer for models that ship without one (``random:`` specs).
+
+    Only for speed and memory work: ids carry no learned meaning.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        max_length: int,
+        bos: int | None,
+        eos: int,
+        pad: int,
+        pad_to_max: bool = False,
+    ) -> None:
+        self.vocab_size, self.max_length = vocab_size, max_length
+        self.bos, self.eos, self.pad, self.pad_to_max = bos, eos, pad, pad_to_max
+        self._reserved = {t for t in (bos, eos, pad) if t is not None}
+
+    def _word_id(self, word: str) -> int:
+        i = zlib.crc32(word.encode()) % self.vocab_size
+        while i in self._reserved:
+            i = (i + 1) % self.vocab_size
+        return i
+
+    def __call__(
+        self, texts: Sequence[str], max_length: int | None = None, pad_to_max: bool | None = None
+    ) -> dict[str, torch.Tensor]:
+        limit = max_length or self.max_length
+        rows = []
+        for text in texts:
+            ids = [self._word_id(w) for w in text.lower().split()]
+            head = [self.bos] if self.bos is not None else []
+            rows.append((head + ids)[: limit - 1] + [self.eos])
+        width = (
+            limit
+            if (self.pad_to_max if pad_to_max is None else pad_to_max)
+            else max(map(len, rows))
+        )
+        input_ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, ids in enumerate(rows):
+            input_ids[r, : len(ids)] = torch.tensor(ids)
+            mask[r, : len(ids)] = 1
+        return {"input_ids": input_ids, "attention_mask": mask}

@@ -1,0 +1,37 @@
+"""Hugging Face tokenizers from local folders only."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "tokenizer.model")
+
+
+def has_tokenizer(folder: Path) -> bool:
+    return any((folder / f).is_file() for f in TOKENIZER_FILES)
+
+
+def load_tokenizer(folder: Path):
+    """`AutoTokenizer` from a local folder; never downloads."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+
+def tokenize(
+    tokenizer, texts: Sequence[str], max_length: int, pad_to: int | None
+) -> dict[str, torch.Tensor]:
+    """input_ids and attention_mask, padded to the longest (or to `pad_to` tokens)."""
+    enc = tokenizer(
+        list(texts),
+        padding="max_length" if pad_to else True,
+        truncation=True,
+        max_length=pad_to or max_length,
+        return_tensors="pt",
+    )
+    out = {"input_ids": enc["input_ids"]}
+    out["attention_mask"] = enc.get("attention_mask", torch.ones_like(enc["input_ids"]))
+    return out

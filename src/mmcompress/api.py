@@ -1,0 +1,166 @@
+"""The public Python API: `compress`, `load`, `evaluate`."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .adapters import Adapter
+from .data import Dataset, load_data
+from .errors import UserError
+from .evaluation.evaluate import check_data_fits, evaluate_adapter, quality
+from .io.atomic import atomic_folder, check_output_dir
+from .io.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint
+from .methods import METHODS, StageContext
+from .model_specs import load_model
+from .recipe import EvaluateConfig, Recipe, load_recipe
+from .report import report_markdown
+
+
+@dataclass
+class CompressResult:
+    adapter: Adapter
+    report: dict[str, Any]
+    out: Path | None
+
+
+def _spec_name(model: str | Path | Adapter) -> str:
+    if isinstance(model, Adapter):
+        return model.name
+    text = str(model)
+    return text if text == "demo" or text.startswith("random:") else str(Path(text).resolve())
+
+
+def compress(
+    model: str | Path | Adapter,
+    recipe: str | Path | dict | Recipe,
+    out: str | Path | None = None,
+    data: str | Path | Dataset | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> CompressResult:
+    """Run a recipe on a model; evaluate before and after; save atomically to `out`.
+
+    Args:
+        model: a model spec (``demo``, ``random:NAME``, a folder) or a loaded `Adapter`.
+        recipe: a YAML path or text, a mapping, or a `Recipe`.
+        out: output folder (written only if everything succeeds).
+        data: data spec for evaluation and calibration; the model's default when None.
+    """
+    recipe = load_recipe(recipe)
+    out_path = Path(out) if out is not None else None
+    if out_path is not None:
+        check_output_dir(out_path, overwrite)
+    spec = _spec_name(model)
+    adapter = load_model(model, progress=progress)
+    dataset = load_data(data if data is not None else adapter.default_data)
+    check_data_fits(adapter, dataset)
+    eval_cfg = recipe.evaluate
+    before = evaluate_adapter(
+        adapter, dataset, eval_cfg, memory_spec=_memory_spec(model), progress=progress
+    )
+    history = _run_stages(adapter, recipe, dataset, before, progress)
+    report: dict[str, Any] = {
+        "model": spec,
+        "recipe": recipe.to_dict(),
+        "stages": history,
+        "before": before.metrics,
+        "mmcompress_version": __version__,
+    }
+    if out_path is None:
+        after = evaluate_adapter(adapter, dataset, eval_cfg, reference=before.embeddings)
+        report.update(after=after.metrics, measurement=after.measurement)
+        return CompressResult(adapter, report, None)
+    with atomic_folder(out_path, overwrite) as tmp:
+        save_checkpoint(adapter, tmp, spec, history)
+        after = evaluate_adapter(
+            adapter,
+            dataset,
+            eval_cfg,
+            reference=before.embeddings,
+            memory_spec=str(tmp),
+            weights_file=tmp / WEIGHTS,
+        )
+        report.update(after=after.metrics, measurement=after.measurement)
+        (tmp / "recipe.yaml").write_text(recipe.to_yaml())
+        (tmp / "report.json").write_text(json.dumps(report, indent=1))
+        (tmp / "report.md").write_text(report_markdown(report))
+    return CompressResult(adapter, report, out_path)
+
+
+def _memory_spec(model: str | Path | Adapter) -> str | None:
+    return None if isinstance(model, Adapter) else str(model)
+
+
+def _run_stages(adapter: Adapter, recipe: Recipe, data: Dataset, before, progress: bool) -> list:
+    context = StageContext(data=data, calibration=recipe.calibration, progress=progress)
+    quick = data.head(recipe.evaluate.max_samples)
+    history = []
+    for stage in recipe.stages:
+        method = METHODS[(stage.kind, stage.config.method)]
+        start = time.perf_counter()
+        summary = method.apply(adapter, stage.config, context)
+        seconds = time.perf_counter() - start
+        metrics = quality(adapter, quick, before.embeddings).metrics
+        history.append(
+            {
+                "kind": stage.kind,
+                "method": stage.config.method,
+                "config": stage.config.model_dump(),
+                "seconds": round(seconds, 3),
+                "summary": summary,
+                "metrics": metrics,
+            }
+        )
+    return history
+
+
+def load(path: str | Path) -> Adapter:
+    """Load an mmcompress output folder; `.model` is the compressed `torch.nn.Module`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"{path} is not a folder")
+    return load_checkpoint(path)
+
+
+def evaluate(
+    model: str | Path | Adapter,
+    data: str | Path | Dataset | None = None,
+    config: EvaluateConfig | dict | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a model spec, output folder or adapter. For an output folder whose base model
+    can be loaded, `fidelity_cosine` compares against that base model."""
+    cfg = config if isinstance(config, EvaluateConfig) else EvaluateConfig(**(config or {}))
+    adapter = load_model(model, progress=progress)
+    dataset = load_data(data if data is not None else adapter.default_data)
+    check_data_fits(adapter, dataset)
+    reference = None
+    base = getattr(adapter, "manifest", {}).get("base_model")
+    if base is not None:
+        try:
+            base_adapter = load_model(base, progress=progress)
+            reference = quality(base_adapter, dataset.head(cfg.max_samples)).embeddings
+            del base_adapter
+        except UserError:
+            reference = None  # base model not available here: no fidelity
+    folder = Path(str(model)) if not isinstance(model, Adapter) else None
+    weights = folder / WEIGHTS if folder is not None and (folder / WEIGHTS).is_file() else None
+    result = evaluate_adapter(
+        adapter,
+        dataset,
+        cfg,
+        reference=reference,
+        memory_spec=_memory_spec(model),
+        weights_file=weights,
+        progress=progress,
+    )
+    return {
+        "model": _spec_name(model),
+        "metrics": result.metrics,
+        "measurement": result.measurement,
+    }

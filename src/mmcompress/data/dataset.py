@@ -1,0 +1,83 @@
+"""The in-memory dataset every reader returns and every evaluation consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import DataError
+
+ImageRef = np.ndarray | Path
+
+TASKS = ("zeroshot", "retrieval", "sts")
+
+
+@dataclass
+class Dataset:
+    """Columns of a dataset; which are set depends on `task`.
+
+    - ``zeroshot``: `images`, `labels`, `class_names`, `templates` (with ``{}``).
+    - ``retrieval``: `images`, `captions` (one list of captions per image).
+    - ``sts``: `texts` (first sentences), `texts_b`, `scores`.
+    """
+
+    name: str
+    task: str
+    images: list[ImageRef] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    class_names: list[str] = field(default_factory=list)
+    templates: list[str] = field(default_factory=list)
+    captions: list[list[str]] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    texts_b: list[str] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+
+    @property
+    def modalities(self) -> set[str]:
+        mods = set()
+        if self.images:
+            mods.add("image")
+        if self.texts or self.captions or self.class_names:
+            mods.add("text")
+        return mods
+
+    def __len__(self) -> int:
+        return len(self.images) if self.images else len(self.texts)
+
+    def load_image(self, index: int) -> np.ndarray:
+        """Image `index` as float32 HxWxC in [0, 1]."""
+        return load_image(self.images[index])
+
+    def head(self, n: int | None) -> Dataset:
+        """The first `n` examples (all when `n` is None), for quick evaluation."""
+        if n is None or n >= len(self):
+            return self
+        cut = {
+            k: getattr(self, k)[:n]
+            for k in ("images", "labels", "captions", "texts", "texts_b", "scores")
+            if getattr(self, k)
+        }
+        return replace(self, **cut)
+
+    def all_texts(self) -> list[str]:
+        """Every text the dataset would encode (prompts, captions or sentence pairs)."""
+        if self.task == "zeroshot":
+            return [t.format(c) for c in self.class_names for t in self.templates]
+        if self.task == "retrieval":
+            return [c for caps in self.captions for c in caps]
+        return self.texts + self.texts_b
+
+
+def load_image(ref: ImageRef) -> np.ndarray:
+    """Decode an image file (or pass an array through) as float32 HxWxC in [0, 1]."""
+    if isinstance(ref, np.ndarray):
+        return ref if ref.ndim == 3 else ref[..., None]
+    try:
+        with Image.open(ref) as im:
+            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DataError(f"cannot read image {ref}: {exc}") from None
+    return arr

@@ -1,0 +1,1 @@
+"""Evaluation: quality metrics, fidelity to the uncompressed model, size, latency, memory."""

@@ -1,0 +1,127 @@
+"""One evaluation path for every model: quality, fidelity, size, params, latency, memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+
+from ..adapters import Adapter
+from ..adapters.base import LATENCY_SEQ_LEN
+from ..data import Dataset
+from ..errors import DataError
+from ..io.checkpoint import state_for_saving
+from ..recipe import METRICS, EvaluateConfig
+from .metrics import fidelity_cosine
+from .speed import median_latency_ms, peak_memory_mb
+from .tasks import TASK_EVALUATORS, Embeddings
+
+QUALITY = {
+    "zeroshot_top1",
+    "recall_i2t@1",
+    "recall_t2i@1",
+    "recall_i2t@5",
+    "recall_t2i@5",
+    "stsb_spearman",
+}
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    embeddings: Embeddings = field(default_factory=dict)
+    measurement: dict[str, Any] = field(default_factory=dict)
+
+
+def check_data_fits(adapter: Adapter, data: Dataset) -> None:
+    """Refuse data whose task the model cannot do (e.g. sentence pairs for an image model)."""
+    if data.task not in adapter.tasks:
+        raise DataError(
+            f"data {data.name!r} is a {data.task} set, but a {adapter.name!r} model "
+            f"supports {', '.join(sorted(adapter.tasks))}"
+        )
+
+
+def count_params(model: nn.Module) -> int:
+    """Parameters of the model as a dense network would count them (quantized layers count
+    their logical weights; physically removed units do not count)."""
+    total, skip = 0, set()
+    for name, module in model.named_modules():
+        if any(name.startswith(s + ".") for s in skip):
+            continue
+        if hasattr(module, "logical_params"):
+            total += module.logical_params()
+            skip.add(name)
+        else:
+            total += sum(p.numel() for p in module.parameters(recurse=False))
+    return total
+
+
+def saved_size_bytes(model: nn.Module, weights_file: Path | None = None) -> int:
+    """Bytes of `model.safetensors`: the file's size if saved, else the exact serialised size."""
+    if weights_file is not None and weights_file.is_file():
+        return weights_file.stat().st_size
+    return len(safetensors_bytes(state_for_saving(model)))
+
+
+def quality(
+    adapter: Adapter, data: Dataset, reference: Embeddings | None = None, progress: bool = False
+) -> Evaluation:
+    """Task metrics (and fidelity to `reference` embeddings when given)."""
+    check_data_fits(adapter, data)
+    metrics, emb = TASK_EVALUATORS[data.task](adapter, data, progress)
+    if reference is not None:
+        metrics["fidelity_cosine"] = fidelity_cosine(emb, reference)
+    return Evaluation(metrics, emb)
+
+
+def evaluate_adapter(
+    adapter: Adapter,
+    data: Dataset,
+    config: EvaluateConfig | None = None,
+    reference: Embeddings | None = None,
+    memory_spec: str | None = None,
+    weights_file: Path | None = None,
+    progress: bool = False,
+) -> Evaluation:
+    """Every metric that applies (or those in `config.metrics`), keys as in DESIGN.md."""
+    config = config or EvaluateConfig()
+    wanted = set(config.metrics or METRICS)
+    data = data.head(config.max_samples)
+    result = (
+        quality(adapter, data, reference, progress)
+        if wanted & (QUALITY | {"fidelity_cosine"})
+        else Evaluation({})
+    )
+    m = result.metrics
+    if "size_bytes" in wanted:
+        m["size_bytes"] = saved_size_bytes(adapter.model, weights_file)
+    if "params" in wanted:
+        m["params"] = count_params(adapter.model)
+    timed = {
+        k: v
+        for k, v in adapter.latency_inputs(config.latency_batch_size).items()
+        if f"latency_ms_{k}" in wanted
+    }
+    for tower, run in timed.items():
+        m[f"latency_ms_{tower}"] = round(median_latency_ms(run, config.latency_repeats), 3)
+    if "peak_memory_mb" in wanted and memory_spec is not None:
+        peak = peak_memory_mb(memory_spec, config.latency_batch_size)
+        if peak is not None:
+            m["peak_memory_mb"] = peak
+    result.metrics = {k: m[k] for k in METRICS if k in m and k in wanted}
+    result.measurement = {
+        "data": data.name,
+        "task": data.task,
+        "examples": len(data),
+        "threads": torch.get_num_threads(),
+        "latency_batch_size": config.latency_batch_size,
+        "latency_text_tokens": LATENCY_SEQ_LEN,
+        "latency_repeats": config.latency_repeats,
+        "latency_statistic": "median after 3 warm-up runs",
+    }
+    return result

@@ -1,0 +1,37 @@
+"""Run in a fresh process: peak RSS added by loading a model and running its towers once."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+from pathlib import Path
+
+
+def _max_rss_mb() -> float:
+    """High-water RSS of this process. `VmHWM` is per address space, unlike `ru_maxrss`,
+    which Linux carries over from the parent across fork and exec."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB elsewhere
+
+
+def main() -> None:
+    spec, batch_size = sys.argv[1], int(sys.argv[2])
+    import torch
+
+    from mmcompress.model_specs import load_model
+
+    torch.set_grad_enabled(False)
+    baseline = _max_rss_mb()
+    adapter = load_model(spec, progress=False)
+    for run in adapter.latency_inputs(batch_size).values():
+        run()
+    print(json.dumps({"peak_memory_mb": round(_max_rss_mb() - baseline, 1)}))
+
+
+if __name__ == "__main__":
+    main()

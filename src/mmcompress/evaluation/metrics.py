@@ -1,0 +1,58 @@
+"""Quality metrics over normalised embeddings. Accuracies are in [0, 1]."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def class_embeddings(prompt_emb: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Average each class's prompt embeddings (laid out class-major) and renormalise."""
+    return F.normalize(prompt_emb.view(n_classes, -1, prompt_emb.shape[-1]).mean(1), dim=-1)
+
+
+def zeroshot_top1(image_emb: torch.Tensor, class_emb: torch.Tensor, labels: Sequence[int]) -> float:
+    pred = (image_emb @ class_emb.T).argmax(dim=1)
+    return float((pred == torch.as_tensor(labels)).float().mean())
+
+
+def retrieval_recall(
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    owner: Sequence[int],
+    ks: Sequence[int] = (1, 5),
+) -> dict[str, float]:
+    """Recall@k both ways; `owner[j]` is the image index caption j describes."""
+    owner_t = torch.as_tensor(owner)
+    sim = image_emb @ text_emb.T  # [images, texts]
+    out: dict[str, float] = {}
+    text_rank = sim.argsort(dim=1, descending=True)  # for each image, captions by score
+    image_rank = sim.T.argsort(dim=1, descending=True)  # for each caption, images by score
+    for k in ks:
+        hits_i2t = (owner_t[text_rank[:, :k]] == torch.arange(len(image_emb))[:, None]).any(1)
+        hits_t2i = (image_rank[:, :k] == owner_t[:, None]).any(1)
+        out[f"recall_i2t@{k}"] = float(hits_i2t.float().mean())
+        out[f"recall_t2i@{k}"] = float(hits_t2i.float().mean())
+    return out
+
+
+def fidelity_cosine(
+    embeddings: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]
+) -> float:
+    """Mean cosine between matching embeddings of the compressed and reference models,
+    averaged over every item of every modality both have."""
+    cos = [
+        F.cosine_similarity(embeddings[k], reference[k], dim=-1)
+        for k in embeddings
+        if k in reference and len(embeddings[k]) == len(reference[k])
+    ]
+    return float(torch.cat(cos).mean()) if cos else float("nan")
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(x, y).statistic)

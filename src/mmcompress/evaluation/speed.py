@@ -1,0 +1,41 @@
+"""Latency (warm-up, repeats, median) and peak memory of a model in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+WARMUP = 3
+
+
+@torch.inference_mode()
+def median_latency_ms(fn: Callable[[], Any], repeats: int = 10, warmup: int = WARMUP) -> float:
+    """Median wall time of `fn()` in milliseconds after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def peak_memory_mb(spec: str, batch_size: int) -> float | None:
+    """Peak resident memory (MiB) that loading `spec` and running each tower once adds to a
+    fresh Python process that has already imported torch and mmcompress. None if it fails."""
+    cmd = [sys.executable, "-m", "mmcompress.evaluation.memory_probe", spec, str(batch_size)]
+    env = dict(os.environ, TQDM_DISABLE="1")
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, check=True)
+        return float(json.loads(res.stdout.strip().splitlines()[-1])["peak_memory_mb"])
+    except (subprocess.SubprocessError, ValueError, KeyError, IndexError):
+        return None

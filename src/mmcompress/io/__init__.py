@@ -1,0 +1,1 @@
+"""Saving and loading: atomic output folders, safetensors weights, a JSON manifest."""

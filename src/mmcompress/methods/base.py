@@ -1,0 +1,77 @@
+"""What every method shares: a validated config, a registry, and the context it runs in."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from ..adapters import Adapter
+from ..data import Dataset
+from ..selection import select_modules
+
+STAGE_KINDS = ("prune", "quantize", "lowrank", "distill", "finetune")
+
+
+class MethodConfig(BaseModel):
+    """Fields every method takes. Subclasses add theirs; unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: str
+    targets: list[str] | None = None
+    ignore: list[str] = []
+
+
+@dataclass
+class StageContext:
+    """What a method may use besides the model: the data, calibration settings, progress."""
+
+    data: Dataset | None = None
+    calibration: Any = None
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+ApplyFn = Callable[[Adapter, MethodConfig, StageContext], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Method:
+    kind: str
+    name: str
+    config_cls: type[MethodConfig]
+    apply: ApplyFn
+    summary: str
+
+
+METHODS: dict[tuple[str, str], Method] = {}
+
+
+def register_method(
+    kind: str, name: str, config_cls: type[MethodConfig]
+) -> Callable[[ApplyFn], ApplyFn]:
+    """Decorator: register `apply(adapter, config, context) -> stage summary` under kind/name."""
+    if kind not in STAGE_KINDS:
+        raise ValueError(f"unknown stage kind {kind!r}")
+
+    def wrap(fn: ApplyFn) -> ApplyFn:
+        summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        METHODS[(kind, name)] = Method(kind, name, config_cls, fn, summary)
+        return fn
+
+    return wrap
+
+
+def methods_for(kind: str) -> list[str]:
+    return sorted(name for k, name in METHODS if k == kind)
+
+
+def selected(
+    adapter: Adapter, config: MethodConfig, kinds: tuple[type[nn.Module], ...]
+) -> dict[str, nn.Module]:
+    """The modules of `kinds` a method config's `targets`/`ignore` choose in this model."""
+    return select_modules(adapter.model, adapter.towers(), kinds, config.targets, config.ignore)

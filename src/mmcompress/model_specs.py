@@ -1,0 +1,58 @@
+"""Model specs → `Adapter`: ``demo``, ``random:NAME``, a Hugging Face folder, an output folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .adapters import HF_MODEL_TYPES, Adapter
+from .errors import CheckpointError, UserError
+
+MANIFEST = "mmcompress.json"
+
+
+def load_model(spec: str | Path | Adapter, progress: bool = True) -> Adapter:
+    """Resolve a model spec. Bad specs raise `UserError` naming what was expected."""
+    if isinstance(spec, Adapter):
+        return spec
+    text = str(spec)
+    if text == "demo":
+        from .adapters.demo import DemoAdapter
+
+        adapter: Adapter = DemoAdapter.pretrained(progress=progress)
+    elif text.startswith("random:"):
+        from .adapters.random_specs import random_model
+
+        adapter = random_model(text.removeprefix("random:"))
+    else:
+        adapter = _load_path(Path(text).expanduser())
+    adapter.check_finite()
+    return adapter
+
+
+def _load_path(path: Path) -> Adapter:
+    if not path.exists():
+        raise UserError(
+            f"model {str(path)!r} not found: expected 'demo', 'random:NAME', a Hugging Face "
+            "model folder or an mmcompress output folder"
+        )
+    if (path / MANIFEST).is_file():
+        from .io.checkpoint import load_checkpoint
+
+        return load_checkpoint(path)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise UserError(
+            f"{path} is neither an mmcompress output folder nor a model folder "
+            "(no mmcompress.json or config.json)"
+        )
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        raise CheckpointError(f"{config_file} is not valid JSON: {exc}") from None
+    if model_type not in HF_MODEL_TYPES:
+        raise UserError(
+            f"{path}: model_type {model_type!r} is not supported; supported: "
+            f"{', '.join(sorted(HF_MODEL_TYPES))}"
+        )
+    return HF_MODEL_TYPES[model_type].from_folder(path)

@@ -1,0 +1,29 @@
+"""The one module-replacement helper every method uses."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from torch import nn
+
+
+def get_submodule(model: nn.Module, fqn: str) -> nn.Module:
+    """Return the submodule at dotted name `fqn` ('' is the model itself)."""
+    return model.get_submodule(fqn) if fqn else model
+
+
+def replace_modules(model: nn.Module, replacements: Mapping[str, nn.Module]) -> None:
+    """Swap each named submodule for its replacement by `setattr` on the parent.
+
+    The names are resolved before anything changes, so replacing one module never
+    affects how another name resolves.
+    """
+    targets = []
+    for fqn, new in replacements.items():
+        parent_name, _, child = fqn.rpartition(".")
+        parent = get_submodule(model, parent_name)
+        if not hasattr(parent, child):
+            raise KeyError(f"no module named {fqn!r}")
+        targets.append((parent, child, new))
+    for parent, child, new in targets:
+        setattr(parent, child, new)

@@ -1,0 +1,1 @@
+"""Integer grids, bit packing and the quantization methods' shared pieces."""

@@ -1,0 +1,180 @@
+"""Recipes: YAML validated strictly; errors name the key, its path and its line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+
+from .errors import RecipeError
+from .methods import METHODS, STAGE_KINDS, MethodConfig, methods_for
+
+METRICS = (
+    "size_bytes",
+    "params",
+    "zeroshot_top1",
+    "recall_i2t@1",
+    "recall_t2i@1",
+    "recall_i2t@5",
+    "recall_t2i@5",
+    "stsb_spearman",
+    "fidelity_cosine",
+    "latency_ms_image",
+    "latency_ms_text",
+    "peak_memory_mb",
+)
+
+
+class CalibrationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    samples: PositiveInt = 128
+    batch_size: PositiveInt = 16
+    seed: int = 0
+
+
+class EvaluateConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    metrics: list[str] | None = Field(None, description="subset of METRICS; default all that apply")
+    max_samples: PositiveInt | None = Field(None, description="evaluate on the first N examples")
+    latency_batch_size: PositiveInt = 8
+    latency_repeats: PositiveInt = 10
+
+    def model_post_init(self, _: Any) -> None:
+        unknown = [m for m in self.metrics or [] if m not in METRICS]
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; known: {', '.join(METRICS)}")
+
+
+@dataclass
+class Stage:
+    kind: str
+    config: MethodConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return {self.kind: self.config.model_dump(exclude_defaults=False)}
+
+
+@dataclass
+class Recipe:
+    stages: list[Stage]
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stages": [s.to_dict() for s in self.stages],
+            "calibration": self.calibration.model_dump(),
+            "evaluate": self.evaluate.model_dump(),
+        }
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _line_of(node: yaml.Node | None, path: tuple) -> int | None:
+    """1-based line of the deepest key or item on `path` present in the YAML tree."""
+    line = None
+    for key in path:
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            match = next(((k, v) for k, v in node.value if k.value == str(key)), None)
+            if match is None:
+                break
+            line, node = match[0].start_mark.line + 1, match[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _where(path: tuple, root: yaml.Node | None) -> str:
+    dotted = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+    line = _line_of(root, path) if root is not None else None
+    return f"{dotted} (line {line})" if line else dotted
+
+
+def _fail(msg: str, path: tuple, root: yaml.Node | None) -> RecipeError:
+    return RecipeError(f"recipe {_where(path, root)}: {msg}")
+
+
+def _validate(model: type[BaseModel], data: Any, path: tuple, root: yaml.Node | None) -> Any:
+    if not isinstance(data, dict):
+        raise _fail(f"expected a mapping, got {type(data).__name__}", path, root)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = path + tuple(err["loc"])
+        if err["type"] == "extra_forbidden":
+            allowed = ", ".join(model.model_fields)
+            raise _fail(f"unknown key {err['loc'][-1]!r} (allowed: {allowed})", loc, root) from None
+        raise _fail(err["msg"], loc, root) from None
+
+
+def parse_recipe(data: Any, root: yaml.Node | None = None) -> Recipe:
+    """Validate a recipe mapping (as loaded from YAML)."""
+    if not isinstance(data, dict):
+        raise RecipeError("recipe must be a mapping with a top-level 'stages:' list")
+    unknown = set(data) - {"stages", "calibration", "evaluate"}
+    if unknown:
+        key = sorted(map(str, unknown))[0]
+        raise _fail(f"unknown key {key!r} (allowed: stages, calibration, evaluate)", (key,), root)
+    stages_data = data.get("stages")
+    if not isinstance(stages_data, list) or not stages_data:
+        raise _fail("expected a non-empty list of stages", ("stages",), root)
+    stages = []
+    for i, item in enumerate(stages_data):
+        path: tuple = ("stages", i)
+        if not isinstance(item, dict) or len(item) != 1:
+            raise _fail(
+                f"each stage is a one-key mapping {{{'|'.join(STAGE_KINDS)}: {{...}}}}", path, root
+            )
+        kind, cfg = next(iter(item.items()))
+        if kind not in STAGE_KINDS:
+            raise _fail(f"unknown stage {kind!r} (allowed: {', '.join(STAGE_KINDS)})", path, root)
+        if not isinstance(cfg, dict) or "method" not in cfg:
+            raise _fail("expected a mapping with a 'method' key", path + (kind,), root)
+        method = METHODS.get((kind, str(cfg["method"])))
+        if method is None:
+            avail = ", ".join(methods_for(kind)) or "none yet"
+            raise _fail(
+                f"unknown {kind} method {cfg['method']!r} (available: {avail})",
+                path + (kind, "method"),
+                root,
+            )
+        stages.append(Stage(kind, _validate(method.config_cls, cfg, path + (kind,), root)))
+    calibration = _validate(
+        CalibrationConfig, data.get("calibration") or {}, ("calibration",), root
+    )
+    evaluate = _validate(EvaluateConfig, data.get("evaluate") or {}, ("evaluate",), root)
+    return Recipe(stages, calibration, evaluate)
+
+
+def load_recipe(source: str | Path | dict | Recipe) -> Recipe:
+    """A recipe from a YAML file path, YAML text, a mapping, or a `Recipe`."""
+    if isinstance(source, Recipe):
+        return source
+    if isinstance(source, dict):
+        return parse_recipe(source)
+    text = str(source)
+    path = Path(text).expanduser()
+    if "\n" not in text and (path.suffix in (".yaml", ".yml") or path.exists()):
+        if not path.is_file():
+            raise RecipeError(f"recipe file {path} not found")
+        text = path.read_text()
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RecipeError(f"recipe is not valid YAML{where}: {problem}") from None
+    return parse_recipe(data, root)

@@ -1,0 +1,90 @@
+"""Human-readable reports: the before/after table (Markdown and terminal)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .recipe import METRICS
+
+LABELS = {
+    "size_bytes": "size (MB)",
+    "params": "params (M)",
+    "zeroshot_top1": "zero-shot top-1",
+    "recall_i2t@1": "recall i→t @1",
+    "recall_t2i@1": "recall t→i @1",
+    "recall_i2t@5": "recall i→t @5",
+    "recall_t2i@5": "recall t→i @5",
+    "stsb_spearman": "STS Spearman",
+    "fidelity_cosine": "fidelity (cosine)",
+    "latency_ms_image": "latency image (ms)",
+    "latency_ms_text": "latency text (ms)",
+    "peak_memory_mb": "peak memory (MB)",
+}
+
+
+def fmt(key: str, value: float | None) -> str:
+    if value is None:
+        return "—"
+    if key == "size_bytes":
+        return f"{value / 1e6:.2f}"
+    if key == "params":
+        return f"{value / 1e6:.2f}"
+    if key.startswith(("latency", "peak")):
+        return f"{value:.1f}"
+    return f"{value:.4f}"
+
+
+def _change(key: str, before: float | None, after: float | None) -> str:
+    if before is None or after is None:
+        return ""
+    if key in ("size_bytes", "params") or key.startswith(("latency", "peak")):
+        return f"×{after / before:.3f}" if before else ""
+    return f"{after - before:+.4f}"
+
+
+def comparison_rows(before: dict[str, float], after: dict[str, float]) -> list[list[str]]:
+    rows = []
+    for key in METRICS:
+        if key in before or key in after:
+            b, a = before.get(key), after.get(key)
+            rows.append([LABELS[key], fmt(key, b), fmt(key, a), _change(key, b, a)])
+    return rows
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """`report.md`: what was done, the before/after table, and how it was measured."""
+    m = report["measurement"]
+    stages = "\n".join(
+        f"{i + 1}. `{s['kind']}` / `{s['method']}` — {s['seconds']:.1f} s, "
+        f"{s['summary'].get('modules', 0)} modules changed"
+        for i, s in enumerate(report["stages"])
+    )
+    table = markdown_table(
+        ["metric", "before", "after", "change"], comparison_rows(report["before"], report["after"])
+    )
+    return (
+        f"# mmcompress report\n\nModel: `{report['model']}` · data: `{m['data']}` "
+        f"({m['task']}, {m['examples']} examples)\n\n## Stages\n{stages}\n\n## Before / after\n"
+        f"{table}\n\n## Measurement\nLatency: {m['latency_statistic']}, {m['latency_repeats']} "
+        f"repeats, batch {m['latency_batch_size']}, text padded to {m['latency_text_tokens']} "
+        f"tokens, {m['threads']} threads. Size: bytes of `model.safetensors`. Peak memory: RSS "
+        "added by loading the model and running each tower once, in a fresh process. Fidelity: "
+        "mean cosine between compressed and uncompressed embeddings of the same inputs.\n"
+    )
+
+
+def terminal_table(before: dict[str, float], after: dict[str, float]) -> str:
+    rows = [["metric", "before", "after", "change"]] + comparison_rows(before, after)
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        for r in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,75 @@
+"""One selection grammar for every method: tower names, module names and `re:` regexes.
+
+A token selects modules as follows:
+- a tower name (``vision``, ``text``, ``audio``, ``fusion``, ``projector``) selects every module
+  of that tower;
+- ``re:PATTERN`` selects modules whose dotted name matches ``re.search(PATTERN, name)``;
+- anything else is an exact module name and selects that module and everything below it.
+
+``targets`` defaults to every tower; ``ignore`` removes modules from the selection.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+
+from torch import nn
+
+from .errors import RecipeError
+
+
+def _under(name: str, prefix: str) -> bool:
+    return prefix == "" or name == prefix or name.startswith(prefix + ".")
+
+
+def _match_token(token: str, names: Sequence[str], towers: Mapping[str, Sequence[str]]) -> set[str]:
+    if token in towers:
+        return {n for n in names if any(_under(n, p) for p in towers[token])}
+    if token.startswith("re:"):
+        try:
+            pattern = re.compile(token[3:])
+        except re.error as exc:
+            raise RecipeError(f"invalid regex in selection {token!r}: {exc}") from None
+        return {n for n in names if pattern.search(n)}
+    return {n for n in names if _under(n, token)}
+
+
+def select_modules(
+    model: nn.Module,
+    towers: Mapping[str, Sequence[str]],
+    kinds: tuple[type[nn.Module], ...],
+    targets: Iterable[str] | None = None,
+    ignore: Iterable[str] = (),
+) -> dict[str, nn.Module]:
+    """Return ``{name: module}`` for the modules of `kinds` chosen by `targets` minus `ignore`.
+
+    Raises:
+        RecipeError: if a token selects nothing at all (a typo, most likely).
+    """
+    all_names = [n for n, _ in model.named_modules() if n]
+    candidates = {n: m for n, m in model.named_modules() if n and isinstance(m, kinds)}
+    chosen: set[str] = set()
+    target_list = list(towers) if targets is None else list(targets)
+    for token in target_list:
+        hit = _match_token(token, all_names, towers)
+        if not hit:
+            raise RecipeError(
+                f"target {token!r} matches no tower or module; towers are "
+                f"{', '.join(towers)} (use 'inspect' to list module names)"
+            )
+        chosen |= hit & candidates.keys()
+    for token in ignore:
+        hit = _match_token(token, all_names, towers)
+        if not hit:
+            raise RecipeError(f"ignore entry {token!r} matches no tower or module")
+        chosen -= hit
+    return {n: candidates[n] for n in sorted(chosen, key=all_names.index)}
+
+
+def tower_of(name: str, towers: Mapping[str, Sequence[str]]) -> str | None:
+    """Name of the tower a module belongs to, or None."""
+    for tower, prefixes in towers.items():
+        if any(_under(name, p) for p in prefixes):
+            return tower
+    return None
