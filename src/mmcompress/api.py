@@ -16,7 +16,7 @@ from .evaluation.evaluate import check_data_fits, evaluate_adapter, quality
 from .io.atomic import atomic_folder, check_output_dir
 from .io.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint
 from .methods import METHODS, StageContext
-from .model_specs import load_model
+from .model_specs import NAMED_SPECS, load_model
 from .recipe import EvaluateConfig, Recipe, load_recipe
 from .report import report_markdown
 
@@ -32,7 +32,9 @@ def _spec_name(model: str | Path | Adapter) -> str:
     if isinstance(model, Adapter):
         return model.name
     text = str(model)
-    return text if text == "demo" or text.startswith("random:") else str(Path(text).resolve())
+    if text in NAMED_SPECS or text.startswith("random:"):
+        return text
+    return str(Path(text).resolve())
 
 
 def compress(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from .adapters import HF_MODEL_TYPES, Adapter
@@ -10,16 +11,31 @@ from .errors import CheckpointError, UserError
 
 MANIFEST = "mmcompress.json"
 
+# Named specs (besides 'random:NAME' and paths): name → loader(progress) -> Adapter.
+NAMED_SPECS: dict[str, Callable[[bool], Adapter]] = {}
+
+
+def register_spec(name: str, loader: Callable[[bool], Adapter]) -> None:
+    """Make `name` a model spec, e.g. 'demo' or 'minilm'."""
+    NAMED_SPECS[name] = loader
+
+
+def _demo(progress: bool) -> Adapter:
+    from .adapters.demo import DemoAdapter
+
+    return DemoAdapter.pretrained(progress=progress)
+
+
+register_spec("demo", _demo)
+
 
 def load_model(spec: str | Path | Adapter, progress: bool = True) -> Adapter:
     """Resolve a model spec. Bad specs raise `UserError` naming what was expected."""
     if isinstance(spec, Adapter):
         return spec
     text = str(spec)
-    if text == "demo":
-        from .adapters.demo import DemoAdapter
-
-        adapter: Adapter = DemoAdapter.pretrained(progress=progress)
+    if text in NAMED_SPECS:
+        adapter = NAMED_SPECS[text](progress)
     elif text.startswith("random:"):
         from .adapters.random_specs import random_model
 
@@ -33,8 +49,8 @@ def load_model(spec: str | Path | Adapter, progress: bool = True) -> Adapter:
 def _load_path(path: Path) -> Adapter:
     if not path.exists():
         raise UserError(
-            f"model {str(path)!r} not found: expected 'demo', 'random:NAME', a Hugging Face "
-            "model folder or an mmcompress output folder"
+            f"model {str(path)!r} not found: expected one of {', '.join(NAMED_SPECS)}, "
+            "'random:NAME', a Hugging Face model folder or an mmcompress output folder"
         )
     if (path / MANIFEST).is_file():
         from .io.checkpoint import load_checkpoint

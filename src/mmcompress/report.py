@@ -9,6 +9,7 @@ from .recipe import METRICS
 LABELS = {
     "size_bytes": "size (MB)",
     "params": "params (M)",
+    "top1": "top-1",
     "zeroshot_top1": "zero-shot top-1",
     "recall_i2t@1": "recall i→t @1",
     "recall_t2i@1": "recall t→i @1",
@@ -31,6 +32,8 @@ def fmt(key: str, value: float | None) -> str:
         return f"{value / 1e6:.2f}"
     if key.startswith(("latency", "peak")):
         return f"{value:.1f}"
+    if key == "fidelity_cosine":
+        return f"{value:.5f}"
     return f"{value:.4f}"
 
 

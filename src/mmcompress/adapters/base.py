@@ -57,7 +57,7 @@ class Adapter(ABC):
 class DualEncoderAdapter(Adapter):
     """Image–text dual encoders: normalised embeddings of both modalities in one space."""
 
-    tasks = frozenset({"zeroshot", "retrieval"})
+    tasks = frozenset({"classification", "retrieval"})
     max_text_len: int = 77
 
     @abstractmethod

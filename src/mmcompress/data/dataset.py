@@ -12,14 +12,15 @@ from ..errors import DataError
 
 ImageRef = np.ndarray | Path
 
-TASKS = ("zeroshot", "retrieval", "sts")
+TASKS = ("classification", "retrieval", "sts")
 
 
 @dataclass
 class Dataset:
     """Columns of a dataset; which are set depends on `task`.
 
-    - ``zeroshot``: `images`, `labels`, `class_names`, `templates` (with ``{}``).
+    - ``classification``: `images`, `labels`, `class_names`, `templates` (with ``{}``);
+      dual encoders classify zero-shot from the prompts, classifiers with their head.
     - ``retrieval``: `images`, `captions` (one list of captions per image).
     - ``sts``: `texts` (first sentences), `texts_b`, `scores`.
     """
@@ -64,7 +65,7 @@ class Dataset:
 
     def all_texts(self) -> list[str]:
         """Every text the dataset would encode (prompts, captions or sentence pairs)."""
-        if self.task == "zeroshot":
+        if self.task == "classification":
             return [t.format(c) for c in self.class_names for t in self.templates]
         if self.task == "retrieval":
             return [c for caps in self.captions for c in caps]

@@ -52,7 +52,7 @@ def demo_dataset() -> Dataset:
     _, _, x_test, y_test = digits_split()
     return Dataset(
         name="demo",
-        task="zeroshot",
+        task="classification",
         images=list(x_test),
         labels=[int(y) for y in y_test],
         class_names=list(DIGIT_WORDS),

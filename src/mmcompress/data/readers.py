@@ -34,7 +34,7 @@ def read_class_folder(path: Path) -> Dataset:
         labels += [label] * len(files)
     return Dataset(
         name=path.name,
-        task="zeroshot",
+        task="classification",
         images=images,
         labels=labels,
         class_names=[c.name.replace("_", " ") for c in classes],

@@ -20,7 +20,13 @@ def _images(adapter: Adapter, data: Dataset, progress: bool) -> torch.Tensor:
     )
 
 
-def eval_zeroshot(adapter: Adapter, data: Dataset, progress: bool) -> TaskResult:
+def eval_classification(adapter: Adapter, data: Dataset, progress: bool) -> TaskResult:
+    """Classifiers (adapters with `classify`) report `top1`; dual encoders `zeroshot_top1`."""
+    if hasattr(adapter, "classify"):
+        images = [data.load_image(i) for i in range(len(data.images))]
+        logits = adapter.classify(images, progress=progress)
+        top1 = float((logits.argmax(1) == torch.as_tensor(data.labels)).float().mean())
+        return {"top1": top1}, {"logits": logits}
     image = _images(adapter, data, progress)
     prompts = adapter.encode_texts(data.all_texts(), progress=progress)
     classes = class_embeddings(prompts, len(data.class_names))
@@ -45,7 +51,7 @@ def eval_sts(adapter: Adapter, data: Dataset, progress: bool) -> TaskResult:
 
 
 TASK_EVALUATORS: dict[str, Callable[[Adapter, Dataset, bool], TaskResult]] = {
-    "zeroshot": eval_zeroshot,
+    "classification": eval_classification,
     "retrieval": eval_retrieval,
     "sts": eval_sts,
 }
