@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from . import __version__
 from .adapters import Adapter
 from .data import Dataset, load_data
@@ -129,6 +131,15 @@ def load(path: str | Path) -> Adapter:
     return load_checkpoint(path)
 
 
+def _evaluate_config(values: dict) -> EvaluateConfig:
+    try:
+        return EvaluateConfig(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(map(str, err["loc"]))
+        raise UserError(f"evaluate options{' ' + where if where else ''}: {err['msg']}") from None
+
+
 def evaluate(
     model: str | Path | Adapter,
     data: str | Path | Dataset | None = None,
@@ -137,7 +148,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate a model spec, output folder or adapter. For an output folder whose base model
     can be loaded, `fidelity_cosine` compares against that base model."""
-    cfg = config if isinstance(config, EvaluateConfig) else EvaluateConfig(**(config or {}))
+    cfg = config if isinstance(config, EvaluateConfig) else _evaluate_config(config or {})
     adapter = load_model(model, progress=progress)
     dataset = load_data(data if data is not None else adapter.default_data)
     check_data_fits(adapter, dataset)

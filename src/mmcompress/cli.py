@@ -135,6 +135,7 @@ def evaluate(
     data: DataOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     max_samples: Annotated[int | None, typer.Option(help="first N examples only")] = None,
+    metrics: Annotated[str | None, typer.Option(help="comma-separated metric keys")] = None,
     quiet: QuietOpt = False,
     threads: ThreadsOpt = None,
 ) -> None:
@@ -143,7 +144,10 @@ def evaluate(
     from .report import fmt
 
     progress = _setup(quiet, threads)
-    result = run_evaluate(spec, data, {"max_samples": max_samples}, progress=progress)
+    config = {"max_samples": max_samples}
+    if metrics:
+        config["metrics"] = [m.strip() for m in metrics.split(",") if m.strip()]
+    result = run_evaluate(spec, data, config, progress=progress)
     if as_json:
         typer.echo(json.dumps(result, indent=1))
         return

@@ -15,6 +15,7 @@ from .methods import METHODS, STAGE_KINDS, MethodConfig, methods_for
 METRICS = (
     "size_bytes",
     "params",
+    "top1",
     "zeroshot_top1",
     "recall_i2t@1",
     "recall_t2i@1",

@@ -102,7 +102,8 @@ class DualEncoderAdapter(Adapter):
         images = [rng.random((size, size, 3), dtype=np.float32) for _ in range(batch_size)]
         pixels = self.image_tensor(images)
         sentence = " ".join(["a photo of a small dog on the grass"] * 8)
-        tokens = self.text_tensors([sentence] * batch_size, pad_to=LATENCY_SEQ_LEN)
+        length = min(LATENCY_SEQ_LEN, self.max_text_len)
+        tokens = self.text_tensors([sentence] * batch_size, pad_to=length)
         return {
             "image": lambda: self.embed_image_tensor(pixels),
             "text": lambda: self.embed_text_tensors(tokens),

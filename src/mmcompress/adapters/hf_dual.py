@@ -15,7 +15,7 @@ from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
 from ..errors import CheckpointError
 from .base import DualEncoderAdapter
 from .preprocess import HashTokenizer, images_to_tensor
-from .tokenizers import has_tokenizer, load_tokenizer, tokenize
+from .tokenizers import has_tokenizer, load_tokenizer, quiet_hf, tokenize
 
 
 class HFDualEncoderAdapter(DualEncoderAdapter):
@@ -88,7 +88,8 @@ class HFDualEncoderAdapter(DualEncoderAdapter):
     def from_folder(cls, folder: Path) -> HFDualEncoderAdapter:
         """Load pretrained weights, tokenizer and image settings from a local folder."""
         try:
-            model = cls.model_cls.from_pretrained(str(folder), local_files_only=True).float()
+            with quiet_hf():
+                model = cls.model_cls.from_pretrained(str(folder), local_files_only=True).float()
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"cannot load {folder}: {str(exc).splitlines()[0]}") from None
         tokenizer = (

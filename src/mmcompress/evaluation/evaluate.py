@@ -21,6 +21,7 @@ from .speed import median_latency_ms, peak_memory_mb
 from .tasks import TASK_EVALUATORS, Embeddings
 
 QUALITY = {
+    "top1",
     "zeroshot_top1",
     "recall_i2t@1",
     "recall_t2i@1",

@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import BertConfig, BertModel
-from transformers.utils import logging as hf_logging
 
 
 def minilm_path() -> Path:
@@ -29,16 +28,12 @@ class SentenceEncoder(nn.Module):
     @classmethod
     def from_folder(cls, folder: str | Path) -> SentenceEncoder:
         """Load pretrained weights from a local Hugging Face folder (never downloads)."""
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # the unused pooler weights are expected
-        hf_logging.disable_progress_bar()
-        try:
+        from ..adapters.tokenizers import quiet_hf
+
+        with quiet_hf():
             bert = BertModel.from_pretrained(
                 str(folder), local_files_only=True, add_pooling_layer=False
             )
-        finally:
-            hf_logging.set_verbosity(verbosity)
-            hf_logging.enable_progress_bar()
         enc = cls.__new__(cls)
         nn.Module.__init__(enc)
         enc.bert = bert.float().eval()

@@ -1,0 +1,137 @@
+"""The command line: results on tiny local models, and one-line errors with exit code 2."""
+
+import json
+
+import pytest
+import yaml
+from _helpers import FAST_EVAL
+from typer.testing import CliRunner
+
+from mmcompress.cli import app
+
+runner = CliRunner()
+
+
+def _recipe(tmp_path, stages=None, evaluate=FAST_EVAL):
+    stages = stages or [{"quantize": {"method": "rtn", "bits": 4, "group_size": 16}}]
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({"stages": stages, "evaluate": evaluate}))
+    return path
+
+
+def _assert_user_error(result, fragment):
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert fragment in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_compress_writes_the_output_folder(tiny_clip_folder, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["compress", "--model", str(tiny_clip_folder), "--recipe",
+                                 str(_recipe(tmp_path)), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in out.iterdir()} >= {"model.safetensors", "mmcompress.json",
+                                                "recipe.yaml", "report.json", "report.md"}
+    report = json.loads((out / "report.json").read_text())
+    assert set(report) >= {"model", "recipe", "stages", "before", "after"}
+    assert report["after"]["size_bytes"] < 0.5 * report["before"]["size_bytes"]
+    assert report["after"]["size_bytes"] == (out / "model.safetensors").stat().st_size
+    assert 0 <= report["after"]["zeroshot_top1"] <= 1
+    assert "fidelity" in result.output
+
+
+def test_evaluate_output_folder_as_json(tiny_clip_folder, tmp_path):
+    out = tmp_path / "out"
+    runner.invoke(app, ["compress", "--model", str(tiny_clip_folder), "--recipe",
+                        str(_recipe(tmp_path)), "--out", str(out)])
+    result = runner.invoke(app, ["evaluate", str(out), "--json", "--max-samples", "16",
+                                 "--metrics", "zeroshot_top1,fidelity_cosine,size_bytes"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output)["metrics"]
+    assert metrics["fidelity_cosine"] > 0.5  # compared against the base model folder
+
+
+def test_inspect_lists_towers(tiny_clip_folder):
+    result = runner.invoke(app, ["inspect", str(tiny_clip_folder), "--layers"])
+    assert result.exit_code == 0, result.output
+    assert "vision" in result.output and "text_model.encoder.layers.0.mlp.fc1" in result.output
+
+
+@pytest.mark.parametrize("case", ["bad_yaml", "unknown_key", "unknown_method", "bits0",
+                                  "bad_group", "missing_model", "missing_data", "wrong_data",
+                                  "missing_recipe", "not_a_model"])
+def test_user_errors_are_one_line_exit_2_and_leave_no_output(tiny_clip_folder, tmp_path, case):
+    recipe = _recipe(tmp_path)
+    model, data = str(tiny_clip_folder), None
+    fragment = {"bad_yaml": "not valid YAML", "unknown_key": "unknown key 'bitz'",
+                "unknown_method": "unknown quantize method", "bits0": "bits",
+                "bad_group": "group_size 7", "missing_model": "not found",
+                "missing_data": "does not exist", "wrong_data": "unrecognised data",
+                "missing_recipe": "not found", "not_a_model": "neither"}[case]
+    if case == "bad_yaml":
+        recipe.write_text("stages: [\n")
+    elif case == "unknown_key":
+        recipe = _recipe(tmp_path, [{"quantize": {"method": "rtn", "bitz": 4}}])
+    elif case == "unknown_method":
+        recipe = _recipe(tmp_path, [{"quantize": {"method": "magic"}}])
+    elif case == "bits0":
+        recipe = _recipe(tmp_path, [{"quantize": {"method": "rtn", "bits": 0}}])
+    elif case == "bad_group":
+        recipe = _recipe(tmp_path, [{"quantize": {"method": "rtn", "bits": 4, "group_size": 7}}])
+    elif case == "missing_model":
+        model = str(tmp_path / "no-such-model")
+    elif case == "missing_data":
+        data = str(tmp_path / "no-such-data")
+    elif case == "wrong_data":
+        (tmp_path / "junk").mkdir()
+        (tmp_path / "junk" / "notes.txt").write_text("hello")
+        data = str(tmp_path / "junk")
+    elif case == "missing_recipe":
+        recipe = tmp_path / "nope.yaml"
+    elif case == "not_a_model":
+        model = str(tmp_path)
+    out = tmp_path / "out"
+    args = ["compress", "--model", model, "--recipe", str(recipe), "--out", str(out)]
+    result = runner.invoke(app, args + (["--data", data] if data else []))
+    _assert_user_error(result, fragment)
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp")]
+
+
+def test_corrupted_checkpoint_is_an_error(tiny_clip_folder, tmp_path):
+    out = tmp_path / "out"
+    runner.invoke(app, ["compress", "--model", str(tiny_clip_folder), "--recipe",
+                        str(_recipe(tmp_path)), "--out", str(out)])
+    weights = out / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    result = runner.invoke(app, ["evaluate", str(out), "--metrics", "params"])
+    _assert_user_error(result, "truncated or altered")
+
+
+def test_nan_model_is_an_error(tiny_clip_folder, tmp_path):
+    import torch
+    from transformers import CLIPModel
+
+    model = CLIPModel.from_pretrained(tiny_clip_folder)
+    with torch.no_grad():
+        model.text_projection.weight[0, 0] = float("inf")
+    model.save_pretrained(tiny_clip_folder)
+    result = runner.invoke(app, ["evaluate", str(tiny_clip_folder), "--metrics", "params"])
+    _assert_user_error(result, "NaN or Inf")
+
+
+def test_unknown_metric_is_an_error(tiny_clip_folder):
+    result = runner.invoke(app, ["evaluate", str(tiny_clip_folder), "--metrics", "speed"])
+    _assert_user_error(result, "unknown metric")
+
+
+def test_existing_output_is_not_replaced_without_overwrite(tiny_clip_folder, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = runner.invoke(app, ["compress", "--model", str(tiny_clip_folder), "--recipe",
+                                 str(_recipe(tmp_path)), "--out", str(out)])
+    _assert_user_error(result, "not empty")
+    assert (out / "keep.txt").read_text() == "mine"

@@ -1,0 +1,77 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmcompress.data import load_data
+from mmcompress.errors import DataError
+
+
+def _image(path, seed=0):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (12, 10, 3), dtype=np.uint8)).save(path)
+
+
+def test_demo_data_is_held_out_digits():
+    data = load_data("demo")
+    assert data.task == "classification" and len(data) == 540
+    assert data.load_image(0).shape == (8, 8, 1)
+    assert len(data.all_texts()) == 10 * len(data.templates)
+
+
+def test_class_folder_reader(tmp_path):
+    for name in ("red_car", "dog"):
+        (tmp_path / name).mkdir()
+        for i in range(2):
+            _image(tmp_path / name / f"{i}.png", i)
+    data = load_data(tmp_path)
+    assert data.task == "classification"
+    assert data.class_names == ["dog", "red car"]
+    assert data.labels == [0, 0, 1, 1]
+    img = data.load_image(3)
+    assert img.shape == (12, 10, 3) and img.min() >= 0 and img.max() <= 1
+
+
+def test_coco_reader(tmp_path):
+    (tmp_path / "train2017").mkdir()
+    (tmp_path / "annotations").mkdir()
+    _image(tmp_path / "train2017" / "1.jpg")
+    _image(tmp_path / "train2017" / "2.jpg", 1)
+    coco = {"images": [{"id": 1, "file_name": "1.jpg"}, {"id": 2, "file_name": "2.jpg"}],
+            "annotations": [{"image_id": 1, "caption": "a cat"}, {"image_id": 2, "caption": "x"},
+                            {"image_id": 1, "caption": "a small cat"}]}
+    (tmp_path / "annotations" / "captions_train2017.json").write_text(json.dumps(coco))
+    data = load_data(tmp_path)
+    assert data.task == "retrieval"
+    assert data.captions == [["a cat", "a small cat"], ["x"]]
+    assert data.images[0].name == "1.jpg"
+
+
+def test_unreadable_image_is_a_data_error(tmp_path):
+    (tmp_path / "cls").mkdir()
+    (tmp_path / "cls" / "broken.jpg").write_bytes(b"not an image")
+    data = load_data(tmp_path)
+    with pytest.raises(DataError, match="cannot read image"):
+        data.load_image(0)
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: p / "missing",
+    lambda p: (p / "empty").mkdir() or p / "empty",
+    lambda p: (p / "bad.json").write_text("{") and p / "bad.json",
+    lambda p: (p / "other.json").write_text('{"a": 1}') and p / "other.json",
+])
+def test_unknown_or_broken_data_is_refused(tmp_path, make):
+    with pytest.raises(DataError):
+        load_data(make(tmp_path))
+
+
+@pytest.mark.integration
+def test_shared_cifar10_and_tiny_coco(shared_data):
+    cifar = load_data(shared_data / "cifar10" / "test")
+    assert len(cifar.class_names) == 10 and len(cifar) == 8000
+    assert cifar.load_image(0).shape == (32, 32, 3)
+    coco = load_data(shared_data / "tiny_coco")
+    assert coco.task == "retrieval" and len(coco) == 50
+    assert sum(len(c) for c in coco.captions) == 250

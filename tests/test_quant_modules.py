@@ -1,0 +1,62 @@
+import pytest
+import torch
+from torch import nn
+
+from mmcompress.modules import QuantEmbedding, QuantLinear, build_module
+from mmcompress.quantization.grid import QuantGrid
+
+
+@torch.no_grad()
+def sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
+    return float(10 * torch.log10(ref.pow(2).mean() / (ref - approx).pow(2).mean()))
+
+
+@pytest.mark.parametrize("grid,floor", [(QuantGrid(8), 35.0), (QuantGrid(4, 16), 15.0),
+                                        (QuantGrid(4, None, False), 12.0)])
+def test_quant_linear_sqnr_floor(grid, floor):
+    torch.manual_seed(0)
+    dense = nn.Linear(64, 48)
+    x = torch.randn(10, 64)
+    q = QuantLinear.from_linear(dense, grid)
+    assert sqnr_db(dense(x), q(x)) > floor
+
+
+def test_quant_linear_stores_packed_int4():
+    q = QuantLinear.from_linear(nn.Linear(64, 8), QuantGrid(4, 32))
+    assert q.qweight.dtype == torch.uint8 and q.qweight.shape == (8, 32)
+    assert all(not t.is_floating_point() or t.numel() <= 64 for t in q.state_dict().values())
+
+
+def test_int8_symmetric_is_signed_int8():
+    q = QuantLinear.from_linear(nn.Linear(16, 4), QuantGrid(8))
+    assert q.qweight.dtype == torch.int8
+
+
+def test_to_dense_matches_forward():
+    torch.manual_seed(0)
+    q = QuantLinear.from_linear(nn.Linear(32, 8), QuantGrid(4, 8, symmetric=False))
+    x = torch.randn(3, 32)
+    torch.testing.assert_close(q.to_dense()(x), q(x))
+
+
+def test_rebuild_from_spec_then_load_state_is_identical():
+    q = QuantLinear.from_linear(nn.Linear(32, 8), QuantGrid(3, 16))
+    empty = build_module(q.spec())
+    empty.load_state_dict(q.state_dict(), strict=True)
+    x = torch.randn(2, 32)
+    assert torch.equal(empty(x), q(x))
+
+
+def test_quant_embedding_gathers_rows():
+    torch.manual_seed(0)
+    emb = nn.Embedding(50, 16, padding_idx=0)
+    q = QuantEmbedding.from_embedding(emb, QuantGrid(4, 8))
+    ids = torch.tensor([[3, 7, 49], [0, 1, 2]])
+    expected = q.to_dense()(ids)
+    assert torch.equal(q(ids), expected)
+    assert sqnr_db(emb(ids), q(ids)) > 15
+
+
+def test_unknown_module_type_is_refused():
+    with pytest.raises(KeyError, match="unknown module type"):
+        build_module({"type": "Nope"})

@@ -1,0 +1,52 @@
+import pytest
+import torch
+
+from mmcompress.quantization.grid import QuantGrid, compute_scales, dequantize, quantize
+from mmcompress.quantization.packing import pack_codes, pack_rows, unpack_codes, unpack_rows
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_pack_roundtrip_every_width(bits):
+    codes = torch.randint(0, 2**bits, (37,), dtype=torch.uint8)
+    packed = pack_codes(codes, bits)
+    assert packed.numel() == (37 * bits + 7) // 8
+    assert torch.equal(unpack_codes(packed, bits, 37), codes)
+
+
+@pytest.mark.parametrize("bits", [3, 4, 8])
+def test_pack_rows_allows_gathering_rows(bits):
+    codes = torch.randint(0, 2**bits, (6, 13), dtype=torch.uint8)
+    packed = pack_rows(codes, bits)
+    rows = torch.tensor([4, 1])
+    assert torch.equal(unpack_rows(packed[rows], bits, 13), codes[rows])
+
+
+def test_int4_packs_two_per_byte():
+    codes = torch.randint(0, 16, (8, 64), dtype=torch.uint8)
+    assert pack_rows(codes, 4).shape == (8, 32)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("bits,group", [(8, None), (4, 16), (3, 8)])
+def test_rounding_error_within_half_step(bits, group, symmetric):
+    torch.manual_seed(0)
+    w = torch.randn(16, 32)
+    grid = QuantGrid(bits, group, symmetric)
+    scale, zero = compute_scales(w, grid)
+    codes = quantize(w, grid, scale, zero)
+    assert codes.max() <= 2**bits - 1
+    err = (dequantize(codes, grid, scale, zero) - w).abs()
+    step = scale.repeat_interleave(32 // scale.shape[1], dim=1)
+    assert (err <= step / 2 + 1e-6).all()
+
+
+def test_group_size_must_divide_rows():
+    with pytest.raises(ValueError, match="does not divide"):
+        QuantGrid(4, 12).groups(32)
+
+
+def test_zero_rows_do_not_divide_by_zero():
+    w = torch.zeros(4, 8)
+    grid = QuantGrid(4, None, False)
+    scale, zero = compute_scales(w, grid)
+    assert torch.equal(dequantize(quantize(w, grid, scale, zero), grid, scale, zero), w)

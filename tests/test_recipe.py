@@ -1,0 +1,39 @@
+import pytest
+
+from mmcompress.errors import RecipeError
+from mmcompress.recipe import load_recipe
+
+
+def test_valid_recipe_roundtrips_through_yaml():
+    r = load_recipe("stages:\n  - quantize: {method: rtn, bits: 4, group_size: 32}\n")
+    assert r.stages[0].config.bits == 4
+    again = load_recipe(r.to_yaml())
+    assert again.to_dict() == r.to_dict()
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("stages:\n  - quantize:\n      method: rtn\n      bitz: 4\n",
+         r"stages\[0\]\.quantize\.bitz \(line 4\): unknown key 'bitz'"),
+        ("stages:\n  - quantize: {method: gptqq}\n", "unknown quantize method 'gptqq'"),
+        ("stages:\n  - quantize: {method: rtn, bits: 0}\n", r"quantize\.bits.*greater than"),
+        ("stages:\n  - quantize: {method: rtn, bits: 9}\n", r"quantize\.bits"),
+        ("stages: [\n", "not valid YAML at line"),
+        ("colour: red\nstages: []\n", "unknown key 'colour'"),
+        ("stages: []\n", "non-empty list"),
+        ("stages:\n  - squash: {method: x}\n", "unknown stage 'squash'"),
+        ("stages:\n  - quantize: rtn\n", "expected a mapping with a 'method' key"),
+        ("stages:\n  - quantize: {method: rtn}\nevaluate: {metrics: [speed]}\n", "unknown metric"),
+        ("stages:\n  - quantize: {method: rtn}\ncalibration: {samples: -1}\n", "samples"),
+        ("- 1\n- 2\n", "must be a mapping"),
+    ],
+)
+def test_bad_recipes_name_the_problem(text, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(text)
+
+
+def test_missing_recipe_file(tmp_path):
+    with pytest.raises(RecipeError, match="not found"):
+        load_recipe(tmp_path / "nope.yaml")

@@ -1,0 +1,49 @@
+import pytest
+from torch import nn
+
+from mmcompress.errors import RecipeError
+from mmcompress.selection import select_modules, tower_of
+
+
+class TwoTower(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.vision = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+        self.text = nn.ModuleDict({"emb": nn.Embedding(10, 4), "proj": nn.Linear(4, 4)})
+        self.head = nn.Linear(4, 2)
+
+
+TOWERS = {"vision": ["vision"], "text": ["text"]}
+
+
+def names(targets=None, ignore=(), kinds=(nn.Linear,)):
+    return list(select_modules(TwoTower(), TOWERS, kinds, targets, ignore))
+
+
+def test_default_targets_every_tower_but_not_outside():
+    assert names() == ["vision.0", "vision.2", "text.proj"]
+
+
+def test_tower_regex_and_exact_names():
+    assert names(["text"], kinds=(nn.Linear, nn.Embedding)) == ["text.emb", "text.proj"]
+    assert names(["re:\\.2$"]) == ["vision.2"]
+    assert names(["head"]) == ["head"]
+
+
+def test_ignore_removes_modules():
+    assert names(["vision", "text"], ignore=["re:^vision\\.0$", "text"]) == ["vision.2"]
+
+
+def test_unknown_target_is_an_error_naming_it():
+    with pytest.raises(RecipeError, match="'visoin'"):
+        names(["visoin"])
+
+
+def test_bad_regex_is_an_error():
+    with pytest.raises(RecipeError, match="invalid regex"):
+        names(["re:("])
+
+
+def test_tower_of():
+    assert tower_of("text.proj", TOWERS) == "text"
+    assert tower_of("head", TOWERS) is None
