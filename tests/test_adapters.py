@@ -1,0 +1,67 @@
+import pytest
+import torch
+from transformers import SiglipConfig, SiglipModel
+
+from mmcompress.adapters.random_specs import RANDOM_MODELS
+from mmcompress.errors import UserError
+from mmcompress.model_specs import load_model
+
+
+def _tiny_siglip() -> SiglipConfig:
+    return SiglipConfig(
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, vocab_size=100, max_position_embeddings=16,
+                         pad_token_id=1, eos_token_id=1),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, image_size=32, patch_size=8),
+    )
+
+
+def test_clip_folder_towers_and_normalised_embeddings(tiny_clip_folder):
+    adapter = load_model(tiny_clip_folder)
+    assert adapter.name == "clip"
+    assert set(adapter.towers()) == {"vision", "text", "projector"}
+    emb = adapter.encode_texts(["a red car", "two cats"])
+    torch.testing.assert_close(emb.norm(dim=-1), torch.ones(2))
+    img = adapter.encode_images([torch.rand(50, 40, 3).numpy(), torch.rand(8, 8, 1).numpy()])
+    assert img.shape == (2, 16)
+
+
+def test_siglip_folder_loads_and_embeds(tmp_path):
+    torch.manual_seed(0)
+    SiglipModel(_tiny_siglip()).save_pretrained(tmp_path / "siglip")
+    adapter = load_model(tmp_path / "siglip")
+    assert adapter.name == "siglip" and set(adapter.towers()) == {"vision", "text"}
+    tokens = adapter.text_tensors(["a dog"])
+    assert tokens["input_ids"].shape[1] == 16  # SigLIP pads to its maximum length
+    assert adapter.encode_images([torch.rand(32, 32, 3).numpy()]).shape == (1, 32)
+
+
+def test_architecture_rebuilds_the_same_structure(tiny_clip):
+    rebuilt = type(tiny_clip).from_architecture(tiny_clip.architecture(), None)
+    rebuilt.model.load_state_dict(tiny_clip.model.state_dict(), strict=True)
+    texts = ["a photo of a dog"]
+    assert torch.equal(rebuilt.encode_texts(texts), tiny_clip.encode_texts(texts))
+
+
+def test_unsupported_model_type_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    with pytest.raises(UserError, match="'llama' is not supported"):
+        load_model(tmp_path)
+
+
+def test_unknown_random_model_lists_known_ones():
+    with pytest.raises(UserError, match="clip-vit-base-patch32"):
+        load_model("random:resnet9000")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", ["clip-vit-base-patch32", "siglip-base-patch16-224"])
+def test_random_full_size_architectures(name):
+    adapter = RANDOM_MODELS[name]()
+    params = sum(p.numel() for p in adapter.model.parameters())
+    assert params > 100e6
+    runs = adapter.latency_inputs(1)
+    assert set(runs) == {"image", "text"}
+    with torch.inference_mode():
+        assert runs["image"]().shape[0] == 1 and runs["text"]().shape[0] == 1

@@ -1,0 +1,64 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmcompress.data import Dataset
+from mmcompress.evaluation.evaluate import count_params, evaluate_adapter, saved_size_bytes
+from mmcompress.evaluation.metrics import (
+    class_embeddings,
+    fidelity_cosine,
+    retrieval_recall,
+    zeroshot_top1,
+)
+from mmcompress.recipe import EvaluateConfig
+
+
+def test_retrieval_recall_on_known_ranking():
+    image = torch.eye(3)
+    # captions 0,1 describe image 0, caption 2 image 1, caption 3 image 2 (but looks like 0)
+    text = torch.tensor([[1.0, 0, 0], [0.9, 0.1, 0], [0, 1, 0], [1, 0, 0.1]])
+    r = retrieval_recall(image, F.normalize(text, dim=-1), owner=[0, 0, 1, 2], ks=(1, 5))
+    assert r["recall_i2t@1"] == 1.0  # each image's best caption is one of its own
+    assert r["recall_t2i@1"] == pytest.approx(3 / 4)  # caption 3 retrieves image 0
+    assert r["recall_t2i@5"] == 1.0
+
+
+def test_zeroshot_and_class_embeddings():
+    prompts = F.normalize(torch.tensor([[1.0, 0.1], [1.0, -0.1], [0.1, 1.0], [-0.1, 1.0]]), dim=-1)
+    classes = class_embeddings(prompts, 2)
+    torch.testing.assert_close(classes, torch.eye(2))
+    assert zeroshot_top1(torch.tensor([[1.0, 0], [0, 1], [1, 0]]), classes, [0, 1, 1]) == pytest.approx(2 / 3)
+
+
+def test_fidelity_is_one_for_identical_and_lower_otherwise():
+    emb = {"image": F.normalize(torch.randn(5, 4), dim=-1)}
+    assert abs(fidelity_cosine(emb, emb) - 1) < 1e-6
+    noisy = {"image": F.normalize(emb["image"] + 0.5 * torch.randn(5, 4), dim=-1)}
+    assert fidelity_cosine(noisy, emb) < 0.999
+
+
+def test_evaluate_adapter_on_retrieval_data(tiny_clip):
+    images = [torch.rand(20, 20, 3).numpy() for _ in range(4)]
+    data = Dataset("toy", "retrieval", images=images, captions=[["a"], ["b c"], ["d"], ["e f"]])
+    cfg = EvaluateConfig(latency_repeats=1, latency_batch_size=2,
+                         metrics=["recall_i2t@1", "recall_t2i@5", "params", "size_bytes",
+                                  "latency_ms_text"])
+    result = evaluate_adapter(tiny_clip, data, cfg)
+    assert set(result.metrics) == {"recall_i2t@1", "recall_t2i@5", "params", "size_bytes",
+                                   "latency_ms_text"}
+    assert result.metrics["recall_t2i@5"] == 1.0  # only 4 images: every caption hits in top 5
+    assert result.metrics["params"] == sum(p.numel() for p in tiny_clip.model.parameters())
+    assert result.metrics["size_bytes"] > 4 * result.metrics["params"]
+    assert result.measurement["threads"] == torch.get_num_threads()
+
+
+def test_quantized_params_count_logical_weights(tiny_clip):
+    from mmcompress.methods import METHODS, StageContext
+    from mmcompress.recipe import load_recipe
+
+    dense = count_params(tiny_clip.model)
+    size = saved_size_bytes(tiny_clip.model)
+    stage = load_recipe({"stages": [{"quantize": {"method": "rtn", "bits": 8}}]}).stages[0]
+    METHODS[("quantize", "rtn")].apply(tiny_clip, stage.config, StageContext(progress=False))
+    assert count_params(tiny_clip.model) == dense
+    assert saved_size_bytes(tiny_clip.model) < 0.45 * size
