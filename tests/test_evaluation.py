@@ -27,7 +27,8 @@ def test_zeroshot_and_class_embeddings():
     prompts = F.normalize(torch.tensor([[1.0, 0.1], [1.0, -0.1], [0.1, 1.0], [-0.1, 1.0]]), dim=-1)
     classes = class_embeddings(prompts, 2)
     torch.testing.assert_close(classes, torch.eye(2))
-    assert zeroshot_top1(torch.tensor([[1.0, 0], [0, 1], [1, 0]]), classes, [0, 1, 1]) == pytest.approx(2 / 3)
+    images = torch.tensor([[1.0, 0], [0, 1], [1, 0]])
+    assert zeroshot_top1(images, classes, [0, 1, 1]) == pytest.approx(2 / 3)
 
 
 def test_fidelity_is_one_for_identical_and_lower_otherwise():
