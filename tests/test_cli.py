@@ -67,7 +67,7 @@ def test_user_errors_are_one_line_exit_2_and_leave_no_output(tiny_clip_folder, t
     model, data = str(tiny_clip_folder), None
     fragment = {"bad_yaml": "not valid YAML", "unknown_key": "unknown key 'bitz'",
                 "unknown_method": "unknown quantize method", "bits0": "bits",
-                "bad_group": "group_size 7", "missing_model": "not found",
+                "bad_group": "group_size", "missing_model": "not found",
                 "missing_data": "does not exist", "wrong_data": "unrecognised data",
                 "missing_recipe": "not found", "not_a_model": "neither"}[case]
     if case == "bad_yaml":
@@ -79,7 +79,7 @@ def test_user_errors_are_one_line_exit_2_and_leave_no_output(tiny_clip_folder, t
     elif case == "bits0":
         recipe = _recipe(tmp_path, [{"quantize": {"method": "rtn", "bits": 0}}])
     elif case == "bad_group":
-        recipe = _recipe(tmp_path, [{"quantize": {"method": "rtn", "bits": 4, "group_size": 7}}])
+        recipe = _recipe(tmp_path, [{"quantize": {"method": "rtn", "bits": 4, "group_size": 0}}])
     elif case == "missing_model":
         model = str(tmp_path / "no-such-model")
     elif case == "missing_data":

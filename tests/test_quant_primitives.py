@@ -1,7 +1,13 @@
 import pytest
 import torch
 
-from mmcompress.quantization.grid import QuantGrid, compute_scales, dequantize, quantize
+from mmcompress.quantization.grid import (
+    QuantGrid,
+    compute_scales,
+    dequantize,
+    expand_groups,
+    quantize,
+)
 from mmcompress.quantization.packing import pack_codes, pack_rows, unpack_codes, unpack_rows
 
 
@@ -36,13 +42,19 @@ def test_rounding_error_within_half_step(bits, group, symmetric):
     codes = quantize(w, grid, scale, zero)
     assert codes.max() <= 2**bits - 1
     err = (dequantize(codes, grid, scale, zero) - w).abs()
-    step = scale.repeat_interleave(32 // scale.shape[1], dim=1)
+    step = expand_groups(scale, grid, 32)
     assert (err <= step / 2 + 1e-6).all()
 
 
-def test_group_size_must_divide_rows():
-    with pytest.raises(ValueError, match="does not divide"):
-        QuantGrid(4, 12).groups(32)
+def test_ragged_last_group_and_wide_groups():
+    assert QuantGrid(4, 12).groups(32) == 3
+    assert QuantGrid(4, 128).groups(9) == 1
+    w = torch.randn(3, 20)
+    grid = QuantGrid(4, 8)
+    scale, zero = compute_scales(w, grid)
+    assert scale.shape == (3, 3)
+    err = (dequantize(quantize(w, grid, scale, zero), grid, scale, zero) - w).abs()
+    assert (err[:, 16:] <= scale[:, 2:] / 2 + 1e-6).all()
 
 
 def test_zero_rows_do_not_divide_by_zero():

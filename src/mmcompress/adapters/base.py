@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -11,7 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..calibration.engine import CalibrationData
+from ..data.dataset import Dataset
+from ..errors import CheckpointError, DataError
 from ..progress import progress_bar
 
 LATENCY_SEQ_LEN = 32
@@ -47,6 +50,49 @@ class Adapter(ABC):
     def latency_inputs(self, batch_size: int) -> dict[str, Callable[[], Any]]:
         """Per latency metric ('image', 'text'): a closure running that tower on a fixed batch."""
 
+    #: inputs the model takes; calibration batches are built for each
+    input_modalities: ClassVar[tuple[str, ...]] = ()
+
+    def tower_modalities(self) -> dict[str, tuple[str, ...]]:
+        """Which inputs reach each tower (``'*'``: modules outside every tower)."""
+        return {"vision": ("image",), "text": ("text",), "audio": ("audio",),
+                "*": self.input_modalities}
+
+    def forward_modality(self, modality: str, batch: Any) -> Any:
+        """Run the model on one preprocessed batch of `modality` (used by calibration)."""
+        raise NotImplementedError(f"{self.name} takes no {modality} input")
+
+    def preprocess(self, modality: str, items: Sequence[Any]) -> Any:
+        """Turn raw items (images as arrays, texts as strings) into one model batch."""
+        raise NotImplementedError(f"{self.name} takes no {modality} input")
+
+    def calibration_data(self, data: Dataset, samples: int, batch_size: int,
+                         seed: int) -> CalibrationData:
+        """Up to `samples` random items per input modality of `data`, batched and preprocessed.
+
+        Raises:
+            DataError: if the data holds nothing this model takes, or non-finite values.
+        """
+        rng = np.random.default_rng(seed)
+        raw = {"image": data.images, "text": data.all_texts() if data.task != "sts"
+               else data.texts + data.texts_b}
+        batches: dict[str, list[Callable[[], Any]]] = {}
+        for modality in self.input_modalities:
+            items = raw.get(modality) or []
+            order = rng.permutation(len(items))[:samples]
+            for i in range(0, len(order), batch_size):
+                chunk = [items[j] for j in order[i : i + batch_size]]
+                if modality == "image":
+                    chunk = [data.load_image(j) for j in order[i : i + batch_size]]
+                batch = self.preprocess(modality, chunk)
+                _check_finite_batch(batch, modality)
+                batches.setdefault(modality, []).append(
+                    functools.partial(self.forward_modality, modality, batch))
+        if not batches:
+            raise DataError(f"calibration data {data.name!r} is empty or holds no "
+                            f"{' or '.join(self.input_modalities)} inputs")
+        return CalibrationData(batches)
+
     def check_finite(self) -> None:
         """Refuse weights holding NaN or Inf (a corrupted or diverged checkpoint)."""
         for name, t in self.model.state_dict().items():
@@ -54,10 +100,26 @@ class Adapter(ABC):
                 raise CheckpointError(f"weight {name!r} holds NaN or Inf values")
 
 
+def _check_finite_batch(batch: Any, modality: str) -> None:
+    tensors = batch.values() if isinstance(batch, dict) else [batch]
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all():
+            raise DataError(f"calibration {modality} data holds NaN or Inf values")
+
+
 class DualEncoderAdapter(Adapter):
     """Image–text dual encoders: normalised embeddings of both modalities in one space."""
 
     tasks = frozenset({"classification", "retrieval"})
+    input_modalities = ("image", "text")
+
+    def preprocess(self, modality: str, items: Sequence[Any]) -> Any:
+        return self.image_tensor(items) if modality == "image" else self.text_tensors(items)
+
+    def forward_modality(self, modality: str, batch: Any) -> Any:
+        if modality == "image":
+            return self.embed_image_tensor(batch)
+        return self.embed_text_tensors(batch)
     max_text_len: int = 77
 
     @abstractmethod

@@ -1,6 +1,6 @@
 """Replacement modules and the registry that rebuilds them from a saved manifest."""
 
-from .quantized import QuantEmbedding, QuantLinear
+from .quantized import QuantConv2d, QuantEmbedding, QuantLinear
 from .registry import MODULE_TYPES, build_module
 
-__all__ = ["MODULE_TYPES", "QuantEmbedding", "QuantLinear", "build_module"]
+__all__ = ["MODULE_TYPES", "QuantConv2d", "QuantEmbedding", "QuantLinear", "build_module"]

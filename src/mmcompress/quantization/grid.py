@@ -1,15 +1,19 @@
 """Uniform integer grids: group-wise scales and zero points, quantize and dequantize.
 
 Weights are quantized along their last dimension (a linear layer's inputs, an embedding's
-features) in groups of `group_size`; ``None`` means one group per row (per-channel).
-Codes are stored unsigned: symmetric grids use the fixed zero point ``2**(bits-1)``.
+features, a convolution's flattened filter) in groups of `group_size`; ``None`` means one
+group per row (per-channel). A row whose length is not a multiple of the group size ends
+with a shorter group. Codes are stored unsigned: symmetric grids use the fixed zero point
+``2**(bits-1)``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -20,32 +24,40 @@ class QuantGrid:
     group_size: int | None = None
     symmetric: bool = True
 
-    def groups(self, in_features: int) -> int:
-        """Number of groups per row for a row of `in_features` values."""
-        g = self.group_size or in_features
-        if in_features % g:
-            raise ValueError(
-                f"group_size {g} does not divide the row length {in_features}; "
-                "choose a divisor or null (per-channel)"
-            )
-        return in_features // g
+    def width(self, cols: int) -> int:
+        """Columns per group for rows of `cols` values."""
+        return min(self.group_size or cols, cols)
+
+    def groups(self, cols: int) -> int:
+        """Number of groups per row (the last one may be shorter)."""
+        return math.ceil(cols / self.width(cols))
 
     @property
     def qmax(self) -> int:
         return 2**self.bits - 1
 
+    @property
+    def midpoint(self) -> int:
+        return 2 ** (self.bits - 1)
+
 
 def _grouped(w: torch.Tensor, grid: QuantGrid) -> torch.Tensor:
     rows, cols = w.shape
-    return w.reshape(rows, grid.groups(cols), cols // grid.groups(cols))
+    g, n = grid.width(cols), grid.groups(cols)
+    return F.pad(w, (0, n * g - cols)).reshape(rows, n, g)
+
+
+def expand_groups(t: torch.Tensor, grid: QuantGrid, cols: int) -> torch.Tensor:
+    """A [rows, groups] tensor repeated to [rows, cols] (one value per weight)."""
+    return t.repeat_interleave(grid.width(cols), dim=1)[:, :cols]
 
 
 def compute_scales(w: torch.Tensor, grid: QuantGrid) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Min-max scale (and zero point for asymmetric grids) per row group, shape [rows, groups]."""
+    """Min-max scale (and zero point for asymmetric grids) per row group, shape [rows, groups].
+    Zero padding of a short last group changes neither: the range always includes 0."""
     wg = _grouped(w.float(), grid)
     if grid.symmetric:
-        amax = wg.abs().amax(dim=-1)
-        scale = amax / (2 ** (grid.bits - 1) - 1)
+        scale = wg.abs().amax(dim=-1) / (grid.midpoint - 1)
         return torch.where(scale > 0, scale, torch.ones_like(scale)), None
     lo = wg.amin(dim=-1).clamp(max=0)
     hi = wg.amax(dim=-1).clamp(min=0)
@@ -55,23 +67,28 @@ def compute_scales(w: torch.Tensor, grid: QuantGrid) -> tuple[torch.Tensor, torc
     return scale, zero
 
 
+def _zero_points(scale: torch.Tensor, zero: torch.Tensor | None, grid: QuantGrid) -> torch.Tensor:
+    return zero.float() if zero is not None else torch.full_like(scale, grid.midpoint)
+
+
 def quantize(
     w: torch.Tensor, grid: QuantGrid, scale: torch.Tensor, zero: torch.Tensor | None
 ) -> torch.Tensor:
     """Unsigned integer codes of `w` on the grid, shape of `w`, dtype uint8."""
-    wg = _grouped(w.float(), grid)
-    z = zero if zero is not None else torch.full_like(scale, 2 ** (grid.bits - 1))
-    q = torch.round(wg / scale.unsqueeze(-1)) + z.unsqueeze(-1)
-    return q.clamp(0, grid.qmax).to(torch.uint8).reshape(w.shape)
+    cols = w.shape[1]
+    s = expand_groups(scale, grid, cols)
+    z = expand_groups(_zero_points(scale, zero, grid), grid, cols)
+    return (torch.round(w.float() / s) + z).clamp(0, grid.qmax).to(torch.uint8)
 
 
 def dequantize(
     codes: torch.Tensor, grid: QuantGrid, scale: torch.Tensor, zero: torch.Tensor | None
 ) -> torch.Tensor:
     """Float32 values of unsigned `codes` (shape [rows, cols])."""
-    cg = _grouped(codes, grid).float()
-    z = zero if zero is not None else torch.full_like(scale, 2 ** (grid.bits - 1))
-    return ((cg - z.unsqueeze(-1)) * scale.unsqueeze(-1)).reshape(codes.shape)
+    cols = codes.shape[1]
+    s = expand_groups(scale, grid, cols)
+    z = expand_groups(_zero_points(scale, zero, grid), grid, cols)
+    return (codes.float() - z) * s
 
 
 def fake_quantize(w: torch.Tensor, grid: QuantGrid) -> torch.Tensor:

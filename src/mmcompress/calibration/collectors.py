@@ -1,0 +1,63 @@
+"""Streaming statistics of a layer's inputs: nothing but running sums and a bounded sample."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def layer_input_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A layer's input as a [rows, features] float matrix: tokens for linear layers, unfolded
+    patches (channels × kernel) for convolutions, matching the flattened weight's columns."""
+    if isinstance(module, nn.Conv2d):
+        cols = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1]).float()
+    return x.reshape(-1, x.shape[-1]).float()
+
+
+class InputStatsCollector:
+    """Per-feature mean |x| and max |x|, plus up to `max_rows` sampled input rows."""
+
+    def __init__(self, max_rows: int = 2048, seed: int = 0) -> None:
+        self.max_rows = max_rows
+        self.gen = torch.Generator().manual_seed(seed)
+        self.abs_sum: torch.Tensor | None = None
+        self.abs_max: torch.Tensor | None = None
+        self.rows = 0
+        self.sample: torch.Tensor | None = None
+
+    def add(self, x: torch.Tensor) -> None:
+        a = x.abs()
+        self.abs_sum = a.sum(0) if self.abs_sum is None else self.abs_sum + a.sum(0)
+        m = a.amax(0)
+        self.abs_max = m if self.abs_max is None else torch.maximum(self.abs_max, m)
+        self.rows += len(x)
+        keep = x[torch.randperm(len(x), generator=self.gen)[: self.max_rows]]
+        merged = keep if self.sample is None else torch.cat([self.sample, keep])
+        if len(merged) > self.max_rows:  # keep a uniform-ish subsample of everything seen
+            merged = merged[torch.randperm(len(merged), generator=self.gen)[: self.max_rows]]
+        self.sample = merged
+
+    @property
+    def abs_mean(self) -> torch.Tensor:
+        return self.abs_sum / max(self.rows, 1)
+
+
+class HessianCollector(InputStatsCollector):
+    """Also accumulates H = 2/n · XᵀX, the layer-wise reconstruction Hessian of GPTQ."""
+
+    def __init__(self, max_rows: int = 512, seed: int = 0) -> None:
+        super().__init__(max_rows, seed)
+        self.xtx: torch.Tensor | None = None
+
+    def add(self, x: torch.Tensor) -> None:
+        seen = self.rows
+        super().add(x)
+        # running mean of 2·xxᵀ, as the GPTQ reference does, so large n cannot overflow
+        update = (2 / self.rows) * (x.T @ x)
+        self.xtx = update if self.xtx is None else self.xtx * (seen / self.rows) + update
+
+    @property
+    def hessian(self) -> torch.Tensor:
+        return self.xtx

@@ -1,0 +1,122 @@
+"""Calibration: run the model on the user's data, one block of layers at a time.
+
+For each group of selected layers (a transformer block, a residual block, or a lone layer),
+hooks stream that group's inputs into per-layer collectors; the forward pass stops as soon as
+every layer of the group has seen the batch. The method then replaces the group's layers, so the
+next group is calibrated on the outputs of the already-compressed model (GPTQ's sequential
+order). Only one group's statistics live at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import DataError
+from ..modules.replace import replace_modules
+from ..progress import progress_bar
+from ..selection import tower_of
+from .collectors import layer_input_rows
+
+Batch = Callable[[], Any]
+
+
+@dataclass
+class CalibrationData:
+    """Closures that run the model on calibration batches, per input modality."""
+
+    batches: dict[str, list[Batch]]
+
+    def for_modalities(self, modalities: tuple[str, ...], what: str) -> list[Batch]:
+        missing = [m for m in modalities if not self.batches.get(m)]
+        if missing:
+            have = ", ".join(m for m, b in self.batches.items() if b) or "nothing"
+            raise DataError(f"calibrating {what} needs {' and '.join(missing)} inputs, but the "
+                            f"calibration data has {have}")
+        return [b for m in modalities for b in self.batches[m]]
+
+
+class _GroupDone(Exception):
+    """Raised from a hook once every layer of the group has seen the current batch."""
+
+
+def layer_groups(names: list[str]) -> list[list[str]]:
+    """Group layer names by their block (the deepest ``….<index>`` prefix), in model order."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        # the deepest indexed prefix, e.g. 'encoder.layers.3' for 'encoder.layers.3.mlp.fc1'
+        parts = name.split(".")
+        idx = max((i for i, p in enumerate(parts) if p.isdigit()), default=None)
+        key = ".".join(parts[: idx + 1]) if idx is not None else name
+        groups.setdefault(key, []).append(name)
+    return list(groups.values())
+
+
+def _run_group(model: nn.Module, group: dict[str, nn.Module], collectors: dict[str, Any],
+               batches: list[Batch]) -> None:
+    seen: set[str] = set()
+
+    def hook(name: str) -> Callable:
+        def fn(module: nn.Module, args: tuple, _out: Any) -> None:
+            collectors[name].add(layer_input_rows(module, args[0].detach()))
+            seen.add(name)
+            if len(seen) == len(group):
+                raise _GroupDone
+
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in group.items()]
+    try:
+        with torch.inference_mode():
+            for run in batches:
+                seen.clear()
+                with contextlib.suppress(_GroupDone):
+                    run()
+    finally:
+        for h in handles:
+            h.remove()
+    unseen = [n for n in group if collectors[n].rows == 0]
+    if unseen:
+        raise DataError(f"calibration never reached layer {unseen[0]!r}; check the data and "
+                        "targets")
+
+
+def calibrate_layers(
+    adapter,
+    modules: dict[str, nn.Module],
+    calibration: CalibrationData,
+    make_collector: Callable[[str, nn.Module], Any],
+    replace: Callable[[str, nn.Module, Any], nn.Module | None],
+    desc: str,
+    progress: bool = True,
+) -> int:
+    """Calibrate and replace `modules` group by group; returns how many were replaced.
+
+    `make_collector(name, module)` builds a statistics collector; `replace(name, module,
+    collector)` returns the new module (or None to keep it).
+    """
+    towers = adapter.towers()
+    modalities = adapter.tower_modalities()
+    replaced = 0
+    groups = layer_groups(list(modules))
+    for names in progress_bar(groups, desc=desc, enabled=progress, unit="block"):
+        group = {n: modules[n] for n in names}
+        tower = tower_of(names[0], towers)
+        batches = calibration.for_modalities(modalities.get(tower, modalities["*"]),
+                                             f"{names[0]} ({tower or 'model'})")
+        collectors = {n: make_collector(n, m) for n, m in group.items()}
+        _run_group(adapter.model, group, collectors, batches)
+        new = {}
+        for n, m in group.items():
+            r = replace(n, m, collectors[n])
+            if r is not None:
+                new[n] = r
+        del collectors
+        replace_modules(adapter.model, new)
+        replaced += len(new)
+    return replaced
