@@ -10,7 +10,9 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from ..adapters import Adapter
+from ..calibration import CalibrationData
 from ..data import Dataset
+from ..errors import DataError
 from ..selection import select_modules
 
 STAGE_KINDS = ("prune", "quantize", "lowrank", "distill", "finetune")
@@ -34,6 +36,16 @@ class StageContext:
     calibration: Any = None
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def calibration_data(self, adapter: Adapter) -> CalibrationData:
+        """Calibration batches drawn from the run's data with the recipe's settings."""
+        if self.data is None:
+            raise DataError("this method needs calibration data; pass --data (or use the "
+                            "model's default data)")
+        samples, batch_size, seed = (
+            (self.calibration.samples, self.calibration.batch_size, self.calibration.seed)
+            if self.calibration is not None else (128, 16, 0))
+        return adapter.calibration_data(self.data, samples, batch_size, seed)
 
 
 ApplyFn = Callable[[Adapter, MethodConfig, StageContext], dict[str, Any]]

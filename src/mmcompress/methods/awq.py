@@ -1,0 +1,48 @@
+"""AWQ weight quantization: activation-aware per-channel scales, then rounding."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+from torch import nn
+
+from ..adapters import Adapter
+from ..calibration import InputStatsCollector, calibrate_layers
+from ..quantization.awq import awq_quantize
+from .base import StageContext, register_method, selected
+from .gptq import split_embeddings
+from .rtn import quantize_rtn
+from .weight_quant import WeightQuantConfig, quantized_module, weight_matrix
+
+
+class AWQConfig(WeightQuantConfig):
+    method: str = "awq"
+    bits: int = Field(4, ge=3, le=8)
+    clip: bool = Field(True, description="also search a clipping ratio per group")
+    n_grid: int = Field(20, ge=1, description="scale exponents tried in [0, 1)")
+    sample_rows: int = Field(1024, ge=16, description="input rows kept per layer for the search")
+
+
+@register_method("quantize", "awq", AWQConfig)
+def apply_awq(adapter: Adapter, config: AWQConfig, context: StageContext) -> dict[str, Any]:
+    """AWQ: activation-aware scale search (embedding tables: round-to-nearest)."""
+    tables, layers = split_embeddings(selected(adapter, config, config.kinds()))
+    grid = config.grid()
+
+    def replace(name: str, module: nn.Module, stats: InputStatsCollector) -> nn.Module:
+        tie = 1
+        if isinstance(module, nn.Conv2d):
+            if module.groups > 1:  # per-channel input scaling does not apply; plain rounding
+                return quantized_module(module, grid)
+            tie = module.kernel_size[0] * module.kernel_size[1]
+        q, s = awq_quantize(weight_matrix(module), stats.sample, stats.abs_mean, grid,
+                            config.clip, config.n_grid, tie)
+        input_scale = s[::tie] if tie > 1 else s
+        return quantized_module(module, grid, quantized=q, input_scale=input_scale)
+
+    n = calibrate_layers(adapter, layers, context.calibration_data(adapter),
+                         lambda n, m: InputStatsCollector(config.sample_rows), replace,
+                         f"awq int{config.bits}", context.progress)
+    n += quantize_rtn(adapter, tables, config, context.progress)
+    return {"modules": n}

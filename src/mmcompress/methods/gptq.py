@@ -1,0 +1,46 @@
+"""GPTQ weight quantization of linear and convolution layers, calibrated block by block."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+from torch import nn
+
+from ..adapters import Adapter
+from ..calibration import HessianCollector, calibrate_layers
+from ..quantization.gptq import gptq_quantize
+from .base import StageContext, register_method, selected
+from .rtn import quantize_rtn
+from .weight_quant import WeightQuantConfig, quantized_module, weight_matrix
+
+
+class GPTQConfig(WeightQuantConfig):
+    method: str = "gptq"
+    damp: float = Field(0.01, gt=0, lt=1, description="Hessian damping, fraction of mean diag")
+    act_order: bool = Field(False, description="quantize columns by decreasing Hessian diagonal")
+    block_size: int = Field(128, ge=1, description="columns updated lazily together")
+
+
+def split_embeddings(modules: dict[str, nn.Module]) -> tuple[dict, dict]:
+    """(embedding tables, everything else): tables have no input activations to calibrate."""
+    tables = {n: m for n, m in modules.items() if isinstance(m, nn.Embedding)}
+    return tables, {n: m for n, m in modules.items() if n not in tables}
+
+
+@register_method("quantize", "gptq", GPTQConfig)
+def apply_gptq(adapter: Adapter, config: GPTQConfig, context: StageContext) -> dict[str, Any]:
+    """GPTQ: second-order error-compensating rounding (embedding tables: round-to-nearest)."""
+    tables, layers = split_embeddings(selected(adapter, config, config.kinds()))
+    grid = config.grid()
+    calib = context.calibration_data(adapter)
+
+    def replace(name: str, module: nn.Module, stats: HessianCollector) -> nn.Module:
+        q = gptq_quantize(weight_matrix(module), stats.hessian, grid, config.damp,
+                          config.act_order, config.block_size)
+        return quantized_module(module, grid, quantized=q)
+
+    n = calibrate_layers(adapter, layers, calib, lambda n, m: HessianCollector(), replace,
+                         f"gptq int{config.bits}", context.progress)
+    n += quantize_rtn(adapter, tables, config, context.progress)
+    return {"modules": n}

@@ -1,0 +1,73 @@
+"""GPTQ (Frantar et al., 2023): quantize a weight column by column, pushing each column's
+rounding error onto the not-yet-quantized columns through the inverse Hessian of the layer's
+reconstruction loss, H = 2·XᵀX/n."""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import UserError
+from .grid import QuantGrid, compute_scales
+
+
+def _inverse_hessian_factor(h: torch.Tensor, damp: float) -> torch.Tensor:
+    """Upper Cholesky factor of H⁻¹ after damping by `damp`·mean(diag H)."""
+    h = h.clone()
+    h.diagonal().add_(damp * h.diagonal().mean())
+    try:
+        inv = torch.cholesky_inverse(torch.linalg.cholesky(h))
+        return torch.linalg.cholesky(inv, upper=True)
+    except RuntimeError:
+        raise UserError("GPTQ: the layer's Hessian is not positive definite even after "
+                        f"damping {damp}; raise 'damp' or use more calibration samples") from None
+
+
+@torch.no_grad()
+def gptq_quantize(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    grid: QuantGrid,
+    damp: float = 0.01,
+    act_order: bool = False,
+    block_size: int = 128,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Codes, scales and zero points of `weight` [rows, cols] (scales as `compute_scales`).
+
+    Group scales follow the original column order. Without `act_order` each group's scale is
+    set when GPTQ reaches the group, from the error-updated weights (as the reference code
+    does); with `act_order` (columns by decreasing Hessian diagonal) all group scales are fixed
+    up front ("static groups") so that groups stay contiguous in storage.
+    """
+    w = weight.detach().float().clone()
+    rows, cols = w.shape
+    h = hessian.float().clone()
+    dead = h.diagonal() == 0
+    h[dead, dead] = 1
+    w[:, dead] = 0
+    width = grid.width(cols)
+    scale, zero = compute_scales(w, grid)  # final for per-channel and static groups
+    zero_f = zero.float() if zero is not None else torch.full_like(scale, grid.midpoint)
+    perm = torch.argsort(h.diagonal(), descending=True) if act_order else torch.arange(cols)
+    w, h = w[:, perm], h[perm][:, perm]
+    hinv = _inverse_hessian_factor(h, damp)
+    codes = torch.zeros(rows, cols, dtype=torch.uint8)
+    dynamic_groups = grid.group_size is not None and not act_order
+    for b0 in range(0, cols, block_size):
+        b1 = min(b0 + block_size, cols)
+        block = w[:, b0:b1].clone()
+        err = torch.zeros_like(block)
+        hb = hinv[b0:b1, b0:b1]
+        for i in range(b1 - b0):
+            col = int(perm[b0 + i])
+            g = col // width
+            if dynamic_groups and col % width == 0:
+                span = torch.cat([block[:, i:], w[:, b1:]], dim=1)[:, :width]
+                s, z = compute_scales(span, QuantGrid(grid.bits, None, grid.symmetric))
+                scale[:, g], zero_f[:, g] = s[:, 0], (z[:, 0] if z is not None else grid.midpoint)
+            q = torch.clamp(torch.round(block[:, i] / scale[:, g]) + zero_f[:, g], 0, grid.qmax)
+            codes[:, col] = q.to(torch.uint8)
+            e = (block[:, i] - (q - zero_f[:, g]) * scale[:, g]) / hb[i, i]
+            block[:, i:] -= e[:, None] * hb[i, i:][None, :]
+            err[:, i] = e
+        w[:, b1:] -= err @ hinv[b0:b1, b1:]
+    return codes, scale, None if grid.symmetric else zero_f.round().to(torch.uint8)

@@ -1,0 +1,123 @@
+"""GPTQ and AWQ numerics, the calibration engine, and their end-to-end save/reload."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import mmcompress
+from mmcompress.calibration import HessianCollector, calibrate_layers, layer_groups
+from mmcompress.data import Dataset
+from mmcompress.errors import DataError
+from mmcompress.io.checkpoint import save_checkpoint
+from mmcompress.methods import METHODS, StageContext
+from mmcompress.quantization.awq import awq_quantize
+from mmcompress.quantization.gptq import gptq_quantize
+from mmcompress.quantization.grid import QuantGrid, dequantize, fake_quantize
+from mmcompress.recipe import CalibrationConfig, load_recipe
+
+
+def _inputs(outliers: bool = False) -> torch.Tensor:
+    torch.manual_seed(0)
+    x = torch.randn(1024, 64) @ torch.randn(64, 64) * 0.3 + torch.randn(64)
+    if outliers:
+        x[:, :4] *= 20
+    return x
+
+
+def _out_err(x, w, wq):
+    return float(((x @ (wq - w).T) ** 2).mean())
+
+
+@pytest.mark.parametrize("grid", [QuantGrid(4, 16), QuantGrid(3, None, False), QuantGrid(8)])
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_layer_error_below_rtn(grid, act_order):
+    x, w = _inputs(), torch.randn(32, 64)
+    codes, scale, zero = gptq_quantize(w, 2 * x.T @ x / len(x), grid, act_order=act_order)
+    assert codes.max() <= grid.qmax and scale.shape == (32, grid.groups(64))
+    gptq = _out_err(x, w, dequantize(codes, grid, scale, zero))
+    assert gptq < 0.7 * _out_err(x, w, fake_quantize(w, grid))
+
+
+def test_awq_layer_error_below_rtn_with_outlier_channels():
+    x, w, grid = _inputs(outliers=True), torch.randn(32, 64), QuantGrid(4, 16)
+    (codes, scale, zero), s = awq_quantize(w, x[:512], x.abs().mean(0), grid)
+    awq = _out_err(x, w, dequantize(codes, grid, scale, zero) / s)
+    assert awq < 0.6 * _out_err(x, w, fake_quantize(w, grid))
+
+
+def test_layer_groups_follow_blocks():
+    names = ["enc.layers.0.q", "enc.layers.0.fc", "enc.layers.1.q", "proj", "conv1"]
+    assert layer_groups(names) == [["enc.layers.0.q", "enc.layers.0.fc"], ["enc.layers.1.q"],
+                                   ["proj"], ["conv1"]]
+
+
+def _data(n=12, images=True, texts=True):
+    rng = np.random.default_rng(0)
+    return Dataset("toy", "classification",
+                   images=[rng.random((16, 16, 3), dtype=np.float32) for _ in range(n)]
+                   if images else [],
+                   labels=[i % 2 for i in range(n)], class_names=["cat", "dog"] if texts else [],
+                   templates=["a {}", "the {}"] if texts else [])
+
+
+def _apply(adapter, method, data, **cfg):
+    stage = load_recipe({"stages": [{"quantize": {"method": method, **cfg}}]}).stages[0]
+    ctx = StageContext(data=data, calibration=CalibrationConfig(samples=8, batch_size=4),
+                       progress=False)
+    return METHODS[("quantize", method)].apply(adapter, stage.config, ctx)
+
+
+def test_engine_streams_each_block_once_and_stops_early(tiny_clip):
+    layers = {n: m for n, m in tiny_clip.model.named_modules()
+              if isinstance(m, nn.Linear) and n.startswith("vision_model")}
+    calib = tiny_clip.calibration_data(_data(), samples=8, batch_size=4, seed=0)
+    seen = {}
+
+    def keep(name, module, stats):
+        seen[name] = stats.rows
+        return None
+
+    assert calibrate_layers(tiny_clip, layers, calib, lambda n, m: HessianCollector(), keep,
+                            "test", progress=False) == 0
+    assert set(seen) == set(layers)
+    tokens = (32 // 8) ** 2 + 1  # patches + class token, per image
+    assert all(rows == 8 * tokens for rows in seen.values())
+
+
+@pytest.mark.parametrize("method,cfg", [("gptq", {"bits": 4, "group_size": 16}),
+                                        ("gptq", {"bits": 3, "act_order": True}),
+                                        ("awq", {"bits": 4, "group_size": 16, "n_grid": 4})])
+def test_calibrated_methods_save_and_reload_identically(tiny_clip, tmp_path, method, cfg):
+    summary = _apply(tiny_clip, method, _data(), **cfg)
+    assert summary["modules"] > 0
+    texts = ["a cat", "the dog"]
+    before = tiny_clip.encode_texts(texts)
+    save_checkpoint(tiny_clip, tmp_path, "random:tiny", [])
+    assert torch.equal(mmcompress.load(tmp_path).encode_texts(texts), before)
+
+
+def test_awq_on_convolutions_keeps_the_function(tiny_clip):
+    conv = tiny_clip.model.vision_model.embeddings.patch_embedding
+    pixels = torch.randn(2, 3, 32, 32)
+    ref = conv(pixels)
+    _apply(tiny_clip, "awq", _data(), bits=8, n_grid=5, targets=["re:patch_embedding"])
+    quant = tiny_clip.model.vision_model.embeddings.patch_embedding
+    assert type(quant).__name__ == "QuantConv2d" and quant.input_scale is not None
+    torch.testing.assert_close(quant(pixels), ref, atol=0.05, rtol=0.05)
+
+
+@pytest.mark.parametrize("data,message", [
+    (Dataset("empty", "classification"), "empty"),
+    (_data(images=False), "needs image inputs"),
+])
+def test_bad_calibration_data_is_refused(tiny_clip, data, message):
+    with pytest.raises(DataError, match=message):
+        _apply(tiny_clip, "gptq", data, bits=4)
+
+
+def test_nan_calibration_images_are_refused(tiny_clip):
+    data = _data()
+    data.images[0] = np.full((16, 16, 3), np.nan, dtype=np.float32)
+    with pytest.raises(DataError, match="NaN"):
+        tiny_clip.calibration_data(data, samples=12, batch_size=4, seed=0)
