@@ -160,16 +160,27 @@ def evaluate(
 def inspect(
     spec: Annotated[str, typer.Argument(help="model spec or mmcompress output folder")],
     layers: Annotated[bool, typer.Option("--layers", help="list every layer")] = False,
-    sensitivity: Annotated[bool, typer.Option(help="measure per-tower sensitivity")] = False,
+    sensitivity: Annotated[bool, typer.Option(
+        help="measure the quality drop when each tower and layer alone is quantized")] = False,
+    data: DataOpt = None,
+    bits: Annotated[int, typer.Option(help="bits for --sensitivity")] = 4,
+    group_size: Annotated[int | None, typer.Option(help="group size for --sensitivity")] = 128,
+    max_samples: Annotated[int, typer.Option(help="examples for --sensitivity")] = 64,
+    top: Annotated[int, typer.Option(help="most sensitive layers to list")] = 15,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Towers, layers and parameter counts of a model."""
+    """Towers, layers and parameter counts of a model; with --sensitivity, how much
+    quantizing each tower and layer alone hurts."""
     from .inspect_model import describe
     from .model_specs import load_model
 
+    progress = _setup(quiet, None)
+    adapter = load_model(spec, progress=progress)
     if sensitivity:
-        raise UserError("--sensitivity is not implemented yet (planned with GPTQ/AWQ, issue 4)")
-    info = describe(load_model(spec, progress=False))
+        _print_sensitivity(adapter, data, bits, group_size, max_samples, top, as_json, progress)
+        return
+    info = describe(adapter)
     if as_json:
         typer.echo(json.dumps(info, indent=1))
         return
@@ -182,6 +193,34 @@ def inspect(
             typer.echo(
                 f"  {layer['tower']:10s} {layer['name']:60s} {layer['type']:16s} {layer['shape']}"
             )
+
+
+def _print_sensitivity(adapter, data, bits, group_size, max_samples, top, as_json,
+                       progress) -> None:
+    from .data import load_data
+    from .evaluation.evaluate import check_data_fits
+    from .inspect_model import sensitivity
+    from .quantization.grid import QuantGrid
+
+    if not 2 <= bits <= 8:
+        raise UserError(f"--bits must be between 2 and 8, got {bits}")
+    dataset = load_data(data if data is not None else adapter.default_data)
+    check_data_fits(adapter, dataset)
+    result = sensitivity(adapter, dataset, QuantGrid(bits, group_size), max_samples,
+                         progress=progress)
+    if as_json:
+        typer.echo(json.dumps(result, indent=1))
+        return
+    typer.echo(f"RTN int{bits} (group {group_size}) on {result['examples']} examples; "
+               f"reference {result['reference']}")
+    typer.echo(f"{'tower':12s} {'fidelity loss':>14s}  quality drop")
+    for tower, m in result["towers"].items():
+        drops = ", ".join(f"{k} {v:+.4f}" for k, v in m.items() if k != "fidelity_loss")
+        typer.echo(f"{tower:12s} {m['fidelity_loss']:14.5f}  {drops}")
+    ranked = sorted(result["layers"].items(), key=lambda kv: -kv[1])[:top]
+    typer.echo("\nmost sensitive layers (fidelity loss when quantized alone):")
+    for name, loss in ranked:
+        typer.echo(f"  {loss:10.5f}  {name}")
 
 
 def main() -> None:

@@ -8,8 +8,10 @@ from typing import Any
 from torch import nn
 
 from .adapters import Adapter
+from .data import Dataset
 from .evaluation.evaluate import count_params
-from .selection import tower_of
+from .quantization.grid import QuantGrid
+from .selection import select_modules, tower_of
 
 
 def describe(adapter: Adapter) -> dict[str, Any]:
@@ -56,3 +58,25 @@ def _shape(module: nn.Module) -> list[int]:
         if t is not None and hasattr(t, "shape"):
             return list(t.shape)
     return []
+
+
+def sensitivity(adapter: Adapter, data: Dataset, grid: QuantGrid, max_samples: int = 64,
+                layers: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Quality drop and fidelity loss when each tower (and each layer) alone is quantized
+    round-to-nearest on `grid`."""
+    from .methods.weight_quant import WeightQuantConfig, quantized_module
+    from .sensitivity import Probe, layer_sensitivity, tower_sensitivity
+
+    kinds = WeightQuantConfig(method="rtn").kinds()
+    modules = select_modules(adapter.model, adapter.towers(), kinds)
+    probe = Probe.on(adapter, data, max_samples)
+
+    def compress(_: str, m: nn.Module) -> nn.Module:
+        return quantized_module(m, grid)
+
+    out: dict[str, Any] = {"grid": {"bits": grid.bits, "group_size": grid.group_size},
+                           "examples": len(probe.data), "reference": probe.reference.metrics,
+                           "towers": tower_sensitivity(probe, modules, compress)}
+    if layers:
+        out["layers"] = layer_sensitivity(probe, modules, compress, progress)
+    return out

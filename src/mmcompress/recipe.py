@@ -7,46 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from .errors import RecipeError
+from .evaluation.config import CalibrationConfig, EvaluateConfig
 from .methods import METHODS, STAGE_KINDS, MethodConfig, methods_for
-
-METRICS = (
-    "size_bytes",
-    "params",
-    "top1",
-    "zeroshot_top1",
-    "recall_i2t@1",
-    "recall_t2i@1",
-    "recall_i2t@5",
-    "recall_t2i@5",
-    "stsb_spearman",
-    "fidelity_cosine",
-    "latency_ms_image",
-    "latency_ms_text",
-    "peak_memory_mb",
-)
-
-
-class CalibrationConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    samples: PositiveInt = 128
-    batch_size: PositiveInt = 16
-    seed: int = 0
-
-
-class EvaluateConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    metrics: list[str] | None = Field(None, description="subset of METRICS; default all that apply")
-    max_samples: PositiveInt | None = Field(None, description="evaluate on the first N examples")
-    latency_batch_size: PositiveInt = 8
-    latency_repeats: PositiveInt = 10
-
-    def model_post_init(self, _: Any) -> None:
-        unknown = [m for m in self.metrics or [] if m not in METRICS]
-        if unknown:
-            raise ValueError(f"unknown metric(s) {unknown}; known: {', '.join(METRICS)}")
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .recipe import METRICS
+from .evaluation.config import METRICS
 
 LABELS = {
     "size_bytes": "size (MB)",

@@ -15,7 +15,7 @@ from ..adapters.base import LATENCY_SEQ_LEN
 from ..data import Dataset
 from ..errors import DataError
 from ..io.checkpoint import state_for_saving
-from ..recipe import METRICS, EvaluateConfig
+from .config import METRICS, EvaluateConfig
 from .metrics import fidelity_cosine
 from .speed import median_latency_ms, peak_memory_mb
 from .tasks import TASK_EVALUATORS, Embeddings

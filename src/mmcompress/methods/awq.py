@@ -10,6 +10,7 @@ from torch import nn
 from ..adapters import Adapter
 from ..calibration import InputStatsCollector, calibrate_layers
 from ..quantization.awq import awq_quantize
+from .allocation import layer_grids
 from .base import StageContext, register_method, selected
 from .gptq import split_embeddings
 from .rtn import quantize_rtn
@@ -27,11 +28,12 @@ class AWQConfig(WeightQuantConfig):
 @register_method("quantize", "awq", AWQConfig)
 def apply_awq(adapter: Adapter, config: AWQConfig, context: StageContext) -> dict[str, Any]:
     """AWQ: activation-aware scale search (embedding tables: round-to-nearest)."""
-    tables, layers = split_embeddings(selected(adapter, config, config.kinds()))
-    grid = config.grid()
+    modules = selected(adapter, config, config.kinds())
+    grids, summary = layer_grids(adapter, modules, config, context)
+    tables, layers = split_embeddings(modules)
 
     def replace(name: str, module: nn.Module, stats: InputStatsCollector) -> nn.Module:
-        tie = 1
+        grid, tie = grids[name], 1
         if isinstance(module, nn.Conv2d):
             if module.groups > 1:  # per-channel input scaling does not apply; plain rounding
                 return quantized_module(module, grid)
@@ -43,6 +45,6 @@ def apply_awq(adapter: Adapter, config: AWQConfig, context: StageContext) -> dic
 
     n = calibrate_layers(adapter, layers, context.calibration_data(adapter),
                          lambda n, m: InputStatsCollector(config.sample_rows), replace,
-                         f"awq int{config.bits}", context.progress)
-    n += quantize_rtn(adapter, tables, config, context.progress)
-    return {"modules": n}
+                         "awq", context.progress)
+    n += quantize_rtn(adapter, tables, grids, context.progress)
+    return {"modules": n, **summary}

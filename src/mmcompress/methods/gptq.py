@@ -10,6 +10,7 @@ from torch import nn
 from ..adapters import Adapter
 from ..calibration import HessianCollector, calibrate_layers
 from ..quantization.gptq import gptq_quantize
+from .allocation import layer_grids
 from .base import StageContext, register_method, selected
 from .rtn import quantize_rtn
 from .weight_quant import WeightQuantConfig, quantized_module, weight_matrix
@@ -31,16 +32,18 @@ def split_embeddings(modules: dict[str, nn.Module]) -> tuple[dict, dict]:
 @register_method("quantize", "gptq", GPTQConfig)
 def apply_gptq(adapter: Adapter, config: GPTQConfig, context: StageContext) -> dict[str, Any]:
     """GPTQ: second-order error-compensating rounding (embedding tables: round-to-nearest)."""
-    tables, layers = split_embeddings(selected(adapter, config, config.kinds()))
-    grid = config.grid()
+    modules = selected(adapter, config, config.kinds())
+    grids, summary = layer_grids(adapter, modules, config, context)
+    tables, layers = split_embeddings(modules)
     calib = context.calibration_data(adapter)
 
     def replace(name: str, module: nn.Module, stats: HessianCollector) -> nn.Module:
+        grid = grids[name]
         q = gptq_quantize(weight_matrix(module), stats.hessian, grid, config.damp,
                           config.act_order, config.block_size)
         return quantized_module(module, grid, quantized=q)
 
     n = calibrate_layers(adapter, layers, calib, lambda n, m: HessianCollector(), replace,
-                         f"gptq int{config.bits}", context.progress)
-    n += quantize_rtn(adapter, tables, config, context.progress)
-    return {"modules": n}
+                         "gptq", context.progress)
+    n += quantize_rtn(adapter, tables, grids, context.progress)
+    return {"modules": n, **summary}

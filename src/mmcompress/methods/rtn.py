@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
@@ -9,6 +10,8 @@ from torch import nn
 from ..adapters import Adapter
 from ..modules.replace import replace_modules
 from ..progress import progress_bar
+from ..quantization.grid import QuantGrid
+from .allocation import layer_grids
 from .base import StageContext, register_method, selected
 from .weight_quant import WeightQuantConfig, quantized_module
 
@@ -17,12 +20,11 @@ class RTNConfig(WeightQuantConfig):
     method: str = "rtn"
 
 
-def quantize_rtn(adapter: Adapter, modules: dict[str, nn.Module], config: WeightQuantConfig,
-                 progress: bool) -> int:
+def quantize_rtn(adapter: Adapter, modules: dict[str, nn.Module],
+                 grids: Mapping[str, QuantGrid], progress: bool) -> int:
     """Swap each module for its min-max round-to-nearest quantized version."""
-    grid = config.grid()
-    bar = progress_bar(modules.items(), desc=f"rtn int{config.bits}", enabled=progress)
-    replace_modules(adapter.model, {n: quantized_module(m, grid) for n, m in bar})
+    bar = progress_bar(modules.items(), desc="rtn", enabled=progress)
+    replace_modules(adapter.model, {n: quantized_module(m, grids[n]) for n, m in bar})
     return len(modules)
 
 
@@ -30,4 +32,5 @@ def quantize_rtn(adapter: Adapter, modules: dict[str, nn.Module], config: Weight
 def apply_rtn(adapter: Adapter, config: RTNConfig, context: StageContext) -> dict[str, Any]:
     """Round-to-nearest min-max quantization, per channel or per group."""
     modules = selected(adapter, config, config.kinds())
-    return {"modules": quantize_rtn(adapter, modules, config, context.progress)}
+    grids, summary = layer_grids(adapter, modules, config, context)
+    return {"modules": quantize_rtn(adapter, modules, grids, context.progress), **summary}

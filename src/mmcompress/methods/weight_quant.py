@@ -9,6 +9,7 @@ from torch import nn
 from ..modules import QuantConv2d, QuantEmbedding, QuantLinear
 from ..modules.quantized import Quantized
 from ..quantization.grid import QuantGrid
+from .allocation import BitBudget
 from .base import MethodConfig
 
 
@@ -20,6 +21,7 @@ class WeightQuantConfig(MethodConfig):
     symmetric: bool = True
     embeddings: bool = Field(True, description="also quantize embedding tables (round-to-nearest)")
     convolutions: bool = Field(True, description="also quantize 2-d convolutions")
+    budget: BitBudget | None = Field(None, description="choose bits per layer to meet a size")
 
     def grid(self) -> QuantGrid:
         return QuantGrid(self.bits, self.group_size, self.symmetric)

@@ -16,10 +16,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..quantization.grid import QuantGrid, compute_scales, dequantize, quantize
-from ..quantization.packing import pack_rows, unpack_rows
+from ..quantization.packing import pack_rows, packed_row_bytes, unpack_rows
 from .registry import register_module
 
 Quantized = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # codes, scale, zero
+
+
+def quantized_bytes(rows: int, cols: int, grid: QuantGrid) -> int:
+    """Bytes a [rows, cols] weight takes once quantized: codes, scales, zero points."""
+    groups = rows * grid.groups(cols)
+    return rows * packed_row_bytes(cols, grid.bits) + 4 * groups + (0 if grid.symmetric else groups)
 
 
 class _PackedWeight(nn.Module):
@@ -32,8 +38,8 @@ class _PackedWeight(nn.Module):
         if self._signed_int8:
             self.register_buffer("qweight", torch.zeros(rows, cols, dtype=torch.int8))
         else:
-            probe = pack_rows(torch.zeros(1, cols, dtype=torch.uint8), grid.bits)
-            self.register_buffer("qweight", torch.zeros(rows, probe.shape[1], dtype=torch.uint8))
+            row_bytes = packed_row_bytes(cols, grid.bits)
+            self.register_buffer("qweight", torch.zeros(rows, row_bytes, dtype=torch.uint8))
         self.register_buffer("scale", torch.ones(rows, groups))
         zero = None if grid.symmetric else torch.zeros(rows, groups, dtype=torch.uint8)
         self.register_buffer("zero", zero)

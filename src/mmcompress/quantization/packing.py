@@ -38,6 +38,11 @@ def unpack_codes(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
     return (stream.view(numel, bits) << _SHIFTS[:bits]).sum(dim=1, dtype=torch.uint8)
 
 
+def packed_row_bytes(cols: int, bits: int) -> int:
+    """Bytes one packed row of `cols` codes takes (rows are padded to whole bytes of 8 codes)."""
+    return cols if bits == 8 else (cols + (-cols) % 8) * bits // 8
+
+
 def pack_rows(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Pack a [rows, cols] code matrix row by row, so that rows can be gathered while packed."""
     rows, cols = codes.shape
