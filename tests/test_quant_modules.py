@@ -60,3 +60,19 @@ def test_quant_embedding_gathers_rows():
 def test_unknown_module_type_is_refused():
     with pytest.raises(KeyError, match="unknown module type"):
         build_module({"type": "Nope"})
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("layer", [nn.Linear(16, 8), nn.Conv2d(3, 4, 3, padding=1),
+                                   nn.Embedding(10, 6)])
+def test_half_weight_storage(layer, dtype):
+    from mmcompress.modules import HalfWeight
+
+    half = HalfWeight.from_module(layer, dtype)
+    x = torch.randint(0, 10, (2, 3)) if isinstance(layer, nn.Embedding) else (
+        torch.randn(2, 16) if isinstance(layer, nn.Linear) else torch.randn(1, 3, 5, 5))
+    torch.testing.assert_close(half(x), layer(x), atol=0.02, rtol=0.02)
+    assert half.half_weight.element_size() == 2
+    rebuilt = build_module(half.spec())
+    rebuilt.load_state_dict(half.state_dict(), strict=True)
+    assert torch.equal(rebuilt(x), half(x))

@@ -17,7 +17,7 @@ def test_valid_recipe_roundtrips_through_yaml():
         ("stages:\n  - quantize:\n      method: rtn\n      bitz: 4\n",
          r"stages\[0\]\.quantize\.bitz \(line 4\): unknown key 'bitz'"),
         ("stages:\n  - quantize: {method: gptqq}\n", "unknown quantize method 'gptqq'"),
-        ("stages:\n  - quantize: {method: rtn, bits: 0}\n", r"quantize\.bits.*greater than"),
+        ("stages:\n  - quantize: {method: rtn, bits: 0}\n", r"quantize\.bits.*must be 2\.\.8"),
         ("stages:\n  - quantize: {method: rtn, bits: 9}\n", r"quantize\.bits"),
         ("stages: [\n", "not valid YAML at line"),
         ("colour: red\nstages: []\n", "unknown key 'colour'"),
@@ -37,3 +37,11 @@ def test_bad_recipes_name_the_problem(text, message):
 def test_missing_recipe_file(tmp_path):
     with pytest.raises(RecipeError, match="not found"):
         load_recipe(tmp_path / "nope.yaml")
+
+
+def test_bits_16_means_half_precision_on_any_method():
+    for method in ("rtn", "gptq", "awq"):
+        r = load_recipe({"stages": [{"quantize": {"method": method, "bits": 16, "dtype": "bf16"}}]})
+        assert r.stages[0].config.bits == 16
+    with pytest.raises(RecipeError, match="bits"):
+        load_recipe({"stages": [{"quantize": {"method": "awq", "bits": 2}}]})

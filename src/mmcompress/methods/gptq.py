@@ -13,7 +13,7 @@ from ..quantization.gptq import gptq_quantize
 from .allocation import layer_grids
 from .base import StageContext, register_method, selected
 from .rtn import quantize_rtn
-from .weight_quant import WeightQuantConfig, quantized_module, weight_matrix
+from .weight_quant import WeightQuantConfig, quantized_module, store_half, weight_matrix
 
 
 class GPTQConfig(WeightQuantConfig):
@@ -33,17 +33,26 @@ def split_embeddings(modules: dict[str, nn.Module]) -> tuple[dict, dict]:
 def apply_gptq(adapter: Adapter, config: GPTQConfig, context: StageContext) -> dict[str, Any]:
     """GPTQ: second-order error-compensating rounding (embedding tables: round-to-nearest)."""
     modules = selected(adapter, config, config.kinds())
+    if config.bits == 16:
+        return store_half(adapter, modules, config.dtype)
     grids, summary = layer_grids(adapter, modules, config, context)
     tables, layers = split_embeddings(modules)
     calib = context.calibration_data(adapter)
 
     def replace(name: str, module: nn.Module, stats: HessianCollector) -> nn.Module:
         grid = grids[name]
-        q = gptq_quantize(weight_matrix(module), stats.hessian, grid, config.damp,
-                          config.act_order, config.block_size)
+        q = gptq_quantize(
+            weight_matrix(module),
+            stats.hessian,
+            grid,
+            config.damp,
+            config.act_order,
+            config.block_size,
+        )
         return quantized_module(module, grid, quantized=q)
 
-    n = calibrate_layers(adapter, layers, calib, lambda n, m: HessianCollector(), replace,
-                         "gptq", context.progress)
+    n = calibrate_layers(
+        adapter, layers, calib, lambda n, m: HessianCollector(), replace, "gptq", context.progress
+    )
     n += quantize_rtn(adapter, tables, grids, context.progress)
     return {"modules": n, **summary}

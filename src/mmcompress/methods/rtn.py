@@ -13,15 +13,16 @@ from ..progress import progress_bar
 from ..quantization.grid import QuantGrid
 from .allocation import layer_grids
 from .base import StageContext, register_method, selected
-from .weight_quant import WeightQuantConfig, quantized_module
+from .weight_quant import WeightQuantConfig, quantized_module, store_half
 
 
 class RTNConfig(WeightQuantConfig):
     method: str = "rtn"
 
 
-def quantize_rtn(adapter: Adapter, modules: dict[str, nn.Module],
-                 grids: Mapping[str, QuantGrid], progress: bool) -> int:
+def quantize_rtn(
+    adapter: Adapter, modules: dict[str, nn.Module], grids: Mapping[str, QuantGrid], progress: bool
+) -> int:
     """Swap each module for its min-max round-to-nearest quantized version."""
     bar = progress_bar(modules.items(), desc="rtn", enabled=progress)
     replace_modules(adapter.model, {n: quantized_module(m, grids[n]) for n, m in bar})
@@ -32,5 +33,7 @@ def quantize_rtn(adapter: Adapter, modules: dict[str, nn.Module],
 def apply_rtn(adapter: Adapter, config: RTNConfig, context: StageContext) -> dict[str, Any]:
     """Round-to-nearest min-max quantization, per channel or per group."""
     modules = selected(adapter, config, config.kinds())
+    if config.bits == 16:
+        return store_half(adapter, modules, config.dtype)
     grids, summary = layer_grids(adapter, modules, config, context)
     return {"modules": quantize_rtn(adapter, modules, grids, context.progress), **summary}

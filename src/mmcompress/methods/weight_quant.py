@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, field_validator
 from torch import nn
 
-from ..modules import QuantConv2d, QuantEmbedding, QuantLinear
+from ..modules import HalfWeight, QuantConv2d, QuantEmbedding, QuantLinear
 from ..modules.quantized import Quantized
+from ..modules.replace import replace_modules
 from ..quantization.grid import QuantGrid
 from .allocation import BitBudget
 from .base import MethodConfig
@@ -16,12 +19,20 @@ from .base import MethodConfig
 class WeightQuantConfig(MethodConfig):
     """Weight grid shared by weight-quantization methods."""
 
-    bits: int = Field(8, ge=2, le=8, description="integer bits per weight")
+    bits: int = Field(8, description="integer bits per weight (2..8), or 16 for fp16/bf16")
+    dtype: Literal["fp16", "bf16"] = Field("fp16", description="storage type when bits is 16")
     group_size: PositiveInt | None = Field(None, description="values per scale; null = per channel")
     symmetric: bool = True
     embeddings: bool = Field(True, description="also quantize embedding tables (round-to-nearest)")
     convolutions: bool = Field(True, description="also quantize 2-d convolutions")
     budget: BitBudget | None = Field(None, description="choose bits per layer to meet a size")
+
+    @field_validator("bits")
+    @classmethod
+    def _bits(cls, v: int) -> int:
+        if not (2 <= v <= 8 or v == 16):
+            raise ValueError(f"bits must be 2..8 (integer) or 16 (half precision), got {v}")
+        return v
 
     def grid(self) -> QuantGrid:
         return QuantGrid(self.bits, self.group_size, self.symmetric)
@@ -42,8 +53,12 @@ def weight_matrix(module: nn.Module) -> torch.Tensor:
     return w.reshape(w.shape[0], -1)
 
 
-def quantized_module(module: nn.Module, grid: QuantGrid, quantized: Quantized | None = None,
-                     input_scale: torch.Tensor | None = None) -> nn.Module:
+def quantized_module(
+    module: nn.Module,
+    grid: QuantGrid,
+    quantized: Quantized | None = None,
+    input_scale: torch.Tensor | None = None,
+) -> nn.Module:
     """The quantized replacement of a Linear, Conv2d or Embedding layer."""
     if isinstance(module, nn.Linear):
         return QuantLinear.from_linear(module, grid, quantized, input_scale)
@@ -52,3 +67,11 @@ def quantized_module(module: nn.Module, grid: QuantGrid, quantized: Quantized | 
     if isinstance(module, nn.Embedding):
         return QuantEmbedding.from_embedding(module, grid)
     raise TypeError(f"cannot quantize {type(module).__name__}")
+
+
+def store_half(adapter, modules: dict[str, nn.Module], dtype: str) -> dict[str, int]:
+    """``bits: 16`` on any method: keep the weights, store them in fp16 or bf16."""
+    replace_modules(
+        adapter.model, {n: HalfWeight.from_module(m, dtype) for n, m in modules.items()}
+    )
+    return {"modules": len(modules)}

@@ -1,6 +1,14 @@
 """Replacement modules and the registry that rebuilds them from a saved manifest."""
 
+from .half import HalfWeight
 from .quantized import QuantConv2d, QuantEmbedding, QuantLinear
 from .registry import MODULE_TYPES, build_module
 
-__all__ = ["MODULE_TYPES", "QuantConv2d", "QuantEmbedding", "QuantLinear", "build_module"]
+__all__ = [
+    "MODULE_TYPES",
+    "HalfWeight",
+    "QuantConv2d",
+    "QuantEmbedding",
+    "QuantLinear",
+    "build_module",
+]
