@@ -63,3 +63,12 @@ def test_quantized_params_count_logical_weights(tiny_clip):
     METHODS[("quantize", "rtn")].apply(tiny_clip, stage.config, StageContext(progress=False))
     assert count_params(tiny_clip.model) == dense
     assert saved_size_bytes(tiny_clip.model) < 0.45 * size
+
+
+def test_spearman_handles_ties_and_order():
+    from mmcompress.evaluation.metrics import spearman
+
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ties get average ranks: x ranks [1.5, 1.5, 3, 4], y ranks [1, 2, 3.5, 3.5]
+    assert spearman([5, 5, 7, 9], [1, 2, 8, 8]) == pytest.approx(8 / 9, abs=1e-9)

@@ -46,6 +46,7 @@ def compress(
     data: str | Path | Dataset | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    calibration_data: str | Path | Dataset | None = None,
 ) -> CompressResult:
     """Run a recipe on a model; evaluate before and after; save atomically to `out`.
 
@@ -53,7 +54,9 @@ def compress(
         model: a model spec (``demo``, ``random:NAME``, a folder) or a loaded `Adapter`.
         recipe: a YAML path or text, a mapping, or a `Recipe`.
         out: output folder (written only if everything succeeds).
-        data: data spec for evaluation and calibration; the model's default when None.
+        data: data spec for evaluation (and calibration); the model's default when None.
+        calibration_data: data for calibrated methods instead of `data` (overrides the
+            recipe's ``calibration.data``), so that calibration need not see the test split.
     """
     recipe = load_recipe(recipe)
     out_path = Path(out) if out is not None else None
@@ -67,7 +70,9 @@ def compress(
     before = evaluate_adapter(
         adapter, dataset, eval_cfg, memory_spec=_memory_spec(model), progress=progress
     )
-    history = _run_stages(adapter, recipe, dataset, before, progress)
+    calib_spec = calibration_data if calibration_data is not None else recipe.calibration.data
+    calib_set = load_data(calib_spec) if calib_spec is not None else dataset
+    history = _run_stages(adapter, recipe, dataset, calib_set, before, progress)
     report: dict[str, Any] = {
         "model": spec,
         "recipe": recipe.to_dict(),
@@ -100,8 +105,9 @@ def _memory_spec(model: str | Path | Adapter) -> str | None:
     return None if isinstance(model, Adapter) else str(model)
 
 
-def _run_stages(adapter: Adapter, recipe: Recipe, data: Dataset, before, progress: bool) -> list:
-    context = StageContext(data=data, calibration=recipe.calibration, progress=progress)
+def _run_stages(adapter: Adapter, recipe: Recipe, data: Dataset, calib_set: Dataset, before,
+                progress: bool) -> list:
+    context = StageContext(data=calib_set, calibration=recipe.calibration, progress=progress)
     quick = data.head(recipe.evaluate.max_samples)
     history = []
     for stage in recipe.stages:

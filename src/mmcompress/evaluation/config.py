@@ -24,7 +24,10 @@ METRICS = (
 
 
 class CalibrationConfig(BaseModel):
+    """Where calibration examples come from and how many are used."""
+
     model_config = ConfigDict(extra="forbid")
+    data: str | None = Field(None, description="data spec; default: the run's --data")
     samples: PositiveInt = 128
     batch_size: PositiveInt = 16
     seed: int = 0

@@ -51,8 +51,19 @@ def fidelity_cosine(
     return float(torch.cat(cos).mean()) if cos else float("nan")
 
 
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman rank correlation (average ranks for ties)."""
-    from scipy.stats import spearmanr
+def _average_ranks(values: Sequence[float]) -> torch.Tensor:
+    v = torch.as_tensor(values, dtype=torch.float64)
+    order = torch.argsort(v, stable=True)
+    ranks = torch.empty_like(v)
+    ranks[order] = torch.arange(len(v), dtype=torch.float64)
+    uniq, inverse = torch.unique(v, return_inverse=True)
+    sums = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inverse, ranks)
+    counts = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inverse, torch.ones_like(v))
+    return (sums / counts)[inverse]
 
-    return float(spearmanr(x, y).statistic)
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman rank correlation: Pearson correlation of average ranks (ties share a rank)."""
+    rx, ry = _average_ranks(x), _average_ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    return float((rx * ry).sum() / (rx.norm() * ry.norm()))

@@ -32,7 +32,7 @@ class MethodConfig(BaseModel):
 class StageContext:
     """What a method may use besides the model: the data, calibration settings, progress."""
 
-    data: Dataset | None = None
+    data: Dataset | None = None  # calibration examples (the run's data unless told otherwise)
     calibration: Any = None
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
