@@ -16,6 +16,7 @@ from ..adapters import ADAPTERS, Adapter
 from ..errors import CheckpointError
 from ..modules import MODULE_TYPES, build_module
 from ..modules.replace import replace_modules
+from .structure import apply_structure, meta_base, structure_diff
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
@@ -37,7 +38,7 @@ def replaced_modules(model: torch.nn.Module) -> dict[str, dict[str, Any]]:
 
 
 def state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict as contiguous tensors; shared storage is refused with a clear error."""
+    """The state dict as contiguous tensors; tensors sharing storage are stored separately."""
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     seen: dict[tuple[int, int], str] = {}
     for k, v in state.items():
@@ -60,11 +61,17 @@ def save_checkpoint(adapter: Adapter, folder: Path, base_model: str, history: li
         "base_model": base_model,
         "adapter": adapter.name,
         "architecture": adapter.architecture(),
+        "structure": structure_diff(_base_model(adapter, folder), adapter.model),
         "modules": replaced_modules(adapter.model),
         "stages": history,
         "weights": {"file": WEIGHTS, "bytes": weights.stat().st_size, "sha256": _sha256(weights)},
     }
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
+
+
+def _base_model(adapter: Adapter, folder: Path | None) -> torch.nn.Module:
+    """The adapter's base architecture on the meta device, to diff the model's structure."""
+    return meta_base(lambda: type(adapter).from_architecture(adapter.architecture(), folder).model)
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
@@ -93,8 +100,9 @@ def load_checkpoint(folder: Path) -> Adapter:
         adapter_cls = ADAPTERS[manifest["adapter"]]
         weights_info = manifest["weights"]
         adapter = adapter_cls.from_architecture(manifest["architecture"], folder)
+        apply_structure(adapter.model, manifest.get("structure", {}))
         replace_modules(adapter.model, {n: build_module(s) for n, s in manifest["modules"].items()})
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise CheckpointError(f"{folder / MANIFEST} is inconsistent: {exc!r}") from None
     weights = folder / weights_info["file"]
     if not weights.is_file():
