@@ -33,7 +33,8 @@ def test_compress_writes_the_output_folder(tiny_clip_folder, tmp_path):
                                  str(_recipe(tmp_path)), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert {p.name for p in out.iterdir()} >= {"model.safetensors", "mmcompress.json",
-                                                "recipe.yaml", "report.json", "report.md"}
+                                                "recipe.yaml", "report.json", "report.md",
+                                                "report.html"}
     report = json.loads((out / "report.json").read_text())
     assert set(report) >= {"model", "recipe", "stages", "before", "after"}
     assert report["after"]["size_bytes"] < 0.5 * report["before"]["size_bytes"]

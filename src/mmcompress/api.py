@@ -21,6 +21,7 @@ from .methods import METHODS, StageContext
 from .model_specs import NAMED_SPECS, load_model
 from .recipe import EvaluateConfig, Recipe, load_recipe
 from .report import report_markdown
+from .report_html import report_html
 
 
 @dataclass
@@ -98,6 +99,7 @@ def compress(
         (tmp / "recipe.yaml").write_text(recipe.to_yaml())
         (tmp / "report.json").write_text(json.dumps(report, indent=1))
         (tmp / "report.md").write_text(report_markdown(report))
+        (tmp / "report.html").write_text(report_html(report))
     return CompressResult(adapter, report, out_path)
 
 
