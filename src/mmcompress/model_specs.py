@@ -1,4 +1,5 @@
-"""Model specs → `Adapter`: ``demo``, ``random:NAME``, a Hugging Face folder, an output folder."""
+"""Model specs → `Adapter`: named (``demo``, ``resnet20``, ``lit-cifar``, …), ``random:NAME``,
+a Hugging Face folder, an output folder, a CIFAR ResNet ``.safetensors`` file."""
 
 from __future__ import annotations
 
@@ -26,7 +27,34 @@ def _demo(progress: bool) -> Adapter:
     return DemoAdapter.pretrained(progress=progress)
 
 
+def _minilm(progress: bool) -> Adapter:
+    from .adapters.sentence import SentenceAdapter
+
+    return SentenceAdapter.minilm()
+
+
+def _lit_cifar(progress: bool) -> Adapter:
+    from .adapters.lit_cifar import LitCifarAdapter
+
+    return LitCifarAdapter.pretrained(progress=progress)
+
+
+def _resnet(depth: int) -> Callable[[bool], Adapter]:
+    def load(progress: bool) -> Adapter:
+        from .adapters.classifier import ImageClassifierAdapter
+        from .shared_data import shared_data_dir
+
+        folder = shared_data_dir("resnet_cifar10")
+        return ImageClassifierAdapter.from_file(folder / f"resnet{depth}.safetensors")
+
+    return load
+
+
 register_spec("demo", _demo)
+register_spec("lit-cifar", _lit_cifar)
+for _depth in (20, 32, 44, 56):
+    register_spec(f"resnet{_depth}", _resnet(_depth))
+register_spec("minilm", _minilm)
 
 
 def load_model(spec: str | Path | Adapter, progress: bool = True) -> Adapter:
@@ -50,8 +78,13 @@ def _load_path(path: Path) -> Adapter:
     if not path.exists():
         raise UserError(
             f"model {str(path)!r} not found: expected one of {', '.join(NAMED_SPECS)}, "
-            "'random:NAME', a Hugging Face model folder or an mmcompress output folder"
+            "'random:NAME', a Hugging Face model folder, an mmcompress output folder "
+            "or a CIFAR ResNet .safetensors file"
         )
+    if path.is_file() and path.suffix == ".safetensors":
+        from .adapters.classifier import ImageClassifierAdapter
+
+        return ImageClassifierAdapter.from_file(path)  # refuses keys of other models
     if (path / MANIFEST).is_file():
         from .io.checkpoint import load_checkpoint
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from .base import Adapter, DualEncoderAdapter
+from .classifier import ImageClassifierAdapter
 from .demo import DemoAdapter
 from .hf_dual import CLIPAdapter, SiglipAdapter
+from .lit_cifar import LitCifarAdapter
+from .sentence import SentenceAdapter
 
 ADAPTERS: dict[str, type[Adapter]] = {}
 HF_MODEL_TYPES: dict[str, type[Adapter]] = {}
@@ -21,5 +24,8 @@ def register_adapter(cls: type[Adapter], *hf_model_types: str) -> type[Adapter]:
 register_adapter(DemoAdapter)
 register_adapter(CLIPAdapter, "clip")
 register_adapter(SiglipAdapter, "siglip")
+register_adapter(ImageClassifierAdapter)
+register_adapter(LitCifarAdapter)
+register_adapter(SentenceAdapter, "bert")
 
 __all__ = ["ADAPTERS", "HF_MODEL_TYPES", "Adapter", "DualEncoderAdapter", "register_adapter"]

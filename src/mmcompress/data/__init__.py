@@ -1,10 +1,12 @@
-"""Data specs → `Dataset`: ``demo``, a folder of class subfolders, COCO caption JSON."""
+"""Data specs → `Dataset`: named (``demo``, ``cifar10``, …), class folders, COCO caption JSON."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import DataError
+from .cifar import cifar10_test, lit_cifar_eval
 from .dataset import Dataset, load_image
 from .demo import demo_dataset
 from .readers import _find_coco_json, is_class_folder, read_class_folder, read_coco_captions
@@ -12,6 +14,18 @@ from .readers import _find_coco_json, is_class_folder, read_class_folder, read_c
 __all__ = ["Dataset", "load_data", "load_image"]
 
 _EXTRA_READERS: list = []  # (detect(path) -> bool, read(path) -> Dataset), added by later readers
+
+# Named data specs (besides paths): name → loader() -> Dataset.
+NAMED_DATA: dict[str, Callable[[], Dataset]] = {
+    "demo": demo_dataset,
+    "cifar10": cifar10_test,  # ../shared/data/cifar10/test
+    "lit-cifar-eval": lit_cifar_eval,  # its held-out part (see data/cifar.py)
+}
+
+
+def register_data_spec(name: str, loader: Callable[[], Dataset]) -> None:
+    """Make `name` a data spec, e.g. 'demo' or 'cifar10'."""
+    NAMED_DATA[name] = loader
 
 
 def register_reader(detect, read) -> None:
@@ -23,11 +37,13 @@ def load_data(spec: str | Path | Dataset) -> Dataset:
     """Resolve a data spec. Unknown or unreadable input raises `DataError`."""
     if isinstance(spec, Dataset):
         return spec
-    if str(spec) == "demo":
-        return demo_dataset()
+    if str(spec) in NAMED_DATA:
+        return NAMED_DATA[str(spec)]()
     path = Path(spec).expanduser()
     if not path.exists():
-        raise DataError(f"data path {path} does not exist (expected 'demo' or a path)")
+        raise DataError(
+            f"data path {path} does not exist (expected {', '.join(NAMED_DATA)} or a path)"
+        )
     for detect, read in _EXTRA_READERS:
         if detect(path):
             return read(path)

@@ -1,0 +1,92 @@
+"""Shared parts of LiT-style dual encoders: a frozen MiniLM text tower and a cached image side.
+
+The model must offer ``encode_image(pixels)`` and ``encode_text(input_ids, attention_mask)``
+and keep its text tower under ``text``. What training changes (everything outside ``text.``)
+is cached under `paths.cache_dir()` by a key of the training settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..models.sentence_encoder import minilm_path
+from ..paths import cache_dir
+from .base import DualEncoderAdapter
+from .tokenizers import load_tokenizer, tokenize
+
+TEXT_PREFIX = "text."
+
+
+class FrozenTextAdapter(DualEncoderAdapter):
+    """A dual encoder whose text tower is the pretrained MiniLM, with its tokenizer."""
+
+    max_text_len = 32
+
+    def __init__(self, model: nn.Module, tokenizer) -> None:
+        super().__init__(model)
+        self.tokenizer = tokenizer
+
+    def text_tensors(
+        self, texts: Sequence[str], pad_to: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        return tokenize(self.tokenizer, texts, self.max_text_len, pad_to)
+
+    def embed_image_tensor(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels)
+
+    def embed_text_tensors(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model.encode_text(inputs["input_ids"], inputs["attention_mask"])
+
+    def save_assets(self, folder: Path) -> None:
+        self.tokenizer.save_pretrained(str(folder / "tokenizer"))
+
+    @staticmethod
+    def tokenizer_for(folder: Path | None):
+        """The tokenizer saved in an output folder, else MiniLM's own."""
+        saved = folder / "tokenizer" if folder is not None else None
+        return load_tokenizer(saved if saved is not None and saved.is_dir() else minilm_path())
+
+
+def cache_key(*settings: Any) -> str:
+    """Short hash of JSON-able training settings: a new setting means a new cache file."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def load_or_train(model: nn.Module, name: str, key: str, train: Callable[[], Any]) -> None:
+    """Load the trained (non-text) weights from the cache, or run `train()` and cache them.
+
+    `train` must set every non-text weight (a broken cache may have left some half-loaded).
+    A cache file that cannot be loaded is rebuilt, never trusted; writes are atomic.
+    """
+    path = cache_dir() / f"{name}-{key}.safetensors"
+    trained_names = {n for n in model.state_dict() if not n.startswith(TEXT_PREFIX)}
+    if path.is_file():
+        try:
+            state = load_file(str(path))
+            if set(state) != trained_names:
+                raise ValueError("cached weights do not match the model")
+            model.load_state_dict(state, strict=False)
+            return
+        except Exception:  # a broken cache is rebuilt, never trusted
+            path.unlink(missing_ok=True)
+    train()
+    state = model.state_dict()
+    trained = {n: state[n].detach().contiguous() for n in trained_names}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(trained, tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,113 @@
+"""lit-cifar: a CLIP-style dual encoder made of two pretrained, frozen towers.
+
+Image tower: the CIFAR-10 ResNet-56 (its pooled 64-d penultimate features).
+Text tower: the pretrained all-MiniLM-L6-v2 sentence encoder.
+Only a linear projection of the image features (and the temperature) is trained, LiT-style,
+on captions of the training part of ``cifar10/test`` (see `data.cifar`). Training captions use
+`TRAIN_TEMPLATES`; evaluation uses the class-folder prompts, which share none of them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import contrastive
+from .resnet_cifar import FEATURE_DIM, CifarResNet
+from .sentence_encoder import SentenceEncoder
+
+DEPTH = 56
+TRAIN_TEMPLATES = [
+    "a {}",
+    "the {}",
+    "a blurry shot of the {}",
+    "a low-resolution snapshot of a {}",
+    "a close-up of a {}",
+    "a small {} in the frame",
+    "this shows a {}",
+    "a cropped view of the {}",
+]
+TRAINING = {"epochs": 20, "batch_size": 256, "lr": 1e-2, "weight_decay": 1e-4, "seed": 0}
+
+
+class LitCifarDualEncoder(nn.Module):
+    """CIFAR ResNet features → linear projection, aligned to a frozen MiniLM."""
+
+    def __init__(self, text: SentenceEncoder, depth: int = DEPTH) -> None:
+        super().__init__()
+        self.hparams = {"depth": depth}
+        self.vision = CifarResNet(depth, num_classes=0)
+        self.visual_projection = nn.Linear(FEATURE_DIM, text.bert.config.hidden_size)
+        self.text = text
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.visual_projection(self.vision(pixels)), dim=-1)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.text(input_ids, attention_mask)
+
+    def architecture(self) -> dict[str, Any]:
+        return {"text_config": self.text.config_dict(), **self.hparams}
+
+    @classmethod
+    def from_architecture(cls, arch: dict[str, Any]) -> LitCifarDualEncoder:
+        return cls(SentenceEncoder.from_config_dict(arch["text_config"]), arch["depth"])
+
+
+def train_projection(
+    model: LitCifarDualEncoder,
+    images: Sequence[np.ndarray],
+    labels: Sequence[int],
+    class_names: Sequence[str],
+    preprocess: Callable,
+    tokenize: Callable,
+    progress: bool = True,
+) -> float:
+    """Train the projection (and temperature) on captioned images; returns the final loss.
+
+    Both towers are frozen, so their outputs are computed once: the features of every
+    training image and the embeddings of every training caption. `preprocess` and `tokenize`
+    are the adapter's own, so training sees exactly what inference will.
+    """
+    cfg = TRAINING
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    torch.manual_seed(cfg["seed"])
+    model.eval()
+    with torch.inference_mode():
+        features = torch.cat(
+            [model.vision(preprocess(images[i : i + 500])) for i in range(0, len(images), 500)]
+        ).clone()
+    captions = [[t.format(c) for t in TRAIN_TEMPLATES] for c in class_names]
+    text = contrastive.caption_embeddings(model.encode_text, tokenize, captions)
+    proj = model.visual_projection
+    with _one_thread():
+        return contrastive.train_contrastive(
+            [*proj.parameters(), model.logit_scale],
+            lambda idx: F.normalize(proj(features[idx]), dim=-1),
+            torch.as_tensor(list(labels)).long(),
+            text,
+            model.logit_scale,
+            cfg,
+            gen,
+            desc="training lit-cifar projection",
+            progress=progress,
+        )
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run tiny ops on one thread: on a busy machine, thread hand-offs cost 10-30x the work."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
