@@ -128,13 +128,15 @@ def test_named_spec_without_shared_data_is_a_user_error(tmp_path, monkeypatch):
 
 
 def test_rtn_int8_head_save_load_identical(tmp_path):
+    torch.manual_seed(0)
     adapter = ImageClassifierAdapter(_random_bn_stats(CifarResNet(20)))
     images = _images(6)
     dense = adapter.classify(images)
     summary = apply_rtn(adapter, RTNConfig(targets=["head"]), StageContext(progress=False))
     assert summary == {"modules": 1} and isinstance(adapter.model.linear, QuantLinear)
     quantized = adapter.classify(images)
-    torch.testing.assert_close(quantized, dense, rtol=0.05, atol=0.05)
+    error = (quantized - dense).norm() / dense.norm()
+    assert error < 0.02  # int8 per-channel: about 1% relative error on the logits
     save_checkpoint(adapter, tmp_path, "test", [])
     assert json.loads((tmp_path / "mmcompress.json").read_text())["architecture"]["depth"] == 20
     reloaded = load_checkpoint(tmp_path)
