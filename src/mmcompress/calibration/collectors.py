@@ -61,3 +61,20 @@ class HessianCollector(InputStatsCollector):
     @property
     def hessian(self) -> torch.Tensor:
         return self.xtx
+
+
+class FeatureNormCollector:
+    """Per-feature L2 norm over every input row seen, ‖X_j‖₂ (Wanda's activation term)."""
+
+    def __init__(self) -> None:
+        self.sq_sum: torch.Tensor | None = None
+        self.rows = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        s = x.pow(2).sum(0)
+        self.sq_sum = s if self.sq_sum is None else self.sq_sum + s
+        self.rows += len(x)
+
+    @property
+    def norm(self) -> torch.Tensor:
+        return self.sq_sum.sqrt()

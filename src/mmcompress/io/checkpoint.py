@@ -101,7 +101,10 @@ def load_checkpoint(folder: Path) -> Adapter:
         weights_info = manifest["weights"]
         adapter = adapter_cls.from_architecture(manifest["architecture"], folder)
         apply_structure(adapter.model, manifest.get("structure", {}))
-        replace_modules(adapter.model, {n: build_module(s) for n, s in manifest["modules"].items()})
+        specs = manifest["modules"]
+        for depth in sorted({n.count(".") for n in specs}):  # parents first: nested replacements
+            replace_modules(adapter.model, {n: build_module(s) for n, s in specs.items()
+                                            if n.count(".") == depth})
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise CheckpointError(f"{folder / MANIFEST} is inconsistent: {exc!r}") from None
     weights = folder / weights_info["file"]

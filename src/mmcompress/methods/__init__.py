@@ -1,6 +1,16 @@
 """Compression methods, registered by stage kind and name."""
 
-from . import awq, gptq, rtn  # noqa: F401  (registers)
+# importing a method module registers it
+from . import (  # noqa: F401
+    awq,
+    gptq,
+    lowrank,
+    lowrank_conv,
+    prune_structured,
+    prune_unstructured,
+    rtn,
+    smoothquant,
+)
 from .base import METHODS, STAGE_KINDS, MethodConfig, StageContext, methods_for, register_method
 
 __all__ = [

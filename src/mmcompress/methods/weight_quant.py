@@ -11,6 +11,7 @@ from torch import nn
 from ..modules import HalfWeight, QuantConv2d, QuantEmbedding, QuantLinear
 from ..modules.quantized import Quantized
 from ..modules.replace import replace_modules
+from ..modules.sparse import is_sparse, sparse_quantized
 from ..quantization.grid import QuantGrid
 from .allocation import BitBudget
 from .base import MethodConfig
@@ -60,6 +61,8 @@ def quantized_module(
     input_scale: torch.Tensor | None = None,
 ) -> nn.Module:
     """The quantized replacement of a Linear, Conv2d or Embedding layer."""
+    if is_sparse(module):  # keep the mask; quantize only the kept values
+        return sparse_quantized(module, grid, quantized, input_scale)
     if isinstance(module, nn.Linear):
         return QuantLinear.from_linear(module, grid, quantized, input_scale)
     if isinstance(module, nn.Conv2d):

@@ -1,6 +1,7 @@
 """Replacement modules and the registry that rebuilds them from a saved manifest."""
 
 from .half import HalfWeight
+from .int8 import W8A8Linear as W8A8Linear
 from .quantized import QuantConv2d, QuantEmbedding, QuantLinear
 from .registry import MODULE_TYPES, build_module
 

@@ -1,0 +1,248 @@
+"""Low-rank factorization benchmark: ``python -m benchmarks.lowrank OUT.json [--parts ...]``.
+
+Parts (each compared with the dense model measured in the same run):
+
+- ``minilm``: STS-B dev Spearman keeping `--param-ratio` (0.7) of the encoder's linear weights,
+  for ``svd`` and ``svd-whiten`` with ``uniform`` and ``sensitivity`` rank allocation;
+  calibration (whitening statistics and sensitivities) uses STS-B *train* sentences only.
+- ``clip``: ``random:clip-vit-base-patch32`` per-tower latency with 50% of each tower's linear
+  weights kept (plain SVD, uniform ranks), timed interleaved with the dense model.
+- ``resnet``: ResNet-56 top-1 (no fine-tuning) at half the convolution weights, ``tucker`` and
+  ``cp`` with both allocations; calibration on the first 400 images of each class of
+  cifar10/test, accuracy on the other 4,000.
+
+Stages run through the registered methods directly (as ``mmcompress.compress`` does), so the
+dense model is loaded and evaluated once per part. Prints a table and writes JSON to OUT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmcompress.data import Dataset, load_data
+from mmcompress.evaluation.evaluate import count_params, quality
+from mmcompress.methods import METHODS, StageContext
+from mmcompress.model_specs import load_model
+from mmcompress.recipe import load_recipe
+
+from .configs import DATA_ROOT
+from .timing import interleaved_latency_ms
+
+STSB = DATA_ROOT / "stsb"
+
+
+def apply_recipe(
+    adapter, stages: list[dict], calib: Dataset | None, calibration: dict | None = None
+) -> tuple[list[dict], float]:
+    """Run `stages` on `adapter` in place; (stage summaries, seconds)."""
+    recipe = load_recipe({"stages": stages, "calibration": calibration or {}})
+    ctx = StageContext(data=calib, calibration=recipe.calibration, progress=False)
+    start = time.perf_counter()
+    out = [METHODS[(s.kind, s.config.method)].apply(adapter, s.config, ctx) for s in recipe.stages]
+    return out, time.perf_counter() - start
+
+
+def _row(
+    name: str, summary: dict, metrics: dict, dense: dict, key: str, seconds: float
+) -> dict[str, Any]:
+    return {
+        "config": name,
+        "param_ratio": summary["param_ratio"],
+        "factored": summary["modules"],
+        "kept_dense": summary["kept_dense"],
+        key: round(metrics[key], 4),
+        f"{key}_drop": round(dense[key] - metrics[key], 4),
+        "fidelity_cosine": round(metrics.get("fidelity_cosine", float("nan")), 4),
+        "compress_s": round(seconds, 1),
+    }
+
+
+def minilm(args: argparse.Namespace) -> dict[str, Any]:
+    base = load_model("minilm", progress=False)
+    dev = load_data(STSB / "sts-dev.csv").head(args.max_pairs)
+    train = load_data(STSB / "sts-train.csv")
+    ref = quality(base, dev)
+    dense = {"stsb_spearman": ref.metrics["stsb_spearman"]}
+    calibration = {"samples": args.calib_samples, "batch_size": args.calib_batch}
+    rows = []
+    for method in ("svd", "svd-whiten"):
+        for allocation in ("uniform", "sensitivity"):
+            adapter = copy.deepcopy(base)
+            stage = {
+                "lowrank": {
+                    "method": method,
+                    "param_ratio": args.param_ratio,
+                    "allocation": allocation,
+                    "targets": ["text"],
+                }
+            }
+            (summary,), seconds = apply_recipe(adapter, [stage], train, calibration)
+            metrics = quality(adapter, dev, ref.embeddings).metrics
+            rows.append(
+                _row(f"{method} {allocation}", summary, metrics, dense, "stsb_spearman", seconds)
+            )
+            print(rows[-1], flush=True)
+    return {
+        "data": f"{STSB / 'sts-dev.csv'} ({len(dev)} pairs)",
+        "calibration": f"{STSB / 'sts-train.csv'}, {calibration}",
+        "target_param_ratio": args.param_ratio,
+        "dense": dense,
+        "rows": rows,
+    }
+
+
+def clip(args: argparse.Namespace) -> dict[str, Any]:
+    dense = load_model("random:clip-vit-base-patch32", progress=False)
+    factored = copy.deepcopy(dense)
+    stages = [
+        {
+            "lowrank": {
+                "method": "svd",
+                "param_ratio": 0.5,
+                "allocation": "uniform",
+                "targets": [tower],
+            }
+        }
+        for tower in ("vision", "text")
+    ]
+    summaries, seconds = apply_recipe(factored, stages, None)
+    runs_dense = dense.latency_inputs(args.batch_size)
+    runs_lr = factored.latency_inputs(args.batch_size)
+    runs = {
+        f"{k} {v}": r
+        for v, runs_ in (("dense", runs_dense), ("svd", runs_lr))
+        for k, r in runs_.items()
+    }
+    ms = interleaved_latency_ms(runs, args.repeats)
+    towers = {}
+    for tower in runs_dense:
+        towers[tower] = {
+            "dense_ms": round(ms[f"{tower} dense"], 2),
+            "svd_ms": round(ms[f"{tower} svd"], 2),
+            "speedup": round(ms[f"{tower} dense"] / ms[f"{tower} svd"], 3),
+        }
+    return {
+        "batch_size": args.batch_size,
+        "repeats": args.repeats,
+        "param_ratio_per_tower": {
+            t: s["param_ratio"] for t, s in zip(("vision", "text"), summaries, strict=True)
+        },
+        "params": {"dense": count_params(dense.model), "svd": count_params(factored.model)},
+        "compress_s": round(seconds, 1),
+        "towers": towers,
+    }
+
+
+def resnet(args: argparse.Namespace) -> dict[str, Any]:
+    from mmcompress.data.cifar import lit_cifar_split
+
+    base = load_model("resnet56", progress=False)
+    calib, test = lit_cifar_split()
+    test = test.head(args.max_images)
+    ref = quality(base, test)
+    dense = {"top1": ref.metrics["top1"]}
+    calibration = {"samples": args.calib_samples, "batch_size": 64}
+    rows = []
+    for method in ("tucker", "cp"):
+        for allocation in ("uniform", "sensitivity"):
+            adapter = copy.deepcopy(base)
+            stage = {
+                "lowrank": {
+                    "method": method,
+                    "param_ratio": 0.5,
+                    "allocation": allocation,
+                    "targets": ["vision"],
+                }
+            }
+            (summary,), seconds = apply_recipe(adapter, [stage], calib, calibration)
+            metrics = quality(adapter, test, ref.embeddings).metrics
+            rows.append(_row(f"{method} {allocation}", summary, metrics, dense, "top1", seconds))
+            print(rows[-1], flush=True)
+    return {
+        "data": f"lit-cifar-eval ({len(test)} images)",
+        "calibration": "lit-cifar-train",
+        "dense": dense,
+        "rows": rows,
+    }
+
+
+PARTS = {"minilm": minilm, "clip": clip, "resnet": resnet}
+
+
+def _table(results: dict[str, Any]) -> str:
+    lines = []
+    for part in ("minilm", "resnet"):
+        if part in results:
+            r = results[part]
+            key = "stsb_spearman" if part == "minilm" else "top1"
+            lines += [
+                f"\n{part}: dense {key} {r['dense'][key]:.4f} on {r['data']}",
+                f"{'config':<24}{'params kept':>12}{key:>15}{'drop':>9}{'fidelity':>10}",
+            ]
+            lines += [
+                f"{x['config']:<24}{x['param_ratio']:>12.3f}{x[key]:>15.4f}"
+                f"{x[key + '_drop']:>9.4f}{x['fidelity_cosine']:>10.4f}"
+                for x in r["rows"]
+            ]
+    if "clip" in results:
+        r = results["clip"]
+        lines += [
+            f"\nclip (random weights, batch {r['batch_size']}): kept {r['param_ratio_per_tower']}",
+            f"{'tower':<10}{'dense ms':>10}{'svd ms':>10}{'speedup':>9}",
+        ]
+        lines += [
+            f"{t:<10}{v['dense_ms']:>10.1f}{v['svd_ms']:>10.1f}{v['speedup']:>9.2f}"
+            for t, v in r["towers"].items()
+        ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.lowrank",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("out", type=Path, help="JSON file to write")
+    p.add_argument("--parts", default=",".join(PARTS), help="comma-separated: minilm,clip,resnet")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--param-ratio", type=float, default=0.7, help="minilm: weights kept")
+    p.add_argument("--max-pairs", type=int, default=None, help="minilm: first N dev pairs")
+    p.add_argument("--max-images", type=int, default=None, help="resnet: first N test images")
+    p.add_argument("--calib-samples", type=int, default=512)
+    p.add_argument("--calib-batch", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=8, help="clip: latency batch")
+    p.add_argument("--repeats", type=int, default=20, help="clip: timed calls per variant")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    parts = [s.strip() for s in args.parts.split(",") if s.strip()]
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise SystemExit(f"error: unknown parts {sorted(unknown)}; known: {', '.join(PARTS)}")
+    torch.set_num_threads(args.threads)
+    results: dict[str, Any] = {
+        "command": " ".join(["python -m benchmarks.lowrank", *sys.argv[1:]]),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+    }
+    for part in parts:
+        start = time.perf_counter()
+        results[part] = PARTS[part](args)
+        results[part]["part_s"] = round(time.perf_counter() - start, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1))
+    print(_table(results))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""Structured pruning: physically remove attention heads, MLP neurons, conv channels and whole
+layers, per tower or with one cross-tower ranking (`structured.allocate`)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+from torch import nn
+
+from ..adapters import Adapter
+from ..calibration import CalibrationData
+from ..errors import RecipeError
+from ..selection import select_modules, tower_of
+from ..structured.allocate import (
+    Candidate,
+    check_counts,
+    global_plan,
+    how_many,
+    uniform_plan,
+)
+from ..structured.groups import (
+    UnitGroup,
+    check_prunable,
+    group_params,
+    layer_params,
+    prune_units,
+    remove_layers,
+)
+from ..structured.importance import consumer_stats, layer_scores, unit_scores
+from ..structured.specs import find_structure
+from .base import MethodConfig, StageContext, register_method
+
+UNIT_KINDS = ("heads", "neurons", "channels")
+NOUNS = {"heads": "attention heads", "neurons": "MLP neurons", "channels": "channels",
+         "layers": "removable layers"}
+
+
+class StructuredPruneConfig(MethodConfig):
+    """Each amount is a fraction in [0, 1) of the units (per layer; of the layers per tower)
+    or a whole count (per layer; per tower for ``layers``)."""
+
+    method: Literal["structured"] = "structured"
+    heads: int | float | None = None
+    neurons: int | float | None = None
+    layers: int | float | None = None
+    channels: int | float | None = None
+    importance: Literal["magnitude", "activation", "taylor"] = Field(
+        "activation", description="how units are ranked; layers always by block influence")
+    scope: Literal["tower", "global"] = Field(
+        "tower", description="the same ratio in every layer and tower, or one ranking of all")
+    compensate: bool = Field(
+        False, description="fold removed units' mean output into the next layer's bias "
+        "(FLAP-style; needs calibration data)")
+
+    @field_validator("heads", "neurons", "layers", "channels", mode="before")
+    @classmethod
+    def _amount(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise ValueError(f"expected a fraction in [0, 1) or a whole count, got {v!r}")
+        if isinstance(v, int) and v < 0:
+            raise ValueError(f"a count must be 0 or more, got {v}")
+        if isinstance(v, float) and not 0 <= v < 1:
+            raise ValueError(f"a fraction must be in [0, 1), got {v} (use a whole number "
+                             "for a count)")
+        return v
+
+    @model_validator(mode="after")
+    def _something(self) -> StructuredPruneConfig:
+        if all(getattr(self, k) is None for k in (*UNIT_KINDS, "layers")):
+            raise ValueError("give at least one of heads, neurons, layers, channels")
+        if self.compensate and self.importance == "magnitude":
+            raise ValueError("compensate needs importance 'activation' or 'taylor': weight "
+                             "magnitude cannot tell which units their mean can replace")
+        return self
+
+    def amounts(self) -> dict[str, int | float]:
+        return {k: getattr(self, k) for k in UNIT_KINDS if getattr(self, k) is not None}
+
+
+def _tower(name: str, towers: dict[str, list[str]]) -> str:
+    return tower_of(name, towers) or "model"
+
+
+def _tower_params(model: nn.Module, towers: dict[str, list[str]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for name, p in model.named_parameters():
+        t = _tower(name, towers)
+        out[t] = out.get(t, 0) + p.numel()
+    return out
+
+
+def _prune_layers(adapter: Adapter, config: StructuredPruneConfig, chosen: set[nn.Module],
+                  calib, summary: dict) -> None:
+    model, towers = adapter.model, adapter.towers()
+    lists, cands, remove = [], [], {}
+    for ll in find_structure(model).layer_lists:
+        ok = tuple(i for i in ll.removable if _all_chosen(model.get_submodule(ll.entry(i)),
+                                                          chosen))
+        if not ok:
+            continue
+        k = how_many(config.layers, ll.length)
+        check_counts("layers", ll.name, k, ll.length, "layers")
+        if k > len(ok):
+            raise RecipeError(f"prune layers: {ll.name} has only {len(ok)} removable blocks "
+                              f"in the targets, asked to remove {k}")
+        remove[len(lists)] = k
+        lists.append((ll, ok))
+    if not lists:
+        raise RecipeError("prune layers: no removable layers in the targets")
+    scores = layer_scores(adapter, [ll for ll, _ in lists], calib)
+    sizes = {}
+    for g, (ll, ok) in enumerate(lists):
+        sizes[g] = len(ok)
+        for i in ok:
+            cands.append(Candidate(g, i, _tower(ll.name, towers), "layers",
+                                   scores[ll.entry(i)], layer_params(model, ll.entry(i))))
+    if config.scope == "tower":
+        plan = uniform_plan(cands, remove)
+    else:
+        mean = {g: sum(c.params for c in cands if c.group == g) / sizes[g] for g in sizes}
+        plan = global_plan(cands, sizes, int(sum(remove[g] * mean[g] for g in sizes)))
+    for g, (ll, _) in enumerate(lists):
+        remove_layers(model, ll, plan.get(g, []))
+        _count(summary, _tower(ll.name, towers), "layers", len(plan.get(g, [])), ll.length)
+
+
+def _all_chosen(module: nn.Module, chosen: set[nn.Module]) -> bool:
+    layers = [m for m in module.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    return bool(layers) and all(m in chosen for m in layers)
+
+
+def _count(summary: dict, tower: str, kind: str, removed: int, total: int) -> None:
+    entry = summary["removed"].setdefault(tower, {}).setdefault(kind, {"removed": 0, "of": 0})
+    entry["removed"] += removed
+    entry["of"] += total
+
+
+def _unit_groups(adapter: Adapter, config: StructuredPruneConfig,
+                 chosen: set[nn.Module]) -> list[UnitGroup]:
+    """Targeted groups of the requested kinds; every amount checked before anything changes."""
+    model, amounts = adapter.model, config.amounts()
+    groups = [g for g in find_structure(model).units
+              if g.kind in amounts and all(model.get_submodule(n) in chosen for n in g.outputs)]
+    for kind in amounts:
+        if not any(g.kind == kind for g in groups):
+            raise RecipeError(f"prune {kind}: the targets hold no {NOUNS[kind]} this method "
+                              f"knows how to remove (towers: {', '.join(adapter.towers())})")
+    for g in groups:
+        check_prunable(model, g)
+        check_counts(g.kind, g.name, how_many(amounts[g.kind], g.size), g.size, g.kind)
+    return groups
+
+
+def _prune_units(adapter: Adapter, config: StructuredPruneConfig, groups: list[UnitGroup],
+                 calib, progress: bool, summary: dict) -> None:
+    model, towers, amounts = adapter.model, adapter.towers(), config.amounts()
+    stats = functools.cache(lambda: consumer_stats(adapter, groups, calib(), progress))
+    scores = unit_scores(adapter, groups, config.importance, calib, stats, config.compensate)
+    means = {n: s.mean for n, s in stats().items()} if config.compensate else None
+    cands, remove, sizes = [], {}, {}
+    for gi, (g, s) in enumerate(zip(groups, scores, strict=True)):
+        remove[gi], sizes[gi] = how_many(amounts[g.kind], g.size), g.size
+        params = group_params(model, g)
+        t = _tower(g.outputs[0], towers)
+        cands += [Candidate(gi, u, t, g.kind, float(s[u]), params) for u in range(g.size)]
+    if config.scope == "tower":
+        plan = uniform_plan(cands, remove)
+    else:
+        budget = sum(remove[gi] * group_params(model, g) for gi, g in enumerate(groups))
+        plan = global_plan(cands, sizes, budget)
+    for gi, g in enumerate(groups):
+        prune_units(model, g, plan.get(gi, []), means)
+        _count(summary, _tower(g.outputs[0], towers), g.kind, len(plan.get(gi, [])), g.size)
+
+
+def _calibration(adapter: Adapter, context: StageContext) -> CalibrationData:
+    """The run's calibration batches, but texts one per batch.
+
+    Batched texts are padded, and padded positions never reach the output (attention and
+    pooling mask them): their activations would make units that fire only on padding look
+    important, and put padding into the means that compensation folds into biases.
+    """
+    calib = context.calibration_data(adapter)
+    if not calib.batches.get("text"):
+        return calib
+    cfg = context.calibration
+    single = adapter.calibration_data(context.data, getattr(cfg, "samples", 128), 1,
+                                      getattr(cfg, "seed", 0))
+    return CalibrationData({**calib.batches, "text": single.batches["text"]})
+
+
+@register_method("prune", "structured", StructuredPruneConfig)
+def apply_structured(adapter: Adapter, config: StructuredPruneConfig,
+                     context: StageContext) -> dict[str, Any]:
+    """Remove attention heads, MLP neurons, conv channels and whole layers physically."""
+    model, towers = adapter.model, adapter.towers()
+    chosen = set(select_modules(model, towers, (nn.Module,), config.targets,
+                                config.ignore).values())
+    calib = functools.cache(lambda: _calibration(adapter, context))
+    before = _tower_params(model, towers)
+    summary: dict[str, Any] = {"importance": config.importance, "scope": config.scope,
+                               "removed": {}}
+    groups = _unit_groups(adapter, config, chosen) if config.amounts() else []
+    if config.layers:
+        _prune_layers(adapter, config, chosen, calib, summary)
+        groups = _unit_groups(adapter, config, chosen) if config.amounts() else []
+    if groups:
+        _prune_units(adapter, config, groups, calib, context.progress, summary)
+    after = _tower_params(model, towers)
+    summary["params"] = {t: {"before": n, "after": after.get(t, 0),
+                             "removed_ratio": round(1 - after.get(t, 0) / n, 4)}
+                         for t, n in before.items() if t in towers}
+    return summary

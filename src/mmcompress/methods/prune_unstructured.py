@@ -1,0 +1,213 @@
+"""Unstructured and N:M pruning of linear and convolution layers: magnitude, Wanda, SparseGPT.
+
+Pruned layers become `SparseLinear`/`SparseConv2d` (a bitmask plus the kept values), so the
+saved model shrinks and a later quantize stage stores only the kept values.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, field_validator, model_validator
+from torch import nn
+
+from ..adapters import Adapter
+from ..calibration import HessianCollector, calibrate_layers
+from ..calibration.collectors import FeatureNormCollector
+from ..errors import RecipeError
+from ..modules.replace import replace_modules
+from ..modules.sparse import sparse_module
+from ..sparsity import (
+    NM,
+    global_keep_masks,
+    keep_mask,
+    parse_pattern,
+    pattern_name,
+    sparsegpt_prune,
+)
+from .base import MethodConfig, StageContext, register_method, selected
+from .weight_quant import weight_matrix
+
+
+class UnstructuredPruneConfig(MethodConfig):
+    """Settings every unstructured pruning method takes."""
+
+    sparsity: float | None = Field(None, ge=0, lt=1, description="fraction of weights removed "
+                                   "(an N:M pattern implies 1 - N/M)")
+    pattern: str = Field("unstructured", description="'unstructured', or 'N:M': at most N "
+                         "nonzeros in every M consecutive inputs of a row")
+    scope: Literal["layer", "global"] = Field("layer", description="rank weights within each "
+                                              "layer, or across all targeted layers (magnitude)")
+    convolutions: bool = Field(True, description="also prune 2-d convolutions")
+
+    @field_validator("pattern", mode="before")
+    @classmethod
+    def _pattern(cls, v: Any) -> str:
+        return pattern_name(parse_pattern(v))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> UnstructuredPruneConfig:
+        nm = self.nm
+        if nm is None and self.sparsity is None:
+            raise ValueError("give 'sparsity' (e.g. 0.5) or an N:M 'pattern' (e.g. '2:4')")
+        if nm is not None and self.sparsity is not None \
+                and abs(self.sparsity - (1 - nm[0] / nm[1])) > 1e-6:
+            raise ValueError(f"pattern {self.pattern} means sparsity {1 - nm[0] / nm[1]:g}, not "
+                             f"{self.sparsity:g}; drop 'sparsity' or make them agree")
+        if self.scope == "global" and (self.method != "magnitude" or nm is not None):
+            raise ValueError("scope 'global' ranks weights across layers by magnitude, so it "
+                             "needs method 'magnitude' and an unstructured pattern")
+        return self
+
+    @property
+    def nm(self) -> NM | None:
+        return parse_pattern(self.pattern)
+
+    @property
+    def target_sparsity(self) -> float:
+        nm = self.nm
+        return 1 - nm[0] / nm[1] if nm is not None else float(self.sparsity)
+
+
+class MagnitudeConfig(UnstructuredPruneConfig):
+    method: str = "magnitude"
+
+
+class WandaConfig(UnstructuredPruneConfig):
+    method: str = "wanda"
+
+
+class SparseGPTConfig(UnstructuredPruneConfig):
+    method: str = "sparsegpt"
+    damp: float = Field(0.01, gt=0, lt=1, description="Hessian damping, fraction of mean diag")
+    block_size: int = Field(128, ge=1, description="columns whose mask is chosen together")
+
+
+def _prunable(
+    adapter: Adapter, config: UnstructuredPruneConfig, calibrated: bool
+) -> tuple[dict[str, nn.Module], list[str]]:
+    """(layers to prune, layers skipped): checks N:M divisibility before anything changes."""
+    kinds = (nn.Linear, nn.Conv2d) if config.convolutions else (nn.Linear,)
+    layers, skipped = {}, []
+    for name, m in selected(adapter, config, kinds).items():
+        conv = isinstance(m, nn.Conv2d)
+        # grouped convolutions: the unfolded input does not match the filter's columns
+        if conv and (m.padding_mode != "zeros" or (calibrated and m.groups > 1)):
+            skipped.append(name)
+        else:
+            layers[name] = m
+    nm = config.nm
+    if nm is not None:
+        for name, m in layers.items():
+            cols = weight_matrix(m).shape[1]
+            if cols % nm[1]:
+                raise RecipeError(
+                    f"pattern {config.pattern} groups every {nm[1]} consecutive inputs, but "
+                    f"layer {name!r} has {cols} inputs (not a multiple of {nm[1]}); add it to "
+                    "'ignore' or use another pattern")
+    return layers, skipped
+
+
+def _column_order(module: nn.Module, nm: NM | None) -> torch.Tensor | None:
+    """For an N:M convolution, columns reordered (kh, kw, channel) so that groups run over the
+    input channels of one kernel position: the GEMM order of NHWC sparse kernels."""
+    if nm is None or not isinstance(module, nn.Conv2d) or module.kernel_size == (1, 1):
+        return None
+    c, k = module.in_channels // module.groups, module.kernel_size[0] * module.kernel_size[1]
+    return torch.arange(c * k).view(c, k).T.reshape(-1)
+
+
+def _select(scores: torch.Tensor, module: nn.Module, config: UnstructuredPruneConfig,
+            per_row: bool) -> torch.Tensor:
+    """Keep-mask of one layer from its scores, in the layer's own column order."""
+    perm = _column_order(module, config.nm)
+    if perm is None:
+        return keep_mask(scores, config.target_sparsity, config.nm, per_row)
+    keep = torch.empty_like(scores, dtype=torch.bool)
+    keep[:, perm] = keep_mask(scores[:, perm], config.target_sparsity, config.nm, per_row)
+    return keep
+
+
+class _Tally:
+    """Counts what a stage pruned, for its summary."""
+
+    def __init__(self, config: UnstructuredPruneConfig, skipped: list[str]) -> None:
+        self.config, self.skipped, self.kept, self.total = config, skipped, 0, 0
+
+    def sparse(self, module: nn.Module, keep: torch.Tensor, matrix: torch.Tensor) -> nn.Module:
+        self.kept += int(keep.sum())
+        self.total += keep.numel()
+        return sparse_module(module, keep, matrix, self.config.pattern)
+
+    def summary(self, modules: int) -> dict[str, Any]:
+        out: dict[str, Any] = {"modules": modules, "pattern": self.config.pattern,
+                               "sparsity": round(1 - self.kept / max(self.total, 1), 6)}
+        if self.skipped:
+            out["skipped"] = self.skipped
+        return out
+
+
+def _nothing_to_do(config: UnstructuredPruneConfig) -> bool:
+    return config.nm is None and config.target_sparsity == 0
+
+
+@register_method("prune", "magnitude", MagnitudeConfig)
+def apply_magnitude(adapter: Adapter, config: MagnitudeConfig,
+                    context: StageContext) -> dict[str, Any]:
+    """Magnitude pruning: drop the smallest |W| of each layer, or of all targeted layers."""
+    layers, skipped = _prunable(adapter, config, calibrated=False)
+    tally = _Tally(config, skipped)
+    if _nothing_to_do(config):
+        return tally.summary(0)
+    matrices = {n: weight_matrix(m) for n, m in layers.items()}
+    if config.scope == "global":
+        masks = global_keep_masks([w.abs() for w in matrices.values()], config.target_sparsity)
+        keep = dict(zip(matrices, masks, strict=True))
+    else:
+        keep = {n: _select(w.abs(), layers[n], config, per_row=False) for n, w in matrices.items()}
+    replace_modules(adapter.model, {n: tally.sparse(m, keep[n], matrices[n])
+                                    for n, m in layers.items()})
+    return tally.summary(len(layers))
+
+
+@register_method("prune", "wanda", WandaConfig)
+def apply_wanda(adapter: Adapter, config: WandaConfig, context: StageContext) -> dict[str, Any]:
+    """Wanda: drop the smallest |W_ij|·‖X_j‖₂ of each output row (calibrated, no update)."""
+    layers, skipped = _prunable(adapter, config, calibrated=True)
+    tally = _Tally(config, skipped)
+    if _nothing_to_do(config):
+        return tally.summary(0)
+
+    def replace(name: str, module: nn.Module, stats: FeatureNormCollector) -> nn.Module:
+        w = weight_matrix(module)
+        return tally.sparse(module, _select(w.abs() * stats.norm, module, config, True), w)
+
+    n = calibrate_layers(adapter, layers, context.calibration_data(adapter),
+                         lambda n, m: FeatureNormCollector(), replace, "wanda", context.progress)
+    return tally.summary(n)
+
+
+@register_method("prune", "sparsegpt", SparseGPTConfig)
+def apply_sparsegpt(adapter: Adapter, config: SparseGPTConfig,
+                    context: StageContext) -> dict[str, Any]:
+    """SparseGPT: second-order mask selection with an inverse-Hessian weight update."""
+    layers, skipped = _prunable(adapter, config, calibrated=True)
+    tally = _Tally(config, skipped)
+    if _nothing_to_do(config):
+        return tally.summary(0)
+
+    def replace(name: str, module: nn.Module, stats: HessianCollector) -> nn.Module:
+        w, h = weight_matrix(module), stats.hessian
+        perm = _column_order(module, config.nm)
+        if perm is not None:
+            w, h = w[:, perm], h[perm][:, perm]
+        new, keep = sparsegpt_prune(w, h, config.target_sparsity, config.nm, config.damp,
+                                    config.block_size)
+        if perm is not None:
+            new[:, perm], keep[:, perm] = new.clone(), keep.clone()
+        return tally.sparse(module, keep, new)
+
+    n = calibrate_layers(adapter, layers, context.calibration_data(adapter),
+                         lambda n, m: HessianCollector(), replace, "sparsegpt", context.progress)
+    return tally.summary(n)

@@ -1,0 +1,83 @@
+"""Ranks per layer under a global parameter budget: uniform, or from measured sensitivity.
+
+Each layer offers options (fewer weights, more loss), its dense form costing nothing. The
+sensitivity allocator takes, across all layers, the moves with the least loss per weight saved
+until the budget is met — as the bit budget in `allocation.py` does — but along each layer's
+lower convex hull: factoring a layer at all pays its whole spectral tail at once, so a plain
+step-by-step greedy would never start on it.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import RecipeError
+
+
+@dataclass
+class LayerOptions:
+    """A layer's dense weight count and its factored options (weights, loss, choice)."""
+
+    dense: int
+    options: list[tuple[int, float, Any]] = field(default_factory=list)
+
+
+def _hull(layer: LayerOptions) -> list[tuple[int, float, Any]]:
+    """The lower convex hull of (weights, loss) from the dense point towards fewer weights."""
+    points = sorted((o for o in layer.options if o[0] < layer.dense), key=lambda o: -o[0])
+    hull = [(layer.dense, 0.0, None)]
+    for p in points:
+        hull.append(p)
+        while len(hull) >= 3:  # drop the middle point if it lies above the chord
+            (p0, l0, _), (p1, l1, _), (p2, l2, _) = hull[-3:]
+            if (l1 - l0) * (p0 - p2) >= (l2 - l0) * (p0 - p1):
+                del hull[-2]
+            else:
+                break
+    return hull
+
+
+def allocate_ranks(layers: dict[str, LayerOptions], param_ratio: float
+                   ) -> tuple[dict[str, Any], int]:
+    """(choice per layer, None = stay dense; predicted weights) with at most `param_ratio` of
+    the dense weights.
+
+    Raises:
+        RecipeError: if even the smallest option on every layer keeps too many weights.
+    """
+    total = sum(layer.dense for layer in layers.values())
+    target = param_ratio * total
+    hulls = {n: _hull(layer) for n, layer in layers.items()}
+    level = dict.fromkeys(layers, 0)
+    heap: list[tuple[float, str]] = []
+
+    def push(name: str) -> None:
+        h, i = hulls[name], level[name]
+        if i + 1 < len(h):
+            saved = h[i][0] - h[i + 1][0]
+            heapq.heappush(heap, (max(h[i + 1][1] - h[i][1], 0.0) / saved, name))
+
+    for name in layers:
+        push(name)
+    kept = total
+    while kept > target:
+        if not heap:
+            raise RecipeError(f"param_ratio {param_ratio} is out of reach: the smallest ranks "
+                              f"keep {kept / total:.3f} of the selected layers' weights")
+        _, name = heapq.heappop(heap)
+        h, i = hulls[name], level[name]
+        kept -= h[i][0] - h[i + 1][0]
+        level[name] = i + 1
+        push(name)
+    return {n: hulls[n][i][2] for n, i in level.items()}, kept
+
+
+def uniform_choice(layer: LayerOptions, param_ratio: float) -> Any:
+    """The option with the most weights that keeps at most `param_ratio` of the layer's (else
+    the smallest; None if the layer has no option)."""
+    fits = [o for o in layer.options if o[0] <= param_ratio * layer.dense]
+    if fits:
+        return max(fits, key=lambda o: o[0])[2]
+    return min(layer.options, key=lambda o: o[0])[2] if layer.options else None

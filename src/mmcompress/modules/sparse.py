@@ -1,0 +1,345 @@
+"""Sparse replacement modules: a packed keep-mask (one bit per weight) plus the kept values.
+
+`SparseLinear` and `SparseConv2d` keep fp32 values. They subclass `nn.Linear`/`nn.Conv2d` so
+that later stages (quantization, the calibration hooks, bit allocation) treat them as the
+layers they stand for and read the dense weight through ``.weight``. `SparseQuantLinear` and
+`SparseQuantConv2d` keep integer codes of the kept values only, with the scales of the dense
+grid: what a quantize stage makes of a sparse layer, so pruned weights stay exactly zero and
+cost one mask bit each.
+
+Kept values are stored in row-major order of the [rows, cols] weight matrix (rows: outputs;
+cols: inputs, convolution filters flattened). Forward densifies the weight on the fly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..quantization.grid import QuantGrid, compute_scales, dequantize, quantize
+from ..quantization.packing import pack_codes, packed_numel, unpack_codes
+from .quantized import Quantized
+from .registry import register_module
+
+_SHIFTS = torch.arange(8, dtype=torch.uint8)
+
+
+def pack_mask(keep: torch.Tensor) -> torch.Tensor:
+    """A boolean tensor as bits (row-major, little-endian within each byte), flat uint8."""
+    flat = keep.reshape(-1).to(torch.uint8)
+    pad = (-flat.numel()) % 8
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    return (flat.view(-1, 8) << _SHIFTS.to(flat.device)).sum(1, dtype=torch.uint8)
+
+
+def unpack_mask(bits: torch.Tensor, numel: int) -> torch.Tensor:
+    """Inverse of `pack_mask`: the first `numel` entries as a flat bool tensor."""
+    return ((bits.unsqueeze(1) >> _SHIFTS.to(bits.device)) & 1).view(-1)[:numel].bool()
+
+
+def layer_args(module: nn.Module) -> dict[str, Any]:
+    """JSON-able constructor arguments of a Linear or Conv2d layer."""
+    if isinstance(module, nn.Linear):
+        return {"kind": "linear", "in_features": module.in_features,
+                "out_features": module.out_features, "bias": module.bias is not None}
+    if isinstance(module, nn.Conv2d):
+        if module.padding_mode != "zeros":
+            raise ValueError(f"cannot sparsify {module}: only zero padding is supported")
+        pad = module.padding
+        return {"kind": "conv2d", "in_channels": module.in_channels,
+                "out_channels": module.out_channels, "kernel_size": list(module.kernel_size),
+                "stride": list(module.stride),
+                "padding": pad if isinstance(pad, str) else list(pad),
+                "dilation": list(module.dilation), "groups": module.groups,
+                "bias": module.bias is not None}
+    raise TypeError(f"cannot sparsify {type(module).__name__}")
+
+
+def _weight_shape(args: dict[str, Any]) -> tuple[int, ...]:
+    if args["kind"] == "linear":
+        return args["out_features"], args["in_features"]
+    return (args["out_channels"], args["in_channels"] // args["groups"], *args["kernel_size"])
+
+
+def _run(args: dict[str, Any], x: torch.Tensor, weight: torch.Tensor,
+         bias: torch.Tensor | None) -> torch.Tensor:
+    if args["kind"] == "linear":
+        return F.linear(x, weight, bias)
+    return F.conv2d(x, weight, bias, args["stride"], args["padding"], args["dilation"],
+                    args["groups"])
+
+
+def _dense_layer(args: dict[str, Any], weight: torch.Tensor,
+                 bias: torch.Tensor | None) -> nn.Module:
+    if args["kind"] == "linear":
+        dense = nn.Linear(args["in_features"], args["out_features"], bias=args["bias"])
+    else:
+        dense = nn.Conv2d(args["in_channels"], args["out_channels"], args["kernel_size"],
+                          args["stride"], args["padding"], args["dilation"], args["groups"],
+                          args["bias"])
+    dense.weight.data.copy_(weight)
+    if bias is not None:
+        dense.bias.data.copy_(bias)
+    return dense
+
+
+class _MaskedLayer(nn.Module):
+    """What every sparse layer shares: geometry, the packed mask, bias, manifest basics."""
+
+    layer: dict[str, Any]
+    pattern: str
+
+    def _setup(self, args: dict[str, Any], nnz: int, pattern: str, bias_grad: bool) -> None:
+        self.layer, self.pattern, self.nnz = dict(args), pattern, nnz
+        shape = _weight_shape(args)
+        self.rows, self.cols = shape[0], math.prod(shape[1:])
+        self.register_buffer("mask_bits", torch.zeros(packed_numel(self.rows * self.cols, 1),
+                                                      dtype=torch.uint8))
+        bias = nn.Parameter(torch.zeros(self.rows), requires_grad=bias_grad) \
+            if args["bias"] else None
+        self.register_parameter("bias", bias)
+
+    def keep_mask(self) -> torch.Tensor:
+        """Boolean [rows, cols]: True where a weight is kept."""
+        return unpack_mask(self.mask_bits, self.rows * self.cols).view(self.rows, self.cols)
+
+    @property
+    def sparsity(self) -> float:
+        return 1 - self.nnz / (self.rows * self.cols)
+
+    def logical_params(self) -> int:
+        """Parameters of the dense layer this module stands for."""
+        return self.rows * self.cols + (self.rows if self.bias is not None else 0)
+
+    def _spec(self) -> dict[str, Any]:
+        return {"type": type(self).__name__, "layer": self.layer, "nnz": self.nnz,
+                "pattern": self.pattern}
+
+    def _repr(self) -> str:
+        return f"{list(_weight_shape(self.layer))}, pattern={self.pattern}, " \
+            f"sparsity={self.sparsity:.3f}"
+
+
+class _SparseFloat(_MaskedLayer):
+    """fp32 kept values (trainable: fine-tuning keeps the zeros at zero)."""
+
+    def _init(self, args: dict[str, Any], nnz: int, pattern: str) -> None:
+        nn.Module.__init__(self)
+        self._setup(args, nnz, pattern, bias_grad=True)
+        self.values = nn.Parameter(torch.zeros(nnz))
+
+    def _fill(self, keep: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | None) -> None:
+        with torch.no_grad():
+            self.mask_bits.copy_(pack_mask(keep))
+            self.values.copy_(matrix[keep])
+            if bias is not None:
+                self.bias.copy_(bias.detach().float())
+
+    def dense_matrix(self) -> torch.Tensor:
+        """The float weight as [rows, cols], zeros where pruned (differentiable in `values`)."""
+        flat = torch.zeros(self.rows * self.cols, dtype=self.values.dtype,
+                           device=self.values.device)
+        return flat.masked_scatter_(unpack_mask(self.mask_bits, flat.numel()), self.values) \
+            .view(self.rows, self.cols)
+
+    @property
+    def weight(self) -> torch.Tensor:  # type: ignore[override]
+        """Dense weight in the original layer's shape (built on each access)."""
+        return self.dense_matrix().view(_weight_shape(self.layer))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _run(self.layer, x, self.weight.to(x.dtype), self.bias)
+
+    def to_dense(self) -> nn.Module:
+        """The dense layer computing the same function."""
+        return _dense_layer(self.layer, self.weight.detach(), self.bias)
+
+    def spec(self) -> dict[str, Any]:
+        return self._spec()
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> _SparseFloat:
+        return cls(spec["layer"], spec["nnz"], spec["pattern"])
+
+    def extra_repr(self) -> str:
+        return self._repr()
+
+
+@register_module
+class SparseLinear(_SparseFloat, nn.Linear):
+    """A linear layer stored as a keep-mask plus its kept fp32 values."""
+
+    def __init__(self, args: dict[str, Any], nnz: int, pattern: str = "unstructured") -> None:
+        self._init(args, nnz, pattern)
+        self.in_features, self.out_features = args["in_features"], args["out_features"]
+
+
+@register_module
+class SparseConv2d(_SparseFloat, nn.Conv2d):
+    """A 2-d convolution stored as a keep-mask plus its kept fp32 values."""
+
+    def __init__(self, args: dict[str, Any], nnz: int, pattern: str = "unstructured") -> None:
+        self._init(args, nnz, pattern)
+        # what nn.Conv2d's readers (calibration's unfold, AWQ) look up
+        self.in_channels, self.out_channels = args["in_channels"], args["out_channels"]
+        self.kernel_size, self.stride = tuple(args["kernel_size"]), tuple(args["stride"])
+        pad = args["padding"]
+        self.padding = pad if isinstance(pad, str) else tuple(pad)
+        self.dilation, self.groups = tuple(args["dilation"]), args["groups"]
+        self.transposed, self.output_padding, self.padding_mode = False, (0, 0), "zeros"
+
+
+SPARSE_FLOAT = (SparseLinear, SparseConv2d)
+
+
+def is_sparse(module: nn.Module) -> bool:
+    """Whether `module` is a float sparse layer (one a quantize stage turns into SparseQuant*)."""
+    return isinstance(module, SPARSE_FLOAT)
+
+
+def sparse_module(module: nn.Module, keep: torch.Tensor, matrix: torch.Tensor | None = None,
+                  pattern: str = "unstructured") -> SparseLinear | SparseConv2d:
+    """The sparse replacement of a Linear/Conv2d keeping `keep` ([rows, cols]) of `matrix`
+    (default: the layer's own weight as [rows, cols])."""
+    args = layer_args(module)
+    if matrix is None:
+        matrix = module.weight.detach().float().reshape(keep.shape)
+    cls = SparseLinear if args["kind"] == "linear" else SparseConv2d
+    mod = cls(args, int(keep.sum()), pattern)
+    mod._fill(keep, matrix, module.bias)
+    return mod
+
+
+class _SparseQuant(_MaskedLayer):
+    """Integer codes of the kept values; per-group scales of the dense grid. With an input
+    scale s (AWQ) the stored weight is W·diag(s) and inputs are divided by s."""
+
+    def __init__(self, args: dict[str, Any], nnz: int, pattern: str, grid: QuantGrid,
+                 input_scale: bool = False) -> None:
+        super().__init__()
+        self._setup(args, nnz, pattern, bias_grad=False)
+        self.grid = grid
+        if self._signed_int8:
+            self.register_buffer("qvalues", torch.zeros(nnz, dtype=torch.int8))
+        else:
+            self.register_buffer("qvalues", torch.zeros(packed_numel(nnz, grid.bits),
+                                                        dtype=torch.uint8))
+        groups = grid.groups(self.cols)
+        self.register_buffer("scale", torch.ones(self.rows, groups))
+        zero = None if grid.symmetric else torch.zeros(self.rows, groups, dtype=torch.uint8)
+        self.register_buffer("zero", zero)
+        n_in = args["in_features"] if args["kind"] == "linear" else args["in_channels"]
+        self.register_buffer("input_scale", torch.ones(n_in) if input_scale else None)
+
+    @property
+    def _signed_int8(self) -> bool:
+        return self.grid.bits == 8 and self.grid.symmetric
+
+    def _scale_columns(self, s: torch.Tensor) -> torch.Tensor:
+        """An input scale per column of the [rows, cols] matrix."""
+        if self.layer["kind"] == "linear":
+            return s
+        k = self.layer["kernel_size"]
+        return s.repeat_interleave(k[0] * k[1])
+
+    @classmethod
+    def from_sparse(cls, module: _SparseFloat, grid: QuantGrid, quantized: Quantized | None = None,
+                    input_scale: torch.Tensor | None = None) -> _SparseQuant:
+        """Quantize a sparse layer's kept values (min-max unless `quantized` codes for the whole
+        [rows, cols] matrix are given; codes at pruned positions are dropped)."""
+        mod = cls(module.layer, module.nnz, module.pattern, grid, input_scale is not None)
+        keep = module.keep_mask()
+        matrix = module.dense_matrix().detach()
+        if input_scale is not None:
+            matrix = matrix * mod._scale_columns(input_scale)
+        if quantized is None:
+            scale, zero = compute_scales(matrix, grid)
+            codes = quantize(matrix, grid, scale, zero)
+        else:
+            codes, scale, zero = quantized
+        kept = codes[keep]
+        with torch.no_grad():
+            mod.mask_bits.copy_(module.mask_bits)
+            if mod._signed_int8:
+                mod.qvalues.copy_((kept.to(torch.int16) - 128).to(torch.int8))
+            else:
+                mod.qvalues.copy_(pack_codes(kept, grid.bits))
+            mod.scale.copy_(scale)
+            if zero is not None:
+                mod.zero.copy_(zero.to(torch.uint8))
+            if input_scale is not None:
+                mod.input_scale.copy_(input_scale)
+            if module.bias is not None:
+                mod.bias.copy_(module.bias.detach())
+        return mod
+
+    def dequantized_matrix(self) -> torch.Tensor:
+        """Float [rows, cols] as stored (input scale still folded in), zeros where pruned."""
+        keep = self.keep_mask()
+        if self._signed_int8:
+            kept = (self.qvalues.to(torch.int16) + 128).to(torch.uint8)
+        else:
+            kept = unpack_codes(self.qvalues, self.grid.bits, self.nnz)
+        codes = torch.zeros(self.rows, self.cols, dtype=torch.uint8, device=kept.device)
+        codes.view(-1).masked_scatter_(keep.view(-1), kept)
+        zero = None if self.zero is None else self.zero.float()
+        return dequantize(codes, self.grid, self.scale, zero) * keep
+
+    def dense_weight(self) -> torch.Tensor:
+        """The float weight in the original layer's shape, computing the same function."""
+        w = self.dequantized_matrix()
+        if self.input_scale is not None:
+            w = w / self._scale_columns(self.input_scale)
+        return w.view(_weight_shape(self.layer))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.dense_weight()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_scale is not None:
+            s = self.input_scale if self.layer["kind"] == "linear" else \
+                self.input_scale.view(1, -1, 1, 1)
+            x = x / s
+        w = self.dequantized_matrix().view(_weight_shape(self.layer))
+        return _run(self.layer, x, w.to(x.dtype), self.bias)
+
+    def to_dense(self) -> nn.Module:
+        return _dense_layer(self.layer, self.dense_weight(), self.bias)
+
+    def spec(self) -> dict[str, Any]:
+        g = self.grid
+        return {**self._spec(), "bits": g.bits, "group_size": g.group_size,
+                "symmetric": g.symmetric, "input_scale": self.input_scale is not None}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> _SparseQuant:
+        grid = QuantGrid(spec["bits"], spec["group_size"], spec["symmetric"])
+        return cls(spec["layer"], spec["nnz"], spec["pattern"], grid, spec["input_scale"])
+
+    def extra_repr(self) -> str:
+        g = self.grid
+        return f"{self._repr()}, bits={g.bits}, group_size={g.group_size}, " \
+            f"symmetric={g.symmetric}" + (", input_scale" if self.input_scale is not None else "")
+
+
+@register_module
+class SparseQuantLinear(_SparseQuant):
+    """A sparse linear layer with integer kept values."""
+
+
+@register_module
+class SparseQuantConv2d(_SparseQuant):
+    """A sparse 2-d convolution with integer kept values."""
+
+
+def sparse_quantized(module: _SparseFloat, grid: QuantGrid, quantized: Quantized | None = None,
+                     input_scale: torch.Tensor | None = None) -> _SparseQuant:
+    """What a quantize stage makes of a sparse layer."""
+    cls = SparseQuantLinear if module.layer["kind"] == "linear" else SparseQuantConv2d
+    return cls.from_sparse(module, grid, quantized, input_scale)

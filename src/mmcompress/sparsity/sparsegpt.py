@@ -1,0 +1,68 @@
+"""SparseGPT (Frantar & Alistarh, 2023): prune a weight column by column, pushing each pruned
+weight's loss onto the not-yet-visited columns through the inverse Hessian of the layer's
+reconstruction loss, H = 2·XᵀX/n — GPTQ's update with "set to zero" in place of "round".
+
+The mask is chosen adaptively, one block of columns at a time, from the error-updated weights:
+by the OBS saliency w² / [H⁻¹]²_jj over the whole block (unstructured), or over each group of
+M columns row by row (N:M).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..quantization.gptq import _inverse_hessian_factor
+from .masks import NM, drop_lowest, nm_keep_mask, pruned_count
+
+
+@torch.no_grad()
+def sparsegpt_prune(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    sparsity: float,
+    nm: NM | None = None,
+    damp: float = 0.01,
+    block_size: int = 128,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(updated weight with the pruned entries at zero, keep-mask), both [rows, cols].
+
+    Unstructured masks remove exactly ``round(sparsity · rows · cols)`` weights: each block
+    gets the share that brings the running total to ``round(sparsity · rows · end_column)``.
+    """
+    w = weight.detach().float().clone()
+    rows, cols = w.shape
+    h = hessian.float().clone()
+    dead = h.diagonal() == 0  # inputs that are always zero: their weights go first
+    h[dead, dead] = 1
+    w[:, dead] = 0
+    hinv = _inverse_hessian_factor(h, damp)
+    if nm is not None:  # groups of M columns must not straddle two blocks
+        block_size = max(nm[1], block_size // nm[1] * nm[1])
+    keep = torch.ones(rows, cols, dtype=torch.bool)
+    pruned = 0
+    for b0 in range(0, cols, block_size):
+        b1 = min(b0 + block_size, cols)
+        block = w[:, b0:b1].clone()
+        hb = hinv[b0:b1, b0:b1]
+        d = hb.diagonal()
+        if nm is None:
+            k = min(pruned_count(rows * b1, sparsity) - pruned, block.numel())
+            bkeep = drop_lowest(block.pow(2) / d.pow(2), k)
+            pruned += k
+        else:
+            bkeep = torch.ones_like(block, dtype=torch.bool)
+        out = torch.zeros_like(block)
+        err = torch.zeros_like(block)
+        for i in range(b1 - b0):
+            if nm is not None and i % nm[1] == 0:
+                span = slice(i, i + nm[1])
+                bkeep[:, span] = nm_keep_mask(block[:, span].pow(2) / d[span].pow(2), nm)
+            col = block[:, i]
+            out[:, i] = col * bkeep[:, i]
+            e = (col - out[:, i]) / hb[i, i]
+            block[:, i:] -= e[:, None] * hb[i, i:][None, :]
+            err[:, i] = e
+        w[:, b0:b1] = out
+        keep[:, b0:b1] = bkeep
+        w[:, b1:] -= err @ hinv[b0:b1, b1:]
+    return w, keep

@@ -1,0 +1,95 @@
+"""Which units to remove: the same ratio in every layer of every tower, or one global ranking.
+
+``tower`` scope removes ``round(f × units)`` (or the given count) of each layer's units, the
+lowest-scored ones, so every tower — and every layer in it — keeps the same ratio.
+
+``global`` scope frees exactly the parameters ``tower`` scope would, but lets the data choose
+where (UPop-style): every unit of every targeted tower goes into one list. Raw scores are not
+comparable across towers or unit kinds (different activation scales, different unit sizes),
+so each (tower, kind) is normalised to its own share — a unit's key is its share of that
+tower-kind's total score divided by its share of that tower-kind's parameters. A unit of
+exactly average importance per parameter thus has key 1 everywhere, and the units furthest
+below that (relative to their own tower) are removed first until the parameter budget is met.
+Every group keeps at least one unit, every layer list at least one block.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..errors import RecipeError
+
+Amount = float | int
+
+
+@dataclass(frozen=True)
+class Candidate:
+    group: int  # index of the group (unit group or layer list)
+    unit: int  # unit (or block) index within it
+    tower: str
+    kind: str
+    score: float
+    params: int
+
+
+def how_many(amount: Amount, size: int) -> int:
+    """Units a fraction or a count asks to remove from `size`."""
+    if isinstance(amount, int):
+        return amount
+    return math.floor(amount * size + 0.5)  # halves round up, not to even
+
+
+def check_counts(kind: str, where: str, remove: int, size: int, noun: str) -> None:
+    if remove >= size:
+        raise RecipeError(
+            f"prune {kind}: removing {remove} of the {size} {noun} of {where} would remove "
+            f"all of them; ask for fewer (a fraction in [0, 1) or a count below {size})")
+
+
+def uniform_plan(cands: Sequence[Candidate], remove: dict[int, int]) -> dict[int, list[int]]:
+    """The `remove[g]` lowest-scored units of each group g."""
+    by_group: dict[int, list[Candidate]] = {}
+    for c in cands:
+        by_group.setdefault(c.group, []).append(c)
+    plan = {}
+    for g, cs in by_group.items():
+        low = sorted(cs, key=lambda c: (c.score, c.unit))[: remove.get(g, 0)]
+        plan[g] = sorted(c.unit for c in low)
+    return plan
+
+
+def normalised_keys(cands: Sequence[Candidate]) -> list[float]:
+    """Score share over parameter share, within each (tower, kind)."""
+    score_sum: dict[tuple[str, str], float] = {}
+    param_sum: dict[tuple[str, str], int] = {}
+    for c in cands:
+        k = (c.tower, c.kind)
+        score_sum[k] = score_sum.get(k, 0.0) + c.score
+        param_sum[k] = param_sum.get(k, 0) + c.params
+    keys = []
+    for c in cands:
+        k = (c.tower, c.kind)
+        share = c.params / param_sum[k]
+        keys.append((c.score / score_sum[k] if score_sum[k] > 0 else share) / share)
+    return keys
+
+
+def global_plan(cands: Sequence[Candidate], sizes: dict[int, int],
+                budget: int) -> dict[int, list[int]]:
+    """Remove the lowest-key units until `budget` parameters are freed (to the nearest unit),
+    keeping at least one unit in each group."""
+    keys = normalised_keys(cands)
+    order = sorted(range(len(cands)), key=lambda i: (keys[i], cands[i].group, cands[i].unit))
+    left = dict(sizes)
+    plan: dict[int, list[int]] = {g: [] for g in sizes}
+    freed = 0
+    for i in order:
+        c = cands[i]
+        if left[c.group] <= 1 or freed + c.params > budget + c.params // 2:
+            continue
+        plan[c.group].append(c.unit)
+        left[c.group] -= 1
+        freed += c.params
+    return {g: sorted(u) for g, u in plan.items()}

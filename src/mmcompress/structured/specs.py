@@ -1,0 +1,116 @@
+"""Pruning specs: per model family, which layers couple into heads, neurons and channels, and
+which blocks can be removed whole. Explicit rather than traced: one small function per block
+type, matched by class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from torch import nn
+from transformers.models.bert.modeling_bert import BertLayer
+from transformers.models.clip.modeling_clip import CLIPEncoderLayer
+from transformers.models.siglip.modeling_siglip import SiglipEncoderLayer
+
+from ..models.demo import DemoDualEncoder
+from ..models.resnet_cifar import BasicBlock
+from .groups import LayerList, UnitGroup
+
+
+@dataclass
+class PruningStructure:
+    """Everything structured pruning may remove in one model."""
+
+    units: list[UnitGroup] = field(default_factory=list)
+    layer_lists: list[LayerList] = field(default_factory=list)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _clip_layer(name: str, layer: nn.Module) -> list[UnitGroup]:
+    """HF CLIP / SigLIP encoder layer: ``self_attn.{q,k,v,out}_proj`` heads, ``mlp.fc1/fc2``."""
+    attn, p = layer.self_attn, _join(name, "self_attn")
+    heads = UnitGroup(
+        "heads", p, tuple(f"{p}.{x}_proj" for x in "qkv"), (f"{p}.out_proj",),
+        size=attn.q_proj.out_features // attn.head_dim, out_width=attn.head_dim,
+        in_width=attn.head_dim, attrs=((p, "num_heads", 1),), layer=name)
+    m = _join(name, "mlp")
+    neurons = UnitGroup("neurons", m, (f"{m}.fc1",), (f"{m}.fc2",),
+                        size=layer.mlp.fc1.out_features, layer=name)
+    return [heads, neurons]
+
+
+def _bert_layer(name: str, layer: nn.Module) -> list[UnitGroup]:
+    """BERT layer: ``attention.self.{query,key,value}`` + ``attention.output.dense`` heads,
+    ``intermediate.dense`` + ``output.dense`` neurons."""
+    s, p = layer.attention.self, _join(name, "attention")
+    hd = s.attention_head_size
+    heads = UnitGroup(
+        "heads", f"{p}.self", tuple(f"{p}.self.{x}" for x in ("query", "key", "value")),
+        (f"{p}.output.dense",), size=s.query.out_features // hd, out_width=hd, in_width=hd,
+        attrs=((f"{p}.self", "num_attention_heads", 1), (f"{p}.self", "all_head_size", hd)),
+        layer=name)
+    neurons = UnitGroup("neurons", _join(name, "intermediate"),
+                        (_join(name, "intermediate.dense"),), (_join(name, "output.dense"),),
+                        size=layer.intermediate.dense.out_features, layer=name)
+    return [heads, neurons]
+
+
+def _resnet_block(name: str, block: nn.Module) -> list[UnitGroup]:
+    """CIFAR BasicBlock: inner channels (conv1 outputs, bn1, conv2 inputs); the residual
+    channels (conv2 outputs, bn2) stay, coupled with the shortcut."""
+    return [UnitGroup("channels", _join(name, "conv1"),
+                      (_join(name, "conv1"), _join(name, "bn1")), (_join(name, "conv2"),),
+                      size=block.conv1.out_channels, layer=name)]
+
+
+def _demo(name: str, model: nn.Module) -> list[UnitGroup]:
+    """The demo's digit CNN: conv1 → conv2 → (pool, flatten) → fc → visual_projection."""
+    v = _join(name, "vision")
+    conv2, fc = model.vision.conv2, model.vision.fc
+    return [
+        UnitGroup("channels", f"{v}.conv1", (f"{v}.conv1",), (f"{v}.conv2",),
+                  size=model.vision.conv1.out_channels),
+        UnitGroup("channels", f"{v}.conv2", (f"{v}.conv2",), (f"{v}.fc",),
+                  size=conv2.out_channels, in_width=fc.in_features // conv2.out_channels),
+        UnitGroup("neurons", f"{v}.fc", (f"{v}.fc",), (_join(name, "visual_projection"),),
+                  size=fc.out_features),
+    ]
+
+
+SPECS: dict[type, Callable[[str, nn.Module], list[UnitGroup]]] = {
+    CLIPEncoderLayer: _clip_layer,
+    SiglipEncoderLayer: _clip_layer,
+    BertLayer: _bert_layer,
+    BasicBlock: _resnet_block,
+    DemoDualEncoder: _demo,
+}
+TRANSFORMER_LAYERS = (CLIPEncoderLayer, SiglipEncoderLayer, BertLayer)
+
+
+def _removable(container: nn.Module) -> tuple[int, ...] | None:
+    blocks = list(container)
+    if blocks and all(isinstance(b, TRANSFORMER_LAYERS) for b in blocks):
+        return tuple(range(len(blocks)))
+    if blocks and all(isinstance(b, BasicBlock) for b in blocks):
+        # only blocks with an identity shortcut keep shapes when removed; they are also the
+        # trailing ones reload rebuilds by shortening the list
+        return tuple(i for i, b in enumerate(blocks) if b.pad is None)
+    return None
+
+
+def find_structure(model: nn.Module) -> PruningStructure:
+    """Unit groups and removable-layer lists of every block type a spec knows."""
+    out = PruningStructure()
+    for name, module in model.named_modules():
+        spec = next((fn for cls, fn in SPECS.items() if isinstance(module, cls)), None)
+        if spec is not None:
+            out.units.extend(spec(name, module))
+        if isinstance(module, nn.ModuleList | nn.Sequential):
+            removable = _removable(module)
+            if removable:
+                out.layer_lists.append(LayerList(name, len(module), removable))
+    return out

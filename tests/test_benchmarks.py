@@ -1,0 +1,80 @@
+"""Smoke test of the benchmark runner on a tiny in-process CLIP (writes only under tmp_path)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` sits beside `src`
+
+from benchmarks.configs import CONFIGS, ModelCase  # noqa: E402
+from benchmarks.runner import PEERS, Settings, run_benchmark  # noqa: E402
+from mmcompress.data import Dataset  # noqa: E402
+
+HAS_ORT = all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime", "onnxscript"))
+
+
+def _tiny_data(n: int = 12) -> Dataset:
+    rng = np.random.default_rng(0)
+    return Dataset(
+        name="tiny",
+        task="classification",
+        images=[rng.random((32, 32, 3), dtype=np.float32) for _ in range(n)],
+        labels=[i % 3 for i in range(n)],
+        class_names=["cat", "dog", "bird"],
+        templates=["a photo of a {}", "a {}"],
+    )
+
+
+def test_runner_writes_rows_json_and_markdown(tiny_clip, tmp_path: Path) -> None:
+    case = ModelCase("tiny-clip", _tiny_data(), load=lambda: tiny_clip, data_note="random")
+    missing = ModelCase("not-a-model")  # not registered: skipped with a reason
+    settings = Settings(
+        threads=1, repeats=2, warmup=1, memory=False,
+        configs={"fp32": None, "rtn-int8": CONFIGS["rtn-int8"]},
+    )  # fmt: skip
+    json_path, md_path = tmp_path / "results" / "smoke.json", tmp_path / "docs" / "bench.md"
+
+    results = run_benchmark([case, missing], settings, json_path, md_path, "python -m x")
+
+    assert json.loads(json_path.read_text()) == results
+    model, skipped = results["models"]
+    assert "not available" in skipped["skipped"]
+    rows = {row["name"]: row for row in model["rows"]}
+    assert set(rows) == {"fp32", "rtn-int8", *PEERS}
+    assert model["quality_metric"] == "zeroshot_top1"
+    expected_ok = {"fp32", "rtn-int8", "torch-dynamic-int8"}
+    if HAS_ORT:
+        expected_ok |= {"ort-fp32", "ort-dynamic-int8"}
+    else:
+        assert rows["ort-fp32"]["status"] == "skipped" and rows["ort-fp32"]["reason"]
+    assert {n for n, r in rows.items() if r["status"] == "ok"} == expected_ok
+    for name in expected_ok:
+        row = rows[name]
+        assert 0 <= row["quality"]["zeroshot_top1"] <= 1
+        assert row["size_bytes"] > 0
+        assert set(row["latency_ratio"]) == {"image", "text"}
+        assert all(r > 0 for r in row["latency_ratio"].values())
+        if name != "fp32":
+            assert row["quality"]["fidelity_cosine"] > 0.9
+    assert rows["fp32"]["latency_ratio"] == {"image": 1.0, "text": 1.0}
+    assert rows["rtn-int8"]["size_ratio"] < 0.6
+    assert rows["rtn-int8"]["build_s"] >= 0
+
+    text = md_path.read_text()
+    assert "python -m x" in text and "| `rtn-int8` |" in text and "not-a-model" in text
+    assert "../results/smoke.json" in text
+
+
+def test_runner_skips_a_model_that_fails_to_load(tmp_path: Path) -> None:
+    def broken():
+        raise OSError("weights missing")
+
+    case = ModelCase("broken", "demo", load=broken)
+    results = run_benchmark([case], Settings(memory=False), tmp_path / "r.json", None, "cmd")
+    assert results["models"][0]["skipped"] == "OSError: weights missing"
+    assert (tmp_path / "r.json").is_file()

@@ -1,0 +1,247 @@
+"""Low-rank factorization: numerics, rank allocation, the stages, save/reload, bad values."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from _helpers import FAST_EVAL
+from torch import nn
+from typer.testing import CliRunner
+
+import mmcompress
+from mmcompress.cli import app
+from mmcompress.data import Dataset
+from mmcompress.errors import DataError, RecipeError, UserError
+from mmcompress.factorization import cp_conv, scaled_svd, tucker2_conv
+from mmcompress.io.checkpoint import save_checkpoint
+from mmcompress.methods import METHODS, StageContext
+from mmcompress.methods.rank_allocation import LayerOptions, allocate_ranks, uniform_choice
+from mmcompress.modules.lowrank import (
+    CPConv2d,
+    LowRankLinear,
+    TuckerConv2d,
+    conv_args,
+    max_useful_rank,
+)
+from mmcompress.recipe import CalibrationConfig, load_recipe
+
+
+def _inputs(n=1024, d=64):
+    torch.manual_seed(0)
+    return torch.randn(n, d) @ torch.randn(d, d) * 0.3 + torch.randn(d)
+
+
+def _out_err(x, w, approx):
+    return float(((x @ (approx - w).T) ** 2).sum())
+
+
+def test_factor_product_equals_the_truncated_svd():
+    torch.manual_seed(0)
+    linear = nn.Linear(40, 24)
+    u, s, vh = torch.linalg.svd(linear.weight.detach().double(), full_matrices=False)
+    truncated = (u[:, :6] * s[:6]) @ vh[:6]
+    low = LowRankLinear.from_linear(linear, 6)
+    torch.testing.assert_close(low.weight.double(), truncated, atol=1e-5, rtol=1e-5)
+    x = torch.randn(5, 40)
+    torch.testing.assert_close(low(x), x @ truncated.float().T + linear.bias, atol=1e-5,
+                               rtol=1e-5)
+    torch.testing.assert_close(low.to_dense()(x), low(x), atol=1e-5, rtol=1e-5)
+    assert low.logical_params() == 6 * (40 + 24) + 24
+
+
+def test_factors_only_where_they_save_weights():
+    assert max_useful_rank(24, 40) == 14  # 24·40 / 64 = 15
+    assert max_useful_rank(32, 32) == 15  # 16 exactly breaks even
+    with pytest.raises(ValueError, match="saves no parameters"):
+        LowRankLinear(32, 32, 16, bias=True)
+
+
+def test_whitened_svd_has_less_output_error_than_plain_svd():
+    x, w = _inputs(), torch.randn(48, 64)
+    hessian = x.T @ x / len(x)
+    plain = scaled_svd(w, hessian, "none")
+    whitened = scaled_svd(w, hessian, "cholesky", damp=1e-6)
+    for rank in (4, 16, 32):
+        err = {k: _out_err(x, w, torch.matmul(*d.factors(rank)))
+               for k, d in (("plain", plain), ("whitened", whitened))}
+        assert err["whitened"] < 0.8 * err["plain"]
+        # the predicted relative error per rank is the measured one
+        total = float(((x @ w.T) ** 2).sum())
+        assert whitened.error[rank] == pytest.approx(err["whitened"] / total, rel=1e-3)
+        assert plain.error[rank] == pytest.approx(err["plain"] / total, rel=1e-2)
+
+
+def test_asvd_scaling_folds_back_exactly_at_full_rank():
+    x, w = _inputs(), torch.randn(16, 64)
+    d = scaled_svd(w, x.T @ x, "asvd", x.abs().mean(0))
+    torch.testing.assert_close(torch.matmul(*d.factors(16)), w, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("stride,padding", [(1, 1), (2, 0), (2, 2)])
+def test_tucker_and_cp_convs_compute_their_dense_kernel(stride, padding):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 8, (3, 5), stride, padding, bias=True)
+    x = torch.randn(2, 6, 11, 9)
+    tucker = TuckerConv2d(conv_args(conv), [4, 5])
+    cp = CPConv2d(conv_args(conv), [7])
+    for mod in (tucker, cp):
+        torch.testing.assert_close(mod(x), mod.to_dense()(x), atol=1e-5, rtol=1e-4)
+
+
+def test_full_rank_tucker_and_high_rank_cp_reproduce_the_kernel():
+    torch.manual_seed(0)
+    w = torch.randn(8, 6, 3, 3)
+    first, core, last = tucker2_conv(w, 6, 8)
+    torch.testing.assert_close(torch.einsum("oa,abhw,bi->oihw", last, core, first), w,
+                               atol=1e-4, rtol=1e-4)
+    a, b, c, d = cp_conv(torch.einsum("or,ir,hr,wr->oihw", *(torch.randn(n, 3) for n in w.shape)),
+                         3)
+    rebuilt = torch.einsum("or,ir,hr,wr->oihw", a, b, c, d)
+    assert float(rebuilt.norm()) > 0 and all(f.isfinite().all() for f in (a, b, c, d))
+
+
+def test_allocation_spends_the_budget_where_the_loss_is_lowest():
+    # 'flat' loses much per rank removed, 'steep' has a cheap tail: the budget comes from 'steep'
+    def layer(losses):
+        return LayerOptions(100, [(10 * r, loss, r) for r, loss in enumerate(losses, 1)])
+
+    layers = {"flat": layer([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1]),
+              "steep": layer([0.3, 0.05, 0.01, 0.005, 0.002, 0.001, 0.0, 0.0, 0.0])}
+    choices, kept = allocate_ranks(layers, param_ratio=0.75)
+    assert choices == {"flat": None, "steep": 5} and kept == 150
+    assert uniform_choice(layers["flat"], 0.75) == 7
+    with pytest.raises(RecipeError, match="out of reach"):
+        allocate_ranks(layers, param_ratio=0.05)
+
+
+def test_allocation_factors_a_layer_whose_first_step_is_costly():
+    # factoring at all costs 0.2 at once, then each rank removed is free: the hull sees it
+    layers = {"a": LayerOptions(100, [(90, 0.2, 9), (50, 0.2, 5), (10, 0.2, 1)]),
+              "b": LayerOptions(100, [(90, 0.15, 9), (80, 0.3, 8)])}
+    choices, kept = allocate_ranks(layers, param_ratio=0.6)
+    assert choices == {"a": 1, "b": None} and kept == 110
+
+
+def _data(n=12):
+    rng = np.random.default_rng(0)
+    return Dataset("toy", "classification",
+                   images=[rng.random((16, 16, 3), dtype=np.float32) for _ in range(n)],
+                   labels=[i % 2 for i in range(n)], class_names=["cat", "dog"],
+                   templates=["a {}", "the {}"])
+
+
+def _run(adapter, stages, data=None):
+    recipe = load_recipe({"stages": stages})
+    ctx = StageContext(data=data if data is not None else _data(),
+                       calibration=CalibrationConfig(samples=8, batch_size=4), progress=False)
+    return [METHODS[(s.kind, s.config.method)].apply(adapter, s.config, ctx)
+            for s in recipe.stages]
+
+
+def _reloads_identically(adapter, tmp_path):
+    texts, images = ["a cat", "the dog"], [np.full((16, 16, 3), 0.5, np.float32)]
+    before = adapter.encode_texts(texts), adapter.encode_images(images)
+    save_checkpoint(adapter, tmp_path, "random:tiny", [])
+    loaded = mmcompress.load(tmp_path)
+    assert torch.equal(loaded.encode_texts(texts), before[0])
+    assert torch.equal(loaded.encode_images(images), before[1])
+    return loaded
+
+
+@pytest.mark.parametrize("cfg", [
+    {"method": "svd", "rank": 4},
+    {"method": "svd", "energy": 0.8},
+    {"method": "svd", "param_ratio": 0.5, "allocation": "uniform"},
+    {"method": "svd-whiten", "param_ratio": 0.5},
+    {"method": "svd-whiten", "rank": 6, "whiten": "asvd"},
+    {"method": "tucker", "param_ratio": 0.5},
+    {"method": "cp", "rank": 8, "n_iter_max": 10},
+])
+def test_lowrank_stages_save_and_reload_identically(tiny_clip, tmp_path, cfg):
+    (summary,) = _run(tiny_clip, [{"lowrank": cfg}])
+    assert summary["modules"] > 0 and summary["param_ratio"] < 1
+    if "param_ratio" in cfg:
+        assert summary["param_ratio"] <= cfg["param_ratio"]
+    _reloads_identically(tiny_clip, tmp_path)
+
+
+def test_param_ratio_counts_the_selected_weights(tiny_clip):
+    layers = {n: m.weight.numel() for n, m in tiny_clip.model.named_modules()
+              if isinstance(m, nn.Linear) and n.startswith("text_model")}
+    (summary,) = _run(tiny_clip, [{"lowrank": {"method": "svd", "param_ratio": 0.6,
+                                               "targets": ["text"]}}])
+    factored = {n: m for n, m in tiny_clip.model.named_modules() if isinstance(m, LowRankLinear)}
+    kept = sum(m.logical_params() - m.out_features for m in factored.values())
+    kept += sum(v for n, v in layers.items() if n not in factored)
+    assert summary["param_ratio"] == pytest.approx(kept / sum(layers.values()), abs=1e-4)
+    assert summary["param_ratio"] <= 0.6
+
+
+def test_lowrank_then_int8_factors_are_quantized_and_reload(tiny_clip, tmp_path):
+    stages = [{"lowrank": {"method": "svd-whiten", "rank": 6, "targets": ["text"]}},
+              {"quantize": {"method": "rtn", "bits": 8, "targets": ["re:mlp\\.fc1"],
+                            "embeddings": False}}]
+    _run(tiny_clip, stages)
+    fc1 = tiny_clip.model.text_model.encoder.layers[0].mlp.fc1
+    assert isinstance(fc1, LowRankLinear)
+    assert type(fc1.down).__name__ == type(fc1.up).__name__ == "QuantLinear"
+    assert fc1.weight.shape == (64, 32)
+    loaded = _reloads_identically(tiny_clip, tmp_path)
+    assert type(loaded.model.text_model.encoder.layers[1].mlp.fc1.up).__name__ == "QuantLinear"
+
+
+@pytest.mark.parametrize("cfg,message", [
+    ({"method": "svd", "rank": 4, "param_ratio": 0.5}, "exactly one of"),
+    ({"method": "svd"}, "exactly one of"),
+    ({"method": "svd", "rank": 4, "allocation": "uniform"}, "only with param_ratio"),
+    ({"method": "tucker", "energy": 0.9}, "unknown key 'energy'"),
+    ({"method": "svd", "param_ratio": 1.5}, "less than 1"),
+])
+def test_bad_configs_are_recipe_errors(cfg, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe({"stages": [{"lowrank": cfg}]})
+
+
+def test_a_rank_that_saves_nothing_is_refused(tiny_clip):
+    with pytest.raises(RecipeError, match="saves no weights on any selected layer"):
+        _run(tiny_clip, [{"lowrank": {"method": "svd", "rank": 22}}])
+
+
+def test_empty_calibration_data_is_refused(tiny_clip):
+    with pytest.raises(DataError, match="empty"):
+        _run(tiny_clip, [{"lowrank": {"method": "svd-whiten", "rank": 4}}],
+             Dataset("empty", "classification"))
+
+
+def test_non_finite_weight_is_refused(tiny_clip):
+    tiny_clip.model.text_model.encoder.layers[1].mlp.fc2.weight.data[0, 0] = float("nan")
+    with pytest.raises(UserError, match="fc2.*NaN or Inf"):
+        _run(tiny_clip, [{"lowrank": {"method": "svd", "rank": 4, "targets": ["re:fc2"]}}])
+
+
+def test_non_finite_activations_are_refused(tiny_clip):
+    tiny_clip.model.text_model.encoder.layers[0].layer_norm1.weight.data.fill_(float("inf"))
+    with pytest.raises(DataError, match="non-finite"):
+        _run(tiny_clip, [{"lowrank": {"method": "svd-whiten", "rank": 4,
+                                      "targets": ["text_model.encoder.layers.1"]}}])
+
+
+def test_cli_reports_a_useless_rank_as_one_error_line(tiny_clip_folder, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"stages": [{"lowrank": {"method": "svd", "rank": 40}}],
+                                      "evaluate": FAST_EVAL}))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["compress", "--model", str(tiny_clip_folder), "--recipe",
+                                      str(recipe), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "rank 40" in lines[0]
+    assert not out.exists()
+
+
+def test_example_recipe_parses():
+    path = Path(__file__).parents[1] / "examples" / "recipes" / "lowrank-svd-whiten.yaml"
+    recipe = load_recipe(path)
+    assert [s.config.method for s in recipe.stages] == ["svd-whiten", "rtn"]

@@ -1,0 +1,434 @@
+"""Structured pruning: removed units equal masked units, attributes stay consistent, pruned
+models reload, global and per-tower allocation differ, bad values are one-line errors."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from _helpers import FAST_EVAL
+from torch import nn
+from transformers import BertConfig, BertTokenizer, SiglipConfig
+from typer.testing import CliRunner
+
+import mmcompress
+from mmcompress.adapters.classifier import ImageClassifierAdapter
+from mmcompress.adapters.hf_dual import SiglipAdapter
+from mmcompress.adapters.sentence import SentenceAdapter
+from mmcompress.cli import app
+from mmcompress.data import Dataset
+from mmcompress.errors import RecipeError
+from mmcompress.io.checkpoint import save_checkpoint
+from mmcompress.methods import METHODS, StageContext
+from mmcompress.models.demo import DemoDualEncoder
+from mmcompress.models.resnet_cifar import CifarResNet
+from mmcompress.models.sentence_encoder import SentenceEncoder
+from mmcompress.recipe import CalibrationConfig, load_recipe
+from mmcompress.structured import find_structure, prune_units, remove_layers
+from mmcompress.structured.groups import UnitGroup, _expand
+from mmcompress.structured.importance import consumer_stats
+
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "cat", "dog", "the", "photo", "of",
+         "small", "big"]
+TEXTS = ["a cat", "the big dog", "a photo of a small cat"]
+
+
+def _toy_data(n: int = 8) -> Dataset:
+    rng = np.random.default_rng(0)
+    return Dataset("toy", "classification",
+                   images=[rng.random((16, 16, 3), dtype=np.float32) for _ in range(n)],
+                   labels=[i % 2 for i in range(n)], class_names=["cat", "dog"],
+                   templates=["a {}", "the {}"])
+
+
+def _sts_data() -> Dataset:
+    a, b = ["a cat", "the dog", "a small cat", "a big dog"], ["a dog", "the cat", "a cat", "dog"]
+    return Dataset("pairs", "sts", texts=a, texts_b=b, scores=[1.0, 2.0, 4.0, 3.0])
+
+
+def _prune(adapter, data=None, **cfg):
+    stage = load_recipe({"stages": [{"prune": {"method": "structured", **cfg}}]}).stages[0]
+    ctx = StageContext(data=data, calibration=CalibrationConfig(samples=8, batch_size=4),
+                       progress=False)
+    return METHODS[("prune", "structured")].apply(adapter, stage.config, ctx)
+
+
+def _bert_config(vocab: int = len(VOCAB)) -> BertConfig:
+    return BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2,
+                      num_attention_heads=4, intermediate_size=48, max_position_embeddings=32)
+
+
+def _sentence_adapter() -> SentenceAdapter:
+    torch.manual_seed(0)
+    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)})
+    return SentenceAdapter(SentenceEncoder(_bert_config()), tokenizer, max_seq_length=16)
+
+
+def _siglip() -> SiglipAdapter:
+    torch.manual_seed(0)
+    return SiglipAdapter.random(SiglipConfig(
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, vocab_size=100, max_position_embeddings=16,
+                         pad_token_id=1, eos_token_id=1, bos_token_id=None),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, image_size=32, patch_size=8)))
+
+
+def _resnet() -> CifarResNet:
+    torch.manual_seed(0)
+    model = CifarResNet(20)
+    gen = torch.Generator().manual_seed(0)
+    for m in model.modules():  # non-trivial BN statistics: eval outputs depend on every buffer
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+    return model.eval()
+
+
+_IDS = torch.tensor([[2, 5, 6, 3, 0], [2, 8, 12, 7, 3]])
+_MASK = (_IDS != 0).long()
+_PIXELS = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def _family(name: str):
+    """(model, run) for each family a pruning spec knows; `run` gives its outputs."""
+    if name in ("clip", "siglip"):
+        from _helpers import tiny_clip_config
+        from transformers import CLIPModel
+
+        torch.manual_seed(0)
+        model = CLIPModel(tiny_clip_config()) if name == "clip" else _siglip().model
+        ids = torch.tensor([[98, 5, 6, 99], [98, 7, 99, 0]] if name == "clip"
+                           else [[5, 6, 7, 1], [8, 9, 1, 1]])
+        return model.eval(), lambda m: (m.vision_model(pixel_values=_PIXELS).pooler_output,
+                                        m.text_model(input_ids=ids).pooler_output)
+    if name == "bert":
+        torch.manual_seed(0)
+        return SentenceEncoder(_bert_config()).eval(), lambda m: m(_IDS, _MASK)
+    if name == "demo":
+        torch.manual_seed(0)
+        pixels = _PIXELS[:, :1, :8, :8]
+        return DemoDualEncoder(SentenceEncoder(_bert_config())).eval(), lambda m: (
+            m.encode_image(pixels), m.encode_text(_IDS, _MASK))
+    return _resnet(), lambda m: m(_PIXELS[:, :, :16, :16])  # any size pools to 64 features
+
+
+def _mask(model: nn.Module, group, units) -> None:
+    """Zero what the removed units feed into: the consumer's columns."""
+    idx = _expand(units, group.in_width)
+    with torch.no_grad():
+        for name in group.inputs:
+            model.get_submodule(name).weight[:, idx] = 0
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip", "bert", "demo", "resnet"])
+def test_removing_units_equals_masking_them(family):
+    model, run = _family(family)
+    masked, groups = copy.deepcopy(model), find_structure(model).units
+    assert {g.kind for g in groups} >= ({"channels"} if family == "resnet"
+                                        else {"heads", "neurons"})
+    for i, g in enumerate(groups):  # a different count and set in every group: non-uniform
+        units = [u for u in range(g.size) if (u + i) % (2 + i % 3) == 0][: g.size - 1]
+        prune_units(model, g, units)
+        _mask(masked, g, units)
+    got, want = run(model), run(masked)
+    for a, b in zip(got if isinstance(got, tuple) else (got,),
+                    want if isinstance(want, tuple) else (want,), strict=True):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+    assert sum(p.numel() for p in model.parameters()) < sum(
+        p.numel() for p in masked.parameters())
+
+
+def _weaken(model: nn.Module, group, units, factor: float = 0.01) -> None:
+    out_idx, in_idx = _expand(units, group.out_width), _expand(units, group.in_width)
+    with torch.no_grad():
+        for name in group.outputs:
+            model.get_submodule(name).weight[out_idx] *= factor
+        for name in group.inputs:
+            model.get_submodule(name).weight[:, in_idx] *= factor
+
+
+def test_method_removes_the_weakest_units_and_updates_attention(tiny_clip):
+    model = tiny_clip.model
+    groups = find_structure(model).units
+    weak = {g.name: ([1] if g.kind == "heads" else list(range(0, 64, 4))) for g in groups}
+    for g in groups:
+        _weaken(model, g, weak[g.name])
+    masked = copy.deepcopy(tiny_clip)
+    for g in groups:
+        _mask(masked.model, g, weak[g.name])
+    summary = _prune(tiny_clip, heads=1, neurons=0.25, importance="magnitude")
+    assert summary["removed"]["vision"]["heads"] == {"removed": 2, "of": 4}
+    assert summary["removed"]["text"]["neurons"] == {"removed": 32, "of": 128}
+    for tower in ("vision_model", "text_model"):
+        for layer in getattr(model, tower).encoder.layers:
+            assert layer.self_attn.num_heads == 1 and layer.self_attn.q_proj.out_features == 16
+            assert layer.self_attn.out_proj.in_features == 16
+            assert (layer.mlp.fc1.out_features, layer.mlp.fc2.in_features) == (48, 48)
+    torch.testing.assert_close(tiny_clip.encode_texts(TEXTS), masked.encode_texts(TEXTS),
+                               atol=2e-5, rtol=1e-4)
+    images = _toy_data(2).images
+    torch.testing.assert_close(tiny_clip.encode_images(images), masked.encode_images(images),
+                               atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("importance", ["magnitude", "activation", "taylor"])
+def test_each_importance_removes_a_dead_unit_first(tiny_clip, importance):
+    layer = tiny_clip.model.vision_model.encoder.layers[0]
+    with torch.no_grad():  # head 0 and neuron 5 contribute nothing
+        for p in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+            p.weight[:16] = 0
+            p.bias[:16] = 0
+        layer.self_attn.out_proj.weight[:, :16] = 0
+        layer.mlp.fc1.weight[5] = 0
+        layer.mlp.fc2.weight[:, 5] = 0
+    kept_head = layer.self_attn.q_proj.weight[16:].clone()
+    kept_neuron = layer.mlp.fc1.weight[6].clone()
+    _prune(tiny_clip, _toy_data(), heads=1, neurons=1, importance=importance,
+           targets=["vision"])
+    assert torch.equal(layer.self_attn.q_proj.weight, kept_head)
+    assert not (layer.mlp.fc1.weight == 0).all(1).any()
+    assert torch.equal(layer.mlp.fc1.weight[5], kept_neuron)
+    assert tiny_clip.model.text_model.encoder.layers[0].mlp.fc1.out_features == 64
+
+
+def test_compensation_keeps_a_constant_unit_exactly(tiny_clip):
+    layer = tiny_clip.model.vision_model.encoder.layers[0]
+    with torch.no_grad():  # neuron 5 outputs the same value for every token
+        layer.mlp.fc1.weight[5] = 0
+        layer.mlp.fc1.bias[5] = 1.0
+    images = _toy_data(3).images
+    before = tiny_clip.encode_images(images)
+    group = next(g for g in find_structure(tiny_clip.model).units
+                 if g.name == "vision_model.encoder.layers.0.mlp")
+    calib = tiny_clip.calibration_data(_toy_data(), samples=8, batch_size=4, seed=0)
+    stats = consumer_stats(tiny_clip, [group], calib, progress=False)
+    plain = copy.deepcopy(tiny_clip)
+    prune_units(plain.model, group, [5])
+    prune_units(tiny_clip.model, group, [5], {n: s.mean for n, s in stats.items()})
+    torch.testing.assert_close(tiny_clip.encode_images(images), before, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(plain.encode_images(images), before, atol=1e-3)
+
+
+@pytest.mark.parametrize("importance", ["activation", "taylor"])
+def test_with_compensation_a_constant_unit_goes_first_and_costs_nothing(tiny_clip, importance):
+    layer = tiny_clip.model.vision_model.encoder.layers[0]
+    with torch.no_grad():  # neuron 5 outputs the same large value for every token
+        layer.mlp.fc1.weight[5] = 0
+        layer.mlp.fc1.bias[5] = 3.0
+    images = _toy_data(3).images
+    before = tiny_clip.encode_images(images)
+    _prune(tiny_clip, _toy_data(), neurons=1, importance=importance, compensate=True,
+           targets=["vision_model.encoder.layers.0"])
+    assert layer.mlp.fc1.out_features == 63 and (layer.mlp.fc1.bias != 3.0).all()
+    torch.testing.assert_close(tiny_clip.encode_images(images), before, atol=1e-5, rtol=1e-5)
+
+
+def test_compensation_gives_a_bias_to_a_conv_without_one():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Conv2d(4, 3, 3, bias=False))
+    with torch.no_grad():  # channel 1 is the constant 0.5 everywhere
+        model[0].weight[1] = 0
+        model[0].bias[1] = 0.5
+    x = torch.randn(2, 2, 9, 9)
+    before = model(x)
+    group = UnitGroup("channels", "0", ("0",), ("2",), size=4)
+    mean = torch.zeros(4, 9)
+    mean[1] = 0.5
+    prune_units(model, group, [1], {"2": mean.flatten()})
+    assert model[2].in_channels == 3 and model[2].bias is not None
+    torch.testing.assert_close(model(x), before, atol=1e-5, rtol=1e-5)
+
+
+def test_method_with_compensation_reloads_identically(tiny_clip, tmp_path):
+    summary = _prune(tiny_clip, _toy_data(), heads=1, neurons=0.5, compensate=True)
+    assert summary["removed"]["text"]["neurons"]["removed"] == 64
+    _roundtrip(tiny_clip, tmp_path, lambda a: (a.encode_texts(TEXTS),))
+
+
+def test_layer_removal_drops_the_block_that_changes_nothing(tiny_clip):
+    layers = tiny_clip.model.text_model.encoder.layers
+    with torch.no_grad():  # a pre-LN block with no residual update is the identity
+        for lin in (layers[0].self_attn.out_proj, layers[0].mlp.fc2):
+            lin.weight.zero_()
+            lin.bias.zero_()
+    keep = layers[1]
+    before = tiny_clip.encode_texts(TEXTS)
+    summary = _prune(tiny_clip, _toy_data(), layers=0.5, scope="tower")
+    assert len(layers) == 1 and layers[0] is keep
+    assert len(tiny_clip.model.vision_model.encoder.layers) == 1
+    assert summary["removed"]["text"]["layers"] == {"removed": 1, "of": 2}
+    torch.testing.assert_close(tiny_clip.encode_texts(TEXTS), before, atol=1e-5, rtol=1e-5)
+
+
+def _roundtrip(adapter, tmp_path, encode):
+    before = encode(adapter)
+    save_checkpoint(adapter, tmp_path, "random:tiny", [])
+    loaded = mmcompress.load(tmp_path)
+    after = encode(loaded)
+    for a, b in zip(after, before, strict=True):
+        assert torch.equal(a, b)
+    return loaded
+
+
+def test_clip_with_non_uniform_widths_reloads_identically(tiny_clip, tmp_path):
+    data = _toy_data()
+    _prune(tiny_clip, data, heads=1, neurons=0.5, scope="global", importance="activation")
+    _prune(tiny_clip, data, layers=1, importance="magnitude")
+    widths = {(t, len(getattr(tiny_clip.model, t).encoder.layers))
+              for t in ("vision_model", "text_model")}
+    assert widths == {("vision_model", 1), ("text_model", 1)}
+    first = copy.deepcopy(tiny_clip)
+    prune_units(first.model, find_structure(first.model).units[1], [0, 1, 2])  # uneven
+    fc1 = {m.out_features for n, m in first.model.named_modules() if n.endswith("mlp.fc1")}
+    assert len(fc1) == 2
+    images = data.images[:2]
+    loaded = _roundtrip(first, tmp_path, lambda a: (a.encode_texts(TEXTS),
+                                                    a.encode_images(images)))
+    assert loaded.model.text_model.encoder.layers[0].self_attn.num_heads == 1
+
+
+def test_sentence_encoder_reloads_identically(tmp_path):
+    adapter = _sentence_adapter()
+    summary = _prune(adapter, _sts_data(), heads=0.5, neurons=0.5, layers=1,
+                     importance="taylor")
+    assert summary["removed"]["text"]["heads"] == {"removed": 2, "of": 4}
+    attn = adapter.model.bert.encoder.layer[0].attention.self
+    assert (attn.num_attention_heads, attn.all_head_size) == (2, 16)
+    _roundtrip(adapter, tmp_path, lambda a: (a.encode_texts(TEXTS),))
+
+
+def test_demo_cnn_channels_and_text_reload_identically(tmp_path):
+    from mmcompress.adapters.demo import DemoAdapter
+    from mmcompress.adapters.tokenizers import load_tokenizer
+    from mmcompress.models.sentence_encoder import minilm_path
+
+    torch.manual_seed(0)
+    tokenizer = load_tokenizer(minilm_path())
+    adapter = DemoAdapter(DemoDualEncoder(SentenceEncoder(_bert_config(tokenizer.vocab_size)),
+                                          channels=8, hidden=16), tokenizer)
+    rng = np.random.default_rng(0)
+    data = Dataset("digits", "classification",
+                   images=[rng.random((8, 8, 1), dtype=np.float32) for _ in range(8)],
+                   labels=[i % 2 for i in range(8)], class_names=["zero", "one"],
+                   templates=["a {}"])
+    summary = _prune(adapter, data, channels=0.5, neurons=0.25, heads=1, scope="global")
+    vision = adapter.model.vision
+    assert vision.conv2.in_channels == vision.conv1.out_channels
+    assert vision.fc.in_features == vision.conv2.out_channels * 16
+    assert adapter.model.visual_projection.in_features == vision.fc.out_features
+    assert summary["params"]["vision"]["after"] < summary["params"]["vision"]["before"]
+    _roundtrip(adapter, tmp_path, lambda a: (a.encode_texts(TEXTS),
+                                             a.encode_images(data.images[:3])))
+
+
+def test_resnet_inner_channels_and_blocks_reload_identically(tmp_path):
+    adapter = ImageClassifierAdapter(_resnet())
+    _prune(adapter, channels=0.25, importance="magnitude")
+    model = adapter.model
+    assert model.layer2[1].conv1.out_channels == 24 and model.layer2[1].bn1.num_features == 24
+    assert model.layer2[1].conv2.out_channels == 32  # residual channels stay
+    lists = {ll.name: ll for ll in find_structure(model).layer_lists}
+    assert lists["layer2"].removable == (1, 2)  # the stride-2 block has a shortcut to keep
+    remove_layers(model, lists["layer2"], [1])
+    images = [np.random.default_rng(0).random((16, 16, 3), dtype=np.float32)] * 2
+    _roundtrip(adapter, tmp_path, lambda a: (a.classify(images),))
+
+
+def _dead_half(tiny_clip) -> None:
+    """Vision neurons: half of them nearly dead; text neurons all alike."""
+    for layer in tiny_clip.model.vision_model.encoder.layers:
+        with torch.no_grad():
+            layer.mlp.fc1.weight[::2] *= 1e-3
+            layer.mlp.fc2.weight[:, ::2] *= 1e-3
+
+
+def test_global_scope_takes_more_from_the_tower_with_unimportant_units(tiny_clip):
+    _dead_half(tiny_clip)
+    other = copy.deepcopy(tiny_clip)
+    uniform = _prune(tiny_clip, neurons=0.3, importance="magnitude", scope="tower")
+    ranked = _prune(other, neurons=0.3, importance="magnitude", scope="global")
+    u, g = uniform["removed"], ranked["removed"]
+    assert u["vision"]["neurons"]["removed"] == u["text"]["neurons"]["removed"] == 2 * 19
+    assert g["vision"]["neurons"]["removed"] >= 64  # every dead neuron goes first
+    assert g["text"]["neurons"]["removed"] < 19
+    total = sum(v["neurons"]["removed"] for v in g.values())
+    assert abs(total - 4 * 19) <= 1  # the same parameters freed (every neuron frees the same)
+
+
+def test_prune_then_quantize_in_one_recipe(tiny_clip, tmp_path):
+    recipe = {"stages": [{"prune": {"method": "structured", "heads": 0.5, "neurons": 0.5}},
+                         {"quantize": {"method": "rtn", "bits": 8}}],
+              "evaluate": {"max_samples": 8, "metrics": ["params", "fidelity_cosine"]}}
+    result = mmcompress.compress(tiny_clip, recipe, out=tmp_path / "out", data=_toy_data(),
+                                 progress=False)
+    report = result.report
+    assert report["after"]["params"] < 0.7 * report["before"]["params"]
+    assert report["stages"][0]["summary"]["removed"]["text"]["heads"]["removed"] == 2
+    fc1 = result.adapter.model.vision_model.encoder.layers[0].mlp.fc1
+    assert type(fc1).__name__ == "QuantLinear" and fc1.spec()["out_features"] == 32
+    loaded = mmcompress.load(tmp_path / "out")
+    assert torch.equal(loaded.encode_texts(TEXTS), result.adapter.encode_texts(TEXTS))
+
+
+@pytest.mark.parametrize("cfg,message", [
+    ({"heads": 1.0}, "fraction must be in"),
+    ({"neurons": 1.5}, "fraction must be in"),
+    ({"layers": -1}, "count must be 0 or more"),
+    ({"channels": "half"}, "fraction in"),
+    ({"heads": True}, "fraction in"),
+    ({}, "at least one of"),
+    ({"heads": 0.5, "scope": "model"}, "scope"),
+    ({"heads": 0.5, "importance": "random"}, "importance"),
+    ({"heads": 0.5, "importance": "magnitude", "compensate": True}, "compensate needs"),
+])
+def test_bad_values_are_recipe_errors(cfg, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe({"stages": [{"prune": {"method": "structured", **cfg}}]})
+
+
+@pytest.mark.parametrize("cfg,message", [
+    ({"heads": 2}, "would remove all"),
+    ({"heads": 0.9}, "removing 2 of the 2 heads"),
+    ({"layers": 2}, "would remove all"),
+    ({"channels": 0.5}, "no channels"),
+    ({"heads": 1, "targets": ["projector"]}, "no attention heads"),
+])
+def test_impossible_amounts_are_refused_before_anything_changes(tiny_clip, cfg, message):
+    before = {k: v.clone() for k, v in tiny_clip.model.state_dict().items()}
+    with pytest.raises(RecipeError, match=message):
+        _prune(tiny_clip, _toy_data(), neurons=0.5, **cfg)
+    after = tiny_clip.model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_quantized_layers_are_refused(tiny_clip):
+    stage = load_recipe({"stages": [{"quantize": {"method": "rtn", "bits": 8}}]}).stages[0]
+    METHODS[("quantize", "rtn")].apply(tiny_clip, stage.config, StageContext(progress=False))
+    with pytest.raises(RecipeError, match="prune before quantizing"):
+        _prune(tiny_clip, neurons=0.5, importance="magnitude")
+
+
+@pytest.mark.parametrize("prune,fragment", [
+    ({"heads": 2}, "would remove all of them"),
+    ({"heads": 1.0}, "fraction must be in [0, 1)"),
+])
+def test_cli_refusal_is_one_error_line_and_exit_2(tiny_clip_folder, tmp_path, prune, fragment):
+    recipe = tmp_path / "recipe.yaml"
+    evaluate = {**FAST_EVAL, "max_samples": 8, "metrics": ["params"]}
+    recipe.write_text(yaml.safe_dump({"stages": [{"prune": {"method": "structured",
+                                                            "importance": "magnitude",
+                                                            **prune}}],
+                                      "evaluate": evaluate}))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["compress", "--model", str(tiny_clip_folder), "--recipe",
+                                      str(recipe), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0]
+    assert not out.exists()

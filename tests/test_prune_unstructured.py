@@ -1,0 +1,316 @@
+"""Unstructured and N:M pruning: exact masks, method numerics, compact storage, quantization
+after pruning, save/reload, and one-line errors for bad settings."""
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from _helpers import FAST_EVAL
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+from typer.testing import CliRunner
+
+import mmcompress
+from mmcompress.cli import app
+from mmcompress.data import Dataset
+from mmcompress.errors import RecipeError
+from mmcompress.io.checkpoint import save_checkpoint
+from mmcompress.methods import METHODS, StageContext
+from mmcompress.modules.sparse import (
+    SparseConv2d,
+    SparseLinear,
+    SparseQuantConv2d,
+    SparseQuantLinear,
+    pack_mask,
+    sparse_module,
+    sparse_quantized,
+    unpack_mask,
+)
+from mmcompress.quantization.grid import QuantGrid
+from mmcompress.recipe import CalibrationConfig, load_recipe
+from mmcompress.sparsity import global_keep_masks, keep_mask, parse_pattern, sparsegpt_prune
+
+SPARSE = (SparseLinear, SparseConv2d)
+PATTERNS = [None, (2, 4), (4, 8)]
+
+
+def _inputs(outliers: bool = False) -> torch.Tensor:
+    torch.manual_seed(0)
+    x = torch.randn(1024, 64) @ torch.randn(64, 64) * 0.3 + torch.randn(64)
+    if outliers:
+        x[:, :4] *= 20
+    return x
+
+
+def _out_err(x: torch.Tensor, w: torch.Tensor, wp: torch.Tensor) -> float:
+    return float(((x @ (wp - w).T) ** 2).mean())
+
+
+def _assert_nm(keep: torch.Tensor, nm: tuple[int, int]) -> None:
+    n, m = nm
+    assert (keep.reshape(keep.shape[0], -1, m).sum(-1) == n).all()
+
+
+def _layer_masks(x, w, sparsity, nm):
+    """Keep-masks and pruned weights of the three methods on one layer."""
+    h = 2 * x.T @ x / len(x)
+    mag = keep_mask(w.abs(), sparsity, nm)
+    wanda = keep_mask(w.abs() * x.norm(dim=0), sparsity, nm, per_row=True)
+    sgpt_w, sgpt = sparsegpt_prune(w, h, sparsity, nm, block_size=32)
+    return {"magnitude": (mag, w * mag), "wanda": (wanda, w * wanda), "sparsegpt": (sgpt, sgpt_w)}
+
+
+# ---- masks ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("nm", PATTERNS)
+@pytest.mark.parametrize("sparsity", [0.5, 0.3])
+def test_each_method_hits_sparsity_and_pattern_exactly(nm, sparsity):
+    x, w = _inputs(), torch.randn(24, 64)
+    for name, (keep, pruned) in _layer_masks(x, w, sparsity, nm).items():
+        if nm is None:  # 0.3·24·64 = 460.8 → 461 everywhere, also when chosen per row
+            assert int((~keep).sum()) == round(sparsity * keep.numel()), name
+        else:
+            _assert_nm(keep, nm)
+        assert (pruned[~keep] == 0).all(), name
+
+
+def test_per_row_selection_spreads_the_remainder_over_rows():
+    keep = keep_mask(torch.rand(5, 10), 0.33, per_row=True)  # 16.5 → 17 pruned: 4, 4, 3, 3, 3
+    assert (~keep).sum(1).tolist() == [4, 4, 3, 3, 3]
+
+
+def test_ties_cannot_change_the_count():
+    scores = torch.ones(8, 16)
+    assert int((~keep_mask(scores, 0.5)).sum()) == 64
+    masks = global_keep_masks([torch.ones(4, 4), torch.zeros(4, 4), torch.ones(2, 8)], 0.75)
+    assert sum(int((~m).sum()) for m in masks) == 36 and not masks[1].any()
+
+
+def test_global_magnitude_ranks_across_layers():
+    torch.manual_seed(0)
+    small, large = torch.randn(16, 32) * 0.1, torch.randn(16, 32)
+    masks = global_keep_masks([small.abs(), large.abs()], 0.5)
+    assert sum(int((~m).sum()) for m in masks) == 512
+    assert (~masks[0]).sum() > 0.9 * 512 // 2 and (~masks[1]).sum() < 0.2 * 512
+
+
+def test_wanda_picks_differently_from_magnitude_with_outlier_channels():
+    x, w = _inputs(outliers=True), torch.randn(32, 64)
+    masks = _layer_masks(x, w, 0.5, None)
+    mag, wanda = masks["magnitude"][0], masks["wanda"][0]
+    assert (mag != wanda).float().mean() > 0.1
+    assert wanda[:, :4].float().mean() > mag[:, :4].float().mean()  # outlier inputs stay
+    assert _out_err(x, w, masks["wanda"][1]) < 0.5 * _out_err(x, w, masks["magnitude"][1])
+
+
+@pytest.mark.parametrize("nm", PATTERNS)
+def test_sparsegpt_error_below_wanda_and_magnitude(nm):
+    x, w = _inputs(), torch.randn(32, 64)
+    err = {k: _out_err(x, w, p) for k, (_, p) in _layer_masks(x, w, 0.5, nm).items()}
+    assert err["sparsegpt"] < 0.9 * err["wanda"] and err["sparsegpt"] < 0.9 * err["magnitude"]
+
+
+@pytest.mark.parametrize("value,nm", [("unstructured", None), ("2:4", (2, 4)), (" 4 : 8 ", (4, 8)),
+                                      (124, (2, 4)), (248, (4, 8))])  # 124: YAML's 2:4
+def test_pattern_parsing(value, nm):
+    assert parse_pattern(value) == nm
+
+
+# ---- sparse modules -------------------------------------------------------------------------
+
+def test_mask_bits_round_trip():
+    keep = torch.rand(7, 13) > 0.5
+    bits = pack_mask(keep)
+    assert bits.dtype == torch.uint8 and bits.numel() == 12
+    assert torch.equal(unpack_mask(bits, keep.numel()).view(7, 13), keep)
+
+
+def _state_bytes(module: nn.Module) -> int:
+    return len(safetensors_bytes({k: v.contiguous() for k, v in module.state_dict().items()}))
+
+
+def test_sparse_linear_is_compact_exact_and_quantizable():
+    torch.manual_seed(0)
+    dense = nn.Linear(256, 128)
+    keep = keep_mask(dense.weight.detach().abs(), 0.5)
+    sparse = sparse_module(dense, keep)
+    x = torch.randn(4, 256)
+    torch.testing.assert_close(sparse(x), nn.functional.linear(x, dense.weight * keep, dense.bias))
+    torch.testing.assert_close(sparse.to_dense()(x), sparse(x))
+    assert isinstance(sparse, nn.Linear) and sparse.logical_params() == 128 * 257
+    assert _state_bytes(sparse) <= 0.6 * _state_bytes(dense)
+    quant = sparse_quantized(sparse, QuantGrid(8))
+    assert _state_bytes(quant) <= 0.2 * _state_bytes(dense)
+    assert (quant.weight[~keep] == 0).all() and (quant.weight[keep] != 0).float().mean() > 0.95
+    torch.testing.assert_close(quant(x), sparse(x), atol=0.02, rtol=0.02)
+
+
+def test_sparse_values_train_and_zeros_stay_zero():
+    torch.manual_seed(0)
+    sparse = sparse_module(nn.Linear(16, 8), torch.rand(8, 16) > 0.5)
+    sparse(torch.randn(3, 16)).sum().backward()
+    assert sparse.values.grad is not None and sparse.values.grad.shape == sparse.values.shape
+
+
+@pytest.mark.parametrize("grid", [QuantGrid(8), QuantGrid(4, 16), QuantGrid(3, None, False)])
+def test_sparse_conv_quantized_keeps_zeros_and_rebuilds(grid):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 6, 3, padding=1)
+    keep = keep_mask(conv.weight.detach().reshape(6, -1).abs(), 0.5, (2, 4))
+    sparse = sparse_module(conv, keep)
+    quant = sparse_quantized(sparse, grid, input_scale=torch.rand(8) + 0.5)
+    assert isinstance(sparse, nn.Conv2d) and isinstance(quant, SparseQuantConv2d)
+    assert (quant.weight.reshape(6, -1)[~keep] == 0).all()
+    x = torch.randn(2, 8, 5, 5)
+    torch.testing.assert_close(quant.to_dense()(x), quant(x), atol=1e-4, rtol=1e-4)
+    empty = type(quant).from_spec(quant.spec())
+    empty.load_state_dict(quant.state_dict(), strict=True)
+    assert torch.equal(empty(x), quant(x))
+
+
+# ---- methods on a tiny CLIP -----------------------------------------------------------------
+
+def _data(n: int = 8) -> Dataset:
+    rng = np.random.default_rng(0)
+    return Dataset("toy", "classification",
+                   images=[rng.random((16, 16, 3), dtype=np.float32) for _ in range(n)],
+                   labels=[i % 2 for i in range(n)], class_names=["cat", "dog"],
+                   templates=["a {}", "the {}"])
+
+
+def _apply(adapter, method, **cfg):
+    stage = load_recipe({"stages": [{"prune": {"method": method, **cfg}}]}).stages[0]
+    ctx = StageContext(data=_data(), calibration=CalibrationConfig(samples=8, batch_size=4),
+                       progress=False)
+    return METHODS[("prune", method)].apply(adapter, stage.config, ctx)
+
+
+def _sparse_layers(adapter) -> dict[str, nn.Module]:
+    return {n: m for n, m in adapter.model.named_modules() if isinstance(m, SPARSE)}
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
+def test_methods_prune_every_targeted_layer_exactly(tiny_clip, method, pattern):
+    cfg = {"pattern": pattern} if pattern != "unstructured" else {"sparsity": 0.6}
+    summary = _apply(tiny_clip, method, **cfg)
+    layers = _sparse_layers(tiny_clip)
+    n_linear = sum(isinstance(m, nn.Linear) for m in layers.values())
+    assert summary["modules"] == len(layers) and n_linear > 10
+    assert isinstance(layers["vision_model.embeddings.patch_embedding"], SparseConv2d)
+    for name, m in layers.items():
+        keep = m.keep_mask()
+        assert torch.equal(m.weight.reshape(keep.shape) != 0, keep) or (m.values == 0).any()
+        if pattern == "unstructured":
+            assert m.nnz == keep.numel() - round(0.6 * keep.numel()), name
+        elif isinstance(m, nn.Conv2d):  # groups run over channels of one kernel position
+            _assert_nm(keep.view(m.out_channels, 3, 64).transpose(1, 2).reshape(keep.shape), (2, 4))
+        else:
+            _assert_nm(keep, (2, 4))
+    assert summary["sparsity"] == pytest.approx(0.6 if pattern == "unstructured" else 0.5,
+                                                abs=1e-3)
+
+
+def test_sparsegpt_reloads_identically_and_keeps_texts_close(tiny_clip, tmp_path):
+    texts = ["a cat", "the dog"]
+    dense = tiny_clip.encode_texts(texts)
+    _apply(tiny_clip, "sparsegpt", sparsity=0.5, targets=["text"])
+    pruned = tiny_clip.encode_texts(texts)
+    assert nn.functional.cosine_similarity(dense, pruned).min() > 0.8
+    save_checkpoint(tiny_clip, tmp_path, "random:tiny", [])
+    loaded = mmcompress.load(tmp_path)
+    assert isinstance(loaded.model.text_model.encoder.layers[0].mlp.fc1, SparseLinear)
+    assert torch.equal(loaded.encode_texts(texts), pruned)
+
+
+def test_global_scope_spreads_sparsity_unevenly(tiny_clip):
+    summary = _apply(tiny_clip, "magnitude", sparsity=0.5, scope="global")
+    layers = _sparse_layers(tiny_clip).values()
+    assert sum(m.rows * m.cols - m.nnz for m in layers) == round(
+        0.5 * sum(m.rows * m.cols for m in layers))
+    assert len({round(m.sparsity, 2) for m in layers}) > 3 and summary["sparsity"] == 0.5
+
+
+def _quantize(adapter, method, **cfg):
+    stage = load_recipe({"stages": [{"quantize": {"method": method, **cfg}}]}).stages[0]
+    ctx = StageContext(data=_data(), calibration=CalibrationConfig(samples=8, batch_size=4),
+                       progress=False)
+    return METHODS[("quantize", method)].apply(adapter, stage.config, ctx)
+
+
+@pytest.mark.parametrize("method,cfg", [("rtn", {"bits": 8}),
+                                        ("gptq", {"bits": 4, "group_size": 16}),
+                                        ("awq", {"bits": 4, "group_size": 16, "n_grid": 4})])
+def test_quantizing_a_pruned_model_keeps_its_zeros(tiny_clip, method, cfg):
+    _apply(tiny_clip, "magnitude", pattern="2:4", targets=["text"])
+    masks = {n: m.keep_mask() for n, m in _sparse_layers(tiny_clip).items()}
+    _quantize(tiny_clip, method, targets=["text"], embeddings=False, **cfg)
+    modules = dict(tiny_clip.model.named_modules())
+    for name, keep in masks.items():
+        m = modules[name]
+        assert isinstance(m, SparseQuantLinear) and torch.equal(m.keep_mask(), keep)
+        w = m.weight.reshape(keep.shape)
+        assert (w[~keep] == 0).all() and (w[keep] != 0).float().mean() > 0.9
+
+
+def test_prune_then_quantize_in_one_recipe(tiny_clip, tmp_path):
+    recipe = {"stages": [{"prune": {"method": "sparsegpt", "sparsity": 0.5}},
+                         {"quantize": {"method": "gptq", "bits": 8}}],
+              "calibration": {"samples": 8, "batch_size": 4}, "evaluate": FAST_EVAL}
+    names = {n for n, m in tiny_clip.model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)}
+    result = mmcompress.compress(tiny_clip, recipe, out=tmp_path / "out", data=_data(),
+                                 progress=False)
+    layers = {n: m for n, m in result.adapter.model.named_modules()
+              if isinstance(m, SparseQuantLinear | SparseQuantConv2d)}
+    assert set(layers) == names and all(m.nnz == m.rows * m.cols // 2 for m in layers.values())
+    report = result.report
+    assert report["stages"][0]["summary"]["sparsity"] == 0.5
+    assert report["after"]["size_bytes"] < 0.4 * report["before"]["size_bytes"]
+    assert report["after"]["fidelity_cosine"] > 0.8
+    texts = ["a cat", "the dog"]
+    assert torch.equal(mmcompress.load(tmp_path / "out").encode_texts(texts),
+                       result.adapter.encode_texts(texts))
+
+
+# ---- bad settings ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cfg,fragment", [
+    ({"sparsity": 1.0}, "less than 1"),
+    ({"sparsity": -0.1}, "greater than or equal to 0"),
+    ({"pattern": "3:2"}, "pattern must be"),
+    ({"pattern": "2:4:8"}, "pattern must be"),
+    ({"pattern": "dense"}, "pattern must be"),
+    ({}, "give 'sparsity'"),
+    ({"pattern": "2:4", "sparsity": 0.7}, "means sparsity 0.5"),
+    ({"sparsity": 0.5, "scope": "global", "method": "wanda"}, "needs method 'magnitude'"),
+    ({"sparsity": 0.5, "scope": "tower"}, "scope"),
+    ({"sparsity": 0.5, "blocksize": 4, "method": "sparsegpt"}, "unknown key 'blocksize'"),
+])
+def test_bad_settings_are_recipe_errors(cfg, fragment):
+    cfg = {"method": "magnitude", **cfg}
+    with pytest.raises(RecipeError, match=fragment):
+        load_recipe({"stages": [{"prune": cfg}]})
+
+
+def test_unquoted_yaml_pattern_is_read_as_n_m():
+    recipe = load_recipe("stages:\n  - prune: {method: wanda, pattern: 2:4}\n")
+    assert recipe.stages[0].config.pattern == "2:4"
+
+
+def test_pattern_not_dividing_a_layer_is_refused_before_any_change(tiny_clip):
+    with pytest.raises(RecipeError, match=r"not a multiple of 5.*'ignore'"):
+        _apply(tiny_clip, "magnitude", pattern="2:5")
+    assert not _sparse_layers(tiny_clip)
+
+
+def test_cli_prints_one_error_line_for_bad_sparsity(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"stages": [{"prune": {"method": "wanda",
+                                                            "sparsity": 1.5}}]}))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["compress", "--model", "demo", "--recipe", str(recipe),
+                                      "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "sparsity" in lines[0]
+    assert not out.exists()

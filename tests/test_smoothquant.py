@@ -1,0 +1,170 @@
+"""SmoothQuant numerics, activation observers, the W8A8 module and its save/reload."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import mmcompress
+from mmcompress.data import Dataset
+from mmcompress.errors import RecipeError
+from mmcompress.io.checkpoint import save_checkpoint
+from mmcompress.methods import METHODS, StageContext
+from mmcompress.modules import W8A8Linear
+from mmcompress.quantization.observers import (
+    activation_threshold,
+    percentile_threshold,
+    quantization_mse,
+)
+from mmcompress.quantization.smoothquant import migrate, smoothing_scales
+from mmcompress.recipe import CalibrationConfig, load_recipe
+
+
+def _outlier_inputs(n: int = 512, cols: int = 64) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, cols, generator=gen)
+    x[:, :3] *= 30  # a few outlier channels, as in transformer activations
+    return x
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 0.85, 1.0])
+def test_migration_leaves_the_float_output_unchanged(alpha):
+    x, w = _outlier_inputs(), torch.randn(48, 64)
+    smoothed, s = migrate(w, x.abs().amax(0), alpha)
+    torch.testing.assert_close((x / s) @ smoothed.T, x @ w.T, rtol=1e-4, atol=1e-4)
+
+
+def test_smoothing_scales_follow_the_formula_and_flatten_outliers():
+    x, w = _outlier_inputs(), torch.randn(48, 64)
+    x_max = x.abs().amax(0)
+    s = smoothing_scales(x_max, w, 0.5)
+    torch.testing.assert_close(s, (x_max / w.abs().amax(0)).sqrt())
+    before = x_max.max() / x_max.median()
+    after = (x / s).abs().amax(0)
+    assert after.max() / after.median() < before / 4
+
+
+def test_module_weight_error_is_within_half_a_step():
+    """Only rounding separates the stored smoothed weight from W·diag(s)."""
+    torch.manual_seed(0)
+    lin, x = nn.Linear(64, 32), _outlier_inputs()
+    smoothed, s = migrate(lin.weight.detach(), x.abs().amax(0), 0.5)
+    mod = W8A8Linear.from_linear(lin, float((x / s).abs().max()) / 127, s)
+    err = (mod.dense_weight() * s - smoothed).abs()
+    assert (err <= mod.weight_scale[:, None] / 2 + 1e-6).all()
+
+
+def test_observer_thresholds_are_ordered():
+    torch.manual_seed(0)
+    sample = torch.distributions.StudentT(2.0).sample((20000,))  # heavy tails
+    top = float(sample.abs().max())
+    minmax = activation_threshold(sample, top, "minmax")
+    pct = activation_threshold(sample, top, "percentile", percentile=99.9)
+    assert minmax == top and pct < minmax
+    assert percentile_threshold(torch.arange(1, 10001.0), 99.0) == pytest.approx(9900, abs=1)
+
+
+def test_mse_observer_is_no_worse_than_minmax_on_heavy_tails():
+    torch.manual_seed(0)
+    sample = torch.distributions.StudentT(3.0).sample((50000,))
+    top = float(sample.abs().max())
+    t = activation_threshold(sample, top, "mse")
+    assert 0 < t < top
+    assert quantization_mse(sample, t) < 0.9 * quantization_mse(sample, top)
+
+
+@pytest.mark.parametrize("smooth", [False, True])
+def test_w8a8_layer_close_to_fp32(smooth):
+    torch.manual_seed(0)
+    lin, x = nn.Linear(256, 128), torch.randn(4, 50, 256)
+    s = smoothing_scales(x.abs().amax((0, 1)), lin.weight, 0.5) if smooth else None
+    xs = x if s is None else x / s
+    mod = W8A8Linear.from_linear(lin, float(xs.abs().max()) / 127, s)
+    with torch.inference_mode():
+        ref, out = lin(x), mod(x)
+    assert out.shape == ref.shape
+    assert F.cosine_similarity(out.flatten(), ref.flatten(), dim=0) > 0.999
+    # the integer kernel (where present) and the dequantizing path agree
+    torch.testing.assert_close(out, mod.reference_forward(x), rtol=1e-4, atol=1e-4)
+
+
+def test_packed_weight_is_cached_and_rebuilt_when_the_state_changes():
+    torch.manual_seed(0)
+    mod = W8A8Linear.from_linear(nn.Linear(32, 16), 0.05)
+    x = torch.randn(3, 32)
+    first = mod(x)
+    kernel = mod._kernel()
+    assert mod._kernel() is kernel  # not re-packed per call
+    with torch.no_grad():
+        mod.weight_scale.mul_(2)
+    torch.testing.assert_close(mod(x), 2 * (first - mod.bias) + mod.bias)
+
+
+def test_w8a8_falls_back_when_the_kernel_is_off():
+    torch.manual_seed(0)
+    mod = W8A8Linear.from_linear(nn.Linear(32, 16), 0.05)
+    x = torch.randn(5, 32)
+    fast = mod(x)
+    mod.kernel = "reference"
+    torch.testing.assert_close(mod(x), fast, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mod(x.double()).float(), fast, rtol=1e-5, atol=1e-5)
+
+
+def test_w8a8_without_onednn_uses_the_dequantizing_path(monkeypatch):
+    from mmcompress.modules import int8
+
+    torch.manual_seed(0)
+    mod = W8A8Linear.from_linear(nn.Linear(32, 16), 0.05, torch.rand(32) + 0.5)
+    x = torch.randn(5, 32)
+    fast = mod(x)
+    monkeypatch.setattr(int8, "_onednn_available", lambda: False)
+    mod._cache = None
+    assert mod._kernel() is None
+    torch.testing.assert_close(mod(x), fast, rtol=1e-5, atol=1e-5)
+
+
+def _data(n: int = 8) -> Dataset:
+    rng = np.random.default_rng(0)
+    return Dataset("toy", "classification",
+                   images=[rng.random((16, 16, 3), dtype=np.float32) for _ in range(n)],
+                   labels=[i % 2 for i in range(n)], class_names=["cat", "dog"],
+                   templates=["a {}", "the {}"])
+
+
+def _apply(adapter, **cfg):
+    stage = load_recipe({"stages": [{"quantize": {"method": "smoothquant", **cfg}}]}).stages[0]
+    ctx = StageContext(data=_data(), calibration=CalibrationConfig(samples=8, batch_size=4),
+                       progress=False)
+    return METHODS[("quantize", "smoothquant")].apply(adapter, stage.config, ctx)
+
+
+@pytest.mark.parametrize("cfg", [{}, {"alpha": None, "activations": {"observer": "mse"}},
+                                 {"alpha": 0.8, "activations": {"observer": "percentile"}}])
+def test_smoothquant_saves_and_reloads_identically(tiny_clip, tmp_path, cfg):
+    texts, pixels = ["a cat", "the dog"], torch.rand(2, 3, 32, 32)
+    ref = tiny_clip.encode_texts(texts)
+    summary = _apply(tiny_clip, **cfg)
+    linears = [m for m in tiny_clip.model.modules() if isinstance(m, nn.Linear)]
+    assert summary["w8a8"] > 0 and not linears
+    with torch.inference_mode():
+        before_t, before_i = tiny_clip.encode_texts(texts), tiny_clip.embed_image_tensor(pixels)
+    assert F.cosine_similarity(before_t, ref).min() > 0.99
+    save_checkpoint(tiny_clip, tmp_path, "random:tiny", [])
+    loaded = mmcompress.load(tmp_path)
+    assert isinstance(loaded.model.text_model.encoder.layers[0].mlp.fc1, W8A8Linear)
+    with torch.inference_mode():
+        assert torch.equal(loaded.encode_texts(texts), before_t)
+        assert torch.equal(loaded.embed_image_tensor(pixels), before_i)
+
+
+@pytest.mark.parametrize("cfg,message", [
+    ({"alpha": 1.5}, "alpha"),
+    ({"alpha": -0.1}, "alpha"),
+    ({"activations": {"bits": 4}}, "activation bits must be 8"),
+    ({"activations": {"observer": "entropy"}}, "observer"),
+    ({"activations": {"bits": 8, "clip": True}}, "unknown key 'clip'"),
+])
+def test_bad_smoothquant_config_is_refused(cfg, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe({"stages": [{"quantize": {"method": "smoothquant", **cfg}}]})
