@@ -75,3 +75,12 @@ def test_shared_cifar10_and_tiny_coco(shared_data):
     coco = load_data(shared_data / "tiny_coco")
     assert coco.task == "retrieval" and len(coco) == 50
     assert sum(len(c) for c in coco.captions) == 250
+
+
+def test_head_spreads_over_classes():
+    data = load_data("demo")
+    ordered = data.__class__(data.name, data.task, images=sorted(data.images, key=lambda _: 0),
+                             labels=sorted(data.labels), class_names=data.class_names,
+                             templates=data.templates)
+    assert set(ordered.head(20).labels) == set(range(10))
+    assert len(ordered.head(20)) == 20 and ordered.head(None) is ordered

@@ -53,11 +53,17 @@ class Dataset:
         return load_image(self.images[index])
 
     def head(self, n: int | None) -> Dataset:
-        """The first `n` examples (all when `n` is None), for quick evaluation."""
+        """`n` evenly spaced examples (all when `n` is None), for quick evaluation.
+
+        Evenly spaced rather than the first `n`, because readers list class folders one class
+        after another: a prefix would hold only the first classes.
+        """
         if n is None or n >= len(self):
             return self
+        total = len(self)
+        index = [i * total // n for i in range(n)]
         cut = {
-            k: getattr(self, k)[:n]
+            k: [getattr(self, k)[i] for i in index]
             for k in ("images", "labels", "captions", "texts", "texts_b", "scores")
             if getattr(self, k)
         }
