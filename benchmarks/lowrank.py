@@ -38,16 +38,24 @@ from .configs import DATA_ROOT
 from .timing import interleaved_latency_ms
 
 STSB = DATA_ROOT / "stsb"
+COMPRESS_THREADS = [1]  # set from --compress-threads
 
 
 def apply_recipe(
     adapter, stages: list[dict], calib: Dataset | None, calibration: dict | None = None
 ) -> tuple[list[dict], float]:
-    """Run `stages` on `adapter` in place; (stage summaries, seconds)."""
+    """Run `stages` on `adapter` in place with `--compress-threads`; (summaries, seconds)."""
     recipe = load_recipe({"stages": stages, "calibration": calibration or {}})
     ctx = StageContext(data=calib, calibration=recipe.calibration, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(COMPRESS_THREADS[0])
     start = time.perf_counter()
-    out = [METHODS[(s.kind, s.config.method)].apply(adapter, s.config, ctx) for s in recipe.stages]
+    try:
+        out = [
+            METHODS[(s.kind, s.config.method)].apply(adapter, s.config, ctx) for s in recipe.stages
+        ]
+    finally:
+        torch.set_num_threads(threads)
     return out, time.perf_counter() - start
 
 
@@ -152,21 +160,21 @@ def resnet(args: argparse.Namespace) -> dict[str, Any]:
     dense = {"top1": ref.metrics["top1"]}
     calibration = {"samples": args.calib_samples, "batch_size": 64}
     rows = []
-    for method in ("tucker", "cp"):
-        for allocation in ("uniform", "sensitivity"):
-            adapter = copy.deepcopy(base)
-            stage = {
-                "lowrank": {
-                    "method": method,
-                    "param_ratio": 0.5,
-                    "allocation": allocation,
-                    "targets": ["vision"],
-                }
+    for config in args.resnet_configs.split(","):
+        method, allocation = config.strip().split("-")
+        adapter = copy.deepcopy(base)
+        stage = {
+            "lowrank": {
+                "method": method,
+                "param_ratio": 0.5,
+                "allocation": allocation,
+                "targets": ["vision"],
             }
-            (summary,), seconds = apply_recipe(adapter, [stage], calib, calibration)
-            metrics = quality(adapter, test, ref.embeddings).metrics
-            rows.append(_row(f"{method} {allocation}", summary, metrics, dense, "top1", seconds))
-            print(rows[-1], flush=True)
+        }
+        (summary,), seconds = apply_recipe(adapter, [stage], calib, calibration)
+        metrics = quality(adapter, test, ref.embeddings).metrics
+        rows.append(_row(f"{method} {allocation}", summary, metrics, dense, "top1", seconds))
+        print(rows[-1], flush=True)
     return {
         "data": f"lit-cifar-eval ({len(test)} images)",
         "calibration": "lit-cifar-train",
@@ -214,7 +222,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("out", type=Path, help="JSON file to write")
     p.add_argument("--parts", default=",".join(PARTS), help="comma-separated: minilm,clip,resnet")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="threads for evaluation and latency")
+    p.add_argument(
+        "--compress-threads",
+        type=int,
+        default=1,
+        help="threads while compressing (LAPACK calls crawl on an oversubscribed machine)",
+    )
+    p.add_argument(
+        "--resnet-configs", default="tucker-uniform,tucker-sensitivity,cp-uniform,cp-sensitivity"
+    )
     p.add_argument("--param-ratio", type=float, default=0.7, help="minilm: weights kept")
     p.add_argument("--max-pairs", type=int, default=None, help="minilm: first N dev pairs")
     p.add_argument("--max-images", type=int, default=None, help="resnet: first N test images")
@@ -228,6 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         raise SystemExit(f"error: unknown parts {sorted(unknown)}; known: {', '.join(PARTS)}")
     torch.set_num_threads(args.threads)
+    COMPRESS_THREADS[0] = args.compress_threads
     results: dict[str, Any] = {
         "command": " ".join(["python -m benchmarks.lowrank", *sys.argv[1:]]),
         "threads": args.threads,

@@ -286,7 +286,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="fewer repeats and samples")
     p.add_argument("--sections", default="clip,minilm,demo,lit-cifar")
     args = p.parse_args(argv)
-    torch.set_num_threads(THREADS)
+    # quality work on one thread (a shared machine is oversubscribed); timings set their own
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     repeats, samples = (10, 64) if args.quick else (30, 128)
     results: dict[str, Any] = {

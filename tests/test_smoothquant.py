@@ -89,6 +89,22 @@ def test_w8a8_layer_close_to_fp32(smooth):
     torch.testing.assert_close(out, mod.reference_forward(x), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("size", [32, 35])  # 35: the conv drops the last partial patch
+def test_patch_conv_w8a8_matches_the_convolution(size):
+    from mmcompress.modules.int8 import W8A8PatchConv2d
+
+    torch.manual_seed(0)
+    conv, x = nn.Conv2d(3, 24, 8, 8), torch.randn(2, 3, size, size)
+    mod = W8A8PatchConv2d.from_conv(conv, float(x.abs().max()) / 127, torch.rand(192) + 0.5)
+    with torch.inference_mode():
+        ref, out = conv(x), mod(x)
+    assert out.shape == ref.shape and mod.weight.shape == conv.weight.shape
+    assert F.cosine_similarity(out.flatten(), ref.flatten(), dim=0) > 0.999
+    torch.testing.assert_close(mod.to_dense()(x), ref, rtol=0.05, atol=0.02)
+    with pytest.raises(ValueError, match="patchifying"):
+        W8A8PatchConv2d.from_conv(nn.Conv2d(3, 8, 3, padding=1), 0.1)
+
+
 def test_packed_weight_is_cached_and_rebuilt_when_the_state_changes():
     torch.manual_seed(0)
     mod = W8A8Linear.from_linear(nn.Linear(32, 16), 0.05)
@@ -119,9 +135,45 @@ def test_w8a8_without_onednn_uses_the_dequantizing_path(monkeypatch):
     x = torch.randn(5, 32)
     fast = mod(x)
     monkeypatch.setattr(int8, "_onednn_available", lambda: False)
-    mod._cache = None
+    mod._cache = {}
     assert mod._kernel() is None
     torch.testing.assert_close(mod(x), fast, rtol=1e-5, atol=1e-5)
+
+
+class _Block(nn.Module):
+    """LayerNorm → two linears; with `post_norm` the norm's output is also the residual."""
+
+    def __init__(self, post_norm: bool) -> None:
+        super().__init__()
+        self.post_norm = post_norm
+        self.norm, self.a, self.b = nn.LayerNorm(16), nn.Linear(16, 16), nn.Linear(16, 16)
+        with torch.no_grad():
+            self.norm.weight.uniform_(0.5, 2)
+            self.norm.bias.uniform_(-1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm(x)
+        out = self.a(h) * self.b(h).sigmoid()
+        return out + h if self.post_norm else out + x
+
+
+@pytest.mark.parametrize("post_norm", [False, True])
+def test_folding_into_the_norm_is_exact_or_refused(post_norm):
+    from mmcompress.calibration import CalibrationData
+    from mmcompress.methods.smooth_fold import fold_into_norms
+
+    torch.manual_seed(0)
+    block, x = _Block(post_norm), _outlier_inputs(64, 16)
+    ref, state = block(x).detach(), {k: v.clone() for k, v in block.state_dict().items()}
+    calib = CalibrationData({"text": [lambda: block(x)]})
+    folded = fold_into_norms(block, {"a": block.a, "b": block.b}, calib, alpha=0.5)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), ref, rtol=1e-4, atol=1e-4)
+    if post_norm:  # the residual reads the norm's output: folding would change the function
+        assert folded == set()
+        assert all(torch.equal(v, state[k]) for k, v in block.state_dict().items())
+    else:
+        assert folded == {"a", "b"} and not torch.equal(block.norm.weight, state["norm.weight"])
 
 
 def _data(n: int = 8) -> Dataset:
@@ -152,7 +204,11 @@ def test_smoothquant_saves_and_reloads_identically(tiny_clip, tmp_path, cfg):
     assert F.cosine_similarity(before_t, ref).min() > 0.99
     save_checkpoint(tiny_clip, tmp_path, "random:tiny", [])
     loaded = mmcompress.load(tmp_path)
-    assert isinstance(loaded.model.text_model.encoder.layers[0].mlp.fc1, W8A8Linear)
+    fc1 = loaded.model.text_model.encoder.layers[0].mlp.fc1
+    patch = loaded.model.vision_model.embeddings.patch_embedding
+    assert isinstance(fc1, W8A8Linear) and type(patch).__name__ == "W8A8PatchConv2d"
+    if cfg.get("alpha", 0.5) is not None:  # pre-norm CLIP: q/k/v and fc1 smoothed by the norm
+        assert summary["smoothed_by_norm"] >= 16 and fc1.input_scale is None
     with torch.inference_mode():
         assert torch.equal(loaded.encode_texts(texts), before_t)
         assert torch.equal(loaded.embed_image_tensor(pixels), before_i)

@@ -12,7 +12,6 @@ import math
 import warnings
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 
@@ -54,11 +53,18 @@ class ConvShape:
         return math.floor(fraction * self.dense_params / (self.inp + self.kh + self.kw + self.out))
 
 
-def _numpy(weight: torch.Tensor) -> np.ndarray:
+def _kernel(weight: torch.Tensor) -> torch.Tensor:
     w = weight.detach().double().cpu()
     if not torch.isfinite(w).all():
         raise ValueError("the kernel holds NaN or Inf values")
-    return w.numpy()
+    return w
+
+
+def _torch_backend():
+    """tensorly on torch tensors (so torch's thread settings apply), for this thread only."""
+    import tensorly
+
+    return tensorly.backend_context("pytorch", local_threadsafe=True)
 
 
 def tucker2_conv(weight: torch.Tensor, r_in: int, r_out: int, n_iter_max: int = 20
@@ -67,10 +73,11 @@ def tucker2_conv(weight: torch.Tensor, r_in: int, r_out: int, n_iter_max: int = 
     initialised with the truncated HOSVD."""
     from tensorly.decomposition import partial_tucker
 
-    (core, (u_out, u_in)), _ = partial_tucker(_numpy(weight), rank=[r_out, r_in], modes=[0, 1],
-                                              init="svd", n_iter_max=n_iter_max)
-    as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float()  # noqa: E731
-    return as_t(u_in.T), as_t(core), as_t(u_out)
+    with _torch_backend():
+        (core, (u_out, u_in)), _ = partial_tucker(_kernel(weight), rank=[r_out, r_in],
+                                                  modes=[0, 1], init="svd",
+                                                  n_iter_max=n_iter_max)
+    return u_in.T.contiguous().float(), core.contiguous().float(), u_out.contiguous().float()
 
 
 def tucker2_project(weight: torch.Tensor, r_in: int, r_out: int,
@@ -98,14 +105,13 @@ def cp_conv(weight: torch.Tensor, rank: int, n_iter_max: int = 100, seed: int = 
     scale is spread evenly over its four vectors, so no factor is much larger than another."""
     from tensorly.decomposition import parafac
 
-    w = _numpy(weight)
-    with warnings.catch_warnings():  # an SVD init asks for more vectors than kh, kw have
-        warnings.simplefilter("ignore", UserWarning)
-        cp = parafac(w, rank, init="svd", n_iter_max=n_iter_max, tol=1e-7,
+    w = _kernel(weight)
+    with warnings.catch_warnings(), _torch_backend():
+        warnings.simplefilter("ignore", UserWarning)  # an SVD init asks for more vectors than kh
+        cp = parafac(w, rank, init="svd", n_iter_max=n_iter_max, tol=1e-6,
                      random_state=seed, normalize_factors=True)
-    lam = np.asarray(cp.weights)
-    factors = [np.asarray(f) for f in cp.factors]
-    scale = np.abs(lam) ** 0.25
-    out = [f * scale for f in factors]
-    out[0] = out[0] * np.sign(lam)
-    return tuple(torch.from_numpy(np.ascontiguousarray(f)).float() for f in out)
+    lam = cp.weights
+    scale = lam.abs() ** 0.25
+    out = [f * scale for f in cp.factors]
+    out[0] = out[0] * torch.sign(lam)
+    return tuple(f.contiguous().float() for f in out)

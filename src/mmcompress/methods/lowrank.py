@@ -3,9 +3,12 @@
 Every method picks ranks one of three ways: a fixed ``rank``; a kept spectral ``energy``
 (svd methods); or ``param_ratio``, the fraction of the selected layers' weights to keep, spread
 over layers and towers either ``uniform`` (each layer keeps that fraction) or by
-``sensitivity`` (each truncation's output error on the calibration inputs, relative to the
-layer's output, is measured first; see `rank_allocation`). A layer is factored only where that
-saves weights; otherwise it stays dense.
+``sensitivity``: a first calibration pass measures every truncation's output error on the
+calibration inputs (relative to the layer's output; closed form for SVD), scaled per layer so
+that at the uniform choice it equals the model's fidelity loss when only that layer is factored
+(`sensitivity_samples` examples, a `Probe`); `rank_allocation` then spends the budget where the
+loss per weight saved is lowest. A layer is factored only where that saves weights; otherwise
+it stays dense.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from torch import nn
 from ..adapters import Adapter
 from ..calibration import HessianCollector, calibrate_layers
 from ..errors import DataError, RecipeError, UserError
-from ..factorization.svd import scaled_svd
+from ..factorization.svd import ScaledSVD, scaled_svd
 from ..modules.lowrank import LowRankLinear, max_useful_rank
 from ..modules.replace import replace_modules
 from ..progress import progress_bar
@@ -97,11 +100,6 @@ class Factorizer:
 
     def factor(self, name: str, module: nn.Module, choice: Any, stats: Any) -> nn.Module | None:
         raise NotImplementedError
-
-
-def _stats_needed(factorizer: Factorizer) -> bool:
-    c = factorizer.config
-    return factorizer.needs_stats or (c.param_ratio is not None and c.allocation == "sensitivity")
 
 
 def _calibrate(adapter: Adapter, modules: dict[str, nn.Module], context: StageContext,
@@ -212,6 +210,7 @@ class SVDFactorizer(Factorizer):
         super().__init__(config)
         self.scaling = getattr(config, "whiten", "none")
         self.needs_stats = self.scaling != "none"
+        self._last: tuple[tuple, ScaledSVD] | None = None  # measuring, then probing, one layer
 
     def supports(self, module: nn.Module) -> bool:
         return max_useful_rank(*module.weight.shape) >= 1
@@ -220,17 +219,22 @@ class SVDFactorizer(Factorizer):
         return self.config.rank if self.config.rank <= max_useful_rank(*module.weight.shape) \
             else None
 
-    def _svd(self, name: str, module: nn.Module, stats: HessianCollector | None):
+    def _svd(self, name: str, module: nn.Module, stats: HessianCollector | None) -> ScaledSVD:
+        key = (name, module, stats)  # held, so that no later object reuses these ids
+        if self._last is not None and all(a is b for a, b in zip(self._last[0], key)):
+            return self._last[1]
         check_weight(name, module)
         check_stats(name, stats)
         c = self.config
         try:
-            return scaled_svd(module.weight, None if stats is None else stats.hessian,
-                              self.scaling if stats is not None else "none",
-                              None if stats is None else stats.abs_mean,
-                              getattr(c, "alpha", 0.5), getattr(c, "damp", 0.01))
+            svd = scaled_svd(module.weight, None if stats is None else stats.hessian,
+                             self.scaling if stats is not None else "none",
+                             None if stats is None else stats.abs_mean,
+                             getattr(c, "alpha", 0.5), getattr(c, "damp", 0.01))
         except ValueError as exc:
             raise DataError(f"layer {name!r}: {exc}") from None
+        self._last = (key, svd)
+        return svd
 
     def options(self, name: str, module: nn.Module, stats: Any) -> LayerOptions:
         m, n = module.weight.shape
@@ -240,7 +244,7 @@ class SVDFactorizer(Factorizer):
 
     def factor(self, name: str, module: nn.Module, choice: int | None,
                stats: HessianCollector | None) -> LowRankLinear | None:
-        svd = self._svd(name, module, stats if self.needs_stats else None)
+        svd = self._svd(name, module, stats)  # plain SVD's factors ignore the statistics
         rank = choice if choice is not None else svd.energy_rank(self.config.energy)
         if rank > max_useful_rank(*module.weight.shape):
             return None

@@ -28,7 +28,7 @@ from .lowrank import (
 from .rank_allocation import LayerOptions
 
 TUCKER_GRID = [i / 40 for i in range(1, 40)]
-CP_GRID = [i / 10 for i in range(1, 10)]
+CP_GRID = [i / 8 for i in range(1, 8)]  # each option is a CP-ALS fit: a coarser grid
 
 
 class TuckerConfig(LowRankConfig):
@@ -38,7 +38,7 @@ class TuckerConfig(LowRankConfig):
 
 class CPConfig(LowRankConfig):
     method: str = "cp"
-    n_iter_max: int = Field(100, ge=1, description="CP-ALS sweeps")
+    n_iter_max: int = Field(50, ge=1, description="CP-ALS sweeps")
 
 
 def _relative_output_error(weight: torch.Tensor, approx: torch.Tensor,

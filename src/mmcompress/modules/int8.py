@@ -100,7 +100,7 @@ class W8A8Linear(nn.Module):
         self.register_buffer("input_scale", torch.ones(in_features) if input_scale else None)
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
         self.kernel = KERNELS[0]  # preferred integer kernel; "reference" forces dequantizing
-        self._cache: tuple[tuple, Any] | None = None
+        self._cache: dict[str, tuple[tuple, Any]] = {}  # derived from the state; not saved
 
     @classmethod
     @torch.no_grad()
@@ -115,18 +115,23 @@ class W8A8Linear(nn.Module):
         """
         mod = cls(linear.in_features, linear.out_features, linear.bias is not None,
                   input_scale is not None)
-        w = linear.weight.detach().float()
+        mod._store(linear.weight, linear.bias, act_scale, input_scale)
+        return mod
+
+    @torch.no_grad()
+    def _store(self, weight: torch.Tensor, bias: torch.Tensor | None, act_scale: float,
+               input_scale: torch.Tensor | None) -> None:
+        w = weight.detach().float().reshape(self.out_features, -1)
         if input_scale is not None:
             w = w * input_scale
-            mod.input_scale.copy_(input_scale)
+            self.input_scale.copy_(input_scale)
         scale = w.abs().amax(dim=1) / QMAX
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        mod.qweight.copy_(torch.round(w / scale[:, None]).clamp(-QMAX, QMAX).to(torch.int8))
-        mod.weight_scale.copy_(scale)
-        mod.act_scale.fill_(act_scale)
-        if linear.bias is not None:
-            mod.bias.copy_(linear.bias.detach().float())
-        return mod
+        self.qweight.copy_(torch.round(w / scale[:, None]).clamp(-QMAX, QMAX).to(torch.int8))
+        self.weight_scale.copy_(scale)
+        self.act_scale.fill_(act_scale)
+        if bias is not None:
+            self.bias.copy_(bias.detach().float())
 
     def smoothing_multiplier(self) -> torch.Tensor | None:
         """What the input is multiplied by before quantization: 1 / s (None: no smoothing)."""
@@ -146,19 +151,27 @@ class W8A8Linear(nn.Module):
             key.append((t.data_ptr(), version, t.device))
         return tuple(key)
 
+    def _cached(self, name: str, build: Any) -> Any:
+        """`build()` once per state of the module's tensors."""
+        key = self._state_key()
+        hit = self._cache.get(name)
+        if hit is None or hit[0] != key:
+            hit = self._cache[name] = (key, build())
+        return hit[1]
+
     def _kernel(self) -> Any:
         """The packed kernel for the current state (built once per state), or None."""
-        key = self._state_key()
-        if self._cache is not None and self._cache[0] == key:
-            return self._cache[1]
-        kernel = None
-        if self.kernel == "onednn" and self.qweight.device.type == "cpu" and _onednn_available():
-            try:
-                kernel = _OnednnKernel(self)
-                kernel(torch.zeros(1, self.in_features))  # fail here, not in the model's call
-            except RuntimeError:  # e.g. a oneDNN build without int8 support for this CPU
-                kernel = None
-        self._cache = (key, kernel)
+        return self._cached("kernel", self._build_kernel)
+
+    def _build_kernel(self) -> Any:
+        if self.kernel != "onednn" or self.qweight.device.type != "cpu" or \
+                not _onednn_available():
+            return None
+        try:
+            kernel = _OnednnKernel(self)
+            kernel(torch.zeros(1, self.in_features))  # fail here, not in the model's call
+        except RuntimeError:  # e.g. a oneDNN build without int8 support for this CPU
+            return None
         return kernel
 
     def _fast_ok(self, x: torch.Tensor) -> bool:
@@ -202,12 +215,12 @@ class W8A8Linear(nn.Module):
         return dense
 
     def _apply(self, fn, recurse=True):  # .to(), .float(), …: the packed weight is stale
-        self._cache = None
+        self._cache = {}
         return super()._apply(fn, recurse)
 
     def __getstate__(self) -> dict[str, Any]:  # packed oneDNN weights do not copy or pickle
         state = self.__dict__.copy()
-        state["_cache"] = None
+        state["_cache"] = {}
         return state
 
     def spec(self) -> dict[str, Any]:
@@ -229,3 +242,71 @@ class W8A8Linear(nn.Module):
         smooth = ", input_scale" if self.input_scale is not None else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"w8a8, act_scale={float(self.act_scale):.4g}{smooth}")
+
+
+def is_patchify(conv: nn.Conv2d) -> bool:
+    """A convolution whose windows tile the input (kernel = stride, no padding): a linear
+    layer over flattened patches, such as a ViT patch embedding."""
+    return (tuple(conv.kernel_size) == tuple(conv.stride) and tuple(conv.padding) == (0, 0)
+            and tuple(conv.dilation) == (1, 1) and conv.groups == 1
+            and conv.padding_mode == "zeros")
+
+
+@register_module
+class W8A8PatchConv2d(W8A8Linear):
+    """A patchifying convolution run as `W8A8Linear` over flattened (channel, row, column)
+    patches, the column order of the flattened filter and of ``F.unfold``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: list[int], bias: bool,
+                 input_scale: bool = False) -> None:
+        kh, kw = kernel_size
+        super().__init__(in_channels * kh * kw, out_channels, bias, input_scale)
+        self.in_channels, self.kernel_size = in_channels, [kh, kw]
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, act_scale: float,
+                  input_scale: torch.Tensor | None = None) -> W8A8PatchConv2d:
+        """Quantize a patchifying `conv` (`input_scale`: one per flattened patch value)."""
+        if not is_patchify(conv):
+            raise ValueError(f"{conv} is not a patchifying convolution (kernel = stride, "
+                             "no padding, dilation or groups)")
+        mod = cls(conv.in_channels, conv.out_channels, list(conv.kernel_size),
+                  conv.bias is not None, input_scale is not None)
+        mod._store(conv.weight, conv.bias, act_scale, input_scale)
+        return mod
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (kh, kw), (b, c, h, w) = self.kernel_size, x.shape
+        hp, wp = h // kh, w // kw
+        patches = x[:, :, : hp * kh, : wp * kw].reshape(b, c, hp, kh, wp, kw)
+        patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(b, hp, wp, c * kh * kw)
+        return super().forward(patches).permute(0, 3, 1, 2)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense filter (cached per state: model code may read it on every call)."""
+        return self._cached("dense", lambda: self.dense_weight().view(
+            self.out_features, self.in_channels, *self.kernel_size))
+
+    def to_dense(self) -> nn.Conv2d:
+        dense = nn.Conv2d(self.in_channels, self.out_features, self.kernel_size,
+                          self.kernel_size, bias=self.bias is not None)
+        dense.weight.data.copy_(self.weight)
+        if self.bias is not None:
+            dense.bias.data.copy_(self.bias)
+        return dense
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": type(self).__name__, "in_channels": self.in_channels,
+                "out_channels": self.out_features, "kernel_size": self.kernel_size,
+                "bias": self.bias is not None, "input_scale": self.input_scale is not None}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> W8A8PatchConv2d:
+        return cls(spec["in_channels"], spec["out_channels"], spec["kernel_size"], spec["bias"],
+                   spec.get("input_scale", False))
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_features}, kernel_size={self.kernel_size}, "
+                f"w8a8, act_scale={float(self.act_scale):.4g}"
+                + (", input_scale" if self.input_scale is not None else ""))

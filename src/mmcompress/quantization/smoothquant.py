@@ -24,6 +24,13 @@ def smoothing_scales(act_abs_max: torch.Tensor, weight: torch.Tensor,
     return (x_max.pow(alpha) / w_max.pow(1 - alpha)).clamp(min=_FLOOR)
 
 
+def joint_smoothing_scales(act_abs_max: torch.Tensor, weights: list[torch.Tensor],
+                           alpha: float) -> torch.Tensor:
+    """One s for several layers reading the same input (q, k and v): max |W_j| is taken over
+    all their weights."""
+    return smoothing_scales(act_abs_max, torch.cat([w.detach() for w in weights]), alpha)
+
+
 def migrate(weight: torch.Tensor, act_abs_max: torch.Tensor,
             alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(W·diag(s), s): the smoothed weight and the scales its input is divided by."""

@@ -1,0 +1,117 @@
+"""Fold SmoothQuant scales into the LayerNorm that feeds a group of linear layers.
+
+Dividing a layer's input by s at run time costs one pass over the activation per layer. When
+the input is a LayerNorm's output, dividing the norm's weight and bias by s gives the same
+tensor for free, and all layers reading it (q/k/v, or fc1) share one s, chosen from their
+weights jointly as in the SmoothQuant paper. Which norm feeds which layers is found by
+watching one forward pass (the layer's input *is* the norm's output tensor); whether the
+norm's output goes anywhere else (a post-norm residual, say) cannot be seen from module hooks,
+so the folded model is checked against the original on calibration batches and every fold is
+undone if the outputs differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..calibration import CalibrationData
+from ..quantization.smoothquant import joint_smoothing_scales
+
+_TOLERANCE = 1e-3  # max |difference| / max |output| allowed after folding (float rounding)
+
+
+class _NormWatch:
+    """Per norm: which leaf modules read its output tensor, and its per-channel max |out|."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.norms = {n: m for n, m in model.named_modules()
+                      if isinstance(m, nn.LayerNorm) and m.weight is not None}
+        self.readers: dict[str, set[str]] = {n: set() for n in self.norms}
+        self.abs_max: dict[str, torch.Tensor] = {}
+        self._live: dict[int, tuple[str, torch.Tensor]] = {}  # id(output) → (norm, output)
+        leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
+        self.handles = [m.register_forward_hook(self._norm_hook(n)) for n, m in self.norms.items()]
+        self.handles += [m.register_forward_pre_hook(self._reader_hook(n)) for n, m in leaves]
+
+    def _norm_hook(self, name: str) -> Callable:
+        def fn(_m: nn.Module, _args: tuple, out: torch.Tensor) -> None:
+            self._live[id(out)] = (name, out)  # the reference keeps the id from being reused
+            m = out.detach().reshape(-1, out.shape[-1]).abs().amax(0).float()
+            old = self.abs_max.get(name)
+            self.abs_max[name] = m if old is None else torch.maximum(old, m)
+
+        return fn
+
+    def _reader_hook(self, name: str) -> Callable:
+        def fn(_m: nn.Module, args: tuple) -> None:
+            if args and isinstance(args[0], torch.Tensor) and id(args[0]) in self._live:
+                self.readers[self._live[id(args[0])][0]].add(name)
+
+        return fn
+
+    def run(self, batches: list[Callable[[], Any]]) -> None:
+        try:
+            with torch.inference_mode():
+                for run in batches:
+                    run()
+                    self._live.clear()
+        finally:
+            for h in self.handles:
+                h.remove()
+
+
+@torch.no_grad()
+def fold_into_norms(model: nn.Module, linears: dict[str, nn.Linear], calib: CalibrationData,
+                    alpha: float) -> set[str]:
+    """Smooth the linears fed only by a LayerNorm by rescaling that norm and their weights
+    in place; returns the names of the linears smoothed this way (none if the check fails)."""
+    batches = [b for bs in calib.batches.values() for b in bs]
+    watch = _NormWatch(model)
+    watch.run(batches)
+    plan = {norm: sorted(readers) for norm, readers in watch.readers.items()
+            if readers and readers <= set(linears)}
+    if not plan:
+        return set()
+    checks = [bs[0] for bs in calib.batches.values() if bs]
+    with torch.inference_mode():
+        before = [run() for run in checks]
+    saved = {}
+    for norm_name, names in plan.items():
+        norm = watch.norms[norm_name]
+        weights = [linears[n].weight for n in names]
+        s = joint_smoothing_scales(watch.abs_max[norm_name], weights, alpha)
+        saved[norm_name] = (norm.weight.detach().clone(),
+                            None if norm.bias is None else norm.bias.detach().clone(),
+                            [w.detach().clone() for w in weights])
+        norm.weight.div_(s.to(norm.weight.dtype))
+        if norm.bias is not None:
+            norm.bias.div_(s.to(norm.bias.dtype))
+        for w in weights:
+            w.mul_(s.to(w.dtype))
+    with torch.inference_mode():
+        after = [run() for run in checks]
+    if all(_close(a, b) for a, b in zip(after, before)):
+        return {n for names in plan.values() for n in names}
+    for norm_name, (w, b, ws) in saved.items():  # a reader we cannot see: undo every fold
+        norm = watch.norms[norm_name]
+        norm.weight.copy_(w)
+        if b is not None:
+            norm.bias.copy_(b)
+        for n, old in zip(plan[norm_name], ws):
+            linears[n].weight.copy_(old)
+    return set()
+
+
+def _close(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor):
+        scale = b.abs().max().clamp(min=1e-6)
+        return bool(((a - b).abs().max() / scale) <= _TOLERANCE)
+    if isinstance(a, dict):
+        return all(_close(a[k], b[k]) for k in b)
+    if isinstance(a, (tuple, list)):
+        return all(_close(x, y) for x, y in zip(a, b))
+    return True
