@@ -20,15 +20,9 @@ from .metrics import fidelity_cosine
 from .speed import median_latency_ms, peak_memory_mb
 from .tasks import TASK_EVALUATORS, Embeddings
 
-QUALITY = {
-    "top1",
-    "zeroshot_top1",
-    "recall_i2t@1",
-    "recall_t2i@1",
-    "recall_i2t@5",
-    "recall_t2i@5",
-    "stsb_spearman",
-}
+# task metrics: everything but fidelity and the cost metrics
+COST = {"size_bytes", "params", "latency_ms_image", "latency_ms_text", "peak_memory_mb"}
+QUALITY = set(METRICS) - COST - {"fidelity_cosine"}
 
 
 @dataclass
