@@ -130,17 +130,21 @@ def clip(args: argparse.Namespace) -> dict[str, Any]:
         for v, runs_ in (("dense", runs_dense), ("svd", runs_lr))
         for k, r in runs_.items()
     }
-    ms = interleaved_latency_ms(runs, args.repeats)
     towers = {}
-    for tower in runs_dense:
-        towers[tower] = {
-            "dense_ms": round(ms[f"{tower} dense"], 2),
-            "svd_ms": round(ms[f"{tower} svd"], 2),
-            "speedup": round(ms[f"{tower} dense"] / ms[f"{tower} svd"], 3),
-        }
+    for threads in [int(t) for t in args.latency_threads.split(",")]:
+        torch.set_num_threads(threads)
+        ms = interleaved_latency_ms(runs, args.repeats)
+        for tower in runs_dense:
+            towers[f"{tower} @{threads} threads"] = {
+                "dense_ms": round(ms[f"{tower} dense"], 2),
+                "svd_ms": round(ms[f"{tower} svd"], 2),
+                "speedup": round(ms[f"{tower} dense"] / ms[f"{tower} svd"], 3),
+            }
+    torch.set_num_threads(args.threads)
     return {
         "batch_size": args.batch_size,
         "repeats": args.repeats,
+        "latency": "median of interleaved calls (dense and svd alternate), after 3 warm-ups",
         "param_ratio_per_tower": {
             t: s["param_ratio"] for t, s in zip(("vision", "text"), summaries, strict=True)
         },
@@ -205,10 +209,10 @@ def _table(results: dict[str, Any]) -> str:
         r = results["clip"]
         lines += [
             f"\nclip (random weights, batch {r['batch_size']}): kept {r['param_ratio_per_tower']}",
-            f"{'tower':<10}{'dense ms':>10}{'svd ms':>10}{'speedup':>9}",
+            f"{'tower':<22}{'dense ms':>10}{'svd ms':>10}{'speedup':>9}",
         ]
         lines += [
-            f"{t:<10}{v['dense_ms']:>10.1f}{v['svd_ms']:>10.1f}{v['speedup']:>9.2f}"
+            f"{t:<22}{v['dense_ms']:>10.1f}{v['svd_ms']:>10.1f}{v['speedup']:>9.2f}"
             for t, v in r["towers"].items()
         ]
     return "\n".join(lines)
@@ -239,6 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--calib-batch", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=8, help="clip: latency batch")
     p.add_argument("--repeats", type=int, default=20, help="clip: timed calls per variant")
+    p.add_argument("--latency-threads", default="2", help="clip: thread counts to time, e.g. 1,2")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     parts = [s.strip() for s in args.parts.split(",") if s.strip()]
     unknown = set(parts) - set(PARTS)
