@@ -238,7 +238,7 @@ def allocation(spec: str, samples: int, max_eval: int | None) -> dict[str, Any]:
         ]
     ]
     for amounts in SETTINGS[spec]:
-        for importance in ("activation", "taylor"):
+        for importance in ("magnitude", "activation", "taylor"):
             for scope in ("tower", "global"):
                 model = copy.deepcopy(dense)
                 summary = prune(

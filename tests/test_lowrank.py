@@ -154,9 +154,9 @@ def _reloads_identically(adapter, tmp_path):
     {"method": "svd", "rank": 4},
     {"method": "svd", "energy": 0.8},
     {"method": "svd", "param_ratio": 0.5, "allocation": "uniform"},
-    {"method": "svd-whiten", "param_ratio": 0.5},
+    {"method": "svd-whiten", "param_ratio": 0.5, "sensitivity_samples": 8},
     {"method": "svd-whiten", "rank": 6, "whiten": "asvd"},
-    {"method": "tucker", "param_ratio": 0.5},
+    {"method": "tucker", "param_ratio": 0.5, "sensitivity_samples": 8},
     {"method": "cp", "rank": 8, "n_iter_max": 10},
 ])
 def test_lowrank_stages_save_and_reload_identically(tiny_clip, tmp_path, cfg):
@@ -171,7 +171,7 @@ def test_param_ratio_counts_the_selected_weights(tiny_clip):
     layers = {n: m.weight.numel() for n, m in tiny_clip.model.named_modules()
               if isinstance(m, nn.Linear) and n.startswith("text_model")}
     (summary,) = _run(tiny_clip, [{"lowrank": {"method": "svd", "param_ratio": 0.6,
-                                               "targets": ["text"]}}])
+                                               "sensitivity_samples": 0, "targets": ["text"]}}])
     factored = {n: m for n, m in tiny_clip.model.named_modules() if isinstance(m, LowRankLinear)}
     kept = sum(m.logical_params() - m.out_features for m in factored.values())
     kept += sum(v for n, v in layers.items() if n not in factored)

@@ -262,6 +262,7 @@ def test_layer_removal_drops_the_block_that_changes_nothing(tiny_clip):
     assert len(layers) == 1 and layers[0] is keep
     assert len(tiny_clip.model.vision_model.encoder.layers) == 1
     assert summary["removed"]["text"]["layers"] == {"removed": 1, "of": 2}
+    assert "text_model.encoder.layers.0" in summary["removed_layers"]
     torch.testing.assert_close(tiny_clip.encode_texts(TEXTS), before, atol=1e-5, rtol=1e-5)
 
 

@@ -42,10 +42,10 @@ class StructuredPruneConfig(MethodConfig):
     or a whole count (per layer; per tower for ``layers``)."""
 
     method: Literal["structured"] = "structured"
-    heads: int | float | None = None
-    neurons: int | float | None = None
-    layers: int | float | None = None
-    channels: int | float | None = None
+    heads: int | float | None = Field(None, description="attention heads removed per layer")
+    neurons: int | float | None = Field(None, description="MLP neurons removed per layer")
+    layers: int | float | None = Field(None, description="whole blocks removed per tower")
+    channels: int | float | None = Field(None, description="conv channels removed per layer")
     importance: Literal["magnitude", "activation", "taylor"] = Field(
         "activation", description="how units are ranked; layers always by block influence")
     scope: Literal["tower", "global"] = Field(
@@ -116,14 +116,16 @@ def _prune_layers(adapter: Adapter, config: StructuredPruneConfig, chosen: set[n
     for g, (ll, ok) in enumerate(lists):
         sizes[g] = len(ok)
         for i in ok:
-            cands.append(Candidate(g, i, _tower(ll.name, towers), "layers",
-                                   scores[ll.entry(i)], layer_params(model, ll.entry(i))))
+            t = _tower(ll.name, towers)
+            cands.append(Candidate(g, i, t, "layers", scores[ll.entry(i)],
+                                   layer_params(model, ll.entry(i)), (t, "layers")))
     if config.scope == "tower":
         plan = uniform_plan(cands, remove)
     else:
         mean = {g: sum(c.params for c in cands if c.group == g) / sizes[g] for g in sizes}
         plan = global_plan(cands, sizes, int(sum(remove[g] * mean[g] for g in sizes)))
     for g, (ll, _) in enumerate(lists):
+        summary.setdefault("removed_layers", []).extend(ll.entry(i) for i in plan.get(g, []))
         remove_layers(model, ll, plan.get(g, []))
         _count(summary, _tower(ll.name, towers), "layers", len(plan.get(g, [])), ll.length)
 
@@ -166,7 +168,11 @@ def _prune_units(adapter: Adapter, config: StructuredPruneConfig, groups: list[U
         remove[gi], sizes[gi] = how_many(amounts[g.kind], g.size), g.size
         params = group_params(model, g)
         t = _tower(g.outputs[0], towers)
-        cands += [Candidate(gi, u, t, g.kind, float(s[u]), params) for u in range(g.size)]
+        # Taylor scores measure the tower's output change in every layer alike; local scores
+        # are only comparable within their layer
+        pool = (t, g.kind) if config.importance == "taylor" else (gi,)
+        cands += [Candidate(gi, u, t, g.kind, float(s[u]), params, pool)
+                  for u in range(g.size)]
     if config.scope == "tower":
         plan = uniform_plan(cands, remove)
     else:

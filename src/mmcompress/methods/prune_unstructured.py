@@ -17,7 +17,7 @@ from ..calibration import HessianCollector, calibrate_layers
 from ..calibration.collectors import FeatureNormCollector
 from ..errors import RecipeError
 from ..modules.replace import replace_modules
-from ..modules.sparse import sparse_module
+from ..modules.sparse import dense_layer, layer_args, sparse_module
 from ..sparsity import (
     NM,
     global_keep_masks,
@@ -130,15 +130,29 @@ def _select(scores: torch.Tensor, module: nn.Module, config: UnstructuredPruneCo
 
 
 class _Tally:
-    """Counts what a stage pruned, for its summary."""
+    """Counts what a stage pruned, and builds the compact modules."""
 
     def __init__(self, config: UnstructuredPruneConfig, skipped: list[str]) -> None:
         self.config, self.skipped, self.kept, self.total = config, skipped, 0, 0
+        self.masks: dict[str, torch.Tensor] = {}
 
-    def sparse(self, module: nn.Module, keep: torch.Tensor, matrix: torch.Tensor) -> nn.Module:
+    def sparse(self, module: nn.Module, keep: torch.Tensor,
+               matrix: torch.Tensor | None) -> nn.Module:
         self.kept += int(keep.sum())
         self.total += keep.numel()
         return sparse_module(module, keep, matrix, self.config.pattern)
+
+    def stand_in(self, name: str, module: nn.Module, keep: torch.Tensor,
+                 matrix: torch.Tensor) -> nn.Module:
+        """A dense layer with the pruned weights, used while later blocks calibrate (dense
+        layers run faster than sparse ones); `finish` swaps in the compact modules."""
+        self.masks[name] = keep
+        weight = (matrix * keep).view(module.weight.shape)
+        return dense_layer(layer_args(module), weight, module.bias)
+
+    def finish(self, model: nn.Module) -> None:
+        replace_modules(model, {n: self.sparse(model.get_submodule(n), keep, None)
+                                for n, keep in self.masks.items()})
 
     def summary(self, modules: int) -> dict[str, Any]:
         out: dict[str, Any] = {"modules": modules, "pattern": self.config.pattern,
@@ -181,10 +195,11 @@ def apply_wanda(adapter: Adapter, config: WandaConfig, context: StageContext) ->
 
     def replace(name: str, module: nn.Module, stats: FeatureNormCollector) -> nn.Module:
         w = weight_matrix(module)
-        return tally.sparse(module, _select(w.abs() * stats.norm, module, config, True), w)
+        return tally.stand_in(name, module, _select(w.abs() * stats.norm, module, config, True), w)
 
     n = calibrate_layers(adapter, layers, context.calibration_data(adapter),
                          lambda n, m: FeatureNormCollector(), replace, "wanda", context.progress)
+    tally.finish(adapter.model)
     return tally.summary(n)
 
 
@@ -206,8 +221,9 @@ def apply_sparsegpt(adapter: Adapter, config: SparseGPTConfig,
                                     config.block_size)
         if perm is not None:
             new[:, perm], keep[:, perm] = new.clone(), keep.clone()
-        return tally.sparse(module, keep, new)
+        return tally.stand_in(name, module, keep, new)
 
     n = calibrate_layers(adapter, layers, context.calibration_data(adapter),
                          lambda n, m: HessianCollector(), replace, "sparsegpt", context.progress)
+    tally.finish(adapter.model)
     return tally.summary(n)

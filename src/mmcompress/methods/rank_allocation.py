@@ -71,7 +71,31 @@ def allocate_ranks(layers: dict[str, LayerOptions], param_ratio: float
         kept -= h[i][0] - h[i + 1][0]
         level[name] = i + 1
         push(name)
-    return {n: hulls[n][i][2] for n, i in level.items()}, kept
+    choices = {n: hulls[n][i][2] for n, i in level.items()}
+    return _fill(layers, choices, kept, target)
+
+
+def _fill(layers: dict[str, LayerOptions], choices: dict[str, Any], kept: int,
+          target: float) -> tuple[dict[str, Any], int]:
+    """Spend what the last hull step overshot: raise ranks (any option, not only hull points)
+    where that lowers the loss most per weight, while the budget holds."""
+    ladders = {n: sorted(layer.options, key=lambda o: o[0]) + [(layer.dense, 0.0, None)]
+               for n, layer in layers.items()}
+    pos = {n: next(i for i, o in enumerate(ladders[n]) if o[2] == choices[n]) for n in layers}
+    while True:
+        best = None
+        for n, i in pos.items():
+            if i + 1 < len(ladders[n]):
+                (p0, l0, _), (p1, l1, _) = ladders[n][i], ladders[n][i + 1]
+                if kept + p1 - p0 <= target and l0 > l1:
+                    gain = (l0 - l1) / max(p1 - p0, 1)
+                    if best is None or gain > best[0]:
+                        best = (gain, n)
+        if best is None:
+            return {n: ladders[n][i][2] for n, i in pos.items()}, kept
+        n = best[1]
+        kept += ladders[n][pos[n] + 1][0] - ladders[n][pos[n]][0]
+        pos[n] += 1
 
 
 def uniform_choice(layer: LayerOptions, param_ratio: float) -> Any:

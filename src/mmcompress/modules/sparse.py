@@ -74,8 +74,9 @@ def _run(args: dict[str, Any], x: torch.Tensor, weight: torch.Tensor,
                     args["groups"])
 
 
-def _dense_layer(args: dict[str, Any], weight: torch.Tensor,
-                 bias: torch.Tensor | None) -> nn.Module:
+def dense_layer(args: dict[str, Any], weight: torch.Tensor,
+                bias: torch.Tensor | None) -> nn.Module:
+    """A new nn.Linear/nn.Conv2d of geometry `args` (from `layer_args`) holding `weight`."""
     if args["kind"] == "linear":
         dense = nn.Linear(args["in_features"], args["out_features"], bias=args["bias"])
     else:
@@ -157,7 +158,7 @@ class _SparseFloat(_MaskedLayer):
 
     def to_dense(self) -> nn.Module:
         """The dense layer computing the same function."""
-        return _dense_layer(self.layer, self.weight.detach(), self.bias)
+        return dense_layer(self.layer, self.weight.detach(), self.bias)
 
     def spec(self) -> dict[str, Any]:
         return self._spec()
@@ -310,7 +311,7 @@ class _SparseQuant(_MaskedLayer):
         return _run(self.layer, x, w.to(x.dtype), self.bias)
 
     def to_dense(self) -> nn.Module:
-        return _dense_layer(self.layer, self.dense_weight(), self.bias)
+        return dense_layer(self.layer, self.dense_weight(), self.bias)
 
     def spec(self) -> dict[str, Any]:
         g = self.grid

@@ -6,11 +6,14 @@ lowest-scored ones, so every tower — and every layer in it — keeps the same 
 ``global`` scope frees exactly the parameters ``tower`` scope would, but lets the data choose
 where (UPop-style): every unit of every targeted tower goes into one list. Raw scores are not
 comparable across towers or unit kinds (different activation scales, different unit sizes),
-so each (tower, kind) is normalised to its own share — a unit's key is its share of that
-tower-kind's total score divided by its share of that tower-kind's parameters. A unit of
-exactly average importance per parameter thus has key 1 everywhere, and the units furthest
-below that (relative to their own tower) are removed first until the parameter budget is met.
-Every group keeps at least one unit, every layer list at least one block.
+so scores are normalised within *pools* of comparable units — a unit's key is its share of its
+pool's total score divided by its share of the pool's parameters. A unit of exactly average
+importance per parameter thus has key 1 everywhere, and the units furthest below that are
+removed first until the parameter budget is met. Pools are chosen by the caller: one per
+(tower, kind) for scores that measure the same thing in every layer (Taylor: the change of the
+tower's output; block influence), one per layer for local scores (magnitude, activation), as
+Torch-Pruning's group normaliser does. Every group keeps at least one unit, every layer list
+at least one block.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class Candidate:
     kind: str
     score: float
     params: int
+    pool: tuple = ()  # units whose scores are comparable (normalised together)
 
 
 def how_many(amount: Amount, size: int) -> int:
@@ -61,18 +65,17 @@ def uniform_plan(cands: Sequence[Candidate], remove: dict[int, int]) -> dict[int
 
 
 def normalised_keys(cands: Sequence[Candidate]) -> list[float]:
-    """Score share over parameter share, within each (tower, kind)."""
-    score_sum: dict[tuple[str, str], float] = {}
-    param_sum: dict[tuple[str, str], int] = {}
+    """Score share over parameter share, within each candidate's pool."""
+    score_sum: dict[tuple, float] = {}
+    param_sum: dict[tuple, int] = {}
     for c in cands:
-        k = (c.tower, c.kind)
-        score_sum[k] = score_sum.get(k, 0.0) + c.score
-        param_sum[k] = param_sum.get(k, 0) + c.params
+        score_sum[c.pool] = score_sum.get(c.pool, 0.0) + c.score
+        param_sum[c.pool] = param_sum.get(c.pool, 0) + c.params
     keys = []
     for c in cands:
-        k = (c.tower, c.kind)
-        share = c.params / param_sum[k]
-        keys.append((c.score / score_sum[k] if score_sum[k] > 0 else share) / share)
+        share = c.params / param_sum[c.pool]
+        total = score_sum[c.pool]
+        keys.append((c.score / total if total > 0 else share) / share)
     return keys
 
 
