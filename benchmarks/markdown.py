@@ -27,7 +27,7 @@ def _load_line(r: dict[str, Any]) -> str:
         return "- **Load average:** unknown"
     text = f"- **Load average** (1/5/15 min): {start[0]:.1f}/{start[1]:.1f}/{start[2]:.1f} at"
     text += f" start, {end[0]:.1f}/{end[1]:.1f}/{end[2]:.1f} at end"
-    if max(start + end) > r["machine"]["usable_cpus"]:
+    if max(start[0], end[0]) > r["machine"]["usable_cpus"]:
         text += (
             ": more runnable work than CPUs, so absolute times are inflated by other processes;"
             " compare the ratios to fp32 (timed interleaved)"
