@@ -7,10 +7,12 @@ from collections.abc import Callable
 import torch
 
 from ..data.demo import DIGIT_WORDS, digits_split, train_captions
+from ..threads import single_thread
 from . import contrastive
 from .demo import DemoDualEncoder
 
-TRAINING = {"epochs": 30, "batch_size": 64, "lr": 3e-3, "weight_decay": 1e-4, "seed": 0}
+TRAINING = {"epochs": 30, "batch_size": 64, "lr": 3e-3, "weight_decay": 1e-4, "seed": 0,
+            "threads": 1}
 
 
 def _shift(x: torch.Tensor, gen: torch.Generator, fill: float) -> torch.Tensor:
@@ -30,6 +32,7 @@ def caption_embeddings(model: DemoDualEncoder, tokenize: Callable) -> torch.Tens
     return contrastive.caption_embeddings(model.encode_text, tokenize, captions)
 
 
+@single_thread()  # the trained weights must not depend on the thread count
 def train_demo(
     model: DemoDualEncoder, tokenize: Callable, preprocess: Callable, progress: bool = True
 ) -> float:

@@ -10,8 +10,7 @@ on captions of the training part of ``cifar10/test`` (see `data.cifar`). Trainin
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..threads import single_thread
 from . import contrastive
 from .resnet_cifar import FEATURE_DIM, CifarResNet
 from .sentence_encoder import SentenceEncoder
@@ -34,7 +34,8 @@ TRAIN_TEMPLATES = [
     "this shows a {}",
     "a cropped view of the {}",
 ]
-TRAINING = {"epochs": 20, "batch_size": 256, "lr": 1e-2, "weight_decay": 1e-4, "seed": 0}
+TRAINING = {"epochs": 20, "batch_size": 256, "lr": 1e-2, "weight_decay": 1e-4, "seed": 0,
+            "threads": 1}
 
 
 class LitCifarDualEncoder(nn.Module):
@@ -62,6 +63,7 @@ class LitCifarDualEncoder(nn.Module):
         return cls(SentenceEncoder.from_config_dict(arch["text_config"]), arch["depth"])
 
 
+@single_thread()  # the trained weights must not depend on the thread count
 def train_projection(
     model: LitCifarDualEncoder,
     images: Sequence[np.ndarray],
@@ -88,26 +90,14 @@ def train_projection(
     captions = [[t.format(c) for t in TRAIN_TEMPLATES] for c in class_names]
     text = contrastive.caption_embeddings(model.encode_text, tokenize, captions)
     proj = model.visual_projection
-    with _one_thread():
-        return contrastive.train_contrastive(
-            [*proj.parameters(), model.logit_scale],
-            lambda idx: F.normalize(proj(features[idx]), dim=-1),
-            torch.as_tensor(list(labels)).long(),
-            text,
-            model.logit_scale,
-            cfg,
-            gen,
-            desc="training lit-cifar projection",
-            progress=progress,
-        )
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run tiny ops on one thread: on a busy machine, thread hand-offs cost 10-30x the work."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return contrastive.train_contrastive(
+        [*proj.parameters(), model.logit_scale],
+        lambda idx: F.normalize(proj(features[idx]), dim=-1),
+        torch.as_tensor(list(labels)).long(),
+        text,
+        model.logit_scale,
+        cfg,
+        gen,
+        desc="training lit-cifar projection",
+        progress=progress,
+    )
