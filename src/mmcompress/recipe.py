@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 from .errors import RecipeError
 from .evaluation.config import CalibrationConfig, EvaluateConfig
 from .methods import METHODS, STAGE_KINDS, MethodConfig, methods_for
+from .methods.training_hooks import TRAINING_KINDS
 
 
 @dataclass
@@ -84,6 +85,15 @@ def _validate(model: type[BaseModel], data: Any, path: tuple, root: yaml.Node | 
         raise _fail(err["msg"], loc, root) from None
 
 
+def _check_training_follows(stages: list[Stage], root: yaml.Node | None) -> None:
+    """A stage that finishes during training (``qat``, ``schedule``) needs a later one."""
+    for i, stage in enumerate(stages):
+        option = stage.config.trains_later()
+        if option and not any(s.kind in TRAINING_KINDS for s in stages[i + 1 :]):
+            raise _fail(f"{option!r} works while a later stage trains; add a finetune or "
+                        "distill stage after this one", ("stages", i, stage.kind, option), root)
+
+
 def parse_recipe(data: Any, root: yaml.Node | None = None) -> Recipe:
     """Validate a recipe mapping (as loaded from YAML)."""
     if not isinstance(data, dict):
@@ -116,6 +126,7 @@ def parse_recipe(data: Any, root: yaml.Node | None = None) -> Recipe:
                 root,
             )
         stages.append(Stage(kind, _validate(method.config_cls, cfg, path + (kind,), root)))
+    _check_training_follows(stages, root)
     calibration = _validate(
         CalibrationConfig, data.get("calibration") or {}, ("calibration",), root
     )

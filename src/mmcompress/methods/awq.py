@@ -14,6 +14,7 @@ from .allocation import layer_grids
 from .base import StageContext, register_method, selected
 from .gptq import split_embeddings
 from .rtn import quantize_rtn
+from .training_hooks import with_qat
 from .weight_quant import WeightQuantConfig, quantized_module, store_half, weight_matrix
 
 
@@ -35,6 +36,7 @@ class AWQConfig(WeightQuantConfig):
 
 
 @register_method("quantize", "awq", AWQConfig)
+@with_qat
 def apply_awq(adapter: Adapter, config: AWQConfig, context: StageContext) -> dict[str, Any]:
     """AWQ: activation-aware scale search (embedding tables: round-to-nearest)."""
     modules = selected(adapter, config, config.kinds())

@@ -27,6 +27,11 @@ class MethodConfig(BaseModel):
     targets: list[str] | None = None
     ignore: list[str] = []
 
+    def trains_later(self) -> str | None:
+        """The option (``qat``, ``schedule``) that makes this stage finish while a later
+        finetune/distill stage trains, when it is set (`methods.training_hooks`)."""
+        return next((k for k in ("qat", "schedule") if getattr(self, k, None)), None)
+
 
 @dataclass
 class StageContext:

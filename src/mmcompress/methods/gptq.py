@@ -13,6 +13,7 @@ from ..quantization.gptq import gptq_quantize
 from .allocation import layer_grids
 from .base import StageContext, register_method, selected
 from .rtn import quantize_rtn
+from .training_hooks import with_qat
 from .weight_quant import WeightQuantConfig, quantized_module, store_half, weight_matrix
 
 
@@ -30,6 +31,7 @@ def split_embeddings(modules: dict[str, nn.Module]) -> tuple[dict, dict]:
 
 
 @register_method("quantize", "gptq", GPTQConfig)
+@with_qat
 def apply_gptq(adapter: Adapter, config: GPTQConfig, context: StageContext) -> dict[str, Any]:
     """GPTQ: second-order error-compensating rounding (embedding tables: round-to-nearest)."""
     modules = selected(adapter, config, config.kinds())

@@ -31,6 +31,7 @@ from ..structured.groups import (
 from ..structured.importance import consumer_stats, layer_scores, unit_scores
 from ..structured.specs import find_structure
 from .base import MethodConfig, StageContext, register_method
+from .training_hooks import Schedule, with_schedule
 
 UNIT_KINDS = ("heads", "neurons", "channels")
 NOUNS = {"heads": "attention heads", "neurons": "MLP neurons", "channels": "channels",
@@ -53,6 +54,8 @@ class StructuredPruneConfig(MethodConfig):
     compensate: bool = Field(
         False, description="fold removed units' mean output into the next layer's bias "
         "(FLAP-style; needs calibration data)")
+    schedule: Schedule | None = Field(None, description="prune gradually while a later "
+                                      "finetune/distill stage trains (fractions of units)")
 
     @field_validator("heads", "neurons", "layers", "channels", mode="before")
     @classmethod
@@ -200,6 +203,7 @@ def _calibration(adapter: Adapter, context: StageContext) -> CalibrationData:
 
 
 @register_method("prune", "structured", StructuredPruneConfig)
+@with_schedule
 def apply_structured(adapter: Adapter, config: StructuredPruneConfig,
                      context: StageContext) -> dict[str, Any]:
     """Remove attention heads, MLP neurons, conv channels and whole layers physically."""

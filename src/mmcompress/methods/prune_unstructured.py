@@ -27,6 +27,7 @@ from ..sparsity import (
     sparsegpt_prune,
 )
 from .base import MethodConfig, StageContext, register_method, selected
+from .training_hooks import Schedule, with_schedule
 from .weight_quant import weight_matrix
 
 
@@ -40,6 +41,8 @@ class UnstructuredPruneConfig(MethodConfig):
     scope: Literal["layer", "global"] = Field("layer", description="rank weights within each "
                                               "layer, or across all targeted layers (magnitude)")
     convolutions: bool = Field(True, description="also prune 2-d convolutions")
+    schedule: Schedule | None = Field(None, description="prune gradually while a later "
+                                      "finetune/distill stage trains (magnitude, wanda)")
 
     @field_validator("pattern", mode="before")
     @classmethod
@@ -167,6 +170,7 @@ def _nothing_to_do(config: UnstructuredPruneConfig) -> bool:
 
 
 @register_method("prune", "magnitude", MagnitudeConfig)
+@with_schedule
 def apply_magnitude(adapter: Adapter, config: MagnitudeConfig,
                     context: StageContext) -> dict[str, Any]:
     """Magnitude pruning: drop the smallest |W| of each layer, or of all targeted layers."""
@@ -186,6 +190,7 @@ def apply_magnitude(adapter: Adapter, config: MagnitudeConfig,
 
 
 @register_method("prune", "wanda", WandaConfig)
+@with_schedule
 def apply_wanda(adapter: Adapter, config: WandaConfig, context: StageContext) -> dict[str, Any]:
     """Wanda: drop the smallest |W_ij|·‖X_j‖₂ of each output row (calibrated, no update)."""
     layers, skipped = _prunable(adapter, config, calibrated=True)
@@ -204,6 +209,7 @@ def apply_wanda(adapter: Adapter, config: WandaConfig, context: StageContext) ->
 
 
 @register_method("prune", "sparsegpt", SparseGPTConfig)
+@with_schedule
 def apply_sparsegpt(adapter: Adapter, config: SparseGPTConfig,
                     context: StageContext) -> dict[str, Any]:
     """SparseGPT: second-order mask selection with an inverse-Hessian weight update."""

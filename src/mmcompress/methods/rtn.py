@@ -13,6 +13,7 @@ from ..progress import progress_bar
 from ..quantization.grid import QuantGrid
 from .allocation import layer_grids
 from .base import StageContext, register_method, selected
+from .training_hooks import with_qat
 from .weight_quant import WeightQuantConfig, quantized_module, store_half
 
 
@@ -30,6 +31,7 @@ def quantize_rtn(
 
 
 @register_method("quantize", "rtn", RTNConfig)
+@with_qat
 def apply_rtn(adapter: Adapter, config: RTNConfig, context: StageContext) -> dict[str, Any]:
     """Round-to-nearest min-max quantization, per channel or per group."""
     modules = selected(adapter, config, config.kinds())

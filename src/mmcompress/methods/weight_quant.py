@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 from torch import nn
 
 from ..modules import HalfWeight, QuantConv2d, QuantEmbedding, QuantLinear
@@ -15,6 +15,7 @@ from ..modules.sparse import is_sparse, sparse_quantized
 from ..quantization.grid import QuantGrid
 from .allocation import BitBudget
 from .base import MethodConfig
+from .training_hooks import QATOptions, parse_qat
 
 
 class WeightQuantConfig(MethodConfig):
@@ -27,6 +28,8 @@ class WeightQuantConfig(MethodConfig):
     embeddings: bool = Field(True, description="also quantize embedding tables (round-to-nearest)")
     convolutions: bool = Field(True, description="also quantize 2-d convolutions")
     budget: BitBudget | None = Field(None, description="choose bits per layer to meet a size")
+    qat: bool | QATOptions = Field(False, description="quantization-aware training: a later "
+                                   "finetune/distill stage trains the quantized layers")
 
     @field_validator("bits")
     @classmethod
@@ -34,6 +37,17 @@ class WeightQuantConfig(MethodConfig):
         if not (2 <= v <= 8 or v == 16):
             raise ValueError(f"bits must be 2..8 (integer) or 16 (half precision), got {v}")
         return v
+
+    @field_validator("qat", mode="before")
+    @classmethod
+    def _qat(cls, v: object) -> bool | QATOptions:
+        return parse_qat(v)
+
+    @model_validator(mode="after")
+    def _qat_needs_integers(self) -> WeightQuantConfig:
+        if self.qat and self.bits == 16:
+            raise ValueError("qat trains integer grids; bits 16 has none (use bits 2..8)")
+        return self
 
     def grid(self) -> QuantGrid:
         return QuantGrid(self.bits, self.group_size, self.symmetric)

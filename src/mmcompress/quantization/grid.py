@@ -95,3 +95,26 @@ def fake_quantize(w: torch.Tensor, grid: QuantGrid) -> torch.Tensor:
     """Round `w` to the grid with min-max scales and return float values (for error analysis)."""
     scale, zero = compute_scales(w, grid)
     return dequantize(quantize(w, grid, scale, zero), grid, scale, zero).to(w.dtype)
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """round(x) in value, identity in gradient (straight-through estimator). The value is
+    exactly ``torch.round(x)``: the added ``x - x.detach()`` is exactly zero."""
+    return torch.round(x.detach()) + (x - x.detach())
+
+
+def fake_quantize_ste(
+    w: torch.Tensor, grid: QuantGrid, scale: torch.Tensor, zero: torch.Tensor | None
+) -> torch.Tensor:
+    """`dequantize(quantize(w))` with gradients, for quantization-aware training.
+
+    The value equals the stored round trip bit for bit (same operations, same order), so a
+    fake-quantized layer computes what its converted `QuantLinear` will. Gradients: straight
+    through the rounding to `w` inside the grid's range, zero where clamped; to `scale` as in
+    LSQ (Esser et al. 2020) when `scale` requires grad.
+    """
+    cols = w.shape[1]
+    s = expand_groups(scale, grid, cols)
+    z = expand_groups(_zero_points(scale, zero, grid), grid, cols)
+    q = torch.clamp(round_ste(w.float() / s) + z, 0, grid.qmax)
+    return (q - z) * s
