@@ -1,0 +1,46 @@
+"""Named training splits (data specs), each the complement of an evaluation split:
+
+- ``lit-cifar-train``: the first 400 images per class of ``cifar10/test`` (``lit-cifar-eval``
+  holds the rest), captioned with lit-cifar's training templates, never the evaluation prompts;
+- ``stsb-train``: STS Benchmark train pairs (``stsb-dev`` is the evaluation split);
+- ``demo-train``: the 70% of the digits the demo model was trained on (``demo`` holds the
+  rest), with training caption wordings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..data import Dataset, register_data_spec
+from ..data.cifar import lit_cifar_split
+from ..data.demo import DIGIT_WORDS, TRAIN_TEMPLATES, digits_split
+from ..data.sts import read_sts
+from ..errors import DataError
+from ..shared_data import shared_data_dir
+
+
+def lit_cifar_train() -> Dataset:
+    from ..models.lit_cifar import TRAIN_TEMPLATES as LIT_TEMPLATES
+
+    return replace(lit_cifar_split()[0], templates=list(LIT_TEMPLATES))
+
+
+def stsb_train() -> Dataset:
+    try:
+        folder = shared_data_dir("stsb")
+    except DataError as exc:
+        raise DataError(f"data 'stsb-train': {exc}") from None
+    return replace(read_sts(folder / "sts-train.csv"), name="stsb-train")
+
+
+def demo_train() -> Dataset:
+    x_train, y_train, _, _ = digits_split()
+    templates = [t.replace("{word}", "{}") for t in TRAIN_TEMPLATES if "{num}" not in t]
+    return Dataset(name="demo-train", task="classification", images=list(x_train),
+                   labels=[int(y) for y in y_train], class_names=list(DIGIT_WORDS),
+                   templates=templates)
+
+
+register_data_spec("lit-cifar-train", lit_cifar_train)
+register_data_spec("stsb-train", stsb_train)
+register_data_spec("demo-train", demo_train)

@@ -1,0 +1,178 @@
+"""The trainer: schedule, checkpoints, resume after kill -9, NaN handling, DDP on 2 processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from train_worker import tiny_data
+
+from mmcompress.adapters.classifier import ImageClassifierAdapter, cifar_tensor
+from mmcompress.errors import CheckpointError, UserError
+from mmcompress.models.resnet_cifar import CifarResNet
+from mmcompress.training import TrainCallback, Trainer, TrainSettings
+from mmcompress.training.checkpoints import latest_checkpoint
+from mmcompress.training.schedule import lr_factor
+from mmcompress.training.tasks import TaskObjective, make_task
+
+WORKER = Path(__file__).with_name("train_worker.py")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+
+
+def _trainer(tmp_path: Path | None, callbacks=(), **kw) -> Trainer:
+    torch.manual_seed(0)
+    adapter = ImageClassifierAdapter(CifarResNet(20))
+    settings = TrainSettings(**{"epochs": 1, "batch_size": 8, "lr": 1e-3, "warmup": 1,
+                                "freeze_norm": True, "checkpoint_every": 2, **kw})
+    objective = TaskObjective(adapter, make_task(adapter, tiny_data(16)))
+    return Trainer(adapter, objective, settings, callbacks=callbacks, progress=False,
+                   checkpoint_dir=tmp_path)
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    f = [lr_factor(s, 10, 2) for s in range(10)]
+    assert f[0] < f[1] < f[2] == 1.0
+    assert all(a >= b for a, b in zip(f[2:], f[3:]))
+    assert lr_factor(10, 10, 2) == pytest.approx(0.0)
+
+
+def test_training_lowers_the_loss_and_writes_checkpoints(tmp_path):
+    trainer = _trainer(tmp_path, epochs=3, checkpoint_every=2)
+    summary = trainer.fit()
+    assert summary["steps"] == 6 and len(summary["epochs"]) == 3
+    assert summary["epochs"][-1]["loss"] < summary["epochs"][0]["loss"]
+    latest = latest_checkpoint(tmp_path)
+    assert latest is not None and latest.name == "step-6"
+    assert {"model.safetensors", "optimizer.safetensors", "state.json"} <= {
+        p.name for p in latest.iterdir()}
+    assert len(list(tmp_path.glob("step-*"))) == 2  # older ones are pruned
+
+
+class _Counter(TrainCallback):
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.seen = 0
+
+    def on_train_begin(self, trainer):
+        self.calls.append(f"begin@{trainer.step}")
+
+    def on_step_end(self, trainer, step, total_steps):
+        self.seen += 1
+        assert trainer.step == step and total_steps == trainer.total_steps
+
+    def on_train_end(self, trainer):
+        self.calls.append("end")
+
+    def state_dict(self):
+        return {"seen": self.seen}
+
+    def load_state_dict(self, state):
+        self.seen = state["seen"]
+
+
+def test_callbacks_are_called_and_their_state_survives_resume(tmp_path):
+    first = _Counter()
+    _trainer(tmp_path, [first], epochs=2, max_steps=2).fit()
+    assert first.calls == ["begin@0", "end"] and first.seen == 2
+    again = _Counter()
+    _trainer(tmp_path, [again], epochs=2, max_steps=2).fit()  # already done: resumes at 2
+    assert again.calls == ["begin@2", "end"] and again.seen == 2
+
+
+def test_checkpoint_of_another_run_is_refused(tmp_path):
+    _trainer(tmp_path, max_steps=2).fit()
+    with pytest.raises(CheckpointError, match="other settings"):
+        _trainer(tmp_path, max_steps=2, lr=5e-4).fit()
+
+
+def test_resume_must_fails_without_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        _trainer(tmp_path / "missing", resume="must").fit()
+
+
+class _Poison(TrainCallback):
+    """Turns the weights into NaN after step 3, so step 4's loss is NaN."""
+
+    def on_step_end(self, trainer, step, total_steps):
+        if step == 3:
+            with torch.no_grad():
+                trainer.model.linear.weight.fill_(float("nan"))
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path):
+    with pytest.raises(UserError, match=r"diverged at step 4: loss is nan.*step-2"):
+        _trainer(tmp_path, [_Poison()], epochs=4, checkpoint_every=2).fit()
+    good = latest_checkpoint(tmp_path)
+    assert good.name == "step-2"
+    assert all(torch.isfinite(t).all() for t in load_file(good / "model.safetensors").values()
+               if t.is_floating_point())
+
+
+def _run(args: list[str], **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(WORKER), *args], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+def test_kill_9_then_same_command_resumes_to_identical_weights(tmp_path):
+    ref = _run([str(tmp_path / "ref.safetensors"), "-"])
+    cmd = [str(tmp_path / "out.safetensors"), str(tmp_path / "ckpt"), "--sleep", "0.15"]
+    proc = _run(cmd)
+    deadline = time.time() + 60
+    while latest_checkpoint_name(tmp_path / "ckpt") in (None, "step-3") and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "out.safetensors").exists()
+    again = _run(cmd)
+    assert again.wait(120) == 0, again.communicate()[1].decode()[-2000:]
+    assert ref.wait(120) == 0, ref.communicate()[1].decode()[-2000:]
+    with safe_open(tmp_path / "out.safetensors", "pt") as f:
+        assert int(f.metadata()["resumed_at"]) >= 6  # it did resume, not start over
+    got, want = load_file(tmp_path / "out.safetensors"), load_file(tmp_path / "ref.safetensors")
+    assert got.keys() == want.keys()
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+
+
+def latest_checkpoint_name(folder: Path) -> str | None:
+    try:
+        path = latest_checkpoint(folder)
+    except CheckpointError:
+        return None
+    return path.name if path is not None else None
+
+
+def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    """gloo on CPU, 6 AdamW steps of a global batch of 16 (8 per process). Stated tolerance:
+    logits on the training images within 2e-3 while training moved them by more than 0.5.
+    Weights are not compared exactly: the all-reduce sums the halves' gradients in another
+    order, and AdamW turns such rounding differences in near-zero gradients into ±lr steps."""
+    one = _run([str(tmp_path / "one.safetensors"), "-", "--steps", "6"])
+    two = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(WORKER), str(tmp_path / "two.safetensors"), "-", "--steps", "6"],
+        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert one.wait(120) == 0, one.communicate()[1].decode()[-2000:]
+    assert two.wait(120) == 0, two.communicate()[1].decode()[-3000:]
+    data = tiny_data()
+    pixels = cifar_tensor([data.load_image(i) for i in range(len(data))])
+    logits = []
+    for weights in ("start", "one", "two"):
+        torch.manual_seed(0)
+        model = CifarResNet(20).eval()
+        if weights != "start":
+            model.load_state_dict(load_file(tmp_path / f"{weights}.safetensors"))
+        with torch.no_grad():
+            logits.append(model(pixels))
+    start, one_p, two_p = logits
+    assert float((one_p - start).abs().max()) > 0.5  # training changed the model
+    torch.testing.assert_close(two_p, one_p, atol=2e-3, rtol=0)
