@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from .model_specs import NAMED_SPECS, load_model
 from .recipe import EvaluateConfig, Recipe, load_recipe
 from .report import report_markdown
 from .report_html import report_html
+from .training.distributed import is_main_process
 
 
 @dataclass
@@ -73,7 +76,10 @@ def compress(
     )
     calib_spec = calibration_data if calibration_data is not None else recipe.calibration.data
     calib_set = load_data(calib_spec) if calib_spec is not None else dataset
-    history = _run_stages(adapter, recipe, dataset, calib_set, before, progress)
+    train_dir = _train_dir(out_path)
+    history = _run_stages(adapter, recipe, dataset, calib_set, before, progress, train_dir)
+    if not is_main_process():
+        out_path = train_dir = None  # under torchrun only rank 0 writes
     report: dict[str, Any] = {
         "model": spec,
         "recipe": recipe.to_dict(),
@@ -100,7 +106,15 @@ def compress(
         (tmp / "report.json").write_text(json.dumps(report, indent=1))
         (tmp / "report.md").write_text(report_markdown(report))
         (tmp / "report.html").write_text(report_html(report))
+    if train_dir is not None:
+        shutil.rmtree(train_dir, ignore_errors=True)  # the run is complete: nothing to resume
     return CompressResult(adapter, report, out_path)
+
+
+def _train_dir(out: Path | None) -> Path | None:
+    """Where training stages keep resumable checkpoints: beside the output folder, so that
+    the same command started again after a crash resumes."""
+    return out.parent / f".{out.name}.training" if out is not None else None
 
 
 def _memory_spec(model: str | Path | Adapter) -> str | None:
@@ -108,11 +122,15 @@ def _memory_spec(model: str | Path | Adapter) -> str | None:
 
 
 def _run_stages(adapter: Adapter, recipe: Recipe, data: Dataset, calib_set: Dataset, before,
-                progress: bool) -> list:
+                progress: bool, train_dir: Path | None = None) -> list:
     context = StageContext(data=calib_set, calibration=recipe.calibration, progress=progress)
     quick = data.head(recipe.evaluate.max_samples)
+    context.extra.update(eval_data=quick, train_dir=train_dir)
+    if any(getattr(s.config, "teacher", None) == "original" for s in recipe.stages):
+        context.extra["original"] = copy.deepcopy(adapter)  # the teacher 'original'
     history = []
-    for stage in recipe.stages:
+    for i, stage in enumerate(recipe.stages):
+        context.extra["stage"] = i
         method = METHODS[(stage.kind, stage.config.method)]
         start = time.perf_counter()
         summary = method.apply(adapter, stage.config, context)

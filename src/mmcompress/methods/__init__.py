@@ -3,6 +3,8 @@
 # importing a method module registers it
 from . import (  # noqa: F401
     awq,
+    distill,
+    finetune,
     gptq,
     lowrank,
     lowrank_conv,

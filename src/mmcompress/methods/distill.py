@@ -1,0 +1,71 @@
+"""``distill: {method: kd, teacher, losses, alpha, temperature, student}``: train the model
+(optionally first shrunk into a student by weight inheritance) to match a frozen teacher."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from ..adapters import Adapter
+from ..errors import UserError
+from ..model_specs import load_model
+from ..training.distill import LOSSES, DistillObjective
+from ..training.stage import TrainStageConfig, run_training, training_data
+from ..training.students import StudentConfig, build_student
+from ..training.tasks import make_task
+from .base import StageContext, register_method
+
+DEFAULT_LOSSES = {"classification": ["logits"], "contrastive": ["affinity"], "sts": ["clip_kd"]}
+LossName = Literal["logits", "features", "attention", "affinity", "clip_kd"]
+
+
+class DistillConfig(TrainStageConfig):
+    method: Literal["kd"] = "kd"
+    teacher: str = Field("original", description="'original' (the model before the recipe), "
+                         "a model spec or an output folder")
+    losses: list[LossName] | None = Field(None, description="default by model kind: logits "
+                                          "(classifiers), affinity (dual), clip_kd (sentence)")
+    weights: dict[LossName, float] = Field({}, description="weight of each loss (default 1)")
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of distillation vs task loss")
+    temperature: float = Field(2.0, gt=0, description="softmax temperature of logits KD")
+    student: StudentConfig | None = Field(None, description="shrink the model first")
+    cache_teacher: bool = Field(True, description="reuse teacher outputs per example")
+
+    @model_validator(mode="after")
+    def _known(self) -> DistillConfig:
+        if self.losses is not None and not self.losses:
+            raise ValueError(f"losses: give at least one of {', '.join(LOSSES)}")
+        return self
+
+
+def _teacher(config: DistillConfig, adapter: Adapter, context: StageContext) -> Adapter:
+    if config.teacher != "original":
+        return load_model(config.teacher, progress=context.progress)
+    original = context.extra.get("original")
+    # outside compress() no copy was kept: the model as this stage receives it
+    return original if original is not None else copy.deepcopy(adapter)
+
+
+@register_method("distill", "kd", DistillConfig)
+def apply_distill(adapter: Adapter, config: DistillConfig,
+                  context: StageContext) -> dict[str, Any]:
+    """Distill from a frozen teacher (logits, features, attention, affinity, CLIP-KD)."""
+    teacher = _teacher(config, adapter, context)
+    if teacher is adapter or teacher.model is adapter.model:
+        raise UserError("the teacher must be a separate model from the student")
+    data = training_data(config, context)
+    summary: dict[str, Any] = {}
+    layer_map = None
+    if config.student is not None:
+        summary["student"] = build_student(adapter, config.student, context)
+        layer_map = summary["student"].get("layer_map")
+    task = make_task(adapter, data)
+    losses = config.losses or DEFAULT_LOSSES[task.kind]
+    objective = DistillObjective(adapter, teacher, task, losses, config.alpha,
+                                 config.temperature, dict(config.weights), layer_map,
+                                 cache=config.cache_teacher)
+    summary.update(run_training(adapter, objective, config, context))
+    summary["losses"] = losses
+    return summary

@@ -1,0 +1,102 @@
+"""Capture what distillation compares inside a model: block outputs and attention maps.
+
+Blocks are the entries of every list of transformer layers or CIFAR residual blocks (the same
+block types structured pruning knows). Attention maps are recomputed from the attention
+module's own query/key projections and the mask it receives, so they are available whatever
+attention kernel (SDPA, eager) the model runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..models.resnet_cifar import BasicBlock
+from ..structured.specs import TRANSFORMER_LAYERS
+
+BLOCKS = (*TRANSFORMER_LAYERS, BasicBlock)
+
+
+def block_lists(model: nn.Module) -> dict[str, list[nn.Module]]:
+    """Every ModuleList / Sequential of known blocks, by name (e.g. ``text.bert.encoder.layer``)."""
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList | nn.Sequential) and len(module) \
+                and all(isinstance(b, BLOCKS) for b in module):
+            out[name] = list(module)
+    return out
+
+
+def attention_module(block: nn.Module) -> nn.Module | None:
+    """The self-attention of a transformer layer (BERT ``attention.self``, CLIP ``self_attn``)."""
+    attn = getattr(getattr(block, "attention", None), "self", None)
+    return attn if attn is not None else getattr(block, "self_attn", None)
+
+
+def attention_probs(module: nn.Module, hidden: torch.Tensor,
+                    mask: torch.Tensor | None) -> torch.Tensor:
+    """softmax(QKᵀ·scale + mask) as the module computes it: [B, heads, L, L]."""
+    if hasattr(module, "query"):
+        q, k = module.query(hidden), module.key(hidden)
+        dim = module.attention_head_size
+        scale = getattr(module, "scaling", dim**-0.5)
+    else:
+        q, k = module.q_proj(hidden), module.k_proj(hidden)
+        dim, scale = module.head_dim, module.scale
+    b, n = hidden.shape[:2]
+    q = q.view(b, n, -1, dim).transpose(1, 2)
+    k = k.view(b, n, -1, dim).transpose(1, 2)
+    scores = q @ k.transpose(-1, -2) * scale
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + mask.to(scores.dtype)
+    return scores.softmax(-1)
+
+
+class Taps:
+    """Forward hooks recording block outputs and/or attention maps while active."""
+
+    def __init__(self, model: nn.Module, lists: dict[str, list[int]], features: bool,
+                 attention: bool) -> None:
+        self.model, self.lists = model, lists
+        self.features, self.attention = features, attention
+        self.outputs: dict[tuple[str, int], torch.Tensor] = {}
+        self.maps: dict[tuple[str, int], torch.Tensor] = {}
+
+    @contextmanager
+    def recording(self) -> Iterator[Taps]:
+        self.outputs, self.maps = {}, {}
+        handles = []
+        blocks = block_lists(self.model)
+        for name, indices in self.lists.items():
+            for i in indices:
+                block = blocks[name][i]
+                if self.features:
+                    handles.append(block.register_forward_hook(self._keep_output((name, i))))
+                attn = attention_module(block) if self.attention else None
+                if attn is not None:
+                    handles.append(attn.register_forward_pre_hook(self._keep_map((name, i)),
+                                                                  with_kwargs=True))
+        try:
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _keep_output(self, key: tuple[str, int]):
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            self.outputs[key] = output[0] if isinstance(output, tuple) else output
+        return hook
+
+    def _keep_map(self, key: tuple[str, int]):
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")
+            self.maps[key] = attention_probs(module, hidden, mask)
+        return hook
