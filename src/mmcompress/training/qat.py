@@ -1,0 +1,209 @@
+"""Quantization-aware training: fake-quantized layers trained with a straight-through estimator.
+
+A weight method with ``qat`` first quantizes as usual (RTN, GPTQ or AWQ: the same grids, bit
+budgets and AWQ input scales), then every `QuantLinear` / `QuantConv2d` it made becomes a
+`QATLinear` / `QATConv2d`: a plain ``nn.Linear`` / ``nn.Conv2d`` whose float (latent) weight is
+rounded to the module's grid in every forward (`fake_quantize_ste`), gradients passing
+straight through the rounding. The latent weight starts as the original weight when rounding
+it gives the stored codes (RTN, AWQ), else as the stored weight (GPTQ's error-compensated
+values), so before any step the model computes what the post-training model computes.
+Scales are min-max of the current latent weight (``scales: minmax``) or trained with it
+starting from the post-training scales (``scales: learned``, LSQ).
+
+When training ends, `QATCallback` turns every fake-quantized layer back into a
+`QuantLinear` / `QuantConv2d` holding the codes of its final latent weight: the same function
+the layer computed while training, in the saved format of post-training quantization.
+Embedding tables and sparse layers keep their post-training quantization (not trained).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..adapters import Adapter
+from ..errors import RecipeError
+from ..methods.base import MethodConfig, StageContext, selected
+from ..methods.training_hooks import QATOptions, arm
+from ..methods.weight_quant import weight_matrix
+from ..modules import QuantConv2d, QuantLinear
+from ..modules.replace import replace_modules
+from ..quantization.grid import QuantGrid, compute_scales, dequantize, fake_quantize_ste, quantize
+from .callbacks import TrainCallback
+from .masks import WEIGHT_MASK
+
+_MIN_SCALE = 1e-8  # learned scales are kept positive
+
+
+class _FakeQuantized:
+    """What QATLinear and QATConv2d share: grid, scales, the fake-quantized weight."""
+
+    weight: nn.Parameter
+    grid: QuantGrid
+    learned: bool
+
+    def _init_quant(self, q: QuantLinear | QuantConv2d, learned: bool) -> None:
+        self.grid, self.learned = q.grid, learned
+        if learned:
+            self.scale = nn.Parameter(q.scale.detach().clone())
+            zero = None if q.zero is None else q.zero.detach().float().clone()
+            self.register_buffer("zero", zero)
+        scale = q.input_scale
+        self.register_buffer("input_scale", None if scale is None else scale.detach().clone())
+
+    def matrix(self) -> torch.Tensor:
+        """The latent weight as [rows, cols] (filters flattened)."""
+        return self.weight.reshape(self.weight.shape[0], -1)
+
+    def quant_params(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(scale, zero point) the weight is rounded with now."""
+        if self.learned:
+            return self.scale.clamp(min=_MIN_SCALE), self.zero
+        return compute_scales(self.matrix().detach(), self.grid)
+
+    def fake_weight(self) -> torch.Tensor:
+        """The weight rounded to the grid, in the layer's shape (straight-through gradient)."""
+        scale, zero = self.quant_params()
+        return fake_quantize_ste(self.matrix(), self.grid, scale, zero).view(self.weight.shape)
+
+    @torch.no_grad()
+    def quantized(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(codes, scale, zero) of the current latent weight, as the saved module stores them."""
+        scale, zero = self.quant_params()
+        scale = scale.detach().clone()
+        codes = quantize(self.matrix().detach().float(), self.grid, scale, zero)
+        return codes, scale, zero
+
+    def extra_repr(self) -> str:
+        g = self.grid
+        return f"{super().extra_repr()}, bits={g.bits}, group_size={g.group_size}, " \
+            f"symmetric={g.symmetric}, scales={'learned' if self.learned else 'minmax'}"
+
+
+def _column_scale(q: nn.Module) -> torch.Tensor:
+    """A module's input scale per column of its [rows, cols] weight."""
+    if isinstance(q, QuantConv2d):
+        k = q.conv["kernel_size"]
+        return q.input_scale.repeat_interleave(k[0] * k[1])
+    return q.input_scale
+
+
+class QATLinear(_FakeQuantized, nn.Linear):
+    """A linear layer trained through its weight's rounding to an integer grid."""
+
+    @classmethod
+    def from_quantized(cls, q: QuantLinear, latent: torch.Tensor, learned: bool) -> QATLinear:
+        mod = cls(q.in_features, q.out_features, q.bias is not None, device="meta")
+        mod.weight = nn.Parameter(latent.detach().clone().view(q.out_features, q.in_features))
+        if q.bias is not None:
+            mod.bias = nn.Parameter(q.bias.detach().clone())
+        mod._init_quant(q, learned)
+        return mod
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_scale is not None:
+            x = x / self.input_scale
+        return F.linear(x, self.fake_weight().to(x.dtype), self.bias)
+
+    def to_quantized(self) -> QuantLinear:
+        """The saved `QuantLinear` computing the same function."""
+        return QuantLinear.from_linear(self, self.grid, self.quantized(), self.input_scale)
+
+
+class QATConv2d(_FakeQuantized, nn.Conv2d):
+    """A 2-d convolution trained through its weight's rounding to an integer grid."""
+
+    @classmethod
+    def from_quantized(cls, q: QuantConv2d, latent: torch.Tensor, learned: bool) -> QATConv2d:
+        c = q.conv
+        mod = cls(c["in_channels"], c["out_channels"], c["kernel_size"], c["stride"],
+                  c["padding"], c["dilation"], c["groups"], c["bias"], device="meta")
+        shape = (c["out_channels"], c["in_channels"] // c["groups"], *c["kernel_size"])
+        mod.weight = nn.Parameter(latent.detach().clone().view(shape))
+        if q.bias is not None:
+            mod.bias = nn.Parameter(q.bias.detach().clone())
+        mod._init_quant(q, learned)
+        return mod
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_scale is not None:
+            x = x / self.input_scale.view(1, -1, 1, 1)
+        return F.conv2d(x, self.fake_weight().to(x.dtype), self.bias, self.stride, self.padding,
+                        self.dilation, self.groups)
+
+    def to_quantized(self) -> QuantConv2d:
+        """The saved `QuantConv2d` computing the same function."""
+        return QuantConv2d.from_conv(self, self.grid, self.quantized(), self.input_scale)
+
+
+QAT_TYPES = (QATLinear, QATConv2d)
+
+
+def latent_weight(original: nn.Module | None, q: QuantLinear | QuantConv2d) -> torch.Tensor:
+    """Where training starts: the original weight (times any input scale) when rounding it
+    reproduces the stored weight, else the stored weight; [rows, cols]."""
+    stored = q.dequantized_weight()
+    if original is None:
+        return stored
+    w = weight_matrix(original)
+    if q.input_scale is not None:
+        w = w * _column_scale(q)
+    zero = None if q.zero is None else q.zero.float()
+    if torch.equal(dequantize(quantize(w, q.grid, q.scale, zero), q.grid, q.scale, zero), stored):
+        return w
+    return stored
+
+
+def qat_module(q: nn.Module, original: nn.Module | None, learned: bool) -> nn.Module | None:
+    """The trainable stand-in of a quantized layer (None for kinds QAT does not train)."""
+    if type(q) is QuantLinear:
+        return QATLinear.from_quantized(q, latent_weight(original, q), learned)
+    if type(q) is QuantConv2d:
+        return QATConv2d.from_quantized(q, latent_weight(original, q), learned)
+    return None
+
+
+def convert_qat(model: nn.Module) -> int:
+    """Replace every fake-quantized layer by its saved quantized module; returns how many."""
+    swaps = {n: m.to_quantized() for n, m in model.named_modules() if isinstance(m, QAT_TYPES)}
+    replace_modules(model, swaps)
+    return len(swaps)
+
+
+class QATCallback(TrainCallback):
+    """Converts the fake-quantized layers to the saved format once training ends."""
+
+    def __init__(self, summary: dict[str, Any]) -> None:
+        self.summary = summary  # the stage's summary: filled in when training ends
+
+    def on_train_end(self, trainer: Any) -> None:
+        self.summary["converted"] = convert_qat(trainer.adapter.model)
+
+
+def prepare_qat(apply: Callable[..., dict[str, Any]], adapter: Adapter, config: MethodConfig,
+                context: StageContext, options: QATOptions) -> dict[str, Any]:
+    """Run the post-training method, swap its linear and conv layers for trainable
+    fake-quantized ones, and arm the conversion for the next training stage."""
+    originals = selected(adapter, config, (nn.Linear, nn.Conv2d))
+    masked = [n for n, m in originals.items() if hasattr(m, WEIGHT_MASK)]
+    if masked:
+        raise RecipeError(f"qat: {masked[0]} is being pruned gradually; finish that pruning "
+                          "with a finetune stage before quantizing")
+    summary = apply(adapter, config, context)
+    learned = options.scales == "learned"
+    swaps = {}
+    for name, original in originals.items():
+        new = qat_module(adapter.model.get_submodule(name), original, learned)
+        if new is not None:
+            swaps[name] = new
+    if not swaps:
+        raise RecipeError(f"qat: {config.method} quantized no linear or convolution layer in "
+                          "the targets, so there is nothing to train")
+    replace_modules(adapter.model, swaps)
+    result: dict[str, Any] = {"layers": len(swaps), "scales": options.scales}
+    arm(context, QATCallback(result))
+    return {**summary, "qat": result}
