@@ -1,6 +1,7 @@
-"""What the benchmark runs: the models, and the compression configurations as a recipe table.
+"""What the benchmark runs: the models, the compression configurations as a recipe table,
+and named suites (which configurations and models one invocation runs).
 
-Later methods (GPTQ, AWQ, pruning, low-rank) join by adding rows to `CONFIGS`.
+Later methods join by adding rows to `CONFIGS` and naming them in a suite.
 """
 
 from __future__ import annotations
@@ -11,16 +12,42 @@ from pathlib import Path
 from typing import Any
 
 from mmcompress.adapters import Adapter
-from mmcompress.data import Dataset
+from mmcompress.data import Dataset, load_data
+from mmcompress.data.cifar import lit_cifar_split
+from mmcompress.data.demo import demo_train_dataset
 
 # ../shared/data beside the repository (read only).
 DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 # Name → recipe (as a mapping, the same schema as recipe YAML); None is the uncompressed model.
+def _quant(method: str, bits: int, group_size: int | None = None, **extra: Any) -> dict:
+    return {"stages": [{"quantize": {"method": method, "bits": bits, "group_size": group_size,
+                                     **extra}}]}
+
+
 CONFIGS: dict[str, dict[str, Any] | None] = {
     "fp32": None,
-    "rtn-int8": {"stages": [{"quantize": {"method": "rtn", "bits": 8}}]},
-    "rtn-int4-g128": {"stages": [{"quantize": {"method": "rtn", "bits": 4, "group_size": 128}}]},
+    "rtn-int8": _quant("rtn", 8),
+    "rtn-int4-g128": _quant("rtn", 4, 128),
+    "gptq-int4-g128": _quant("gptq", 4, 128),
+    "awq-int4-g128": _quant("awq", 4, 128),
+    "rtn-int3-g128": _quant("rtn", 3, 128),
+    "gptq-int3-g128": _quant("gptq", 3, 128),
+    "awq-int3-g128": _quant("awq", 3, 128),
+    "smoothquant-w8a8": {"stages": [{"quantize": {"method": "smoothquant", "alpha": 0.5}}]},
+    # 4/8 bits per layer from measured sensitivity, at the size of uniform int4 g128 (+10%)
+    # 3, 4 or 8 bits per layer from measured sensitivity, no larger than uniform int4 g128
+    "gptq-budget-0.135": _quant("gptq", 4, 128, budget={"size_ratio": 0.135, "bits": [3, 4, 8]}),
+}
+
+# Named suites: (configurations, models). `core` is the default (and `--quick`'s) run.
+SUITES: dict[str, tuple[list[str], list[str]]] = {
+    "core": (["rtn-int8", "rtn-int4-g128"],
+             ["demo", "minilm", "lit-cifar", "random:clip-vit-base-patch32"]),
+    "quantization": (
+        ["rtn-int8", "smoothquant-w8a8", "rtn-int4-g128", "gptq-int4-g128", "awq-int4-g128",
+         "rtn-int3-g128", "gptq-int3-g128", "awq-int3-g128", "gptq-budget-0.135"],
+        ["minilm", "lit-cifar", "random:clip-vit-base-patch32"]),
 }
 
 
@@ -35,6 +62,8 @@ class ModelCase:
         quick_samples: examples evaluated in quick mode (None: all).
         load: builds the adapter in-process instead of resolving `spec` (tests).
         data_note: how the evaluation data is chosen, for the report.
+        calibration: loads the data calibrated methods draw from (never the evaluation split);
+            None: the evaluation data (random-weight models only measure speed).
     """
 
     spec: str
@@ -43,17 +72,20 @@ class ModelCase:
     quick_samples: int | None = None
     load: Callable[[], Adapter] | None = None
     data_note: str = ""
+    calibration: Callable[[], Dataset] | None = None
 
 
 MODELS: dict[str, ModelCase] = {
     "demo": ModelCase(
-        "demo", "demo", data_note="held-out sklearn digits (30%), prompts unseen in training"
+        "demo", "demo", data_note="held-out sklearn digits (30%), prompts unseen in training",
+        calibration=demo_train_dataset,
     ),
     "minilm": ModelCase(
         "minilm",
         DATA_ROOT / "stsb" / "sts-dev.csv",
         quick_samples=500,
         data_note="STS-B dev (1,500 pairs); quick mode: the first 500 pairs",
+        calibration=lambda: load_data(DATA_ROOT / "stsb" / "sts-train.csv"),
     ),
     "lit-cifar": ModelCase(
         "lit-cifar",
@@ -63,6 +95,7 @@ MODELS: dict[str, ModelCase] = {
             "`lit-cifar-eval`: the last 400 images of each class of cifar10/test (the first 400"
             " trained the projection), 4,000 in all; quick mode: 1,000 of them, every 4th"
         ),
+        calibration=lambda: lit_cifar_split()[0],
     ),
     "random:clip-vit-base-patch32": ModelCase(
         "random:clip-vit-base-patch32",

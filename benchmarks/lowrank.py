@@ -5,6 +5,8 @@ Parts (each compared with the dense model measured in the same run):
 - ``minilm``: STS-B dev Spearman keeping `--param-ratio` (0.7) of the encoder's linear weights,
   for ``svd`` and ``svd-whiten`` with ``uniform`` and ``sensitivity`` rank allocation;
   calibration (whitening statistics and sensitivities) uses STS-B *train* sentences only.
+- ``lit-cifar``: zero-shot top-1 on ``lit-cifar-eval`` with the same four configurations on
+  every linear layer (text tower and image projection), calibrated on ``lit-cifar-train``.
 - ``clip``: ``random:clip-vit-base-patch32`` per-tower latency with 50% of each tower's linear
   weights kept (plain SVD, uniform ranks), timed interleaved with the dense model.
 - ``resnet``: ResNet-56 top-1 (no fine-tuning) at half the convolution weights, ``tucker`` and
@@ -74,35 +76,55 @@ def _row(
     }
 
 
-def minilm(args: argparse.Namespace) -> dict[str, Any]:
-    base = load_model("minilm", progress=False)
-    dev = load_data(STSB / "sts-dev.csv").head(args.max_pairs)
-    train = load_data(STSB / "sts-train.csv")
-    ref = quality(base, dev)
-    dense = {"stsb_spearman": ref.metrics["stsb_spearman"]}
+def _allocations(base, calib: Dataset, test: Dataset, key: str, param_ratio: float,
+                 targets: list[str], args: argparse.Namespace) -> tuple[dict, list[dict]]:
+    """`svd` and `svd-whiten`, each with uniform and sensitivity-allocated ranks, at the same
+    kept fraction of the targeted linear weights; (dense metrics, rows)."""
+    ref = quality(base, test)
+    dense = {key: ref.metrics[key]}
     calibration = {"samples": args.calib_samples, "batch_size": args.calib_batch}
     rows = []
     for method in ("svd", "svd-whiten"):
         for allocation in ("uniform", "sensitivity"):
             adapter = copy.deepcopy(base)
-            stage = {
-                "lowrank": {
-                    "method": method,
-                    "param_ratio": args.param_ratio,
-                    "allocation": allocation,
-                    "targets": ["text"],
-                }
-            }
-            (summary,), seconds = apply_recipe(adapter, [stage], train, calibration)
-            metrics = quality(adapter, dev, ref.embeddings).metrics
-            rows.append(
-                _row(f"{method} {allocation}", summary, metrics, dense, "stsb_spearman", seconds)
-            )
+            stage = {"lowrank": {"method": method, "param_ratio": param_ratio,
+                                 "allocation": allocation, "targets": targets}}
+            (summary,), seconds = apply_recipe(adapter, [stage], calib, calibration)
+            metrics = quality(adapter, test, ref.embeddings).metrics
+            rows.append(_row(f"{method} {allocation}", summary, metrics, dense, key, seconds))
             print(rows[-1], flush=True)
+    return dense, rows
+
+
+def minilm(args: argparse.Namespace) -> dict[str, Any]:
+    base = load_model("minilm", progress=False)
+    dev = load_data(STSB / "sts-dev.csv").head(args.max_pairs)
+    train = load_data(STSB / "sts-train.csv")
+    dense, rows = _allocations(base, train, dev, "stsb_spearman", args.param_ratio, ["text"],
+                               args)
     return {
         "data": f"{STSB / 'sts-dev.csv'} ({len(dev)} pairs)",
-        "calibration": f"{STSB / 'sts-train.csv'}, {calibration}",
+        "calibration": f"{STSB / 'sts-train.csv'}, {args.calib_samples} samples",
         "target_param_ratio": args.param_ratio,
+        "dense": dense,
+        "rows": rows,
+    }
+
+
+def lit_cifar(args: argparse.Namespace) -> dict[str, Any]:
+    from mmcompress.data.cifar import lit_cifar_split
+
+    base = load_model("lit-cifar", progress=False)
+    calib, test = lit_cifar_split()
+    test = test.head(args.max_images)
+    dense, rows = _allocations(base, calib, test, "zeroshot_top1", args.param_ratio,
+                               ["text", "projector"], args)
+    return {
+        "data": f"lit-cifar-eval ({len(test)} images)",
+        "calibration": f"lit-cifar-train, {args.calib_samples} samples",
+        "target_param_ratio": args.param_ratio,
+        "scope": "every linear layer (MiniLM text tower and the image projection); the"
+                 " ResNet-56 convolutions are the resnet part's",
         "dense": dense,
         "rows": rows,
     }
@@ -187,15 +209,15 @@ def resnet(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-PARTS = {"minilm": minilm, "clip": clip, "resnet": resnet}
+PARTS = {"minilm": minilm, "lit-cifar": lit_cifar, "clip": clip, "resnet": resnet}
 
 
 def _table(results: dict[str, Any]) -> str:
     lines = []
-    for part in ("minilm", "resnet"):
+    keys = {"minilm": "stsb_spearman", "lit-cifar": "zeroshot_top1", "resnet": "top1"}
+    for part, key in keys.items():
         if part in results:
             r = results[part]
-            key = "stsb_spearman" if part == "minilm" else "top1"
             lines += [
                 f"\n{part}: dense {key} {r['dense'][key]:.4f} on {r['data']}",
                 f"{'config':<24}{'params kept':>12}{key:>15}{'drop':>9}{'fidelity':>10}",

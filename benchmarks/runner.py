@@ -199,7 +199,8 @@ def run_model(case: ModelCase, s: Settings) -> dict[str, Any]:
         phases[name], clock = time.perf_counter() - clock, time.perf_counter()
 
     with tempfile.TemporaryDirectory(prefix="mmc-bench-") as tmp:
-        ctx = BuildContext(Path(tmp), s.threads, s.batch_size, data)
+        ctx = BuildContext(Path(tmp), s.threads, s.batch_size, data,
+                           case.calibration() if case.calibration else None)
         try:
             ctx.samples = capture_tower_inputs(adapter, s.batch_size)
         except ValueError as exc:

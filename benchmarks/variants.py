@@ -51,6 +51,7 @@ class BuildContext:
     threads: int
     batch_size: int
     data: Dataset
+    calibration: Dataset | None = None  # what calibrated methods draw from (None: `data`)
     samples: dict[str, Any] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)  # e.g. ONNX exports shared by two peers
 
@@ -108,11 +109,12 @@ def build_recipe(adapter: Adapter, ctx: BuildContext, name: str, recipe: dict) -
 
     `compress` measures only the saved size here (quality and speed are measured by the runner
     for every row alike), and its per-stage check runs on the first few examples only;
-    calibration still draws from all of `ctx.data`.
+    calibration draws from `ctx.calibration` (the model's training data), else `ctx.data`.
     """
     recipe = {**recipe, "evaluate": {"metrics": ["size_bytes"], "max_samples": STAGE_CHECK}}
     work = with_model(adapter, copy.deepcopy(adapter.model))
-    result = compress(work, recipe, out=ctx.workdir / name, data=ctx.data, progress=False)
+    result = compress(work, recipe, out=ctx.workdir / name, data=ctx.data, progress=False,
+                      calibration_data=ctx.calibration)
     report = result.report
     return Variant(
         name,

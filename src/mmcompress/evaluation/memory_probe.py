@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 
-def _max_rss_mb() -> float:
+def max_rss_mb() -> float:
     """High-water RSS of this process. `VmHWM` is per address space, unlike `ru_maxrss`,
     which Linux carries over from the parent across fork and exec."""
     status = Path("/proc/self/status")
@@ -26,11 +26,11 @@ def main() -> None:
     from mmcompress.model_specs import load_model
 
     torch.set_grad_enabled(False)
-    baseline = _max_rss_mb()
+    baseline = max_rss_mb()
     adapter = load_model(spec, progress=False)
     for run in adapter.latency_inputs(batch_size).values():
         run()
-    print(json.dumps({"peak_memory_mb": round(_max_rss_mb() - baseline, 1)}))
+    print(json.dumps({"peak_memory_mb": round(max_rss_mb() - baseline, 1)}))
 
 
 if __name__ == "__main__":
