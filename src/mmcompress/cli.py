@@ -89,21 +89,25 @@ def _print_result(result) -> None:
 @user_errors
 def demo(
     out: Annotated[Path, typer.Option("--out", help="output folder")] = Path("mmcompress-demo"),
+    model: Annotated[str, typer.Option(
+        "--model", help="demo (dual encoder), or fusion / fusion-early / fusion-late / "
+        "fusion-hybrid (image + text + audio classifiers)")] = "demo",
     quiet: QuietOpt = False,
     threads: ThreadsOpt = None,
 ) -> None:
-    """Compress the built-in demo model with the default recipe; print before/after."""
+    """Compress a built-in model with the default recipe; print before/after."""
     from .api import compress
 
+    described = {"demo": "the demo dual encoder (digits CNN + pretrained MiniLM)"} | {
+        m: f"the {m} classifier (digit images, texts and spoken digits)"
+        for m in ("fusion", "fusion-early", "fusion-late", "fusion-hybrid")}
+    if model not in described:
+        raise UserError(f"demo --model must be one of {', '.join(described)}, got {model!r}")
     progress = _setup(quiet, threads)
     recipe = resources.files("mmcompress").joinpath("recipes/demo.yaml").read_text()
     overwrite = (out / "mmcompress.json").is_file()  # rerunning the demo replaces its own output
-    typer.echo(
-        "mmcompress demo: int8 RTN on every tower of the demo dual encoder "
-        "(digits CNN + pretrained MiniLM)",
-        err=True,
-    )
-    _print_result(compress("demo", recipe, out=out, overwrite=overwrite, progress=progress))
+    typer.echo(f"mmcompress demo: int8 RTN on every tower of {described[model]}", err=True)
+    _print_result(compress(model, recipe, out=out, overwrite=overwrite, progress=progress))
 
 
 @app.command("compress")

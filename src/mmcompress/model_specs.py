@@ -39,6 +39,15 @@ def _lit_cifar(progress: bool) -> Adapter:
     return LitCifarAdapter.pretrained(progress=progress)
 
 
+def _fusion(kind: str) -> Callable[[bool], Adapter]:
+    def load(progress: bool) -> Adapter:
+        from .adapters.fusion import FusionAdapter
+
+        return FusionAdapter.pretrained(kind, progress=progress)
+
+    return load
+
+
 def _resnet(depth: int) -> Callable[[bool], Adapter]:
     def load(progress: bool) -> Adapter:
         from .adapters.classifier import ImageClassifierAdapter
@@ -55,6 +64,9 @@ register_spec("lit-cifar", _lit_cifar)
 for _depth in (20, 32, 44, 56):
     register_spec(f"resnet{_depth}", _resnet(_depth))
 register_spec("minilm", _minilm)
+register_spec("fusion", _fusion("late"))  # late fusion: keeps working with a modality missing
+for _kind in ("early", "late", "hybrid"):
+    register_spec(f"fusion-{_kind}", _fusion(_kind))
 
 
 def load_model(spec: str | Path | Adapter, progress: bool = True) -> Adapter:

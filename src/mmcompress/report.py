@@ -10,6 +10,13 @@ LABELS = {
     "size_bytes": "size (MB)",
     "params": "params (M)",
     "top1": "top-1",
+    "top1_all": "top-1 all modalities",
+    "top1_no_image": "top-1 no image",
+    "top1_no_text": "top-1 no text",
+    "top1_no_audio": "top-1 no audio",
+    "top1_image_only": "top-1 image only",
+    "top1_text_only": "top-1 text only",
+    "top1_audio_only": "top-1 audio only",
     "zeroshot_top1": "zero-shot top-1",
     "recall_i2t@1": "recall i→t @1",
     "recall_t2i@1": "recall t→i @1",
@@ -19,6 +26,8 @@ LABELS = {
     "fidelity_cosine": "fidelity (cosine)",
     "latency_ms_image": "latency image (ms)",
     "latency_ms_text": "latency text (ms)",
+    "latency_ms_audio": "latency audio (ms)",
+    "latency_ms_model": "latency model (ms)",
     "peak_memory_mb": "peak memory (MB)",
 }
 

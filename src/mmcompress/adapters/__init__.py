@@ -5,6 +5,7 @@ from __future__ import annotations
 from .base import Adapter, DualEncoderAdapter
 from .classifier import ImageClassifierAdapter
 from .demo import DemoAdapter
+from .fusion import FusionAdapter
 from .hf_dual import CLIPAdapter, SiglipAdapter
 from .lit_cifar import LitCifarAdapter
 from .sentence import SentenceAdapter
@@ -27,5 +28,6 @@ register_adapter(SiglipAdapter, "siglip")
 register_adapter(ImageClassifierAdapter)
 register_adapter(LitCifarAdapter)
 register_adapter(SentenceAdapter, "bert")
+register_adapter(FusionAdapter)
 
 __all__ = ["ADAPTERS", "HF_MODEL_TYPES", "Adapter", "DualEncoderAdapter", "register_adapter"]

@@ -62,14 +62,16 @@ def cache_key(*settings: Any) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def load_or_train(model: nn.Module, name: str, key: str, train: Callable[[], Any]) -> None:
-    """Load the trained (non-text) weights from the cache, or run `train()` and cache them.
+def load_or_train(model: nn.Module, name: str, key: str, train: Callable[[], Any],
+                  frozen: tuple[str, ...] = (TEXT_PREFIX,)) -> None:
+    """Load the trained weights (all but those under the `frozen` prefixes) from the cache, or
+    run `train()` and cache them.
 
-    `train` must set every non-text weight (a broken cache may have left some half-loaded).
+    `train` must set every trained weight (a broken cache may have left some half-loaded).
     A cache file that cannot be loaded is rebuilt, never trusted; writes are atomic.
     """
     path = cache_dir() / f"{name}-{key}.safetensors"
-    trained_names = {n for n in model.state_dict() if not n.startswith(TEXT_PREFIX)}
+    trained_names = {n for n in model.state_dict() if not n.startswith(frozen)}
     if path.is_file():
         try:
             state = load_file(str(path))

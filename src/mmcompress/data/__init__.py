@@ -10,16 +10,21 @@ from .cifar import cifar10_test, lit_cifar_eval
 from .dataset import Dataset, load_image
 from .demo import demo_dataset
 from .readers import _find_coco_json, is_class_folder, read_class_folder, read_coco_captions
+from .table import is_trimodal_csv, read_trimodal_csv
+from .trimodal import trimodal_eval, trimodal_train
 
 __all__ = ["Dataset", "load_data", "load_image"]
 
-_EXTRA_READERS: list = []  # (detect(path) -> bool, read(path) -> Dataset), added by later readers
+# (detect(path) -> bool, read(path) -> Dataset), added by later readers
+_EXTRA_READERS: list = [(is_trimodal_csv, read_trimodal_csv)]
 
 # Named data specs (besides paths): name → loader() -> Dataset.
 NAMED_DATA: dict[str, Callable[[], Dataset]] = {
     "demo": demo_dataset,
     "cifar10": cifar10_test,  # ../shared/data/cifar10/test
     "lit-cifar-eval": lit_cifar_eval,  # its held-out part (see data/cifar.py)
+    "trimodal": trimodal_eval,  # held-out tri-modal digits (see data/trimodal.py)
+    "trimodal-train": trimodal_train,
 }
 
 

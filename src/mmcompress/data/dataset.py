@@ -12,7 +12,7 @@ from ..errors import DataError
 
 ImageRef = np.ndarray | Path
 
-TASKS = ("classification", "retrieval", "sts")
+TASKS = ("classification", "retrieval", "sts", "multimodal")
 
 
 @dataclass
@@ -23,6 +23,9 @@ class Dataset:
       dual encoders classify zero-shot from the prompts, classifiers with their head.
     - ``retrieval``: `images`, `captions` (one list of captions per image).
     - ``sts``: `texts` (first sentences), `texts_b`, `scores`.
+    - ``multimodal``: `images`, `texts`, `audio` (mono float32 waveforms, see `data.audio`),
+      one item of each per example, None where that modality is missing; `labels`,
+      `class_names` (see `data.trimodal`).
     """
 
     name: str
@@ -35,6 +38,7 @@ class Dataset:
     texts: list[str] = field(default_factory=list)
     texts_b: list[str] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
+    audio: list[np.ndarray | None] = field(default_factory=list)
 
     @property
     def modalities(self) -> set[str]:
@@ -43,6 +47,8 @@ class Dataset:
             mods.add("image")
         if self.texts or self.captions or self.class_names:
             mods.add("text")
+        if any(a is not None for a in self.audio):
+            mods.add("audio")
         return mods
 
     def __len__(self) -> int:
@@ -64,7 +70,7 @@ class Dataset:
         index = [i * total // n for i in range(n)]
         cut = {
             k: [getattr(self, k)[i] for i in index]
-            for k in ("images", "labels", "captions", "texts", "texts_b", "scores")
+            for k in ("images", "labels", "captions", "texts", "texts_b", "scores", "audio")
             if getattr(self, k)
         }
         return replace(self, **cut)

@@ -10,6 +10,13 @@ METRICS = (
     "size_bytes",
     "params",
     "top1",
+    "top1_all",
+    "top1_no_image",
+    "top1_no_text",
+    "top1_no_audio",
+    "top1_image_only",
+    "top1_text_only",
+    "top1_audio_only",
     "zeroshot_top1",
     "recall_i2t@1",
     "recall_t2i@1",
@@ -19,6 +26,8 @@ METRICS = (
     "fidelity_cosine",
     "latency_ms_image",
     "latency_ms_text",
+    "latency_ms_audio",
+    "latency_ms_model",
     "peak_memory_mb",
 )
 

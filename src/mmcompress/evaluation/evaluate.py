@@ -21,7 +21,7 @@ from .speed import median_latency_ms, peak_memory_mb
 from .tasks import TASK_EVALUATORS, Embeddings
 
 # task metrics: everything but fidelity and the cost metrics
-COST = {"size_bytes", "params", "latency_ms_image", "latency_ms_text", "peak_memory_mb"}
+COST = {"size_bytes", "params", "peak_memory_mb"} | {m for m in METRICS if m.startswith("latency")}
 QUALITY = set(METRICS) - COST - {"fidelity_cosine"}
 
 

@@ -9,6 +9,7 @@ import torch
 from ..adapters import Adapter
 from ..data import Dataset
 from .metrics import class_embeddings, retrieval_recall, spearman, zeroshot_top1
+from .multimodal import eval_multimodal
 
 Embeddings = dict[str, torch.Tensor]
 TaskResult = tuple[dict[str, float], Embeddings]
@@ -54,4 +55,5 @@ TASK_EVALUATORS: dict[str, Callable[[Adapter, Dataset, bool], TaskResult]] = {
     "classification": eval_classification,
     "retrieval": eval_retrieval,
     "sts": eval_sts,
+    "multimodal": eval_multimodal,
 }

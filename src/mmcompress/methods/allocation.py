@@ -17,6 +17,7 @@ from ..errors import RecipeError
 from ..evaluation.evaluate import saved_size_bytes
 from ..modules.quantized import quantized_bytes
 from ..quantization.grid import QuantGrid
+from ..selection import tower_of
 from ..sensitivity import Probe, layer_sensitivity
 
 
@@ -89,4 +90,16 @@ def layer_grids(adapter: Adapter, modules: dict[str, nn.Module], config: Any,
     bits, total = allocate_bits(fp32_total, shapes, loss, grids, budget.size_ratio)
     counts = {str(b): sum(v == b for v in bits.values()) for b in budget.bits}
     return {n: grids[b] for n, b in bits.items()}, {
-        "bits_per_layer": counts, "predicted_size_ratio": round(total / fp32_total, 4)}
+        "bits_per_layer": counts, "predicted_size_ratio": round(total / fp32_total, 4),
+        "mean_bits_per_tower": _mean_bits_per_tower(adapter, bits, shapes)}
+
+
+def _mean_bits_per_tower(adapter: Adapter, bits: dict[str, int],
+                         shapes: dict[str, tuple[int, int]]) -> dict[str, float]:
+    """Weight-count-weighted mean width per tower: where the budget was spent."""
+    towers, sums = adapter.towers(), {}
+    for n, b in bits.items():
+        t = sums.setdefault(tower_of(n, towers) or "other", [0, 0])
+        t[0] += b * shapes[n][0] * shapes[n][1]
+        t[1] += shapes[n][0] * shapes[n][1]
+    return {t: round(w / max(c, 1), 2) for t, (w, c) in sums.items()}

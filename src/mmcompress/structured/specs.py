@@ -14,6 +14,7 @@ from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 from transformers.models.siglip.modeling_siglip import SiglipEncoderLayer
 
 from ..models.demo import DemoDualEncoder
+from ..models.fusion import Block, ConvEncoder, Head
 from ..models.resnet_cifar import BasicBlock
 from .groups import LayerList, UnitGroup
 
@@ -81,12 +82,31 @@ def _demo(name: str, model: nn.Module) -> list[UnitGroup]:
     ]
 
 
+def _conv_encoder(name: str, enc: nn.Module) -> list[UnitGroup]:
+    """Fusion models' CNNs: each conv's output channels feed the next conv, the last the
+    per-token projection ``proj``."""
+    convs = [_join(name, f"convs.{i}") for i in range(len(enc.convs))]
+    consumers = [*convs[1:], _join(name, "proj")]
+    return [UnitGroup("channels", c, (c,), (nxt,), size=conv.out_channels)
+            for c, nxt, conv in zip(convs, consumers, enc.convs, strict=True)]
+
+
+def _fusion_head(name: str, head: nn.Module) -> list[UnitGroup]:
+    """Fusion models' classifier heads: ``mlp.fc1`` rows + ``mlp.fc2`` columns."""
+    m = _join(name, "mlp")
+    return [UnitGroup("neurons", m, (f"{m}.fc1",), (f"{m}.fc2",),
+                      size=head.mlp.fc1.out_features)]
+
+
 SPECS: dict[type, Callable[[str, nn.Module], list[UnitGroup]]] = {
     CLIPEncoderLayer: _clip_layer,
     SiglipEncoderLayer: _clip_layer,
     BertLayer: _bert_layer,
     BasicBlock: _resnet_block,
     DemoDualEncoder: _demo,
+    Block: _clip_layer,  # fusion models' blocks use CLIP's names (self_attn.*_proj, mlp.fc*)
+    ConvEncoder: _conv_encoder,
+    Head: _fusion_head,
 }
 TRANSFORMER_LAYERS = (CLIPEncoderLayer, SiglipEncoderLayer, BertLayer)
 

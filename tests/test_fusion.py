@@ -1,0 +1,131 @@
+"""Fusion classifiers (early, late, hybrid): shapes, missing modalities, compression, reload."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import mmcompress
+from mmcompress.adapters.fusion import FusionAdapter
+from mmcompress.data import Dataset
+from mmcompress.evaluation.multimodal import CONDITIONS
+from mmcompress.models.fusion import FUSIONS, FusionClassifier, combine_late
+
+TINY = {"dim": 16, "heads": 2, "hidden": 16, "vocab": 64, "max_text_len": 12,
+        "text_layers": 1, "fusion_layers": 1, "image_channels": [4, 8], "image_layers": 1,
+        "audio_layers": 1, "n_mels": 16, "audio_samples": 1024}
+FAST = {"metrics": ["size_bytes", "params", "top1", "top1_all", "top1_no_image",
+                    "top1_audio_only", "fidelity_cosine"], "latency_repeats": 1}
+
+
+def tiny_adapter(fusion: str) -> FusionAdapter:
+    torch.manual_seed(0)
+    return FusionAdapter(FusionClassifier(fusion=fusion, **TINY))
+
+
+def tiny_data(n: int = 12, missing: bool = True) -> Dataset:
+    rng = np.random.default_rng(0)
+    images = [rng.random((8, 8, 1), dtype=np.float32) for _ in range(n)]
+    texts = [f"digit {i % 10}" for i in range(n)]
+    audio = [rng.normal(0, 0.2, 700 + 40 * i).astype(np.float32) for i in range(n)]
+    if missing:
+        images[1], texts[2], audio[3] = None, None, None
+    return Dataset(name="tiny", task="multimodal", images=images, texts=texts, audio=audio,
+                   labels=[i % 10 for i in range(n)], class_names=[str(i) for i in range(10)])
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_shapes_and_finite_scores(fusion):
+    adapter, data = tiny_adapter(fusion), tiny_data()
+    logits = adapter.classify(data)
+    assert logits.shape == (len(data), 10)
+    assert torch.isfinite(logits).all()
+    assert set(adapter.towers()) == {"vision", "text", "audio", "fusion"}
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+@pytest.mark.parametrize("absent", [0, 1, 2])
+def test_a_missing_modality_is_ignored(fusion, absent):
+    """Whatever a masked-out modality's input holds, the scores do not change."""
+    adapter = tiny_adapter(fusion)
+    b = adapter.dataset_batch(tiny_data(missing=False), range(6))
+    b["present"][:, absent] = False
+    b["present"][0] = torch.tensor([True, True, True])  # other examples keep theirs
+    noisy = {k: v.clone() for k, v in b.items()}
+    key = ("pixels", "ids", "wave")[absent]
+    noisy[key][1:] = torch.randint(2, 40, noisy[key][1:].shape) if key == "ids" \
+        else torch.randn_like(noisy[key][1:])
+    with torch.no_grad():
+        assert torch.allclose(adapter.model(**b)[1:], adapter.model(**noisy)[1:], atol=1e-6)
+
+
+def test_late_fusion_averages_the_present_modalities():
+    adapter = tiny_adapter("late")
+    b = adapter.dataset_batch(tiny_data(missing=False), range(4))
+    b["present"][:, 2] = False
+    with torch.no_grad():
+        fused, parts = adapter.model.forward_parts(**b)
+    expected = (parts["image"].log_softmax(-1) + parts["text"].log_softmax(-1)) / 2
+    assert torch.allclose(fused, expected, atol=1e-6)
+    assert torch.allclose(combine_late(parts, torch.zeros(4, 3, dtype=torch.bool)),
+                          torch.zeros(4, 10))
+
+
+def test_evaluation_reports_every_condition():
+    adapter, data = tiny_adapter("hybrid"), tiny_data()
+    metrics = mmcompress.evaluate(adapter, data, {"metrics": ["top1", *CONDITIONS],
+                                                  "latency_repeats": 1})["metrics"]
+    assert set(metrics) == {"top1", *CONDITIONS}
+    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_save_load_identical_after_int8(fusion, tmp_path):
+    data = tiny_data()
+    recipe = {"stages": [{"quantize": {"method": "rtn", "bits": 8}}], "evaluate": FAST}
+    result = mmcompress.compress(tiny_adapter(fusion), recipe, out=tmp_path / "q", data=data,
+                                 progress=False)
+    assert result.report["after"]["size_bytes"] < 0.7 * result.report["before"]["size_bytes"]
+    loaded = mmcompress.load(tmp_path / "q")
+    assert torch.equal(loaded.classify(data), result.adapter.classify(data))
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_structured_half_then_gptq_reloads(fusion, tmp_path):
+    data = tiny_data()
+    recipe = {"stages": [
+        {"prune": {"method": "structured", "heads": 0.5, "neurons": 0.5, "channels": 0.5}},
+        {"quantize": {"method": "gptq", "bits": 4}}],
+        "calibration": {"samples": 8, "batch_size": 4}, "evaluate": FAST}
+    result = mmcompress.compress(tiny_adapter(fusion), recipe, out=tmp_path / "p", data=data,
+                                 progress=False)
+    assert result.report["after"]["params"] < 0.75 * result.report["before"]["params"]
+    loaded = mmcompress.load(tmp_path / "p")
+    assert torch.equal(loaded.classify(data), result.adapter.classify(data))
+
+
+def test_tower_sensitivity_covers_each_modality():
+    from mmcompress.inspect_model import sensitivity
+    from mmcompress.quantization.grid import QuantGrid
+
+    out = sensitivity(tiny_adapter("early"), tiny_data(), QuantGrid(2, None), 8, layers=False)
+    assert set(out["towers"]) == {"vision", "text", "audio", "fusion"}
+    assert all("top1_drop" in m for m in out["towers"].values())
+
+
+def test_bit_budget_reports_bits_per_tower():
+    recipe = {"stages": [{"quantize": {"method": "rtn", "targets": ["vision", "audio"],
+                                       "budget": {"size_ratio": 0.95, "bits": [2, 8],
+                                                  "samples": 4}}}], "evaluate": FAST}
+    result = mmcompress.compress(tiny_adapter("late"), recipe, data=tiny_data(4),
+                                 progress=False)
+    summary = result.report["stages"][0]["summary"]
+    assert set(summary["mean_bits_per_tower"]) == {"vision", "audio"}
+    assert all(2 <= b <= 8 for b in summary["mean_bits_per_tower"].values())
+    assert summary["predicted_size_ratio"] <= 0.95
+
+
+def test_unknown_fusion_kind_is_refused():
+    with pytest.raises(ValueError, match="fusion must be one of"):
+        FusionClassifier(fusion="middle")

@@ -1,0 +1,112 @@
+"""Tri-modal data: WAV reading and resampling, keypad tones, typos, the CSV reader and its
+refusals (one `error:` line, exit 2)."""
+
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from mmcompress.cli import app
+from mmcompress.data import load_data
+from mmcompress.data.audio import SAMPLE_RATE, dtmf_tone, read_wav, resample
+from mmcompress.data.trimodal import typo
+from mmcompress.errors import DataError
+
+
+def write_wav(path: Path, rate: int, seconds: float = 0.25, freq: float = 440.0,
+              channels: int = 1) -> Path:
+    t = np.arange(int(rate * seconds)) / rate
+    x = (0.5 * np.sin(2 * np.pi * freq * t) * 32767).astype(np.int16)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(np.repeat(x, channels).tobytes())
+    return path
+
+
+def test_wav_at_the_model_rate_reads_back(tmp_path):
+    x = read_wav(write_wav(tmp_path / "a.wav", SAMPLE_RATE, channels=2))
+    assert x.dtype == np.float32 and len(x) == SAMPLE_RATE // 4
+    assert abs(float(np.abs(x).max()) - 0.5) < 1e-3
+
+
+def test_higher_rates_are_resampled_keeping_the_tone(tmp_path):
+    x = read_wav(write_wav(tmp_path / "b.wav", 44100, freq=1000.0))
+    assert len(x) == round(44100 * 0.25 * SAMPLE_RATE / 44100)
+    peak_hz = np.argmax(np.abs(np.fft.rfft(x))) * SAMPLE_RATE / len(x)
+    assert abs(peak_hz - 1000.0) < 10
+
+
+def test_a_rate_below_the_model_rate_is_refused(tmp_path):
+    with pytest.raises(DataError, match="cannot be resampled"):
+        read_wav(write_wav(tmp_path / "c.wav", 4000))
+    with pytest.raises(DataError, match="cannot be resampled"):
+        resample(np.zeros(10, np.float32), 100)
+
+
+def test_a_file_that_is_not_wav_is_refused(tmp_path):
+    fake = tmp_path / "d.wav"
+    fake.write_bytes(b"ID3\x03\x00 this is an mp3, honestly")
+    with pytest.raises(DataError, match="not a PCM WAV"):
+        read_wav(fake)
+
+
+def test_dtmf_tone_holds_its_keypad_frequencies():
+    x = dtmf_tone(5, np.random.default_rng(0))  # row 770 Hz, column 1336 Hz
+    spectrum = np.abs(np.fft.rfft(x))
+    top = sorted(np.argsort(spectrum)[-2:] * SAMPLE_RATE / len(x))
+    assert abs(top[0] - 770) < 40 and abs(top[1] - 1336) < 60
+
+
+def test_typos_change_letters_but_not_digits():
+    rng = np.random.default_rng(0)
+    noisy = [typo("seven 7", rng, rate=0.5) for _ in range(20)]
+    assert any(t != "seven 7" for t in noisy)
+    assert all("7" in t for t in noisy)
+
+
+def _csv(tmp_path: Path, rows: list[str]) -> Path:
+    write_wav(tmp_path / "one.wav", SAMPLE_RATE)
+    path = tmp_path / "set.csv"
+    path.write_text("label,text,audio\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def test_csv_reader_reads_missing_cells_as_missing(tmp_path):
+    data = load_data(_csv(tmp_path, ["1,one,one.wav", "seven,,one.wav", "2,two,"]))
+    assert data.task == "multimodal" and data.labels == [1, 7, 2]
+    assert data.texts == ["one", None, "two"] and data.audio[2] is None
+    assert data.images == [None, None, None]
+
+
+@pytest.mark.parametrize("rows, message", [
+    (["1,one,", "2,two,"], "column 'audio' is empty"),
+    (["1,one,not-there.wav"], "not found"),
+    (["eleven,one,one.wav"], "not a digit"),
+])
+def test_csv_reader_refuses_bad_input(tmp_path, rows, message):
+    with pytest.raises(DataError, match=message):
+        load_data(_csv(tmp_path, rows))
+
+
+def test_cli_bad_audio_is_one_error_line(tmp_path):
+    from test_fusion import FAST, tiny_adapter, tiny_data
+
+    import mmcompress
+
+    model = tmp_path / "model"
+    recipe = {"stages": [{"quantize": {"method": "rtn", "bits": 8}}], "evaluate": FAST}
+    mmcompress.compress(tiny_adapter("late"), recipe, out=model, data=tiny_data(),
+                        progress=False)
+    (tmp_path / "song.wav").write_bytes(b"not a wav at all")
+    csv = tmp_path / "bad.csv"
+    csv.write_text("label,text,audio\n3,three,song.wav\n")
+    result = CliRunner().invoke(app, ["evaluate", str(model), "--data", str(csv), "--quiet"])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "not a PCM WAV" in lines[0]
