@@ -271,3 +271,19 @@ def test_distill_stage_builds_student_and_reloads(tiny_clip, tmp_path):
 def test_distill_with_unknown_loss_is_a_recipe_error():
     with pytest.raises(RecipeError, match="losses"):
         load_recipe({"stages": [{"distill": {"method": "kd", "losses": ["logit"]}}]})
+
+
+def test_augmented_batches_reach_the_teacher_identically_and_are_not_cached():
+    student = _resnet()
+    teacher = copy.deepcopy(student)
+    calls = []
+    teacher.model.register_forward_hook(lambda *a: calls.append(1))
+    obj = DistillObjective(student, teacher, make_task(student, _images(8), augment=True),
+                           ["logits"], alpha=1.0)
+    calls.clear()
+    torch.manual_seed(3)
+    assert float(obj.parts(torch.arange(4))["logits"].detach()) == pytest.approx(0.0, abs=1e-6)
+    obj.loss(torch.arange(4))
+    assert len(calls) == 2  # random crops: every batch is new to the teacher
+    a = make_task(student, _images(8), augment=True).images([0])
+    assert a[0].shape == (32, 32, 3)

@@ -61,7 +61,7 @@ def apply_distill(adapter: Adapter, config: DistillConfig,
     if config.student is not None:
         summary["student"] = build_student(adapter, config.student, context)
         layer_map = summary["student"].get("layer_map")
-    task = make_task(adapter, data)
+    task = make_task(adapter, data, config.augment)
     losses = config.losses or DEFAULT_LOSSES[task.kind]
     objective = DistillObjective(adapter, teacher, task, losses, config.alpha,
                                  config.temperature, dict(config.weights), layer_map,

@@ -18,5 +18,5 @@ class FinetuneConfig(TrainStageConfig):
 def apply_finetune(adapter: Adapter, config: FinetuneConfig,
                    context: StageContext) -> dict[str, Any]:
     """Fine-tune on the task loss (contrastive, cross-entropy or cosine-to-gold)."""
-    task = make_task(adapter, training_data(config, context))
+    task = make_task(adapter, training_data(config, context), config.augment)
     return run_training(adapter, TaskObjective(adapter, task), config, context)

@@ -54,6 +54,8 @@ class _TeacherCache:
         self.rows: dict[str, dict[Hashable, torch.Tensor]] = {}
 
     def get(self, keys: dict[str, list[Hashable]]) -> Outputs | None:
+        if not keys:
+            return None
         try:
             return {name: torch.stack([self.rows[name][k] for k in ks]) if ks != [None]
                     else self.rows[name][None] for name, ks in keys.items()}
@@ -187,13 +189,13 @@ class DistillObjective:
         return out, taps
 
     def _teacher_outputs(self, s_batch: Batch, t_batch: Any) -> tuple[Outputs, Taps]:
-        keys = self.task.keys(s_batch) if self.cache is not None else {}
-        cached = self.cache.get(keys) if self.cache is not None else None
+        keys = self.task.keys(s_batch) if self.cache is not None else None
+        cached = self.cache.get(keys) if keys is not None else None
         if cached is not None:
             return cached, self.t_taps
         with torch.no_grad():
             out, taps = self._run(self.teacher, self.t_taps, t_batch)
-        if self.cache is not None:
+        if keys is not None:
             self.cache.put(keys, out)
         return out, taps
 

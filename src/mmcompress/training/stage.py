@@ -29,6 +29,8 @@ class TrainStageConfig(MethodConfig, TrainSettings):
     parameters outside towers, such as a logit scale)."""
 
     data: str | None = Field(None, description="training data spec; default: the run's data")
+    augment: bool = Field(False, description="random crops (4-pixel padding) and flips of "
+                          "training images")
 
 
 def training_data(config: TrainStageConfig, context: StageContext) -> Dataset:

@@ -37,11 +37,10 @@ class TrainingTask(ABC):
     """Batches and the task loss of one model kind on one dataset."""
 
     kind: str
-    #: per output name, the kind of key that identifies one row (for caching teacher outputs)
-    outputs_keyed_by: dict[str, str] = {}
 
-    def __init__(self, data: Dataset) -> None:
+    def __init__(self, data: Dataset, augment: bool = False) -> None:
         self.data = data
+        self.augment = augment
         self._images: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -52,6 +51,11 @@ class TrainingTask(ABC):
         if i not in self._images:
             self._images[i] = self.data.load_image(i)
         return self._images[i]
+
+    def images(self, idx: list[int]) -> list[np.ndarray]:
+        """Images of a batch, randomly shifted and flipped when `augment` is on."""
+        out = [self.image(i) for i in idx]
+        return [_crop_flip(x) for x in out] if self.augment else out
 
     @abstractmethod
     def batch(self, adapter: Adapter, indices: torch.Tensor) -> Batch:
@@ -65,12 +69,13 @@ class TrainingTask(ABC):
     def loss(self, out: Outputs, batch: Batch) -> torch.Tensor:
         """The task loss of `out` against the targets in `batch`."""
 
-    def keys(self, batch: Batch) -> dict[str, list[Hashable]]:
-        """Row keys of each cacheable output (same input ↔ same key)."""
-        return {}
+    def keys(self, batch: Batch) -> dict[str, list[Hashable]] | None:
+        """Row keys of each cacheable output (same input ↔ same key); None: not cacheable."""
+        return None
 
     def describe(self) -> dict[str, Any]:
-        return {"task": self.kind, "data": self.data.name, "examples": len(self)}
+        return {"task": self.kind, "data": self.data.name, "examples": len(self),
+                "augment": self.augment}
 
 
 class ClassifierTask(TrainingTask):
@@ -78,7 +83,7 @@ class ClassifierTask(TrainingTask):
 
     def batch(self, adapter: Adapter, indices: torch.Tensor) -> Batch:
         idx = indices.tolist()
-        pixels = adapter.preprocess("image", [self.image(i) for i in idx])
+        pixels = adapter.preprocess("image", self.images(idx))
         labels = torch.as_tensor([self.data.labels[i] for i in idx], dtype=torch.long)
         return {"index": idx, "pixels": pixels, "labels": labels}
 
@@ -88,15 +93,15 @@ class ClassifierTask(TrainingTask):
     def loss(self, out: Outputs, batch: Batch) -> torch.Tensor:
         return nn.functional.cross_entropy(out["logits"], batch["labels"])
 
-    def keys(self, batch: Batch) -> dict[str, list[Hashable]]:
-        return {"logits": batch["index"]}
+    def keys(self, batch: Batch) -> dict[str, list[Hashable]] | None:
+        return None if self.augment else {"logits": batch["index"]}
 
 
 class ContrastiveTask(TrainingTask):
     kind = "contrastive"
 
-    def __init__(self, data: Dataset) -> None:
-        super().__init__(data)
+    def __init__(self, data: Dataset, augment: bool = False) -> None:
+        super().__init__(data, augment)
         if data.task == "classification" and not (data.templates and data.class_names):
             raise DataError(f"data {data.name!r} has no class names and prompt templates to "
                             "pair images with text")
@@ -115,7 +120,7 @@ class ContrastiveTask(TrainingTask):
         where = torch.as_tensor([unique.index(c) for c in captions])
         labels = (torch.as_tensor([self.data.labels[i] for i in idx])
                   if self.data.task == "classification" else None)
-        return {"index": idx, "pixels": adapter.image_tensor([self.image(i) for i in idx]),
+        return {"index": idx, "pixels": adapter.image_tensor(self.images(idx)),
                 "captions": unique, "text": adapter.text_tensors(unique), "where": where,
                 "labels": labels}
 
@@ -135,15 +140,19 @@ class ContrastiveTask(TrainingTask):
         return losses.info_nce(out["image"], self.paired_text(out, batch), out["scale"],
                                batch["labels"])
 
-    def keys(self, batch: Batch) -> dict[str, list[Hashable]]:
+    def keys(self, batch: Batch) -> dict[str, list[Hashable]] | None:
+        if self.augment:
+            return None
         return {"image": batch["index"], "text": batch["captions"], "scale": [None]}
 
 
 class SentencePairTask(TrainingTask):
     kind = "sts"
 
-    def __init__(self, data: Dataset) -> None:
+    def __init__(self, data: Dataset, augment: bool = False) -> None:
         super().__init__(data)
+        if augment:
+            raise DataError("augment applies to images; sentence pairs have none")
         top = max(data.scores)
         if not math.isfinite(top) or top <= 0:
             raise DataError(f"data {data.name!r}: scores must be positive to scale to [0, 1]")
@@ -163,7 +172,7 @@ class SentencePairTask(TrainingTask):
     def loss(self, out: Outputs, batch: Batch) -> torch.Tensor:
         return losses.cosine_mse(out["a"], out["b"], batch["target"])
 
-    def keys(self, batch: Batch) -> dict[str, list[Hashable]]:
+    def keys(self, batch: Batch) -> dict[str, list[Hashable]] | None:
         return {"a": batch["index"], "b": batch["index"]}
 
 
@@ -181,8 +190,19 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def make_task(adapter: Adapter, data: Dataset) -> TrainingTask:
-    """The training task of this model kind on this data.
+def _crop_flip(image: np.ndarray, pad: int = 4) -> np.ndarray:
+    """Random crop of the image zero-padded by `pad` pixels, flipped left-right half the time
+    (the standard CIFAR augmentation); draws from the global RNG, which the trainer reseeds."""
+    h, w = image.shape[:2]
+    dy, dx = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,)))
+    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+    out = padded[dy : dy + h, dx : dx + w]
+    return out[:, ::-1].copy() if bool(torch.randint(0, 2, ())) else out
+
+
+def make_task(adapter: Adapter, data: Dataset, augment: bool = False) -> TrainingTask:
+    """The training task of this model kind on this data (`augment`: random crops and flips
+    of the images).
 
     Raises:
         DataError: when the model cannot be trained on this kind of data.
@@ -191,11 +211,11 @@ def make_task(adapter: Adapter, data: Dataset) -> TrainingTask:
         raise DataError(f"cannot train a {adapter.name!r} model on data {data.name!r}: it is a "
                         f"{data.task} set, the model does {', '.join(sorted(adapter.tasks))}")
     if hasattr(adapter, "classify") and data.task == "classification":
-        return ClassifierTask(data)
+        return ClassifierTask(data, augment)
     if isinstance(adapter, DualEncoderAdapter) and data.task in ("classification", "retrieval"):
-        return ContrastiveTask(data)
+        return ContrastiveTask(data, augment)
     if data.task == "sts" and hasattr(adapter, "embed_text_tensors"):
-        return SentencePairTask(data)
+        return SentencePairTask(data, augment)
     raise DataError(f"no training task for a {adapter.name!r} model on {data.task} data")
 
 
