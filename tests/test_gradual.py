@@ -4,11 +4,14 @@ sparsity, structured units removed physically, save → reload, and refused sett
 import numpy as np
 import pytest
 import torch
-from _tiny_training import EmbeddingTargets, context, run_stage
+from _helpers import FAST_EVAL, tiny_clip_config
+from _tiny_training import EmbeddingTargets, context, run_stage, toy_data
 from pydantic import ValidationError
 from torch import nn
 
+import mmcompress
 from mmcompress.adapters.classifier import ImageClassifierAdapter
+from mmcompress.adapters.hf_dual import CLIPAdapter
 from mmcompress.errors import RecipeError
 from mmcompress.io.checkpoint import load_checkpoint, save_checkpoint
 from mmcompress.methods import METHODS
@@ -210,3 +213,52 @@ def test_stages_that_replace_masked_layers_before_training_are_refused(tiny_clip
     run_stage(tiny_clip, "quantize", ctx, method="rtn", bits=8)
     with pytest.raises(RecipeError, match="was replaced by a stage after the prune stage"):
         _train(tiny_clip, ctx, 2)
+
+
+def test_recipe_prune_schedule_then_finetune_saves_the_pruned_model(tiny_clip, tmp_path):
+    recipe = {"stages": [
+        {"prune": {"method": "structured", "neurons": 0.5, "importance": "magnitude",
+                   "schedule": {"start": 0, "end": 2, "every": 1}}},
+        {"finetune": {"method": "task", "epochs": 1, "batch_size": 4, "lr": 1e-3,
+                      "warmup": 0, "evaluate": False}}], "evaluate": FAST_EVAL}
+    result = mmcompress.compress(tiny_clip, recipe, out=tmp_path / "out", data=toy_data(),
+                                 progress=False)
+    summary = result.report["stages"][0]["summary"]
+    assert summary["removed"]["neurons"]["removed"] * 2 == summary["removed"]["neurons"]["of"]
+    assert result.adapter.model.vision_model.encoder.layers[0].mlp.fc1.out_features == 32
+    loaded = mmcompress.load(tmp_path / "out")
+    texts = ["a cat", "the dog"]
+    assert torch.equal(loaded.encode_texts(texts), result.adapter.encode_texts(texts))
+
+
+class _Crash(TrainCallback):
+    """Stops training after step `at` (as a killed process would), when `at` is set."""
+
+    def __init__(self, at: int | None) -> None:
+        self.at = at
+
+    def on_step_end(self, trainer, step, total_steps) -> None:
+        if step == self.at:
+            raise KeyboardInterrupt
+
+
+def _resumable_run(folder, crash_at: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    adapter = CLIPAdapter.random(tiny_clip_config())
+    ctx = context()
+    run_stage(adapter, "prune", ctx, method="magnitude", sparsity=0.5, schedule=SCHEDULE)
+    objective = EmbeddingTargets(adapter)
+    settings = TrainSettings(epochs=8, max_steps=8, batch_size=4, lr=1e-2, warmup=0,
+                             evaluate=False, checkpoint_dir=str(folder), checkpoint_every=3)
+    train(adapter, objective, settings, callbacks=[*take_armed(ctx), _Crash(crash_at)],
+          progress=False)
+    return objective.outputs()
+
+
+def test_gradual_pruning_resumed_after_a_crash_ends_as_an_uninterrupted_run(tmp_path):
+    with pytest.raises(KeyboardInterrupt):  # dies at step 5: last checkpoint at step 3
+        _resumable_run(tmp_path / "resumed", crash_at=5)
+    resumed = _resumable_run(tmp_path / "resumed", crash_at=None)
+    straight = _resumable_run(tmp_path / "straight", crash_at=None)
+    for a, b in zip(resumed, straight, strict=True):
+        assert torch.equal(a, b)

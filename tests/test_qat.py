@@ -4,15 +4,16 @@ post-training format, training through the shared trainer, save → reload."""
 import numpy as np
 import pytest
 import torch
-from _helpers import tiny_clip_config
-from _tiny_training import EmbeddingTargets, context, fit, run_stage
+from _helpers import FAST_EVAL, tiny_clip_config
+from _tiny_training import EmbeddingTargets, context, fit, run_stage, toy_data
 from torch import nn
 
+import mmcompress
 from mmcompress.adapters.hf_dual import CLIPAdapter
 from mmcompress.errors import RecipeError
 from mmcompress.io.checkpoint import load_checkpoint, save_checkpoint
 from mmcompress.methods.training_hooks import take_armed
-from mmcompress.modules import QuantConv2d, QuantEmbedding, QuantLinear
+from mmcompress.modules import QuantConv2d, QuantEmbedding, QuantLinear, W8A8Linear
 from mmcompress.quantization.grid import (
     QuantGrid,
     compute_scales,
@@ -159,8 +160,9 @@ def test_gptq_and_awq_start_qat_from_their_own_rounding(method):
         adapter = CLIPAdapter.random(tiny_clip_config())
         x = adapter.image_tensor([np.full((32, 32, 3), 0.3, dtype=np.float32)])
         ctx = context()
+        extra = {"n_grid": 4} if method == "awq" else {}
         run_stage(adapter, "quantize", ctx, method=method, bits=4, group_size=16,
-                  embeddings=False, qat=qat)
+                  targets=["vision"], embeddings=False, qat=qat, **extra)
         assert bool(take_armed(ctx)) == bool(qat)
         with torch.no_grad():
             outputs.append(adapter.embed_image_tensor(x))
@@ -172,5 +174,58 @@ def test_recipe_refuses_qat_without_training_after_it_and_qat_on_half_precision(
         load_recipe({"stages": [{"quantize": {"method": "rtn", "bits": 4, "qat": True}}]})
     with pytest.raises(RecipeError, match="qat trains integer grids"):
         load_recipe({"stages": [{"quantize": {"method": "rtn", "bits": 16, "qat": True}}]})
-    with pytest.raises(RecipeError, match=r"qat.step: Extra inputs .*\(options: scales\)"):
+    with pytest.raises(RecipeError, match=r"qat.step: Extra inputs .*\(options: scales, acti"):
         load_recipe({"stages": [{"quantize": {"method": "rtn", "qat": {"step": 1}}}]})
+
+
+def test_recipe_quantize_with_qat_then_finetune_saves_the_quantized_model(tiny_clip, tmp_path):
+    recipe = {"stages": [
+        {"quantize": {"method": "rtn", "bits": 4, "group_size": 16, "qat": True}},
+        {"finetune": {"method": "task", "epochs": 1, "batch_size": 4, "lr": 1e-3,
+                      "warmup": 0, "evaluate": False}}], "evaluate": FAST_EVAL}
+    result = mmcompress.compress(tiny_clip, recipe, out=tmp_path / "out", data=toy_data(),
+                                 progress=False)
+    qat = result.report["stages"][0]["summary"]["qat"]
+    assert qat["converted"] == qat["layers"] > 0
+    quantized = [m for m in result.adapter.model.modules() if type(m) in (QuantLinear,
+                                                                          QuantConv2d)]
+    assert len(quantized) == qat["layers"]
+    loaded = mmcompress.load(tmp_path / "out")
+    texts = ["a cat", "the dog"]
+    assert torch.equal(loaded.encode_texts(texts), result.adapter.encode_texts(texts))
+
+
+def test_w8a8_qat_layer_matches_its_converted_w8a8_linear_and_learns_through_inputs():
+    torch.manual_seed(0)
+    lin = nn.Linear(32, 12)
+    q = QuantLinear.from_linear(lin, QuantGrid(8, None, True))
+    qat = qat_module(q, lin, learned=False)
+    qat.act_scale = torch.tensor([0.02])
+    x = torch.randn(7, 32, requires_grad=True)
+    qat(x).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0  # straight through the rounding
+    converted = qat.to_quantized()
+    assert isinstance(converted, W8A8Linear)
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x), qat(x), rtol=1e-5, atol=1e-5)
+        converted.kernel = "reference"
+        torch.testing.assert_close(converted(x), qat(x), rtol=1e-5, atol=1e-5)
+
+
+def test_recipe_qat_with_activations_trains_w8a8_layers(tiny_clip, tmp_path):
+    recipe = {"stages": [
+        {"quantize": {"method": "rtn", "bits": 8, "qat": {"activations": {"observer": "mse"}}}},
+        {"finetune": {"method": "task", "epochs": 1, "batch_size": 4, "lr": 1e-3,
+                      "warmup": 0, "evaluate": False}}], "evaluate": FAST_EVAL}
+    result = mmcompress.compress(tiny_clip, recipe, out=tmp_path / "out", data=toy_data(),
+                                 progress=False)
+    qat = result.report["stages"][0]["summary"]["qat"]
+    w8a8 = [m for m in result.adapter.model.modules() if isinstance(m, W8A8Linear)]
+    assert qat["w8a8"] == len(w8a8) > 0
+    loaded = mmcompress.load(tmp_path / "out")
+    texts = ["a cat", "the dog"]
+    assert torch.equal(loaded.encode_texts(texts), result.adapter.encode_texts(texts))
+    with pytest.raises(RecipeError, match="qat activations train W8A8 layers"):
+        load_recipe({"stages": [{"quantize": {"method": "rtn", "bits": 4,
+                                              "qat": {"activations": {}}}},
+                                {"finetune": {"method": "task"}}]})

@@ -13,9 +13,9 @@ int8 activation path here, get int8 weight-only round-to-nearest.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field
 from torch import nn
 
 from ..adapters import Adapter
@@ -23,28 +23,12 @@ from ..calibration import InputStatsCollector, calibrate_layers
 from ..modules import W8A8Linear
 from ..modules.int8 import W8A8PatchConv2d, is_patchify
 from ..quantization.grid import QuantGrid
-from ..quantization.observers import OBSERVERS, activation_scale
+from ..quantization.observers import activation_scale
 from ..quantization.smoothquant import smoothing_scales
+from .activations import ActivationQuantConfig
 from .base import MethodConfig, StageContext, register_method, selected
 from .rtn import quantize_rtn
 from .smooth_fold import fold_into_norms
-
-
-class ActivationQuantConfig(BaseModel):
-    """``activations: {bits: 8, observer: minmax|percentile|mse, percentile: 99.99}``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    bits: int = Field(8, description="activation bits (int8 kernels only)")
-    observer: Literal["minmax", "percentile", "mse"] = Field(
-        "minmax", description=f"how the static range is chosen: {', '.join(OBSERVERS)}")
-    percentile: float = Field(99.99, gt=50, le=100, description="for observer: percentile")
-
-    @field_validator("bits")
-    @classmethod
-    def _int8_only(cls, v: int) -> int:
-        if v != 8:
-            raise ValueError(f"activation bits must be 8 (the int8 kernels), got {v}")
-        return v
 
 
 class SmoothQuantConfig(MethodConfig):

@@ -24,6 +24,7 @@ from pydantic import (
     field_validator,
 )
 
+from .activations import ActivationQuantConfig
 from .base import ApplyFn, MethodConfig, StageContext
 
 TRAINING_KINDS = ("finetune", "distill")
@@ -31,12 +32,15 @@ _ARMED = "train_callbacks"
 
 
 class QATOptions(BaseModel):
-    """``qat: true`` or ``qat: {scales: minmax|learned}``."""
+    """``qat: true`` or ``qat: {scales: minmax|learned, activations: {...}}``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     scales: Literal["minmax", "learned"] = Field(
         "minmax", description="minmax: recomputed from the weights at every step; learned: "
         "trained with the weights (LSQ), starting from the post-training scales")
+    activations: ActivationQuantConfig | None = Field(
+        None, description="also fake-quantize linear layers' inputs (static int8, range from "
+        "calibration); they become W8A8Linear (needs rtn, bits 8, per channel, symmetric)")
 
 
 def parse_qat(value: Any) -> bool | QATOptions:

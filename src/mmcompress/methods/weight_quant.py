@@ -47,6 +47,11 @@ class WeightQuantConfig(MethodConfig):
     def _qat_needs_integers(self) -> WeightQuantConfig:
         if self.qat and self.bits == 16:
             raise ValueError("qat trains integer grids; bits 16 has none (use bits 2..8)")
+        acts = self.qat.activations if isinstance(self.qat, QATOptions) else None
+        if acts is not None and (self.method, self.bits, self.group_size, self.symmetric,
+                                 self.qat.scales) != ("rtn", 8, None, True, "minmax"):
+            raise ValueError("qat activations train W8A8 layers: use method rtn, bits 8, "
+                             "group_size null, symmetric true and scales minmax")
         return self
 
     def grid(self) -> QuantGrid:

@@ -26,13 +26,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..adapters import Adapter
+from ..calibration import InputStatsCollector, calibrate_layers
 from ..errors import RecipeError
+from ..methods.activations import ActivationQuantConfig
 from ..methods.base import MethodConfig, StageContext, selected
 from ..methods.training_hooks import QATOptions, arm
 from ..methods.weight_quant import weight_matrix
-from ..modules import QuantConv2d, QuantLinear
+from ..modules import QuantConv2d, QuantLinear, W8A8Linear
+from ..modules.int8 import QMAX, QMIN
 from ..modules.replace import replace_modules
-from ..quantization.grid import QuantGrid, compute_scales, dequantize, fake_quantize_ste, quantize
+from ..quantization.grid import (
+    QuantGrid,
+    compute_scales,
+    dequantize,
+    fake_quantize_ste,
+    quantize,
+    round_ste,
+)
+from ..quantization.observers import activation_scale
 from .callbacks import TrainCallback
 from .masks import WEIGHT_MASK
 
@@ -54,6 +65,7 @@ class _FakeQuantized:
             self.register_buffer("zero", zero)
         scale = q.input_scale
         self.register_buffer("input_scale", None if scale is None else scale.detach().clone())
+        self.register_buffer("act_scale", None)  # static int8 input scale (W8A8 QAT)
 
     def matrix(self) -> torch.Tensor:
         """The latent weight as [rows, cols] (filters flattened)."""
@@ -107,10 +119,15 @@ class QATLinear(_FakeQuantized, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_scale is not None:
             x = x / self.input_scale
+        if self.act_scale is not None:
+            x = fake_quantize_int8(x, self.act_scale)
         return F.linear(x, self.fake_weight().to(x.dtype), self.bias)
 
-    def to_quantized(self) -> QuantLinear:
-        """The saved `QuantLinear` computing the same function."""
+    def to_quantized(self) -> QuantLinear | W8A8Linear:
+        """The saved `QuantLinear` (`W8A8Linear` with activations) computing the same function
+        (W8A8: up to float rounding of the integer product)."""
+        if self.act_scale is not None:  # the grid is int8 per channel, min-max: W8A8's own
+            return W8A8Linear.from_linear(self, float(self.act_scale))
         return QuantLinear.from_linear(self, self.grid, self.quantized(), self.input_scale)
 
 
@@ -141,6 +158,26 @@ class QATConv2d(_FakeQuantized, nn.Conv2d):
 
 
 QAT_TYPES = (QATLinear, QATConv2d)
+
+
+def fake_quantize_int8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """`W8A8Linear`'s input rounding, clamp(round(x / scale), −128, 127) · scale, with a
+    straight-through gradient inside the range."""
+    return torch.clamp(round_ste(x / scale), QMIN, QMAX) * scale
+
+
+def calibrate_activations(adapter: Adapter, layers: dict[str, QATLinear],
+                          options: ActivationQuantConfig, context: StageContext) -> None:
+    """Set each layer's static int8 input scale from calibration inputs (the observer)."""
+
+    def record(name: str, module: QATLinear, stats: InputStatsCollector) -> None:
+        scale = activation_scale(stats.sample, float(stats.abs_max.max()), options.observer,
+                                 options.bits, options.percentile)
+        module.act_scale = torch.tensor([scale])
+
+    calibrate_layers(adapter, layers, context.calibration_data(adapter),
+                     lambda n, m: InputStatsCollector(), record, "qat activations",
+                     context.progress)
 
 
 def latent_weight(original: nn.Module | None, q: QuantLinear | QuantConv2d) -> torch.Tensor:
@@ -205,5 +242,9 @@ def prepare_qat(apply: Callable[..., dict[str, Any]], adapter: Adapter, config: 
                           "the targets, so there is nothing to train")
     replace_modules(adapter.model, swaps)
     result: dict[str, Any] = {"layers": len(swaps), "scales": options.scales}
+    if options.activations is not None:
+        linears = {n: m for n, m in swaps.items() if isinstance(m, QATLinear)}
+        calibrate_activations(adapter, linears, options.activations, context)
+        result["w8a8"] = len(linears)
     arm(context, QATCallback(result))
     return {**summary, "qat": result}
