@@ -287,3 +287,22 @@ def test_augmented_batches_reach_the_teacher_identically_and_are_not_cached():
     assert len(calls) == 2  # random crops: every batch is new to the teacher
     a = make_task(student, _images(8), augment=True).images([0])
     assert a[0].shape == (32, 32, 3)
+
+
+@pytest.mark.integration
+def test_resnet20_distills_from_resnet56_on_shared_images(shared_data):
+    """Real models and images: a few KD steps run, and the training split is disjoint from the
+    evaluation split."""
+    from mmcompress.data import load_data
+    from mmcompress.model_specs import load_model
+
+    train, held_out = load_data("lit-cifar-train"), load_data("lit-cifar-eval")
+    assert not set(map(str, train.images)) & set(map(str, held_out.images))
+    student = load_model("resnet20", progress=False)
+    stage = load_recipe({"stages": [{"distill": {
+        "method": "kd", "teacher": "resnet56", "max_steps": 2, "batch_size": 8,
+        "max_examples": 16, "evaluate": False}}]}).stages[0]
+    summary = METHODS[("distill", "kd")].apply(student, stage.config,
+                                               StageContext(data=train, progress=False))
+    assert summary["steps"] == 2 and summary["losses"] == ["logits"]
+    assert summary["final_loss"] > 0
