@@ -262,7 +262,7 @@ class HybridFusion(nn.Module):
 
 DEFAULTS: dict[str, Any] = {
     "fusion": "late", "classes": 10, "dim": 64, "heads": 4, "hidden": 128, "vocab": 64,
-    "max_text_len": 32, "text_layers": 2, "fusion_layers": 2, "image_channels": [16, 32],
+    "max_text_len": 32, "text_layers": 2, "fusion_layers": 1, "image_channels": [16, 32],
     "image_layers": 1, "audio_layers": 2, "audio_stack": 2, "n_mels": 32,
     "audio_samples": SAMPLE_RATE,
 }
