@@ -59,6 +59,8 @@ def _header(r: dict[str, Any]) -> list[str]:
         f"- **Threads:** {s['threads']} · **torch** {v['torch']} · **onnxruntime** {ort}"
         f" · **onnx** {v.get('onnx') or '—'} · **transformers** {v.get('transformers')}"
         f" · **mmcompress** {v['mmcompress']}",
+        "- **Also:** [fusion classifiers](fusion.md) (early, late, hybrid; `python -m"
+        " benchmarks.fusion`)",
         "",
     ]
 

@@ -129,3 +129,15 @@ def test_bit_budget_reports_bits_per_tower():
 def test_unknown_fusion_kind_is_refused():
     with pytest.raises(ValueError, match="fusion must be one of"):
         FusionClassifier(fusion="middle")
+
+
+def test_demo_refuses_an_unknown_model(tmp_path):
+    from typer.testing import CliRunner
+
+    from mmcompress.cli import app
+
+    result = CliRunner().invoke(app, ["demo", "--model", "fusion-middle", "--out",
+                                      str(tmp_path / "d")])
+    assert result.exit_code == 2
+    assert result.output.strip().startswith("error:") and "fusion-hybrid" in result.output
+    assert not (tmp_path / "d").exists()

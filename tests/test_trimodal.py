@@ -110,3 +110,20 @@ def test_cli_bad_audio_is_one_error_line(tmp_path):
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "not a PCM WAV" in lines[0]
+
+
+@pytest.mark.integration  # slow: builds the whole 500-example split (seconds)
+def test_without_shared_data_the_audio_is_keypad_tones(monkeypatch, tmp_path):
+    from mmcompress.data.trimodal import audio_source, build_split
+
+    monkeypatch.setenv("MMCOMPRESS_SHARED_DATA", str(tmp_path / "nothing-here"))
+    assert audio_source() == "tones"
+    split = build_split("eval")
+    data = split.data
+    assert "keypad tones" in data.name and len(data) == 500
+    missing = [sum(x is None for x in col) for col in (data.images, data.texts, data.audio)]
+    assert 0.10 < sum(missing) / len(data) < 0.20  # MISSING_SHARE = 0.15
+    items = split.item_labels
+    contradicting = ((items >= 0) & (items != np.asarray(data.labels)[:, None])).any(1)
+    assert 0.05 < contradicting.mean() < 0.15  # CONTRADICT_SHARE = 0.10
+    assert all(a is None or a.dtype == np.float32 for a in data.audio)

@@ -163,5 +163,4 @@ class FusionAdapter(Adapter):
         key = cache_key(TRAINING, AUGMENT, adapter.model.arch, source)
         load_or_train(adapter.model, f"fusion-{fusion}", key, train, frozen=())
         adapter.model.eval()
-        adapter.audio_source = source  # type: ignore[attr-defined]
         return adapter
