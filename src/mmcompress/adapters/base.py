@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..calibration.engine import CalibrationData
+from ..calibration.engine import CalibrationBatch, CalibrationData
 from ..data.dataset import Dataset
 from ..errors import CheckpointError, DataError
 from ..progress import progress_bar
@@ -86,8 +86,10 @@ class Adapter(ABC):
                     chunk = [data.load_image(j) for j in order[i : i + batch_size]]
                 batch = self.preprocess(modality, chunk)
                 _check_finite_batch(batch, modality)
-                batches.setdefault(modality, []).append(
-                    functools.partial(self.forward_modality, modality, batch))
+                mask = batch.get("attention_mask") if isinstance(batch, dict) else None
+                batches.setdefault(modality, []).append(CalibrationBatch(
+                    functools.partial(self.forward_modality, modality, batch),
+                    None if mask is None else mask.bool()))
         if not batches:
             raise DataError(f"calibration data {data.name!r} is empty or holds no "
                             f"{' or '.join(self.input_modalities)} inputs")

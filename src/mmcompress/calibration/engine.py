@@ -27,6 +27,30 @@ Batch = Callable[[], Any]
 
 
 @dataclass
+class CalibrationBatch:
+    """One calibration forward pass, and which token positions are real.
+
+    `token_mask` ([batch, tokens], True = a real token) drops padded positions from the
+    statistics of every layer whose input is laid out [batch, tokens, features]: padding never
+    reaches the model's output (attention and pooling mask it), so its activations would only
+    distort Hessians, norms and ranges.
+    """
+
+    run: Callable[[], Any]
+    token_mask: torch.Tensor | None = None
+
+    def __call__(self) -> Any:
+        return self.run()
+
+
+def real_tokens(x: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
+    """`x` [batch, tokens, ...] reduced to its real token rows when the mask fits its layout."""
+    if token_mask is None or x.dim() != 3 or tuple(x.shape[:2]) != tuple(token_mask.shape):
+        return x
+    return x[token_mask]
+
+
+@dataclass
 class CalibrationData:
     """Closures that run the model on calibration batches, per input modality."""
 
@@ -60,10 +84,14 @@ def layer_groups(names: list[str]) -> list[list[str]]:
 def _run_group(model: nn.Module, group: dict[str, nn.Module], collectors: dict[str, Any],
                batches: list[Batch]) -> None:
     seen: set[str] = set()
+    mask: list[torch.Tensor | None] = [None]  # the current batch's token mask
 
     def hook(name: str) -> Callable:
         def fn(module: nn.Module, args: tuple, _out: Any) -> None:
-            collectors[name].add(layer_input_rows(module, args[0].detach()))
+            x = args[0].detach()
+            if not isinstance(module, nn.Conv2d):
+                x = real_tokens(x, mask[0])
+            collectors[name].add(layer_input_rows(module, x))
             seen.add(name)
             if len(seen) == len(group):
                 raise _GroupDone
@@ -75,6 +103,7 @@ def _run_group(model: nn.Module, group: dict[str, nn.Module], collectors: dict[s
         with torch.inference_mode():
             for run in batches:
                 seen.clear()
+                mask[0] = getattr(run, "token_mask", None)
                 with contextlib.suppress(_GroupDone):
                     run()
     finally:
