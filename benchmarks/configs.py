@@ -7,7 +7,7 @@ Later methods join by adding rows to `CONFIGS` and naming them in a suite.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +40,27 @@ CONFIGS: dict[str, dict[str, Any] | None] = {
     "gptq-budget-0.135": _quant("gptq", 4, 128, budget={"size_ratio": 0.135, "bits": [3, 4, 8]}),
 }
 
-# Named suites: (configurations, models). `core` is the default (and `--quick`'s) run.
-SUITES: dict[str, tuple[list[str], list[str]]] = {
-    "core": (["rtn-int8", "rtn-int4-g128"],
-             ["demo", "minilm", "lit-cifar", "random:clip-vit-base-patch32"]),
-    "quantization": (
-        ["rtn-int8", "smoothquant-w8a8", "rtn-int4-g128", "gptq-int4-g128", "awq-int4-g128",
-         "rtn-int3-g128", "gptq-int3-g128", "awq-int3-g128", "gptq-budget-0.135"],
-        ["minilm", "lit-cifar", "random:clip-vit-base-patch32"]),
+# Named suites: configurations and models; a suite may restrict a model to some of its
+# configurations. `core` is the default (and `--quick`'s) run.
+@dataclass(frozen=True)
+class Suite:
+    configs: list[str]
+    models: list[str]
+    per_model: dict[str, list[str]] = field(default_factory=dict)
+
+
+_WEIGHT_QUANT = ["rtn-int8", "smoothquant-w8a8", "rtn-int4-g128", "gptq-int4-g128",
+                 "awq-int4-g128", "rtn-int3-g128", "gptq-int3-g128", "awq-int3-g128"]
+SUITES: dict[str, Suite] = {
+    "core": Suite(["rtn-int8", "rtn-int4-g128"],
+                  ["demo", "minilm", "lit-cifar", "random:clip-vit-base-patch32"]),
+    "quantization": Suite(
+        [*_WEIGHT_QUANT, "gptq-budget-0.135"],
+        ["minilm", "lit-cifar", "random:clip-vit-base-patch32"],
+        {"minilm": _WEIGHT_QUANT,
+         # random weights: speed, size and memory of the int8 and int4 paths only
+         "random:clip-vit-base-patch32": ["rtn-int8", "smoothquant-w8a8", "rtn-int4-g128",
+                                          "gptq-int4-g128"]}),
 }
 
 

@@ -47,8 +47,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    suite_configs, suite_models = SUITES[args.suite]
-    config_names = _names(args.configs or ",".join(suite_configs), CONFIGS, "configuration")
+    suite = SUITES[args.suite]
+    config_names = _names(args.configs or ",".join(suite.configs), CONFIGS, "configuration")
     configs = {n: CONFIGS[n] for n in config_names}
     configs = {"fp32": None, **configs}  # the baseline every ratio refers to
     settings = Settings(
@@ -59,8 +59,9 @@ def main(argv: list[str] | None = None) -> None:
         memory=not args.no_memory,
         configs=configs,
         peers=tuple(_names(args.peers, PEERS, "peer")),
+        per_model=suite.per_model,
     )
-    cases = [MODELS[n] for n in _names(args.models or ",".join(suite_models), MODELS, "model")]
+    cases = [MODELS[n] for n in _names(args.models or ",".join(suite.models), MODELS, "model")]
     stem = ("quick" if args.quick else "full") if args.suite == "core" else (
         f"{args.suite}-quick" if args.quick else args.suite)
     json_path = args.out / f"{stem}.json"

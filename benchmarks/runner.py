@@ -60,6 +60,7 @@ class Settings:
     memory: bool = True
     configs: dict[str, dict[str, Any] | None] = field(default_factory=lambda: dict(CONFIGS))
     peers: tuple[str, ...] = tuple(PEERS)
+    per_model: dict[str, list[str]] = field(default_factory=dict)  # model → its configs only
 
 
 def _error(exc: BaseException) -> str:
@@ -98,6 +99,11 @@ def _load(case: ModelCase, quick: bool) -> tuple[Adapter, Dataset]:
     return adapter, data
 
 
+def adapter_spec(ctx: BuildContext) -> str | None:
+    """The model spec a build context belongs to."""
+    return ctx.cache.get("spec")
+
+
 def _build_all(adapter: Adapter, ctx: BuildContext, s: Settings) -> tuple[list[Variant], list]:
     """Every configuration and peer; failures become rows with their reason."""
     variants, failed = [], []
@@ -111,8 +117,9 @@ def _build_all(adapter: Adapter, ctx: BuildContext, s: Settings) -> tuple[list[V
             failed.append({"name": name, "kind": kind, "status": "error", "reason": _error(exc)})
             print(f"  {name}: error: {_error(exc)}", flush=True)
 
+    only = s.per_model.get(adapter_spec(ctx))
     for name, recipe in s.configs.items():
-        if recipe is None:
+        if recipe is None or (only is not None and name not in only):
             continue
         attempt(name, "mmcompress", lambda n=name, r=recipe: build_recipe(adapter, ctx, n, r))
     for name in s.peers:
@@ -201,6 +208,7 @@ def run_model(case: ModelCase, s: Settings) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="mmc-bench-") as tmp:
         ctx = BuildContext(Path(tmp), s.threads, s.batch_size, data,
                            case.calibration() if case.calibration else None)
+        ctx.cache["spec"] = case.spec
         try:
             ctx.samples = capture_tower_inputs(adapter, s.batch_size)
         except ValueError as exc:
@@ -306,6 +314,7 @@ def run_benchmark(
             "repeats": settings.repeats,
             "warmup": settings.warmup,
             "configs": settings.configs,
+            "configs_per_model": settings.per_model,
             "peers": list(settings.peers),
         },
         "load_average_start": _load_average(),
