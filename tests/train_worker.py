@@ -1,6 +1,6 @@
 """A tiny training run as a separate process, for the resume (kill -9) and DDP tests.
 
-``python train_worker.py OUT.safetensors CKPT_DIR [--sleep S] [--steps N] [--batch B]``, also
+``python train_worker.py OUT.safetensors CKPT_DIR [--steps N] [--batch B]``, also
 under ``python -m torch.distributed.run --nproc_per_node 2``. Trains a seeded random ResNet-20
 (BatchNorm statistics frozen, so a sharded batch normalises like the whole one) on 64 random
 images; rank 0 writes the final weights to OUT.
@@ -9,8 +9,9 @@ images; rank 0 writes the final weights to OUT.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
-import time
 
 import numpy as np
 import torch
@@ -23,14 +24,13 @@ from mmcompress.training import TrainCallback, Trainer, TrainSettings
 from mmcompress.training.tasks import TaskObjective, make_task
 
 
-class Sleep(TrainCallback):
-    """Slows each step so that a test can kill the process between checkpoints."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
+class KillAt(TrainCallback):
+    """SIGKILLs this process after step `$KILL_AT_STEP` (a kill -9 at a known point between
+    checkpoints, without racing a timer)."""
 
     def on_step_end(self, trainer, step, total_steps) -> None:
-        time.sleep(self.seconds)
+        if step == int(os.environ.get("KILL_AT_STEP", "0")):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def tiny_data(n: int = 64) -> Dataset:
@@ -45,7 +45,6 @@ def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
     ap.add_argument("checkpoints")
-    ap.add_argument("--sleep", type=float, default=0.0)
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--batch", type=int, default=16)
     args = ap.parse_args(argv)
@@ -56,7 +55,7 @@ def main(argv: list[str]) -> None:
                              warmup=2, freeze_norm=True, checkpoint_every=3,
                              checkpoint_dir=None if args.checkpoints == "-" else args.checkpoints)
     objective = TaskObjective(adapter, make_task(adapter, tiny_data()))
-    trainer = Trainer(adapter, objective, settings, callbacks=[Sleep(args.sleep)],
+    trainer = Trainer(adapter, objective, settings, callbacks=[KillAt()],
                       progress=False)
     summary = trainer.fit()
     if trainer.world.is_main:
