@@ -1,0 +1,81 @@
+"""Saved size of unstructured sparsity, alone and with int8: whole model and pruned layers.
+
+``python -m benchmarks.sparse_size [--models minilm,random:clip-vit-base-patch32]
+[--sparsity 0.5]``
+
+Each model's linear layers (every tower) are pruned by magnitude (the size depends only on the
+number of kept weights and the storage format, not on which weights are kept), then, in a
+second row, quantized to int8 per channel in the same recipe (embedding tables too). Sizes
+are bytes of ``model.safetensors``; "pruned layers" counts only the tensors of the linear
+layers, against their fp32 weights and biases. Embedding tables are not pruned, so the
+whole-model ratio depends on how much of the model they are.
+Writes ``benchmarks/results/sparse_size.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from pathlib import Path
+
+from torch import nn
+
+from mmcompress import compress
+from mmcompress.evaluation.evaluate import saved_size_bytes
+from mmcompress.model_specs import load_model
+
+RESULTS = Path(__file__).resolve().parent / "results" / "sparse_size.json"
+
+
+def _layer_bytes(model: nn.Module, names: list[str]) -> int:
+    """Bytes of the named modules' tensors as saved (parameters and buffers)."""
+    total = 0
+    for n in names:
+        m = model.get_submodule(n)
+        tensors = [*m.parameters(recurse=False), *m.buffers(recurse=False)]
+        total += sum(t.numel() * t.element_size() for t in tensors if t is not None)
+    return total
+
+
+def measure(spec: str, sparsity: float) -> list[dict]:
+    dense = load_model(spec, progress=False)
+    linears = [n for n, m in dense.model.named_modules() if isinstance(m, nn.Linear)]
+    dense_total = saved_size_bytes(dense.model)
+    dense_layers = _layer_bytes(dense.model, linears)
+    prune = {"prune": {"method": "magnitude", "sparsity": sparsity}}
+    rows = []
+    for name, stages in (("sparse fp32", [prune]),
+                         ("sparse + int8", [prune, {"quantize": {"method": "rtn", "bits": 8}}])):
+        work = copy.deepcopy(dense)
+        recipe = {"stages": stages, "evaluate": {"metrics": ["size_bytes"], "max_samples": 8}}
+        result = compress(work, recipe, data="demo" if spec.startswith("random:") else None,
+                          progress=False)
+        model = result.adapter.model
+        total = saved_size_bytes(model)
+        rows.append({
+            "model": spec, "config": name, "sparsity": sparsity,
+            "size_bytes": total, "size_ratio": round(total / dense_total, 4),
+            "pruned_layers_ratio": round(_layer_bytes(model, linears) / dense_layers, 4),
+            "linear_share_of_dense": round(dense_layers / dense_total, 4),
+        })
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.sparse_size", description=__doc__)
+    p.add_argument("--models", default="minilm,random:clip-vit-base-patch32")
+    p.add_argument("--sparsity", type=float, default=0.5)
+    args = p.parse_args(argv)
+    rows = [r for spec in args.models.split(",") for r in measure(spec.strip(), args.sparsity)]
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(rows, indent=1) + "\n")
+    print(f"{'model':<32}{'config':<16}{'model ×dense':>14}{'pruned layers ×dense':>22}")
+    for r in rows:
+        print(f"{r['model']:<32}{r['config']:<16}{r['size_ratio']:>14.3f}"
+              f"{r['pruned_layers_ratio']:>22.3f}")
+
+
+if __name__ == "__main__":
+    main()
