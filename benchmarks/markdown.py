@@ -59,8 +59,11 @@ def _header(r: dict[str, Any]) -> list[str]:
         f"- **Threads:** {s['threads']} · **torch** {v['torch']} · **onnxruntime** {ort}"
         f" · **onnx** {v.get('onnx') or '—'} · **transformers** {v.get('transformers')}"
         f" · **mmcompress** {v['mmcompress']}",
-        "- **Also:** [fusion classifiers](fusion.md) (early, late, hybrid; `python -m"
-        " benchmarks.fusion`)",
+        "- **Other pages:** [quantization suite](benchmarks-quantization.md) (GPTQ, AWQ,"
+        " SmoothQuant W8A8, bit budgets, beside the same peers; `python -m benchmarks.run"
+        " --suite quantization`) · [pruning, low-rank and compression cost](method-results.md)"
+        " · [fusion classifiers](fusion.md) (`python -m benchmarks.fusion`) ·"
+        " [training, distillation and QAT](training.md)",
         "",
     ]
 
