@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from ..data import Dataset, register_data_spec
 from ..data.cifar import lit_cifar_split
-from ..data.demo import DIGIT_WORDS, TRAIN_TEMPLATES, digits_split
+from ..data.demo import demo_train_dataset
 from ..data.sts import read_sts
 from ..errors import DataError
 from ..shared_data import shared_data_dir
@@ -33,14 +33,6 @@ def stsb_train() -> Dataset:
     return replace(read_sts(folder / "sts-train.csv"), name="stsb-train")
 
 
-def demo_train() -> Dataset:
-    x_train, y_train, _, _ = digits_split()
-    templates = [t.replace("{word}", "{}") for t in TRAIN_TEMPLATES if "{num}" not in t]
-    return Dataset(name="demo-train", task="classification", images=list(x_train),
-                   labels=[int(y) for y in y_train], class_names=list(DIGIT_WORDS),
-                   templates=templates)
-
-
 register_data_spec("lit-cifar-train", lit_cifar_train)
 register_data_spec("stsb-train", stsb_train)
-register_data_spec("demo-train", demo_train)
+register_data_spec("demo-train", demo_train_dataset)
