@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save as safetensors_bytes
+from safetensors.torch import save_file
 from torch import nn
 
 from ..adapters import Adapter
@@ -57,10 +58,15 @@ def count_params(model: nn.Module) -> int:
 
 
 def saved_size_bytes(model: nn.Module, weights_file: Path | None = None) -> int:
-    """Bytes of `model.safetensors`: the file's size if saved, else the exact serialised size."""
+    """Bytes of `model.safetensors`: the file's size if saved, else the size of the same file
+    written to a temporary folder (streamed from the tensors: serialising into memory would
+    hold two extra copies of the model, the high-water mark of a whole compression run)."""
     if weights_file is not None and weights_file.is_file():
         return weights_file.stat().st_size
-    return len(safetensors_bytes(state_for_saving(model)))
+    with tempfile.TemporaryDirectory(prefix="mmc-size-") as tmp:
+        path = Path(tmp) / "model.safetensors"
+        save_file(state_for_saving(model), str(path))
+        return path.stat().st_size
 
 
 def quality(
