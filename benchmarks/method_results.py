@@ -39,6 +39,11 @@ SECTIONS = [
      " encoder's linear weights kept; lit-cifar: every linear layer), latency of 50% of the"
      " linear weights on random CLIP ViT-B/32, Tucker and CP on ResNet-56 at half the"
      " convolution weights."),
+    ("SmoothQuant alpha on other STS data", "smoothquant_alpha.json",
+     "python -m benchmarks.smoothquant_alpha",
+     "MiniLM W8A8 at migration strength 0.5 (the default, as in the SmoothQuant paper) and 0.8,"
+     " calibrated on 128 STS-B train sentences, evaluated on STS-B dev and on 1,500 evenly"
+     " spaced STS-B train pairs."),
     ("Compression cost", "compression_cost.json", "python -m benchmarks.compression_cost",
      "Wall time and peak memory (high-water RSS above the process before the model was"
      " built) of GPTQ int4 g128 on both towers of random CLIP ViT-B/32, 128 calibration"
