@@ -20,6 +20,7 @@ from ..quantization.packing import pack_rows, packed_row_bytes, unpack_rows
 from .registry import register_module
 
 Quantized = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # codes, scale, zero
+ROWS_PER_CHUNK = 4096  # rows quantized at a time: bounds the temporaries of a large table
 
 
 def quantized_bytes(rows: int, cols: int, grid: QuantGrid) -> int:
@@ -53,19 +54,23 @@ class _PackedWeight(nn.Module):
     def _store(self, weight: torch.Tensor, quantized: Quantized | None,
                input_scale: torch.Tensor | None) -> None:
         """Store `weight` ([rows, cols], already multiplied by any input scale) with min-max
-        scales, or the codes a calibrated method computed."""
-        if quantized is None:
-            scale, zero = compute_scales(weight, self.grid)
-            codes = quantize(weight, self.grid, scale, zero)
-        else:
-            codes, scale, zero = quantized
-        if self._signed_int8:
-            self.qweight.copy_((codes.to(torch.int16) - 128).to(torch.int8))
-        else:
-            self.qweight.copy_(pack_rows(codes, self.grid.bits))
-        self.scale.copy_(scale)
-        if zero is not None:
-            self.zero.copy_(zero.to(torch.uint8))
+        scales, or the codes a calibrated method computed. Rows go in chunks (scales are per
+        row), so quantizing a large embedding table needs no full-size temporaries."""
+        for start in range(0, self.rows, ROWS_PER_CHUNK):
+            rows = slice(start, start + ROWS_PER_CHUNK)
+            if quantized is None:
+                w = weight[rows]
+                scale, zero = compute_scales(w, self.grid)
+                codes = quantize(w, self.grid, scale, zero)
+            else:
+                codes, scale, zero = (None if t is None else t[rows] for t in quantized)
+            if self._signed_int8:
+                self.qweight[rows] = (codes.to(torch.int16) - 128).to(torch.int8)
+            else:
+                self.qweight[rows] = pack_rows(codes, self.grid.bits)
+            self.scale[rows] = scale
+            if zero is not None:
+                self.zero[rows] = zero.to(torch.uint8)
         if input_scale is not None:
             self.input_scale.copy_(input_scale)
 
