@@ -99,13 +99,10 @@ def _load(case: ModelCase, quick: bool) -> tuple[Adapter, Dataset]:
     return adapter, data
 
 
-def adapter_spec(ctx: BuildContext) -> str | None:
-    """The model spec a build context belongs to."""
-    return ctx.cache.get("spec")
-
-
-def _build_all(adapter: Adapter, ctx: BuildContext, s: Settings) -> tuple[list[Variant], list]:
-    """Every configuration and peer; failures become rows with their reason."""
+def _build_all(adapter: Adapter, ctx: BuildContext, s: Settings,
+               only: list[str] | None) -> tuple[list[Variant], list]:
+    """Every configuration (or those in `only`) and peer; failures become rows with their
+    reason."""
     variants, failed = [], []
 
     def attempt(name: str, kind: str, build: Callable[[], Variant]) -> None:
@@ -117,7 +114,6 @@ def _build_all(adapter: Adapter, ctx: BuildContext, s: Settings) -> tuple[list[V
             failed.append({"name": name, "kind": kind, "status": "error", "reason": _error(exc)})
             print(f"  {name}: error: {_error(exc)}", flush=True)
 
-    only = s.per_model.get(adapter_spec(ctx))
     for name, recipe in s.configs.items():
         if recipe is None or (only is not None and name not in only):
             continue
@@ -208,12 +204,11 @@ def run_model(case: ModelCase, s: Settings) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="mmc-bench-") as tmp:
         ctx = BuildContext(Path(tmp), s.threads, s.batch_size, data,
                            case.calibration() if case.calibration else None)
-        ctx.cache["spec"] = case.spec
         try:
             ctx.samples = capture_tower_inputs(adapter, s.batch_size)
         except ValueError as exc:
             ctx.cache["no_samples"] = _error(exc)  # peers need the towers' inputs
-        variants, failed = _build_all(adapter, ctx, s)
+        variants, failed = _build_all(adapter, ctx, s, s.per_model.get(case.spec))
         variants.insert(0, build_fp32(adapter, ctx))
         lap("build")
         qualities = _qualities(adapter, data, variants, failed) if case.quality else {}

@@ -47,28 +47,21 @@ def train_captions(label: int) -> list[str]:
     return [t.format(word=DIGIT_WORDS[label], num=label) for t in TRAIN_TEMPLATES]
 
 
+def _digits_set(name: str, images, labels, templates: list[str]) -> Dataset:
+    return Dataset(name=name, task="classification", images=list(images),
+                   labels=[int(y) for y in labels], class_names=list(DIGIT_WORDS),
+                   templates=templates)
+
+
 def demo_train_dataset() -> Dataset:
     """The digits the demo model was trained on (70%), with the training prompts: data for
     calibration, never for evaluation."""
     x_train, y_train, _, _ = digits_split()
-    return Dataset(
-        name="demo-train",
-        task="classification",
-        images=list(x_train),
-        labels=[int(y) for y in y_train],
-        class_names=list(DIGIT_WORDS),
-        templates=[t.replace("{word}", "{}") for t in TRAIN_TEMPLATES if "{word}" in t],
-    )
+    templates = [t.replace("{word}", "{}") for t in TRAIN_TEMPLATES if "{word}" in t]
+    return _digits_set("demo-train", x_train, y_train, templates)
 
 
 def demo_dataset() -> Dataset:
     """Held-out digits as a zero-shot classification set with unseen prompt wordings."""
     _, _, x_test, y_test = digits_split()
-    return Dataset(
-        name="demo",
-        task="classification",
-        images=list(x_test),
-        labels=[int(y) for y in y_test],
-        class_names=list(DIGIT_WORDS),
-        templates=list(EVAL_TEMPLATES),
-    )
+    return _digits_set("demo", x_test, y_test, list(EVAL_TEMPLATES))
