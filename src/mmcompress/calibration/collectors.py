@@ -54,9 +54,11 @@ class HessianCollector(InputStatsCollector):
     def add(self, x: torch.Tensor) -> None:
         seen = self.rows
         super().add(x)
-        # running mean of 2·xxᵀ, as the GPTQ reference does, so large n cannot overflow
-        update = (2 / self.rows) * (x.T @ x)
-        self.xtx = update if self.xtx is None else self.xtx * (seen / self.rows) + update
+        # running mean of 2·xxᵀ, as the GPTQ reference does, so large n cannot overflow;
+        # updated in place: no Hessian-sized temporaries per batch
+        if self.xtx is None:
+            self.xtx = torch.zeros(x.shape[1], x.shape[1], dtype=x.dtype)
+        self.xtx.mul_(seen / self.rows).addmm_(x.T, x, alpha=2 / self.rows)
 
     @property
     def hessian(self) -> torch.Tensor:

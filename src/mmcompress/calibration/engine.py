@@ -123,21 +123,28 @@ def calibrate_layers(
     replace: Callable[[str, nn.Module, Any], nn.Module | None],
     desc: str,
     progress: bool = True,
+    release: bool = False,
 ) -> int:
     """Calibrate and replace `modules` group by group; returns how many were replaced.
 
     `make_collector(name, module)` builds a statistics collector; `replace(name, module,
-    collector)` returns the new module (or None to keep it).
+    collector)` returns the new module (or None to keep it). Replaced layers are removed from
+    `modules` as the engine goes, so that, if the caller keeps no other reference to them,
+    each original's weights are freed as soon as its replacement is in the model: peak memory
+    stays near one copy of the model instead of the original plus everything built so far.
+    With `release`, each modality's batches are dropped from `calibration` once no later group
+    needs them (the image batches, say, once the vision tower is done).
     """
     towers = adapter.towers()
     modalities = adapter.tower_modalities()
     replaced = 0
     groups = layer_groups(list(modules))
-    for names in progress_bar(groups, desc=desc, enabled=progress, unit="block"):
+    needs = [modalities.get(tower_of(names[0], towers), modalities["*"]) for names in groups]
+    last_use = {m: i for i, group_needs in enumerate(needs) for m in group_needs}
+    for i, names in enumerate(progress_bar(groups, desc=desc, enabled=progress, unit="block")):
         group = {n: modules[n] for n in names}
-        tower = tower_of(names[0], towers)
-        batches = calibration.for_modalities(modalities.get(tower, modalities["*"]),
-                                             f"{names[0]} ({tower or 'model'})")
+        batches = calibration.for_modalities(
+            needs[i], f"{names[0]} ({tower_of(names[0], towers) or 'model'})")
         collectors = {n: make_collector(n, m) for n, m in group.items()}
         _run_group(adapter.model, group, collectors, batches)
         new = {}
@@ -145,7 +152,13 @@ def calibrate_layers(
             r = replace(n, m, collectors[n])
             if r is not None:
                 new[n] = r
-        del collectors
+        del collectors, group
         replace_modules(adapter.model, new)
+        for n in new:
+            del modules[n]
         replaced += len(new)
+        del batches
+        if release:
+            for m in [m for m, last in last_use.items() if last == i]:
+                calibration.batches[m] = []
     return replaced

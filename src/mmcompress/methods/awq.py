@@ -44,6 +44,9 @@ def apply_awq(adapter: Adapter, config: AWQConfig, context: StageContext) -> dic
         return store_half(adapter, modules, config.dtype)
     grids, summary = layer_grids(adapter, modules, config, context)
     tables, layers = split_embeddings(modules)
+    del modules  # the engine frees each original once it is replaced
+    n = quantize_rtn(adapter, tables, grids, context.progress)  # first, in model order
+    del tables
 
     def replace(name: str, module: nn.Module, stats: InputStatsCollector) -> nn.Module:
         grid, tie = grids[name], 1
@@ -63,7 +66,7 @@ def apply_awq(adapter: Adapter, config: AWQConfig, context: StageContext) -> dic
         input_scale = s[::tie] if tie > 1 else s
         return quantized_module(module, grid, quantized=q, input_scale=input_scale)
 
-    n = calibrate_layers(
+    n += calibrate_layers(
         adapter,
         layers,
         context.calibration_data(adapter),
@@ -71,6 +74,6 @@ def apply_awq(adapter: Adapter, config: AWQConfig, context: StageContext) -> dic
         replace,
         "awq",
         context.progress,
+        release=True,
     )
-    n += quantize_rtn(adapter, tables, grids, context.progress)
     return {"modules": n, **summary}

@@ -39,6 +39,9 @@ def apply_gptq(adapter: Adapter, config: GPTQConfig, context: StageContext) -> d
         return store_half(adapter, modules, config.dtype)
     grids, summary = layer_grids(adapter, modules, config, context)
     tables, layers = split_embeddings(modules)
+    del modules  # the engine frees each original once it is replaced
+    n = quantize_rtn(adapter, tables, grids, context.progress)  # first, in model order
+    del tables
     calib = context.calibration_data(adapter)
 
     def replace(name: str, module: nn.Module, stats: HessianCollector) -> nn.Module:
@@ -53,8 +56,8 @@ def apply_gptq(adapter: Adapter, config: GPTQConfig, context: StageContext) -> d
         )
         return quantized_module(module, grid, quantized=q)
 
-    n = calibrate_layers(
-        adapter, layers, calib, lambda n, m: HessianCollector(), replace, "gptq", context.progress
+    n += calibrate_layers(
+        adapter, layers, calib, lambda n, m: HessianCollector(), replace, "gptq", context.progress,
+        release=True,
     )
-    n += quantize_rtn(adapter, tables, grids, context.progress)
     return {"modules": n, **summary}
