@@ -1,7 +1,9 @@
 """SmoothQuant W8A8 on MiniLM: quality and fidelity per migration strength `alpha`, on STS-B
 dev and on STS-B train pairs (other STS data than the dev split the quantization suite uses).
 
-``python -m benchmarks.smoothquant_alpha [--alphas 0.5,0.8] [--pairs 1500]``
+``python -m benchmarks.smoothquant_alpha [--alphas auto,0.5,0.8] [--pairs 1500]``
+
+An alpha is a number in [0, 1], ``auto`` (searched per layer, the default) or ``none``.
 
 Calibration: 128 random sentences of STS-B train (the method's default). "train" is evaluated
 on `--pairs` evenly spaced train pairs. Writes ``benchmarks/results/smoothquant_alpha.json``.
@@ -26,7 +28,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "smoothquant_alpha.json"
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.smoothquant_alpha")
-    p.add_argument("--alphas", default="0.5,0.8")
+    p.add_argument("--alphas", default="auto,0.5,0.8")
     p.add_argument("--pairs", type=int, default=1500)
     args = p.parse_args(argv)
     base = load_model("minilm", progress=False)
@@ -35,20 +37,27 @@ def main(argv: list[str] | None = None) -> None:
             "train": train.head(args.pairs)}
     refs = {name: quality(base, data) for name, data in sets.items()}
     rows = []
-    for alpha in (float(a) for a in args.alphas.split(",")):
+    for alpha in (_alpha(a) for a in args.alphas.split(",")):
         recipe = {"stages": [{"quantize": {"method": "smoothquant", "alpha": alpha}}],
                   "evaluate": {"metrics": ["size_bytes"], "max_samples": 8}}
-        adapter = compress(copy.deepcopy(base), recipe, data=train, progress=False).adapter
+        result = compress(copy.deepcopy(base), recipe, data=train, progress=False)
+        adapter, summary = result.adapter, result.report["stages"][0]["summary"]
         for name, data in sets.items():
             q = quality(adapter, data, refs[name].embeddings).metrics
             fp32 = refs[name].metrics["stsb_spearman"]
             rows.append({"alpha": alpha, "data": name, "fp32": round(fp32, 4),
                          "w8a8": round(q["stsb_spearman"], 4),
                          "loss": round(fp32 - q["stsb_spearman"], 4),
-                         "fidelity_cosine": round(q["fidelity_cosine"], 4)})
+                         "fidelity_cosine": round(q["fidelity_cosine"], 4),
+                         **{k: v for k, v in summary.items() if k.startswith("alpha_")}})
             print(rows[-1], flush=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def _alpha(text: str) -> float | str | None:
+    text = text.strip().lower()
+    return text if text == "auto" else None if text == "none" else float(text)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,13 @@ from mmcompress.quantization.observers import (
     percentile_threshold,
     quantization_mse,
 )
-from mmcompress.quantization.smoothquant import migrate, smoothing_scales
+from mmcompress.quantization.smoothquant import (
+    ALPHA_GRID,
+    migrate,
+    search_alpha,
+    smoothing_scales,
+    w8a8_error,
+)
 from mmcompress.recipe import CalibrationConfig, load_recipe
 
 
@@ -170,10 +176,39 @@ def test_folding_into_the_norm_is_exact_or_refused(post_norm):
     with torch.no_grad():
         torch.testing.assert_close(block(x), ref, rtol=1e-4, atol=1e-4)
     if post_norm:  # the residual reads the norm's output: folding would change the function
-        assert folded == set()
+        assert folded == {}
         assert all(torch.equal(v, state[k]) for k, v in block.state_dict().items())
     else:
-        assert folded == {"a", "b"} and not torch.equal(block.norm.weight, state["norm.weight"])
+        assert set(folded) == {"a", "b"}
+        assert not torch.equal(block.norm.weight, state["norm.weight"])
+
+
+def _minmax(values: torch.Tensor, abs_max: float) -> float:
+    return abs_max / 127
+
+
+@pytest.mark.parametrize("alpha", [None, 0.5, 0.8])
+def test_w8a8_error_predicts_the_real_layer(alpha):
+    x, lin = _outlier_inputs(256, 64), nn.Linear(64, 32, bias=False)
+    s = None if alpha is None else smoothing_scales(x.abs().amax(0), lin.weight, alpha)
+    xs = x if s is None else x / s
+    layer = W8A8Linear.from_linear(lin, _minmax(xs, float(xs.abs().max())), s)
+    with torch.no_grad():
+        real = float(((layer(x) - lin(x)) ** 2).mean())
+    predicted = w8a8_error(x, lin.weight.detach(), s, _minmax)
+    assert predicted == pytest.approx(real, rel=0.02)
+
+
+def test_searched_alpha_beats_no_smoothing_and_the_grid_edges_on_outliers():
+    x, w = _outlier_inputs(512, 64), torch.randn(48, 64)
+    a = search_alpha(x, x.abs().amax(0), w, _minmax)
+    assert a in ALPHA_GRID
+
+    def err(alpha):
+        return w8a8_error(x, w, None if alpha is None else
+                          smoothing_scales(x.abs().amax(0), w, alpha), _minmax)
+
+    assert err(a) < err(None) and err(a) <= min(err(ALPHA_GRID[0]), err(ALPHA_GRID[-1]))
 
 
 def _data(n: int = 8) -> Dataset:
@@ -191,7 +226,8 @@ def _apply(adapter, **cfg):
     return METHODS[("quantize", "smoothquant")].apply(adapter, stage.config, ctx)
 
 
-@pytest.mark.parametrize("cfg", [{}, {"alpha": None, "activations": {"observer": "mse"}},
+@pytest.mark.parametrize("cfg", [{}, {"alpha": "auto", "activations": {"observer": "mse"}},
+                                 {"alpha": None, "activations": {"observer": "mse"}},
                                  {"alpha": 0.8, "activations": {"observer": "percentile"}}])
 def test_smoothquant_saves_and_reloads_identically(tiny_clip, tmp_path, cfg):
     texts, pixels = ["a cat", "the dog"], torch.rand(2, 3, 32, 32)
@@ -199,6 +235,8 @@ def test_smoothquant_saves_and_reloads_identically(tiny_clip, tmp_path, cfg):
     summary = _apply(tiny_clip, **cfg)
     linears = [m for m in tiny_clip.model.modules() if isinstance(m, nn.Linear)]
     assert summary["w8a8"] > 0 and not linears
+    if cfg.get("alpha", "auto") == "auto":
+        assert ALPHA_GRID[0] <= summary["alpha_min"] <= summary["alpha_max"] <= ALPHA_GRID[-1]
     with torch.inference_mode():
         before_t, before_i = tiny_clip.encode_texts(texts), tiny_clip.embed_image_tensor(pixels)
     assert F.cosine_similarity(before_t, ref).min() > 0.99
@@ -217,6 +255,7 @@ def test_smoothquant_saves_and_reloads_identically(tiny_clip, tmp_path, cfg):
 @pytest.mark.parametrize("cfg,message", [
     ({"alpha": 1.5}, "alpha"),
     ({"alpha": -0.1}, "alpha"),
+    ({"alpha": "best"}, "alpha"),
     ({"activations": {"bits": 4}}, "activation bits must be 8"),
     ({"activations": {"observer": "entropy"}}, "observer"),
     ({"activations": {"bits": 8, "clip": True}}, "unknown key 'clip'"),

@@ -18,20 +18,28 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..calibration import CalibrationData
-from ..quantization.smoothquant import joint_smoothing_scales
+from ..calibration import CalibrationData, InputStatsCollector
+from ..calibration.engine import real_tokens
+from ..quantization.smoothquant import (
+    SEARCH_ROWS,
+    ActScale,
+    joint_smoothing_scales,
+    search_alpha,
+)
 
 _TOLERANCE = 1e-3  # max |difference| / max |output| allowed after folding (float rounding)
 
 
 class _NormWatch:
-    """Per norm: which leaf modules read its output tensor, and its per-channel max |out|."""
+    """Per norm: which leaf modules read its output tensor, and statistics of that output
+    over real tokens (per-channel max |out| and up to `rows` sampled rows)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, rows: int) -> None:
         self.norms = {n: m for n, m in model.named_modules()
                       if isinstance(m, nn.LayerNorm) and m.weight is not None}
         self.readers: dict[str, set[str]] = {n: set() for n in self.norms}
-        self.abs_max: dict[str, torch.Tensor] = {}
+        self.stats = {n: InputStatsCollector(max_rows=rows) for n in self.norms}
+        self._mask: torch.Tensor | None = None  # the current batch's token mask
         self._live: dict[int, tuple[str, torch.Tensor]] = {}  # id(output) → (norm, output)
         leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
         self.handles = [m.register_forward_hook(self._norm_hook(n)) for n, m in self.norms.items()]
@@ -40,9 +48,8 @@ class _NormWatch:
     def _norm_hook(self, name: str) -> Callable:
         def fn(_m: nn.Module, _args: tuple, out: torch.Tensor) -> None:
             self._live[id(out)] = (name, out)  # the reference keeps the id from being reused
-            m = out.detach().reshape(-1, out.shape[-1]).abs().amax(0).float()
-            old = self.abs_max.get(name)
-            self.abs_max[name] = m if old is None else torch.maximum(old, m)
+            x = real_tokens(out.detach(), self._mask)
+            self.stats[name].add(x.reshape(-1, x.shape[-1]).float())
 
         return fn
 
@@ -57,6 +64,7 @@ class _NormWatch:
         try:
             with torch.inference_mode():
                 for run in batches:
+                    self._mask = getattr(run, "token_mask", None)
                     run()
                     self._live.clear()
         finally:
@@ -66,11 +74,15 @@ class _NormWatch:
 
 @torch.no_grad()
 def fold_into_norms(model: nn.Module, linears: dict[str, nn.Linear], calib: CalibrationData,
-                    alpha: float) -> set[str]:
+                    alpha: float | str, act_scale: ActScale | None = None) -> dict[str, float]:
     """Smooth the linears fed only by a LayerNorm by rescaling that norm and their weights
-    in place; returns the names of the linears smoothed this way (none if the check fails)."""
+    in place; returns the alpha of each linear smoothed this way (none if the check fails).
+    With `alpha` "auto", each norm's readers share the alpha that `search_alpha` finds with
+    the static activation scales of `act_scale`."""
+    if alpha == "auto" and act_scale is None:
+        raise ValueError("alpha 'auto' needs the activation observer (act_scale)")
     batches = [b for bs in calib.batches.values() for b in bs]
-    watch = _NormWatch(model)
+    watch = _NormWatch(model, SEARCH_ROWS if alpha == "auto" else 0)
     watch.run(batches)
     plan = {norm: sorted(readers) for norm, readers in watch.readers.items()
             if readers and readers <= set(linears)}
@@ -79,11 +91,14 @@ def fold_into_norms(model: nn.Module, linears: dict[str, nn.Linear], calib: Cali
     checks = [bs[0] for bs in calib.batches.values() if bs]
     with torch.inference_mode():
         before = [run() for run in checks]
-    saved = {}
+    saved, chosen = {}, {}
     for norm_name, names in plan.items():
-        norm = watch.norms[norm_name]
+        norm, stats = watch.norms[norm_name], watch.stats[norm_name]
         weights = [linears[n].weight for n in names]
-        s = joint_smoothing_scales(watch.abs_max[norm_name], weights, alpha)
+        a = alpha if alpha != "auto" else search_alpha(
+            stats.sample, stats.abs_max, torch.cat([w.detach() for w in weights]), act_scale)
+        chosen.update({n: a for n in names})
+        s = joint_smoothing_scales(stats.abs_max, weights, a)
         saved[norm_name] = (norm.weight.detach().clone(),
                             None if norm.bias is None else norm.bias.detach().clone(),
                             [w.detach().clone() for w in weights])
@@ -95,7 +110,7 @@ def fold_into_norms(model: nn.Module, linears: dict[str, nn.Linear], calib: Cali
     with torch.inference_mode():
         after = [run() for run in checks]
     if all(_close(a, b) for a, b in zip(after, before)):
-        return {n for names in plan.values() for n in names}
+        return chosen
     for norm_name, (w, b, ws) in saved.items():  # a reader we cannot see: undo every fold
         norm = watch.norms[norm_name]
         norm.weight.copy_(w)
@@ -103,7 +118,7 @@ def fold_into_norms(model: nn.Module, linears: dict[str, nn.Linear], calib: Cali
             norm.bias.copy_(b)
         for n, old in zip(plan[norm_name], ws):
             linears[n].weight.copy_(old)
-    return set()
+    return {}
 
 
 def _close(a: Any, b: Any) -> bool:

@@ -5,7 +5,9 @@ engine streams the layer's inputs into an `InputStatsCollector` (per-channel max
 bounded sample of rows); the smoothing scales s come from the channel maxima and the
 weight, and the static activation scale from the chosen observer applied to x / s. Where a
 LayerNorm alone feeds layers (pre-norm transformers: q/k/v, fc1), s is folded into the norm
-first (`smooth_fold`), so those layers pay nothing at run time for smoothing.
+first (`smooth_fold`), so those layers pay nothing at run time for smoothing. ``alpha: auto``
+(the default) picks alpha per layer, or per group of layers sharing a norm, from a grid by the
+W8A8 output error on calibration inputs (`search_alpha`).
 Patchifying convolutions (kernel = stride: a ViT patch embedding) become `W8A8PatchConv2d`, a
 W8A8 linear over flattened patches; other convolutions and embedding tables, which have no
 int8 activation path here, get int8 weight-only round-to-nearest.
@@ -13,7 +15,7 @@ int8 activation path here, get int8 weight-only round-to-nearest.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 from torch import nn
@@ -24,7 +26,7 @@ from ..modules import W8A8Linear
 from ..modules.int8 import W8A8PatchConv2d, is_patchify
 from ..quantization.grid import QuantGrid
 from ..quantization.observers import activation_scale
-from ..quantization.smoothquant import smoothing_scales
+from ..quantization.smoothquant import ActScale, search_alpha, smoothing_scales
 from .activations import ActivationQuantConfig
 from .base import MethodConfig, StageContext, register_method, selected
 from .rtn import quantize_rtn
@@ -33,8 +35,9 @@ from .smooth_fold import fold_into_norms
 
 class SmoothQuantConfig(MethodConfig):
     method: str = "smoothquant"
-    alpha: float | None = Field(
-        0.5, ge=0, le=1, description="migration strength; null = no smoothing (plain W8A8)")
+    alpha: Literal["auto"] | Annotated[float, Field(ge=0, le=1)] | None = Field(
+        "auto", description="migration strength in [0, 1]; auto = searched per "
+        "layer on calibration inputs; null = no smoothing (plain W8A8)")
     activations: ActivationQuantConfig = ActivationQuantConfig()
     embeddings: bool = Field(True, description="also quantize embedding tables (int8 weights)")
     convolutions: bool = Field(True, description="also quantize 2-d convolutions (patchifying "
@@ -52,18 +55,26 @@ class SmoothQuantConfig(MethodConfig):
         return kinds
 
 
-def w8a8_module(module: nn.Module, stats: InputStatsCollector, alpha: float | None,
-                acts: ActivationQuantConfig) -> W8A8Linear:
-    """The W8A8 replacement of one calibrated linear (or patchifying convolution) layer."""
-    weight = module.weight.reshape(module.weight.shape[0], -1)  # a filter: flattened patches
+def act_scale_fn(acts: ActivationQuantConfig) -> ActScale:
+    """The static activation scale the config's observer gives a sample and its max |x|."""
+    return lambda values, abs_max: activation_scale(values, abs_max, acts.observer, acts.bits,
+                                                    acts.percentile)
+
+
+def w8a8_module(module: nn.Module, stats: InputStatsCollector, alpha: float | str | None,
+                acts: ActivationQuantConfig) -> tuple[W8A8Linear, float | None]:
+    """The W8A8 replacement of one calibrated linear (or patchifying convolution) layer, and
+    the alpha used (searched when `alpha` is "auto")."""
+    weight = module.weight.detach().reshape(module.weight.shape[0], -1)  # filters: patches
+    if alpha == "auto":
+        alpha = search_alpha(stats.sample, stats.abs_max, weight, act_scale_fn(acts))
     s = None if alpha is None else smoothing_scales(stats.abs_max, weight, alpha)
     abs_max = stats.abs_max if s is None else stats.abs_max / s
     sample = stats.sample if s is None else stats.sample / s
-    scale = activation_scale(sample, float(abs_max.max()), acts.observer, acts.bits,
-                             acts.percentile)
+    scale = act_scale_fn(acts)(sample, float(abs_max.max()))
     if isinstance(module, nn.Conv2d):
-        return W8A8PatchConv2d.from_conv(module, scale, s)
-    return W8A8Linear.from_linear(module, scale, s)
+        return W8A8PatchConv2d.from_conv(module, scale, s), alpha
+    return W8A8Linear.from_linear(module, scale, s), alpha
 
 
 @register_method("quantize", "smoothquant", SmoothQuantConfig)
@@ -71,27 +82,42 @@ def apply_smoothquant(adapter: Adapter, config: SmoothQuantConfig,
                       context: StageContext) -> dict[str, Any]:
     """SmoothQuant W8A8: int8 weights and static int8 activations (integer GEMM on CPU)."""
     modules = selected(adapter, config, config.kinds())
-    linears = {n: m for n, m in modules.items() if isinstance(m, nn.Linear)}
-    patches = {n: m for n, m in modules.items() if isinstance(m, nn.Conv2d) and is_patchify(m)}
-    others = {n: m for n, m in modules.items() if n not in linears and n not in patches}
-
-    folded: set[str] = set()
+    w8a8 = {n: m for n, m in modules.items()  # in model order
+            if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and is_patchify(m))}
+    others = {n: m for n, m in modules.items() if n not in w8a8}
+    del modules  # the engine frees each original once it is replaced
+    alphas: dict[str, float | None] = {}  # alpha per smoothed layer
 
     def replace(name: str, module: nn.Module, stats: InputStatsCollector) -> nn.Module:
-        alpha = None if name in folded else config.alpha  # folded: input already smoothed
-        return w8a8_module(module, stats, alpha, config.activations)
+        if name in alphas:  # smoothed through its norm: the input is already divided by s
+            return w8a8_module(module, stats, None, config.activations)[0]
+        new, alphas[name] = w8a8_module(module, stats, config.alpha, config.activations)
+        return new
 
-    n = 0
-    if linears or patches:
+    grid = QuantGrid(8)  # weight-only layers first, in model order
+    n_weight_only = quantize_rtn(adapter, others, {k: grid for k in others}, context.progress)
+    del others
+    n = folded = 0
+    if w8a8:
         calib = context.calibration_data(adapter)
-        if config.fold and config.alpha is not None and linears:
-            folded = fold_into_norms(adapter.model, linears, calib, config.alpha)
-        w8a8 = {n: m for n, m in modules.items() if n in linears or n in patches}  # model order
+        if config.fold and config.alpha is not None:
+            linears = {k: m for k, m in w8a8.items() if isinstance(m, nn.Linear)}
+            alphas.update(fold_into_norms(adapter.model, linears, calib, config.alpha,
+                                          act_scale_fn(config.activations)))
+            del linears
+        folded = len(alphas)
         n = calibrate_layers(adapter, w8a8, calib,
                              lambda n, m: InputStatsCollector(config.sample_rows), replace,
-                             "smoothquant", context.progress)
-    grid = QuantGrid(8)
-    n_weight_only = quantize_rtn(adapter, others, {k: grid for k in others}, context.progress)
+                             "smoothquant", context.progress, release=True)
     return {"modules": n + n_weight_only, "w8a8": n, "weight_only_int8": n_weight_only,
-            "smoothed_by_norm": len(folded), "alpha": config.alpha,
-            "observer": config.activations.observer}
+            "smoothed_by_norm": folded, "alpha": config.alpha,
+            **_alpha_summary(alphas), "observer": config.activations.observer}
+
+
+def _alpha_summary(alphas: dict[str, float | None]) -> dict[str, Any]:
+    """How the searched alphas came out (mean, range), for the report."""
+    values = [a for a in alphas.values() if a is not None]
+    if not values:
+        return {}
+    return {"alpha_mean": round(sum(values) / len(values), 3), "alpha_min": min(values),
+            "alpha_max": max(values)}
