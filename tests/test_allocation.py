@@ -27,7 +27,7 @@ def test_allocation_lowers_the_least_sensitive_layers_first():
     shapes = {"a": (64, 64), "b": (64, 64), "c": (64, 64)}
     loss = {4: {"a": 0.5, "b": 0.01, "c": 0.02}, 8: {"a": 0.0, "b": 0.0, "c": 0.0}}
     fp32 = 3 * 64 * 64 * 4
-    bits, total = allocate_bits(fp32, shapes, loss, GRIDS, size_ratio=0.235)
+    bits, total = allocate_bits(fp32, shapes, loss, GRIDS, target=0.235 * fp32)
     assert bits == {"a": 8, "b": 4, "c": 4}
     assert total <= 0.235 * fp32
 
@@ -35,7 +35,7 @@ def test_allocation_lowers_the_least_sensitive_layers_first():
 def test_unreachable_budget_is_a_recipe_error():
     shapes = {"a": (8, 8)}
     with pytest.raises(RecipeError, match="out of reach"):
-        allocate_bits(8 * 8 * 4, shapes, {4: {"a": 0}, 8: {"a": 0}}, GRIDS, size_ratio=0.01)
+        allocate_bits(8 * 8 * 4, shapes, {4: {"a": 0}, 8: {"a": 0}}, GRIDS, target=0.01 * 8 * 8 * 4)
 
 
 def test_probe_restores_the_model(tiny_clip):
@@ -66,3 +66,29 @@ def test_rtn_with_budget_meets_the_size(tiny_clip, tmp_path):
     save_checkpoint(tiny_clip, tmp_path, "random:tiny", [])
     actual = (tmp_path / "model.safetensors").stat().st_size / fp32
     assert actual == pytest.approx(summary["predicted_size_ratio"], abs=0.02)
+
+
+def _quantized_file_size(adapter, quantize: dict, tmp_path) -> int:
+    stage = load_recipe({"stages": [{"quantize": quantize}]}).stages[0]
+    ctx = StageContext(data=load_data("demo"), progress=False)
+    METHODS[("quantize", quantize["method"])].apply(adapter, stage.config, ctx)
+    tmp_path.mkdir()
+    save_checkpoint(adapter, tmp_path, "random:tiny", [])
+    return (tmp_path / "model.safetensors").stat().st_size
+
+
+def test_budget_same_size_as_uniform_bits_is_no_larger(tiny_clip, tmp_path):
+    import copy
+
+    base = {"method": "rtn", "bits": 4, "group_size": 16, "targets": ["text"]}
+    uniform = _quantized_file_size(copy.deepcopy(tiny_clip), base, tmp_path / "u")
+    budget = {**base, "budget": {"same_size_as_bits": 4, "bits": [2, 4, 8], "samples": 8}}
+    mixed = _quantized_file_size(tiny_clip, budget, tmp_path / "b")
+    assert mixed <= uniform
+    assert mixed > 0.97 * uniform  # the budget is spent, not undershot
+
+
+@pytest.mark.parametrize("budget", [{}, {"size_ratio": 0.5, "same_size_as_bits": 4}])
+def test_budget_needs_exactly_one_target(budget):
+    with pytest.raises(RecipeError, match="exactly one"):
+        load_recipe({"stages": [{"quantize": {"method": "rtn", "budget": budget}}]})

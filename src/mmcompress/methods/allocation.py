@@ -2,14 +2,16 @@
 
 The budget greedily lowers, one step at a time, the layer whose next lower width costs the
 least fidelity per byte saved, until the whole model's `model.safetensors` would be at most
-`size_ratio` × its size before the stage.
+`size_ratio` × its size before the stage, or (``same_size_as_bits: B``) at most the size the
+same layers would take at a uniform B bits, so a budget can be compared with a uniform width
+at equal size.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
 from ..adapters import Adapter
@@ -22,10 +24,14 @@ from ..sensitivity import Probe, layer_sensitivity
 
 
 class BitBudget(BaseModel):
-    """``budget: {size_ratio: R, bits: [4, 8]}`` on any weight-quantization method."""
+    """``budget: {size_ratio: R | same_size_as_bits: B, bits: [4, 8]}`` on any
+    weight-quantization method."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    size_ratio: float = Field(gt=0, le=1, description="target size / size before the stage")
+    size_ratio: float | None = Field(None, gt=0, le=1,
+                                     description="target size / size before the stage")
+    same_size_as_bits: int | None = Field(None, ge=2, le=8, description="target: the size of "
+                                          "the same layers at this uniform width")
     bits: list[int] = Field([4, 8], description="widths to choose from")
     samples: int = Field(64, ge=4, description="examples used to measure sensitivity")
 
@@ -36,6 +42,21 @@ class BitBudget(BaseModel):
             raise ValueError("give at least two widths between 2 and 8")
         return sorted(set(v))
 
+    @model_validator(mode="after")
+    def _one_target(self) -> BitBudget:
+        if (self.size_ratio is None) == (self.same_size_as_bits is None):
+            raise ValueError("give exactly one of size_ratio and same_size_as_bits")
+        return self
+
+    def target_bytes(self, fp32_total: int, shapes: dict[str, tuple[int, int]],
+                     grid: QuantGrid) -> float:
+        """The size to meet; `grid` is the method's own (its group size and symmetry)."""
+        if self.size_ratio is not None:
+            return self.size_ratio * fp32_total
+        uniform = QuantGrid(self.same_size_as_bits, grid.group_size, grid.symmetric)
+        return fp32_total - sum(4 * r * c - quantized_bytes(r, c, uniform)
+                                for r, c in shapes.values())
+
 
 def _shape(module: nn.Module) -> tuple[int, int]:
     w = module.weight
@@ -44,14 +65,13 @@ def _shape(module: nn.Module) -> tuple[int, int]:
 
 def allocate_bits(fp32_total: int, shapes: dict[str, tuple[int, int]],
                   loss: dict[int, dict[str, float]], grids: dict[int, QuantGrid],
-                  size_ratio: float) -> tuple[dict[str, int], int]:
-    """Greedy allocation: (bits per layer, predicted total bytes)."""
+                  target: float) -> tuple[dict[str, int], int]:
+    """Greedy allocation to at most `target` bytes: (bits per layer, predicted total bytes)."""
     widths = sorted(grids)
     size = {b: {n: quantized_bytes(*shapes[n], grids[b]) for n in shapes} for b in widths}
     level = {n: len(widths) - 1 for n in shapes}
     total = fp32_total - sum(4 * r * c for r, c in shapes.values())
     total += sum(size[widths[-1]][n] for n in shapes)
-    target = size_ratio * fp32_total
     while total > target:
         moves = []
         for n, lv in level.items():
@@ -62,8 +82,9 @@ def allocate_bits(fp32_total: int, shapes: dict[str, tuple[int, int]],
             cost = max(loss[lo][n] - loss[hi][n], 0.0)
             moves.append((cost / max(saved, 1), n, saved))
         if not moves:
-            raise RecipeError(f"budget size_ratio {size_ratio} is out of reach: {widths[0]} bits "
-                              f"on every targeted layer gives {total / fp32_total:.3f}")
+            raise RecipeError(f"budget size ratio {target / fp32_total:.4f} is out of reach: "
+                              f"{widths[0]} bits on every targeted layer gives "
+                              f"{total / fp32_total:.4f}")
         _, name, saved = min(moves)
         level[name] -= 1
         total -= saved
@@ -87,7 +108,8 @@ def layer_grids(adapter: Adapter, modules: dict[str, nn.Module], config: Any,
                                  context.progress) for b, g in grids.items()}
     fp32_total = saved_size_bytes(adapter.model)
     shapes = {n: _shape(m) for n, m in modules.items()}
-    bits, total = allocate_bits(fp32_total, shapes, loss, grids, budget.size_ratio)
+    target = budget.target_bytes(fp32_total, shapes, grid)
+    bits, total = allocate_bits(fp32_total, shapes, loss, grids, target)
     counts = {str(b): sum(v == b for v in bits.values()) for b in budget.bits}
     return {n: grids[b] for n, b in bits.items()}, {
         "bits_per_layer": counts, "predicted_size_ratio": round(total / fp32_total, 4),
