@@ -34,10 +34,11 @@ CONFIGS: dict[str, dict[str, Any] | None] = {
     "rtn-int3-g128": _quant("rtn", 3, 128),
     "gptq-int3-g128": _quant("gptq", 3, 128),
     "awq-int3-g128": _quant("awq", 3, 128),
-    "smoothquant-w8a8": {"stages": [{"quantize": {"method": "smoothquant", "alpha": 0.5}}]},
-    # 4/8 bits per layer from measured sensitivity, at the size of uniform int4 g128 (+10%)
+    # alpha searched per layer (the default, `alpha: auto`)
+    "smoothquant-w8a8": {"stages": [{"quantize": {"method": "smoothquant"}}]},
     # 3, 4 or 8 bits per layer from measured sensitivity, no larger than uniform int4 g128
-    "gptq-budget-0.135": _quant("gptq", 4, 128, budget={"size_ratio": 0.135, "bits": [3, 4, 8]}),
+    "gptq-budget-int4": _quant("gptq", 4, 128,
+                               budget={"same_size_as_bits": 4, "bits": [3, 4, 8]}),
 }
 
 # Named suites: configurations and models; a suite may restrict a model to some of its
@@ -55,7 +56,7 @@ SUITES: dict[str, Suite] = {
     "core": Suite(["rtn-int8", "rtn-int4-g128"],
                   ["demo", "minilm", "lit-cifar", "random:clip-vit-base-patch32"]),
     "quantization": Suite(
-        [*_WEIGHT_QUANT, "gptq-budget-0.135"],
+        [*_WEIGHT_QUANT, "gptq-budget-int4"],
         ["minilm", "lit-cifar", "random:clip-vit-base-patch32"],
         {"minilm": _WEIGHT_QUANT,
          # random weights: speed, size and memory of the int8 and int4 paths only
