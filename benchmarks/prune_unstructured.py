@@ -1,13 +1,18 @@
 """Quality vs sparsity of magnitude, Wanda and SparseGPT on a sentence encoder (STS).
 
 ``python -m benchmarks.prune_unstructured OUT.json [--model minilm] [--calib TRAIN]
-[--eval DEV] [--samples 512] [--methods magnitude,wanda,sparsegpt]
+[--eval DEV] [--samples 2048] [--methods magnitude,wanda,sparsegpt]
 [--settings 0.5,0.6,0.7,2:4] [--threads 2]``
 
 Calibrates on one split (STS-B train by default) and evaluates on another (STS-B dev), so
 calibration never sees the evaluation sentences. Each row prunes a fresh copy of the dense
 model (every encoder linear layer) and reports Spearman, its loss against the dense model,
 embedding fidelity, the pruning time and the size of the saved weights.
+
+2,048 calibration sentences by default: STS sentences are short (about 14 tokens), so 512
+gave Wanda and SparseGPT only ~7k tokens of statistics (2,048: ~29k), and both lost less with
+2,048 on 1,500 held-out STS-B *train* pairs (60% / 2:4: Wanda 0.0166 / 0.0118 -> 0.0153 /
+0.0092, SparseGPT 0.0147 / 0.0091 -> 0.0131 / 0.0072); dev was not used to choose it.
 """
 
 from __future__ import annotations
@@ -77,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="minilm")
     p.add_argument("--calib", default=str(STSB / "sts-train.csv"), help="calibration data spec")
     p.add_argument("--eval", default=str(STSB / "sts-dev.csv"), help="evaluation data spec")
-    p.add_argument("--samples", type=int, default=512, help="calibration sentences")
+    p.add_argument("--samples", type=int, default=2048, help="calibration sentences")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--methods", default="magnitude,wanda,sparsegpt")
     p.add_argument("--settings", default="0.5,0.6,0.7,2:4", help="sparsities or N:M patterns")
