@@ -68,7 +68,8 @@ class Adapter(ABC):
 
     def calibration_data(self, data: Dataset, samples: int, batch_size: int,
                          seed: int) -> CalibrationData:
-        """Up to `samples` random items per input modality of `data`, batched and preprocessed.
+        """Up to `samples` random items per input modality of `data`, batched and preprocessed
+        (images on every pass, so that calibration holds one batch of pixels, not all of them).
 
         Raises:
             DataError: if the data holds nothing this model takes, or non-finite values.
@@ -81,10 +82,13 @@ class Adapter(ABC):
             items = raw.get(modality) or []
             order = rng.permutation(len(items))[:samples]
             for i in range(0, len(order), batch_size):
-                chunk = [items[j] for j in order[i : i + batch_size]]
-                if modality == "image":
-                    chunk = [data.load_image(j) for j in order[i : i + batch_size]]
-                batch = self.preprocess(modality, chunk)
+                chosen = [int(j) for j in order[i : i + batch_size]]
+                if modality == "image":  # decoded on every pass: one batch in memory, not all
+                    _check_finite_batch(self._image_batch(data, chosen), modality)
+                    batches.setdefault(modality, []).append(CalibrationBatch(
+                        functools.partial(self._run_images, data, chosen)))
+                    continue
+                batch = self.preprocess(modality, [items[j] for j in chosen])
                 _check_finite_batch(batch, modality)
                 mask = batch.get("attention_mask") if isinstance(batch, dict) else None
                 batches.setdefault(modality, []).append(CalibrationBatch(
@@ -94,6 +98,12 @@ class Adapter(ABC):
             raise DataError(f"calibration data {data.name!r} is empty or holds no "
                             f"{' or '.join(self.input_modalities)} inputs")
         return CalibrationData(batches)
+
+    def _image_batch(self, data: Dataset, indices: list[int]) -> Any:
+        return self.preprocess("image", [data.load_image(j) for j in indices])
+
+    def _run_images(self, data: Dataset, indices: list[int]) -> Any:
+        return self.forward_modality("image", self._image_batch(data, indices))
 
     def check_finite(self) -> None:
         """Refuse weights holding NaN or Inf (a corrupted or diverged checkpoint)."""
