@@ -260,6 +260,10 @@ def _warn_if_oversubscribed(threads: int) -> None:
             "latency is inflated by waiting for descheduled threads (try --threads 1)",
             flush=True,
         )
+    if threads > 1 and os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+        print("warning: OMP_WAIT_POLICY=PASSIVE puts OpenMP threads to sleep after every op; "
+              "models of many small ops (the int8 paths) are measured slower than they run "
+              "(unset it for latency)", flush=True)
 
 
 def _cpu_seconds() -> float:
