@@ -263,3 +263,33 @@ def test_smoothquant_saves_and_reloads_identically(tiny_clip, tmp_path, cfg):
 def test_bad_smoothquant_config_is_refused(cfg, message):
     with pytest.raises(RecipeError, match=message):
         load_recipe({"stages": [{"quantize": {"method": "smoothquant", **cfg}}]})
+
+
+def test_value_fold_removes_the_run_time_division(tiny_clip):
+    from mmcompress.methods.value_fold import fold_value_scales, value_pairs
+
+    summary = _apply(tiny_clip, alpha=0.5)
+    assert summary["smoothed_by_value"] > 0
+    assert value_pairs(tiny_clip.model) == []  # no output projection divides at run time
+    outs = [m for n, m in tiny_clip.model.named_modules() if n.endswith("self_attn.out_proj")]
+    assert outs and all(m.input_scale is None for m in outs)
+    texts, pixels = ["a cat", "the dog"], torch.rand(2, 3, 32, 32)
+    with torch.inference_mode():
+        before = tiny_clip.encode_texts(texts), tiny_clip.embed_image_tensor(pixels)
+    # a second pass finds nothing left to fold and changes nothing
+    assert fold_value_scales(tiny_clip.model, [lambda: tiny_clip.encode_texts(texts)]) == 0
+    with torch.inference_mode():
+        after = tiny_clip.encode_texts(texts), tiny_clip.embed_image_tensor(pixels)
+    assert all(torch.equal(a, b) for a, b in zip(after, before))
+
+
+def test_value_fold_matches_the_unfolded_layer(tiny_clip):
+    import copy
+
+    ref = copy.deepcopy(tiny_clip)
+    _apply(tiny_clip, alpha=0.5)
+    _apply(ref, alpha=0.5, fold=False)
+    texts = ["a cat", "the dog", "two birds"]
+    with torch.inference_mode():
+        a, b = tiny_clip.encode_texts(texts), ref.encode_texts(texts)
+    assert F.cosine_similarity(a, b).min() > 0.999

@@ -31,6 +31,7 @@ from .activations import ActivationQuantConfig
 from .base import MethodConfig, StageContext, register_method, selected
 from .rtn import quantize_rtn
 from .smooth_fold import fold_into_norms
+from .value_fold import fold_value_scales
 
 
 class SmoothQuantConfig(MethodConfig):
@@ -43,8 +44,9 @@ class SmoothQuantConfig(MethodConfig):
     convolutions: bool = Field(True, description="also quantize 2-d convolutions (patchifying "
                                "ones W8A8, others int8 weight-only)")
     sample_rows: int = Field(2048, ge=16, description="input rows kept per layer for observers")
-    fold: bool = Field(True, description="fold scales into a LayerNorm feeding the layers where "
-                       "that is exact (checked); else inputs are divided at run time")
+    fold: bool = Field(True, description="fold scales into a LayerNorm feeding the layers, or "
+                       "an attention output's into the value projection, where that is exact "
+                       "(checked); else inputs are divided at run time")
 
     def kinds(self) -> tuple[type[nn.Module], ...]:
         kinds: tuple[type[nn.Module], ...] = (nn.Linear,)
@@ -109,8 +111,10 @@ def apply_smoothquant(adapter: Adapter, config: SmoothQuantConfig,
         n = calibrate_layers(adapter, w8a8, calib,
                              lambda n, m: InputStatsCollector(config.sample_rows), replace,
                              "smoothquant", context.progress, release=True)
+    values = fold_value_scales(adapter.model, list(adapter.latency_inputs(2).values())) \
+        if config.fold and n else 0
     return {"modules": n + n_weight_only, "w8a8": n, "weight_only_int8": n_weight_only,
-            "smoothed_by_norm": folded, "alpha": config.alpha,
+            "smoothed_by_norm": folded, "smoothed_by_value": values, "alpha": config.alpha,
             **_alpha_summary(alphas), "observer": config.activations.observer}
 
 
