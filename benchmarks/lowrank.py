@@ -203,9 +203,9 @@ def resnet(args: argparse.Namespace) -> dict[str, Any]:
     calibration = {"samples": args.calib_samples, "batch_size": 64}
     finetune = None
     if args.finetune_epochs:
-        from .training import _stage_recipe
+        from .training import stage_recipe
 
-        finetune = _stage_recipe({"stage": ("finetune", {"method": "task", "evaluate": False,
+        finetune = stage_recipe({"stage": ("finetune", {"method": "task", "evaluate": False,
                                                          "max_examples": args.finetune_images}),
                                   "epochs": args.finetune_epochs, "lr": args.finetune_lr,
                                   "batch_size": 64, "augment": True})

@@ -47,47 +47,34 @@ TEACHER_FT = Path(os.environ.get("MMCOMPRESS_CACHE", Path.home() / ".cache" / "m
     / "bench-training" / "resnet56-ft-aug"
 STEPS = {"cifar": 2, "lit": 3, "demo": 4, "minilm": 1}  # epochs per family
 
+
+def _cifar(stage: tuple[str, dict[str, Any]], augment: bool = False, model: str = "resnet20",
+           epochs: int = STEPS["cifar"], **extra: Any) -> dict[str, Any]:
+    """A CIFAR run: trained on lit-cifar-train, evaluated on lit-cifar-eval."""
+    return {"model": model, "data": "lit-cifar-train", "eval": "lit-cifar-eval",
+            **({"augment": True} if augment else {}), "stage": stage, "epochs": epochs,
+            "lr": 2e-4, "batch_size": 64, **extra}
+
+
+def _kd(teacher: str) -> tuple[str, dict[str, Any]]:
+    """Hinton KD on logits (alpha 0.5, T 4) from `teacher`."""
+    return ("distill", {"method": "kd", "teacher": teacher, "losses": ["logits"], "alpha": 0.5,
+                        "temperature": 4.0})
+
+
+_TASK = ("finetune", {"method": "task"})
+
 RUNS: dict[str, dict[str, Any]] = {
-    "cifar-finetune": {"model": "resnet20", "data": "lit-cifar-train", "eval": "lit-cifar-eval",
-                       "stage": ("finetune", {"method": "task"}), "epochs": STEPS["cifar"],
-                       "lr": 2e-4, "batch_size": 64},
-    "cifar-distill": {"model": "resnet20", "data": "lit-cifar-train", "eval": "lit-cifar-eval",
-                      "stage": ("distill", {"method": "kd", "teacher": "resnet56",
-                                            "losses": ["logits"], "alpha": 0.5,
-                                            "temperature": 4.0}),
-                      "epochs": STEPS["cifar"], "lr": 2e-4, "batch_size": 64},
-    "cifar-finetune-aug": {"model": "resnet20", "data": "lit-cifar-train",
-                           "eval": "lit-cifar-eval", "augment": True,
-                           "stage": ("finetune", {"method": "task"}), "epochs": STEPS["cifar"],
-                           "lr": 2e-4, "batch_size": 64},
-    "cifar-distill-aug": {"model": "resnet20", "data": "lit-cifar-train",
-                          "eval": "lit-cifar-eval", "augment": True,
-                          "stage": ("distill", {"method": "kd", "teacher": "resnet56",
-                                                "losses": ["logits"], "alpha": 0.5,
-                                                "temperature": 4.0}),
-                          "epochs": STEPS["cifar"], "lr": 2e-4, "batch_size": 64},
+    "cifar-finetune": _cifar(_TASK),
+    "cifar-distill": _cifar(_kd("resnet56")),
+    "cifar-finetune-aug": _cifar(_TASK, augment=True),
+    "cifar-distill-aug": _cifar(_kd("resnet56"), augment=True),
     # the teacher adapted to the same training images first (same settings), then distilled
-    "cifar-teacher-aug": {"model": "resnet56", "data": "lit-cifar-train",
-                          "eval": "lit-cifar-eval", "augment": True, "save": TEACHER_FT,
-                          "stage": ("finetune", {"method": "task"}), "epochs": STEPS["cifar"],
-                          "lr": 2e-4, "batch_size": 64},
-    "cifar-distill-ft-aug": {"model": "resnet20", "data": "lit-cifar-train",
-                             "eval": "lit-cifar-eval", "augment": True,
-                             "stage": ("distill", {"method": "kd", "teacher": str(TEACHER_FT),
-                                                   "losses": ["logits"], "alpha": 0.5,
-                                                   "temperature": 4.0}),
-                             "epochs": STEPS["cifar"], "lr": 2e-4, "batch_size": 64},
+    "cifar-teacher-aug": _cifar(_TASK, augment=True, model="resnet56", save=TEACHER_FT),
+    "cifar-distill-ft-aug": _cifar(_kd(str(TEACHER_FT)), augment=True),
     # the same pair trained 2.5× longer
-    "cifar-finetune-aug-5ep": {"model": "resnet20", "data": "lit-cifar-train",
-                               "eval": "lit-cifar-eval", "augment": True,
-                               "stage": ("finetune", {"method": "task"}), "epochs": 5,
-                               "lr": 2e-4, "batch_size": 64},
-    "cifar-distill-ft-aug-5ep": {"model": "resnet20", "data": "lit-cifar-train",
-                                 "eval": "lit-cifar-eval", "augment": True,
-                                 "stage": ("distill", {"method": "kd", "teacher": str(TEACHER_FT),
-                                                       "losses": ["logits"], "alpha": 0.5,
-                                                       "temperature": 4.0}),
-                                 "epochs": 5, "lr": 2e-4, "batch_size": 64},
+    "cifar-finetune-aug-5ep": _cifar(_TASK, augment=True, epochs=5),
+    "cifar-distill-ft-aug-5ep": _cifar(_kd(str(TEACHER_FT)), augment=True, epochs=5),
     "lit-affinity": {"model": "lit-cifar", "data": "lit-cifar-train", "eval": "lit-cifar-eval",
                      "student": {"layers": "every-2"},
                      "stage": ("distill", {"method": "kd", "losses": ["affinity", "clip_kd"],
@@ -114,7 +101,7 @@ RUNS: dict[str, dict[str, Any]] = {
 DDP_STEPS = 30
 
 
-def _stage_recipe(spec: dict[str, Any]) -> dict[str, Any]:
+def stage_recipe(spec: dict[str, Any]) -> dict[str, Any]:
     kind, cfg = spec["stage"]
     cfg = {**cfg, "epochs": spec["epochs"], "lr": spec["lr"], "batch_size": spec["batch_size"],
            "warmup": 0.1, "seed": 0, "augment": spec.get("augment", False)}
@@ -138,7 +125,7 @@ def run_one(name: str) -> dict[str, Any]:
     train, evaluation = load_data(spec["data"]), load_data(spec["eval"])
     out: dict[str, Any] = {"run": name, "model": spec["model"], "train_data": spec["data"],
                            "train_examples": len(train), "eval_data": spec["eval"],
-                           "eval_examples": len(evaluation), "recipe": _stage_recipe(spec)}
+                           "eval_examples": len(evaluation), "recipe": stage_recipe(spec)}
     metric = {"sts": "stsb_spearman"}.get(evaluation.task) or (
         "top1" if hasattr(adapter, "classify") else "zeroshot_top1")
     out["before"] = quality(adapter, evaluation).metrics[metric]  # the model as loaded
@@ -155,7 +142,7 @@ def run_one(name: str) -> dict[str, Any]:
     if "student" in spec and spec["stage"][0] == "finetune":
         # the same student the distill run builds, trained without a teacher
         build_student(adapter, StudentConfig(**spec["student"]), context)
-    stages.append(_stage_recipe(spec))
+    stages.append(stage_recipe(spec))
     recipe = load_recipe({"stages": stages})
     out["params_teacher"] = count_params(context.extra["original"].model)
     for i, stage in enumerate(recipe.stages):

@@ -1,5 +1,7 @@
 """Sensitivity probes and the bit budget."""
 
+import copy
+
 import pytest
 import torch
 
@@ -78,8 +80,6 @@ def _quantized_file_size(adapter, quantize: dict, tmp_path) -> int:
 
 
 def test_budget_same_size_as_uniform_bits_is_no_larger(tiny_clip, tmp_path):
-    import copy
-
     base = {"method": "rtn", "bits": 4, "group_size": 16, "targets": ["text"]}
     uniform = _quantized_file_size(copy.deepcopy(tiny_clip), base, tmp_path / "u")
     budget = {**base, "budget": {"same_size_as_bits": 4, "bits": [2, 4, 8], "samples": 8}}

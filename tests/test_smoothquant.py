@@ -1,5 +1,7 @@
 """SmoothQuant numerics, activation observers, the W8A8 module and its save/reload."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -284,8 +286,6 @@ def test_value_fold_removes_the_run_time_division(tiny_clip):
 
 
 def test_value_fold_matches_the_unfolded_layer(tiny_clip):
-    import copy
-
     ref = copy.deepcopy(tiny_clip)
     _apply(tiny_clip, alpha=0.5)
     _apply(ref, alpha=0.5, fold=False)
@@ -293,3 +293,17 @@ def test_value_fold_matches_the_unfolded_layer(tiny_clip):
     with torch.inference_mode():
         a, b = tiny_clip.encode_texts(texts), ref.encode_texts(texts)
     assert F.cosine_similarity(a, b).min() > 0.999
+
+
+def test_value_fold_is_undone_when_the_check_disagrees(tiny_clip):
+    from mmcompress.methods.value_fold import fold_value_scales, value_pairs
+
+    _apply(tiny_clip, alpha=0.5, fold=False)  # W8A8 with run-time divisions everywhere
+    pairs = value_pairs(tiny_clip.model)
+    assert pairs
+    state = {k: v.clone() for k, v in tiny_clip.model.state_dict().items()}
+    calls = iter(range(10))
+    moving = [lambda: torch.full((2,), float(next(calls)))]  # never the same twice
+    assert fold_value_scales(tiny_clip.model, moving) == 0
+    assert all(torch.equal(v, state[k]) for k, v in tiny_clip.model.state_dict().items())
+    assert value_pairs(tiny_clip.model) == pairs

@@ -109,7 +109,7 @@ def fold_into_norms(model: nn.Module, linears: dict[str, nn.Linear], calib: Cali
             w.mul_(s.to(w.dtype))
     with torch.inference_mode():
         after = [run() for run in checks]
-    if all(_close(a, b) for a, b in zip(after, before)):
+    if all(outputs_close(a, b) for a, b in zip(after, before)):
         return chosen
     for norm_name, (w, b, ws) in saved.items():  # a reader we cannot see: undo every fold
         norm = watch.norms[norm_name]
@@ -121,12 +121,14 @@ def fold_into_norms(model: nn.Module, linears: dict[str, nn.Linear], calib: Cali
     return {}
 
 
-def _close(a: Any, b: Any) -> bool:
+def outputs_close(a: Any, b: Any) -> bool:
+    """Whether two model outputs (tensors, or dicts/tuples of them) agree within float
+    rounding: max |a − b| / max |b| at most `_TOLERANCE`."""
     if isinstance(a, torch.Tensor):
         scale = b.abs().max().clamp(min=1e-6)
         return bool(((a - b).abs().max() / scale) <= _TOLERANCE)
     if isinstance(a, dict):
-        return all(_close(a[k], b[k]) for k in b)
+        return all(outputs_close(a[k], b[k]) for k in b)
     if isinstance(a, (tuple, list)):
-        return all(_close(x, y) for x, y in zip(a, b))
+        return all(outputs_close(x, y) for x, y in zip(a, b))
     return True

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..modules import W8A8Linear
-from .smooth_fold import _close
+from .smooth_fold import outputs_close
 
 # (reader suffix, value-projection suffix): HF CLIP/SigLIP attention, BERT-style attention
 VALUE_PAIRS: tuple[tuple[str, str], ...] = (
@@ -49,24 +49,16 @@ def fold_value_scales(model: nn.Module, checks: list[Callable[[], Any]]) -> int:
         return 0
     with torch.inference_mode():
         before = [run() for run in checks]
-    saved = []
+    saved = [(v.weight_scale.clone(), None if v.bias is None else v.bias.clone(),
+              out.input_scale.detach().clone()) for v, out in pairs]
     for v, out in pairs:
-        s = out.input_scale.detach().clone()
-        bias = None if v.bias is None else v.bias.clone()
-        saved.append((v, out, v.weight_scale.clone(), bias, s))
-        v.weight_scale.div_(s)
-        if v.bias is not None:
-            v.bias.div_(s)
-        out.input_scale = None
-        out._cache = {}
+        v.divide_outputs(out.input_scale)
+        out.set_input_scale(None)
     with torch.inference_mode():
         after = [run() for run in checks]
-    if all(_close(a, b) for a, b in zip(after, before)):
+    if all(outputs_close(a, b) for a, b in zip(after, before)):
         return len(pairs)
-    for v, out, scale, bias, s in saved:  # something reads V differently: undo
-        v.weight_scale.copy_(scale)
-        if bias is not None:
-            v.bias.copy_(bias)
-        out.input_scale = s
-        out._cache = {}
+    for (v, out), (scale, bias, s) in zip(pairs, saved):  # something reads V otherwise: undo
+        v.restore_outputs(scale, bias)
+        out.set_input_scale(s)
     return 0

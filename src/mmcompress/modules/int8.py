@@ -133,6 +133,27 @@ class W8A8Linear(nn.Module):
         if bias is not None:
             self.bias.copy_(bias.detach().float())
 
+    @torch.no_grad()
+    def divide_outputs(self, s: torch.Tensor) -> None:
+        """Compute y / s per output channel from now on (exact: scales and bias only)."""
+        self.weight_scale.div_(s)
+        if self.bias is not None:
+            self.bias.div_(s)
+        self._cache = {}
+
+    @torch.no_grad()
+    def restore_outputs(self, weight_scale: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """Put back output scales (and bias) saved before `divide_outputs`."""
+        self.weight_scale.copy_(weight_scale)
+        if bias is not None:
+            self.bias.copy_(bias)
+        self._cache = {}
+
+    def set_input_scale(self, s: torch.Tensor | None) -> None:
+        """Divide inputs by `s` at run time (None: inputs arrive already divided)."""
+        self.input_scale = None if s is None else s.detach().clone()
+        self._cache = {}
+
     def smoothing_multiplier(self) -> torch.Tensor | None:
         """What the input is multiplied by before quantization: 1 / s (None: no smoothing)."""
         return None if self.input_scale is None else (1.0 / self.input_scale.float()).contiguous()
