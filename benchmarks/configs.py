@@ -41,6 +41,11 @@ CONFIGS: dict[str, dict[str, Any] | None] = {
                                budget={"same_size_as_bits": 4, "bits": [3, 4, 8]}),
 }
 
+# Compiled rows: name → the configuration whose saved output is loaded with
+# `mmcompress.load(..., compiled=True)` (towers through torch.compile). Built only for models
+# whose suite names them; the compile time is the row's build time, apart from its latency.
+COMPILED: dict[str, str] = {"smoothquant-w8a8+compile": "smoothquant-w8a8"}
+
 # Named suites: configurations and models; a suite may restrict a model to some of its
 # configurations. `core` is the default (and `--quick`'s) run.
 @dataclass(frozen=True)
@@ -60,7 +65,8 @@ SUITES: dict[str, Suite] = {
         ["minilm", "lit-cifar", "random:clip-vit-base-patch32"],
         {"minilm": _WEIGHT_QUANT,
          # random weights: speed, size and memory of the int8 and int4 paths only
-         "random:clip-vit-base-patch32": ["rtn-int8", "smoothquant-w8a8", "rtn-int4-g128",
+         "random:clip-vit-base-patch32": ["rtn-int8", "smoothquant-w8a8",
+                                          "smoothquant-w8a8+compile", "rtn-int4-g128",
                                           "gptq-int4-g128"]}),
 }
 

@@ -27,12 +27,13 @@ from mmcompress.io.atomic import write_text_atomic
 from mmcompress.model_specs import NAMED_SPECS, load_model
 
 from . import onnx_peers
-from .configs import CONFIGS, ModelCase
+from .configs import COMPILED, CONFIGS, ModelCase
 from .markdown import render_markdown
 from .timing import interleaved_latency_ms
 from .variants import (
     BuildContext,
     Variant,
+    build_compiled,
     build_fp32,
     build_recipe,
     build_torch_dynamic_int8,
@@ -118,6 +119,11 @@ def _build_all(adapter: Adapter, ctx: BuildContext, s: Settings,
         if recipe is None or (only is not None and name not in only):
             continue
         attempt(name, "mmcompress", lambda n=name, r=recipe: build_recipe(adapter, ctx, n, r))
+    built = {v.name: v for v in variants}
+    for name, source in COMPILED.items():
+        if name in (only or ()) and source in built:
+            attempt(name, "mmcompress",
+                    lambda n=name, v=built[source]: build_compiled(v, ctx, n))
     for name in s.peers:
         builder, check = PEERS[name]
         why = check() or ctx.cache.get("no_samples")

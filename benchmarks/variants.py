@@ -128,6 +128,30 @@ def build_recipe(adapter: Adapter, ctx: BuildContext, name: str, recipe: dict) -
     )
 
 
+def build_compiled(source: Variant, ctx: BuildContext, name: str) -> Variant:
+    """`source`'s saved output loaded with its towers compiled (`mmcompress.compiled`). Its
+    build time is the first call of each tower at the benchmark batch, which compiles it."""
+    from mmcompress import load
+    from mmcompress.compiled import warm_up
+
+    if source.memory_source is None:
+        raise ValueError(f"{source.name} has no saved output to load")
+    adapter = load(source.memory_source, compiled=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # inductor's own deprecation warnings
+        seconds = warm_up(adapter.latency_inputs(ctx.batch_size))
+    per_tower = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items())
+    return Variant(
+        name,
+        "mmcompress",
+        f"{source.system}, loaded with torch.compile (inductor, freezing)",
+        adapter,
+        source.size_bytes,
+        build_s=sum(seconds.values()),
+        notes=f"build time = compile on first call ({per_tower}); same saved file as {source.name}",
+    )
+
+
 def build_torch_dynamic_int8(adapter: Adapter, ctx: BuildContext) -> Variant:
     """`torch.ao.quantization.quantize_dynamic` on every `nn.Linear` (int8 weights, per tensor;
     activations quantized at run time). Deprecated in favour of torchao, which is not installed

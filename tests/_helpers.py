@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from transformers import CLIPConfig
+
+from mmcompress.data import Dataset
+from mmcompress.methods import METHODS, StageContext
+from mmcompress.recipe import CalibrationConfig, load_recipe
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -28,3 +33,21 @@ def tiny_clip_config() -> CLIPConfig:
                            num_attention_heads=2, image_size=32, patch_size=8),
         projection_dim=16,
     )
+
+
+def toy_image_data(n: int = 8) -> Dataset:
+    """`n` random 16×16 images in two classes, with prompt templates."""
+    rng = np.random.default_rng(0)
+    return Dataset("toy", "classification",
+                   images=[rng.random((16, 16, 3), dtype=np.float32) for _ in range(n)],
+                   labels=[i % 2 for i in range(n)], class_names=["cat", "dog"],
+                   templates=["a {}", "the {}"])
+
+
+def apply_smoothquant(adapter, **cfg) -> dict:
+    """SmoothQuant W8A8 of `adapter` in place, calibrated on `toy_image_data`; its summary."""
+    stage = load_recipe({"stages": [{"quantize": {"method": "smoothquant", **cfg}}]}).stages[0]
+    ctx = StageContext(data=toy_image_data(), calibration=CalibrationConfig(samples=8,
+                                                                           batch_size=4),
+                       progress=False)
+    return METHODS[("quantize", "smoothquant")].apply(adapter, stage.config, ctx)

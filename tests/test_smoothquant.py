@@ -2,17 +2,15 @@
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import apply_smoothquant
 from torch import nn
 
 import mmcompress
-from mmcompress.data import Dataset
 from mmcompress.errors import RecipeError
 from mmcompress.io.checkpoint import save_checkpoint
-from mmcompress.methods import METHODS, StageContext
 from mmcompress.modules import W8A8Linear
 from mmcompress.quantization.observers import (
     activation_threshold,
@@ -26,7 +24,7 @@ from mmcompress.quantization.smoothquant import (
     smoothing_scales,
     w8a8_error,
 )
-from mmcompress.recipe import CalibrationConfig, load_recipe
+from mmcompress.recipe import load_recipe
 
 
 def _outlier_inputs(n: int = 512, cols: int = 64) -> torch.Tensor:
@@ -213,19 +211,6 @@ def test_searched_alpha_beats_no_smoothing_and_the_grid_edges_on_outliers():
     assert err(a) < err(None) and err(a) <= min(err(ALPHA_GRID[0]), err(ALPHA_GRID[-1]))
 
 
-def _data(n: int = 8) -> Dataset:
-    rng = np.random.default_rng(0)
-    return Dataset("toy", "classification",
-                   images=[rng.random((16, 16, 3), dtype=np.float32) for _ in range(n)],
-                   labels=[i % 2 for i in range(n)], class_names=["cat", "dog"],
-                   templates=["a {}", "the {}"])
-
-
-def _apply(adapter, **cfg):
-    stage = load_recipe({"stages": [{"quantize": {"method": "smoothquant", **cfg}}]}).stages[0]
-    ctx = StageContext(data=_data(), calibration=CalibrationConfig(samples=8, batch_size=4),
-                       progress=False)
-    return METHODS[("quantize", "smoothquant")].apply(adapter, stage.config, ctx)
 
 
 @pytest.mark.parametrize("cfg", [{}, {"alpha": "auto", "activations": {"observer": "mse"}},
@@ -234,7 +219,7 @@ def _apply(adapter, **cfg):
 def test_smoothquant_saves_and_reloads_identically(tiny_clip, tmp_path, cfg):
     texts, pixels = ["a cat", "the dog"], torch.rand(2, 3, 32, 32)
     ref = tiny_clip.encode_texts(texts)
-    summary = _apply(tiny_clip, **cfg)
+    summary = apply_smoothquant(tiny_clip, **cfg)
     linears = [m for m in tiny_clip.model.modules() if isinstance(m, nn.Linear)]
     assert summary["w8a8"] > 0 and not linears
     if cfg.get("alpha", "auto") == "auto":
@@ -270,7 +255,7 @@ def test_bad_smoothquant_config_is_refused(cfg, message):
 def test_value_fold_removes_the_run_time_division(tiny_clip):
     from mmcompress.methods.value_fold import fold_value_scales, value_pairs
 
-    summary = _apply(tiny_clip, alpha=0.5)
+    summary = apply_smoothquant(tiny_clip, alpha=0.5)
     assert summary["smoothed_by_value"] > 0
     assert value_pairs(tiny_clip.model) == []  # no output projection divides at run time
     outs = [m for n, m in tiny_clip.model.named_modules() if n.endswith("self_attn.out_proj")]
@@ -287,8 +272,8 @@ def test_value_fold_removes_the_run_time_division(tiny_clip):
 
 def test_value_fold_matches_the_unfolded_layer(tiny_clip):
     ref = copy.deepcopy(tiny_clip)
-    _apply(tiny_clip, alpha=0.5)
-    _apply(ref, alpha=0.5, fold=False)
+    apply_smoothquant(tiny_clip, alpha=0.5)
+    apply_smoothquant(ref, alpha=0.5, fold=False)
     texts = ["a cat", "the dog", "two birds"]
     with torch.inference_mode():
         a, b = tiny_clip.encode_texts(texts), ref.encode_texts(texts)
@@ -298,7 +283,7 @@ def test_value_fold_matches_the_unfolded_layer(tiny_clip):
 def test_value_fold_is_undone_when_the_check_disagrees(tiny_clip):
     from mmcompress.methods.value_fold import fold_value_scales, value_pairs
 
-    _apply(tiny_clip, alpha=0.5, fold=False)  # W8A8 with run-time divisions everywhere
+    apply_smoothquant(tiny_clip, alpha=0.5, fold=False)  # W8A8 with run-time divisions everywhere
     pairs = value_pairs(tiny_clip.model)
     assert pairs
     state = {k: v.clone() for k, v in tiny_clip.model.state_dict().items()}

@@ -149,12 +149,19 @@ def _run_stages(adapter: Adapter, recipe: Recipe, data: Dataset, calib_set: Data
     return history
 
 
-def load(path: str | Path) -> Adapter:
-    """Load an mmcompress output folder; `.model` is the compressed `torch.nn.Module`."""
+def load(path: str | Path, compiled: bool = False) -> Adapter:
+    """Load an mmcompress output folder; `.model` is the compressed `torch.nn.Module`.
+    `compiled`: run its towers through ``torch.compile`` (see `mmcompress.compiled`; each
+    tower compiles on its first call, for each new input shape)."""
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path} is not a folder")
-    return load_checkpoint(path)
+    adapter = load_checkpoint(path)
+    if compiled:
+        from .compiled import compile_towers
+
+        compile_towers(adapter)
+    return adapter
 
 
 def _evaluate_config(values: dict) -> EvaluateConfig:
@@ -171,11 +178,17 @@ def evaluate(
     data: str | Path | Dataset | None = None,
     config: EvaluateConfig | dict | None = None,
     progress: bool = True,
+    compiled: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a model spec, output folder or adapter. For an output folder whose base model
-    can be loaded, `fidelity_cosine` compares against that base model."""
+    can be loaded, `fidelity_cosine` compares against that base model. `compiled`: evaluate
+    its towers through ``torch.compile`` (latency warm-up calls absorb the compilation)."""
     cfg = config if isinstance(config, EvaluateConfig) else _evaluate_config(config or {})
     adapter = load_model(model, progress=progress)
+    if compiled:
+        from .compiled import compile_towers
+
+        compile_towers(adapter)
     dataset = load_data(data if data is not None else adapter.default_data)
     check_data_fits(adapter, dataset)
     reference = None

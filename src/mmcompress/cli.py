@@ -140,6 +140,8 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     max_samples: Annotated[int | None, typer.Option(help="first N examples only")] = None,
     metrics: Annotated[str | None, typer.Option(help="comma-separated metric keys")] = None,
+    compile_towers: Annotated[bool, typer.Option(
+        "--compile", help="run the towers through torch.compile (needs a C++ compiler)")] = False,
     quiet: QuietOpt = False,
     threads: ThreadsOpt = None,
 ) -> None:
@@ -151,7 +153,7 @@ def evaluate(
     config = {"max_samples": max_samples}
     if metrics:
         config["metrics"] = [m.strip() for m in metrics.split(",") if m.strip()]
-    result = run_evaluate(spec, data, config, progress=progress)
+    result = run_evaluate(spec, data, config, progress=progress, compiled=compile_towers)
     if as_json:
         typer.echo(json.dumps(result, indent=1))
         return

@@ -13,6 +13,11 @@ AMX / VNNI where present) on a weight packed once and cached beside the state: t
 not saved, it is rebuilt on the first call after the state changes (load, ``.to()``, edits).
 Elsewhere (no oneDNN, CUDA, non-float32 inputs, autograd) the same integer function is
 computed by dequantizing, so results agree to float rounding.
+
+Under ``torch.compile`` (see `mmcompress.compiled`) the layer is traced as PyTorch's
+quantize → dequantize → linear reference pattern, which the x86 inductor backend (with
+freezing) lowers to the same oneDNN int8 GEMM, fusing the activation quantization into the
+op before it and the rescaling into the op after it.
 """
 
 from __future__ import annotations
@@ -66,6 +71,13 @@ def quantize_activation(x: torch.Tensor, scale: float,
     if x.device.type == "cpu" and x.dtype == torch.float32 and _fused_quantize_ok():
         return _int8_view(torch.quantize_per_tensor(x, scale, 0, torch.qint8))
     return torch.round(x / scale).clamp_(QMIN, QMAX).to(torch.int8)
+
+
+def _decomposed_ops() -> Any:
+    """``torch.ops.quantized_decomposed`` (registered when its module is imported)."""
+    import torch.ao.quantization.fx._decomposed  # noqa: F401 - registers the ops
+
+    return torch.ops.quantized_decomposed
 
 
 class _OnednnKernel:
@@ -199,7 +211,33 @@ class W8A8Linear(nn.Module):
         return (x.device.type == "cpu" and x.dtype == torch.float32
                 and not (torch.is_grad_enabled() and x.requires_grad))
 
+    def prepare_compile(self) -> None:
+        """Freeze the constants the traced forward reads as plain values (call again after
+        editing the layer's state)."""
+        self._graph_consts = float(self.act_scale)
+        self.register_buffer("weight_zero", torch.zeros(self.out_features, dtype=torch.long,
+                                                        device=self.qweight.device),
+                             persistent=False)
+
+    def graph_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The integer function as the quantize → dequantize → linear ops of PyTorch's reference
+        quantized representation (what ``torch.compile`` traces)."""
+        scale = getattr(self, "_graph_consts", None)
+        if scale is None:
+            raise RuntimeError("W8A8Linear.prepare_compile() must run before torch.compile "
+                               "(mmcompress.compiled.compile_towers does this)")
+        if self.input_scale is not None:
+            x = x / self.input_scale
+        qd = _decomposed_ops()
+        codes = qd.quantize_per_tensor.default(x, scale, 0, QMIN, QMAX, torch.int8)
+        xd = qd.dequantize_per_tensor.default(codes, scale, 0, QMIN, QMAX, torch.int8)
+        wd = qd.dequantize_per_channel.default(self.qweight, self.weight_scale, self.weight_zero, 0,
+                                               QMIN, QMAX, torch.int8)
+        return F.linear(xd, wd, self.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return self.graph_forward(x)
         if self._fast_ok(x):
             kernel = self._kernel()
             if kernel is not None:
@@ -242,6 +280,7 @@ class W8A8Linear(nn.Module):
     def __getstate__(self) -> dict[str, Any]:  # packed oneDNN weights do not copy or pickle
         state = self.__dict__.copy()
         state["_cache"] = {}
+        state.pop("_graph_consts", None)
         return state
 
     def spec(self) -> dict[str, Any]:
@@ -300,14 +339,18 @@ class W8A8PatchConv2d(W8A8Linear):
         (kh, kw), (b, c, h, w) = self.kernel_size, x.shape
         hp, wp = h // kh, w // kw
         patches = x[:, :, : hp * kh, : wp * kw].reshape(b, c, hp, kh, wp, kw)
-        patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(b, hp, wp, c * kh * kw)
-        return super().forward(patches).permute(0, 3, 1, 2)
+        patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(b * hp * wp, c * kh * kw)
+        return super().forward(patches).view(b, hp, wp, -1).permute(0, 3, 1, 2)
 
     @property
     def weight(self) -> torch.Tensor:
-        """The dense filter (cached per state: model code may read it on every call)."""
-        return self._cached("dense", lambda: self.dense_weight().view(
-            self.out_features, self.in_channels, *self.kernel_size))
+        """The dense filter (cached per state: model code may read it on every call; traced
+        as ops under ``torch.compile``, where unused reads are dropped)."""
+        def dense() -> torch.Tensor:
+            return self.dense_weight().view(self.out_features, self.in_channels,
+                                            *self.kernel_size)
+
+        return dense() if torch.compiler.is_compiling() else self._cached("dense", dense)
 
     def to_dense(self) -> nn.Conv2d:
         dense = nn.Conv2d(self.in_channels, self.out_features, self.kernel_size,
