@@ -106,13 +106,13 @@ def _allocations(base, calib: Dataset, test: Dataset, key: str, param_ratio: flo
 
 def minilm(args: argparse.Namespace) -> dict[str, Any]:
     base = load_model("minilm", progress=False)
-    dev = load_data(STSB / "sts-dev.csv").head(args.max_pairs)
-    train = load_data(STSB / "sts-train.csv")
+    dev = load_data(args.minilm_eval).head(args.max_pairs)
+    train = load_data(args.minilm_calib)
     dense, rows = _allocations(base, train, dev, "stsb_spearman", args.param_ratio, ["text"],
                                args)
     return {
-        "data": f"{STSB / 'sts-dev.csv'} ({len(dev)} pairs)",
-        "calibration": f"{STSB / 'sts-train.csv'}, {args.calib_samples} samples",
+        "data": f"{args.minilm_eval} ({len(dev)} pairs)",
+        "calibration": f"{args.minilm_calib}, {args.calib_samples} samples",
         "target_param_ratio": args.param_ratio,
         "dense": dense,
         "rows": rows,
@@ -303,6 +303,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="resnet: fine-tune on N evenly spaced training images (sizing runs)")
     p.add_argument("--param-ratio", type=float, default=0.7, help="minilm: weights kept")
     p.add_argument("--max-pairs", type=int, default=None, help="minilm: first N dev pairs")
+    p.add_argument("--minilm-eval", default=str(STSB / "sts-dev.csv"), help="minilm: STS pairs")
+    p.add_argument("--minilm-calib", default=str(STSB / "sts-train.csv"),
+                   help="minilm: calibration sentences (never the evaluation pairs)")
     p.add_argument("--max-images", type=int, default=None, help="resnet: first N test images")
     p.add_argument("--calib-samples", type=int, default=512)
     p.add_argument("--calib-batch", type=int, default=16)

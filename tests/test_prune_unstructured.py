@@ -29,6 +29,7 @@ from mmcompress.modules.sparse import (
 from mmcompress.quantization.grid import QuantGrid
 from mmcompress.recipe import CalibrationConfig, load_recipe
 from mmcompress.sparsity import global_keep_masks, keep_mask, parse_pattern, sparsegpt_prune
+from mmcompress.sparsity.owl import outlier_ratio, owl_sparsities
 
 SPARSE = (SparseLinear, SparseConv2d)
 PATTERNS = [None, (2, 4), (4, 8)]
@@ -231,6 +232,33 @@ def test_global_scope_spreads_sparsity_unevenly(tiny_clip):
     assert len({round(m.sparsity, 2) for m in layers}) > 3 and summary["sparsity"] == 0.5
 
 
+def test_owl_ratios_prune_outlier_blocks_less():
+    gen = torch.Generator().manual_seed(0)
+    flat = [torch.rand(32, 32, generator=gen)]
+    spiky = [torch.rand(32, 32, generator=gen)]
+    spiky[0][:, :2] *= 40  # outlier input channels
+    ratios = {"a": outlier_ratio(flat, 5.0), "b": outlier_ratio(spiky, 5.0), "c": 0.01}
+    assert ratios["a"] == 0 < ratios["b"]
+    per_block = owl_sparsities(ratios, 0.7, 0.08)
+    assert per_block["b"] < per_block["c"] < per_block["a"]
+    assert max(per_block.values()) - min(per_block.values()) == pytest.approx(0.16)
+    assert sum(per_block.values()) / 3 == pytest.approx(0.7)
+    assert owl_sparsities({"a": 0.1, "b": 0.1}, 0.6, 0.08) == {"a": 0.6, "b": 0.6}
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_owl_keeps_the_mean_sparsity_and_varies_it_by_block(tiny_clip, method):
+    summary = _apply(tiny_clip, method, sparsity=0.6, layer_sparsity="owl", targets=["text"])
+    layers = _sparse_layers(tiny_clip)
+    by_block: dict[str, set] = {}
+    for name, m in layers.items():
+        block = name.split(".mlp")[0].split(".self_attn")[0]
+        by_block.setdefault(block, set()).add(round(m.sparsity, 2))
+    assert all(len(v) == 1 for v in by_block.values())  # one sparsity per block
+    assert len({next(iter(v)) for v in by_block.values()}) > 1
+    assert summary["sparsity"] == pytest.approx(0.6, abs=0.01)
+
+
 def _quantize(adapter, method, **cfg):
     stage = load_recipe({"stages": [{"quantize": {"method": method, **cfg}}]}).stages[0]
     ctx = StageContext(data=_data(), calibration=CalibrationConfig(samples=8, batch_size=4),
@@ -285,6 +313,8 @@ def test_prune_then_quantize_in_one_recipe(tiny_clip, tmp_path):
     ({"sparsity": 0.5, "scope": "global", "method": "wanda"}, "needs method 'magnitude'"),
     ({"sparsity": 0.5, "scope": "tower"}, "scope"),
     ({"sparsity": 0.5, "blocksize": 4, "method": "sparsegpt"}, "unknown key 'blocksize'"),
+    ({"sparsity": 0.5, "layer_sparsity": "owl"}, "needs method wanda or sparsegpt"),
+    ({"pattern": "2:4", "layer_sparsity": "owl", "method": "wanda"}, "unstructured pattern"),
 ])
 def test_bad_settings_are_recipe_errors(cfg, fragment):
     cfg = {"method": "magnitude", **cfg}

@@ -13,7 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from ..adapters import Adapter
-from ..calibration import HessianCollector, calibrate_layers
+from ..calibration import HessianCollector, calibrate_layers, layer_groups
 from ..calibration.collectors import FeatureNormCollector
 from ..errors import RecipeError
 from ..modules.replace import replace_modules
@@ -26,6 +26,7 @@ from ..sparsity import (
     pattern_name,
     sparsegpt_prune,
 )
+from ..sparsity.owl import outlier_ratio, owl_sparsities
 from .base import MethodConfig, StageContext, register_method, selected
 from .training_hooks import Schedule, with_schedule
 from .weight_quant import weight_matrix
@@ -43,6 +44,14 @@ class UnstructuredPruneConfig(MethodConfig):
     convolutions: bool = Field(True, description="also prune 2-d convolutions")
     schedule: Schedule | None = Field(None, description="prune gradually while a later "
                                       "finetune/distill stage trains (magnitude, wanda)")
+    layer_sparsity: Literal["uniform", "owl"] = Field(
+        "uniform", description="every block at `sparsity`, or 'owl': blocks whose Wanda scores "
+        "hold more outliers pruned less, the mean staying `sparsity` (wanda, sparsegpt; "
+        "unstructured)")
+    owl_threshold: float = Field(5.0, gt=1, description="OWL: a score is an outlier above this "
+                                 "many times its block's mean score")
+    owl_spread: float = Field(0.08, ge=0, lt=0.5, description="OWL: block sparsities span the "
+                              "target ± this")
 
     @field_validator("pattern", mode="before")
     @classmethod
@@ -58,6 +67,11 @@ class UnstructuredPruneConfig(MethodConfig):
                 and abs(self.sparsity - (1 - nm[0] / nm[1])) > 1e-6:
             raise ValueError(f"pattern {self.pattern} means sparsity {1 - nm[0] / nm[1]:g}, not "
                              f"{self.sparsity:g}; drop 'sparsity' or make them agree")
+        if self.layer_sparsity == "owl" and (self.method == "magnitude" or nm is not None
+                                             or self.schedule is not None):
+            raise ValueError("layer_sparsity 'owl' sets a sparsity per block from calibrated "
+                             "scores: it needs method wanda or sparsegpt, an unstructured "
+                             "pattern and no schedule")
         if self.scope == "global" and (self.method != "magnitude" or nm is not None):
             raise ValueError("scope 'global' ranks weights across layers by magnitude, so it "
                              "needs method 'magnitude' and an unstructured pattern")
@@ -122,14 +136,41 @@ def _column_order(module: nn.Module, nm: NM | None) -> torch.Tensor | None:
 
 
 def _select(scores: torch.Tensor, module: nn.Module, config: UnstructuredPruneConfig,
-            per_row: bool) -> torch.Tensor:
-    """Keep-mask of one layer from its scores, in the layer's own column order."""
+            per_row: bool, sparsity: float | None = None) -> torch.Tensor:
+    """Keep-mask of one layer from its scores, in the layer's own column order (`sparsity`:
+    this layer's, default the stage's)."""
+    sparsity = config.target_sparsity if sparsity is None else sparsity
     perm = _column_order(module, config.nm)
     if perm is None:
-        return keep_mask(scores, config.target_sparsity, config.nm, per_row)
+        return keep_mask(scores, sparsity, config.nm, per_row)
     keep = torch.empty_like(scores, dtype=torch.bool)
-    keep[:, perm] = keep_mask(scores[:, perm], config.target_sparsity, config.nm, per_row)
+    keep[:, perm] = keep_mask(scores[:, perm], sparsity, config.nm, per_row)
     return keep
+
+
+def _wanda_scores(module: nn.Module, stats: FeatureNormCollector) -> torch.Tensor:
+    """|W_ij|·‖X_j‖₂ of one layer."""
+    return weight_matrix(module).abs() * stats.norm
+
+
+def _layer_sparsities(adapter: Adapter, layers: dict[str, nn.Module],
+                      config: UnstructuredPruneConfig, context: StageContext
+                      ) -> dict[str, float]:
+    """Sparsity per layer: the stage's, or OWL's per block from a pass over the unpruned
+    model (its Wanda scores; nothing is replaced)."""
+    if config.layer_sparsity == "uniform":
+        return dict.fromkeys(layers, config.target_sparsity)
+    blocks = {name: group[0] for group in layer_groups(list(layers)) for name in group}
+    scores: dict[str, list[torch.Tensor]] = {}
+
+    def record(name: str, module: nn.Module, stats: FeatureNormCollector) -> None:
+        scores.setdefault(blocks[name], []).append(_wanda_scores(module, stats))
+
+    calibrate_layers(adapter, dict(layers), context.calibration_data(adapter),
+                     lambda n, m: FeatureNormCollector(), record, "owl ratios", context.progress)
+    ratios = {b: outlier_ratio(s, config.owl_threshold) for b, s in scores.items()}
+    per_block = owl_sparsities(ratios, config.target_sparsity, config.owl_spread)
+    return {name: per_block[blocks[name]] for name in layers}
 
 
 class _Tally:
@@ -198,9 +239,11 @@ def apply_wanda(adapter: Adapter, config: WandaConfig, context: StageContext) ->
     if _nothing_to_do(config):
         return tally.summary(0)
 
+    sparsity = _layer_sparsities(adapter, layers, config, context)
+
     def replace(name: str, module: nn.Module, stats: FeatureNormCollector) -> nn.Module:
-        w = weight_matrix(module)
-        return tally.stand_in(name, module, _select(w.abs() * stats.norm, module, config, True), w)
+        keep = _select(_wanda_scores(module, stats), module, config, True, sparsity[name])
+        return tally.stand_in(name, module, keep, weight_matrix(module))
 
     n = calibrate_layers(adapter, layers, context.calibration_data(adapter),
                          lambda n, m: FeatureNormCollector(), replace, "wanda", context.progress)
@@ -218,12 +261,14 @@ def apply_sparsegpt(adapter: Adapter, config: SparseGPTConfig,
     if _nothing_to_do(config):
         return tally.summary(0)
 
+    sparsity = _layer_sparsities(adapter, layers, config, context)
+
     def replace(name: str, module: nn.Module, stats: HessianCollector) -> nn.Module:
         w, h = weight_matrix(module), stats.hessian
         perm = _column_order(module, config.nm)
         if perm is not None:
             w, h = w[:, perm], h[perm][:, perm]
-        new, keep = sparsegpt_prune(w, h, config.target_sparsity, config.nm, config.damp,
+        new, keep = sparsegpt_prune(w, h, sparsity[name], config.nm, config.damp,
                                     config.block_size)
         if perm is not None:
             new[:, perm], keep[:, perm] = new.clone(), keep.clone()
