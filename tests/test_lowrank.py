@@ -179,6 +179,16 @@ def test_param_ratio_counts_the_selected_weights(tiny_clip):
     assert summary["param_ratio"] <= 0.6
 
 
+def test_calibrated_summary_counts_every_selected_layer(tiny_clip):
+    selected = sum(isinstance(m, nn.Linear) for n, m in tiny_clip.model.named_modules()
+                   if n.startswith("text_model"))
+    (summary,) = _run(tiny_clip, [{"lowrank": {"method": "svd-whiten", "param_ratio": 0.7,
+                                               "sensitivity_samples": 0, "targets": ["text"]}}])
+    factored = sum(isinstance(m, LowRankLinear) for m in tiny_clip.model.modules())
+    assert summary["modules"] == factored and summary["kept_dense"] >= 0
+    assert summary["modules"] + summary["kept_dense"] == selected
+
+
 def test_lowrank_then_int8_factors_are_quantized_and_reload(tiny_clip, tmp_path):
     stages = [{"lowrank": {"method": "svd-whiten", "rank": 6, "targets": ["text"]}},
               {"quantize": {"method": "rtn", "bits": 8, "targets": ["re:mlp\\.fc1"],

@@ -161,7 +161,7 @@ def apply_lowrank(adapter: Adapter, factorizer: Factorizer, context: StageContex
     modules = {n: m for n, m in found.items() if factorizer.supports(m)}
     if not modules:
         raise RecipeError(f"{desc} found no layer it can factor among the selected modules")
-    before = sum(factorizer.dense(m) for m in modules.values())
+    before, count = sum(factorizer.dense(m) for m in modules.values()), len(modules)
     choices, summary = _choices(adapter, factorizer, modules, context)
     new: dict[str, nn.Module] = {}
 
@@ -180,8 +180,9 @@ def apply_lowrank(adapter: Adapter, factorizer: Factorizer, context: StageContex
             replace(name, module, None)
         replace_modules(adapter.model, new)
     after = sum(m.logical_params() - _bias(m) for m in new.values())
+    # calibration removes replaced layers from `modules`: what is left stayed dense
     after += sum(factorizer.dense(m) for n, m in modules.items() if n not in new)
-    return {"modules": len(new), "kept_dense": len(modules) - len(new),
+    return {"modules": len(new), "kept_dense": count - len(new),
             "param_ratio": round(after / before, 4), **summary}
 
 
