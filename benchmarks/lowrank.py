@@ -92,7 +92,7 @@ def _allocations(base, calib: Dataset, test: Dataset, key: str, param_ratio: flo
     dense = {key: ref.metrics[key]}
     calibration = {"samples": args.calib_samples, "batch_size": args.calib_batch}
     rows = []
-    for method in ("svd", "svd-whiten"):
+    for method in args.methods.split(","):
         for allocation in ("uniform", "sensitivity"):
             adapter = copy.deepcopy(base)
             stage = {"lowrank": {"method": method, "param_ratio": param_ratio,
@@ -308,6 +308,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="minilm: calibration sentences (never the evaluation pairs)")
     p.add_argument("--max-images", type=int, default=None, help="resnet: first N test images")
     p.add_argument("--calib-samples", type=int, default=512)
+    p.add_argument("--methods", default="svd,svd-whiten",
+                   help="minilm, lit-cifar: linear methods compared")
     p.add_argument("--calib-batch", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=8, help="clip: latency batch")
     p.add_argument("--repeats", type=int, default=20, help="clip: timed calls per variant")

@@ -27,6 +27,11 @@ SECTIONS = [
      " (2,048 sentences, ~29k tokens), STS-B dev Spearman; `loss` is the drop from the dense"
      " model, `size_ratio` the whole model's saved size (the word-embedding table, half of"
      " MiniLM, stays dense)."),
+    ("Wanda with OWL sparsity per block", "prune_owl.json",
+     "python -m benchmarks.prune_unstructured benchmarks/results/prune_owl.json"
+     " --methods wanda,wanda-owl --settings 0.6,0.7 --threads 1",
+     "Wanda as above, and with `layer_sparsity: owl` (a sparsity per transformer block from the"
+     " outlier ratio of its Wanda scores, threshold 5, spread ±0.08, the paper's defaults)."),
     ("Saved size of sparse layers", "sparse_size.json", "python -m benchmarks.sparse_size",
      "50% magnitude sparsity on every linear layer, then int8 (embeddings too) in the same"
      " recipe; `pruned_layers_ratio` counts the linear layers' saved tensors only."),
@@ -41,6 +46,12 @@ SECTIONS = [
      " encoder's linear weights kept; lit-cifar: every linear layer), latency of 50% of the"
      " linear weights on random CLIP ViT-B/32, Tucker and CP on ResNet-56 at half the"
      " convolution weights."),
+    ("Low-rank MiniLM on other STS data", "lowrank_minilm_heldout.json",
+     "python -m benchmarks.sts_heldout /tmp/sts && python -m benchmarks.lowrank"
+     " benchmarks/results/lowrank_minilm_heldout.json --parts minilm --minilm-eval"
+     " /tmp/sts/sts-heldout.csv --minilm-calib /tmp/sts/sts-calib.csv",
+     "The MiniLM rows of the low-rank benchmark evaluated on 1,437 STS-B train pairs (every"
+     " fourth) and calibrated on the other train pairs: figures beyond the dev split."),
     ("Low-rank ResNet-56 with recovery fine-tuning", "lowrank_resnet_ft.json",
      "python -m benchmarks.lowrank benchmarks/results/lowrank_resnet_ft.json --parts resnet"
      " --resnet-configs tucker-sensitivity,tucker-uniform --finetune-epochs 5 --finetune-dense"

@@ -41,10 +41,14 @@ from typing import Any
 
 import torch
 
+from mmcompress.io.atomic import write_text_atomic
+
 RESULTS = Path(__file__).resolve().parent / "results" / "training.json"
 #: where the fine-tuned ResNet-56 teacher is kept between runs (a cache, not the repository)
 TEACHER_FT = Path(os.environ.get("MMCOMPRESS_CACHE", Path.home() / ".cache" / "mmcompress")) \
     / "bench-training" / "resnet56-ft-aug"
+#: the same teacher fine-tuned 5× longer
+TEACHER_FT10 = TEACHER_FT.parent / "resnet56-ft-aug-10ep"
 STEPS = {"cifar": 2, "lit": 3, "demo": 4, "minilm": 1}  # epochs per family
 
 
@@ -75,11 +79,30 @@ RUNS: dict[str, dict[str, Any]] = {
     # the same pair trained 2.5× longer
     "cifar-finetune-aug-5ep": _cifar(_TASK, augment=True, epochs=5),
     "cifar-distill-ft-aug-5ep": _cifar(_kd(str(TEACHER_FT)), augment=True, epochs=5),
+    # and 5× longer
+    "cifar-finetune-aug-10ep": _cifar(_TASK, augment=True, epochs=10),
+    "cifar-distill-ft-aug-10ep": _cifar(_kd(str(TEACHER_FT)), augment=True, epochs=10),
+    # a stronger teacher: ResNet-56 fine-tuned 10 epochs on the same images, then distilled
+    "cifar-teacher-aug-10ep": _cifar(_TASK, augment=True, model="resnet56", epochs=10,
+                                     save=TEACHER_FT10),
+    "cifar-distill-ft10-aug-10ep": _cifar(_kd(str(TEACHER_FT10)), augment=True, epochs=10),
     "lit-affinity": {"model": "lit-cifar", "data": "lit-cifar-train", "eval": "lit-cifar-eval",
                      "student": {"layers": "every-2"},
                      "stage": ("distill", {"method": "kd", "losses": ["affinity", "clip_kd"],
                                            "alpha": 1.0}),
                      "epochs": STEPS["lit"], "lr": 5e-4, "batch_size": 64},
+    # both twice as long, with crops and flips (the teacher sees the same crops)
+    "lit-affinity-aug-6ep": {"model": "lit-cifar", "data": "lit-cifar-train",
+                             "eval": "lit-cifar-eval", "student": {"layers": "every-2"},
+                             "augment": True,
+                             "stage": ("distill", {"method": "kd",
+                                                   "losses": ["affinity", "clip_kd"],
+                                                   "alpha": 1.0}),
+                             "epochs": 6, "lr": 5e-4, "batch_size": 64},
+    "lit-task-aug-6ep": {"model": "lit-cifar", "data": "lit-cifar-train",
+                         "eval": "lit-cifar-eval", "student": {"layers": "every-2"},
+                         "augment": True, "stage": ("finetune", {"method": "task"}),
+                         "epochs": 6, "lr": 5e-4, "batch_size": 64},
     "lit-task": {"model": "lit-cifar", "data": "lit-cifar-train", "eval": "lit-cifar-eval",
                  "student": {"layers": "every-2"}, "stage": ("finetune", {"method": "task"}),
                  "epochs": STEPS["lit"], "lr": 5e-4, "batch_size": 64},
@@ -230,17 +253,20 @@ def main(argv: list[str]) -> None:
         if int(os.environ.get("RANK", "0")) == 0:
             print(json.dumps(result))
         return
-    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     for name in args.runs.split(","):
         if name == "ddp":
-            results["ddp"] = {"1": _child(["--ddp-steps", str(DDP_STEPS)]),
-                              "2": _child(["--ddp-steps", str(DDP_STEPS)], torchrun=2)}
-            print(f"ddp: {json.dumps(results['ddp'])}", flush=True)
+            entry = {"1": _child(["--ddp-steps", str(DDP_STEPS)]),
+                     "2": _child(["--ddp-steps", str(DDP_STEPS)], torchrun=2)}
+            print(f"ddp: {json.dumps(entry)}", flush=True)
         else:
-            results[name] = {"run": name, **_child(["--one", name])}
-            print(_row(results[name]), flush=True)
+            entry = {"run": name, **_child(["--one", name])}
+            print(_row(entry), flush=True)
+        # read again before writing: another invocation may have added runs meanwhile
+        results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+        results[name] = entry
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=1))
+        write_text_atomic(args.out, json.dumps(results, indent=1))
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     print("\n| run | after training | before | teacher | × teacher | params (after / before) "
           "| training | wall | peak RSS |\n|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
