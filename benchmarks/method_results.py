@@ -49,7 +49,8 @@ SECTIONS = [
     ("Low-rank MiniLM on other STS data", "lowrank_minilm_heldout.json",
      "python -m benchmarks.sts_heldout /tmp/sts && python -m benchmarks.lowrank"
      " benchmarks/results/lowrank_minilm_heldout.json --parts minilm --minilm-eval"
-     " /tmp/sts/sts-heldout.csv --minilm-calib /tmp/sts/sts-calib.csv",
+     " /tmp/sts/sts-heldout.csv --minilm-calib /tmp/sts/sts-calib.csv --threads 1"
+     " --compress-threads 1",
      "The MiniLM rows of the low-rank benchmark evaluated on 1,437 STS-B train pairs (every"
      " fourth) and calibrated on the other train pairs: figures beyond the dev split."),
     ("Low-rank ResNet-56 with recovery fine-tuning", "lowrank_resnet_ft.json",
