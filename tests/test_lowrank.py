@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from _helpers import FAST_EVAL
+from _helpers import FAST_EVAL, toy_image_data
 from torch import nn
 from typer.testing import CliRunner
 
@@ -124,17 +124,9 @@ def test_allocation_factors_a_layer_whose_first_step_is_costly():
     assert choices == {"a": 1, "b": None} and kept == 110
 
 
-def _data(n=12):
-    rng = np.random.default_rng(0)
-    return Dataset("toy", "classification",
-                   images=[rng.random((16, 16, 3), dtype=np.float32) for _ in range(n)],
-                   labels=[i % 2 for i in range(n)], class_names=["cat", "dog"],
-                   templates=["a {}", "the {}"])
-
-
 def _run(adapter, stages, data=None):
     recipe = load_recipe({"stages": stages})
-    ctx = StageContext(data=data if data is not None else _data(),
+    ctx = StageContext(data=data if data is not None else toy_image_data(12),
                        calibration=CalibrationConfig(samples=8, batch_size=4), progress=False)
     return [METHODS[(s.kind, s.config.method)].apply(adapter, s.config, ctx)
             for s in recipe.stages]

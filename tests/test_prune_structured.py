@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from _helpers import FAST_EVAL
+from _helpers import FAST_EVAL, toy_image_data
 from torch import nn
 from transformers import BertConfig, BertTokenizer, SiglipConfig
 from typer.testing import CliRunner
@@ -34,14 +34,6 @@ from mmcompress.structured.importance import consumer_stats
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "cat", "dog", "the", "photo", "of",
          "small", "big"]
 TEXTS = ["a cat", "the big dog", "a photo of a small cat"]
-
-
-def _toy_data(n: int = 8) -> Dataset:
-    rng = np.random.default_rng(0)
-    return Dataset("toy", "classification",
-                   images=[rng.random((16, 16, 3), dtype=np.float32) for _ in range(n)],
-                   labels=[i % 2 for i in range(n)], class_names=["cat", "dog"],
-                   templates=["a {}", "the {}"])
 
 
 def _sts_data() -> Dataset:
@@ -171,7 +163,7 @@ def test_method_removes_the_weakest_units_and_updates_attention(tiny_clip):
             assert (layer.mlp.fc1.out_features, layer.mlp.fc2.in_features) == (48, 48)
     torch.testing.assert_close(tiny_clip.encode_texts(TEXTS), masked.encode_texts(TEXTS),
                                atol=2e-5, rtol=1e-4)
-    images = _toy_data(2).images
+    images = toy_image_data(2).images
     torch.testing.assert_close(tiny_clip.encode_images(images), masked.encode_images(images),
                                atol=2e-5, rtol=1e-4)
 
@@ -188,7 +180,7 @@ def test_each_importance_removes_a_dead_unit_first(tiny_clip, importance):
         layer.mlp.fc2.weight[:, 5] = 0
     kept_head = layer.self_attn.q_proj.weight[16:].clone()
     kept_neuron = layer.mlp.fc1.weight[6].clone()
-    _prune(tiny_clip, _toy_data(), heads=1, neurons=1, importance=importance,
+    _prune(tiny_clip, toy_image_data(), heads=1, neurons=1, importance=importance,
            targets=["vision"])
     assert torch.equal(layer.self_attn.q_proj.weight, kept_head)
     assert not (layer.mlp.fc1.weight == 0).all(1).any()
@@ -201,11 +193,11 @@ def test_compensation_keeps_a_constant_unit_exactly(tiny_clip):
     with torch.no_grad():  # neuron 5 outputs the same value for every token
         layer.mlp.fc1.weight[5] = 0
         layer.mlp.fc1.bias[5] = 1.0
-    images = _toy_data(3).images
+    images = toy_image_data(3).images
     before = tiny_clip.encode_images(images)
     group = next(g for g in find_structure(tiny_clip.model).units
                  if g.name == "vision_model.encoder.layers.0.mlp")
-    calib = tiny_clip.calibration_data(_toy_data(), samples=8, batch_size=4, seed=0)
+    calib = tiny_clip.calibration_data(toy_image_data(), samples=8, batch_size=4, seed=0)
     stats = consumer_stats(tiny_clip, [group], calib, progress=False)
     plain = copy.deepcopy(tiny_clip)
     prune_units(plain.model, group, [5])
@@ -220,9 +212,9 @@ def test_with_compensation_a_constant_unit_goes_first_and_costs_nothing(tiny_cli
     with torch.no_grad():  # neuron 5 outputs the same large value for every token
         layer.mlp.fc1.weight[5] = 0
         layer.mlp.fc1.bias[5] = 3.0
-    images = _toy_data(3).images
+    images = toy_image_data(3).images
     before = tiny_clip.encode_images(images)
-    _prune(tiny_clip, _toy_data(), neurons=1, importance=importance, compensate=True,
+    _prune(tiny_clip, toy_image_data(), neurons=1, importance=importance, compensate=True,
            targets=["vision_model.encoder.layers.0"])
     assert layer.mlp.fc1.out_features == 63 and (layer.mlp.fc1.bias != 3.0).all()
     torch.testing.assert_close(tiny_clip.encode_images(images), before, atol=1e-5, rtol=1e-5)
@@ -245,7 +237,7 @@ def test_compensation_gives_a_bias_to_a_conv_without_one():
 
 
 def test_method_with_compensation_reloads_identically(tiny_clip, tmp_path):
-    summary = _prune(tiny_clip, _toy_data(), heads=1, neurons=0.5, compensate=True)
+    summary = _prune(tiny_clip, toy_image_data(), heads=1, neurons=0.5, compensate=True)
     assert summary["removed"]["text"]["neurons"]["removed"] == 64
     _roundtrip(tiny_clip, tmp_path, lambda a: (a.encode_texts(TEXTS),))
 
@@ -258,7 +250,7 @@ def test_layer_removal_drops_the_block_that_changes_nothing(tiny_clip):
             lin.bias.zero_()
     keep = layers[1]
     before = tiny_clip.encode_texts(TEXTS)
-    summary = _prune(tiny_clip, _toy_data(), layers=0.5, scope="tower")
+    summary = _prune(tiny_clip, toy_image_data(), layers=0.5, scope="tower")
     assert len(layers) == 1 and layers[0] is keep
     assert len(tiny_clip.model.vision_model.encoder.layers) == 1
     assert summary["removed"]["text"]["layers"] == {"removed": 1, "of": 2}
@@ -277,7 +269,7 @@ def _roundtrip(adapter, tmp_path, encode):
 
 
 def test_clip_with_non_uniform_widths_reloads_identically(tiny_clip, tmp_path):
-    data = _toy_data()
+    data = toy_image_data()
     _prune(tiny_clip, data, heads=1, neurons=0.5, scope="global", importance="activation")
     _prune(tiny_clip, data, layers=1, importance="magnitude")
     widths = {(t, len(getattr(tiny_clip.model, t).encoder.layers))
@@ -365,7 +357,7 @@ def test_prune_then_quantize_in_one_recipe(tiny_clip, tmp_path):
     recipe = {"stages": [{"prune": {"method": "structured", "heads": 0.5, "neurons": 0.5}},
                          {"quantize": {"method": "rtn", "bits": 8}}],
               "evaluate": {"max_samples": 8, "metrics": ["params", "fidelity_cosine"]}}
-    result = mmcompress.compress(tiny_clip, recipe, out=tmp_path / "out", data=_toy_data(),
+    result = mmcompress.compress(tiny_clip, recipe, out=tmp_path / "out", data=toy_image_data(),
                                  progress=False)
     report = result.report
     assert report["after"]["params"] < 0.7 * report["before"]["params"]
@@ -402,7 +394,7 @@ def test_bad_values_are_recipe_errors(cfg, message):
 def test_impossible_amounts_are_refused_before_anything_changes(tiny_clip, cfg, message):
     before = {k: v.clone() for k, v in tiny_clip.model.state_dict().items()}
     with pytest.raises(RecipeError, match=message):
-        _prune(tiny_clip, _toy_data(), neurons=0.5, **cfg)
+        _prune(tiny_clip, toy_image_data(), neurons=0.5, **cfg)
     after = tiny_clip.model.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)

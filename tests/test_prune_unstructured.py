@@ -1,18 +1,16 @@
 """Unstructured and N:M pruning: exact masks, method numerics, compact storage, quantization
 after pruning, save/reload, and one-line errors for bad settings."""
 
-import numpy as np
 import pytest
 import torch
 import yaml
-from _helpers import FAST_EVAL
+from _helpers import FAST_EVAL, toy_image_data
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 from typer.testing import CliRunner
 
 import mmcompress
 from mmcompress.cli import app
-from mmcompress.data import Dataset
 from mmcompress.errors import RecipeError
 from mmcompress.io.checkpoint import save_checkpoint
 from mmcompress.methods import METHODS, StageContext
@@ -171,18 +169,10 @@ def test_sparse_conv_quantized_keeps_zeros_and_rebuilds(grid):
 
 # ---- methods on a tiny CLIP -----------------------------------------------------------------
 
-def _data(n: int = 8) -> Dataset:
-    rng = np.random.default_rng(0)
-    return Dataset("toy", "classification",
-                   images=[rng.random((16, 16, 3), dtype=np.float32) for _ in range(n)],
-                   labels=[i % 2 for i in range(n)], class_names=["cat", "dog"],
-                   templates=["a {}", "the {}"])
-
-
 def _apply(adapter, method, **cfg):
     stage = load_recipe({"stages": [{"prune": {"method": method, **cfg}}]}).stages[0]
-    ctx = StageContext(data=_data(), calibration=CalibrationConfig(samples=8, batch_size=4),
-                       progress=False)
+    ctx = StageContext(data=toy_image_data(),
+                       calibration=CalibrationConfig(samples=8, batch_size=4), progress=False)
     return METHODS[("prune", method)].apply(adapter, stage.config, ctx)
 
 
@@ -261,8 +251,8 @@ def test_owl_keeps_the_mean_sparsity_and_varies_it_by_block(tiny_clip, method):
 
 def _quantize(adapter, method, **cfg):
     stage = load_recipe({"stages": [{"quantize": {"method": method, **cfg}}]}).stages[0]
-    ctx = StageContext(data=_data(), calibration=CalibrationConfig(samples=8, batch_size=4),
-                       progress=False)
+    ctx = StageContext(data=toy_image_data(),
+                       calibration=CalibrationConfig(samples=8, batch_size=4), progress=False)
     return METHODS[("quantize", method)].apply(adapter, stage.config, ctx)
 
 
@@ -286,7 +276,7 @@ def test_prune_then_quantize_in_one_recipe(tiny_clip, tmp_path):
                          {"quantize": {"method": "gptq", "bits": 8}}],
               "calibration": {"samples": 8, "batch_size": 4}, "evaluate": FAST_EVAL}
     names = {n for n, m in tiny_clip.model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)}
-    result = mmcompress.compress(tiny_clip, recipe, out=tmp_path / "out", data=_data(),
+    result = mmcompress.compress(tiny_clip, recipe, out=tmp_path / "out", data=toy_image_data(),
                                  progress=False)
     layers = {n: m for n, m in result.adapter.model.named_modules()
               if isinstance(m, SparseQuantLinear | SparseQuantConv2d)}
