@@ -8,14 +8,13 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from ..adapters import Adapter
-from ..calibration import InputStatsCollector, calibrate_layers
+from ..calibration import InputStatsCollector
 from ..quantization.awq import awq_quantize
-from .allocation import layer_grids
-from .base import StageContext, register_method, selected
-from .gptq import split_embeddings
-from .rtn import quantize_rtn
+from ..quantization.grid import QuantGrid
+from .base import StageContext, register_method
+from .rtn import quantize_calibrated
 from .training_hooks import with_qat
-from .weight_quant import WeightQuantConfig, quantized_module, store_half, weight_matrix
+from .weight_quant import WeightQuantConfig, quantized_module, weight_matrix
 
 
 class AWQConfig(WeightQuantConfig):
@@ -39,41 +38,18 @@ class AWQConfig(WeightQuantConfig):
 @with_qat
 def apply_awq(adapter: Adapter, config: AWQConfig, context: StageContext) -> dict[str, Any]:
     """AWQ: activation-aware scale search (embedding tables: round-to-nearest)."""
-    modules = selected(adapter, config, config.kinds())
-    if config.bits == 16:
-        return store_half(adapter, modules, config.dtype)
-    grids, summary = layer_grids(adapter, modules, config, context)
-    tables, layers = split_embeddings(modules)
-    del modules  # the engine frees each original once it is replaced
-    n = quantize_rtn(adapter, tables, grids, context.progress)  # first, in model order
-    del tables
 
-    def replace(name: str, module: nn.Module, stats: InputStatsCollector) -> nn.Module:
-        grid, tie = grids[name], 1
+    def quantize(module: nn.Module, grid: QuantGrid, stats: InputStatsCollector) -> nn.Module:
+        tie = 1
         if isinstance(module, nn.Conv2d):
             if module.groups > 1:  # per-channel input scaling does not apply; plain rounding
                 return quantized_module(module, grid)
             tie = module.kernel_size[0] * module.kernel_size[1]
-        q, s = awq_quantize(
-            weight_matrix(module),
-            stats.sample,
-            stats.abs_mean,
-            grid,
-            config.clip,
-            config.n_grid,
-            tie,
-        )
+        q, s = awq_quantize(weight_matrix(module), stats.sample, stats.abs_mean, grid,
+                            config.clip, config.n_grid, tie)
         input_scale = s[::tie] if tie > 1 else s
         return quantized_module(module, grid, quantized=q, input_scale=input_scale)
 
-    n += calibrate_layers(
-        adapter,
-        layers,
-        context.calibration_data(adapter),
-        lambda n, m: InputStatsCollector(config.sample_rows),
-        replace,
-        "awq",
-        context.progress,
-        release=True,
-    )
-    return {"modules": n, **summary}
+    return quantize_calibrated(adapter, config, context,
+                               lambda n, m: InputStatsCollector(config.sample_rows), quantize,
+                               "awq")

@@ -6,6 +6,7 @@ saved model shrinks and a later quantize stage stores only the kept values.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -230,25 +231,42 @@ def apply_magnitude(adapter: Adapter, config: MagnitudeConfig,
     return tally.summary(len(layers))
 
 
-@register_method("prune", "wanda", WandaConfig)
-@with_schedule
-def apply_wanda(adapter: Adapter, config: WandaConfig, context: StageContext) -> dict[str, Any]:
-    """Wanda: drop the smallest |W_ij|·‖X_j‖₂ of each output row (calibrated, no update)."""
+def _prune_calibrated(adapter: Adapter, config: UnstructuredPruneConfig, context: StageContext,
+                      make_collector: Callable[[str, nn.Module], Any],
+                      prune_layer: Callable[[nn.Module, Any, float], tuple[torch.Tensor,
+                                                                           torch.Tensor]],
+                      desc: str) -> dict[str, Any]:
+    """What Wanda and SparseGPT share: the prunable layers, a sparsity per layer (uniform or
+    OWL), then block-by-block calibration where `prune_layer(module, stats, sparsity)` gives
+    (keep mask, new weight matrix); compact sparse modules replace them at the end."""
     layers, skipped = _prunable(adapter, config, calibrated=True)
     tally = _Tally(config, skipped)
     if _nothing_to_do(config):
         return tally.summary(0)
-
     sparsity = _layer_sparsities(adapter, layers, config, context)
 
-    def replace(name: str, module: nn.Module, stats: FeatureNormCollector) -> nn.Module:
-        keep = _select(_wanda_scores(module, stats), module, config, True, sparsity[name])
-        return tally.stand_in(name, module, keep, weight_matrix(module))
+    def replace(name: str, module: nn.Module, stats: Any) -> nn.Module:
+        keep, weight = prune_layer(module, stats, sparsity[name])
+        return tally.stand_in(name, module, keep, weight)
 
-    n = calibrate_layers(adapter, layers, context.calibration_data(adapter),
-                         lambda n, m: FeatureNormCollector(), replace, "wanda", context.progress)
+    n = calibrate_layers(adapter, layers, context.calibration_data(adapter), make_collector,
+                         replace, desc, context.progress)
     tally.finish(adapter.model)
     return tally.summary(n)
+
+
+@register_method("prune", "wanda", WandaConfig)
+@with_schedule
+def apply_wanda(adapter: Adapter, config: WandaConfig, context: StageContext) -> dict[str, Any]:
+    """Wanda: drop the smallest |W_ij|·‖X_j‖₂ of each output row (calibrated, no update)."""
+
+    def prune(module: nn.Module, stats: FeatureNormCollector,
+              sparsity: float) -> tuple[torch.Tensor, torch.Tensor]:
+        keep = _select(_wanda_scores(module, stats), module, config, True, sparsity)
+        return keep, weight_matrix(module)
+
+    return _prune_calibrated(adapter, config, context, lambda n, m: FeatureNormCollector(),
+                             prune, "wanda")
 
 
 @register_method("prune", "sparsegpt", SparseGPTConfig)
@@ -256,25 +274,17 @@ def apply_wanda(adapter: Adapter, config: WandaConfig, context: StageContext) ->
 def apply_sparsegpt(adapter: Adapter, config: SparseGPTConfig,
                     context: StageContext) -> dict[str, Any]:
     """SparseGPT: second-order mask selection with an inverse-Hessian weight update."""
-    layers, skipped = _prunable(adapter, config, calibrated=True)
-    tally = _Tally(config, skipped)
-    if _nothing_to_do(config):
-        return tally.summary(0)
 
-    sparsity = _layer_sparsities(adapter, layers, config, context)
-
-    def replace(name: str, module: nn.Module, stats: HessianCollector) -> nn.Module:
+    def prune(module: nn.Module, stats: HessianCollector,
+              sparsity: float) -> tuple[torch.Tensor, torch.Tensor]:
         w, h = weight_matrix(module), stats.hessian
         perm = _column_order(module, config.nm)
         if perm is not None:
             w, h = w[:, perm], h[perm][:, perm]
-        new, keep = sparsegpt_prune(w, h, sparsity[name], config.nm, config.damp,
-                                    config.block_size)
+        new, keep = sparsegpt_prune(w, h, sparsity, config.nm, config.damp, config.block_size)
         if perm is not None:
             new[:, perm], keep[:, perm] = new.clone(), keep.clone()
-        return tally.stand_in(name, module, keep, new)
+        return keep, new
 
-    n = calibrate_layers(adapter, layers, context.calibration_data(adapter),
-                         lambda n, m: HessianCollector(), replace, "sparsegpt", context.progress)
-    tally.finish(adapter.model)
-    return tally.summary(n)
+    return _prune_calibrated(adapter, config, context, lambda n, m: HessianCollector(),
+                             prune, "sparsegpt")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import nn
 
 from ..adapters import Adapter
+from ..calibration import calibrate_layers
 from ..modules.replace import replace_modules
 from ..progress import progress_bar
 from ..quantization.grid import QuantGrid
@@ -15,6 +16,9 @@ from .allocation import layer_grids
 from .base import StageContext, register_method, selected
 from .training_hooks import with_qat
 from .weight_quant import WeightQuantConfig, quantized_module, store_half
+
+#: quantize one layer from its grid and calibration statistics → its quantized module
+LayerQuantizer = Callable[[nn.Module, QuantGrid, Any], nn.Module]
 
 
 class RTNConfig(WeightQuantConfig):
@@ -39,3 +43,30 @@ def apply_rtn(adapter: Adapter, config: RTNConfig, context: StageContext) -> dic
         return store_half(adapter, modules, config.dtype)
     grids, summary = layer_grids(adapter, modules, config, context)
     return {"modules": quantize_rtn(adapter, modules, grids, context.progress), **summary}
+
+
+def split_embeddings(modules: dict[str, nn.Module]) -> tuple[dict, dict]:
+    """(embedding tables, everything else): tables have no input activations to calibrate."""
+    tables = {n: m for n, m in modules.items() if isinstance(m, nn.Embedding)}
+    return tables, {n: m for n, m in modules.items() if n not in tables}
+
+
+def quantize_calibrated(adapter: Adapter, config: WeightQuantConfig, context: StageContext,
+                        make_collector: Callable[[str, nn.Module], Any],
+                        quantize_layer: LayerQuantizer, desc: str) -> dict[str, Any]:
+    """What GPTQ and AWQ share: the selected layers (half precision for ``bits: 16``), a grid
+    per layer (uniform or from the bit budget), embedding tables rounded first (in model
+    order), then every other layer calibrated and replaced block by block."""
+    modules = selected(adapter, config, config.kinds())
+    if config.bits == 16:
+        return store_half(adapter, modules, config.dtype)
+    grids, summary = layer_grids(adapter, modules, config, context)
+    tables, layers = split_embeddings(modules)
+    del modules  # the engine frees each original once it is replaced
+    n = quantize_rtn(adapter, tables, grids, context.progress)
+    del tables
+    n += calibrate_layers(
+        adapter, layers, context.calibration_data(adapter), make_collector,
+        lambda name, module, stats: quantize_layer(module, grids[name], stats), desc,
+        context.progress, release=True)
+    return {"modules": n, **summary}
