@@ -28,13 +28,14 @@ from ..quantization.grid import QuantGrid
 from ..quantization.observers import activation_scale
 from ..quantization.smoothquant import ActScale, search_alpha, smoothing_scales
 from .activations import ActivationQuantConfig
-from .base import MethodConfig, StageContext, register_method, selected
+from .base import StageContext, register_method, selected
 from .rtn import quantize_rtn
 from .smooth_fold import fold_into_norms
 from .value_fold import fold_value_scales
+from .weight_quant import LayerKindsConfig
 
 
-class SmoothQuantConfig(MethodConfig):
+class SmoothQuantConfig(LayerKindsConfig):
     method: str = "smoothquant"
     alpha: Literal["auto"] | Annotated[float, Field(ge=0, le=1)] | None = Field(
         "auto", description="migration strength in [0, 1]; auto = searched per "
@@ -47,14 +48,6 @@ class SmoothQuantConfig(MethodConfig):
     fold: bool = Field(True, description="fold scales into a LayerNorm feeding the layers, or "
                        "an attention output's into the value projection, where that is exact "
                        "(checked); else inputs are divided at run time")
-
-    def kinds(self) -> tuple[type[nn.Module], ...]:
-        kinds: tuple[type[nn.Module], ...] = (nn.Linear,)
-        if self.convolutions:
-            kinds += (nn.Conv2d,)
-        if self.embeddings:
-            kinds += (nn.Embedding,)
-        return kinds
 
 
 def act_scale_fn(acts: ActivationQuantConfig) -> ActScale:

@@ -18,15 +18,30 @@ from .base import MethodConfig
 from .training_hooks import QATOptions, parse_qat
 
 
-class WeightQuantConfig(MethodConfig):
+class LayerKindsConfig(MethodConfig):
+    """Which layer types a quantization method takes: linear layers, and convolutions and
+    embedding tables unless switched off."""
+
+    embeddings: bool = Field(True, description="also quantize embedding tables (round-to-nearest)")
+    convolutions: bool = Field(True, description="also quantize 2-d convolutions")
+
+    def kinds(self) -> tuple[type[nn.Module], ...]:
+        """Layer types this config quantizes."""
+        kinds: tuple[type[nn.Module], ...] = (nn.Linear,)
+        if self.convolutions:
+            kinds += (nn.Conv2d,)
+        if self.embeddings:
+            kinds += (nn.Embedding,)
+        return kinds
+
+
+class WeightQuantConfig(LayerKindsConfig):
     """Weight grid shared by weight-quantization methods."""
 
     bits: int = Field(8, description="integer bits per weight (2..8), or 16 for fp16/bf16")
     dtype: Literal["fp16", "bf16"] = Field("fp16", description="storage type when bits is 16")
     group_size: PositiveInt | None = Field(None, description="values per scale; null = per channel")
     symmetric: bool = True
-    embeddings: bool = Field(True, description="also quantize embedding tables (round-to-nearest)")
-    convolutions: bool = Field(True, description="also quantize 2-d convolutions")
     budget: BitBudget | None = Field(None, description="choose bits per layer to meet a size")
     qat: bool | QATOptions = Field(False, description="quantization-aware training: a later "
                                    "finetune/distill stage trains the quantized layers")
@@ -56,15 +71,6 @@ class WeightQuantConfig(MethodConfig):
 
     def grid(self) -> QuantGrid:
         return QuantGrid(self.bits, self.group_size, self.symmetric)
-
-    def kinds(self) -> tuple[type[nn.Module], ...]:
-        """Layer types this config quantizes."""
-        kinds: tuple[type[nn.Module], ...] = (nn.Linear,)
-        if self.convolutions:
-            kinds += (nn.Conv2d,)
-        if self.embeddings:
-            kinds += (nn.Embedding,)
-        return kinds
 
 
 def weight_matrix(module: nn.Module) -> torch.Tensor:

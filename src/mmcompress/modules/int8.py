@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .registry import register_module
+from .replace import filled
 
 QMIN, QMAX = -128, 127
 
@@ -267,11 +268,8 @@ class W8A8Linear(nn.Module):
 
     def to_dense(self) -> nn.Linear:
         """The dense layer (activations are no longer quantized)."""
-        dense = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
-        dense.weight.data.copy_(self.dense_weight())
-        if self.bias is not None:
-            dense.bias.data.copy_(self.bias)
-        return dense
+        return filled(nn.Linear(self.in_features, self.out_features, bias=self.bias is not None),
+                      self.dense_weight(), self.bias)
 
     def _apply(self, fn, recurse=True):  # .to(), .float(), …: the packed weight is stale
         self._cache = {}
@@ -353,12 +351,9 @@ class W8A8PatchConv2d(W8A8Linear):
         return dense() if torch.compiler.is_compiling() else self._cached("dense", dense)
 
     def to_dense(self) -> nn.Conv2d:
-        dense = nn.Conv2d(self.in_channels, self.out_features, self.kernel_size,
-                          self.kernel_size, bias=self.bias is not None)
-        dense.weight.data.copy_(self.weight)
-        if self.bias is not None:
-            dense.bias.data.copy_(self.bias)
-        return dense
+        return filled(nn.Conv2d(self.in_channels, self.out_features, self.kernel_size,
+                                self.kernel_size, bias=self.bias is not None),
+                      self.weight, self.bias)
 
     def spec(self) -> dict[str, Any]:
         return {"type": type(self).__name__, "in_channels": self.in_channels,

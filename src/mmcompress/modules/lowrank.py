@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .registry import register_module
+from .replace import filled
 
 
 def breakeven_rank(out_features: int, in_features: int) -> float:
@@ -81,12 +82,8 @@ class LowRankLinear(nn.Module):
         return self.up.bias
 
     def to_dense(self) -> nn.Linear:
-        dense = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
-        with torch.no_grad():
-            dense.weight.copy_(self.weight.float())
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
+        return filled(nn.Linear(self.in_features, self.out_features, bias=self.bias is not None),
+                      self.weight.float(), self.bias)
 
     def logical_params(self) -> int:
         """Parameters the factors hold (as dense layers would count them)."""
@@ -125,13 +122,9 @@ class _FactoredConv(nn.Module):
 
     def to_dense(self) -> nn.Conv2d:
         c = self.conv
-        dense = nn.Conv2d(c["in_channels"], c["out_channels"], c["kernel_size"], c["stride"],
-                          c["padding"], c["dilation"], 1, c["bias"])
-        with torch.no_grad():
-            dense.weight.copy_(self.weight.float())
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
+        return filled(nn.Conv2d(c["in_channels"], c["out_channels"], c["kernel_size"],
+                                c["stride"], c["padding"], c["dilation"], 1, c["bias"]),
+                      self.weight.float(), self.bias)
 
     def logical_params(self) -> int:
         return sum(_params(getattr(self, n)) for n in self.CHAIN)

@@ -18,6 +18,7 @@ from torch import nn
 from ..quantization.grid import QuantGrid, compute_scales, dequantize, quantize
 from ..quantization.packing import pack_rows, packed_row_bytes, unpack_rows
 from .registry import register_module
+from .replace import filled
 
 Quantized = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # codes, scale, zero
 ROWS_PER_CHUNK = 4096  # rows quantized at a time: bounds the temporaries of a large table
@@ -155,11 +156,8 @@ class QuantLinear(_PackedWeight):
 
     def to_dense(self) -> nn.Linear:
         """The dense layer computing the same function."""
-        dense = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
-        dense.weight.data.copy_(self.dense_weight())
-        if self.bias is not None:
-            dense.bias.data.copy_(self.bias)
-        return dense
+        return filled(nn.Linear(self.in_features, self.out_features, bias=self.bias is not None),
+                      self.dense_weight(), self.bias)
 
     def spec(self) -> dict[str, Any]:
         return {**self._base_spec(), "in_features": self.in_features,
@@ -226,12 +224,9 @@ class QuantConv2d(_PackedWeight):
 
     def to_dense(self) -> nn.Conv2d:
         c = self.conv
-        dense = nn.Conv2d(c["in_channels"], c["out_channels"], c["kernel_size"], c["stride"],
-                          c["padding"], c["dilation"], c["groups"], c["bias"])
-        dense.weight.data.copy_(self.dense_weight())
-        if self.bias is not None:
-            dense.bias.data.copy_(self.bias)
-        return dense
+        return filled(nn.Conv2d(c["in_channels"], c["out_channels"], c["kernel_size"],
+                                c["stride"], c["padding"], c["dilation"], c["groups"],
+                                c["bias"]), self.dense_weight(), self.bias)
 
     def spec(self) -> dict[str, Any]:
         return {**self._base_spec(), "conv": self.conv}

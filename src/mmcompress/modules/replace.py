@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TypeVar
 
+import torch
 from torch import nn
+
+Layer = TypeVar("Layer", bound=nn.Module)
 
 
 def get_submodule(model: nn.Module, fqn: str) -> nn.Module:
@@ -27,3 +31,12 @@ def replace_modules(model: nn.Module, replacements: Mapping[str, nn.Module]) -> 
         targets.append((parent, child, new))
     for parent, child, new in targets:
         setattr(parent, child, new)
+
+
+def filled(layer: Layer, weight: torch.Tensor, bias: torch.Tensor | None) -> Layer:
+    """A new dense `layer` (nn.Linear, nn.Conv2d) with `weight` and `bias` copied in."""
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        if bias is not None:
+            layer.bias.copy_(bias)
+    return layer

@@ -24,6 +24,7 @@ from ..quantization.grid import QuantGrid, compute_scales, dequantize, quantize
 from ..quantization.packing import pack_codes, packed_numel, unpack_codes
 from .quantized import Quantized
 from .registry import register_module
+from .replace import filled
 
 _SHIFTS = torch.arange(8, dtype=torch.uint8)
 
@@ -83,10 +84,7 @@ def dense_layer(args: dict[str, Any], weight: torch.Tensor,
         dense = nn.Conv2d(args["in_channels"], args["out_channels"], args["kernel_size"],
                           args["stride"], args["padding"], args["dilation"], args["groups"],
                           args["bias"])
-    dense.weight.data.copy_(weight)
-    if bias is not None:
-        dense.bias.data.copy_(bias)
-    return dense
+    return filled(dense, weight, bias)
 
 
 class _MaskedLayer(nn.Module):
