@@ -22,18 +22,12 @@ class DemoAdapter(FrozenTextAdapter):
 
     name = "demo"
 
-    def towers(self) -> dict[str, list[str]]:
-        return {"vision": ["vision"], "text": ["text"], "projector": ["visual_projection"]}
-
     @property
     def image_size(self) -> int:
         return IMAGE_SIZE
 
     def image_tensor(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         return images_to_tensor(images, IMAGE_SIZE, MEAN, STD)
-
-    def architecture(self) -> dict[str, Any]:
-        return self.model.architecture()
 
     @classmethod
     def from_architecture(cls, arch: dict[str, Any], folder: Path | None) -> DemoAdapter:

@@ -36,6 +36,12 @@ class FrozenTextAdapter(DualEncoderAdapter):
         super().__init__(model)
         self.tokenizer = tokenizer
 
+    def towers(self) -> dict[str, list[str]]:
+        return {"vision": ["vision"], "text": ["text"], "projector": ["visual_projection"]}
+
+    def architecture(self) -> dict[str, Any]:
+        return self.model.architecture()
+
     def text_tensors(
         self, texts: Sequence[str], pad_to: int | None = None
     ) -> dict[str, torch.Tensor]:

@@ -32,18 +32,12 @@ class LitCifarAdapter(FrozenTextAdapter):
     name = "lit-cifar"
     default_data = "lit-cifar-eval"
 
-    def towers(self) -> dict[str, list[str]]:
-        return {"vision": ["vision"], "text": ["text"], "projector": ["visual_projection"]}
-
     @property
     def image_size(self) -> int:
         return IMAGE_SIZE
 
     def image_tensor(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         return cifar_tensor(images)
-
-    def architecture(self) -> dict[str, Any]:
-        return self.model.architecture()
 
     @classmethod
     def from_architecture(cls, arch: dict[str, Any], folder: Path | None) -> LitCifarAdapter:

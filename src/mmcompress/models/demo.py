@@ -8,13 +8,13 @@ embeddings of digit captions; the text tower is never changed by training.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .lit_dual import LiTDualEncoder
 from .sentence_encoder import SentenceEncoder
 
 IMAGE_SIZE = 8
@@ -35,26 +35,12 @@ class DigitImageEncoder(nn.Module):
         return F.relu(self.fc(x.flatten(1)))
 
 
-class DemoDualEncoder(nn.Module):
+class DemoDualEncoder(LiTDualEncoder):
     """Digit-image encoder + projection, aligned to a frozen MiniLM text encoder."""
 
     def __init__(self, text: SentenceEncoder, channels: int = 32, hidden: int = 256) -> None:
-        super().__init__()
-        self.hparams = {"channels": channels, "hidden": hidden}
-        self.vision = DigitImageEncoder(channels, hidden)
-        embed_dim = text.bert.config.hidden_size
-        self.visual_projection = nn.Linear(hidden, embed_dim)
-        self.text = text
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-
-    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.visual_projection(self.vision(pixels)), dim=-1)
-
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.text(input_ids, attention_mask)
-
-    def architecture(self) -> dict[str, Any]:
-        return {"text_config": self.text.config_dict(), **self.hparams}
+        super().__init__(DigitImageEncoder(channels, hidden), hidden, text,
+                         {"channels": channels, "hidden": hidden})
 
     @classmethod
     def from_architecture(cls, arch: dict[str, Any]) -> DemoDualEncoder:

@@ -9,17 +9,16 @@ on captions of the training part of ``cifar10/test`` (see `data.cifar`). Trainin
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..threads import single_thread
 from . import contrastive
+from .lit_dual import LiTDualEncoder
 from .resnet_cifar import FEATURE_DIM, CifarResNet
 from .sentence_encoder import SentenceEncoder
 
@@ -38,25 +37,11 @@ TRAINING = {"epochs": 20, "batch_size": 256, "lr": 1e-2, "weight_decay": 1e-4, "
             "threads": 1}
 
 
-class LitCifarDualEncoder(nn.Module):
+class LitCifarDualEncoder(LiTDualEncoder):
     """CIFAR ResNet features → linear projection, aligned to a frozen MiniLM."""
 
     def __init__(self, text: SentenceEncoder, depth: int = DEPTH) -> None:
-        super().__init__()
-        self.hparams = {"depth": depth}
-        self.vision = CifarResNet(depth, num_classes=0)
-        self.visual_projection = nn.Linear(FEATURE_DIM, text.bert.config.hidden_size)
-        self.text = text
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-
-    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.visual_projection(self.vision(pixels)), dim=-1)
-
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.text(input_ids, attention_mask)
-
-    def architecture(self) -> dict[str, Any]:
-        return {"text_config": self.text.config_dict(), **self.hparams}
+        super().__init__(CifarResNet(depth, num_classes=0), FEATURE_DIM, text, {"depth": depth})
 
     @classmethod
     def from_architecture(cls, arch: dict[str, Any]) -> LitCifarDualEncoder:
