@@ -57,6 +57,15 @@ class _FakeQuantized:
     grid: QuantGrid
     learned: bool
 
+    def _adopt(self, q: nn.Module, weight: torch.Tensor, learned: bool) -> Any:
+        """Take `weight` (the latent float weight, in this layer's shape) and `q`'s bias and
+        grid; returns self (built on the meta device: nothing else is allocated)."""
+        self.weight = nn.Parameter(weight.detach().clone())
+        if q.bias is not None:
+            self.bias = nn.Parameter(q.bias.detach().clone())
+        self._init_quant(q, learned)
+        return self
+
     def _init_quant(self, q: QuantLinear | QuantConv2d, learned: bool) -> None:
         self.grid, self.learned = q.grid, learned
         if learned:
@@ -110,11 +119,7 @@ class QATLinear(_FakeQuantized, nn.Linear):
     @classmethod
     def from_quantized(cls, q: QuantLinear, latent: torch.Tensor, learned: bool) -> QATLinear:
         mod = cls(q.in_features, q.out_features, q.bias is not None, device="meta")
-        mod.weight = nn.Parameter(latent.detach().clone().view(q.out_features, q.in_features))
-        if q.bias is not None:
-            mod.bias = nn.Parameter(q.bias.detach().clone())
-        mod._init_quant(q, learned)
-        return mod
+        return mod._adopt(q, latent.view(q.out_features, q.in_features), learned)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_scale is not None:
@@ -140,11 +145,7 @@ class QATConv2d(_FakeQuantized, nn.Conv2d):
         mod = cls(c["in_channels"], c["out_channels"], c["kernel_size"], c["stride"],
                   c["padding"], c["dilation"], c["groups"], c["bias"], device="meta")
         shape = (c["out_channels"], c["in_channels"] // c["groups"], *c["kernel_size"])
-        mod.weight = nn.Parameter(latent.detach().clone().view(shape))
-        if q.bias is not None:
-            mod.bias = nn.Parameter(q.bias.detach().clone())
-        mod._init_quant(q, learned)
-        return mod
+        return mod._adopt(q, latent.view(shape), learned)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_scale is not None:
