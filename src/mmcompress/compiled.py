@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -49,6 +50,9 @@ def compile_towers(adapter: Adapter, towers: Sequence[str] | None = None) -> Ada
             module.prepare_compile()
     adapter.model.eval()
     torch._inductor.config.freezing = True
+    # inductor's int8 lowering copies a tensor the way it warns against; not the user's concern
+    warnings.filterwarnings("ignore", message="To copy construct from a tensor",
+                            module=r"torch\._inductor")
     for tower in towers or spec:
         for name in spec[tower]:
             adapter.model.get_submodule(name).compile()
