@@ -106,7 +106,7 @@ def _calibrate(adapter: Adapter, modules: dict[str, nn.Module], context: StageCo
                replace: Callable[[str, nn.Module, Any], nn.Module | None], desc: str) -> int:
     calib = context.calibration_data(adapter)
     return calibrate_layers(adapter, modules, calib, lambda n, m: HessianCollector(), replace,
-                            desc, context.progress)
+                            desc, context.progress, release=True)
 
 
 def _choices(adapter: Adapter, factorizer: Factorizer, modules: dict[str, nn.Module],

@@ -168,7 +168,8 @@ def _layer_sparsities(adapter: Adapter, layers: dict[str, nn.Module],
         scores.setdefault(blocks[name], []).append(_wanda_scores(module, stats))
 
     calibrate_layers(adapter, dict(layers), context.calibration_data(adapter),
-                     lambda n, m: FeatureNormCollector(), record, "owl ratios", context.progress)
+                     lambda n, m: FeatureNormCollector(), record, "owl ratios", context.progress,
+                     release=True)
     ratios = {b: outlier_ratio(s, config.owl_threshold) for b, s in scores.items()}
     per_block = owl_sparsities(ratios, config.target_sparsity, config.owl_spread)
     return {name: per_block[blocks[name]] for name in layers}
@@ -250,7 +251,7 @@ def _prune_calibrated(adapter: Adapter, config: UnstructuredPruneConfig, context
         return tally.stand_in(name, module, keep, weight)
 
     n = calibrate_layers(adapter, layers, context.calibration_data(adapter), make_collector,
-                         replace, desc, context.progress)
+                         replace, desc, context.progress, release=True)
     tally.finish(adapter.model)
     return tally.summary(n)
 

@@ -178,7 +178,7 @@ def calibrate_activations(adapter: Adapter, layers: dict[str, QATLinear],
 
     calibrate_layers(adapter, layers, context.calibration_data(adapter),
                      lambda n, m: InputStatsCollector(), record, "qat activations",
-                     context.progress)
+                     context.progress, release=True)
 
 
 def latent_weight(original: nn.Module | None, q: QuantLinear | QuantConv2d) -> torch.Tensor:
