@@ -73,6 +73,25 @@ def test_whitened_svd_has_less_output_error_than_plain_svd():
         assert plain.error[rank] == pytest.approx(err["plain"] / total, rel=1e-2)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_bias_correction_removes_the_mean_output_error(bias):
+    from mmcompress.calibration import HessianCollector
+    from mmcompress.methods.lowrank import SVDFactorizer, SVDWhitenConfig
+
+    x = _inputs()
+    lin = nn.Linear(64, 48, bias=bias)
+    stats = HessianCollector()
+    stats.add(x)
+    out = {}
+    for correct in (False, True):
+        config = SVDWhitenConfig(rank=8, bias_correction=correct)
+        layer = SVDFactorizer(config).factor("layer", lin, 8, stats)
+        with torch.no_grad():
+            out[correct] = layer(x) - lin(x)
+    assert out[True].mean(0).abs().max() < 1e-4 < out[False].mean(0).abs().max()
+    assert float((out[True] ** 2).sum()) < float((out[False] ** 2).sum())
+
+
 def test_asvd_scaling_folds_back_exactly_at_full_rank():
     x, w = _inputs(), torch.randn(16, 64)
     d = scaled_svd(w, x.T @ x, "asvd", x.abs().mean(0))

@@ -23,6 +23,7 @@ class InputStatsCollector:
         self.max_rows = max_rows
         self.gen = torch.Generator().manual_seed(seed)
         self.abs_sum: torch.Tensor | None = None
+        self.sum: torch.Tensor | None = None
         self.abs_max: torch.Tensor | None = None
         self.rows = 0
         self.sample: torch.Tensor | None = None
@@ -30,6 +31,7 @@ class InputStatsCollector:
     def add(self, x: torch.Tensor) -> None:
         a = x.abs()
         self.abs_sum = a.sum(0) if self.abs_sum is None else self.abs_sum + a.sum(0)
+        self.sum = x.sum(0) if self.sum is None else self.sum + x.sum(0)
         m = a.amax(0)
         self.abs_max = m if self.abs_max is None else torch.maximum(self.abs_max, m)
         self.rows += len(x)
@@ -42,6 +44,10 @@ class InputStatsCollector:
     @property
     def abs_mean(self) -> torch.Tensor:
         return self.abs_sum / max(self.rows, 1)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.sum / max(self.rows, 1)
 
 
 class HessianCollector(InputStatsCollector):

@@ -73,6 +73,8 @@ class SVDWhitenConfig(SVDConfig):
     whiten: Literal["cholesky", "asvd"] = Field("cholesky", description="input scaling")
     alpha: float = Field(0.5, gt=0, le=1, description="asvd: scale = mean|x| ** alpha")
     damp: float = Field(0.01, gt=0, lt=1, description="XᵀX damping, fraction of mean diagonal")
+    bias_correction: bool = Field(False, description="add the truncation's mean output error "
+                                  "(W − W_r)·mean(x) to the bias")
 
 
 class Factorizer:
@@ -251,6 +253,10 @@ class SVDFactorizer(Factorizer):
             return None
         up, down = svd.factors(rank)
         bias = None if module.bias is None else module.bias.detach()
+        if stats is not None and getattr(self.config, "bias_correction", False):
+            # E[(W − W_r)x] = (W − W_r)·mean(x): the part of the error a bias can absorb
+            shift = (module.weight.detach().float() - up @ down) @ stats.mean.float()
+            bias = shift if bias is None else bias + shift
         return LowRankLinear.from_factors(up, down, bias)
 
 
