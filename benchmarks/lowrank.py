@@ -97,6 +97,8 @@ def _allocations(base, calib: Dataset, test: Dataset, key: str, param_ratio: flo
             adapter = copy.deepcopy(base)
             stage = {"lowrank": {"method": method, "param_ratio": param_ratio,
                                  "allocation": allocation, "targets": targets}}
+            if args.sensitivity_samples is not None:
+                stage["lowrank"]["sensitivity_samples"] = args.sensitivity_samples
             if method == "svd-whiten" and args.bias_correction:
                 stage["lowrank"]["bias_correction"] = True
             (summary,), seconds = apply_recipe(adapter, [stage], calib, calibration)
@@ -312,6 +314,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--calib-samples", type=int, default=512)
     p.add_argument("--methods", default="svd,svd-whiten",
                    help="minilm, lit-cifar: linear methods compared")
+    p.add_argument("--sensitivity-samples", type=int, default=None,
+                   help="minilm, lit-cifar: examples probing each layer (default: the method's)")
     p.add_argument("--bias-correction", action="store_true",
                    help="svd-whiten rows with bias_correction: true")
     p.add_argument("--calib-batch", type=int, default=16)
