@@ -59,22 +59,17 @@ def magnitude_scores(model: nn.Module, group: UnitGroup) -> torch.Tensor:
 
 
 class _MeanCollector(InputStatsCollector):
-    """Also the signed mean of every input feature (what bias compensation folds in)."""
+    """Also the spread of every input feature (the base class keeps the signed mean, which
+    bias compensation folds in)."""
 
     def __init__(self) -> None:
         super().__init__(max_rows=1)
-        self.sum: torch.Tensor | None = None
         self.sq_sum: torch.Tensor | None = None
 
     def add(self, x: torch.Tensor) -> None:
         super().add(x)
-        s, q = x.sum(0), x.pow(2).sum(0)
-        self.sum = s if self.sum is None else self.sum + s
+        q = x.pow(2).sum(0)
         self.sq_sum = q if self.sq_sum is None else self.sq_sum + q
-
-    @property
-    def mean(self) -> torch.Tensor:
-        return self.sum / max(self.rows, 1)
 
     @property
     def std(self) -> torch.Tensor:
