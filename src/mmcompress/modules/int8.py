@@ -215,7 +215,7 @@ class W8A8Linear(nn.Module):
     def prepare_compile(self) -> None:
         """Freeze the constants the traced forward reads as plain values (call again after
         editing the layer's state)."""
-        self._graph_consts = float(self.act_scale)
+        self._graph_act_scale = float(self.act_scale)
         self.register_buffer("weight_zero", torch.zeros(self.out_features, dtype=torch.long,
                                                         device=self.qweight.device),
                              persistent=False)
@@ -223,7 +223,7 @@ class W8A8Linear(nn.Module):
     def graph_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The integer function as the quantize → dequantize → linear ops of PyTorch's reference
         quantized representation (what ``torch.compile`` traces)."""
-        scale = getattr(self, "_graph_consts", None)
+        scale = getattr(self, "_graph_act_scale", None)
         if scale is None:
             raise RuntimeError("W8A8Linear.prepare_compile() must run before torch.compile "
                                "(mmcompress.compiled.compile_towers does this)")
@@ -278,7 +278,7 @@ class W8A8Linear(nn.Module):
     def __getstate__(self) -> dict[str, Any]:  # packed oneDNN weights do not copy or pickle
         state = self.__dict__.copy()
         state["_cache"] = {}
-        state.pop("_graph_consts", None)
+        state.pop("_graph_act_scale", None)
         return state
 
     def spec(self) -> dict[str, Any]:
