@@ -67,6 +67,20 @@ def _kd(teacher: str) -> tuple[str, dict[str, Any]]:
 
 
 _TASK = ("finetune", {"method": "task"})
+#: TinyCLIP affinity mimicking plus CLIP-KD's losses, no task loss
+_AFFINITY = ("distill", {"method": "kd", "losses": ["affinity", "clip_kd"], "alpha": 1.0})
+#: dual-encoder families: (model, training data, evaluation data)
+_DUAL = {"lit": ("lit-cifar", "lit-cifar-train", "lit-cifar-eval"),
+         "demo": ("demo", "demo-train", "demo")}
+
+
+def _half_student(family: str, stage: tuple[str, dict[str, Any]], epochs: int | None = None,
+                  augment: bool = False) -> dict[str, Any]:
+    """A dual encoder's student keeping every second block, trained with `stage`."""
+    model, data, evaluate = _DUAL[family]
+    return {"model": model, "data": data, "eval": evaluate, "student": {"layers": "every-2"},
+            **({"augment": True} if augment else {}), "stage": stage,
+            "epochs": STEPS[family] if epochs is None else epochs, "lr": 5e-4, "batch_size": 64}
 
 RUNS: dict[str, dict[str, Any]] = {
     "cifar-finetune": _cifar(_TASK),
@@ -86,44 +100,16 @@ RUNS: dict[str, dict[str, Any]] = {
     "cifar-teacher-aug-10ep": _cifar(_TASK, augment=True, model="resnet56", epochs=10,
                                      save=TEACHER_FT10),
     "cifar-distill-ft10-aug-10ep": _cifar(_kd(str(TEACHER_FT10)), augment=True, epochs=10),
-    "lit-affinity": {"model": "lit-cifar", "data": "lit-cifar-train", "eval": "lit-cifar-eval",
-                     "student": {"layers": "every-2"},
-                     "stage": ("distill", {"method": "kd", "losses": ["affinity", "clip_kd"],
-                                           "alpha": 1.0}),
-                     "epochs": STEPS["lit"], "lr": 5e-4, "batch_size": 64},
+    "lit-affinity": _half_student("lit", _AFFINITY),
+    "lit-task": _half_student("lit", _TASK),
     # both twice as long, with crops and flips (the teacher sees the same crops)
-    "lit-affinity-aug-6ep": {"model": "lit-cifar", "data": "lit-cifar-train",
-                             "eval": "lit-cifar-eval", "student": {"layers": "every-2"},
-                             "augment": True,
-                             "stage": ("distill", {"method": "kd",
-                                                   "losses": ["affinity", "clip_kd"],
-                                                   "alpha": 1.0}),
-                             "epochs": 6, "lr": 5e-4, "batch_size": 64},
-    "lit-task-aug-6ep": {"model": "lit-cifar", "data": "lit-cifar-train",
-                         "eval": "lit-cifar-eval", "student": {"layers": "every-2"},
-                         "augment": True, "stage": ("finetune", {"method": "task"}),
-                         "epochs": 6, "lr": 5e-4, "batch_size": 64},
-    "lit-task": {"model": "lit-cifar", "data": "lit-cifar-train", "eval": "lit-cifar-eval",
-                 "student": {"layers": "every-2"}, "stage": ("finetune", {"method": "task"}),
-                 "epochs": STEPS["lit"], "lr": 5e-4, "batch_size": 64},
-    "demo-affinity": {"model": "demo", "data": "demo-train", "eval": "demo",
-                      "student": {"layers": "every-2"},
-                      "stage": ("distill", {"method": "kd", "losses": ["affinity", "clip_kd"],
-                                            "alpha": 1.0}),
-                      "epochs": STEPS["demo"], "lr": 5e-4, "batch_size": 64},
-    "demo-task": {"model": "demo", "data": "demo-train", "eval": "demo",
-                  "student": {"layers": "every-2"}, "stage": ("finetune", {"method": "task"}),
-                  "epochs": STEPS["demo"], "lr": 5e-4, "batch_size": 64},
+    "lit-affinity-aug-6ep": _half_student("lit", _AFFINITY, epochs=6, augment=True),
+    "lit-task-aug-6ep": _half_student("lit", _TASK, epochs=6, augment=True),
+    "demo-affinity": _half_student("demo", _AFFINITY),
+    "demo-task": _half_student("demo", _TASK),
     # the demo's task saturates (both students match the teacher after 4 epochs): one epoch
-    "demo-affinity-1ep": {"model": "demo", "data": "demo-train", "eval": "demo",
-                          "student": {"layers": "every-2"},
-                          "stage": ("distill", {"method": "kd",
-                                                "losses": ["affinity", "clip_kd"],
-                                                "alpha": 1.0}),
-                          "epochs": 1, "lr": 5e-4, "batch_size": 64},
-    "demo-task-1ep": {"model": "demo", "data": "demo-train", "eval": "demo",
-                      "student": {"layers": "every-2"}, "stage": ("finetune", {"method": "task"}),
-                      "epochs": 1, "lr": 5e-4, "batch_size": 64},
+    "demo-affinity-1ep": _half_student("demo", _AFFINITY, epochs=1),
+    "demo-task-1ep": _half_student("demo", _TASK, epochs=1),
     "minilm-distill": {"model": "minilm", "data": "stsb-train", "eval": "stsb-dev",
                        "prune": {"method": "structured", "neurons": 0.5,
                                  "importance": "activation"},

@@ -137,9 +137,7 @@ def build_compiled(source: Variant, ctx: BuildContext, name: str) -> Variant:
     if source.memory_source is None:
         raise ValueError(f"{source.name} has no saved output to load")
     adapter = load(source.memory_source, compiled=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # inductor's own deprecation warnings
-        seconds = warm_up(adapter.latency_inputs(ctx.batch_size))
+    seconds = warm_up(adapter.latency_inputs(ctx.batch_size))
     per_tower = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items())
     return Variant(
         name,

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from mmcompress.errors import RecipeError
@@ -45,3 +47,11 @@ def test_bits_16_means_half_precision_on_any_method():
         assert r.stages[0].config.bits == 16
     with pytest.raises(RecipeError, match="bits"):
         load_recipe({"stages": [{"quantize": {"method": "awq", "bits": 2}}]})
+
+
+def test_every_example_recipe_parses():
+    folder = Path(__file__).parents[1] / "examples" / "recipes"
+    recipes = sorted(folder.glob("*.yaml"))
+    assert len(recipes) >= 6
+    for path in recipes:
+        assert load_recipe(path).stages, path.name

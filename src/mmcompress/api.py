@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from . import __version__
 from .adapters import Adapter
+from .compiled import compile_towers
 from .data import Dataset, load_data
 from .errors import UserError
 from .evaluation.evaluate import check_data_fits, evaluate_adapter, quality
@@ -158,8 +159,6 @@ def load(path: str | Path, compiled: bool = False) -> Adapter:
         raise UserError(f"{path} is not a folder")
     adapter = load_checkpoint(path)
     if compiled:
-        from .compiled import compile_towers
-
         compile_towers(adapter)
     return adapter
 
@@ -186,8 +185,6 @@ def evaluate(
     cfg = config if isinstance(config, EvaluateConfig) else _evaluate_config(config or {})
     adapter = load_model(model, progress=progress)
     if compiled:
-        from .compiled import compile_towers
-
         compile_towers(adapter)
     dataset = load_data(data if data is not None else adapter.default_data)
     check_data_fits(adapter, dataset)
