@@ -141,3 +141,37 @@ def test_demo_refuses_an_unknown_model(tmp_path):
     assert result.exit_code == 2
     assert result.output.strip().startswith("error:") and "fusion-hybrid" in result.output
     assert not (tmp_path / "d").exists()
+
+
+def test_fitted_modality_weights_discount_a_modality_that_misleads():
+    from mmcompress.models.fusion_training import fit_modality_weights
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(400) % 10
+    right = 3.0 * torch.nn.functional.one_hot(labels, 10).float()
+    parts = {"image": right + torch.randn(400, 10, generator=g),
+             "text": right + torch.randn(400, 10, generator=g),
+             "audio": 3.0 * torch.randn(400, 10, generator=g)}  # confident and uninformative
+    present = torch.ones(400, 3, dtype=torch.bool)
+    present[:200, 0] = False  # half the examples only have text and audio
+    weights = fit_modality_weights([(parts, present, labels)])
+    assert weights.max() == 1.0
+    assert weights[2] < 0.3 * min(weights[0], weights[1])
+    fused = combine_late(parts, present, weights).argmax(1)
+    plain = combine_late(parts, present).argmax(1)
+    assert (fused == labels).float().mean() > (plain == labels).float().mean()
+
+
+@pytest.mark.parametrize("fusion", ["late", "hybrid"])
+def test_modality_weights_weigh_the_combination_and_reload(fusion, tmp_path):
+    adapter = tiny_adapter(fusion)
+    data = tiny_data(missing=False)
+    before = adapter.classify(data)
+    adapter.model.fusion.modality_weights.copy_(torch.tensor([1.0, 0.5, 0.1]))
+    weighted = adapter.classify(data)
+    assert not torch.allclose(before, weighted)
+    recipe = {"stages": [{"quantize": {"method": "rtn", "bits": 8}}], "evaluate": FAST}
+    result = mmcompress.compress(adapter, recipe, out=tmp_path / "q", data=data, progress=False)
+    loaded = mmcompress.load(tmp_path / "q")
+    assert torch.equal(loaded.model.fusion.modality_weights, torch.tensor([1.0, 0.5, 0.1]))
+    assert torch.equal(loaded.classify(data), result.adapter.classify(data))

@@ -127,3 +127,40 @@ def test_without_shared_data_the_audio_is_keypad_tones(monkeypatch, tmp_path):
     contradicting = ((items >= 0) & (items != np.asarray(data.labels)[:, None])).any(1)
     assert 0.05 < contradicting.mean() < 0.15  # CONTRADICT_SHARE = 0.10
     assert all(a is None or a.dtype == np.float32 for a in data.audio)
+
+
+def test_fsdd_folds_hold_out_each_training_speaker_once(monkeypatch, tmp_path):
+    from mmcompress.data.trimodal import FOLDS, HELD_OUT_SPEAKERS, fsdd_recordings
+
+    folder = tmp_path / "fsdd" / "recordings"
+    folder.mkdir(parents=True)
+    speakers = ["ann", "bob", "cat", "dan", "eve", *HELD_OUT_SPEAKERS]
+    for s in speakers:
+        for d in range(10):
+            (folder / f"{d}_{s}_0.wav").touch()
+    (folder / "notes.txt").touch()
+    monkeypatch.setenv("MMCOMPRESS_SHARED_DATA", str(tmp_path))
+
+    def who(split: str, fold: int = 0) -> set[str]:
+        return {p.name.split("_")[1] for p in fsdd_recordings(split, fold)[0]}
+
+    assert who("eval") == set(HELD_OUT_SPEAKERS)
+    assert who("train") == set(speakers) - set(HELD_OUT_SPEAKERS)
+    held = [who("validation", k) for k in range(FOLDS)]
+    for k in range(FOLDS):
+        assert held[k] and not held[k] & who("fit", k)
+        assert held[k] | who("fit", k) == who("train")
+    assert set().union(*held) == who("train")  # every training speaker validates once
+    assert sorted(fsdd_recordings("validation", 0)[1]) == sorted(list(range(10)) * len(held[0]))
+
+
+def test_image_folds_split_the_training_images():
+    from mmcompress.data.trimodal import FOLDS, _image_pool
+
+    train = _image_pool("train", 0)[0]
+    for k in range(FOLDS):
+        fit, validation = _image_pool("fit", k)[0], _image_pool("validation", k)[0]
+        assert len(fit) + len(validation) == len(train)
+        assert abs(len(validation) - len(train) / FOLDS) <= 1
+        seen = {x.tobytes() for x in fit}
+        assert not any(x.tobytes() in seen for x in validation)

@@ -7,6 +7,12 @@ another digit (the label is then what the other two agree on), so that fusion ma
   there, split by speaker: `HELD_OUT_SPEAKERS` only in evaluation. Elsewhere keypad (DTMF) tones
   with noise and timing jitter (``tones``), so the built-in model works anywhere.
 - Text: digit words and phrases with typos; evaluation phrases use wordings training never sees.
+
+Besides ``train`` and ``eval``, the training split divides `FOLDS` ways into ``fit`` and
+``validation`` (fold k: the k-th of the training speakers, in name order modulo `FOLDS`, and a
+quarter of the training images held out of ``fit``): a model trained on ``fit`` meets new
+speakers and new images on ``validation``, as the final model meets them on ``eval``, without
+ever seeing ``eval``. (With tones, ``fit`` and ``validation`` are fresh tones of their own.)
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ from .demo import DIGIT_WORDS, digits_split
 
 MODALITIES = ("image", "text", "audio")
 HELD_OUT_SPEAKERS = ("george",)
+FOLDS = 4  # ``fit``/``validation`` divisions of the training split (by speaker, and images)
+SPLITS = ("train", "eval", "fit", "validation")
+_TONES = {"train": 2000, "eval": 500, "fit": 1500, "validation": 500}
 MISSING_SHARE = 0.15  # one modality (chosen at random) absent
 CONTRADICT_SHARE = 0.10  # one modality shows another digit
 TYPO_RATE = 0.12  # per character
@@ -53,20 +62,20 @@ def audio_source() -> str:
         return "tones"
 
 
-def fsdd_recordings(split: str) -> tuple[list[Path], list[int]]:
-    """FSDD files and digits of `split` ('train': all but the held-out speakers, 'eval')."""
+def fsdd_recordings(split: str, fold: int = 0) -> tuple[list[Path], list[int]]:
+    """FSDD files and digits of `split` (one of `SPLITS`; ``fit`` and ``validation`` of `fold`)."""
     folder = shared_data_dir("fsdd") / "recordings"
-    files, labels = [], []
-    for path in sorted(folder.glob("*.wav")):
-        match = _FSDD_NAME.match(path.name)
-        if match is None:
-            continue
-        if (match.group(2) in HELD_OUT_SPEAKERS) == (split == "eval"):
-            files.append(path)
-            labels.append(int(match.group(1)))
-    if not files:
+    found = [(p, m) for p in sorted(folder.glob("*.wav")) if (m := _FSDD_NAME.match(p.name))]
+    if not found:
         raise DataError(f"no FSDD recordings ({{digit}}_{{speaker}}_{{i}}.wav) in {folder}")
-    return files, labels
+    trained = sorted({m.group(2) for _, m in found} - set(HELD_OUT_SPEAKERS))
+    speakers = {"eval": set(HELD_OUT_SPEAKERS), "train": set(trained),
+                "validation": set(trained[fold::FOLDS])}
+    speakers["fit"] = speakers["train"] - speakers["validation"]
+    chosen = [(p, int(m.group(1))) for p, m in found if m.group(2) in speakers[split]]
+    if not chosen:
+        raise DataError(f"no FSDD recordings for the {split} split in {folder}")
+    return [p for p, _ in chosen], [d for _, d in chosen]
 
 
 def typo(text: str, rng: np.random.Generator, rate: float = TYPO_RATE) -> str:
@@ -99,26 +108,46 @@ def digit_phrase(digit: int, rng: np.random.Generator, phrases: list[str]) -> st
 
 
 def _audio_pool(split: str, source: str, rng: np.random.Generator,
-                count: int) -> tuple[list[np.ndarray], np.ndarray]:
+                fold: int) -> tuple[list[np.ndarray], np.ndarray]:
     if source == "fsdd":
-        files, labels = fsdd_recordings(split)
+        files, labels = fsdd_recordings(split, fold)
         return [read_wav(f) for f in files], np.asarray(labels)
-    labels = np.arange(count) % 10
+    labels = np.arange(_TONES[split]) % 10
     return [dtmf_tone(int(d), rng) for d in labels], labels
 
 
-def build_split(split: str, source: str | None = None, seed: int | None = None) -> TrimodalSplit:
-    """Pair items of the same digit into examples: one per audio item of `split`.
+def _image_pool(split: str, fold: int) -> tuple[np.ndarray, np.ndarray]:
+    """The digit images of `split`: the demo's test images for 'eval', its training images
+    for 'train', and a fixed `FOLDS`-way division of those for 'fit' and 'validation'."""
+    x_train, y_train, x_test, y_test = digits_split()
+    if split in ("train", "eval"):
+        return (x_train, y_train) if split == "train" else (x_test, y_test)
+    order = np.random.default_rng(0).permutation(len(x_train))
+    held = np.zeros(len(order), dtype=bool)
+    held[order[fold::FOLDS]] = True
+    part = held if split == "validation" else ~held
+    return x_train[part], y_train[part]
+
+
+def build_split(split: str, source: str | None = None, seed: int | None = None,
+                fold: int = 0) -> TrimodalSplit:
+    """Pair items of the same digit into examples: one per audio item of `split` (``fit`` and
+    ``validation``: of division `fold`).
 
     A `MISSING_SHARE` of examples lose one modality, a `CONTRADICT_SHARE` get one item of
     another digit; both choices are seeded, so a split is the same on every call.
     """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if not 0 <= fold < FOLDS:
+        raise ValueError(f"fold must be in 0..{FOLDS - 1}, got {fold}")
     source = source or audio_source()
-    rng = np.random.default_rng((0 if split == "train" else 1) if seed is None else seed)
-    x_train, y_train, x_test, y_test = digits_split()
-    images, image_labels = (x_train, y_train) if split == "train" else (x_test, y_test)
-    phrases = TRAIN_PHRASES if split == "train" else EVAL_PHRASES
-    audio, audio_labels = _audio_pool(split, source, rng, 2000 if split == "train" else 500)
+    default_seed = SPLITS.index(split) if split in ("train", "eval") else \
+        len(SPLITS) + 2 * fold + (split == "validation")
+    rng = np.random.default_rng(default_seed if seed is None else seed)
+    images, image_labels = _image_pool(split, fold)
+    phrases = EVAL_PHRASES if split == "eval" else TRAIN_PHRASES
+    audio, audio_labels = _audio_pool(split, source, rng, fold)
     by_digit = {d: np.flatnonzero(image_labels == d) for d in range(10)}
     n = len(audio)
     labels = audio_labels.astype(int)
@@ -141,7 +170,8 @@ def build_split(split: str, source: str | None = None, seed: int | None = None) 
         column = (out_images, out_texts, out_audio)[which[i]]
         column[i] = None
         item[i, which[i]] = -1
-    name = f"trimodal-{split} ({_describe(source)})"
+    part = f"-{fold}" if split in ("fit", "validation") else ""
+    name = f"trimodal-{split}{part} ({_describe(source)})"
     data = Dataset(name=name, task="multimodal", images=out_images, texts=out_texts,
                    audio=out_audio, labels=labels.tolist(), class_names=list(DIGIT_WORDS))
     return TrimodalSplit(data, item, source)

@@ -11,7 +11,9 @@ The fusion module (``fusion``) then combines them:
 - ``early``: the tokens of all modalities (with a modality embedding) go through one shared
   transformer, pooled into one head;
 - ``late``: each modality is pooled and classified alone; the log-probabilities of the modalities
-  present are averaged, so any subset of modalities works;
+  present are averaged with one weight per modality (`modality_weights`, a saved buffer: ones
+  until fitted on held-out data, see `fusion_training.fit_modality_weights`), so any subset of
+  modalities works and a modality that is often wrong on new speakers counts less;
 - ``hybrid``: each modality's tokens first attend to the other modalities' tokens
   (cross-attention), then are classified per modality and combined as in ``late``.
 
@@ -208,11 +210,27 @@ def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (tokens * w).sum(1) / w.sum(1).clamp(min=1.0)
 
 
-def combine_late(logits: dict[str, torch.Tensor], present: torch.Tensor) -> torch.Tensor:
-    """Mean log-probability over the modalities present (zeros where none is)."""
+def combine_late(logits: dict[str, torch.Tensor], present: torch.Tensor,
+                 weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Weighted mean log-probability over the modalities present (zeros where none is);
+    `weights` [3] (image, text, audio), default equal."""
     logp = torch.stack([F.log_softmax(logits[m], -1) for m in MODALITIES], 1)  # [B, 3, C]
-    w = present.to(logp.dtype)[..., None]
-    return (logp * w).sum(1) / w.sum(1).clamp(min=1.0)
+    w = present.to(logp.dtype)
+    if weights is not None:
+        w = w * weights.to(logp.dtype)
+    w = w[..., None]
+    return (logp * w).sum(1) / w.sum(1).clamp(min=1e-12)
+
+
+class _WeightedLate(nn.Module):
+    """Base of the fusions that combine per-modality predictions (late and hybrid)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("modality_weights", torch.ones(len(MODALITIES)))
+
+    def combine(self, parts: dict[str, torch.Tensor], present: torch.Tensor) -> torch.Tensor:
+        return combine_late(parts, present, self.modality_weights)
 
 
 class EarlyFusion(nn.Module):
@@ -231,7 +249,7 @@ class EarlyFusion(nn.Module):
         return self.head(x, mask), {}
 
 
-class LateFusion(nn.Module):
+class LateFusion(_WeightedLate):
     def __init__(self, dim: int, hidden: int, classes: int) -> None:
         super().__init__()
         self.heads = nn.ModuleDict({m: Head(dim, hidden, classes) for m in MODALITIES})
@@ -239,10 +257,10 @@ class LateFusion(nn.Module):
     def forward(self, tokens: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
                 present: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         parts = {m: self.heads[m](tokens[m], masks[m]) for m in MODALITIES}
-        return combine_late(parts, present), parts
+        return self.combine(parts, present), parts
 
 
-class HybridFusion(nn.Module):
+class HybridFusion(_WeightedLate):
     def __init__(self, dim: int, heads: int, hidden: int, classes: int) -> None:
         super().__init__()
         self.cross = nn.ModuleDict({m: Block(dim, heads, hidden) for m in MODALITIES})
@@ -257,7 +275,7 @@ class HybridFusion(nn.Module):
             context_mask = torch.cat([masks[o] for o in others], 1)
             x = self.cross[m](tokens[m], masks[m], context, context_mask)
             parts[m] = self.heads[m](x, masks[m])
-        return combine_late(parts, present), parts
+        return self.combine(parts, present), parts
 
 
 DEFAULTS: dict[str, Any] = {

@@ -4,6 +4,12 @@ Besides the fused prediction, late and hybrid fusion train each modality's head 
 its own item shows (so a head stays right when the others are missing), and every model sees
 modalities dropped at random from examples whose items agree (so missing inputs are familiar),
 and each step draws one of several texts (other wordings, other typos) of each example's digit.
+
+Late and hybrid fusion weigh each modality's log-probabilities. The weights are fitted by
+cross-validation on data unlike the training data in the way evaluation data is: for each of the
+`FOLDS` divisions a twin model is trained on ``fit`` and scored on ``validation`` (speakers and
+images it never saw); the weights that fit all those scores best go to the model itself, trained
+on all of ``train``. The evaluation split is never used.
 """
 
 from __future__ import annotations
@@ -15,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.trimodal import TRAIN_PHRASES, digit_phrase
+from ..data.trimodal import FOLDS, TRAIN_PHRASES, build_split, digit_phrase
 from ..training import TrainSettings, train
+from .fusion import MODALITIES, FusionClassifier, combine_late
 
 if TYPE_CHECKING:
     from ..adapters.fusion import FusionAdapter
@@ -25,6 +32,7 @@ if TYPE_CHECKING:
 TRAINING = {"epochs": 10, "batch_size": 64, "lr": 2e-3, "weight_decay": 1e-2, "seed": 0,
             "warmup": 0.05}
 AUGMENT = {"drop_modality": 0.25, "max_shift_s": 0.1, "text_variants": 4}
+MODALITY_WEIGHTS = {"folds": FOLDS, "penalty": 1e-3}
 
 
 def drop_modalities(present: torch.Tensor, agree: torch.Tensor, p: float) -> torch.Tensor:
@@ -105,3 +113,66 @@ def train_fusion(adapter: FusionAdapter, split: TrimodalSplit,
         return train(adapter, FusionObjective(adapter, split), settings, progress=progress)
     finally:
         torch.set_num_threads(threads)
+
+
+Scores = tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]
+
+
+@torch.no_grad()  # not inference mode: the weights are fitted on these tensors
+def scored_conditions(adapter: FusionAdapter, split: TrimodalSplit) -> Scores:
+    """Each modality's logits, the present mask and the labels over every example of `split`,
+    as given and with each modality dropped in turn (the conditions evaluation reports)."""
+    data = split.data
+    parts: dict[str, list[torch.Tensor]] = {m: [] for m in MODALITIES}
+    present = []
+    for drop in ((), *((m,) for m in MODALITIES)):
+        batch = adapter.dataset_batch(data, range(len(data)), drop)
+        _, logits = adapter.model.forward_parts(**batch)
+        for m in MODALITIES:
+            parts[m].append(logits[m])
+        present.append(batch["present"].bool())
+    labels = torch.as_tensor(data.labels).repeat(len(present))
+    return {m: torch.cat(v) for m, v in parts.items()}, torch.cat(present), labels
+
+
+def fit_modality_weights(scores: list[Scores]) -> torch.Tensor:
+    """The late-combination weights [3] that minimise the fused cross-entropy over `scores`
+    (of data the scoring models were not trained on), largest weight 1; a small penalty on the
+    log-weights keeps them defined when a modality barely matters."""
+    parts = {m: torch.cat([s[0][m] for s in scores]) for m in MODALITIES}
+    present, labels = torch.cat([s[1] for s in scores]), torch.cat([s[2] for s in scores])
+    log_w = torch.zeros(len(MODALITIES), requires_grad=True)
+    opt = torch.optim.LBFGS([log_w], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        fused = combine_late(parts, present, log_w.exp())
+        loss = F.cross_entropy(fused, labels) + MODALITY_WEIGHTS["penalty"] * log_w.square().sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    weights = log_w.detach().exp()
+    return weights / weights.max()
+
+
+def train_fusion_model(adapter: FusionAdapter, source: str,
+                       progress: bool = True) -> dict[str, Any]:
+    """Train `adapter.model` on the ``train`` split; for late and hybrid fusion, first fit its
+    modality weights by cross-validation: one twin per fold, trained on ``fit`` and scored on
+    ``validation``."""
+    weights = None
+    if hasattr(adapter.model.fusion, "modality_weights"):
+        scores = []
+        for fold in range(FOLDS):
+            twin = type(adapter)(FusionClassifier(**adapter.model.architecture()))
+            twin.model.load_state_dict(adapter.model.state_dict())  # the same initial weights
+            train_fusion(twin, build_split("fit", source, fold=fold), progress=progress)
+            twin.model.eval()
+            scores.append(scored_conditions(twin, build_split("validation", source, fold=fold)))
+        weights = fit_modality_weights(scores)
+    summary = train_fusion(adapter, build_split("train", source), progress=progress)
+    if weights is not None:
+        adapter.model.fusion.modality_weights.copy_(weights)
+        summary["modality_weights"] = dict(zip(MODALITIES, weights.tolist(), strict=True))
+    return summary
