@@ -144,7 +144,7 @@ def test_demo_refuses_an_unknown_model(tmp_path):
 
 
 def test_fitted_modality_weights_discount_a_modality_that_misleads():
-    from mmcompress.models.fusion_training import fit_modality_weights
+    from mmcompress.models.fusion_training import Scores, fit_modality_weights
 
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(400) % 10
@@ -154,7 +154,8 @@ def test_fitted_modality_weights_discount_a_modality_that_misleads():
              "audio": 3.0 * torch.randn(400, 10, generator=g)}  # confident and uninformative
     present = torch.ones(400, 3, dtype=torch.bool)
     present[:200, 0] = False  # half the examples only have text and audio
-    weights = fit_modality_weights([(parts, present, labels)])
+    scores = Scores(parts, torch.zeros(400, 10), present, labels, torch.zeros(400))
+    weights = fit_modality_weights(scores)
     assert weights.max() == 1.0
     assert weights[2] < 0.3 * min(weights[0], weights[1])
     fused = combine_late(parts, present, weights).argmax(1)
@@ -175,3 +176,35 @@ def test_modality_weights_weigh_the_combination_and_reload(fusion, tmp_path):
     loaded = mmcompress.load(tmp_path / "q")
     assert torch.equal(loaded.model.fusion.modality_weights, torch.tensor([1.0, 0.5, 0.1]))
     assert torch.equal(loaded.classify(data), result.adapter.classify(data))
+
+
+def test_cross_validation_pools_every_fold_and_sets_the_weights(monkeypatch):
+    import mmcompress.models.fusion_training as ft
+    from mmcompress.data.trimodal import FOLDS, TrimodalSplit
+
+    data = tiny_data(n=10, missing=False)
+    items = np.repeat(np.asarray(data.labels)[:, None], 3, axis=1)
+    asked = []
+
+    def split(name, source, fold=0):
+        asked.append((name, fold))
+        return TrimodalSplit(data, items, source)
+
+    monkeypatch.setattr(ft, "build_split", split)
+    monkeypatch.setitem(ft.TRAINING, "epochs", 1)
+    adapter = tiny_adapter("late")
+    initial = {k: v.clone() for k, v in adapter.model.state_dict().items()}
+    scores = ft.cross_validate(adapter, "tones", progress=False)
+    assert sorted(asked) == sorted([("fit", k) for k in range(FOLDS)]
+                                   + [("validation", k) for k in range(FOLDS)])
+    assert len(scores.labels) == len(ft.CONDITIONS) * FOLDS * len(data)
+    assert set(scores.accuracy()) == set(ft.CONDITIONS)
+    # each condition pools the same examples of every fold (the folds are stacked fold-major)
+    assert (scores.condition.bincount() == FOLDS * len(data)).all()
+    right = (scores.fused.argmax(1) == scores.labels).float().view(FOLDS, len(ft.CONDITIONS), -1)
+    expected = right.mean((0, 2)).tolist()
+    assert list(scores.accuracy().values()) == pytest.approx(expected)
+    assert all(torch.equal(v, adapter.model.state_dict()[k]) for k, v in initial.items())
+    summary = ft.train_fusion_model(adapter, "tones", progress=False)
+    weights = adapter.model.fusion.modality_weights
+    assert weights.max() == 1.0 and list(summary["modality_weights"].values()) == weights.tolist()

@@ -1,6 +1,6 @@
 """The built-in fusion classifiers on the real tri-modal data (FSDD speakers held out).
 
-Trains each fusion model once per session (well under a minute each on one core).
+Trains each fusion model once per session (one to three minutes each on one core).
 """
 
 from __future__ import annotations
@@ -36,13 +36,14 @@ def test_fusion_beats_every_single_modality(int8_results, fusion):
 
 
 def test_late_fusion_survives_a_missing_modality(int8_results):
-    """With any one modality missing, late fusion stays above 0.8 and above the weaker of the
-    two modalities left (text + audio falls below text alone: the audio head is weak on the
-    held-out speaker, see docs/fusion.md)."""
+    """With any one modality missing, late fusion stays above 0.8 and does as well as the
+    better of the two modalities left alone (within 0.01, a few examples: training on another
+    CPU may round differently). The modality weights, fitted by cross-validation over the
+    training speakers, keep the weak held-out-speaker audio from dragging text down."""
     m = int8_results["late"]["before"]
     for gone in ("image", "text", "audio"):
         left = [f"top1_{o}_only" for o in ("image", "text", "audio") if o != gone]
-        assert m[f"top1_no_{gone}"] >= max(0.8, min(m[k] for k in left))
+        assert m[f"top1_no_{gone}"] >= max(0.8, max(m[k] for k in left) - 0.01)
 
 
 @pytest.mark.parametrize("fusion", FUSIONS)

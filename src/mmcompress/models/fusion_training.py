@@ -14,6 +14,7 @@ on all of ``train``. The evaluation split is never used.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,7 +32,8 @@ if TYPE_CHECKING:
 
 TRAINING = {"epochs": 10, "batch_size": 64, "lr": 2e-3, "weight_decay": 1e-2, "seed": 0,
             "warmup": 0.05}
-AUGMENT = {"drop_modality": 0.25, "max_shift_s": 0.1, "text_variants": 4}
+AUGMENT = {"drop_modality": 0.25, "max_shift_s": 0.1, "text_variants": 4,
+           "label_smoothing": 0.1}
 MODALITY_WEIGHTS = {"folds": FOLDS, "penalty": 1e-3}
 
 
@@ -46,13 +48,17 @@ def drop_modalities(present: torch.Tensor, agree: torch.Tensor, p: float) -> tor
 
 def fusion_loss(model: nn.Module, batch: dict[str, Any], labels: torch.Tensor,
                 item_labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the fused scores, plus each modality head on its own item's digit."""
+    """Cross-entropy of the fused scores, plus each modality head on its own item's digit
+    (label-smoothed: heads that are less sure of themselves on a new speaker mislead the
+    late combination less)."""
+    smooth = AUGMENT["label_smoothing"]
     fused, parts = model.forward_parts(**batch)
-    loss = F.cross_entropy(fused, labels)
+    loss = F.cross_entropy(fused, labels, label_smoothing=smooth)
     for i, logits in enumerate(parts.values()):
         use = batch["present"][:, i]
         if use.any():
-            loss = loss + F.cross_entropy(logits[use], item_labels[use, i]) / len(parts)
+            loss = loss + F.cross_entropy(logits[use], item_labels[use, i],
+                                          label_smoothing=smooth) / len(parts)
     return loss
 
 
@@ -115,39 +121,80 @@ def train_fusion(adapter: FusionAdapter, split: TrimodalSplit,
         torch.set_num_threads(threads)
 
 
-Scores = tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]
+CONDITIONS = ("as given", "no image", "no text", "no audio")
+
+
+@dataclass
+class Scores:
+    """A model's scores on every example of a split, once per `CONDITIONS` entry: each
+    modality's logits (late and hybrid fusion), the fused scores, the present mask, the labels
+    and each row's condition (an index into `CONDITIONS`)."""
+
+    parts: dict[str, torch.Tensor]
+    fused: torch.Tensor
+    present: torch.Tensor
+    labels: torch.Tensor
+    condition: torch.Tensor
+
+    @staticmethod
+    def cat(scores: list[Scores]) -> Scores:
+        return Scores({m: torch.cat([s.parts[m] for s in scores]) for m in scores[0].parts},
+                      *(torch.cat([getattr(s, f) for s in scores])
+                        for f in ("fused", "present", "labels", "condition")))
+
+    def accuracy(self, weights: torch.Tensor | None = None) -> dict[str, float]:
+        """Top-1 per condition: of the fused scores, or of the modalities' logits recombined
+        with `weights`."""
+        scores = self.fused if weights is None else combine_late(self.parts, self.present,
+                                                                 weights)
+        right = (scores.argmax(1) == self.labels).float()
+        return {c: right[self.condition == i].mean().item() for i, c in enumerate(CONDITIONS)}
 
 
 @torch.no_grad()  # not inference mode: the weights are fitted on these tensors
 def scored_conditions(adapter: FusionAdapter, split: TrimodalSplit) -> Scores:
-    """Each modality's logits, the present mask and the labels over every example of `split`,
-    as given and with each modality dropped in turn (the conditions evaluation reports)."""
+    """`adapter`'s scores on every example of `split` under each of `CONDITIONS`."""
     data = split.data
-    parts: dict[str, list[torch.Tensor]] = {m: [] for m in MODALITIES}
-    present = []
+    parts: dict[str, list[torch.Tensor]] = {}
+    fused, present = [], []
     for drop in ((), *((m,) for m in MODALITIES)):
         batch = adapter.dataset_batch(data, range(len(data)), drop)
-        _, logits = adapter.model.forward_parts(**batch)
-        for m in MODALITIES:
-            parts[m].append(logits[m])
+        out, logits = adapter.model.forward_parts(**batch)
+        for m, v in logits.items():
+            parts.setdefault(m, []).append(v)
+        fused.append(out)
         present.append(batch["present"].bool())
     labels = torch.as_tensor(data.labels).repeat(len(present))
-    return {m: torch.cat(v) for m, v in parts.items()}, torch.cat(present), labels
+    condition = torch.arange(len(present)).repeat_interleave(len(data))
+    return Scores({m: torch.cat(v) for m, v in parts.items()}, torch.cat(fused),
+                  torch.cat(present), labels, condition)
 
 
-def fit_modality_weights(scores: list[Scores]) -> torch.Tensor:
+def cross_validate(adapter: FusionAdapter, source: str, progress: bool = True) -> Scores:
+    """Scores of `FOLDS` twins of `adapter` (same architecture and initial weights), each
+    trained on one ``fit`` split and scored on its ``validation`` split, pooled."""
+    scores = []
+    for fold in range(FOLDS):
+        twin = type(adapter)(FusionClassifier(**adapter.model.architecture()))
+        twin.model.load_state_dict(adapter.model.state_dict())
+        train_fusion(twin, build_split("fit", source, fold=fold), progress=progress)
+        twin.model.eval()
+        scores.append(scored_conditions(twin, build_split("validation", source, fold=fold)))
+    return Scores.cat(scores)
+
+
+def fit_modality_weights(scores: Scores) -> torch.Tensor:
     """The late-combination weights [3] that minimise the fused cross-entropy over `scores`
     (of data the scoring models were not trained on), largest weight 1; a small penalty on the
     log-weights keeps them defined when a modality barely matters."""
-    parts = {m: torch.cat([s[0][m] for s in scores]) for m in MODALITIES}
-    present, labels = torch.cat([s[1] for s in scores]), torch.cat([s[2] for s in scores])
     log_w = torch.zeros(len(MODALITIES), requires_grad=True)
     opt = torch.optim.LBFGS([log_w], max_iter=200, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        fused = combine_late(parts, present, log_w.exp())
-        loss = F.cross_entropy(fused, labels) + MODALITY_WEIGHTS["penalty"] * log_w.square().sum()
+        fused = combine_late(scores.parts, scores.present, log_w.exp())
+        loss = F.cross_entropy(fused, scores.labels) \
+            + MODALITY_WEIGHTS["penalty"] * log_w.square().sum()
         loss.backward()
         return loss
 
@@ -159,18 +206,10 @@ def fit_modality_weights(scores: list[Scores]) -> torch.Tensor:
 def train_fusion_model(adapter: FusionAdapter, source: str,
                        progress: bool = True) -> dict[str, Any]:
     """Train `adapter.model` on the ``train`` split; for late and hybrid fusion, first fit its
-    modality weights by cross-validation: one twin per fold, trained on ``fit`` and scored on
-    ``validation``."""
+    modality weights on `cross_validate`'s scores."""
     weights = None
     if hasattr(adapter.model.fusion, "modality_weights"):
-        scores = []
-        for fold in range(FOLDS):
-            twin = type(adapter)(FusionClassifier(**adapter.model.architecture()))
-            twin.model.load_state_dict(adapter.model.state_dict())  # the same initial weights
-            train_fusion(twin, build_split("fit", source, fold=fold), progress=progress)
-            twin.model.eval()
-            scores.append(scored_conditions(twin, build_split("validation", source, fold=fold)))
-        weights = fit_modality_weights(scores)
+        weights = fit_modality_weights(cross_validate(adapter, source, progress))
     summary = train_fusion(adapter, build_split("train", source), progress=progress)
     if weights is not None:
         adapter.model.fusion.modality_weights.copy_(weights)
