@@ -41,6 +41,20 @@ def run(kind: str, smoothing: float, source: str) -> dict[str, Any]:
     return row
 
 
+def table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: one line per run and weighting."""
+    lines = []
+    for r in rows:
+        for name in ("equal_weights", "fitted_weights"):
+            if name in r:
+                weights = " / ".join(f"{w:.2f}" for w in r["weights"]) \
+                    if name == "fitted_weights" else "1 / 1 / 1"
+                lines.append([r["kind"], f"{r['label_smoothing']:g}", weights,
+                              *(f"{v:.4f}" for v in r[name].values())])
+    return markdown_table(["fusion", "label smoothing", "weights image / text / audio",
+                           *ft.CONDITIONS], lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kinds", nargs="+", default=["late", "early"],
@@ -50,16 +64,7 @@ def main() -> None:
     args = parser.parse_args()
     source = audio_source()
     rows = [run(k, s, source) for k in args.kinds for s in args.smoothing]
-    table = []
-    for r in rows:
-        for name in ("equal_weights", "fitted_weights"):
-            if name in r:
-                weights = " / ".join(f"{w:.2f}" for w in r["weights"]) \
-                    if name == "fitted_weights" else "1 / 1 / 1"
-                table.append([r["kind"], f"{r['label_smoothing']:g}", weights,
-                              *(f"{v:.4f}" for v in r[name].values())])
-    print(markdown_table(["fusion", "label smoothing", "weights image / text / audio",
-                          *ft.CONDITIONS], table))
+    print(table(rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"command": "python -m benchmarks.fusion_cv", "audio": source,
                                     "folds": FOLDS, "rows": rows}, indent=1))
