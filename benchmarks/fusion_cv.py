@@ -26,11 +26,11 @@ from mmcompress.report import markdown_table
 
 
 def run(kind: str, smoothing: float, source: str) -> dict[str, Any]:
-    ft.AUGMENT["label_smoothing"] = smoothing
     torch.manual_seed(ft.TRAINING["seed"])  # the initial weights of the built-in models
     adapter = FusionAdapter(FusionClassifier(fusion=kind))
     start = time.perf_counter()
-    scores = ft.cross_validate(adapter, source, progress=False)
+    scores = ft.cross_validate(adapter, source, progress=False,
+                               augment={"label_smoothing": smoothing})
     row: dict[str, Any] = {"kind": kind, "label_smoothing": smoothing,
                            "equal_weights": scores.accuracy()}
     if scores.parts:

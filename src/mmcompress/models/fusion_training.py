@@ -47,11 +47,10 @@ def drop_modalities(present: torch.Tensor, agree: torch.Tensor, p: float) -> tor
 
 
 def fusion_loss(model: nn.Module, batch: dict[str, Any], labels: torch.Tensor,
-                item_labels: torch.Tensor) -> torch.Tensor:
+                item_labels: torch.Tensor, smooth: float = 0.0) -> torch.Tensor:
     """Cross-entropy of the fused scores, plus each modality head on its own item's digit
-    (label-smoothed: heads that are less sure of themselves on a new speaker mislead the
-    late combination less)."""
-    smooth = AUGMENT["label_smoothing"]
+    (label-smoothed by `smooth`: heads that are less sure of themselves on a new speaker
+    mislead the late combination less)."""
     fused, parts = model.forward_parts(**batch)
     loss = F.cross_entropy(fused, labels, label_smoothing=smooth)
     for i, logits in enumerate(parts.values()):
@@ -63,9 +62,12 @@ def fusion_loss(model: nn.Module, batch: dict[str, Any], labels: torch.Tensor,
 
 
 class FusionObjective:
-    """The trainer's objective: `fusion_loss` on augmented batches of a tri-modal split."""
+    """The trainer's objective: `fusion_loss` on augmented batches of a tri-modal split
+    (`augment`: settings as in `AUGMENT`, the default)."""
 
-    def __init__(self, adapter: FusionAdapter, split: TrimodalSplit) -> None:
+    def __init__(self, adapter: FusionAdapter, split: TrimodalSplit,
+                 augment: dict[str, Any] | None = None) -> None:
+        self.augment = {**AUGMENT, **(augment or {})}
         self.model = adapter.model
         self.modules = nn.ModuleList()  # nothing trained besides the model
         data = split.data
@@ -74,17 +76,19 @@ class FusionObjective:
         items = torch.as_tensor(split.item_labels)
         self.agree = ((items == self.labels[:, None]) | (items < 0)).all(1)
         self.items = items.clamp(min=0)  # -1 (missing) is never used: not present
-        self.max_shift = int(AUGMENT["max_shift_s"] * self.model.arch["audio_samples"])
+        self.max_shift = int(self.augment["max_shift_s"] * self.model.arch["audio_samples"])
         self.source = split.audio_source
-        self.texts = self._text_variants(adapter, split.item_labels[:, 1])
+        self.texts = self._text_variants(adapter, split.item_labels[:, 1],
+                                         self.augment["text_variants"])
 
     @staticmethod
-    def _text_variants(adapter: FusionAdapter, digits: np.ndarray) -> torch.Tensor:
+    def _text_variants(adapter: FusionAdapter, digits: np.ndarray,
+                       variants: int) -> torch.Tensor:
         """[variants, N, 2, max_text_len]: ids and mask of other texts of the same digits."""
         rng = np.random.default_rng(TRAINING["seed"])
         width = adapter.model.arch["max_text_len"]
         out = []
-        for _ in range(AUGMENT["text_variants"]):
+        for _ in range(variants):
             texts = [digit_phrase(int(d), rng, TRAIN_PHRASES) if d >= 0 else None
                      for d in digits]
             ids, mask = adapter.tokenizer(texts)
@@ -98,25 +102,29 @@ class FusionObjective:
     def loss(self, indices: torch.Tensor) -> torch.Tensor:
         batch = {k: v[indices] for k, v in self.inputs.items()}
         batch["present"] = drop_modalities(batch["present"], self.agree[indices],
-                                           AUGMENT["drop_modality"])
+                                           self.augment["drop_modality"])
         shift = int(torch.randint(0, self.max_shift + 1, (1,)))
         batch["wave"] = torch.roll(batch["wave"], shift, dims=1)
         pick = self.texts[int(torch.randint(0, len(self.texts), (1,))), indices]
         batch["ids"], batch["text_mask"] = pick[:, 0], pick[:, 1].bool()
-        return fusion_loss(self.model, batch, self.labels[indices], self.items[indices])
+        return fusion_loss(self.model, batch, self.labels[indices], self.items[indices],
+                           self.augment["label_smoothing"])
 
     def describe(self) -> dict[str, Any]:
-        return {"objective": "fusion", "examples": len(self), "audio": self.source, **AUGMENT}
+        return {"objective": "fusion", "examples": len(self), "audio": self.source,
+                **self.augment}
 
 
-def train_fusion(adapter: FusionAdapter, split: TrimodalSplit,
-                 progress: bool = True) -> dict[str, Any]:
-    """Train `adapter.model` on `split`; returns the trainer's summary."""
+def train_fusion(adapter: FusionAdapter, split: TrimodalSplit, progress: bool = True,
+                 augment: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train `adapter.model` on `split` (`augment` overrides `AUGMENT` entries); returns the
+    trainer's summary."""
     settings = TrainSettings(**TRAINING, evaluate=False, resume="never")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny ops: thread hand-offs cost more than the work
     try:
-        return train(adapter, FusionObjective(adapter, split), settings, progress=progress)
+        return train(adapter, FusionObjective(adapter, split, augment), settings,
+                     progress=progress)
     finally:
         torch.set_num_threads(threads)
 
@@ -170,14 +178,16 @@ def scored_conditions(adapter: FusionAdapter, split: TrimodalSplit) -> Scores:
                   torch.cat(present), labels, condition)
 
 
-def cross_validate(adapter: FusionAdapter, source: str, progress: bool = True) -> Scores:
+def cross_validate(adapter: FusionAdapter, source: str, progress: bool = True,
+                   augment: dict[str, Any] | None = None) -> Scores:
     """Scores of `FOLDS` twins of `adapter` (same architecture and initial weights), each
-    trained on one ``fit`` split and scored on its ``validation`` split, pooled."""
+    trained on one ``fit`` split (`augment` as in `train_fusion`) and scored on its
+    ``validation`` split, pooled."""
     scores = []
     for fold in range(FOLDS):
         twin = type(adapter)(FusionClassifier(**adapter.model.architecture()))
         twin.model.load_state_dict(adapter.model.state_dict())
-        train_fusion(twin, build_split("fit", source, fold=fold), progress=progress)
+        train_fusion(twin, build_split("fit", source, fold=fold), progress, augment)
         twin.model.eval()
         scores.append(scored_conditions(twin, build_split("validation", source, fold=fold)))
     return Scores.cat(scores)
