@@ -208,3 +208,14 @@ def test_cross_validation_pools_every_fold_and_sets_the_weights(monkeypatch):
     summary = ft.train_fusion_model(adapter, "tones", progress=False)
     weights = adapter.model.fusion.modality_weights
     assert weights.max() == 1.0 and list(summary["modality_weights"].values()) == weights.tolist()
+
+
+def test_a_late_model_saved_before_modality_weights_loads_with_equal_weights():
+    adapter = tiny_adapter("late")
+    state = {k: v for k, v in adapter.model.state_dict().items() if "modality_weights" not in k}
+    fresh = FusionClassifier(fusion="late", **TINY)
+    fresh.fusion.modality_weights.fill_(0.5)
+    fresh.load_state_dict(state)  # strict: nothing else may be missing
+    assert torch.equal(fresh.fusion.modality_weights, torch.ones(3))
+    with pytest.raises(RuntimeError, match="Missing key"):
+        fresh.load_state_dict({k: v for k, v in state.items() if "heads.audio" not in k})

@@ -232,6 +232,12 @@ class _WeightedLate(nn.Module):
     def combine(self, parts: dict[str, torch.Tensor], present: torch.Tensor) -> torch.Tensor:
         return combine_late(parts, present, self.modality_weights)
 
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any,
+                              **kwargs: Any) -> None:
+        # models saved before the weights existed combined the modalities equally
+        state_dict.setdefault(prefix + "modality_weights", torch.ones(len(MODALITIES)))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
 
 class EarlyFusion(nn.Module):
     def __init__(self, dim: int, heads: int, hidden: int, layers: int, classes: int) -> None:
