@@ -425,3 +425,16 @@ def test_cli_refusal_is_one_error_line_and_exit_2(tiny_clip_folder, tmp_path, pr
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("given, expected", [
+    ({}, "activation"),
+    ({"scope": "global"}, "taylor"),
+    ({"scope": "global", "importance": "magnitude"}, "magnitude"),
+    ({"scope": "tower", "importance": None}, "activation"),
+])
+def test_importance_defaults_to_a_score_that_ranks_across_layers_for_global_scope(given,
+                                                                                  expected):
+    from mmcompress.methods.prune_structured import StructuredPruneConfig
+
+    assert StructuredPruneConfig(heads=0.5, **given).importance == expected

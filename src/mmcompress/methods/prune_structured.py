@@ -48,7 +48,10 @@ class StructuredPruneConfig(MethodConfig):
     layers: int | float | None = Field(None, description="whole blocks removed per tower")
     channels: int | float | None = Field(None, description="conv channels removed per layer")
     importance: Literal["magnitude", "activation", "taylor"] = Field(
-        "activation", description="how units are ranked; layers always by block influence")
+        "activation", description="how units are ranked (layers always by block "
+        "influence); default 'activation' with scope 'tower', 'taylor' with scope 'global': "
+        "Taylor scores measure the same output change in every layer, activation scores only "
+        "rank within one")
     scope: Literal["tower", "global"] = Field(
         "tower", description="the same ratio in every layer and tower, or one ranking of all")
     compensate: bool = Field(
@@ -70,6 +73,14 @@ class StructuredPruneConfig(MethodConfig):
             raise ValueError(f"a fraction must be in [0, 1), got {v} (use a whole number "
                              "for a count)")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_importance(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("importance") is None:
+            scope = data.get("scope", "tower")
+            data = {**data, "importance": "taylor" if scope == "global" else "activation"}
+        return data
 
     @model_validator(mode="after")
     def _something(self) -> StructuredPruneConfig:
