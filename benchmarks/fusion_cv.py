@@ -21,7 +21,7 @@ import torch
 from mmcompress.adapters.fusion import FusionAdapter
 from mmcompress.data.trimodal import FOLDS, audio_source
 from mmcompress.models import fusion_training as ft
-from mmcompress.models.fusion import FusionClassifier
+from mmcompress.models.fusion import FUSIONS, FusionClassifier
 from mmcompress.report import markdown_table
 
 
@@ -58,7 +58,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kinds", nargs="+", default=["late", "early"],
-                        choices=["early", "late", "hybrid"])
+                        choices=FUSIONS)
     parser.add_argument("--smoothing", nargs="+", type=float, default=[0.0, 0.1])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/fusion_cv.json"))
     args = parser.parse_args()

@@ -149,8 +149,9 @@ class FusionAdapter(Adapter):
     @classmethod
     def pretrained(cls, fusion: str = "late", progress: bool = True) -> FusionAdapter:
         """The trained model on the built-in tri-modal data, from the cache or trained now
-        (fixed seed, the shared trainer; about a minute on one core; late and hybrid fusion
-        take five times that, as four twins first fit their modality weights)."""
+        (fixed seed, the shared trainer; under a minute on one core for early fusion; late and
+        hybrid fusion first train four cross-validation twins to fit their modality weights,
+        about 1.5-2.5 minutes in all)."""
         from ..data.trimodal import audio_source
         from ..models.fusion_training import (
             AUGMENT,

@@ -142,6 +142,7 @@ def build_split(split: str, source: str | None = None, seed: int | None = None,
     if not 0 <= fold < FOLDS:
         raise ValueError(f"fold must be in 0..{FOLDS - 1}, got {fold}")
     source = source or audio_source()
+    # train 0 and eval 1 (as always); fold k's fit 4 + 2k and validation 5 + 2k
     default_seed = SPLITS.index(split) if split in ("train", "eval") else \
         len(SPLITS) + 2 * fold + (split == "validation")
     rng = np.random.default_rng(default_seed if seed is None else seed)
