@@ -32,9 +32,16 @@ SECTIONS = [
      " --methods wanda,wanda-owl --settings 0.6,0.7 --threads 1",
      "Wanda as above, and with `layer_sparsity: owl` (a sparsity per transformer block from the"
      " outlier ratio of its Wanda scores, threshold 5, spread ±0.08, the paper's defaults)."),
+    ("Unstructured pruning with the embedding tables", "prune_embeddings.json",
+     "python -m benchmarks.prune_unstructured benchmarks/results/prune_embeddings.json"
+     " --methods magnitude,wanda,sparsegpt --settings 0.5 --embeddings --threads 1",
+     "As above at 50%, with `embeddings: true`: the embedding tables (word, position, token"
+     " type) are pruned too, by magnitude row by row whatever the method; `size_ratio` is the"
+     " whole model's."),
     ("Saved size of sparse layers", "sparse_size.json", "python -m benchmarks.sparse_size",
      "50% magnitude sparsity on every linear layer, then int8 (embeddings too) in the same"
-     " recipe; `pruned_layers_ratio` counts the linear layers' saved tensors only."),
+     " recipe; the rows with `embeddings_pruned` prune the embedding tables as well."
+     " `pruned_layers_ratio` counts the pruned layers' saved tensors only."),
     ("Structured pruning", "prune_structured.json",
      "python -m benchmarks.prune_structured benchmarks/results/prune_structured.json --quick",
      "Latency of removed heads and neurons (random CLIP ViT-B/32, MiniLM) and global"

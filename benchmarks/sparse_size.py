@@ -5,10 +5,11 @@
 
 Each model's linear layers (every tower) are pruned by magnitude (the size depends only on the
 number of kept weights and the storage format, not on which weights are kept), then, in a
-second row, quantized to int8 per channel in the same recipe (embedding tables too). Sizes
-are bytes of ``model.safetensors``; "pruned layers" counts only the tensors of the linear
-layers, against their fp32 weights and biases. Embedding tables are not pruned, so the
-whole-model ratio depends on how much of the model they are.
+second row, quantized to int8 per channel in the same recipe (embedding tables too). The last
+two rows prune the embedding tables as well (``embeddings: true``). Sizes are bytes of
+``model.safetensors``; "pruned layers" counts only the tensors of the pruned layers, against
+their fp32 weights and biases. With dense tables the whole-model ratio depends on how much of
+the model they are (half of MiniLM).
 Writes ``benchmarks/results/sparse_size.json``.
 """
 
@@ -40,26 +41,30 @@ def _layer_bytes(model: nn.Module, names: list[str]) -> int:
 
 def measure(spec: str, sparsity: float) -> list[dict]:
     dense = load_model(spec, progress=False)
-    linears = [n for n, m in dense.model.named_modules() if isinstance(m, nn.Linear)]
     dense_total = saved_size_bytes(dense.model)
-    dense_layers = _layer_bytes(dense.model, linears)
-    prune = {"prune": {"method": "magnitude", "sparsity": sparsity}}
+    int8 = {"quantize": {"method": "rtn", "bits": 8}}
     rows = []
-    for name, stages in (("sparse fp32", [prune]),
-                         ("sparse + int8", [prune, {"quantize": {"method": "rtn", "bits": 8}}])):
-        work = copy.deepcopy(dense)
-        recipe = {"stages": stages, "evaluate": {"metrics": ["size_bytes"], "max_samples": 8}}
-        result = compress(work, recipe, data="demo" if spec.startswith("random:") else None,
-                          progress=False)
-        model = result.adapter.model
-        total = saved_size_bytes(model)
-        rows.append({
-            "model": spec, "config": name, "sparsity": sparsity,
-            "size_bytes": total, "size_ratio": round(total / dense_total, 4),
-            "pruned_layers_ratio": round(_layer_bytes(model, linears) / dense_layers, 4),
-            "linear_share_of_dense": round(dense_layers / dense_total, 4),
-        })
-        print(rows[-1], flush=True)
+    for tables in (False, True):
+        kinds = (nn.Linear, nn.Embedding) if tables else (nn.Linear,)
+        names = [n for n, m in dense.model.named_modules() if isinstance(m, kinds)]
+        dense_layers = _layer_bytes(dense.model, names)
+        prune = {"prune": {"method": "magnitude", "sparsity": sparsity, "embeddings": tables}}
+        for name, stages in (("sparse fp32", [prune]), ("sparse + int8", [prune, int8])):
+            recipe = {"stages": stages,
+                      "evaluate": {"metrics": ["size_bytes"], "max_samples": 8}}
+            result = compress(copy.deepcopy(dense), recipe,
+                              data="demo" if spec.startswith("random:") else None,
+                              progress=False)
+            model = result.adapter.model
+            total = saved_size_bytes(model)
+            rows.append({
+                "model": spec, "config": name, "embeddings_pruned": tables,
+                "sparsity": sparsity, "size_bytes": total,
+                "size_ratio": round(total / dense_total, 4),
+                "pruned_layers_ratio": round(_layer_bytes(model, names) / dense_layers, 4),
+                "pruned_share_of_dense": round(dense_layers / dense_total, 4),
+            })
+            print(rows[-1], flush=True)
     return rows
 
 
@@ -71,10 +76,11 @@ def main(argv: list[str] | None = None) -> None:
     rows = [r for spec in args.models.split(",") for r in measure(spec.strip(), args.sparsity)]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(rows, indent=1) + "\n")
-    print(f"{'model':<32}{'config':<16}{'model ×dense':>14}{'pruned layers ×dense':>22}")
+    print(f"{'model':<32}{'config':<16}{'tables':>7}{'model ×dense':>14}"
+          f"{'pruned layers ×dense':>22}")
     for r in rows:
-        print(f"{r['model']:<32}{r['config']:<16}{r['size_ratio']:>14.3f}"
-              f"{r['pruned_layers_ratio']:>22.3f}")
+        print(f"{r['model']:<32}{r['config']:<16}{str(r['embeddings_pruned']):>7}"
+              f"{r['size_ratio']:>14.3f}{r['pruned_layers_ratio']:>22.3f}")
 
 
 if __name__ == "__main__":

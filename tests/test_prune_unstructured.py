@@ -16,8 +16,10 @@ from mmcompress.io.checkpoint import save_checkpoint
 from mmcompress.methods import METHODS, StageContext
 from mmcompress.modules.sparse import (
     SparseConv2d,
+    SparseEmbedding,
     SparseLinear,
     SparseQuantConv2d,
+    SparseQuantEmbedding,
     SparseQuantLinear,
     pack_mask,
     sparse_module,
@@ -29,7 +31,7 @@ from mmcompress.recipe import CalibrationConfig, load_recipe
 from mmcompress.sparsity import global_keep_masks, keep_mask, parse_pattern, sparsegpt_prune
 from mmcompress.sparsity.owl import outlier_ratio, owl_sparsities
 
-SPARSE = (SparseLinear, SparseConv2d)
+SPARSE = (SparseLinear, SparseConv2d, SparseEmbedding)
 PATTERNS = [None, (2, 4), (4, 8)]
 
 
@@ -167,6 +169,33 @@ def test_sparse_conv_quantized_keeps_zeros_and_rebuilds(grid):
     assert torch.equal(empty(x), quant(x))
 
 
+
+@pytest.mark.parametrize("grid", [None, QuantGrid(8), QuantGrid(4, 8, False), QuantGrid(3)])
+def test_sparse_embedding_lookups_read_only_their_rows_and_reload(grid):
+    torch.manual_seed(0)
+    table = nn.Embedding(40, 13, padding_idx=0)
+    keep = keep_mask(table.weight.detach().abs(), 0.5, per_row=True)
+    sparse = sparse_module(table, keep)
+    module = sparse if grid is None else sparse_quantized(sparse, grid)
+    assert isinstance(module, SparseEmbedding if grid is None else SparseQuantEmbedding)
+    ids = torch.tensor([[0, 5, 39, 5], [17, 2, 2, 38]])
+    rows = module.weight.reshape(40, 13)
+    assert (rows[~keep] == 0).all() and set(keep.sum(1).tolist()) == {6, 7}  # each token half
+    torch.testing.assert_close(module(ids), nn.functional.embedding(ids, rows))
+    if grid is None:
+        torch.testing.assert_close(module(ids), nn.functional.embedding(ids, table.weight * keep))
+    empty = type(module).from_spec(module.spec())
+    empty.load_state_dict(module.state_dict(), strict=True)
+    assert torch.equal(empty(ids), module(ids))
+    torch.testing.assert_close(module.to_dense()(ids), module(ids))
+
+
+def test_sparse_embedding_values_train():
+    sparse = sparse_module(nn.Embedding(10, 8), torch.rand(10, 8) > 0.5)
+    sparse(torch.tensor([1, 1, 3])).sum().backward()
+    grad = torch.zeros(10, 8).masked_scatter_(sparse.keep_mask(), sparse.values.grad)
+    assert (grad[1][sparse.keep_mask()[1]] == 2).all() and (grad[[0, 2, 4]] == 0).all()
+
 # ---- methods on a tiny CLIP -----------------------------------------------------------------
 
 def _apply(adapter, method, **cfg):
@@ -201,6 +230,20 @@ def test_methods_prune_every_targeted_layer_exactly(tiny_clip, method, pattern):
     assert summary["sparsity"] == pytest.approx(0.6 if pattern == "unstructured" else 0.5,
                                                 abs=1e-3)
 
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+def test_embedding_tables_are_pruned_by_magnitude_row_by_row(tiny_clip, method):
+    tables = {n: m.weight.detach().clone() for n, m in tiny_clip.model.named_modules()
+              if isinstance(m, nn.Embedding)}
+    summary = _apply(tiny_clip, method, sparsity=0.5, embeddings=True)
+    layers = _sparse_layers(tiny_clip)
+    assert set(tables) <= set(layers) and summary["modules"] == len(layers)
+    for name, weight in tables.items():
+        keep = layers[name].keep_mask()
+        assert torch.equal(keep, keep_mask(weight.abs(), 0.5, per_row=True)), name
+    texts = ["a cat", "the dog"]
+    assert tiny_clip.encode_texts(texts).isfinite().all()
 
 def test_sparsegpt_reloads_identically_and_keeps_texts_close(tiny_clip, tmp_path):
     texts = ["a cat", "the dog"]
@@ -290,6 +333,20 @@ def test_prune_then_quantize_in_one_recipe(tiny_clip, tmp_path):
                        result.adapter.encode_texts(texts))
 
 
+
+def test_pruned_tables_quantize_and_reload_in_one_recipe(tiny_clip, tmp_path):
+    recipe = {"stages": [{"prune": {"method": "wanda", "sparsity": 0.5, "embeddings": True}},
+                         {"quantize": {"method": "rtn", "bits": 8}}],
+              "calibration": {"samples": 8, "batch_size": 4}, "evaluate": FAST_EVAL}
+    tables = [n for n, m in tiny_clip.model.named_modules() if isinstance(m, nn.Embedding)]
+    result = mmcompress.compress(tiny_clip, recipe, out=tmp_path / "out", data=toy_image_data(),
+                                 progress=False)
+    modules = dict(result.adapter.model.named_modules())
+    assert tables and all(isinstance(modules[n], SparseQuantEmbedding) for n in tables)
+    texts = ["a cat", "the dog"]
+    assert torch.equal(mmcompress.load(tmp_path / "out").encode_texts(texts),
+                       result.adapter.encode_texts(texts))
+
 # ---- bad settings ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("cfg,fragment", [
@@ -305,6 +362,7 @@ def test_prune_then_quantize_in_one_recipe(tiny_clip, tmp_path):
     ({"sparsity": 0.5, "blocksize": 4, "method": "sparsegpt"}, "unknown key 'blocksize'"),
     ({"sparsity": 0.5, "layer_sparsity": "owl"}, "needs method wanda or sparsegpt"),
     ({"pattern": "2:4", "layer_sparsity": "owl", "method": "wanda"}, "unstructured pattern"),
+    ({"sparsity": 0.5, "embeddings": True, "schedule": {"end": 0.5}}, "set 'embeddings' false"),
 ])
 def test_bad_settings_are_recipe_errors(cfg, fragment):
     cfg = {"method": "magnitude", **cfg}

@@ -92,3 +92,9 @@ def selected(
 ) -> dict[str, nn.Module]:
     """The modules of `kinds` a method config's `targets`/`ignore` choose in this model."""
     return select_modules(adapter.model, adapter.towers(), kinds, config.targets, config.ignore)
+
+
+def split_embeddings(modules: dict[str, nn.Module]) -> tuple[dict, dict]:
+    """(embedding tables, everything else): tables have no input activations to calibrate."""
+    tables = {n: m for n, m in modules.items() if isinstance(m, nn.Embedding)}
+    return tables, {n: m for n, m in modules.items() if n not in tables}

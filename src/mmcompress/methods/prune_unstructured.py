@@ -1,7 +1,10 @@
-"""Unstructured and N:M pruning of linear and convolution layers: magnitude, Wanda, SparseGPT.
+"""Unstructured and N:M pruning of linear and convolution layers (and, when asked, embedding
+tables): magnitude, Wanda, SparseGPT.
 
-Pruned layers become `SparseLinear`/`SparseConv2d` (a bitmask plus the kept values), so the
-saved model shrinks and a later quantize stage stores only the kept values.
+Pruned layers become `SparseLinear`/`SparseConv2d`/`SparseEmbedding` (a bitmask plus the kept
+values), so the saved model shrinks and a later quantize stage stores only the kept values.
+Embedding tables are pruned by magnitude whatever the method: a lookup has no input
+activations to weigh, and each token's row keeps the same share of its values.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from ..sparsity import (
     sparsegpt_prune,
 )
 from ..sparsity.owl import outlier_ratio, owl_sparsities
-from .base import MethodConfig, StageContext, register_method, selected
+from .base import MethodConfig, StageContext, register_method, selected, split_embeddings
 from .training_hooks import Schedule, with_schedule
 from .weight_quant import weight_matrix
 
@@ -43,6 +46,8 @@ class UnstructuredPruneConfig(MethodConfig):
     scope: Literal["layer", "global"] = Field("layer", description="rank weights within each "
                                               "layer, or across all targeted layers (magnitude)")
     convolutions: bool = Field(True, description="also prune 2-d convolutions")
+    embeddings: bool = Field(False, description="also prune embedding tables (by magnitude, "
+                             "the same share of every token's row, whatever the method)")
     schedule: Schedule | None = Field(None, description="prune gradually while a later "
                                       "finetune/distill stage trains (magnitude, wanda)")
     layer_sparsity: Literal["uniform", "owl"] = Field(
@@ -73,6 +78,9 @@ class UnstructuredPruneConfig(MethodConfig):
             raise ValueError("layer_sparsity 'owl' sets a sparsity per block from calibrated "
                              "scores: it needs method wanda or sparsegpt, an unstructured "
                              "pattern and no schedule")
+        if self.embeddings and self.schedule is not None:
+            raise ValueError("gradual pruning ('schedule') masks linear and convolution layers "
+                             "only; set 'embeddings' false or prune in one shot")
         if self.scope == "global" and (self.method != "magnitude" or nm is not None):
             raise ValueError("scope 'global' ranks weights across layers by magnitude, so it "
                              "needs method 'magnitude' and an unstructured pattern")
@@ -106,7 +114,9 @@ def _prunable(
     adapter: Adapter, config: UnstructuredPruneConfig, calibrated: bool
 ) -> tuple[dict[str, nn.Module], list[str]]:
     """(layers to prune, layers skipped): checks N:M divisibility before anything changes."""
-    kinds = (nn.Linear, nn.Conv2d) if config.convolutions else (nn.Linear,)
+    kinds: tuple[type[nn.Module], ...] = (nn.Linear,)
+    kinds += (nn.Conv2d,) if config.convolutions else ()
+    kinds += (nn.Embedding,) if config.embeddings else ()
     layers, skipped = {}, []
     for name, m in selected(adapter, config, kinds).items():
         conv = isinstance(m, nn.Conv2d)
@@ -226,7 +236,8 @@ def apply_magnitude(adapter: Adapter, config: MagnitudeConfig,
         masks = global_keep_masks([w.abs() for w in matrices.values()], config.target_sparsity)
         keep = dict(zip(matrices, masks, strict=True))
     else:
-        keep = {n: _select(w.abs(), layers[n], config, per_row=False) for n, w in matrices.items()}
+        keep = {n: _select(w.abs(), layers[n], config, isinstance(layers[n], nn.Embedding))
+                for n, w in matrices.items()}
     replace_modules(adapter.model, {n: tally.sparse(m, keep[n], matrices[n])
                                     for n, m in layers.items()})
     return tally.summary(len(layers))
@@ -244,6 +255,10 @@ def _prune_calibrated(adapter: Adapter, config: UnstructuredPruneConfig, context
     tally = _Tally(config, skipped)
     if _nothing_to_do(config):
         return tally.summary(0)
+    tables, layers = split_embeddings(layers)
+    replace_modules(adapter.model, {  # by magnitude, before the layers that read them calibrate
+        n: tally.sparse(m, _select(weight_matrix(m).abs(), m, config, True), weight_matrix(m))
+        for n, m in tables.items()})
     sparsity = _layer_sparsities(adapter, layers, config, context)
 
     def replace(name: str, module: nn.Module, stats: Any) -> nn.Module:
@@ -253,7 +268,7 @@ def _prune_calibrated(adapter: Adapter, config: UnstructuredPruneConfig, context
     n = calibrate_layers(adapter, layers, context.calibration_data(adapter), make_collector,
                          replace, desc, context.progress, release=True)
     tally.finish(adapter.model)
-    return tally.summary(n)
+    return tally.summary(n + len(tables))
 
 
 @register_method("prune", "wanda", WandaConfig)

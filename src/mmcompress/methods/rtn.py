@@ -13,7 +13,7 @@ from ..modules.replace import replace_modules
 from ..progress import progress_bar
 from ..quantization.grid import QuantGrid
 from .allocation import layer_grids
-from .base import StageContext, register_method, selected
+from .base import StageContext, register_method, selected, split_embeddings
 from .training_hooks import with_qat
 from .weight_quant import WeightQuantConfig, quantized_module, store_half
 
@@ -43,12 +43,6 @@ def apply_rtn(adapter: Adapter, config: RTNConfig, context: StageContext) -> dic
         return store_half(adapter, modules, config.dtype)
     grids, summary = layer_grids(adapter, modules, config, context)
     return {"modules": quantize_rtn(adapter, modules, grids, context.progress), **summary}
-
-
-def split_embeddings(modules: dict[str, nn.Module]) -> tuple[dict, dict]:
-    """(embedding tables, everything else): tables have no input activations to calibrate."""
-    tables = {n: m for n, m in modules.items() if isinstance(m, nn.Embedding)}
-    return tables, {n: m for n, m in modules.items() if n not in tables}
 
 
 def quantize_calibrated(adapter: Adapter, config: WeightQuantConfig, context: StageContext,

@@ -1,14 +1,15 @@
 """Sparse replacement modules: a packed keep-mask (one bit per weight) plus the kept values.
 
-`SparseLinear` and `SparseConv2d` keep fp32 values. They subclass `nn.Linear`/`nn.Conv2d` so
-that later stages (quantization, the calibration hooks, bit allocation) treat them as the
-layers they stand for and read the dense weight through ``.weight``. `SparseQuantLinear` and
-`SparseQuantConv2d` keep integer codes of the kept values only, with the scales of the dense
-grid: what a quantize stage makes of a sparse layer, so pruned weights stay exactly zero and
-cost one mask bit each.
+`SparseLinear`, `SparseConv2d` and `SparseEmbedding` keep fp32 values. They subclass
+`nn.Linear`/`nn.Conv2d`/`nn.Embedding` so that later stages (quantization, the calibration
+hooks, bit allocation) treat them as the layers they stand for and read the dense weight
+through ``.weight``. The `SparseQuant*` modules keep integer codes of the kept values only, with
+the scales of the dense grid: what a quantize stage makes of a sparse layer, so pruned weights
+stay exactly zero and cost one mask bit each.
 
-Kept values are stored in row-major order of the [rows, cols] weight matrix (rows: outputs;
-cols: inputs, convolution filters flattened). Forward densifies the weight on the fly.
+Kept values are stored in row-major order of the [rows, cols] weight matrix (rows: outputs, or
+an embedding table's tokens; cols: inputs, convolution filters flattened, or the embedding
+dimension). Forward densifies the weight on the fly.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..quantization.grid import QuantGrid, compute_scales, dequantize, quantize
-from ..quantization.packing import pack_codes, packed_numel, unpack_codes
+from ..quantization.packing import gather_codes, pack_codes, packed_numel, unpack_codes
 from .quantized import Quantized
 from .registry import register_module
 from .replace import filled
@@ -44,7 +45,13 @@ def unpack_mask(bits: torch.Tensor, numel: int) -> torch.Tensor:
 
 
 def layer_args(module: nn.Module) -> dict[str, Any]:
-    """JSON-able constructor arguments of a Linear or Conv2d layer."""
+    """JSON-able constructor arguments of a Linear, Conv2d or Embedding layer."""
+    if isinstance(module, nn.Embedding):
+        if module.max_norm is not None:
+            raise ValueError(f"cannot sparsify {module}: max_norm renormalises rows on lookup")
+        return {"kind": "embedding", "num_embeddings": module.num_embeddings,
+                "embedding_dim": module.embedding_dim, "padding_idx": module.padding_idx,
+                "bias": False}
     if isinstance(module, nn.Linear):
         return {"kind": "linear", "in_features": module.in_features,
                 "out_features": module.out_features, "bias": module.bias is not None}
@@ -64,11 +71,17 @@ def layer_args(module: nn.Module) -> dict[str, Any]:
 def _weight_shape(args: dict[str, Any]) -> tuple[int, ...]:
     if args["kind"] == "linear":
         return args["out_features"], args["in_features"]
+    if args["kind"] == "embedding":
+        return args["num_embeddings"], args["embedding_dim"]
     return (args["out_channels"], args["in_channels"] // args["groups"], *args["kernel_size"])
 
 
 def _run(args: dict[str, Any], x: torch.Tensor, weight: torch.Tensor,
          bias: torch.Tensor | None) -> torch.Tensor:
+    """The layer's function with `weight` (cast to a floating input's dtype)."""
+    if args["kind"] == "embedding":
+        return F.embedding(x, weight, args["padding_idx"])
+    weight = weight.to(x.dtype)
     if args["kind"] == "linear":
         return F.linear(x, weight, bias)
     return F.conv2d(x, weight, bias, args["stride"], args["padding"], args["dilation"],
@@ -77,9 +90,12 @@ def _run(args: dict[str, Any], x: torch.Tensor, weight: torch.Tensor,
 
 def dense_layer(args: dict[str, Any], weight: torch.Tensor,
                 bias: torch.Tensor | None) -> nn.Module:
-    """A new nn.Linear/nn.Conv2d of geometry `args` (from `layer_args`) holding `weight`."""
+    """A new nn.Linear/nn.Conv2d/nn.Embedding of geometry `args` (from `layer_args`) holding
+    `weight`."""
     if args["kind"] == "linear":
         dense = nn.Linear(args["in_features"], args["out_features"], bias=args["bias"])
+    elif args["kind"] == "embedding":
+        dense = nn.Embedding(args["num_embeddings"], args["embedding_dim"], args["padding_idx"])
     else:
         dense = nn.Conv2d(args["in_channels"], args["out_channels"], args["kernel_size"],
                           args["stride"], args["padding"], args["dilation"], args["groups"],
@@ -102,6 +118,23 @@ class _MaskedLayer(nn.Module):
         bias = nn.Parameter(torch.zeros(self.rows), requires_grad=bias_grad) \
             if args["bias"] else None
         self.register_parameter("bias", bias)
+        # an embedding table's lookups read only their rows: where each row's values begin
+        self.register_buffer("row_start", torch.zeros(self.rows, dtype=torch.int64)
+                             if args["kind"] == "embedding" else None)
+
+    def _store_mask(self, keep: torch.Tensor) -> None:
+        self.mask_bits.copy_(pack_mask(keep))
+        if self.row_start is not None:
+            counts = keep.reshape(self.rows, self.cols).sum(1)
+            self.row_start.copy_(counts.cumsum(0) - counts)
+
+    def _row_entries(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For flat row ids: their keep-mask rows [n, cols], and the position in the stored
+        values of each kept entry (row-major), read without unpacking other rows."""
+        cols = torch.arange(self.cols, device=ids.device)
+        keep = gather_codes(self.mask_bits, 1, ids.long()[:, None] * self.cols + cols).bool()
+        index = self.row_start[ids][:, None] + keep.cumsum(1) - 1
+        return keep, index[keep]
 
     def keep_mask(self) -> torch.Tensor:
         """Boolean [rows, cols]: True where a weight is kept."""
@@ -134,7 +167,7 @@ class _SparseFloat(_MaskedLayer):
 
     def _fill(self, keep: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | None) -> None:
         with torch.no_grad():
-            self.mask_bits.copy_(pack_mask(keep))
+            self._store_mask(keep)
             self.values.copy_(matrix[keep])
             if bias is not None:
                 self.bias.copy_(bias.detach().float())
@@ -152,7 +185,7 @@ class _SparseFloat(_MaskedLayer):
         return self.dense_matrix().view(_weight_shape(self.layer))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _run(self.layer, x, self.weight.to(x.dtype), self.bias)
+        return _run(self.layer, x, self.weight, self.bias)
 
     def to_dense(self) -> nn.Module:
         """The dense layer computing the same function."""
@@ -193,7 +226,25 @@ class SparseConv2d(_SparseFloat, nn.Conv2d):
         self.transposed, self.output_padding, self.padding_mode = False, (0, 0), "zeros"
 
 
-SPARSE_FLOAT = (SparseLinear, SparseConv2d)
+@register_module
+class SparseEmbedding(_SparseFloat, nn.Embedding):
+    """An embedding table stored as a keep-mask plus its kept fp32 values."""
+
+    def __init__(self, args: dict[str, Any], nnz: int, pattern: str = "unstructured") -> None:
+        self._init(args, nnz, pattern)
+        # what nn.Embedding's readers look up
+        self.num_embeddings, self.embedding_dim = args["num_embeddings"], args["embedding_dim"]
+        self.padding_idx, self.max_norm, self.norm_type = args["padding_idx"], None, 2.0
+        self.scale_grad_by_freq, self.sparse = False, False
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        keep, index = self._row_entries(ids.reshape(-1))
+        rows = torch.zeros(keep.shape, dtype=self.values.dtype, device=self.values.device)
+        return rows.masked_scatter(keep, self.values[index]).view(*ids.shape, self.cols)
+
+
+SPARSE_FLOAT = (SparseLinear, SparseConv2d, SparseEmbedding)
+_FLOAT_CLASS = {"linear": SparseLinear, "conv2d": SparseConv2d, "embedding": SparseEmbedding}
 
 
 def is_sparse(module: nn.Module) -> bool:
@@ -202,15 +253,14 @@ def is_sparse(module: nn.Module) -> bool:
 
 
 def sparse_module(module: nn.Module, keep: torch.Tensor, matrix: torch.Tensor | None = None,
-                  pattern: str = "unstructured") -> SparseLinear | SparseConv2d:
-    """The sparse replacement of a Linear/Conv2d keeping `keep` ([rows, cols]) of `matrix`
+                  pattern: str = "unstructured") -> _SparseFloat:
+    """The sparse replacement of a Linear/Conv2d/Embedding keeping `keep` ([rows, cols]) of `matrix`
     (default: the layer's own weight as [rows, cols])."""
     args = layer_args(module)
     if matrix is None:
         matrix = module.weight.detach().float().reshape(keep.shape)
-    cls = SparseLinear if args["kind"] == "linear" else SparseConv2d
-    mod = cls(args, int(keep.sum()), pattern)
-    mod._fill(keep, matrix, module.bias)
+    mod = _FLOAT_CLASS[args["kind"]](args, int(keep.sum()), pattern)
+    mod._fill(keep, matrix, getattr(module, "bias", None))
     return mod
 
 
@@ -232,7 +282,9 @@ class _SparseQuant(_MaskedLayer):
         self.register_buffer("scale", torch.ones(self.rows, groups))
         zero = None if grid.symmetric else torch.zeros(self.rows, groups, dtype=torch.uint8)
         self.register_buffer("zero", zero)
-        n_in = args["in_features"] if args["kind"] == "linear" else args["in_channels"]
+        if input_scale and args["kind"] == "embedding":
+            raise ValueError("an embedding table has no input channels to scale")
+        n_in = args["in_features"] if args["kind"] == "linear" else args.get("in_channels")
         self.register_buffer("input_scale", torch.ones(n_in) if input_scale else None)
 
     @property
@@ -263,7 +315,7 @@ class _SparseQuant(_MaskedLayer):
             codes, scale, zero = quantized
         kept = codes[keep]
         with torch.no_grad():
-            mod.mask_bits.copy_(module.mask_bits)
+            mod._store_mask(keep)
             if mod._signed_int8:
                 mod.qvalues.copy_((kept.to(torch.int16) - 128).to(torch.int8))
             else:
@@ -277,17 +329,26 @@ class _SparseQuant(_MaskedLayer):
                 mod.bias.copy_(module.bias.detach())
         return mod
 
+    def _kept_codes(self, index: torch.Tensor | None = None) -> torch.Tensor:
+        """Unsigned codes of the kept values (those at `index`, default all) as uint8."""
+        if self._signed_int8:
+            q = self.qvalues if index is None else self.qvalues[index]
+            return (q.to(torch.int16) + 128).to(torch.uint8)
+        if index is None:
+            return unpack_codes(self.qvalues, self.grid.bits, self.nnz)
+        return gather_codes(self.qvalues, self.grid.bits, index)
+
+    def _dequantize(self, keep: torch.Tensor, kept: torch.Tensor,
+                    rows: torch.Tensor | slice) -> torch.Tensor:
+        """Float values of `rows` whose keep-mask is `keep` and kept codes `kept`."""
+        codes = torch.zeros(keep.shape, dtype=torch.uint8, device=kept.device)
+        codes.masked_scatter_(keep, kept)
+        zero = None if self.zero is None else self.zero[rows].float()
+        return dequantize(codes, self.grid, self.scale[rows], zero) * keep
+
     def dequantized_matrix(self) -> torch.Tensor:
         """Float [rows, cols] as stored (input scale still folded in), zeros where pruned."""
-        keep = self.keep_mask()
-        if self._signed_int8:
-            kept = (self.qvalues.to(torch.int16) + 128).to(torch.uint8)
-        else:
-            kept = unpack_codes(self.qvalues, self.grid.bits, self.nnz)
-        codes = torch.zeros(self.rows, self.cols, dtype=torch.uint8, device=kept.device)
-        codes.view(-1).masked_scatter_(keep.view(-1), kept)
-        zero = None if self.zero is None else self.zero.float()
-        return dequantize(codes, self.grid, self.scale, zero) * keep
+        return self._dequantize(self.keep_mask(), self._kept_codes(), slice(None))
 
     def dense_weight(self) -> torch.Tensor:
         """The float weight in the original layer's shape, computing the same function."""
@@ -306,7 +367,7 @@ class _SparseQuant(_MaskedLayer):
                 self.input_scale.view(1, -1, 1, 1)
             x = x / s
         w = self.dequantized_matrix().view(_weight_shape(self.layer))
-        return _run(self.layer, x, w.to(x.dtype), self.bias)
+        return _run(self.layer, x, w, self.bias)
 
     def to_dense(self) -> nn.Module:
         return dense_layer(self.layer, self.dense_weight(), self.bias)
@@ -337,8 +398,23 @@ class SparseQuantConv2d(_SparseQuant):
     """A sparse 2-d convolution with integer kept values."""
 
 
+@register_module
+class SparseQuantEmbedding(_SparseQuant):
+    """A sparse embedding table with integer kept values (a scale per token row); lookups
+    decode only their rows."""
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        flat = ids.reshape(-1)
+        keep, index = self._row_entries(flat)
+        rows = self._dequantize(keep, self._kept_codes(index), flat)
+        return rows.view(*ids.shape, self.cols)
+
+
+_QUANT_CLASS = {"linear": SparseQuantLinear, "conv2d": SparseQuantConv2d,
+                "embedding": SparseQuantEmbedding}
+
+
 def sparse_quantized(module: _SparseFloat, grid: QuantGrid, quantized: Quantized | None = None,
                      input_scale: torch.Tensor | None = None) -> _SparseQuant:
     """What a quantize stage makes of a sparse layer."""
-    cls = SparseQuantLinear if module.layer["kind"] == "linear" else SparseQuantConv2d
-    return cls.from_sparse(module, grid, quantized, input_scale)
+    return _QUANT_CLASS[module.layer["kind"]].from_sparse(module, grid, quantized, input_scale)

@@ -38,6 +38,19 @@ def unpack_codes(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
     return (stream.view(numel, bits) << _SHIFTS[:bits]).sum(dim=1, dtype=torch.uint8)
 
 
+def gather_codes(packed: torch.Tensor, bits: int, index: torch.Tensor) -> torch.Tensor:
+    """The codes at positions `index` (any shape) of a `pack_codes` stream, as uint8, without
+    unpacking the rest of it."""
+    if bits == 8:
+        return packed[index]
+    code = torch.zeros(index.shape, dtype=torch.int64, device=packed.device)
+    start = index.long() * bits
+    for t in range(bits):
+        pos = start + t
+        code |= ((packed[pos >> 3].long() >> (pos & 7)) & 1) << t
+    return code.to(torch.uint8)
+
+
 def packed_row_bytes(cols: int, bits: int) -> int:
     """Bytes one packed row of `cols` codes takes (rows are padded to whole bytes of 8 codes)."""
     return cols if bits == 8 else (cols + (-cols) % 8) * bits // 8
