@@ -52,6 +52,13 @@ def test_evaluate_output_folder_as_json(tiny_clip_folder, tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.output)["metrics"]
     assert metrics["fidelity_cosine"] > 0.5  # compared against the base model folder
+    unpacked = runner.invoke(app, ["evaluate", str(out), "--json", "--max-samples", "16",
+                                   "--unpack", "--metrics", "zeroshot_top1,size_bytes"])
+    assert unpacked.exit_code == 0, unpacked.output
+    report = json.loads(unpacked.output)
+    assert report["measurement"]["unpacked"] is True
+    assert report["metrics"]["size_bytes"] == metrics["size_bytes"]  # still the file's
+    assert abs(report["metrics"]["zeroshot_top1"] - metrics["zeroshot_top1"]) <= 1 / 16
 
 
 def test_inspect_lists_towers(tiny_clip_folder):

@@ -346,6 +346,12 @@ def test_pruned_tables_quantize_and_reload_in_one_recipe(tiny_clip, tmp_path):
     texts = ["a cat", "the dog"]
     assert torch.equal(mmcompress.load(tmp_path / "out").encode_texts(texts),
                        result.adapter.encode_texts(texts))
+    unpacked = mmcompress.load(tmp_path / "out", unpack=True)
+    kinds = {type(m) for m in unpacked.model.modules()}
+    assert nn.Embedding in kinds and not kinds & {SparseQuantEmbedding, SparseQuantLinear}
+    torch.testing.assert_close(unpacked.encode_texts(texts), result.adapter.encode_texts(texts),
+                               atol=1e-5, rtol=1e-4)
+
 
 # ---- bad settings ---------------------------------------------------------------------------
 

@@ -91,3 +91,21 @@ def test_quantizing_in_row_chunks_matches_one_pass(monkeypatch, bits, group_size
     chunked = QuantEmbedding.from_embedding(emb, grid)
     for name, t in whole.state_dict().items():
         assert torch.equal(t, chunked.state_dict()[name]), name
+
+
+def test_unpack_turns_weight_only_layers_dense_and_keeps_factored_ones():
+    from mmcompress.modules.lowrank import LowRankLinear
+    from mmcompress.modules.sparse import sparse_module
+    from mmcompress.modules.unpack import unpack_weights
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        QuantLinear.from_linear(nn.Linear(16, 12), QuantGrid(4, 8)),
+        LowRankLinear.from_factors(torch.randn(8, 2), torch.randn(2, 12), None),
+        sparse_module(nn.Linear(8, 8), torch.rand(8, 8) > 0.5),
+    )
+    x = torch.randn(5, 16)
+    before = model(x)
+    assert unpack_weights(model) == 2
+    assert [type(m) for m in model] == [nn.Linear, LowRankLinear, nn.Linear]
+    torch.testing.assert_close(model(x), before)

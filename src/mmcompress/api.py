@@ -22,6 +22,7 @@ from .io.atomic import atomic_folder, check_output_dir
 from .io.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint
 from .methods import METHODS, StageContext
 from .model_specs import NAMED_SPECS, load_model
+from .modules.unpack import unpack_weights
 from .recipe import EvaluateConfig, Recipe, load_recipe
 from .report import report_markdown
 from .report_html import report_html
@@ -150,14 +151,18 @@ def _run_stages(adapter: Adapter, recipe: Recipe, data: Dataset, calib_set: Data
     return history
 
 
-def load(path: str | Path, compiled: bool = False) -> Adapter:
+def load(path: str | Path, compiled: bool = False, unpack: bool = False) -> Adapter:
     """Load an mmcompress output folder; `.model` is the compressed `torch.nn.Module`.
     `compiled`: run its towers through ``torch.compile`` (see `mmcompress.compiled`; each
-    tower compiles on its first call, for each new input shape)."""
+    tower compiles on its first call, for each new input shape). `unpack`: turn sparse and
+    weight-only quantized layers into the dense layers they compute (see
+    `mmcompress.modules.unpack`): dense speed and memory from a small file."""
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path} is not a folder")
     adapter = load_checkpoint(path)
+    if unpack:
+        unpack_weights(adapter.model)
     if compiled:
         compile_towers(adapter)
     return adapter
@@ -178,12 +183,17 @@ def evaluate(
     config: EvaluateConfig | dict | None = None,
     progress: bool = True,
     compiled: bool = False,
+    unpack: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a model spec, output folder or adapter. For an output folder whose base model
     can be loaded, `fidelity_cosine` compares against that base model. `compiled`: evaluate
-    its towers through ``torch.compile`` (latency warm-up calls absorb the compilation)."""
+    its towers through ``torch.compile`` (latency warm-up calls absorb the compilation).
+    `unpack`: evaluate with sparse and weight-only quantized layers unpacked to dense ones
+    (an output folder's size is still its file's)."""
     cfg = config if isinstance(config, EvaluateConfig) else _evaluate_config(config or {})
     adapter = load_model(model, progress=progress)
+    if unpack:
+        unpack_weights(adapter.model)
     if compiled:
         compile_towers(adapter)
     dataset = load_data(data if data is not None else adapter.default_data)
@@ -207,6 +217,7 @@ def evaluate(
         memory_spec=_memory_spec(model),
         weights_file=weights,
         progress=progress,
+        unpacked=unpack,
     )
     return {
         "model": _spec_name(model),

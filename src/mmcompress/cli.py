@@ -142,6 +142,9 @@ def evaluate(
     metrics: Annotated[str | None, typer.Option(help="comma-separated metric keys")] = None,
     compile_towers: Annotated[bool, typer.Option(
         "--compile", help="run the towers through torch.compile (needs a C++ compiler)")] = False,
+    unpack: Annotated[bool, typer.Option(
+        "--unpack", help="unpack sparse and weight-only quantized layers to dense ones "
+        "(dense speed and memory; the size is still the file's)")] = False,
     quiet: QuietOpt = False,
     threads: ThreadsOpt = None,
 ) -> None:
@@ -153,7 +156,8 @@ def evaluate(
     config = {"max_samples": max_samples}
     if metrics:
         config["metrics"] = [m.strip() for m in metrics.split(",") if m.strip()]
-    result = run_evaluate(spec, data, config, progress=progress, compiled=compile_towers)
+    result = run_evaluate(spec, data, config, progress=progress, compiled=compile_towers,
+                          unpack=unpack)
     if as_json:
         typer.echo(json.dumps(result, indent=1))
         return

@@ -88,8 +88,11 @@ def evaluate_adapter(
     memory_spec: str | None = None,
     weights_file: Path | None = None,
     progress: bool = False,
+    unpacked: bool = False,
 ) -> Evaluation:
-    """Every metric that applies (or those in `config.metrics`), keys as in DESIGN.md."""
+    """Every metric that applies (or those in `config.metrics`), keys as in DESIGN.md.
+    `unpacked`: the adapter's compact layers were unpacked after loading, so peak memory is
+    measured the same way."""
     config = config or EvaluateConfig()
     wanted = set(config.metrics or METRICS)
     data = data.head(config.max_samples)
@@ -111,7 +114,7 @@ def evaluate_adapter(
     for tower, run in timed.items():
         m[f"latency_ms_{tower}"] = round(median_latency_ms(run, config.latency_repeats), 3)
     if "peak_memory_mb" in wanted and memory_spec is not None:
-        peak = peak_memory_mb(memory_spec, config.latency_batch_size)
+        peak = peak_memory_mb(memory_spec, config.latency_batch_size, unpacked)
         if peak is not None:
             m["peak_memory_mb"] = peak
     result.metrics = {k: m[k] for k in METRICS if k in m and k in wanted}
@@ -125,4 +128,6 @@ def evaluate_adapter(
         "latency_repeats": config.latency_repeats,
         "latency_statistic": "median after 3 warm-up runs",
     }
+    if unpacked:
+        result.measurement["unpacked"] = True
     return result

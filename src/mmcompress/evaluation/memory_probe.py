@@ -20,14 +20,17 @@ def max_rss_mb() -> float:
 
 
 def main() -> None:
-    spec, batch_size = sys.argv[1], int(sys.argv[2])
+    spec, batch_size, unpack = sys.argv[1], int(sys.argv[2]), sys.argv[3:] == ["unpack"]
     import torch
 
     from mmcompress.model_specs import load_model
+    from mmcompress.modules.unpack import unpack_weights
 
     torch.set_grad_enabled(False)
     baseline = max_rss_mb()
     adapter = load_model(spec, progress=False)
+    if unpack:
+        unpack_weights(adapter.model)
     for run in adapter.latency_inputs(batch_size).values():
         run()
     print(json.dumps({"peak_memory_mb": round(max_rss_mb() - baseline, 1)}))

@@ -29,10 +29,12 @@ def median_latency_ms(fn: Callable[[], Any], repeats: int = 10, warmup: int = WA
     return statistics.median(times)
 
 
-def peak_memory_mb(spec: str, batch_size: int) -> float | None:
-    """Peak resident memory (MiB) that loading `spec` and running each tower once adds to a
-    fresh Python process that has already imported torch and mmcompress. None if it fails."""
+def peak_memory_mb(spec: str, batch_size: int, unpacked: bool = False) -> float | None:
+    """Peak resident memory (MiB) that loading `spec` (its compact layers unpacked if
+    `unpacked`) and running each tower once adds to a fresh Python process that has already
+    imported torch and mmcompress. None if it fails."""
     cmd = [sys.executable, "-m", "mmcompress.evaluation.memory_probe", spec, str(batch_size)]
+    cmd += ["unpack"] if unpacked else []
     env = dict(os.environ, TQDM_DISABLE="1")
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, check=True)

@@ -148,6 +148,14 @@ class _MaskedLayer(nn.Module):
         """Parameters of the dense layer this module stands for."""
         return self.rows * self.cols + (self.rows if self.bias is not None else 0)
 
+    @torch.no_grad()
+    def _export_weight(self) -> torch.Tensor:
+        """The dense weight for `to_dense`; a table is read by lookups of a few thousand rows
+        at a time, so that decoding a large vocabulary holds no table-sized temporaries."""
+        if self.layer["kind"] != "embedding":
+            return self.weight.detach()
+        return torch.cat([self(ids) for ids in torch.arange(self.rows).split(4096)])
+
     def _spec(self) -> dict[str, Any]:
         return {"type": type(self).__name__, "layer": self.layer, "nnz": self.nnz,
                 "pattern": self.pattern}
@@ -189,7 +197,7 @@ class _SparseFloat(_MaskedLayer):
 
     def to_dense(self) -> nn.Module:
         """The dense layer computing the same function."""
-        return dense_layer(self.layer, self.weight.detach(), self.bias)
+        return dense_layer(self.layer, self._export_weight(), self.bias)
 
     def spec(self) -> dict[str, Any]:
         return self._spec()
@@ -370,7 +378,7 @@ class _SparseQuant(_MaskedLayer):
         return _run(self.layer, x, w, self.bias)
 
     def to_dense(self) -> nn.Module:
-        return dense_layer(self.layer, self.dense_weight(), self.bias)
+        return dense_layer(self.layer, self._export_weight(), self.bias)
 
     def spec(self) -> dict[str, Any]:
         g = self.grid
