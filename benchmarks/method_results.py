@@ -25,8 +25,9 @@ SECTIONS = [
      " --threads 1",
      "Magnitude, Wanda and SparseGPT on every encoder linear layer, calibrated on STS-B train"
      " (2,048 sentences, ~29k tokens), STS-B dev Spearman; `loss` is the drop from the dense"
-     " model, `size_ratio` the whole model's saved size (the word-embedding table, half of"
-     " MiniLM, stays dense)."),
+     " model, `loss_ci95` its 95% paired bootstrap interval over resampled dev pairs,"
+     " `size_ratio` the whole model's saved size (the word-embedding table, half of MiniLM,"
+     " stays dense)."),
     ("Wanda with OWL sparsity per block", "prune_owl.json",
      "python -m benchmarks.prune_unstructured benchmarks/results/prune_owl.json"
      " --methods wanda,wanda-owl --settings 0.6,0.7 --threads 1",

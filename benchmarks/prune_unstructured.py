@@ -7,7 +7,9 @@
 Calibrates on one split (STS-B train by default) and evaluates on another (STS-B dev), so
 calibration never sees the evaluation sentences. Each row prunes a fresh copy of the dense
 model (every encoder linear layer) and reports Spearman, its loss against the dense model,
-embedding fidelity, the pruning time and the size of the saved weights. With
+embedding fidelity, the pruning time and the size of the saved weights; ``loss_ci95`` is a
+paired bootstrap interval of the loss over resampled evaluation pairs (how far it could move
+on another sample of STS pairs like these). With
 ``--embeddings`` the embedding tables are pruned too (by magnitude, row by row, whatever the
 method), which is what takes the whole model's size below 0.6× at 50%.
 
@@ -33,6 +35,8 @@ from mmcompress.evaluation.evaluate import quality, saved_size_bytes
 from mmcompress.methods import METHODS, StageContext
 from mmcompress.model_specs import load_model
 from mmcompress.recipe import CalibrationConfig, load_recipe
+
+from .stats import sts_loss_interval
 
 STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb"
 
@@ -69,13 +73,16 @@ def _row(
         adapter, config, StageContext(data=train, calibration=calib, progress=False)
     )
     seconds = time.perf_counter() - start
-    metrics = quality(adapter, dev, reference).metrics
+    result = quality(adapter, dev, reference)
+    metrics = result.metrics
     return {
         "method": method,
         "setting": setting,
         "sparsity": summary["sparsity"],
         "stsb_spearman": metrics["stsb_spearman"],
         "loss": dense["stsb_spearman"] - metrics["stsb_spearman"],
+        "loss_ci95": [round(v, 4) for v in sts_loss_interval(reference, result.embeddings,
+                                                             dev.scores)],
         "fidelity_cosine": metrics["fidelity_cosine"],
         "prune_seconds": round(seconds, 2),
         "size_ratio": saved_size_bytes(adapter.model) / dense["size_bytes"],
@@ -111,8 +118,8 @@ def main(argv: list[str] | None = None) -> None:
         flush=True,
     )
     header = (
-        f"{'method':<10} {'setting':>7} {'spearman':>9} {'loss':>7} {'fidelity':>9} "
-        f"{'size':>6} {'seconds':>8}"
+        f"{'method':<10} {'setting':>7} {'spearman':>9} {'loss':>7} {'loss 95% CI':>17} "
+        f"{'fidelity':>9} {'size':>6} {'seconds':>8}"
     )
     print(header, flush=True)
     rows = []
@@ -125,8 +132,8 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(r)
             print(
                 f"{method:<10} {setting:>7} {r['stsb_spearman']:>9.4f} {r['loss']:>7.4f} "
-                f"{r['fidelity_cosine']:>9.4f} {r['size_ratio']:>6.3f} "
-                f"{r['prune_seconds']:>8.1f}",
+                f"{'[{:.4f}, {:.4f}]'.format(*r['loss_ci95']):>17} "
+                f"{r['fidelity_cosine']:>9.4f} {r['size_ratio']:>6.3f} {r['prune_seconds']:>8.1f}",
                 flush=True,
             )
     a.out.parent.mkdir(parents=True, exist_ok=True)

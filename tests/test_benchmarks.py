@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` sits beside `src`
 
@@ -78,3 +79,16 @@ def test_runner_skips_a_model_that_fails_to_load(tmp_path: Path) -> None:
     results = run_benchmark([case], Settings(memory=False), tmp_path / "r.json", None, "cmd")
     assert results["models"][0]["skipped"] == "OSError: weights missing"
     assert (tmp_path / "r.json").is_file()
+
+
+def test_paired_bootstrap_interval_of_an_sts_loss() -> None:
+    from benchmarks.stats import sts_loss_interval
+
+    torch.manual_seed(0)
+    reference = {"text": torch.randn(600, 16)}
+    a, b = reference["text"][:300], reference["text"][300:]
+    gold = (torch.nn.functional.cosine_similarity(a, b) + 0.1 * torch.randn(300)).tolist()
+    assert sts_loss_interval(reference, reference, gold, reps=50) == (0.0, 0.0)
+    noisy = {"text": reference["text"] + 0.5 * torch.randn(600, 16)}
+    lo, hi = sts_loss_interval(reference, noisy, gold, reps=200)
+    assert 0 < lo < hi  # the noisy copy ranks the pairs worse on every resample's bulk

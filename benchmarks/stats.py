@@ -1,0 +1,41 @@
+"""Paired bootstrap intervals: how far a difference between two models, measured on the same
+examples, could move on another sample of examples of the same kind."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from mmcompress.evaluation.metrics import spearman
+
+
+def paired_bootstrap(n: int, statistic: Callable[[torch.Tensor], float], reps: int = 1000,
+                     seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of `statistic(index)` over `reps` resamples (with replacement) of
+    the `n` example indices; both models are scored on the same resample."""
+    gen = torch.Generator().manual_seed(seed)
+    values = sorted(statistic(torch.randint(n, (n,), generator=gen)) for _ in range(reps))
+    tail = round((1 - level) / 2 * reps)
+    return values[tail], values[reps - 1 - tail]
+
+
+def _pair_cosines(embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Cosine of each STS pair from `eval_sts`'s embeddings (first sentences, then seconds)."""
+    text = embeddings["text"]
+    half = len(text) // 2
+    return F.cosine_similarity(text[:half], text[half:], dim=-1)
+
+
+def sts_loss_interval(reference: dict[str, torch.Tensor], embeddings: dict[str, torch.Tensor],
+                      scores: Sequence[float], **kwargs) -> tuple[float, float]:
+    """95% interval of the Spearman loss (reference − compressed) over resampled STS pairs."""
+    ref, new = _pair_cosines(reference), _pair_cosines(embeddings)
+    gold = torch.as_tensor(scores, dtype=torch.float64)
+
+    def loss(index: torch.Tensor) -> float:
+        g = gold[index].tolist()
+        return spearman(ref[index].tolist(), g) - spearman(new[index].tolist(), g)
+
+    return paired_bootstrap(len(gold), loss, **kwargs)
