@@ -131,8 +131,13 @@ class _MaskedLayer(nn.Module):
     def _row_entries(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """For flat row ids: their keep-mask rows [n, cols], and the position in the stored
         values of each kept entry (row-major), read without unpacking other rows."""
-        cols = torch.arange(self.cols, device=ids.device)
-        keep = gather_codes(self.mask_bits, 1, ids.long()[:, None] * self.cols + cols).bool()
+        if self.cols % 8 == 0:  # each row's bits start on a byte: gather bytes, then unpack
+            row_bytes = self.mask_bits.view(self.rows, self.cols // 8)[ids]
+            keep = ((row_bytes.unsqueeze(-1) >> _SHIFTS.to(ids.device)) & 1).view(len(ids), -1)
+            keep = keep.bool()
+        else:
+            cols = torch.arange(self.cols, device=ids.device)
+            keep = gather_codes(self.mask_bits, 1, ids.long()[:, None] * self.cols + cols).bool()
         index = self.row_start[ids][:, None] + keep.cumsum(1) - 1
         return keep, index[keep]
 
@@ -246,9 +251,14 @@ class SparseEmbedding(_SparseFloat, nn.Embedding):
         self.scale_grad_by_freq, self.sparse = False, False
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        keep, index = self._row_entries(ids.reshape(-1))
+        flat = ids.reshape(-1)
+        keep, index = self._row_entries(flat)
+        values = self.values[index]
+        if self.padding_idx is not None:  # as nn.Embedding: the padding row gets no gradient
+            padding = (flat == self.padding_idx)[:, None].expand_as(keep)[keep]
+            values = torch.where(padding, values.detach(), values)
         rows = torch.zeros(keep.shape, dtype=self.values.dtype, device=self.values.device)
-        return rows.masked_scatter(keep, self.values[index]).view(*ids.shape, self.cols)
+        return rows.masked_scatter(keep, values).view(*ids.shape, self.cols)
 
 
 SPARSE_FLOAT = (SparseLinear, SparseConv2d, SparseEmbedding)
