@@ -101,6 +101,8 @@ def _allocations(base, calib: Dataset, test: Dataset, key: str, param_ratio: flo
                 stage["lowrank"]["sensitivity_samples"] = args.sensitivity_samples
             if method == "svd-whiten" and args.bias_correction:
                 stage["lowrank"]["bias_correction"] = True
+            if method == "svd-whiten" and args.damp is not None:
+                stage["lowrank"]["damp"] = args.damp
             (summary,), seconds = apply_recipe(adapter, [stage], calib, calibration)
             metrics = quality(adapter, test, ref.embeddings).metrics
             rows.append(_row(f"{method} {allocation}", summary, metrics, dense, key, seconds))
@@ -318,6 +320,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="minilm, lit-cifar: examples probing each layer (default: the method's)")
     p.add_argument("--bias-correction", action="store_true",
                    help="svd-whiten rows with bias_correction: true")
+    p.add_argument("--damp", type=float, default=None,
+                   help="svd-whiten rows: XᵀX damping (default: the method's)")
     p.add_argument("--calib-batch", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=8, help="clip: latency batch")
     p.add_argument("--repeats", type=int, default=20, help="clip: timed calls per variant")
