@@ -5,6 +5,9 @@ Parts (each compared with the dense model measured in the same run):
 - ``minilm``: STS-B dev Spearman keeping `--param-ratio` (0.7) of the encoder's linear weights,
   for ``svd`` and ``svd-whiten`` with ``uniform`` and ``sensitivity`` rank allocation;
   calibration (whitening statistics and sensitivities) uses STS-B *train* sentences only.
+  Rows carry 95% paired bootstrap intervals over resampled pairs: ``drop_ci95`` (of the drop
+  from dense) and, on sensitivity rows, ``gain_over_uniform_ci95`` (Spearman of the budget
+  minus that of uniform ranks, same method).
 - ``lit-cifar``: zero-shot top-1 on ``lit-cifar-eval`` with the same four configurations on
   every linear layer (text tower and image projection), calibrated on ``lit-cifar-train``.
 - ``clip``: ``random:clip-vit-base-patch32`` per-tower latency with 50% of each tower's linear
@@ -45,6 +48,7 @@ from mmcompress.model_specs import load_model
 from mmcompress.recipe import load_recipe
 
 from .configs import DATA_ROOT
+from .stats import sts_difference_interval
 from .timing import interleaved_latency_ms
 
 STSB = DATA_ROOT / "stsb"
@@ -84,6 +88,11 @@ def _row(
     }
 
 
+def _interval(first: dict, second: dict, test: Dataset) -> list[float]:
+    """95% interval of Spearman(first) − Spearman(second) on resampled STS pairs."""
+    return [round(v, 4) for v in sts_difference_interval(first, second, test.scores)]
+
+
 def _allocations(base, calib: Dataset, test: Dataset, key: str, param_ratio: float,
                  targets: list[str], args: argparse.Namespace) -> tuple[dict, list[dict]]:
     """`svd` and `svd-whiten`, each with uniform and sensitivity-allocated ranks, at the same
@@ -93,6 +102,7 @@ def _allocations(base, calib: Dataset, test: Dataset, key: str, param_ratio: flo
     calibration = {"samples": args.calib_samples, "batch_size": args.calib_batch}
     rows = []
     for method in args.methods.split(","):
+        embeddings = {}
         for allocation in ("uniform", "sensitivity"):
             adapter = copy.deepcopy(base)
             stage = {"lowrank": {"method": method, "param_ratio": param_ratio,
@@ -104,8 +114,15 @@ def _allocations(base, calib: Dataset, test: Dataset, key: str, param_ratio: flo
             if method == "svd-whiten" and args.damp is not None:
                 stage["lowrank"]["damp"] = args.damp
             (summary,), seconds = apply_recipe(adapter, [stage], calib, calibration)
-            metrics = quality(adapter, test, ref.embeddings).metrics
-            rows.append(_row(f"{method} {allocation}", summary, metrics, dense, key, seconds))
+            result = quality(adapter, test, ref.embeddings)
+            rows.append(_row(f"{method} {allocation}", summary, result.metrics, dense, key,
+                             seconds))
+            embeddings[allocation] = result.embeddings
+            if key == "stsb_spearman":  # paired bootstrap intervals over resampled pairs
+                rows[-1]["drop_ci95"] = _interval(ref.embeddings, result.embeddings, test)
+                if allocation == "sensitivity":
+                    rows[-1]["gain_over_uniform_ci95"] = _interval(
+                        result.embeddings, embeddings["uniform"], test)
             print(rows[-1], flush=True)
     return dense, rows
 

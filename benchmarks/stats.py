@@ -28,14 +28,21 @@ def _pair_cosines(embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
     return F.cosine_similarity(text[:half], text[half:], dim=-1)
 
 
+def sts_difference_interval(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor],
+                            scores: Sequence[float], **kwargs) -> tuple[float, float]:
+    """95% interval of Spearman(first) − Spearman(second) over resampled STS pairs (the
+    embeddings as `eval_sts` returns them)."""
+    a, b = _pair_cosines(first), _pair_cosines(second)
+    gold = torch.as_tensor(scores, dtype=torch.float64)
+
+    def difference(index: torch.Tensor) -> float:
+        g = gold[index].tolist()
+        return spearman(a[index].tolist(), g) - spearman(b[index].tolist(), g)
+
+    return paired_bootstrap(len(gold), difference, **kwargs)
+
+
 def sts_loss_interval(reference: dict[str, torch.Tensor], embeddings: dict[str, torch.Tensor],
                       scores: Sequence[float], **kwargs) -> tuple[float, float]:
     """95% interval of the Spearman loss (reference − compressed) over resampled STS pairs."""
-    ref, new = _pair_cosines(reference), _pair_cosines(embeddings)
-    gold = torch.as_tensor(scores, dtype=torch.float64)
-
-    def loss(index: torch.Tensor) -> float:
-        g = gold[index].tolist()
-        return spearman(ref[index].tolist(), g) - spearman(new[index].tolist(), g)
-
-    return paired_bootstrap(len(gold), loss, **kwargs)
+    return sts_difference_interval(reference, embeddings, scores, **kwargs)
