@@ -34,6 +34,7 @@ from mmcompress.data import Dataset, load_data
 from mmcompress.data.trimodal import build_split
 from mmcompress.evaluation.config import METRICS, EvaluateConfig
 from mmcompress.evaluation.evaluate import evaluate_adapter, saved_size_bytes
+from mmcompress.evaluation.multimodal import complete_examples
 from mmcompress.inspect_model import sensitivity
 from mmcompress.methods import METHODS, StageContext
 from mmcompress.model_specs import load_model
@@ -44,6 +45,7 @@ from mmcompress.recipe import load_recipe
 from mmcompress.report import markdown_table
 
 from . import fusion_cv
+from .stats import paired_bootstrap
 
 RECIPES: dict[str, list[dict]] = {
     "int8": [{"quantize": {"method": "rtn", "bits": 8}}],
@@ -113,10 +115,10 @@ def budget_vs_uniform(adapter, data, calib, base, fp32_bytes: int) -> dict[str, 
     quarter = max(b for b, (size, _) in sizes.items() if size <= 0.25 * fp32_bytes)
     for bits in compared_widths(quarter):
         uniform[bits] = evaluate_adapter(sizes[bits][1], data, _quality_and_size(),
-                                         base.embeddings).metrics
+                                         base.embeddings)
     out = {}
     for bits in compared_widths(quarter):
-        size = uniform[bits]["size_bytes"]
+        size = uniform[bits].metrics["size_bytes"]
         target = size / fp32_bytes
         for _ in range(5):  # the prediction leaves out file-header bytes: tighten if over
             stages = [{"quantize": {"method": "rtn", "budget": {
@@ -126,13 +128,26 @@ def budget_vs_uniform(adapter, data, calib, base, fp32_bytes: int) -> dict[str, 
             if got <= size:
                 break
             target -= (got - size) / fp32_bytes + 2e-4
-        m = evaluate_adapter(model, data, _quality_and_size(), base.embeddings).metrics
+        budgeted = evaluate_adapter(model, data, _quality_and_size(), base.embeddings)
         out[str(bits)] = {"quarter": bits == quarter,
-                          "uniform": {"bits": bits, "metrics": uniform[bits]},
-                          "budgeted": {"metrics": m, "summary": summaries[0],
+                          "uniform": {"bits": bits, "metrics": uniform[bits].metrics},
+                          "budgeted": {"metrics": budgeted.metrics, "summary": summaries[0],
                                        "size_ratio_asked": round(target, 4),
-                                       "seconds": round(seconds, 1)}}
+                                       "seconds": round(seconds, 1)},
+                          "gain_ci95": gain_intervals(budgeted, uniform[bits], data)}
     return out
+
+
+def gain_intervals(first, second, data: Dataset) -> dict[str, list[float]]:
+    """95% paired bootstrap intervals of `first`'s accuracy minus `second`'s (evaluations of
+    `data`): as given, and on the complete examples (``top1_all``)."""
+    labels = torch.as_tensor(data.labels)
+    right = [e.embeddings["logits"].argmax(1) == labels for e in (first, second)]
+    gain = (right[0].double() - right[1].double())
+    complete = torch.as_tensor(complete_examples(data))
+    return {key: [round(v, 4) for v in paired_bootstrap(
+                len(g), lambda i, g=g: float(g[i].mean()))]
+            for key, g in (("top1", gain), ("top1_all", gain[complete]))}
 
 
 def _quality_and_size() -> EvaluateConfig:
@@ -277,7 +292,32 @@ def render(results: dict[str, Any]) -> str:
                            loads=loads,
                            targets=target_lines(kinds),
                            compress=compress_table, sens=sens, budget=budget,
+                           budget_ci=budget_interval_table(),
                            command=results["command"])
+
+
+def budget_interval_table() -> str:
+    """The budget's accuracy minus uniform's with 95% paired bootstrap intervals, from
+    ``--budget-only`` (results/fusion_budget.json), or how to make them."""
+    path = Path(__file__).parent / "results" / "fusion_budget.json"
+    if not path.is_file():
+        return "(intervals not run: `python -m benchmarks.fusion --budget-only JSON`)"
+    results = json.loads(path.read_text())
+    rows = []
+    for k, r in results["kinds"].items():
+        for bits, b in r["budget"].items():
+            u, g, ci = b["uniform"]["metrics"], b["budgeted"]["metrics"], b["gain_ci95"]
+            rows.append([k, f"int{bits}" + (" (≤ 1/4 of fp32)" if b["quarter"] else ""),
+                         f"{g['top1_all'] - u['top1_all']:+.4f} "
+                         f"[{ci['top1_all'][0]:+.4f}, {ci['top1_all'][1]:+.4f}]",
+                         f"{g['top1'] - u['top1']:+.4f} "
+                         f"[{ci['top1'][0]:+.4f}, {ci['top1'][1]:+.4f}]"])
+    table = markdown_table(["fusion", "size of uniform", "budget − uniform, all [95%]",
+                            "as given [95%]"], rows)
+    return (f"Budgeted minus uniform accuracy on the same 2,000 examples, with 95% paired "
+            f"bootstrap intervals over resampled examples (`{results['command']}`, "
+            f"`benchmarks/results/fusion_budget.json`; the same models and comparison as "
+            f"above):\n\n{table}")
 
 
 TEMPLATE = """# Fusion classifiers: early, late and hybrid fusion, compressed
@@ -339,6 +379,8 @@ examples / as given):
 
 {budget}
 
+{budget_ci}
+
 ## Notes
 
 - **Audio is the weak modality.** The evaluation speaker is never heard in training (four
@@ -361,12 +403,37 @@ examples / as given):
   part of it. The audio front end (STFT, log-mel) has no weights and is not pruned.
 - **Weight-only int8/int4 dequantize on the fly**: smaller files, not faster on CPU.
 - **Budget at 1/4 of fp32**: the uniform width that fits (5-6 bits) is already about lossless on
-  these models: even on 2,000 examples, budget and uniform differ by a few examples either way
-  (see the targets above), so which one "loses less" there is decided by noise; the budget's
-  outputs stay closer to fp32's (fidelity) in every run. At the size of uniform 3 bits the
-  budget keeps the sensitive image encoder wider and the audio and text encoders narrower and
-  loses several times less.
+  these models, so budget and uniform differ by a few examples of 2,000 (see the targets and
+  the intervals above: how far each difference could move on another draw of examples); the
+  budget's outputs stay closer to fp32's (fidelity) in every run. At the size of uniform 3 bits
+  the budget keeps the sensitive image encoder wider and the audio and text encoders narrower
+  and loses several times less, by more than the intervals' width.
 """
+
+
+def budget_only(kinds: list[str], out: Path) -> None:
+    """Budgeted vs uniform widths alone (as in `run_kind`), with the budget's accuracy gain
+    over uniform and its 95% paired bootstrap interval on the 2,000 examples."""
+    calib, wide = load_data("trimodal-train"), wide_eval()
+    # runs of some kinds update the others' results, as the full benchmark's do
+    results = json.loads(out.read_text()) if out.is_file() else {"kinds": {}}
+    results.update({"command": f"python -m benchmarks.fusion --budget-only {out} --kinds KIND",
+                    "data": wide.name})
+    for kind in kinds:
+        adapter = load_model(f"fusion-{kind}", progress=False)
+        wide_base = evaluate_adapter(adapter, wide, _quality_and_size())
+        budget = budget_vs_uniform(adapter, wide, calib, wide_base,
+                                   saved_size_bytes(adapter.model))
+        results["kinds"][kind] = {"budget_fp32": wide_base.metrics, "budget": budget}
+        results["kinds"] = {k: results["kinds"][k] for k in KINDS if k in results["kinds"]}
+        for bits, b in budget.items():
+            u, g = b["uniform"]["metrics"], b["budgeted"]["metrics"]
+            print(f"[{kind}] int{bits}{' (1/4 of fp32)' if b['quarter'] else ''}: budget − "
+                  f"uniform top1_all {g['top1_all'] - u['top1_all']:+.4f} "
+                  f"{b['gain_ci95']['top1_all']}, as given {g['top1'] - u['top1']:+.4f} "
+                  f"{b['gain_ci95']['top1']}", flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
 
 
 def main() -> None:
@@ -378,11 +445,17 @@ def main() -> None:
                         help="train each model afresh (in a temporary cache) and time it")
     parser.add_argument("--render", action="store_true",
                         help="only rewrite the Markdown page from the JSON")
+    parser.add_argument("--budget-only", type=Path, default=None, metavar="JSON",
+                        help="only the budgeted-vs-uniform comparison, with paired intervals, "
+                        "on the cached models; written to JSON")
     args = parser.parse_args()
     if args.render:
         args.doc.write_text(render(json.loads(args.out.read_text())))
         return
     torch.set_num_threads(1)
+    if args.budget_only is not None:
+        budget_only(args.kinds, args.budget_only)
+        return
     data = load_data("trimodal")
     # runs of some kinds update the others' results (one kind fits a ten-minute slot)
     results = json.loads(args.out.read_text()) if args.out.is_file() else {"kinds": {}}

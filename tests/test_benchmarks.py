@@ -92,3 +92,21 @@ def test_paired_bootstrap_interval_of_an_sts_loss() -> None:
     noisy = {"text": reference["text"] + 0.5 * torch.randn(600, 16)}
     lo, hi = sts_loss_interval(reference, noisy, gold, reps=200)
     assert 0 < lo < hi  # the noisy copy ranks the pairs worse on every resample's bulk
+
+
+def test_fusion_gain_intervals_pair_the_same_examples() -> None:
+    from types import SimpleNamespace
+
+    from benchmarks.fusion import gain_intervals
+
+    n = 40
+    data = Dataset(name="t", task="multimodal", images=[np.zeros((8, 8))] * n,
+                   texts=["one"] * (n - 4) + [""] * 4, audio=[np.zeros(16)] * n,
+                   labels=[i % 2 for i in range(n)], class_names=["zero", "one"])
+    right = torch.nn.functional.one_hot(torch.tensor(data.labels), 2).float()
+    wrong = right.flip(1)
+    better = SimpleNamespace(embeddings={"logits": right})
+    worse = SimpleNamespace(embeddings={"logits": torch.cat([wrong[:10], right[10:]])})
+    ci = gain_intervals(better, worse, data)
+    assert ci["top1"][0] > 0 and ci["top1_all"][0] > 0  # better on every resample
+    assert gain_intervals(better, better, data) == {"top1": [0.0, 0.0], "top1_all": [0.0, 0.0]}
