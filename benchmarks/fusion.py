@@ -145,9 +145,27 @@ def gain_intervals(first, second, data: Dataset) -> dict[str, list[float]]:
     right = [e.embeddings["logits"].argmax(1) == labels for e in (first, second)]
     gain = (right[0].double() - right[1].double())
     complete = torch.as_tensor(complete_examples(data))
-    return {key: [round(v, 4) for v in paired_bootstrap(
-                len(g), lambda i, g=g: float(g[i].mean()))]
+    return {key: paired_bootstrap(len(g), lambda i, g=g: float(g[i].mean()))
             for key, g in (("top1", gain), ("top1_all", gain[complete]))}
+
+
+def budget_section(adapter, calib, wide: Dataset) -> dict[str, Any]:
+    """fp32 on the wide evaluation (``budget_fp32``) and `budget_vs_uniform` (``budget``)."""
+    wide_base = evaluate_adapter(adapter, wide, _quality_and_size())
+    return {"budget_fp32": wide_base.metrics,
+            "budget": budget_vs_uniform(adapter, wide, calib, wide_base,
+                                        saved_size_bytes(adapter.model))}
+
+
+def _load_results(path: Path) -> dict[str, Any]:
+    """Results so far: runs of some kinds update the others' (one kind fits a ten-minute slot)."""
+    return json.loads(path.read_text()) if path.is_file() else {"kinds": {}}
+
+
+def _store_results(path: Path, results: dict[str, Any]) -> None:
+    results["kinds"] = {k: results["kinds"][k] for k in KINDS if k in results["kinds"]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1) + "\n")
 
 
 def _quality_and_size() -> EvaluateConfig:
@@ -170,16 +188,12 @@ def run_kind(kind: str, retrain: bool) -> dict[str, Any]:
     loaded = time.perf_counter() - start
     data, calib = load_data("trimodal"), load_data("trimodal-train")
     base = evaluate_adapter(adapter, data, EVAL)
-    wide = wide_eval()
-    wide_base = evaluate_adapter(adapter, wide, _quality_and_size())
     print(f"[{kind}] fp32 {base.metrics}", flush=True)
     key = "train_seconds" if retrain else "load_seconds"
     result = {key: round(loaded, 1), "fp32": base.metrics,
               "recipes": recipe_rows(adapter, data, calib, base),
               "sensitivity": modality_sensitivity(adapter, data),
-              "budget_fp32": wide_base.metrics,
-              "budget": budget_vs_uniform(adapter, wide, calib, wide_base,
-                                          base.metrics["size_bytes"])}
+              **budget_section(adapter, calib, wide_eval())}
     weights = getattr(adapter.model.fusion, "modality_weights", None)
     if weights is not None:
         result["modality_weights"] = dict(zip(MODALITIES, [round(w, 4) for w in weights.tolist()],
@@ -415,25 +429,19 @@ def budget_only(kinds: list[str], out: Path) -> None:
     """Budgeted vs uniform widths alone (as in `run_kind`), with the budget's accuracy gain
     over uniform and its 95% paired bootstrap interval on the 2,000 examples."""
     calib, wide = load_data("trimodal-train"), wide_eval()
-    # runs of some kinds update the others' results, as the full benchmark's do
-    results = json.loads(out.read_text()) if out.is_file() else {"kinds": {}}
+    results = _load_results(out)
     results.update({"command": f"python -m benchmarks.fusion --budget-only {out} --kinds KIND",
                     "data": wide.name})
     for kind in kinds:
-        adapter = load_model(f"fusion-{kind}", progress=False)
-        wide_base = evaluate_adapter(adapter, wide, _quality_and_size())
-        budget = budget_vs_uniform(adapter, wide, calib, wide_base,
-                                   saved_size_bytes(adapter.model))
-        results["kinds"][kind] = {"budget_fp32": wide_base.metrics, "budget": budget}
-        results["kinds"] = {k: results["kinds"][k] for k in KINDS if k in results["kinds"]}
-        for bits, b in budget.items():
+        section = budget_section(load_model(f"fusion-{kind}", progress=False), calib, wide)
+        results["kinds"][kind] = section
+        for bits, b in section["budget"].items():
             u, g = b["uniform"]["metrics"], b["budgeted"]["metrics"]
             print(f"[{kind}] int{bits}{' (1/4 of fp32)' if b['quarter'] else ''}: budget − "
                   f"uniform top1_all {g['top1_all'] - u['top1_all']:+.4f} "
                   f"{b['gain_ci95']['top1_all']}, as given {g['top1'] - u['top1']:+.4f} "
                   f"{b['gain_ci95']['top1']}", flush=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1) + "\n")
+    _store_results(out, results)
 
 
 def main() -> None:
@@ -457,8 +465,7 @@ def main() -> None:
         budget_only(args.kinds, args.budget_only)
         return
     data = load_data("trimodal")
-    # runs of some kinds update the others' results (one kind fits a ten-minute slot)
-    results = json.loads(args.out.read_text()) if args.out.is_file() else {"kinds": {}}
+    results = _load_results(args.out)
     results.update({
         "command": "python -m benchmarks.fusion --retrain --kinds KIND (once per kind)",
         "data": data.name,
@@ -467,9 +474,7 @@ def main() -> None:
     })
     for kind in args.kinds:
         results["kinds"][kind] = run_kind(kind, args.retrain)
-    results["kinds"] = {k: results["kinds"][k] for k in KINDS if k in results["kinds"]}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1))
+    _store_results(args.out, results)
     page = render(results)
     args.doc.write_text(page)
     print(page)

@@ -88,11 +88,6 @@ def _row(
     }
 
 
-def _interval(first: dict, second: dict, test: Dataset) -> list[float]:
-    """95% interval of Spearman(first) − Spearman(second) on resampled STS pairs."""
-    return [round(v, 4) for v in sts_difference_interval(first, second, test.scores)]
-
-
 def _allocations(base, calib: Dataset, test: Dataset, key: str, param_ratio: float,
                  targets: list[str], args: argparse.Namespace) -> tuple[dict, list[dict]]:
     """`svd` and `svd-whiten`, each with uniform and sensitivity-allocated ranks, at the same
@@ -119,10 +114,11 @@ def _allocations(base, calib: Dataset, test: Dataset, key: str, param_ratio: flo
                              seconds))
             embeddings[allocation] = result.embeddings
             if key == "stsb_spearman":  # paired bootstrap intervals over resampled pairs
-                rows[-1]["drop_ci95"] = _interval(ref.embeddings, result.embeddings, test)
+                rows[-1]["drop_ci95"] = sts_difference_interval(
+                    ref.embeddings, result.embeddings, test.scores)
                 if allocation == "sensitivity":
-                    rows[-1]["gain_over_uniform_ci95"] = _interval(
-                        result.embeddings, embeddings["uniform"], test)
+                    rows[-1]["gain_over_uniform_ci95"] = sts_difference_interval(
+                        result.embeddings, embeddings["uniform"], test.scores)
             print(rows[-1], flush=True)
     return dense, rows
 

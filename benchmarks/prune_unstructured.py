@@ -36,7 +36,7 @@ from mmcompress.methods import METHODS, StageContext
 from mmcompress.model_specs import load_model
 from mmcompress.recipe import CalibrationConfig, load_recipe
 
-from .stats import sts_loss_interval
+from .stats import sts_difference_interval
 
 STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb"
 
@@ -81,8 +81,7 @@ def _row(
         "sparsity": summary["sparsity"],
         "stsb_spearman": metrics["stsb_spearman"],
         "loss": dense["stsb_spearman"] - metrics["stsb_spearman"],
-        "loss_ci95": [round(v, 4) for v in sts_loss_interval(reference, result.embeddings,
-                                                             dev.scores)],
+        "loss_ci95": sts_difference_interval(reference, result.embeddings, dev.scores),
         "fidelity_cosine": metrics["fidelity_cosine"],
         "prune_seconds": round(seconds, 2),
         "size_ratio": saved_size_bytes(adapter.model) / dense["size_bytes"],

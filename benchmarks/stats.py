@@ -12,13 +12,14 @@ from mmcompress.evaluation.metrics import spearman
 
 
 def paired_bootstrap(n: int, statistic: Callable[[torch.Tensor], float], reps: int = 1000,
-                     seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of `statistic(index)` over `reps` resamples (with replacement) of
-    the `n` example indices; both models are scored on the same resample."""
+                     seed: int = 0, level: float = 0.95) -> list[float]:
+    """Percentile interval [low, high] of `statistic(index)` over `reps` resamples (with
+    replacement) of the `n` example indices, rounded to 4 places; both models are scored on
+    the same resample."""
     gen = torch.Generator().manual_seed(seed)
     values = sorted(statistic(torch.randint(n, (n,), generator=gen)) for _ in range(reps))
     tail = round((1 - level) / 2 * reps)
-    return values[tail], values[reps - 1 - tail]
+    return [round(values[tail], 4), round(values[reps - 1 - tail], 4)]
 
 
 def _pair_cosines(embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -29,9 +30,9 @@ def _pair_cosines(embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def sts_difference_interval(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor],
-                            scores: Sequence[float], **kwargs) -> tuple[float, float]:
+                            scores: Sequence[float], **kwargs) -> list[float]:
     """95% interval of Spearman(first) − Spearman(second) over resampled STS pairs (the
-    embeddings as `eval_sts` returns them)."""
+    embeddings as `eval_sts` returns them); with the reference model first, of a loss."""
     a, b = _pair_cosines(first), _pair_cosines(second)
     gold = torch.as_tensor(scores, dtype=torch.float64)
 
@@ -41,8 +42,3 @@ def sts_difference_interval(first: dict[str, torch.Tensor], second: dict[str, to
 
     return paired_bootstrap(len(gold), difference, **kwargs)
 
-
-def sts_loss_interval(reference: dict[str, torch.Tensor], embeddings: dict[str, torch.Tensor],
-                      scores: Sequence[float], **kwargs) -> tuple[float, float]:
-    """95% interval of the Spearman loss (reference − compressed) over resampled STS pairs."""
-    return sts_difference_interval(reference, embeddings, scores, **kwargs)

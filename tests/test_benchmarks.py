@@ -82,15 +82,15 @@ def test_runner_skips_a_model_that_fails_to_load(tmp_path: Path) -> None:
 
 
 def test_paired_bootstrap_interval_of_an_sts_loss() -> None:
-    from benchmarks.stats import sts_loss_interval
+    from benchmarks.stats import sts_difference_interval
 
     torch.manual_seed(0)
     reference = {"text": torch.randn(600, 16)}
     a, b = reference["text"][:300], reference["text"][300:]
     gold = (torch.nn.functional.cosine_similarity(a, b) + 0.1 * torch.randn(300)).tolist()
-    assert sts_loss_interval(reference, reference, gold, reps=50) == (0.0, 0.0)
+    assert sts_difference_interval(reference, reference, gold, reps=50) == [0.0, 0.0]
     noisy = {"text": reference["text"] + 0.5 * torch.randn(600, 16)}
-    lo, hi = sts_loss_interval(reference, noisy, gold, reps=200)
+    lo, hi = sts_difference_interval(reference, noisy, gold, reps=200)
     assert 0 < lo < hi  # the noisy copy ranks the pairs worse on every resample's bulk
 
 

@@ -159,6 +159,13 @@ def _select(scores: torch.Tensor, module: nn.Module, config: UnstructuredPruneCo
     return keep
 
 
+def _magnitude_keep(module: nn.Module, config: UnstructuredPruneConfig) -> torch.Tensor:
+    """Keep-mask of the largest |W|: per layer, or per row for an embedding table (each token
+    keeps the same share of its values)."""
+    return _select(weight_matrix(module).abs(), module, config,
+                   per_row=isinstance(module, nn.Embedding))
+
+
 def _wanda_scores(module: nn.Module, stats: FeatureNormCollector) -> torch.Tensor:
     """|W_ij|·‖X_j‖₂ of one layer."""
     return weight_matrix(module).abs() * stats.norm
@@ -236,8 +243,7 @@ def apply_magnitude(adapter: Adapter, config: MagnitudeConfig,
         masks = global_keep_masks([w.abs() for w in matrices.values()], config.target_sparsity)
         keep = dict(zip(matrices, masks, strict=True))
     else:
-        keep = {n: _select(w.abs(), layers[n], config, isinstance(layers[n], nn.Embedding))
-                for n, w in matrices.items()}
+        keep = {n: _magnitude_keep(m, config) for n, m in layers.items()}
     replace_modules(adapter.model, {n: tally.sparse(m, keep[n], matrices[n])
                                     for n, m in layers.items()})
     return tally.summary(len(layers))
@@ -257,8 +263,7 @@ def _prune_calibrated(adapter: Adapter, config: UnstructuredPruneConfig, context
         return tally.summary(0)
     tables, layers = split_embeddings(layers)
     replace_modules(adapter.model, {  # by magnitude, before the layers that read them calibrate
-        n: tally.sparse(m, _select(weight_matrix(m).abs(), m, config, True), weight_matrix(m))
-        for n, m in tables.items()})
+        n: tally.sparse(m, _magnitude_keep(m, config), None) for n, m in tables.items()})
     sparsity = _layer_sparsities(adapter, layers, config, context)
 
     def replace(name: str, module: nn.Module, stats: Any) -> nn.Module:

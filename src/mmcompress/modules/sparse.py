@@ -78,9 +78,8 @@ def _weight_shape(args: dict[str, Any]) -> tuple[int, ...]:
 
 def _run(args: dict[str, Any], x: torch.Tensor, weight: torch.Tensor,
          bias: torch.Tensor | None) -> torch.Tensor:
-    """The layer's function with `weight` (cast to a floating input's dtype)."""
-    if args["kind"] == "embedding":
-        return F.embedding(x, weight, args["padding_idx"])
+    """The layer's function with `weight` (cast to the input's dtype); embedding tables have
+    lookups of their own."""
     weight = weight.to(x.dtype)
     if args["kind"] == "linear":
         return F.linear(x, weight, bias)
@@ -119,22 +118,30 @@ class _MaskedLayer(nn.Module):
             if args["bias"] else None
         self.register_parameter("bias", bias)
         # an embedding table's lookups read only their rows: where each row's values begin
+        # (derived from the mask, so not saved; set whenever the mask is)
         self.register_buffer("row_start", torch.zeros(self.rows, dtype=torch.int64)
-                             if args["kind"] == "embedding" else None)
+                             if args["kind"] == "embedding" else None, persistent=False)
 
     def _store_mask(self, keep: torch.Tensor) -> None:
         self.mask_bits.copy_(pack_mask(keep))
         if self.row_start is not None:
-            counts = keep.reshape(self.rows, self.cols).sum(1)
-            self.row_start.copy_(counts.cumsum(0) - counts)
+            self._index_rows(keep)
+
+    def _index_rows(self, keep: torch.Tensor) -> None:
+        counts = keep.reshape(self.rows, self.cols).sum(1)
+        self.row_start.copy_(counts.cumsum(0) - counts)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        if self.row_start is not None:
+            self._index_rows(self.keep_mask())
 
     def _row_entries(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """For flat row ids: their keep-mask rows [n, cols], and the position in the stored
         values of each kept entry (row-major), read without unpacking other rows."""
         if self.cols % 8 == 0:  # each row's bits start on a byte: gather bytes, then unpack
-            row_bytes = self.mask_bits.view(self.rows, self.cols // 8)[ids]
-            keep = ((row_bytes.unsqueeze(-1) >> _SHIFTS.to(ids.device)) & 1).view(len(ids), -1)
-            keep = keep.bool()
+            row_bytes = self.mask_bits.view(self.rows, self.cols // 8)[ids].reshape(-1)
+            keep = unpack_mask(row_bytes, len(ids) * self.cols).view(len(ids), self.cols)
         else:
             cols = torch.arange(self.cols, device=ids.device)
             keep = gather_codes(self.mask_bits, 1, ids.long()[:, None] * self.cols + cols).bool()
