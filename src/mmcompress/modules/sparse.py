@@ -124,27 +124,32 @@ class _MaskedLayer(nn.Module):
 
     def _store_mask(self, keep: torch.Tensor) -> None:
         self.mask_bits.copy_(pack_mask(keep))
-        if self.row_start is not None:
-            self._index_rows(keep)
+        self._index_rows()
 
-    def _index_rows(self, keep: torch.Tensor) -> None:
-        counts = keep.reshape(self.rows, self.cols).sum(1)
+    def _index_rows(self) -> None:
+        """Set `row_start` from the mask (tables only), a few thousand rows at a time."""
+        if self.row_start is None:
+            return
+        ids = torch.arange(self.rows, device=self.mask_bits.device)
+        counts = torch.cat([self._keep_rows(chunk).sum(1) for chunk in ids.split(4096)])
         self.row_start.copy_(counts.cumsum(0) - counts)
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
-        if self.row_start is not None:
-            self._index_rows(self.keep_mask())
+        self._index_rows()
+
+    def _keep_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """The keep-mask rows [n, cols] of flat row ids, unpacking no other rows."""
+        if self.cols % 8 == 0:  # each row's bits start on a byte: gather bytes, then unpack
+            row_bytes = self.mask_bits.view(self.rows, self.cols // 8)[ids].reshape(-1)
+            return unpack_mask(row_bytes, len(ids) * self.cols).view(len(ids), self.cols)
+        cols = torch.arange(self.cols, device=ids.device)
+        return gather_codes(self.mask_bits, 1, ids.long()[:, None] * self.cols + cols).bool()
 
     def _row_entries(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """For flat row ids: their keep-mask rows [n, cols], and the position in the stored
-        values of each kept entry (row-major), read without unpacking other rows."""
-        if self.cols % 8 == 0:  # each row's bits start on a byte: gather bytes, then unpack
-            row_bytes = self.mask_bits.view(self.rows, self.cols // 8)[ids].reshape(-1)
-            keep = unpack_mask(row_bytes, len(ids) * self.cols).view(len(ids), self.cols)
-        else:
-            cols = torch.arange(self.cols, device=ids.device)
-            keep = gather_codes(self.mask_bits, 1, ids.long()[:, None] * self.cols + cols).bool()
+        values of each kept entry (row-major)."""
+        keep = self._keep_rows(ids)
         index = self.row_start[ids][:, None] + keep.cumsum(1) - 1
         return keep, index[keep]
 
