@@ -192,6 +192,18 @@ def test_sparse_embedding_lookups_read_only_their_rows_and_reload(grid, dim):
     torch.testing.assert_close(module.to_dense()(ids), module(ids))
 
 
+def test_sparse_embedding_row_index_spans_chunks_after_reload():
+    torch.manual_seed(0)
+    table = nn.Embedding(9000, 8)  # more rows than one counting chunk (4096)
+    sparse = sparse_module(table, torch.rand(9000, 8) > 0.3)
+    empty = type(sparse).from_spec(sparse.spec())
+    empty.load_state_dict(sparse.state_dict(), strict=True)  # the index is not in the file
+    assert "row_start" not in sparse.state_dict()
+    ids = torch.tensor([0, 4095, 4096, 8191, 8999])
+    expected = nn.functional.embedding(ids, table.weight * sparse.keep_mask())
+    assert torch.equal(empty(ids), expected)
+
+
 def test_sparse_embedding_values_train_except_the_padding_row():
     sparse = sparse_module(nn.Embedding(10, 8, padding_idx=3), torch.rand(10, 8) > 0.5)
     sparse(torch.tensor([1, 1, 3])).sum().backward()
