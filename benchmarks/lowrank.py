@@ -3,7 +3,9 @@ r"""Low-rank factorization benchmark: ``python -m benchmarks.lowrank OUT.json [-
 Parts (each compared with the dense model measured in the same run):
 
 - ``minilm``: STS-B dev Spearman keeping `--param-ratio` (0.7) of the encoder's linear weights,
-  for ``svd`` and ``svd-whiten`` with ``uniform`` and ``sensitivity`` rank allocation;
+  for ``svd``, ``svd-whiten`` (asymmetric: fitted to the uncompressed model's outputs, the
+  default) and ``svd-whiten-symmetric`` (SVD-LLM's fit to each layer's own weight) with
+  ``uniform`` and ``sensitivity`` rank allocation;
   calibration (whitening statistics and sensitivities) uses STS-B *train* sentences only.
   Rows carry 95% paired bootstrap intervals over resampled pairs: ``drop_ci95`` (of the drop
   from dense) and, on sensitivity rows, ``gain_over_uniform_ci95`` (Spearman of the budget
@@ -23,6 +25,8 @@ Parts (each compared with the dense model measured in the same run):
     OMP_NUM_THREADS=1 python -m benchmarks.lowrank benchmarks/results/lowrank_resnet_ft.json \
         --parts resnet --resnet-configs tucker-sensitivity,tucker-uniform --finetune-epochs 5 \
         --finetune-dense --threads 1 --compress-threads 1
+
+``--update`` rewrites only the parts run in an existing OUT (each part records its command).
 
 Stages run through the registered methods directly (as ``mmcompress.compress`` does), so the
 dense model is loaded and evaluated once per part. Prints a table and writes JSON to OUT.
@@ -100,13 +104,16 @@ def _allocations(base, calib: Dataset, test: Dataset, key: str, param_ratio: flo
         embeddings = {}
         for allocation in ("uniform", "sensitivity"):
             adapter = copy.deepcopy(base)
-            stage = {"lowrank": {"method": method, "param_ratio": param_ratio,
-                                 "allocation": allocation, "targets": targets}}
+            stage = {"lowrank": {"method": method.removesuffix("-symmetric"),
+                                 "param_ratio": param_ratio, "allocation": allocation,
+                                 "targets": targets}}
+            if method.endswith("-symmetric"):  # SVD-LLM's own fit, for comparison
+                stage["lowrank"]["asymmetric"] = False
             if args.sensitivity_samples is not None:
                 stage["lowrank"]["sensitivity_samples"] = args.sensitivity_samples
-            if method == "svd-whiten" and args.bias_correction:
+            if method.startswith("svd-whiten") and args.bias_correction:
                 stage["lowrank"]["bias_correction"] = True
-            if method == "svd-whiten" and args.damp is not None:
+            if method.startswith("svd-whiten") and args.damp is not None:
                 stage["lowrank"]["damp"] = args.damp
             (summary,), seconds = apply_recipe(adapter, [stage], calib, calibration)
             result = quality(adapter, test, ref.embeddings)
@@ -327,14 +334,17 @@ def main(argv: list[str] | None = None) -> None:
                    help="minilm: calibration sentences (never the evaluation pairs)")
     p.add_argument("--max-images", type=int, default=None, help="resnet: first N test images")
     p.add_argument("--calib-samples", type=int, default=512)
-    p.add_argument("--methods", default="svd,svd-whiten",
-                   help="minilm, lit-cifar: linear methods compared")
+    p.add_argument("--methods", default="svd,svd-whiten,svd-whiten-symmetric",
+                   help="minilm, lit-cifar: linear methods compared (svd-whiten-symmetric: "
+                   "svd-whiten with asymmetric: false)")
     p.add_argument("--sensitivity-samples", type=int, default=None,
                    help="minilm, lit-cifar: examples probing each layer (default: the method's)")
     p.add_argument("--bias-correction", action="store_true",
                    help="svd-whiten rows with bias_correction: true")
     p.add_argument("--damp", type=float, default=None,
                    help="svd-whiten rows: XᵀX damping (default: the method's)")
+    p.add_argument("--update", action="store_true",
+                   help="replace only the parts run in an existing OUT, keeping the others")
     p.add_argument("--calib-batch", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=8, help="clip: latency batch")
     p.add_argument("--repeats", type=int, default=20, help="clip: timed calls per variant")
@@ -346,16 +356,20 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: unknown parts {sorted(unknown)}; known: {', '.join(PARTS)}")
     torch.set_num_threads(args.threads)
     COMPRESS_THREADS[0] = args.compress_threads
+    command = " ".join(["python -m benchmarks.lowrank", *sys.argv[1:]])
     results: dict[str, Any] = {
-        "command": " ".join(["python -m benchmarks.lowrank", *sys.argv[1:]]),
+        "command": command,
         "threads": args.threads,
         "torch": torch.__version__,
         "machine": platform.machine(),
     }
+    if args.update and args.out.exists():
+        results = {**json.loads(args.out.read_text()), "torch": torch.__version__}
     for part in parts:
         start = time.perf_counter()
         results[part] = PARTS[part](args)
         results[part]["part_s"] = round(time.perf_counter() - start, 1)
+        results[part]["command"] = command
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     print(_table(results))

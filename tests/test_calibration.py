@@ -21,6 +21,40 @@ def test_padded_tokens_are_left_out_of_calibration_statistics():
             self.rows += len(rows)
 
     coll = Collect()
-    _run_group(layer, {"l": layer}, {"l": coll}, [CalibrationBatch(lambda: layer(x), mask)])
+    _run_group({"l": layer}, {"l": coll}, [CalibrationBatch(lambda: layer(x), mask)])
     assert coll.rows == 8
     torch.testing.assert_close(coll.seen, x[mask])
+
+
+def test_a_reference_model_pairs_each_layer_input_with_its_own_at_the_same_rows():
+    """With a reference, collectors get (input here, input in the reference) for the same
+    token rows, padding left out of both."""
+    import copy
+
+    from mmcompress.adapters.base import Adapter
+    from mmcompress.calibration import HessianCollector
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 3))
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        model[0].weight.mul_(0.5)  # the "compressed" first layer
+
+    class Runner:  # the one thing the engine needs from an adapter: running another model
+        running = Adapter.running
+
+        def __init__(self, m):
+            self.model = m
+
+    runner = Runner(model)
+    x = torch.randn(2, 5, 4)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    coll = HessianCollector()
+    _run_group({"1": model[1]}, {"1": coll}, [CalibrationBatch(lambda: runner.model(x), mask)],
+               reference, runner)
+    assert runner.model is model
+    with torch.no_grad():
+        mine, theirs = model[0](x)[mask], reference[0](x)[mask]
+    torch.testing.assert_close(coll.hessian, 2 * mine.T @ mine / 8)
+    torch.testing.assert_close(coll.cross, 2 * theirs.T @ mine / 8)
+    torch.testing.assert_close(coll.reference_mean, theirs.mean(0))

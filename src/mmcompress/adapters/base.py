@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,6 +30,15 @@ class Adapter(ABC):
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model.eval()
+
+    @contextlib.contextmanager
+    def running(self, model: nn.Module) -> Iterator[None]:
+        """Run `model` (a copy of this adapter's, say the uncompressed one) for the duration."""
+        live, self.model = self.model, model
+        try:
+            yield
+        finally:
+            self.model = live
 
     @abstractmethod
     def towers(self) -> dict[str, list[str]]:

@@ -51,11 +51,14 @@ class InputStatsCollector:
 
 
 class HessianCollector(InputStatsCollector):
-    """Also accumulates H = 2/n · XᵀX, the layer-wise reconstruction Hessian of GPTQ."""
+    """Also accumulates H = 2/n · XᵀX, the layer-wise reconstruction Hessian of GPTQ; with
+    paired inputs (`add_pair`), also C = 2/n · X_refᵀX against a reference model's inputs."""
 
     def __init__(self, max_rows: int = 512, seed: int = 0) -> None:
         super().__init__(max_rows, seed)
         self.xtx: torch.Tensor | None = None
+        self.cross: torch.Tensor | None = None
+        self.reference_sum: torch.Tensor | None = None
 
     def add(self, x: torch.Tensor) -> None:
         seen = self.rows
@@ -65,6 +68,21 @@ class HessianCollector(InputStatsCollector):
         if self.xtx is None:
             self.xtx = torch.zeros(x.shape[1], x.shape[1], dtype=x.dtype)
         self.xtx.mul_(seen / self.rows).addmm_(x.T, x, alpha=2 / self.rows)
+
+    def add_pair(self, x: torch.Tensor, reference: torch.Tensor) -> None:
+        """`x` as `add`, and `reference`: the same rows' inputs in the reference model."""
+        seen = self.rows
+        self.add(x)
+        if self.cross is None:
+            self.cross = torch.zeros(reference.shape[1], x.shape[1], dtype=x.dtype)
+            self.reference_sum = torch.zeros(reference.shape[1], dtype=x.dtype)
+        self.cross.mul_(seen / self.rows).addmm_(reference.T, x, alpha=2 / self.rows)
+        self.reference_sum += reference.sum(0)
+
+    @property
+    def reference_mean(self) -> torch.Tensor:
+        """Mean reference input (the layer's own mean input when no reference was run)."""
+        return self.mean if self.reference_sum is None else self.reference_sum / self.rows
 
     @property
     def hessian(self) -> torch.Tensor:

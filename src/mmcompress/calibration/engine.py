@@ -5,6 +5,11 @@ hooks stream that group's inputs into per-layer collectors; the forward pass sto
 every layer of the group has seen the batch. The method then replaces the group's layers, so the
 next group is calibrated on the outputs of the already-compressed model (GPTQ's sequential
 order). Only one group's statistics live at a time.
+
+With a `reference` (an unmodified copy of the model), every batch also runs through the copy, and
+each collector receives the layer's input in both models at the same token rows: a method can
+then fit the compressed model to the original's outputs, so each layer also corrects the error
+the already-compressed layers before it pass on (asymmetric calibration, as in GPTAQ).
 """
 
 from __future__ import annotations
@@ -81,31 +86,51 @@ def layer_groups(names: list[str]) -> list[list[str]]:
     return list(groups.values())
 
 
-def _run_group(model: nn.Module, group: dict[str, nn.Module], collectors: dict[str, Any],
-               batches: list[Batch]) -> None:
-    seen: set[str] = set()
-    mask: list[torch.Tensor | None] = [None]  # the current batch's token mask
+def _group_inputs(group: dict[str, nn.Module], mask: list[torch.Tensor | None],
+                  store: dict[str, list[torch.Tensor]]) -> list[torch.utils.hooks.RemovableHandle]:
+    """Hooks that add each `group` layer's input rows of the current batch (of every call) to
+    `store`, and stop the forward pass once every layer has seen it."""
 
     def hook(name: str) -> Callable:
         def fn(module: nn.Module, args: tuple, _out: Any) -> None:
             x = args[0].detach()
             if not isinstance(module, nn.Conv2d):
                 x = real_tokens(x, mask[0])
-            collectors[name].add(layer_input_rows(module, x))
-            seen.add(name)
-            if len(seen) == len(group):
+            store.setdefault(name, []).append(layer_input_rows(module, x))
+            if len(store) == len(group):
                 raise _GroupDone
 
         return fn
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in group.items()]
+    return [m.register_forward_hook(hook(n)) for n, m in group.items()]
+
+
+def _run_group(group: dict[str, nn.Module], collectors: dict[str, Any], batches: list[Batch],
+               reference: nn.Module | None = None, adapter: Any = None) -> None:
+    """Stream every batch's inputs of the `group` layers into their collectors (paired with the
+    same layers' inputs in `reference`, run through `adapter`, when given)."""
+    mask: list[torch.Tensor | None] = [None]  # the current batch's token mask
+    live: dict[str, list[torch.Tensor]] = {}
+    ref: dict[str, list[torch.Tensor]] = {}
+    handles = _group_inputs(group, mask, live)
+    if reference is not None:
+        handles += _group_inputs({n: reference.get_submodule(n) for n in group}, mask, ref)
     try:
         with torch.inference_mode():
             for run in batches:
-                seen.clear()
+                live.clear()
+                ref.clear()
                 mask[0] = getattr(run, "token_mask", None)
                 with contextlib.suppress(_GroupDone):
                     run()
+                if reference is not None:
+                    with adapter.running(reference), contextlib.suppress(_GroupDone):
+                        run()
+                for name, rows in live.items():
+                    if reference is None:
+                        collectors[name].add(torch.cat(rows))
+                    else:
+                        collectors[name].add_pair(torch.cat(rows), torch.cat(ref[name]))
     finally:
         for h in handles:
             h.remove()
@@ -124,6 +149,7 @@ def calibrate_layers(
     desc: str,
     progress: bool = True,
     release: bool = False,
+    reference: nn.Module | None = None,
 ) -> int:
     """Calibrate and replace `modules` group by group; returns how many were replaced.
 
@@ -133,7 +159,9 @@ def calibrate_layers(
     each original's weights are freed as soon as its replacement is in the model: peak memory
     stays near one copy of the model instead of the original plus everything built so far.
     With `release`, each modality's batches are dropped from `calibration` once no later group
-    needs them (the image batches, say, once the vision tower is done).
+    needs them (the image batches, say, once the vision tower is done). With `reference` (an
+    unmodified copy of `adapter.model`), collectors receive `add_pair(x, x_reference)` instead
+    of `add(x)`.
     """
     towers = adapter.towers()
     modalities = adapter.tower_modalities()
@@ -146,7 +174,7 @@ def calibrate_layers(
         batches = calibration.for_modalities(
             needs[i], f"{names[0]} ({tower_of(names[0], towers) or 'model'})")
         collectors = {n: make_collector(n, m) for n, m in group.items()}
-        _run_group(adapter.model, group, collectors, batches)
+        _run_group(group, collectors, batches, reference, adapter)
         new = {}
         for n, m in group.items():
             r = replace(n, m, collectors[n])

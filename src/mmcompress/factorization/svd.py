@@ -12,6 +12,9 @@ W ≈ U_r Σ_r V_rᵀ S⁻¹. Choices of S:
 Whatever the scaling, the output error of every truncation on the calibration inputs follows
 from H = XᵀX in closed form (U has orthonormal columns): ‖(W − Ŵ_r)·L‖² = Σ_{i>r} σ_i²·‖r_iᵀ L‖²
 where r_i are the rows of Vᵀ S⁻¹.
+
+`reference_fit` gives the weight to factor when the layer's outputs should match a reference
+model's (the uncompressed one) rather than its own dense outputs on the inputs it now receives.
 """
 
 from __future__ import annotations
@@ -63,6 +66,21 @@ def cholesky_factor(hessian: torch.Tensor, damp: float, tries: int = 5) -> torch
             return lower
     raise ValueError("the inputs' covariance XᵀX is not positive definite even with damping "
                      f"{damp * 10 ** (tries - 1):g}")
+
+
+def reference_fit(weight: torch.Tensor, hessian: torch.Tensor, cross: torch.Tensor | None,
+                  damp: float) -> torch.Tensor:
+    """M = W·C·(H + λI)⁻¹ (float64): the least-squares map from this layer's inputs X to the
+    reference outputs W·X_ref, with H = XᵀX and C = X_refᵀX (C = H when no reference was run).
+
+    Since ‖W·X_ref − A·X‖² = ‖W·X_ref − M·X‖² + ‖(M − A)·X‖² for any A, the best rank-r A
+    under the whitened norm of X is the whitened truncation of M: factoring M instead of W
+    also undoes, as far as this layer can, the error that earlier compressed layers put into
+    X. The damping λ (as in `damped`) keeps the fit stable on few calibration rows.
+    """
+    h = damped(hessian, damp)
+    c = (hessian if cross is None else cross).double()
+    return weight.detach().double() @ torch.linalg.solve(h, c.T).T
 
 
 def scaled_svd(

@@ -13,6 +13,7 @@ it stays dense.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -22,7 +23,7 @@ from torch import nn
 from ..adapters import Adapter
 from ..calibration import HessianCollector, calibrate_layers
 from ..errors import DataError, RecipeError, UserError
-from ..factorization.svd import ScaledSVD, scaled_svd
+from ..factorization.svd import ScaledSVD, reference_fit, scaled_svd
 from ..modules.lowrank import LowRankLinear, max_useful_rank
 from ..modules.replace import replace_modules
 from ..progress import progress_bar
@@ -75,6 +76,10 @@ class SVDWhitenConfig(SVDConfig):
     damp: float = Field(0.01, gt=0, lt=1, description="XᵀX damping, fraction of mean diagonal")
     bias_correction: bool = Field(False, description="add the truncation's mean output error "
                                   "(W − W_r)·mean(x) to the bias")
+    asymmetric: bool = Field(True, description="fit each layer to the uncompressed model's "
+                             "outputs from the inputs the already-factored layers give it, so "
+                             "it also corrects their error (keeps a copy of the model while "
+                             "calibrating); false: SVD-LLM's fit to the layer's own weight")
 
 
 class Factorizer:
@@ -82,6 +87,7 @@ class Factorizer:
 
     kinds: tuple[type[nn.Module], ...] = ()
     needs_stats: bool = False  # the factorization itself reads calibration statistics
+    asymmetric: bool = False  # it fits the uncompressed model's outputs (paired statistics)
 
     def __init__(self, config: LowRankConfig) -> None:
         self.config = config
@@ -105,10 +111,11 @@ class Factorizer:
 
 
 def _calibrate(adapter: Adapter, modules: dict[str, nn.Module], context: StageContext,
-               replace: Callable[[str, nn.Module, Any], nn.Module | None], desc: str) -> int:
+               replace: Callable[[str, nn.Module, Any], nn.Module | None], desc: str,
+               reference: nn.Module | None = None) -> int:
     calib = context.calibration_data(adapter)
     return calibrate_layers(adapter, modules, calib, lambda n, m: HessianCollector(), replace,
-                            desc, context.progress, release=True)
+                            desc, context.progress, release=True, reference=reference)
 
 
 def _choices(adapter: Adapter, factorizer: Factorizer, modules: dict[str, nn.Module],
@@ -176,7 +183,11 @@ def apply_lowrank(adapter: Adapter, factorizer: Factorizer, context: StageContex
         return out
 
     if factorizer.needs_stats:
-        _calibrate(adapter, modules, context, replace, desc)
+        # the model is unchanged while ranks are chosen; while factoring, the later layers see
+        # the outputs of the factored ones, and an asymmetric fit compares them with a copy
+        reference = copy.deepcopy(adapter.model) if factorizer.asymmetric else None
+        _calibrate(adapter, modules, context, replace, desc, reference)
+        del reference
     else:
         for name, module in progress_bar(modules.items(), desc=desc, enabled=context.progress):
             replace(name, module, None)
@@ -213,6 +224,7 @@ class SVDFactorizer(Factorizer):
         super().__init__(config)
         self.scaling = getattr(config, "whiten", "none")
         self.needs_stats = self.scaling != "none"
+        self.asymmetric = self.needs_stats and getattr(config, "asymmetric", False)
         self._last: tuple[tuple, ScaledSVD] | None = None  # measuring, then probing, one layer
 
     def supports(self, module: nn.Module) -> bool:
@@ -229,8 +241,11 @@ class SVDFactorizer(Factorizer):
         check_weight(name, module)
         check_stats(name, stats)
         c = self.config
+        weight = module.weight
+        if stats is not None and self.asymmetric:
+            weight = reference_fit(weight, stats.hessian, stats.cross, c.damp)
         try:
-            svd = scaled_svd(module.weight, None if stats is None else stats.hessian,
+            svd = scaled_svd(weight, None if stats is None else stats.hessian,
                              self.scaling if stats is not None else "none",
                              None if stats is None else stats.abs_mean,
                              getattr(c, "alpha", 0.5), getattr(c, "damp", 0.01))
@@ -254,8 +269,10 @@ class SVDFactorizer(Factorizer):
         up, down = svd.factors(rank)
         bias = None if module.bias is None else module.bias.detach()
         if stats is not None and getattr(self.config, "bias_correction", False):
-            # E[(W − W_r)x] = (W − W_r)·mean(x): the part of the error a bias can absorb
-            shift = (module.weight.detach().float() - up @ down) @ stats.mean.float()
+            # the part of the output error a bias can absorb: E[W·x_ref − W_r·x], where x_ref
+            # is the input in the uncompressed model (x itself unless the fit is asymmetric)
+            ref = stats.reference_mean if self.asymmetric else stats.mean
+            shift = module.weight.detach().float() @ ref.float() - up @ (down @ stats.mean.float())
             bias = shift if bias is None else bias + shift
         return LowRankLinear.from_factors(up, down, bias)
 
