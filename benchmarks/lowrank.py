@@ -9,7 +9,7 @@ Parts (each compared with the dense model measured in the same run):
   calibration (whitening statistics and sensitivities) uses STS-B *train* sentences only.
   Rows carry 95% paired bootstrap intervals over resampled pairs: ``drop_ci95`` (of the drop
   from dense) and, on sensitivity rows, ``gain_over_uniform_ci95`` (Spearman of the budget
-  minus that of uniform ranks, same method).
+  minus that of uniform ranks, same method); lit-cifar rows the same over resampled images.
 - ``lit-cifar``: zero-shot top-1 on ``lit-cifar-eval`` with the same four configurations on
   every linear layer (text tower and image projection), calibrated on ``lit-cifar-train``.
 - ``clip``: ``random:clip-vit-base-patch32`` per-tower latency with 50% of each tower's linear
@@ -52,7 +52,7 @@ from mmcompress.model_specs import load_model
 from mmcompress.recipe import load_recipe
 
 from .configs import DATA_ROOT
-from .stats import sts_difference_interval
+from .stats import sts_difference_interval, zeroshot_difference_interval
 from .timing import interleaved_latency_ms
 
 STSB = DATA_ROOT / "stsb"
@@ -98,6 +98,12 @@ def _allocations(base, calib: Dataset, test: Dataset, key: str, param_ratio: flo
     kept fraction of the targeted linear weights; (dense metrics, rows)."""
     ref = quality(base, test)
     dense = {key: ref.metrics[key]}
+
+    def interval(first: dict, second: dict) -> list[float]:
+        if key == "stsb_spearman":
+            return sts_difference_interval(first, second, test.scores)
+        return zeroshot_difference_interval(first, second, test.labels, len(test.class_names))
+
     calibration = {"samples": args.calib_samples, "batch_size": args.calib_batch}
     rows = []
     for method in args.methods.split(","):
@@ -120,12 +126,11 @@ def _allocations(base, calib: Dataset, test: Dataset, key: str, param_ratio: flo
             rows.append(_row(f"{method} {allocation}", summary, result.metrics, dense, key,
                              seconds))
             embeddings[allocation] = result.embeddings
-            if key == "stsb_spearman":  # paired bootstrap intervals over resampled pairs
-                rows[-1]["drop_ci95"] = sts_difference_interval(
-                    ref.embeddings, result.embeddings, test.scores)
-                if allocation == "sensitivity":
-                    rows[-1]["gain_over_uniform_ci95"] = sts_difference_interval(
-                        result.embeddings, embeddings["uniform"], test.scores)
+            # paired bootstrap intervals over resampled pairs (STS) or images (zero-shot)
+            rows[-1]["drop_ci95"] = interval(ref.embeddings, result.embeddings)
+            if allocation == "sensitivity":
+                rows[-1]["gain_over_uniform_ci95"] = interval(result.embeddings,
+                                                              embeddings["uniform"])
             print(rows[-1], flush=True)
     return dense, rows
 

@@ -48,17 +48,38 @@ SECTIONS = [
      "Latency of removed heads and neurons (random CLIP ViT-B/32, MiniLM) and global"
      " (UPop-style) vs per-tower ratios at equal parameters (demo, lit-cifar); see"
      " [prune_structured.md](prune_structured.md)."),
+    ("SparseGPT fitted to the unpruned model's outputs", "prune_sparsegpt_asym.json",
+     "python -m benchmarks.prune_unstructured benchmarks/results/prune_sparsegpt_asym.json"
+     " --methods sparsegpt,sparsegpt-asym --settings 0.6,2:4,0.7 --threads 1",
+     "SparseGPT as above, and with `asymmetric: true` (each layer fitted to the unpruned"
+     " model's outputs from the inputs the already-pruned layers give it)."),
+    ("SparseGPT fitted to the unpruned model's outputs, other STS data",
+     "prune_sparsegpt_asym_heldout.json",
+     "python -m benchmarks.sts_heldout /tmp/sts && python -m benchmarks.prune_unstructured"
+     " benchmarks/results/prune_sparsegpt_asym_heldout.json --methods sparsegpt,sparsegpt-asym"
+     " --settings 0.6,2:4,0.7 --calib /tmp/sts/sts-calib.csv --eval /tmp/sts/sts-heldout.csv"
+     " --threads 1",
+     "The same rows calibrated on three quarters of STS-B train and evaluated on the other"
+     " quarter (1,437 pairs)."),
     ("Low-rank factorization", "lowrank.json",
      "python -m benchmarks.lowrank benchmarks/results/lowrank.json",
      "SVD and whitened SVD with uniform or sensitivity-allocated ranks (MiniLM: 70% of the"
      " encoder's linear weights kept; lit-cifar: every linear layer), latency of 50% of the"
      " linear weights on random CLIP ViT-B/32, Tucker and CP on ResNet-56 at half the"
-     " convolution weights."),
+     " convolution weights. `svd-whiten` rows fit each layer to the uncompressed model's"
+     " outputs (`asymmetric: true`, the default); `svd-whiten-symmetric` rows are SVD-LLM's"
+     " fit to each layer's own weight (`asymmetric: false`). The minilm and lit-cifar parts"
+     " were rerun with `--update` (each part names its command)."),
+    ("Low-rank lit-cifar at half the linear weights", "lowrank_litcifar_half.json",
+     "python -m benchmarks.lowrank benchmarks/results/lowrank_litcifar_half.json --parts"
+     " lit-cifar --param-ratio 0.5 --threads 1 --compress-threads 1",
+     "The lit-cifar rows at `param_ratio` 0.5: at 0.7 whitened SVD is lossless with either"
+     " allocation, so the allocation has nothing to win there."),
     ("Low-rank MiniLM on other STS data", "lowrank_minilm_heldout.json",
      "python -m benchmarks.sts_heldout /tmp/sts && python -m benchmarks.lowrank"
      " benchmarks/results/lowrank_minilm_heldout.json --parts minilm --minilm-eval"
-     " /tmp/sts/sts-heldout.csv --minilm-calib /tmp/sts/sts-calib.csv --threads 1"
-     " --compress-threads 1",
+     " /tmp/sts/sts-heldout.csv --minilm-calib /tmp/sts/sts-calib.csv --calib-samples 2048"
+     " --threads 1 --compress-threads 1",
      "The MiniLM rows of the low-rank benchmark evaluated on 1,437 STS-B train pairs (every"
      " fourth) and calibrated on the other train pairs: figures beyond the dev split."),
     ("Low-rank ResNet-56 with recovery fine-tuning", "lowrank_resnet_ft.json",

@@ -1,7 +1,7 @@
 """Quality vs sparsity of magnitude, Wanda and SparseGPT on a sentence encoder (STS).
 
 ``python -m benchmarks.prune_unstructured OUT.json [--model minilm] [--calib TRAIN]
-[--eval DEV] [--samples 2048] [--methods magnitude,wanda,sparsegpt,wanda-owl]
+[--eval DEV] [--samples 2048] [--methods magnitude,wanda,sparsegpt,wanda-owl,sparsegpt-asym]
 [--settings 0.5,0.6,0.7,2:4] [--embeddings] [--threads 2]``
 
 Calibrates on one split (STS-B train by default) and evaluates on another (STS-B dev), so
@@ -43,10 +43,13 @@ STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb"
 
 def _stage(method: str, setting: str, embeddings: bool = False) -> dict[str, Any]:
     """Prune settings of one row; a method named ``NAME-owl`` is NAME with OWL's sparsity per
-    block (`layer_sparsity: owl`)."""
-    cfg: dict[str, Any] = {"method": method.removesuffix("-owl"), "embeddings": embeddings}
+    block (`layer_sparsity: owl`), ``NAME-asym`` is NAME with `asymmetric: true`."""
+    name = method.removesuffix("-owl").removesuffix("-asym")
+    cfg: dict[str, Any] = {"method": name, "embeddings": embeddings}
     if method.endswith("-owl"):
         cfg["layer_sparsity"] = "owl"
+    if method.endswith("-asym"):
+        cfg["asymmetric"] = True
     if ":" in setting:
         cfg["pattern"] = setting
     else:

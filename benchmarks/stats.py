@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from mmcompress.evaluation.metrics import spearman
+from mmcompress.evaluation.metrics import class_embeddings, spearman
 
 
 def paired_bootstrap(n: int, statistic: Callable[[torch.Tensor], float], reps: int = 1000,
@@ -42,3 +42,21 @@ def sts_difference_interval(first: dict[str, torch.Tensor], second: dict[str, to
 
     return paired_bootstrap(len(gold), difference, **kwargs)
 
+
+
+def zeroshot_correct(embeddings: dict[str, torch.Tensor], labels: Sequence[int],
+                     n_classes: int) -> torch.Tensor:
+    """Per image, 1.0 where zero-shot classification (as `eval_classification`) is right."""
+    classes = class_embeddings(embeddings["text"], n_classes)
+    pred = (embeddings["image"] @ classes.T).argmax(dim=1)
+    return (pred == torch.as_tensor(labels)).double()
+
+
+def zeroshot_difference_interval(first: dict[str, torch.Tensor],
+                                 second: dict[str, torch.Tensor], labels: Sequence[int],
+                                 n_classes: int, **kwargs) -> list[float]:
+    """95% interval of top-1(first) − top-1(second) over resampled images; with the reference
+    model first, of a drop."""
+    diff = zeroshot_correct(first, labels, n_classes) - zeroshot_correct(second, labels,
+                                                                         n_classes)
+    return paired_bootstrap(len(diff), lambda index: float(diff[index].mean()), **kwargs)

@@ -94,6 +94,20 @@ def test_paired_bootstrap_interval_of_an_sts_loss() -> None:
     assert 0 < lo < hi  # the noisy copy ranks the pairs worse on every resample's bulk
 
 
+def test_zeroshot_interval_pairs_each_image_of_both_models() -> None:
+    from benchmarks.stats import zeroshot_correct, zeroshot_difference_interval
+
+    classes = torch.eye(3, 8)  # one prompt per class
+    labels = [i % 3 for i in range(30)]
+    right = {"image": classes[labels], "text": classes}
+    wrong = {"image": classes[[(i + 1) % 3 for i in labels]], "text": classes}
+    half = {"image": torch.cat([right["image"][:15], wrong["image"][15:]]), "text": classes}
+    assert zeroshot_correct(half, labels, 3).tolist() == [1.0] * 15 + [0.0] * 15
+    assert zeroshot_difference_interval(right, wrong, labels, 3, reps=50) == [1.0, 1.0]
+    lo, hi = zeroshot_difference_interval(right, half, labels, 3, reps=200)
+    assert 0.2 < lo < 0.5 < hi < 0.8  # half the images differ
+
+
 def test_fusion_gain_intervals_pair_the_same_examples() -> None:
     from types import SimpleNamespace
 

@@ -271,7 +271,7 @@ def test_example_recipe_parses():
 def test_a_fit_to_reference_outputs_has_less_error_than_factoring_the_weight():
     """From inputs that earlier compression has perturbed, factoring the least-squares map to
     the reference outputs beats factoring W itself on ‖W·x_ref − A·B·x‖ at every rank."""
-    from mmcompress.factorization.svd import reference_fit
+    from mmcompress.calibration.reference import reference_fit
 
     x_ref, w = _inputs(), torch.randn(48, 64)
     x = x_ref + 0.3 * torch.randn_like(x_ref) @ torch.randn(64, 64) * 0.2
@@ -284,6 +284,6 @@ def test_a_fit_to_reference_outputs_has_less_error_than_factoring_the_weight():
                for k, d in (("own", own), ("fitted", fitted))}
         # optimal, so never worse; the perturbation's share is what it can undo
         assert err["fitted"] < err["own"] * (0.999 if rank < 40 else 0.8)
-    # without a reference run the fit is W itself, up to the damping's shrinkage
-    torch.testing.assert_close(reference_fit(w, hessian, None, 1e-9).float(), w, atol=1e-4,
-                               rtol=1e-4)
+    # inputs that match the reference's leave W as it is, whatever the damping
+    torch.testing.assert_close(reference_fit(w, hessian, hessian, 0.1).float(), w)
+    assert torch.equal(reference_fit(w, hessian, None, 0.1).float(), w)

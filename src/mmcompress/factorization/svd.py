@@ -13,8 +13,8 @@ Whatever the scaling, the output error of every truncation on the calibration in
 from H = XᵀX in closed form (U has orthonormal columns): ‖(W − Ŵ_r)·L‖² = Σ_{i>r} σ_i²·‖r_iᵀ L‖²
 where r_i are the rows of Vᵀ S⁻¹.
 
-`reference_fit` gives the weight to factor when the layer's outputs should match a reference
-model's (the uncompressed one) rather than its own dense outputs on the inputs it now receives.
+To match a reference model's outputs instead (asymmetric calibration), factor
+`calibration.reference.reference_fit(W, …)` in place of W.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+
+from ..calibration.reference import damped
 
 Scaling = Literal["none", "cholesky", "asvd"]
 
@@ -47,13 +49,6 @@ class ScaledSVD:
         return int(torch.nonzero(kept >= energy - 1e-12)[0, 0].clamp(min=1))
 
 
-def damped(hessian: torch.Tensor, damp: float) -> torch.Tensor:
-    """H + damp · mean(diag H) · I (float64)."""
-    h = hessian.double()
-    mean_diag = h.diagonal().mean().clamp(min=1e-12)
-    return h + damp * mean_diag * torch.eye(len(h), dtype=h.dtype)
-
-
 def cholesky_factor(hessian: torch.Tensor, damp: float, tries: int = 5) -> torch.Tensor:
     """Lower-triangular L with L·Lᵀ = H + λI, raising λ tenfold until H is positive definite.
 
@@ -66,21 +61,6 @@ def cholesky_factor(hessian: torch.Tensor, damp: float, tries: int = 5) -> torch
             return lower
     raise ValueError("the inputs' covariance XᵀX is not positive definite even with damping "
                      f"{damp * 10 ** (tries - 1):g}")
-
-
-def reference_fit(weight: torch.Tensor, hessian: torch.Tensor, cross: torch.Tensor | None,
-                  damp: float) -> torch.Tensor:
-    """M = W·C·(H + λI)⁻¹ (float64): the least-squares map from this layer's inputs X to the
-    reference outputs W·X_ref, with H = XᵀX and C = X_refᵀX (C = H when no reference was run).
-
-    Since ‖W·X_ref − A·X‖² = ‖W·X_ref − M·X‖² + ‖(M − A)·X‖² for any A, the best rank-r A
-    under the whitened norm of X is the whitened truncation of M: factoring M instead of W
-    also undoes, as far as this layer can, the error that earlier compressed layers put into
-    X. The damping λ (as in `damped`) keeps the fit stable on few calibration rows.
-    """
-    h = damped(hessian, damp)
-    c = (hessian if cross is None else cross).double()
-    return weight.detach().double() @ torch.linalg.solve(h, c.T).T
 
 
 def scaled_svd(

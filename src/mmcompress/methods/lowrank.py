@@ -22,8 +22,9 @@ from torch import nn
 
 from ..adapters import Adapter
 from ..calibration import HessianCollector, calibrate_layers
+from ..calibration.reference import reference_fit
 from ..errors import DataError, RecipeError, UserError
-from ..factorization.svd import ScaledSVD, reference_fit, scaled_svd
+from ..factorization.svd import ScaledSVD, scaled_svd
 from ..modules.lowrank import LowRankLinear, max_useful_rank
 from ..modules.replace import replace_modules
 from ..progress import progress_bar

@@ -9,6 +9,7 @@ activations to weigh, and each token's row keeps the same share of its values.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -19,6 +20,7 @@ from torch import nn
 from ..adapters import Adapter
 from ..calibration import HessianCollector, calibrate_layers, layer_groups
 from ..calibration.collectors import FeatureNormCollector
+from ..calibration.reference import reference_fit
 from ..errors import RecipeError
 from ..modules.replace import replace_modules
 from ..modules.sparse import dense_layer, layer_args, sparse_module
@@ -108,6 +110,10 @@ class SparseGPTConfig(UnstructuredPruneConfig):
     method: str = "sparsegpt"
     damp: float = Field(0.01, gt=0, lt=1, description="Hessian damping, fraction of mean diag")
     block_size: int = Field(128, ge=1, description="columns whose mask is chosen together")
+    asymmetric: bool = Field(False, description="fit each layer to the unpruned model's "
+                             "outputs from the inputs the already-pruned layers give it, so it "
+                             "also corrects their error (keeps a copy of the model while "
+                             "calibrating)")
 
 
 def _prunable(
@@ -253,14 +259,16 @@ def _prune_calibrated(adapter: Adapter, config: UnstructuredPruneConfig, context
                       make_collector: Callable[[str, nn.Module], Any],
                       prune_layer: Callable[[nn.Module, Any, float], tuple[torch.Tensor,
                                                                            torch.Tensor]],
-                      desc: str) -> dict[str, Any]:
+                      desc: str, asymmetric: bool = False) -> dict[str, Any]:
     """What Wanda and SparseGPT share: the prunable layers, a sparsity per layer (uniform or
     OWL), then block-by-block calibration where `prune_layer(module, stats, sparsity)` gives
-    (keep mask, new weight matrix); compact sparse modules replace them at the end."""
+    (keep mask, new weight matrix); compact sparse modules replace them at the end. With
+    `asymmetric`, the collectors also pair each layer's inputs with the unpruned model's."""
     layers, skipped = _prunable(adapter, config, calibrated=True)
     tally = _Tally(config, skipped)
     if _nothing_to_do(config):
         return tally.summary(0)
+    reference = copy.deepcopy(adapter.model) if asymmetric else None
     tables, layers = split_embeddings(layers)
     replace_modules(adapter.model, {  # by magnitude, before the layers that read them calibrate
         n: tally.sparse(m, _magnitude_keep(m, config), None) for n, m in tables.items()})
@@ -271,7 +279,8 @@ def _prune_calibrated(adapter: Adapter, config: UnstructuredPruneConfig, context
         return tally.stand_in(name, module, keep, weight)
 
     n = calibrate_layers(adapter, layers, context.calibration_data(adapter), make_collector,
-                         replace, desc, context.progress, release=True)
+                         replace, desc, context.progress, release=True, reference=reference)
+    del reference
     tally.finish(adapter.model)
     return tally.summary(n + len(tables))
 
@@ -299,6 +308,8 @@ def apply_sparsegpt(adapter: Adapter, config: SparseGPTConfig,
     def prune(module: nn.Module, stats: HessianCollector,
               sparsity: float) -> tuple[torch.Tensor, torch.Tensor]:
         w, h = weight_matrix(module), stats.hessian
+        if config.asymmetric:
+            w = reference_fit(w, h, stats.cross, config.damp).float()
         perm = _column_order(module, config.nm)
         if perm is not None:
             w, h = w[:, perm], h[perm][:, perm]
@@ -308,4 +319,4 @@ def apply_sparsegpt(adapter: Adapter, config: SparseGPTConfig,
         return keep, new
 
     return _prune_calibrated(adapter, config, context, lambda n, m: HessianCollector(),
-                             prune, "sparsegpt")
+                             prune, "sparsegpt", config.asymmetric)
