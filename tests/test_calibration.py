@@ -58,3 +58,26 @@ def test_a_reference_model_pairs_each_layer_input_with_its_own_at_the_same_rows(
     torch.testing.assert_close(coll.hessian, 2 * mine.T @ mine / 8)
     torch.testing.assert_close(coll.cross, 2 * theirs.T @ mine / 8)
     torch.testing.assert_close(coll.reference_mean, theirs.mean(0))
+
+
+def test_batches_that_bypass_the_adapter_model_cannot_pair_with_a_reference():
+    import copy
+
+    import pytest
+
+    from mmcompress.adapters.base import Adapter
+    from mmcompress.calibration import HessianCollector
+
+    model = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 3))
+
+    class Runner:
+        running = Adapter.running
+
+        def __init__(self, m):
+            self.model = m
+
+    x = torch.randn(3, 4)
+    batch = CalibrationBatch(lambda: model(x))  # bound to the model, not to runner.model
+    with pytest.raises(RuntimeError, match="did not run the reference model"):
+        _run_group({"1": model[1]}, {"1": HessianCollector()}, [batch], copy.deepcopy(model),
+                   Runner(model))

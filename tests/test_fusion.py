@@ -105,6 +105,21 @@ def test_structured_half_then_gptq_reloads(fusion, tmp_path):
     assert torch.equal(loaded.classify(data), result.adapter.classify(data))
 
 
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_asymmetric_svd_whiten_runs_the_reference_through_every_tower(fusion, tmp_path):
+    """svd-whiten's reference run reaches every tower's layers (the engine refuses an adapter
+    whose batches bypass `adapter.model`), and the factored model reloads identically."""
+    data = tiny_data()
+    recipe = {"stages": [{"lowrank": {"method": "svd-whiten", "param_ratio": 0.6,
+                                      "allocation": "uniform"}}],
+              "calibration": {"samples": 8, "batch_size": 4}, "evaluate": FAST}
+    result = mmcompress.compress(tiny_adapter(fusion), recipe, out=tmp_path / "f", data=data,
+                                 progress=False)
+    assert result.report["stages"][0]["summary"]["modules"] > 0
+    loaded = mmcompress.load(tmp_path / "f")
+    assert torch.equal(loaded.classify(data), result.adapter.classify(data))
+
+
 def test_tower_sensitivity_covers_each_modality():
     from mmcompress.inspect_model import sensitivity
     from mmcompress.quantization.grid import QuantGrid

@@ -126,6 +126,10 @@ def _run_group(group: dict[str, nn.Module], collectors: dict[str, Any], batches:
                 if reference is not None:
                     with adapter.running(reference), contextlib.suppress(_GroupDone):
                         run()
+                    if set(ref) != set(live):
+                        raise RuntimeError(f"{type(adapter).__name__} did not run the "
+                                           "reference model: its calibration batches must go "
+                                           "through `adapter.model`")
                 for name, rows in live.items():
                     if reference is None:
                         collectors[name].add(torch.cat(rows))
