@@ -213,6 +213,23 @@ def test_lowrank_then_int8_factors_are_quantized_and_reload(tiny_clip, tmp_path)
     assert type(loaded.model.text_model.encoder.layers[1].mlp.fc1.up).__name__ == "QuantLinear"
 
 
+def test_structured_pruning_lowrank_sparse_factors_and_int8_in_one_recipe(tiny_clip, tmp_path):
+    """Prune MLP neurons, factor what is left, prune the factors to 2:4 and quantize them: every
+    stage acts on the previous one's layers, and the result reloads identically."""
+    stages = [{"prune": {"method": "structured", "neurons": 0.5, "targets": ["text"]}},
+              {"lowrank": {"method": "svd-whiten", "rank": 4, "targets": ["text"]}},
+              {"prune": {"method": "sparsegpt", "pattern": "2:4", "targets": ["re:mlp"]}},
+              {"quantize": {"method": "rtn", "bits": 8, "targets": ["re:mlp"],
+                            "embeddings": False}}]
+    summaries = _run(tiny_clip, stages)
+    assert summaries[2]["sparsity"] == pytest.approx(0.5)
+    fc1 = tiny_clip.model.text_model.encoder.layers[0].mlp.fc1
+    assert isinstance(fc1, LowRankLinear) and fc1.weight.shape == (32, 32)  # 64 → 32 neurons
+    assert type(fc1.down).__name__ == type(fc1.up).__name__ == "SparseQuantLinear"
+    assert float((fc1.down.weight == 0).float().mean()) >= 0.5
+    _reloads_identically(tiny_clip, tmp_path)
+
+
 @pytest.mark.parametrize("cfg,message", [
     ({"method": "svd", "rank": 4, "param_ratio": 0.5}, "exactly one of"),
     ({"method": "svd"}, "exactly one of"),
