@@ -92,10 +92,11 @@ def _row(
     }
 
 
-def _allocations(base, calib: Dataset, test: Dataset, key: str, param_ratio: float,
-                 targets: list[str], args: argparse.Namespace) -> tuple[dict, list[dict]]:
+def _allocations(base, calib: Dataset, test: Dataset, key: str, targets: list[str],
+                 args: argparse.Namespace) -> tuple[dict, list[dict]]:
     """`svd` and `svd-whiten`, each with uniform and sensitivity-allocated ranks, at the same
-    kept fraction of the targeted linear weights; (dense metrics, rows)."""
+    kept fraction of the targeted linear weights (each of `--param-ratio`'s, given as
+    ``target`` when there are several); (dense metrics, rows)."""
     ref = quality(base, test)
     dense = {key: ref.metrics[key]}
 
@@ -106,7 +107,8 @@ def _allocations(base, calib: Dataset, test: Dataset, key: str, param_ratio: flo
 
     calibration = {"samples": args.calib_samples, "batch_size": args.calib_batch}
     rows = []
-    for method in args.methods.split(","):
+    ratios = args.param_ratios
+    for param_ratio, method in ((r, m) for r in ratios for m in args.methods.split(",")):
         embeddings = {}
         for allocation in ("uniform", "sensitivity"):
             adapter = copy.deepcopy(base)
@@ -125,6 +127,8 @@ def _allocations(base, calib: Dataset, test: Dataset, key: str, param_ratio: flo
             result = quality(adapter, test, ref.embeddings)
             rows.append(_row(f"{method} {allocation}", summary, result.metrics, dense, key,
                              seconds))
+            if len(ratios) > 1:
+                rows[-1] = {"target": param_ratio, **rows[-1]}
             embeddings[allocation] = result.embeddings
             # paired bootstrap intervals over resampled pairs (STS) or images (zero-shot)
             rows[-1]["drop_ci95"] = interval(ref.embeddings, result.embeddings)
@@ -135,16 +139,19 @@ def _allocations(base, calib: Dataset, test: Dataset, key: str, param_ratio: flo
     return dense, rows
 
 
+def _ratios(args: argparse.Namespace) -> float | list[float]:
+    return args.param_ratios[0] if len(args.param_ratios) == 1 else args.param_ratios
+
+
 def minilm(args: argparse.Namespace) -> dict[str, Any]:
     base = load_model("minilm", progress=False)
     dev = load_data(args.minilm_eval).head(args.max_pairs)
     train = load_data(args.minilm_calib)
-    dense, rows = _allocations(base, train, dev, "stsb_spearman", args.param_ratio, ["text"],
-                               args)
+    dense, rows = _allocations(base, train, dev, "stsb_spearman", ["text"], args)
     return {
         "data": f"{args.minilm_eval} ({len(dev)} pairs)",
         "calibration": f"{args.minilm_calib}, {args.calib_samples} samples",
-        "target_param_ratio": args.param_ratio,
+        "target_param_ratio": _ratios(args),
         "dense": dense,
         "rows": rows,
     }
@@ -156,12 +163,12 @@ def lit_cifar(args: argparse.Namespace) -> dict[str, Any]:
     base = load_model("lit-cifar", progress=False)
     calib, test = lit_cifar_split()
     test = test.head(args.max_images)
-    dense, rows = _allocations(base, calib, test, "zeroshot_top1", args.param_ratio,
-                               ["text", "projector"], args)
+    dense, rows = _allocations(base, calib, test, "zeroshot_top1", ["text", "projector"],
+                               args)
     return {
         "data": f"lit-cifar-eval ({len(test)} images)",
         "calibration": f"lit-cifar-train, {args.calib_samples} samples",
-        "target_param_ratio": args.param_ratio,
+        "target_param_ratio": _ratios(args),
         "scope": "every linear layer (MiniLM text tower and the image projection); the"
                  " ResNet-56 convolutions are the resnet part's",
         "dense": dense,
@@ -332,7 +339,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="resnet: fine-tune the dense model with the same stage too")
     p.add_argument("--finetune-images", type=int, default=None,
                    help="resnet: fine-tune on N evenly spaced training images (sizing runs)")
-    p.add_argument("--param-ratio", type=float, default=0.7, help="minilm: weights kept")
+    p.add_argument("--param-ratio", default="0.7",
+                   help="minilm, lit-cifar: fraction of the weights kept (comma-separated: one "
+                   "set of rows per value)")
     p.add_argument("--max-pairs", type=int, default=None, help="minilm: first N dev pairs")
     p.add_argument("--minilm-eval", default=str(STSB / "sts-dev.csv"), help="minilm: STS pairs")
     p.add_argument("--minilm-calib", default=str(STSB / "sts-train.csv"),
@@ -356,6 +365,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--latency-threads", default="2", help="clip: thread counts to time, e.g. 1,2")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     parts = [s.strip() for s in args.parts.split(",") if s.strip()]
+    args.param_ratios = [float(r) for r in args.param_ratio.split(",")]
     unknown = set(parts) - set(PARTS)
     if unknown:
         raise SystemExit(f"error: unknown parts {sorted(unknown)}; known: {', '.join(PARTS)}")

@@ -70,6 +70,12 @@ SECTIONS = [
      " outputs (`asymmetric: true`, the default); `svd-whiten-symmetric` rows are SVD-LLM's"
      " fit to each layer's own weight (`asymmetric: false`). The minilm and lit-cifar parts"
      " were rerun with `--update` (each part names its command)."),
+    ("Low-rank MiniLM at other budgets", "lowrank_minilm_ratios.json",
+     "python -m benchmarks.lowrank benchmarks/results/lowrank_minilm_ratios.json --parts minilm"
+     " --param-ratio 0.5,0.9 --methods svd,svd-whiten --calib-samples 2048 --threads 1"
+     " --compress-threads 1",
+     "The MiniLM rows at half and at 90% of the encoder's linear weights (`target`), beside"
+     " the 70% rows above: quality vs `param_ratio`."),
     ("Low-rank lit-cifar at half the linear weights", "lowrank_litcifar_half.json",
      "python -m benchmarks.lowrank benchmarks/results/lowrank_litcifar_half.json --parts"
      " lit-cifar --param-ratio 0.5 --threads 1 --compress-threads 1",

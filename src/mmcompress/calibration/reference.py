@@ -16,6 +16,7 @@ def damped(hessian: torch.Tensor, damp: float) -> torch.Tensor:
     mean_diag = h.diagonal().mean().clamp(min=1e-12)
     return h + damp * mean_diag * torch.eye(len(h), dtype=h.dtype)
 
+
 def reference_fit(weight: torch.Tensor, hessian: torch.Tensor, cross: torch.Tensor | None,
                   damp: float) -> torch.Tensor:
     """M = W·(C + λI)·(H + λI)⁻¹ (float64): the map from this layer's inputs X closest to the
