@@ -55,6 +55,13 @@ SECTIONS = [
      " --threads 2",
      "The rows above calibrated on three quarters of STS-B train and evaluated on the other"
      " quarter (1,437 pairs): the targets checked beyond the dev split."),
+    ("Unstructured pruning on other STS data, 512 calibration sentences",
+     "prune_unstructured_heldout_512.json",
+     "python -m benchmarks.prune_unstructured"
+     " benchmarks/results/prune_unstructured_heldout_512.json --methods wanda,sparsegpt"
+     " --settings 0.6,2:4 --samples 512 --calib /tmp/sts/sts-calib.csv"
+     " --eval /tmp/sts/sts-heldout.csv --threads 2",
+     "As above with 512 calibration sentences instead of 2,048 (why the default is 2,048)."),
     ("SparseGPT fitted to the unpruned model's outputs", "prune_sparsegpt_asym.json",
      "python -m benchmarks.prune_unstructured benchmarks/results/prune_sparsegpt_asym.json"
      " --methods sparsegpt,sparsegpt-asym --settings 0.6,2:4,0.7 --threads 1",

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from mmcompress.evaluation import metrics
 from mmcompress.evaluation.metrics import class_embeddings, spearman
 
 
@@ -48,8 +49,7 @@ def zeroshot_correct(embeddings: dict[str, torch.Tensor], labels: Sequence[int],
                      n_classes: int) -> torch.Tensor:
     """Per image, 1.0 where zero-shot classification (as `eval_classification`) is right."""
     classes = class_embeddings(embeddings["text"], n_classes)
-    pred = (embeddings["image"] @ classes.T).argmax(dim=1)
-    return (pred == torch.as_tensor(labels)).double()
+    return metrics.zeroshot_correct(embeddings["image"], classes, labels).double()
 
 
 def zeroshot_difference_interval(first: dict[str, torch.Tensor],

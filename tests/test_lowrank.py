@@ -213,6 +213,22 @@ def test_lowrank_then_int8_factors_are_quantized_and_reload(tiny_clip, tmp_path)
     assert type(loaded.model.text_model.encoder.layers[1].mlp.fc1.up).__name__ == "QuantLinear"
 
 
+def test_asymmetric_fit_changes_only_blocks_after_the_first(tiny_clip):
+    """The first block sees the original inputs, so both fits factor W itself there; later
+    blocks see the factored model's outputs, and the asymmetric fit corrects for them."""
+    import copy
+
+    symmetric = copy.deepcopy(tiny_clip)
+    stage = {"method": "svd-whiten", "rank": 4, "targets": ["text"]}
+    _run(tiny_clip, [{"lowrank": stage}])
+    _run(symmetric, [{"lowrank": {**stage, "asymmetric": False}}])
+    layers = [(a.text_model.encoder.layers[i].mlp.fc2, b.text_model.encoder.layers[i].mlp.fc2)
+              for a, b in [(tiny_clip.model, symmetric.model)] for i in (0, 1)]
+    (first_a, first_b), (second_a, second_b) = layers
+    assert torch.equal(first_a.weight, first_b.weight)
+    assert not torch.allclose(second_a.weight, second_b.weight, atol=1e-4)
+
+
 def test_structured_pruning_lowrank_sparse_factors_and_int8_in_one_recipe(tiny_clip, tmp_path):
     """Prune MLP neurons, factor what is left, prune the factors to 2:4 and quantize them: every
     stage acts on the previous one's layers, and the result reloads identically."""

@@ -1,6 +1,8 @@
 """Unstructured and N:M pruning: exact masks, method numerics, compact storage, quantization
 after pruning, save/reload, and one-line errors for bad settings."""
 
+import copy
+
 import pytest
 import torch
 import yaml
@@ -291,9 +293,12 @@ def test_sparsegpt_fitted_to_reference_outputs_undoes_input_error(nm):
 def test_asymmetric_sparsegpt_prunes_exactly_and_reloads(tiny_clip, tmp_path):
     texts = ["a cat", "the dog"]
     dense = tiny_clip.encode_texts(texts)
+    symmetric = copy.deepcopy(tiny_clip)
     summary = _apply(tiny_clip, "sparsegpt", sparsity=0.5, targets=["text"], asymmetric=True)
     assert summary["sparsity"] == pytest.approx(0.5, abs=1e-3)
     pruned = tiny_clip.encode_texts(texts)
+    _apply(symmetric, "sparsegpt", sparsity=0.5, targets=["text"])
+    assert not torch.allclose(symmetric.encode_texts(texts), pruned, atol=1e-5)  # it acted
     assert nn.functional.cosine_similarity(dense, pruned).min() > 0.8
     save_checkpoint(tiny_clip, tmp_path, "random:tiny", [])
     assert torch.equal(mmcompress.load(tmp_path).encode_texts(texts), pruned)

@@ -13,9 +13,14 @@ def class_embeddings(prompt_emb: torch.Tensor, n_classes: int) -> torch.Tensor:
     return F.normalize(prompt_emb.view(n_classes, -1, prompt_emb.shape[-1]).mean(1), dim=-1)
 
 
+def zeroshot_correct(image_emb: torch.Tensor, class_emb: torch.Tensor,
+                     labels: Sequence[int]) -> torch.Tensor:
+    """Per image, True where its nearest class embedding is its label's."""
+    return (image_emb @ class_emb.T).argmax(dim=1) == torch.as_tensor(labels)
+
+
 def zeroshot_top1(image_emb: torch.Tensor, class_emb: torch.Tensor, labels: Sequence[int]) -> float:
-    pred = (image_emb @ class_emb.T).argmax(dim=1)
-    return float((pred == torch.as_tensor(labels)).float().mean())
+    return float(zeroshot_correct(image_emb, class_emb, labels).float().mean())
 
 
 def retrieval_recall(

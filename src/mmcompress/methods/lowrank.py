@@ -76,7 +76,7 @@ class SVDWhitenConfig(SVDConfig):
     alpha: float = Field(0.5, gt=0, le=1, description="asvd: scale = mean|x| ** alpha")
     damp: float = Field(0.01, gt=0, lt=1, description="XᵀX damping, fraction of mean diagonal")
     bias_correction: bool = Field(False, description="add the truncation's mean output error "
-                                  "(W − W_r)·mean(x) to the bias")
+                                  "E[W·x_orig − W_r·x] to the bias")
     asymmetric: bool = Field(True, description="fit each layer to the uncompressed model's "
                              "outputs from the inputs the already-factored layers give it, so "
                              "it also corrects their error (keeps a copy of the model while "
@@ -271,9 +271,9 @@ class SVDFactorizer(Factorizer):
         bias = None if module.bias is None else module.bias.detach()
         if stats is not None and getattr(self.config, "bias_correction", False):
             # the part of the output error a bias can absorb: E[W·x_ref − W_r·x], where x_ref
-            # is the input in the uncompressed model (x itself unless the fit is asymmetric)
-            ref = stats.reference_mean if self.asymmetric else stats.mean
-            shift = module.weight.detach().float() @ ref.float() - up @ (down @ stats.mean.float())
+            # is the input in the uncompressed model (x itself unless a reference ran)
+            shift = module.weight.detach().float() @ stats.reference_mean.float() \
+                - up @ (down @ stats.mean.float())
             bias = shift if bias is None else bias + shift
         return LowRankLinear.from_factors(up, down, bias)
 
