@@ -22,9 +22,12 @@ PAGE = ROOT / "docs" / "method-results.md"
 SECTIONS = [
     ("Unstructured pruning on MiniLM", "prune_unstructured.json",
      "python -m benchmarks.prune_unstructured benchmarks/results/prune_unstructured.json"
-     " --threads 1",
+     " --methods magnitude,wanda,wanda-seq,sparsegpt --threads 1",
      "Magnitude, Wanda and SparseGPT on every encoder linear layer, calibrated on STS-B train"
-     " (2,048 sentences, ~29k tokens), STS-B dev Spearman; `loss` is the drop from the dense"
+     " (2,048 sentences, ~29k tokens), STS-B dev Spearman. `wanda` scores every layer from the"
+     " unpruned model in one pass (its default, `sequential: false`); `wanda-seq` collects"
+     " each block's statistics after the blocks before it are pruned, as Wanda's reference"
+     " code and SparseGPT (`sequential: true`) do. `loss` is the drop from the dense"
      " model, `loss_ci95` its 95% paired bootstrap interval over resampled dev pairs,"
      " `size_ratio` the whole model's saved size (the word-embedding table, half of MiniLM,"
      " stays dense)."),
@@ -50,11 +53,22 @@ SECTIONS = [
      " [prune_structured.md](prune_structured.md)."),
     ("Unstructured pruning on other STS data", "prune_unstructured_heldout.json",
      "python -m benchmarks.sts_heldout /tmp/sts && python -m benchmarks.prune_unstructured"
-     " benchmarks/results/prune_unstructured_heldout.json --methods magnitude,wanda,sparsegpt"
-     " --settings 0.6,2:4,0.7 --calib /tmp/sts/sts-calib.csv --eval /tmp/sts/sts-heldout.csv"
-     " --threads 2",
+     " benchmarks/results/prune_unstructured_heldout.json --methods"
+     " magnitude,wanda,wanda-seq,sparsegpt --settings 0.6,2:4,0.7 --calib"
+     " /tmp/sts/sts-calib.csv --eval /tmp/sts/sts-heldout.csv --threads 2",
      "The rows above calibrated on three quarters of STS-B train and evaluated on the other"
      " quarter (1,437 pairs): the targets checked beyond the dev split."),
+    ("Unstructured pruning on lit-cifar", "prune_unstructured_litcifar.json",
+     "python -m benchmarks.prune_unstructured benchmarks/results/prune_unstructured_litcifar.json"
+     " --model lit-cifar --methods magnitude,wanda,wanda-row,sparsegpt --samples 512"
+     " --ignore vision.conv1 --threads 2",
+     "Magnitude, Wanda and SparseGPT on every layer of both towers (ResNet-56 convolutions,"
+     " MiniLM linears, the image projection), calibrated on 512 examples of lit-cifar-train,"
+     " zero-shot top-1 on lit-cifar-eval (4,000 images); `loss_ci95` resamples images. The"
+     " 3-channel stem convolution stays dense in every row (3 inputs per kernel position do"
+     " not divide into 2:4 groups). `wanda` compares the weights of a whole convolution"
+     " (its default, `comparison: auto`), `wanda-row` those of each output channel, as for"
+     " linear layers."),
     ("Unstructured pruning on other STS data, 512 calibration sentences",
      "prune_unstructured_heldout_512.json",
      "python -m benchmarks.prune_unstructured"

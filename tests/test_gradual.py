@@ -124,7 +124,8 @@ def test_wanda_schedule_reaches_its_exact_sparsity_per_row(tiny_clip):
         keep = m.keep_mask()
         assert int((~keep).sum()) == pruned_count(keep.numel(), 0.25)
         per_row = (~keep).sum(1)
-        assert int(per_row.max() - per_row.min()) <= 1  # Wanda compares within each row
+        if "patch_embedding" not in n:  # a convolution's weights compete as one layer
+            assert int(per_row.max() - per_row.min()) <= 1  # Wanda compares within each row
 
 
 @pytest.mark.parametrize("importance", ["magnitude", "activation"])

@@ -304,6 +304,42 @@ def test_asymmetric_sparsegpt_prunes_exactly_and_reloads(tiny_clip, tmp_path):
     assert torch.equal(mmcompress.load(tmp_path).encode_texts(texts), pruned)
 
 
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_one_shot_statistics_come_from_the_unpruned_model(tiny_clip, method):
+    """With `sequential: false` the last block is pruned as if nothing before it were: as a run
+    on that block alone; sequential pruning sees the earlier blocks' error and picks otherwise."""
+    last = f"text_model.encoder.layers.{len(tiny_clip.model.text_model.encoder.layers) - 1}"
+    runs = {}
+    for kind, cfg in (("one-shot", {"sequential": False, "targets": ["text"]}),
+                      ("sequential", {"sequential": True, "targets": ["text"]}),
+                      ("alone", {"sequential": True, "targets": [last]})):
+        adapter = copy.deepcopy(tiny_clip)
+        summary = _apply(adapter, method, sparsity=0.6, **cfg)
+        assert summary["sparsity"] == pytest.approx(0.6, abs=1e-3)
+        runs[kind] = {n: m for n, m in _sparse_layers(adapter).items() if n.startswith(last)}
+    for name, alone in runs["alone"].items():
+        assert torch.equal(runs["one-shot"][name].keep_mask(), alone.keep_mask()), name
+        assert torch.equal(runs["one-shot"][name].values, alone.values), name
+    assert any(not torch.equal(runs["sequential"][n].keep_mask(), m.keep_mask())
+               for n, m in runs["alone"].items())
+
+
+def _row_spread(keep: torch.Tensor) -> int:
+    counts = keep.reshape(keep.shape[0], -1).sum(1)
+    return int(counts.max() - counts.min())
+
+
+def test_wanda_compares_rows_of_linear_layers_and_whole_convolutions(tiny_clip):
+    conv, fc = "vision_model.embeddings.patch_embedding", "text_model.encoder.layers.0.mlp.fc1"
+    auto = copy.deepcopy(tiny_clip)
+    _apply(auto, "wanda", sparsity=0.6)
+    layers = _sparse_layers(auto)
+    assert _row_spread(layers[conv].keep_mask()) > 1  # the convolution's filters compete
+    assert _row_spread(layers[fc].keep_mask()) <= 1  # each row keeps its share (± remainder)
+    _apply(tiny_clip, "wanda", sparsity=0.6, comparison="row")
+    assert _row_spread(_sparse_layers(tiny_clip)[conv].keep_mask()) <= 1
+
+
 def test_global_scope_spreads_sparsity_unevenly(tiny_clip):
     summary = _apply(tiny_clip, "magnitude", sparsity=0.5, scope="global")
     layers = _sparse_layers(tiny_clip).values()
@@ -416,6 +452,8 @@ def test_pruned_tables_quantize_and_reload_in_one_recipe(tiny_clip, tmp_path):
     ({"sparsity": 0.5, "layer_sparsity": "owl"}, "needs method wanda or sparsegpt"),
     ({"pattern": "2:4", "layer_sparsity": "owl", "method": "wanda"}, "unstructured pattern"),
     ({"sparsity": 0.5, "embeddings": True, "schedule": {"end": 0.5}}, "set 'embeddings' false"),
+    ({"sparsity": 0.5, "method": "sparsegpt", "asymmetric": True, "sequential": False},
+     "drop one of them"),
 ])
 def test_bad_settings_are_recipe_errors(cfg, fragment):
     cfg = {"method": "magnitude", **cfg}

@@ -37,6 +37,11 @@ from .base import MethodConfig, StageContext, register_method, selected, split_e
 from .training_hooks import Schedule, with_schedule
 from .weight_quant import weight_matrix
 
+SEQUENTIAL = ("collect each block's statistics with the blocks before it already pruned (as "
+              "SparseGPT's and Wanda's reference code do), or, false, every block's from the "
+              "unpruned model in one pass (wanda, sparsegpt; default false for wanda, true for "
+              "sparsegpt)")
+
 
 class UnstructuredPruneConfig(MethodConfig):
     """Settings every unstructured pruning method takes."""
@@ -60,6 +65,7 @@ class UnstructuredPruneConfig(MethodConfig):
                                  "many times its block's mean score")
     owl_spread: float = Field(0.08, ge=0, lt=0.5, description="OWL: block sparsities span the "
                               "target ± this")
+    sequential: bool = Field(True, description=SEQUENTIAL)
 
     @field_validator("pattern", mode="before")
     @classmethod
@@ -92,6 +98,11 @@ class UnstructuredPruneConfig(MethodConfig):
     def nm(self) -> NM | None:
         return parse_pattern(self.pattern)
 
+    def rows_compete(self, module: nn.Module) -> bool:
+        """Whether each output row of `module` keeps its own share of weights (else all the
+        layer's weights compete)."""
+        return False
+
     @property
     def target_sparsity(self) -> float:
         nm = self.nm
@@ -104,6 +115,18 @@ class MagnitudeConfig(UnstructuredPruneConfig):
 
 class WandaConfig(UnstructuredPruneConfig):
     method: str = "wanda"
+    # one-shot scores lost less than sequential ones on MiniLM in 5 of 6 comparisons (60%, 2:4,
+    # 70% on STS-B dev and held-out train pairs; docs/methods.md)
+    sequential: bool = Field(False, description=SEQUENTIAL)
+    comparison: Literal["auto", "row", "layer"] = Field(
+        "auto", description="which weights compete: each output row's (Wanda's choice), the "
+        "whole layer's, or auto: rows in linear layers, the whole layer in convolutions "
+        "(on ResNet-56 per-row lost twice as much; docs/methods.md)")
+
+    def rows_compete(self, module: nn.Module) -> bool:
+        if self.comparison == "auto":
+            return not isinstance(module, nn.Conv2d)
+        return self.comparison == "row"
 
 
 class SparseGPTConfig(UnstructuredPruneConfig):
@@ -114,6 +137,13 @@ class SparseGPTConfig(UnstructuredPruneConfig):
                              "outputs from the inputs the already-pruned layers give it, so it "
                              "also corrects their error (keeps a copy of the model while "
                              "calibrating)")
+
+    @model_validator(mode="after")
+    def _asymmetric_needs_sequential(self) -> SparseGPTConfig:
+        if self.asymmetric and not self.sequential:
+            raise ValueError("'asymmetric' corrects the error of the blocks pruned before; with "
+                             "'sequential' false no block sees it: drop one of them")
+        return self
 
 
 def _prunable(
@@ -177,22 +207,33 @@ def _wanda_scores(module: nn.Module, stats: FeatureNormCollector) -> torch.Tenso
     return weight_matrix(module).abs() * stats.norm
 
 
+def _unpruned_stats(adapter: Adapter, layers: dict[str, nn.Module], context: StageContext,
+                    make_collector: Callable[[str, nn.Module], Any], desc: str
+                    ) -> dict[str, Any]:
+    """Every layer's statistics from the unpruned model (nothing is replaced)."""
+    stats: dict[str, Any] = {}
+
+    def record(name: str, module: nn.Module, collector: Any) -> None:
+        stats[name] = collector
+
+    calibrate_layers(adapter, dict(layers), context.calibration_data(adapter), make_collector,
+                     record, desc, context.progress, release=True)
+    return stats
+
+
 def _layer_sparsities(adapter: Adapter, layers: dict[str, nn.Module],
                       config: UnstructuredPruneConfig, context: StageContext
                       ) -> dict[str, float]:
-    """Sparsity per layer: the stage's, or OWL's per block from a pass over the unpruned
-    model (its Wanda scores; nothing is replaced)."""
+    """Sparsity per layer: the stage's, or OWL's per block from the unpruned model's Wanda
+    scores."""
     if config.layer_sparsity == "uniform":
         return dict.fromkeys(layers, config.target_sparsity)
     blocks = {name: group[0] for group in layer_groups(list(layers)) for name in group}
     scores: dict[str, list[torch.Tensor]] = {}
-
-    def record(name: str, module: nn.Module, stats: FeatureNormCollector) -> None:
-        scores.setdefault(blocks[name], []).append(_wanda_scores(module, stats))
-
-    calibrate_layers(adapter, dict(layers), context.calibration_data(adapter),
-                     lambda n, m: FeatureNormCollector(), record, "owl ratios", context.progress,
-                     release=True)
+    stats = _unpruned_stats(adapter, layers, context, lambda n, m: FeatureNormCollector(),
+                            "owl ratios")
+    for name, s in stats.items():
+        scores.setdefault(blocks[name], []).append(_wanda_scores(layers[name], s))
     ratios = {b: outlier_ratio(s, config.owl_threshold) for b, s in scores.items()}
     per_block = owl_sparsities(ratios, config.target_sparsity, config.owl_spread)
     return {name: per_block[blocks[name]] for name in layers}
@@ -261,9 +302,10 @@ def _prune_calibrated(adapter: Adapter, config: UnstructuredPruneConfig, context
                                                                            torch.Tensor]],
                       desc: str, asymmetric: bool = False) -> dict[str, Any]:
     """What Wanda and SparseGPT share: the prunable layers, a sparsity per layer (uniform or
-    OWL), then block-by-block calibration where `prune_layer(module, stats, sparsity)` gives
-    (keep mask, new weight matrix); compact sparse modules replace them at the end. With
-    `asymmetric`, the collectors also pair each layer's inputs with the unpruned model's."""
+    OWL), then block-by-block calibration (or, not `sequential`, one pass over the unpruned
+    model) where `prune_layer(module, stats, sparsity)` gives (keep mask, new weight matrix);
+    compact sparse modules replace them at the end. With `asymmetric`, the collectors also
+    pair each layer's inputs with the unpruned model's."""
     layers, skipped = _prunable(adapter, config, calibrated=True)
     tally = _Tally(config, skipped)
     if _nothing_to_do(config):
@@ -278,8 +320,14 @@ def _prune_calibrated(adapter: Adapter, config: UnstructuredPruneConfig, context
         keep, weight = prune_layer(module, stats, sparsity[name])
         return tally.stand_in(name, module, keep, weight)
 
-    n = calibrate_layers(adapter, layers, context.calibration_data(adapter), make_collector,
-                         replace, desc, context.progress, release=True, reference=reference)
+    if config.sequential:
+        n = calibrate_layers(adapter, layers, context.calibration_data(adapter), make_collector,
+                             replace, desc, context.progress, release=True, reference=reference)
+    else:
+        stats = _unpruned_stats(adapter, layers, context, make_collector, desc)
+        replace_modules(adapter.model, {name: replace(name, m, stats.pop(name))
+                                        for name, m in layers.items()})
+        n = len(layers)
     del reference
     tally.finish(adapter.model)
     return tally.summary(n + len(tables))
@@ -288,11 +336,13 @@ def _prune_calibrated(adapter: Adapter, config: UnstructuredPruneConfig, context
 @register_method("prune", "wanda", WandaConfig)
 @with_schedule
 def apply_wanda(adapter: Adapter, config: WandaConfig, context: StageContext) -> dict[str, Any]:
-    """Wanda: drop the smallest |W_ij|·‖X_j‖₂ of each output row (calibrated, no update)."""
+    """Wanda: drop the smallest |W_ij|·‖X_j‖₂ of each output row, or of each convolution
+    (calibrated, no update)."""
 
     def prune(module: nn.Module, stats: FeatureNormCollector,
               sparsity: float) -> tuple[torch.Tensor, torch.Tensor]:
-        keep = _select(_wanda_scores(module, stats), module, config, True, sparsity)
+        keep = _select(_wanda_scores(module, stats), module, config,
+                       config.rows_compete(module), sparsity)
         return keep, weight_matrix(module)
 
     return _prune_calibrated(adapter, config, context, lambda n, m: FeatureNormCollector(),

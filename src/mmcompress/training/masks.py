@@ -145,8 +145,8 @@ class UnstructuredMasks(_Masked):
         if self.config.scope == "global":
             keeps = dict(zip(scores, global_keep_masks(list(scores.values()), s), strict=True))
         else:
-            per_row = self.config.method == "wanda"
-            keeps = {n: keep_mask(sc, s, None, per_row) for n, sc in scores.items()}
+            keeps = {n: keep_mask(sc, s, None, self.config.rows_compete(self.modules[n]))
+                     for n, sc in scores.items()}
         for n, keep in keeps.items():
             mask = getattr(self.modules[n], WEIGHT_MASK)
             mask.copy_(keep.view(mask.shape))
