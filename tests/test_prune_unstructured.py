@@ -454,6 +454,7 @@ def test_pruned_tables_quantize_and_reload_in_one_recipe(tiny_clip, tmp_path):
     ({"sparsity": 0.5, "embeddings": True, "schedule": {"end": 0.5}}, "set 'embeddings' false"),
     ({"sparsity": 0.5, "method": "sparsegpt", "asymmetric": True, "sequential": False},
      "drop one of them"),
+    ({"sparsity": 0.5, "sequential": False}, "unknown key 'sequential'"),  # magnitude
 ])
 def test_bad_settings_are_recipe_errors(cfg, fragment):
     cfg = {"method": "magnitude", **cfg}

@@ -65,7 +65,6 @@ class UnstructuredPruneConfig(MethodConfig):
                                  "many times its block's mean score")
     owl_spread: float = Field(0.08, ge=0, lt=0.5, description="OWL: block sparsities span the "
                               "target ± this")
-    sequential: bool = Field(True, description=SEQUENTIAL)
 
     @field_validator("pattern", mode="before")
     @classmethod
@@ -113,7 +112,13 @@ class MagnitudeConfig(UnstructuredPruneConfig):
     method: str = "magnitude"
 
 
-class WandaConfig(UnstructuredPruneConfig):
+class CalibratedPruneConfig(UnstructuredPruneConfig):
+    """Settings of the methods that calibrate on data (Wanda, SparseGPT)."""
+
+    sequential: bool = Field(True, description=SEQUENTIAL)
+
+
+class WandaConfig(CalibratedPruneConfig):
     method: str = "wanda"
     # one-shot scores lost less than sequential ones on MiniLM in 5 of 6 comparisons (60%, 2:4,
     # 70% on STS-B dev and held-out train pairs; docs/methods.md)
@@ -129,7 +134,7 @@ class WandaConfig(UnstructuredPruneConfig):
         return self.comparison == "row"
 
 
-class SparseGPTConfig(UnstructuredPruneConfig):
+class SparseGPTConfig(CalibratedPruneConfig):
     method: str = "sparsegpt"
     damp: float = Field(0.01, gt=0, lt=1, description="Hessian damping, fraction of mean diag")
     block_size: int = Field(128, ge=1, description="columns whose mask is chosen together")
@@ -296,7 +301,7 @@ def apply_magnitude(adapter: Adapter, config: MagnitudeConfig,
     return tally.summary(len(layers))
 
 
-def _prune_calibrated(adapter: Adapter, config: UnstructuredPruneConfig, context: StageContext,
+def _prune_calibrated(adapter: Adapter, config: CalibratedPruneConfig, context: StageContext,
                       make_collector: Callable[[str, nn.Module], Any],
                       prune_layer: Callable[[nn.Module, Any, float], tuple[torch.Tensor,
                                                                            torch.Tensor]],
