@@ -69,6 +69,15 @@ SECTIONS = [
      " not divide into 2:4 groups). `wanda` compares the weights of a whole convolution"
      " (its default, `comparison: auto`), `wanda-row` those of each output channel, as for"
      " linear layers."),
+    ("Unstructured pruning on lit-cifar, BatchNorm statistics corrected",
+     "prune_unstructured_litcifar_bn.json",
+     "python -m benchmarks.prune_unstructured"
+     " benchmarks/results/prune_unstructured_litcifar_bn.json --model lit-cifar"
+     " --methods magnitude-bn,wanda-bn,sparsegpt-bn --samples 512"
+     " --ignore vision.conv1 --threads 2",
+     "The rows above followed by `finetune: {method: batchnorm}` (each BatchNorm's statistics"
+     " refitted, layer by layer, to the change pruning made to its input against the dense"
+     " model, on the same 512 calibration examples; no training). `prune_seconds` includes it."),
     ("Unstructured pruning on other STS data, 512 calibration sentences",
      "prune_unstructured_heldout_512.json",
      "python -m benchmarks.prune_unstructured"

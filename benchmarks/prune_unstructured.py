@@ -3,7 +3,7 @@ lit-cifar zero-shot.
 
 ``python -m benchmarks.prune_unstructured OUT.json [--model minilm|lit-cifar] [--calib TRAIN]
 [--eval TEST] [--samples 2048] [--ignore MODULES]
-[--methods magnitude,wanda,sparsegpt,wanda-seq,wanda-row,wanda-owl,sparsegpt-asym]
+[--methods magnitude,wanda,sparsegpt,wanda-seq,wanda-row,wanda-owl,sparsegpt-asym,wanda-bn]
 [--settings 0.5,0.6,0.7,2:4] [--embeddings] [--threads 2]``
 
 Calibrates on one split (STS-B train, or lit-cifar-train) and evaluates on another (STS-B dev,
@@ -63,7 +63,8 @@ def _stage(method: str, setting: str, embeddings: bool = False,
     block (`layer_sparsity: owl`), ``-asym`` sets `asymmetric: true`, ``-oneshot`` sets
     `sequential: false` (every block's statistics from the unpruned model), ``-seq``
     `sequential: true` (each block's after the blocks before it are pruned) and ``-row``
-    `comparison: row` (Wanda: each output row keeps its share, convolutions too)."""
+    `comparison: row` (Wanda: each output row keeps its share, convolutions too). A trailing
+    ``-bn`` (handled by `_row`) adds a ``finetune: {method: batchnorm}`` stage after pruning."""
     name, *variants = method.split("-")
     cfg: dict[str, Any] = {"method": name, "embeddings": embeddings}
     for v in variants:
@@ -88,12 +89,15 @@ def _row(base, method: str, setting: str, train: Dataset, test: Dataset, referen
          calib: CalibrationConfig, dense: dict[str, float], args: argparse.Namespace
          ) -> dict[str, Any]:
     adapter = copy.deepcopy(base)
-    stage = _stage(method, setting, args.embeddings, args.ignore)
-    config = load_recipe({"stages": [{"prune": stage}]}).stages[0].config
+    stages = [{"prune": _stage(method.removesuffix("-bn"), setting, args.embeddings,
+                               args.ignore)}]
+    context = StageContext(data=train, calibration=calib, progress=False)
+    if method.endswith("-bn"):  # then correct BatchNorm statistics against the dense model
+        stages.append({"finetune": {"method": "batchnorm"}})
+        context.extra["original"] = base
     start = time.perf_counter()
-    summary = METHODS[("prune", config.method)].apply(
-        adapter, config, StageContext(data=train, calibration=calib, progress=False)
-    )
+    summary, *_ = [METHODS[(s.kind, s.config.method)].apply(adapter, s.config, context)
+                   for s in load_recipe({"stages": stages}).stages]
     seconds = time.perf_counter() - start
     result = quality(adapter, test, reference)
     metrics, key = result.metrics, dense["metric"]

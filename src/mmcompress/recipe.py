@@ -89,7 +89,8 @@ def _check_training_follows(stages: list[Stage], root: yaml.Node | None) -> None
     """A stage that finishes during training (``qat``, ``schedule``) needs a later one."""
     for i, stage in enumerate(stages):
         option = stage.config.trains_later()
-        if option and not any(s.kind in TRAINING_KINDS for s in stages[i + 1 :]):
+        if option and not any(s.kind in TRAINING_KINDS and s.config.runs_trainer
+                              for s in stages[i + 1 :]):
             raise _fail(f"{option!r} works while a later stage trains; add a finetune or "
                         "distill stage after this one", ("stages", i, stage.kind, option), root)
 

@@ -9,10 +9,13 @@ from torch import nn
 
 def layer_input_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A layer's input as a [rows, features] float matrix: tokens for linear layers, unfolded
-    patches (channels × kernel) for convolutions, matching the flattened weight's columns."""
+    patches (channels × kernel) for convolutions, matching the flattened weight's columns, and
+    every position's channels for BatchNorm."""
     if isinstance(module, nn.Conv2d):
         cols = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
         return cols.transpose(1, 2).reshape(-1, cols.shape[1]).float()
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return x.movedim(1, -1).reshape(-1, x.shape[1]).float()
     return x.reshape(-1, x.shape[-1]).float()
 
 
@@ -104,3 +107,36 @@ class FeatureNormCollector:
     @property
     def norm(self) -> torch.Tensor:
         return self.sq_sum.sqrt()
+
+
+class MomentsCollector:
+    """Per-feature mean and (population) variance of a layer's inputs, and, with paired inputs
+    (`add_pair`), of the same rows' inputs in a reference model."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.sums: list[torch.Tensor] = []  # sum, sum of squares (and the reference's)
+
+    def _add(self, *xs: torch.Tensor) -> None:
+        parts = [t for x in xs for t in (x.double().sum(0), x.double().pow(2).sum(0))]
+        self.sums = parts if not self.sums else [a + b for a, b in zip(self.sums, parts,
+                                                                       strict=True)]
+        self.rows += len(xs[0])
+
+    def add(self, x: torch.Tensor) -> None:
+        self._add(x)
+
+    def add_pair(self, x: torch.Tensor, reference: torch.Tensor) -> None:
+        self._add(x, reference)
+
+    def _moments(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self.sums[i] / self.rows
+        return mean.float(), (self.sums[i + 1] / self.rows - mean.pow(2)).clamp_min(0).float()
+
+    def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, variance) of the inputs seen."""
+        return self._moments(0)
+
+    def reference_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, variance) of the reference inputs (the layer's own without a reference)."""
+        return self._moments(2 if len(self.sums) == 4 else 0)

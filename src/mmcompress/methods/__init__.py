@@ -3,6 +3,7 @@
 # importing a method module registers it
 from . import (  # noqa: F401
     awq,
+    batchnorm,
     distill,
     finetune,
     gptq,

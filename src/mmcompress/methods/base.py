@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 from torch import nn
@@ -26,6 +26,10 @@ class MethodConfig(BaseModel):
     method: str
     targets: list[str] | None = None
     ignore: list[str] = []
+    # a finetune/distill method that runs the trainer (what `qat` and `schedule` wait for)
+    runs_trainer: ClassVar[bool] = True
+    # the recipe pipeline keeps a copy of the model before the recipe (extra['original'])
+    wants_original: ClassVar[bool] = False
 
     def trains_later(self) -> str | None:
         """The option (``qat``, ``schedule``) that makes this stage finish while a later
