@@ -20,7 +20,8 @@ Parts (each compared with the dense model measured in the same run):
   ``finetune`` stage (task loss, random crops and flips, AdamW at ``--finetune-lr`` with 10%
   warm-up then cosine, batch 64, seed 0; the settings of ``benchmarks.training``) trained on
   ``lit-cifar-train`` only, and adds the top-1 after it to each row (``--finetune-dense``:
-  the dense model too, as a control for what the recipe gains without factorization)::
+  the dense model too, as a control for what the recipe gains without factorization;
+  ``--batchnorm``: a ``finetune: {method: batchnorm}`` stage right after factoring)::
 
     OMP_NUM_THREADS=1 python -m benchmarks.lowrank benchmarks/results/lowrank_resnet_ft.json \
         --parts resnet --resnet-configs tucker-sensitivity,tucker-uniform --finetune-epochs 5 \
@@ -60,11 +61,15 @@ COMPRESS_THREADS = [1]  # set from --compress-threads
 
 
 def apply_recipe(
-    adapter, stages: list[dict], calib: Dataset | None, calibration: dict | None = None
+    adapter, stages: list[dict], calib: Dataset | None, calibration: dict | None = None,
+    original=None,
 ) -> tuple[list[dict], float]:
-    """Run `stages` on `adapter` in place with `--compress-threads`; (summaries, seconds)."""
+    """Run `stages` on `adapter` in place with `--compress-threads`; (summaries, seconds).
+    `original`: the model before the stages, for a stage that compares with it."""
     recipe = load_recipe({"stages": stages, "calibration": calibration or {}})
     ctx = StageContext(data=calib, calibration=recipe.calibration, progress=False)
+    if original is not None:
+        ctx.extra["original"] = original
     threads = torch.get_num_threads()
     torch.set_num_threads(COMPRESS_THREADS[0])
     start = time.perf_counter()
@@ -262,9 +267,11 @@ def resnet(args: argparse.Namespace) -> dict[str, Any]:
                 "targets": ["vision"],
             }
         }
-        (summary,), seconds = apply_recipe(adapter, [stage], calib, calibration)
+        stages = [stage] + ([{"finetune": {"method": "batchnorm"}}] if args.batchnorm else [])
+        (summary, *_), seconds = apply_recipe(adapter, stages, calib, calibration, base)
         metrics = quality(adapter, test, ref.embeddings).metrics
-        rows.append(_row(f"{method} {allocation}", summary, metrics, dense, "top1", seconds))
+        name = f"{method} {allocation}" + (" + batchnorm" if args.batchnorm else "")
+        rows.append(_row(name, summary, metrics, dense, "top1", seconds))
         if finetune is not None:
             rows[-1].update(_recover(adapter, finetune, calib, test))
             rows[-1]["top1_finetuned_drop"] = round(dense["top1"] - rows[-1]["top1_finetuned"], 4)
@@ -335,6 +342,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--finetune-epochs", type=int, default=0,
                    help="resnet: recovery fine-tuning epochs on lit-cifar-train (0: none)")
     p.add_argument("--finetune-lr", type=float, default=1e-3, help="resnet: peak AdamW lr")
+    p.add_argument("--batchnorm", action="store_true",
+                   help="resnet: correct BatchNorm statistics after factoring (finetune: "
+                   "{method: batchnorm}), before any recovery fine-tuning")
     p.add_argument("--finetune-dense", action="store_true",
                    help="resnet: fine-tune the dense model with the same stage too")
     p.add_argument("--finetune-images", type=int, default=None,

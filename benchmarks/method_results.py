@@ -134,6 +134,12 @@ SECTIONS = [
      " settings under `resnet.finetune`) trained on lit-cifar-train only; `top1_finetuned_drop`"
      " is from the dense model as loaded, measured in the same run; `resnet.dense` also holds"
      " the dense model after the same stage (what the recipe gains without factorization)."),
+    ("Low-rank ResNet-56 with BatchNorm statistics corrected", "lowrank_resnet_bn.json",
+     "python -m benchmarks.lowrank benchmarks/results/lowrank_resnet_bn.json --parts resnet"
+     " --batchnorm --threads 2 --compress-threads 1",
+     "The ResNet-56 rows of `lowrank.json` (Tucker and CP at half the convolution weights, both"
+     " allocations, same settings) followed by `finetune: {method: batchnorm}` (no training);"
+     " `compress_s` includes it."),
     ("SmoothQuant alpha on other STS data", "smoothquant_alpha.json",
      "python -m benchmarks.smoothquant_alpha",
      "MiniLM W8A8 with migration strength `auto` (the default: searched per layer on the"
