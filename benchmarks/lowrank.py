@@ -53,7 +53,7 @@ from mmcompress.model_specs import load_model
 from mmcompress.recipe import load_recipe
 
 from .configs import DATA_ROOT
-from .stats import sts_difference_interval, zeroshot_difference_interval
+from .stats import metric_difference_interval
 from .timing import interleaved_latency_ms
 
 STSB = DATA_ROOT / "stsb"
@@ -105,11 +105,6 @@ def _allocations(base, calib: Dataset, test: Dataset, key: str, targets: list[st
     ref = quality(base, test)
     dense = {key: ref.metrics[key]}
 
-    def interval(first: dict, second: dict) -> list[float]:
-        if key == "stsb_spearman":
-            return sts_difference_interval(first, second, test.scores)
-        return zeroshot_difference_interval(first, second, test.labels, len(test.class_names))
-
     calibration = {"samples": args.calib_samples, "batch_size": args.calib_batch}
     rows = []
     ratios = args.param_ratios
@@ -136,10 +131,11 @@ def _allocations(base, calib: Dataset, test: Dataset, key: str, targets: list[st
                 rows[-1] = {"target": param_ratio, **rows[-1]}
             embeddings[allocation] = result.embeddings
             # paired bootstrap intervals over resampled pairs (STS) or images (zero-shot)
-            rows[-1]["drop_ci95"] = interval(ref.embeddings, result.embeddings)
+            rows[-1]["drop_ci95"] = metric_difference_interval(key, ref.embeddings,
+                                                               result.embeddings, test)
             if allocation == "sensitivity":
-                rows[-1]["gain_over_uniform_ci95"] = interval(result.embeddings,
-                                                              embeddings["uniform"])
+                rows[-1]["gain_over_uniform_ci95"] = metric_difference_interval(
+                    key, result.embeddings, embeddings["uniform"], test)
             print(rows[-1], flush=True)
     return dense, rows
 

@@ -43,7 +43,7 @@ from mmcompress.methods import METHODS, StageContext
 from mmcompress.model_specs import load_model
 from mmcompress.recipe import CalibrationConfig, load_recipe
 
-from .stats import sts_difference_interval, zeroshot_difference_interval
+from .stats import metric_difference_interval
 
 STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb"
 
@@ -78,13 +78,6 @@ def _stage(method: str, setting: str, embeddings: bool = False,
     return cfg
 
 
-def _interval(key: str, first: dict, second: dict, test: Dataset) -> list[float]:
-    """95% paired bootstrap interval of the metric lost from `first` to `second` embeddings."""
-    if key == "stsb_spearman":
-        return sts_difference_interval(first, second, test.scores)
-    return zeroshot_difference_interval(first, second, test.labels, len(test.class_names))
-
-
 def _row(base, method: str, setting: str, train: Dataset, test: Dataset, reference: dict,
          calib: CalibrationConfig, dense: dict[str, float], args: argparse.Namespace
          ) -> dict[str, Any]:
@@ -107,7 +100,7 @@ def _row(base, method: str, setting: str, train: Dataset, test: Dataset, referen
         "sparsity": summary["sparsity"],
         key: metrics[key],
         "loss": dense[key] - metrics[key],
-        "loss_ci95": _interval(key, reference, result.embeddings, test),
+        "loss_ci95": metric_difference_interval(key, reference, result.embeddings, test),
         "fidelity_cosine": metrics["fidelity_cosine"],
         "prune_seconds": round(seconds, 2),
         "size_ratio": saved_size_bytes(adapter.model) / dense["size_bytes"],
@@ -117,15 +110,17 @@ def _row(base, method: str, setting: str, train: Dataset, test: Dataset, referen
 def _datasets(args: argparse.Namespace) -> tuple[Dataset, Dataset]:
     """(calibration, evaluation): the given specs, else STS-B train/dev for a sentence encoder
     and lit-cifar-train/eval for lit-cifar."""
-    if args.model == "lit-cifar" and not (args.calib and args.eval):
+    given = (args.calib, args.eval)
+    if all(given):
+        defaults: tuple = (None, None)
+    elif args.model == "lit-cifar":
         from mmcompress.data.cifar import lit_cifar_split
 
-        calib, test = lit_cifar_split()
+        defaults = lit_cifar_split()
     else:
-        calib = load_data(args.calib or str(STSB / "sts-train.csv"))
-        test = load_data(args.eval or str(STSB / "sts-dev.csv"))
-    return (load_data(args.calib) if args.calib else calib,
-            load_data(args.eval) if args.eval else test)
+        defaults = (STSB / "sts-train.csv", STSB / "sts-dev.csv")
+    return tuple(load_data(str(g)) if g else (d if isinstance(d, Dataset) else load_data(str(d)))
+                 for g, d in zip(given, defaults, strict=True))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -44,7 +44,6 @@ def sts_difference_interval(first: dict[str, torch.Tensor], second: dict[str, to
     return paired_bootstrap(len(gold), difference, **kwargs)
 
 
-
 def zeroshot_correct(embeddings: dict[str, torch.Tensor], labels: Sequence[int],
                      n_classes: int) -> torch.Tensor:
     """Per image, 1.0 where zero-shot classification (as `eval_classification`) is right."""
@@ -60,3 +59,13 @@ def zeroshot_difference_interval(first: dict[str, torch.Tensor],
     diff = zeroshot_correct(first, labels, n_classes) - zeroshot_correct(second, labels,
                                                                          n_classes)
     return paired_bootstrap(len(diff), lambda index: float(diff[index].mean()), **kwargs)
+
+
+def metric_difference_interval(key: str, first: dict[str, torch.Tensor],
+                               second: dict[str, torch.Tensor], test, **kwargs) -> list[float]:
+    """95% interval of `key` (``stsb_spearman`` or ``zeroshot_top1``) of `first` minus that of
+    `second` embeddings on the `test` Dataset: resampled pairs, or resampled images."""
+    if key == "stsb_spearman":
+        return sts_difference_interval(first, second, test.scores, **kwargs)
+    return zeroshot_difference_interval(first, second, test.labels, len(test.class_names),
+                                        **kwargs)

@@ -108,3 +108,16 @@ def test_a_recipe_keeps_the_original_for_it(tmp_path):
     pruned, corrected = result.report["stages"]
     assert corrected["method"] == "batchnorm" and corrected["summary"]["modules"] > 10
     assert corrected["metrics"]["fidelity_cosine"] > pruned["metrics"]["fidelity_cosine"]
+
+
+def test_batchnorms_narrowed_by_structured_pruning_are_skipped_and_named():
+    original = _adapter()
+    adapter = copy.deepcopy(original)
+    _apply(adapter, [{"prune": {"method": "structured", "channels": 0.25,
+                                "importance": "magnitude"}}])
+    narrowed = {n for n, m in adapter.model.named_modules() if isinstance(m, nn.BatchNorm2d)
+                and m.num_features != original.model.get_submodule(n).num_features}
+    (summary,) = _apply(adapter, [{"finetune": {"method": "batchnorm"}}], original)
+    assert narrowed and set(summary["skipped"]) == narrowed
+    assert summary["modules"] + len(narrowed) == sum(isinstance(m, nn.BatchNorm2d)
+                                                     for m in adapter.model.modules())

@@ -128,8 +128,7 @@ def _run_stages(adapter: Adapter, recipe: Recipe, data: Dataset, calib_set: Data
     context = StageContext(data=calib_set, calibration=recipe.calibration, progress=progress)
     quick = data.head(recipe.evaluate.max_samples)
     context.extra.update(eval_data=quick, train_dir=train_dir)
-    if any(s.config.wants_original or getattr(s.config, "teacher", None) == "original"
-           for s in recipe.stages):  # the teacher 'original', or BatchNorm's reference
+    if any(s.config.wants_original() for s in recipe.stages):
         context.extra["original"] = copy.deepcopy(adapter)
     history = []
     for i, stage in enumerate(recipe.stages):

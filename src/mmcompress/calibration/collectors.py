@@ -110,33 +110,20 @@ class FeatureNormCollector:
 
 
 class MomentsCollector:
-    """Per-feature mean and (population) variance of a layer's inputs, and, with paired inputs
-    (`add_pair`), of the same rows' inputs in a reference model."""
+    """Per-feature mean and (population) variance of a layer's inputs."""
 
     def __init__(self) -> None:
         self.rows = 0
-        self.sums: list[torch.Tensor] = []  # sum, sum of squares (and the reference's)
-
-    def _add(self, *xs: torch.Tensor) -> None:
-        parts = [t for x in xs for t in (x.double().sum(0), x.double().pow(2).sum(0))]
-        self.sums = parts if not self.sums else [a + b for a, b in zip(self.sums, parts,
-                                                                       strict=True)]
-        self.rows += len(xs[0])
+        self.sum: torch.Tensor | float = 0.0
+        self.sq_sum: torch.Tensor | float = 0.0
 
     def add(self, x: torch.Tensor) -> None:
-        self._add(x)
-
-    def add_pair(self, x: torch.Tensor, reference: torch.Tensor) -> None:
-        self._add(x, reference)
-
-    def _moments(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = self.sums[i] / self.rows
-        return mean.float(), (self.sums[i + 1] / self.rows - mean.pow(2)).clamp_min(0).float()
+        x = x.double()
+        self.sum = self.sum + x.sum(0)
+        self.sq_sum = self.sq_sum + x.pow(2).sum(0)
+        self.rows += len(x)
 
     def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, variance) of the inputs seen."""
-        return self._moments(0)
-
-    def reference_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, variance) of the reference inputs (the layer's own without a reference)."""
-        return self._moments(2 if len(self.sums) == 4 else 0)
+        mean = self.sum / self.rows
+        return mean.float(), (self.sq_sum / self.rows - mean.pow(2)).clamp_min(0).float()

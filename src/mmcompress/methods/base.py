@@ -28,8 +28,11 @@ class MethodConfig(BaseModel):
     ignore: list[str] = []
     # a finetune/distill method that runs the trainer (what `qat` and `schedule` wait for)
     runs_trainer: ClassVar[bool] = True
-    # the recipe pipeline keeps a copy of the model before the recipe (extra['original'])
-    wants_original: ClassVar[bool] = False
+
+    def wants_original(self) -> bool:
+        """Whether this stage reads the model before the recipe (``extra['original']``, a
+        copy the recipe pipeline then keeps)."""
+        return False
 
     def trains_later(self) -> str | None:
         """The option (``qat``, ``schedule``) that makes this stage finish while a later

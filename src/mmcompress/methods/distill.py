@@ -33,6 +33,9 @@ class DistillConfig(TrainStageConfig):
     student: StudentConfig | None = Field(None, description="shrink the model first")
     cache_teacher: bool = Field(True, description="reuse teacher outputs per example")
 
+    def wants_original(self) -> bool:
+        return self.teacher == "original"
+
     @model_validator(mode="after")
     def _known(self) -> DistillConfig:
         if self.losses is not None and not self.losses:
