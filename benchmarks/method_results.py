@@ -69,6 +69,26 @@ SECTIONS = [
      " not divide into 2:4 groups). `wanda` compares the weights of a whole convolution"
      " (its default, `comparison: auto`), `wanda-row` those of each output channel, as for"
      " linear layers."),
+    ("Wanda with its masks refined by swaps", "prune_swaps.json",
+     "python -m benchmarks.prune_unstructured benchmarks/results/prune_swaps.json"
+     " --methods wanda,wanda-swap --settings 0.6,0.7,2:4 --threads 1",
+     "Wanda as in the first table, and with `swaps: 200`: each layer's mask then refined by"
+     " swapping a pruned and a kept weight of one row while that lowers the layer's output"
+     " error on the calibration data (SparseSwaps; weights unchanged, every row keeps its"
+     " count)."),
+    ("Wanda with swaps on other STS data", "prune_swaps_heldout.json",
+     "python -m benchmarks.sts_heldout /tmp/sts && python -m benchmarks.prune_unstructured"
+     " benchmarks/results/prune_swaps_heldout.json --methods wanda,wanda-swap"
+     " --settings 0.6,2:4,0.7 --calib /tmp/sts/sts-calib.csv --eval /tmp/sts/sts-heldout.csv"
+     " --threads 2",
+     "The rows above on the held-out quarter of STS-B train (calibrated on the other three"
+     " quarters)."),
+    ("Wanda with swaps on lit-cifar", "prune_swaps_litcifar.json",
+     "python -m benchmarks.prune_unstructured benchmarks/results/prune_swaps_litcifar.json"
+     " --model lit-cifar --methods wanda,wanda-swap,wanda-bn,wanda-swap-bn --samples 512"
+     " --ignore vision.conv1 --threads 2",
+     "Wanda with and without swaps on every layer of both lit-cifar towers but the stem"
+     " convolution, and each followed by the BatchNorm correction (`-bn`)."),
     ("Unstructured pruning on lit-cifar, BatchNorm statistics corrected",
      "prune_unstructured_litcifar_bn.json",
      "python -m benchmarks.prune_unstructured"

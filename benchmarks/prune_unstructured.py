@@ -3,7 +3,8 @@ lit-cifar zero-shot.
 
 ``python -m benchmarks.prune_unstructured OUT.json [--model minilm|lit-cifar] [--calib TRAIN]
 [--eval TEST] [--samples 2048] [--ignore MODULES]
-[--methods magnitude,wanda,sparsegpt,wanda-seq,wanda-row,wanda-owl,sparsegpt-asym,wanda-bn]
+[--methods magnitude,wanda,sparsegpt,wanda-seq,wanda-row,wanda-swap,wanda-owl,sparsegpt-asym,
+wanda-bn]
 [--settings 0.5,0.6,0.7,2:4] [--embeddings] [--threads 2]``
 
 Calibrates on one split (STS-B train, or lit-cifar-train) and evaluates on another (STS-B dev,
@@ -54,6 +55,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "oneshot": {"sequential": False},
     "seq": {"sequential": True},
     "row": {"comparison": "row"},
+    "swap": {"swaps": 200},
 }
 
 
@@ -63,7 +65,8 @@ def _stage(method: str, setting: str, embeddings: bool = False,
     block (`layer_sparsity: owl`), ``-asym`` sets `asymmetric: true`, ``-oneshot`` sets
     `sequential: false` (every block's statistics from the unpruned model), ``-seq``
     `sequential: true` (each block's after the blocks before it are pruned) and ``-row``
-    `comparison: row` (Wanda: each output row keeps its share, convolutions too). A trailing
+    `comparison: row` (Wanda: each output row keeps its share, convolutions too), ``-swap``
+    `swaps: 200` (Wanda: refine each mask by swaps). A trailing
     ``-bn`` (handled by `_row`) adds a ``finetune: {method: batchnorm}`` stage after pruning."""
     name, *variants = method.split("-")
     cfg: dict[str, Any] = {"method": name, "embeddings": embeddings}

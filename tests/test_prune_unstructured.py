@@ -32,6 +32,7 @@ from mmcompress.quantization.grid import QuantGrid
 from mmcompress.recipe import CalibrationConfig, load_recipe
 from mmcompress.sparsity import global_keep_masks, keep_mask, parse_pattern, sparsegpt_prune
 from mmcompress.sparsity.owl import outlier_ratio, owl_sparsities
+from mmcompress.sparsity.swaps import refine_by_swaps
 
 SPARSE = (SparseLinear, SparseConv2d, SparseEmbedding)
 PATTERNS = [None, (2, 4), (4, 8)]
@@ -111,6 +112,53 @@ def test_sparsegpt_error_below_wanda_and_magnitude(nm):
     x, w = _inputs(), torch.randn(32, 64)
     err = {k: _out_err(x, w, p) for k, (_, p) in _layer_masks(x, w, 0.5, nm).items()}
     assert err["sparsegpt"] < 0.9 * err["wanda"] and err["sparsegpt"] < 0.9 * err["magnitude"]
+
+
+# ---- mask refinement by swaps ---------------------------------------------------------------
+
+def _row_errors(w: torch.Tensor, keep: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Each row's output error r H rᵀ over the pruned part r = w ⊙ (1 − keep)."""
+    r = w * ~keep
+    return ((r @ h) * r).sum(1)
+
+
+@pytest.mark.parametrize("nm", PATTERNS)
+def test_swaps_lower_every_rows_error_and_keep_count_and_pattern(nm):
+    x, w = _inputs(), torch.randn(24, 64)
+    h = 2 * x.T @ x / len(x)
+    keep = keep_mask(w.abs() * x.norm(dim=0), 0.6, nm, per_row=True)
+    refined, rounds = refine_by_swaps(w, keep, h, nm)
+    assert 0 < rounds < 100  # it stopped by itself
+    assert torch.equal(refined.sum(1), keep.sum(1))
+    if nm is not None:
+        _assert_nm(refined, nm)
+    before, after = _row_errors(w, keep, h), _row_errors(w, refined, h)
+    assert (after <= before * (1 + 1e-5)).all()
+    assert after.sum() < 0.8 * before.sum()  # correlated inputs: Wanda's diagonal view misses
+
+
+def test_swaps_stop_where_no_single_swap_helps():
+    """With every weight a candidate, the refined mask is optimal under any one swap."""
+    x, w = _inputs()[:, :12], torch.randn(6, 12)
+    h = 2 * x.T @ x / len(x)
+    refined, _ = refine_by_swaps(w, keep_mask(w.abs(), 0.5, per_row=True), h, rounds=1000,
+                                 candidates=12)
+    base = _row_errors(w, refined, h)
+    for i in range(6):
+        for j in (~refined[i]).nonzero().flatten():
+            for k in refined[i].nonzero().flatten():
+                swapped = refined.clone()
+                swapped[i, j], swapped[i, k] = True, False
+                assert _row_errors(w, swapped, h)[i] >= base[i] * (1 - 1e-4)
+
+
+def test_swaps_keep_wanda_mask_when_inputs_are_uncorrelated():
+    """A diagonal Gram matrix makes Wanda's score the exact error: nothing to swap."""
+    torch.manual_seed(0)
+    h, w = torch.diag(torch.rand(64) + 0.5), torch.randn(16, 64)
+    keep = keep_mask(w.abs() * h.diagonal().sqrt(), 0.6, per_row=True)
+    refined, rounds = refine_by_swaps(w, keep, h)
+    assert torch.equal(refined, keep) and rounds == 0
 
 
 @pytest.mark.parametrize("value,nm", [("unstructured", None), ("2:4", (2, 4)), (" 4 : 8 ", (4, 8)),
@@ -340,6 +388,30 @@ def test_wanda_compares_rows_of_linear_layers_and_whole_convolutions(tiny_clip):
     assert _row_spread(_sparse_layers(tiny_clip)[conv].keep_mask()) <= 1
 
 
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
+def test_wanda_swaps_change_masks_not_counts_and_reload(tiny_clip, tmp_path, pattern):
+    cfg = {"pattern": pattern} if pattern != "unstructured" else {"sparsity": 0.6}
+    plain = copy.deepcopy(tiny_clip)
+    _apply(plain, "wanda", **cfg)
+    summary = _apply(tiny_clip, "wanda", swaps=50, **cfg)
+    assert 0 < summary["swap_rounds_max"] <= 50
+    plain_layers, layers = _sparse_layers(plain), _sparse_layers(tiny_clip)
+    assert summary["sparsity"] == pytest.approx(0.6 if pattern == "unstructured" else 0.5,
+                                                abs=1e-3)
+    changed = 0
+    for name, m in layers.items():
+        keep, before = m.keep_mask(), plain_layers[name].keep_mask()
+        assert torch.equal(keep.sum(1), before.sum(1)), name
+        if pattern == "2:4" and not isinstance(m, nn.Conv2d):
+            _assert_nm(keep, (2, 4))
+        changed += int((keep != before).sum())
+    assert changed > 0
+    texts = ["a photo of a cat", "two dogs"]
+    save_checkpoint(tiny_clip, tmp_path, "random:tiny", [])
+    assert torch.equal(mmcompress.load(tmp_path).encode_texts(texts),
+                       tiny_clip.encode_texts(texts))
+
+
 def test_global_scope_spreads_sparsity_unevenly(tiny_clip):
     summary = _apply(tiny_clip, "magnitude", sparsity=0.5, scope="global")
     layers = _sparse_layers(tiny_clip).values()
@@ -455,6 +527,9 @@ def test_pruned_tables_quantize_and_reload_in_one_recipe(tiny_clip, tmp_path):
     ({"sparsity": 0.5, "method": "sparsegpt", "asymmetric": True, "sequential": False},
      "drop one of them"),
     ({"sparsity": 0.5, "sequential": False}, "unknown key 'sequential'"),  # magnitude
+    ({"sparsity": 0.5, "method": "wanda", "swaps": 10, "schedule": {"end": 0.5}},
+     "drop one of them"),
+    ({"sparsity": 0.5, "method": "wanda", "swaps": -1}, "greater than or equal to 0"),
 ])
 def test_bad_settings_are_recipe_errors(cfg, fragment):
     cfg = {"method": "magnitude", **cfg}

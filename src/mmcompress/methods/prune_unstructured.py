@@ -33,6 +33,7 @@ from ..sparsity import (
     sparsegpt_prune,
 )
 from ..sparsity.owl import outlier_ratio, owl_sparsities
+from ..sparsity.swaps import refine_by_swaps
 from .base import MethodConfig, StageContext, register_method, selected, split_embeddings
 from .training_hooks import Schedule, with_schedule
 from .weight_quant import weight_matrix
@@ -127,6 +128,17 @@ class WandaConfig(CalibratedPruneConfig):
         "auto", description="which weights compete: each output row's (Wanda's choice), the "
         "whole layer's, or auto: rows in linear layers, the whole layer in convolutions "
         "(on ResNet-56 per-row lost twice as much; docs/methods.md)")
+    swaps: int = Field(0, ge=0, description="then refine each layer's mask by up to this many "
+                       "rounds of swaps (a pruned and a kept weight of one row) that lower the "
+                       "layer's output error on the calibration data; weights stay as they are "
+                       "(SparseSwaps; 0: off)")
+
+    @model_validator(mode="after")
+    def _swaps_one_shot(self) -> WandaConfig:
+        if self.swaps and self.schedule is not None:
+            raise ValueError("'swaps' refines a mask chosen in one shot; gradual pruning "
+                             "('schedule') chooses its masks while training: drop one of them")
+        return self
 
     def rows_compete(self, module: nn.Module) -> bool:
         if self.comparison == "auto":
@@ -344,14 +356,29 @@ def apply_wanda(adapter: Adapter, config: WandaConfig, context: StageContext) ->
     """Wanda: drop the smallest |W_ij|·‖X_j‖₂ of each output row, or of each convolution
     (calibrated, no update)."""
 
-    def prune(module: nn.Module, stats: FeatureNormCollector,
-              sparsity: float) -> tuple[torch.Tensor, torch.Tensor]:
-        keep = _select(_wanda_scores(module, stats), module, config,
-                       config.rows_compete(module), sparsity)
-        return keep, weight_matrix(module)
+    rounds: list[int] = []
 
-    return _prune_calibrated(adapter, config, context, lambda n, m: FeatureNormCollector(),
-                             prune, "wanda")
+    def prune(module: nn.Module, stats: FeatureNormCollector | HessianCollector,
+              sparsity: float) -> tuple[torch.Tensor, torch.Tensor]:
+        w = weight_matrix(module)
+        norm = stats.hessian.diagonal().sqrt() if config.swaps else stats.norm
+        keep = _select(w.abs() * norm, module, config, config.rows_compete(module), sparsity)
+        if config.swaps:
+            perm = _column_order(module, config.nm)
+            order = slice(None) if perm is None else perm
+            h = stats.hessian[order][:, order]
+            keep[:, order], used = refine_by_swaps(w[:, order], keep[:, order], h, config.nm,
+                                                   config.swaps)
+            rounds.append(used)
+        return keep, w
+
+    collector = HessianCollector if config.swaps else FeatureNormCollector
+    summary = _prune_calibrated(adapter, config, context, lambda n, m: collector(), prune,
+                                "wanda")
+    if rounds:  # a layer that used every round might have gained from more
+        summary["swap_rounds_max"] = max(rounds)
+        summary["layers_at_swap_limit"] = sum(r == config.swaps for r in rounds)
+    return summary
 
 
 @register_method("prune", "sparsegpt", SparseGPTConfig)
