@@ -36,7 +36,7 @@ from mmcompress.evaluation.config import METRICS, EvaluateConfig
 from mmcompress.evaluation.evaluate import evaluate_adapter, saved_size_bytes
 from mmcompress.evaluation.multimodal import complete_examples
 from mmcompress.inspect_model import sensitivity
-from mmcompress.methods import METHODS, StageContext
+from mmcompress.methods import StageContext, run_stages
 from mmcompress.model_specs import load_model
 from mmcompress.models.fusion import FUSIONS as KINDS
 from mmcompress.models.fusion import MODALITIES
@@ -84,9 +84,8 @@ def compressed(adapter, stages: list[dict], calib) -> tuple[Any, list[dict], flo
     out = copy.deepcopy(adapter)
     recipe = load_recipe({"stages": stages, "calibration": CALIBRATION})
     ctx = StageContext(data=calib, calibration=recipe.calibration, progress=False)
-    start, summaries = time.perf_counter(), []
-    for stage in recipe.stages:
-        summaries.append(METHODS[(stage.kind, stage.config.method)].apply(out, stage.config, ctx))
+    start = time.perf_counter()
+    summaries = run_stages(out, recipe.stages, ctx)
     return out, summaries, time.perf_counter() - start
 
 

@@ -48,7 +48,7 @@ import torch
 
 from mmcompress.data import Dataset, load_data
 from mmcompress.evaluation.evaluate import count_params, quality
-from mmcompress.methods import METHODS, StageContext
+from mmcompress.methods import StageContext, run_stages
 from mmcompress.model_specs import load_model
 from mmcompress.recipe import load_recipe
 
@@ -74,9 +74,7 @@ def apply_recipe(
     torch.set_num_threads(COMPRESS_THREADS[0])
     start = time.perf_counter()
     try:
-        out = [
-            METHODS[(s.kind, s.config.method)].apply(adapter, s.config, ctx) for s in recipe.stages
-        ]
+        out = run_stages(adapter, recipe.stages, ctx)
     finally:
         torch.set_num_threads(threads)
     return out, time.perf_counter() - start

@@ -40,7 +40,7 @@ import torch
 from mmcompress.data import Dataset, load_data
 from mmcompress.evaluation.evaluate import quality, saved_size_bytes
 from mmcompress.io.atomic import write_text_atomic
-from mmcompress.methods import METHODS, StageContext
+from mmcompress.methods import StageContext, run_stages
 from mmcompress.model_specs import load_model
 from mmcompress.recipe import CalibrationConfig, load_recipe
 
@@ -92,8 +92,7 @@ def _row(base, method: str, setting: str, train: Dataset, test: Dataset, referen
         stages.append({"finetune": {"method": "batchnorm"}})
         context.extra["original"] = base
     start = time.perf_counter()
-    summary, *_ = [METHODS[(s.kind, s.config.method)].apply(adapter, s.config, context)
-                   for s in load_recipe({"stages": stages}).stages]
+    summary, *_ = run_stages(adapter, load_recipe({"stages": stages}).stages, context)
     seconds = time.perf_counter() - start
     result = quality(adapter, test, reference)
     metrics, key = result.metrics, dense["metric"]

@@ -133,7 +133,7 @@ def run_one(name: str) -> dict[str, Any]:
     """Run one configuration in this process; returns its measurements."""
     from mmcompress.data import load_data
     from mmcompress.evaluation.evaluate import count_params, quality
-    from mmcompress.methods import METHODS, StageContext
+    from mmcompress.methods import StageContext, run_stage
     from mmcompress.model_specs import load_model
     from mmcompress.recipe import CalibrationConfig, load_recipe
     from mmcompress.training.students import StudentConfig, build_student
@@ -166,8 +166,7 @@ def run_one(name: str) -> dict[str, Any]:
     out["params_teacher"] = count_params(context.extra["original"].model)
     for i, stage in enumerate(recipe.stages):
         context.extra["stage"] = i
-        summary = METHODS[(stage.kind, stage.config.method)].apply(adapter, stage.config,
-                                                                   context)
+        summary = run_stage(adapter, stage, context)
         if stage.kind == "prune":
             out["after_prune"] = quality(adapter, evaluation).metrics[metric]
         else:

@@ -11,7 +11,7 @@ import mmcompress
 from mmcompress.adapters.classifier import ImageClassifierAdapter
 from mmcompress.errors import RecipeError
 from mmcompress.io.checkpoint import save_checkpoint
-from mmcompress.methods import METHODS, StageContext
+from mmcompress.methods import METHODS, StageContext, run_stages
 from mmcompress.models.resnet_cifar import CifarResNet
 from mmcompress.recipe import CalibrationConfig, load_recipe
 
@@ -108,6 +108,24 @@ def test_a_recipe_keeps_the_original_for_it(tmp_path):
     pruned, corrected = result.report["stages"]
     assert corrected["method"] == "batchnorm" and corrected["summary"]["modules"] > 10
     assert corrected["metrics"]["fidelity_cosine"] > pruned["metrics"]["fidelity_cosine"]
+
+
+def test_run_stages_keeps_the_model_before_them_when_a_stage_reads_it():
+    stages = [{"prune": {"method": "magnitude", "sparsity": 0.7}},
+              {"finetune": {"method": "batchnorm"}}]
+    original = _adapter()
+    given = copy.deepcopy(original)
+    _apply(given, stages, original)
+    adapter = _adapter()
+    ctx = StageContext(data=toy_image_data(),
+                       calibration=CalibrationConfig(samples=8, batch_size=4), progress=False)
+    summaries = run_stages(adapter, load_recipe({"stages": stages}).stages, ctx)
+    assert [s["modules"] > 10 for s in summaries] == [True, True] and ctx.extra["stage"] == 1
+    kept = ctx.extra["original"].model.state_dict()
+    for k, v in original.model.state_dict().items():
+        assert torch.equal(kept[k], v), k
+    for k, v in given.model.state_dict().items():
+        assert torch.equal(adapter.model.state_dict()[k], v), k
 
 
 def test_batchnorms_narrowed_by_structured_pruning_are_skipped_and_named():

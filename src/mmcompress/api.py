@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 import time
@@ -20,7 +19,7 @@ from .errors import UserError
 from .evaluation.evaluate import check_data_fits, evaluate_adapter, quality
 from .io.atomic import atomic_folder, check_output_dir
 from .io.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint
-from .methods import METHODS, StageContext
+from .methods import StageContext, keep_original, run_stage
 from .model_specs import NAMED_SPECS, load_model
 from .modules.unpack import unpack_weights
 from .recipe import EvaluateConfig, Recipe, load_recipe
@@ -128,14 +127,12 @@ def _run_stages(adapter: Adapter, recipe: Recipe, data: Dataset, calib_set: Data
     context = StageContext(data=calib_set, calibration=recipe.calibration, progress=progress)
     quick = data.head(recipe.evaluate.max_samples)
     context.extra.update(eval_data=quick, train_dir=train_dir)
-    if any(s.config.wants_original() for s in recipe.stages):
-        context.extra["original"] = copy.deepcopy(adapter)
+    keep_original(adapter, recipe.stages, context)
     history = []
     for i, stage in enumerate(recipe.stages):
         context.extra["stage"] = i
-        method = METHODS[(stage.kind, stage.config.method)]
         start = time.perf_counter()
-        summary = method.apply(adapter, stage.config, context)
+        summary = run_stage(adapter, stage, context)
         seconds = time.perf_counter() - start
         metrics = quality(adapter, quick, before.embeddings).metrics
         history.append(

@@ -14,13 +14,26 @@ from . import (  # noqa: F401
     rtn,
     smoothquant,
 )
-from .base import METHODS, STAGE_KINDS, MethodConfig, StageContext, methods_for, register_method
+from .base import (
+    METHODS,
+    STAGE_KINDS,
+    MethodConfig,
+    StageContext,
+    keep_original,
+    methods_for,
+    register_method,
+    run_stage,
+    run_stages,
+)
 
 __all__ = [
     "METHODS",
     "STAGE_KINDS",
     "MethodConfig",
     "StageContext",
+    "keep_original",
     "methods_for",
     "register_method",
+    "run_stage",
+    "run_stages",
 ]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 from torch import nn
@@ -14,6 +15,9 @@ from ..calibration import CalibrationData
 from ..data import Dataset
 from ..errors import DataError
 from ..selection import select_modules
+
+if TYPE_CHECKING:
+    from ..recipe import Stage
 
 STAGE_KINDS = ("prune", "quantize", "lowrank", "distill", "finetune")
 
@@ -88,6 +92,30 @@ def register_method(
         return fn
 
     return wrap
+
+
+def run_stage(adapter: Adapter, stage: Stage, context: StageContext) -> dict[str, Any]:
+    """Apply one recipe stage with the method registered for it; its summary."""
+    return METHODS[(stage.kind, stage.config.method)].apply(adapter, stage.config, context)
+
+
+def keep_original(adapter: Adapter, stages: Sequence[Stage], context: StageContext) -> None:
+    """Copy the model before the stages into ``context.extra['original']`` when one of them
+    reads it and no original was given."""
+    if "original" not in context.extra and any(s.config.wants_original() for s in stages):
+        context.extra["original"] = copy.deepcopy(adapter)
+
+
+def run_stages(adapter: Adapter, stages: Sequence[Stage],
+               context: StageContext) -> list[dict[str, Any]]:
+    """Apply recipe stages in order, as the recipe pipeline does (without its evaluation
+    after each); their summaries."""
+    keep_original(adapter, stages, context)
+    summaries = []
+    for i, stage in enumerate(stages):
+        context.extra["stage"] = i
+        summaries.append(run_stage(adapter, stage, context))
+    return summaries
 
 
 def methods_for(kind: str) -> list[str]:
