@@ -81,3 +81,16 @@ def test_batches_that_bypass_the_adapter_model_cannot_pair_with_a_reference():
     with pytest.raises(RuntimeError, match="did not run the reference model"):
         _run_group({"1": model[1]}, {"1": HessianCollector()}, [batch], copy.deepcopy(model),
                    Runner(model))
+
+
+def test_hessian_collector_gives_the_feature_norms_wanda_uses():
+    from mmcompress.calibration import HessianCollector
+    from mmcompress.calibration.collectors import FeatureNormCollector
+
+    torch.manual_seed(0)
+    hessian, norms = HessianCollector(), FeatureNormCollector()
+    for _ in range(3):
+        x = torch.randn(7, 5) * torch.arange(1, 6)
+        hessian.add(x)
+        norms.add(x)
+    torch.testing.assert_close(hessian.norm, norms.norm)

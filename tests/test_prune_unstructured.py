@@ -447,6 +447,26 @@ def test_owl_keeps_the_mean_sparsity_and_varies_it_by_block(tiny_clip, method):
     assert summary["sparsity"] == pytest.approx(0.6, abs=0.01)
 
 
+@pytest.mark.parametrize("swaps", [0, 20])
+def test_one_shot_owl_gets_the_same_sparsities_from_the_masks_pass(tiny_clip, swaps,
+                                                                   monkeypatch):
+    """One-shot Wanda reads OWL's ratios from the pass that also scores its masks (with
+    `swaps`, a Gram matrix's diagonal) and gives the per-block sparsities of a separate pass."""
+    from mmcompress.methods import prune_unstructured as pu
+
+    sequential = copy.deepcopy(tiny_clip)
+    _apply(sequential, "wanda", sparsity=0.6, layer_sparsity="owl", targets=["text"],
+           sequential=True)
+    passes = []
+    original = pu._unpruned_stats
+    monkeypatch.setattr(pu, "_unpruned_stats", lambda *a: passes.append(a[-1]) or original(*a))
+    _apply(tiny_clip, "wanda", sparsity=0.6, layer_sparsity="owl", targets=["text"],
+           swaps=swaps)
+    assert passes == ["wanda"]
+    for name, m in _sparse_layers(tiny_clip).items():
+        assert m.sparsity == pytest.approx(_sparse_layers(sequential)[name].sparsity), name
+
+
 def _quantize(adapter, method, **cfg):
     stage = load_recipe({"stages": [{"quantize": {"method": method, **cfg}}]}).stages[0]
     ctx = StageContext(data=toy_image_data(),

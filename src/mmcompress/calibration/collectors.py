@@ -91,6 +91,11 @@ class HessianCollector(InputStatsCollector):
     def hessian(self) -> torch.Tensor:
         return self.xtx
 
+    @property
+    def norm(self) -> torch.Tensor:
+        """‖X_j‖₂ per input feature, as `FeatureNormCollector` gives it."""
+        return (self.xtx.diagonal() * (self.rows / 2)).clamp_min(0).sqrt()
+
 
 class FeatureNormCollector:
     """Per-feature L2 norm over every input row seen, ‖X_j‖₂ (Wanda's activation term)."""

@@ -219,7 +219,8 @@ def _magnitude_keep(module: nn.Module, config: UnstructuredPruneConfig) -> torch
                    per_row=isinstance(module, nn.Embedding))
 
 
-def _wanda_scores(module: nn.Module, stats: FeatureNormCollector) -> torch.Tensor:
+def _wanda_scores(module: nn.Module,
+                  stats: FeatureNormCollector | HessianCollector) -> torch.Tensor:
     """|W_ij|·‖X_j‖₂ of one layer."""
     return weight_matrix(module).abs() * stats.norm
 
@@ -239,16 +240,17 @@ def _unpruned_stats(adapter: Adapter, layers: dict[str, nn.Module], context: Sta
 
 
 def _layer_sparsities(adapter: Adapter, layers: dict[str, nn.Module],
-                      config: UnstructuredPruneConfig, context: StageContext
-                      ) -> dict[str, float]:
+                      config: UnstructuredPruneConfig, context: StageContext,
+                      stats: dict[str, Any] | None = None) -> dict[str, float]:
     """Sparsity per layer: the stage's, or OWL's per block from the unpruned model's Wanda
-    scores."""
+    scores (from `stats`, the unpruned model's collectors, when given; else collected)."""
     if config.layer_sparsity == "uniform":
         return dict.fromkeys(layers, config.target_sparsity)
     blocks = {name: group[0] for group in layer_groups(list(layers)) for name in group}
     scores: dict[str, list[torch.Tensor]] = {}
-    stats = _unpruned_stats(adapter, layers, context, lambda n, m: FeatureNormCollector(),
-                            "owl ratios")
+    if stats is None:
+        stats = _unpruned_stats(adapter, layers, context, lambda n, m: FeatureNormCollector(),
+                                "owl ratios")
     for name, s in stats.items():
         scores.setdefault(blocks[name], []).append(_wanda_scores(layers[name], s))
     ratios = {b: outlier_ratio(s, config.owl_threshold) for b, s in scores.items()}
@@ -331,17 +333,17 @@ def _prune_calibrated(adapter: Adapter, config: CalibratedPruneConfig, context: 
     tables, layers = split_embeddings(layers)
     replace_modules(adapter.model, {  # by magnitude, before the layers that read them calibrate
         n: tally.sparse(m, _magnitude_keep(m, config), None) for n, m in tables.items()})
-    sparsity = _layer_sparsities(adapter, layers, config, context)
-
     def replace(name: str, module: nn.Module, stats: Any) -> nn.Module:
         keep, weight = prune_layer(module, stats, sparsity[name])
         return tally.stand_in(name, module, keep, weight)
 
     if config.sequential:
+        sparsity = _layer_sparsities(adapter, layers, config, context)
         n = calibrate_layers(adapter, layers, context.calibration_data(adapter), make_collector,
                              replace, desc, context.progress, release=True, reference=reference)
-    else:
+    else:  # one pass serves OWL's ratios and the masks
         stats = _unpruned_stats(adapter, layers, context, make_collector, desc)
+        sparsity = _layer_sparsities(adapter, layers, config, context, stats)
         replace_modules(adapter.model, {name: replace(name, m, stats.pop(name))
                                         for name, m in layers.items()})
         n = len(layers)
@@ -361,8 +363,8 @@ def apply_wanda(adapter: Adapter, config: WandaConfig, context: StageContext) ->
     def prune(module: nn.Module, stats: FeatureNormCollector | HessianCollector,
               sparsity: float) -> tuple[torch.Tensor, torch.Tensor]:
         w = weight_matrix(module)
-        norm = stats.hessian.diagonal().sqrt() if config.swaps else stats.norm
-        keep = _select(w.abs() * norm, module, config, config.rows_compete(module), sparsity)
+        keep = _select(_wanda_scores(module, stats), module, config,
+                       config.rows_compete(module), sparsity)
         if config.swaps:
             perm = _column_order(module, config.nm)
             order = slice(None) if perm is None else perm
