@@ -21,7 +21,7 @@ def test_padded_tokens_are_left_out_of_calibration_statistics():
             self.rows += len(rows)
 
     coll = Collect()
-    _run_group({"l": layer}, {"l": coll}, [CalibrationBatch(lambda: layer(x), mask)])
+    _run_group({"l": layer}, {"l": coll}, [CalibrationBatch(layer, lambda: x, mask)])
     assert coll.rows == 8
     torch.testing.assert_close(coll.seen, x[mask])
 
@@ -49,10 +49,15 @@ def test_a_reference_model_pairs_each_layer_input_with_its_own_at_the_same_rows(
     runner = Runner(model)
     x = torch.randn(2, 5, 4)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
-    coll = HessianCollector()
-    _run_group({"1": model[1]}, {"1": coll}, [CalibrationBatch(lambda: runner.model(x), mask)],
-               reference, runner)
-    assert runner.model is model
+    coll, loads = HessianCollector(), []
+
+    def load() -> torch.Tensor:
+        loads.append(1)
+        return x
+
+    batch = CalibrationBatch(lambda inputs: runner.model(inputs), load, mask)
+    _run_group({"1": model[1]}, {"1": coll}, [batch], reference, runner)
+    assert runner.model is model and len(loads) == 1  # inputs loaded once for both models
     with torch.no_grad():
         mine, theirs = model[0](x)[mask], reference[0](x)[mask]
     torch.testing.assert_close(coll.hessian, 2 * mine.T @ mine / 8)
@@ -77,7 +82,7 @@ def test_batches_that_bypass_the_adapter_model_cannot_pair_with_a_reference():
             self.model = m
 
     x = torch.randn(3, 4)
-    batch = CalibrationBatch(lambda: model(x))  # bound to the model, not to runner.model
+    batch = CalibrationBatch(model, lambda: x)  # bound to the model, not to runner.model
     with pytest.raises(RuntimeError, match="did not run the reference model"):
         _run_group({"1": model[1]}, {"1": HessianCollector()}, [batch], copy.deepcopy(model),
                    Runner(model))

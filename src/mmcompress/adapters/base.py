@@ -93,16 +93,17 @@ class Adapter(ABC):
             order = rng.permutation(len(items))[:samples]
             for i in range(0, len(order), batch_size):
                 chosen = [int(j) for j in order[i : i + batch_size]]
+                forward = functools.partial(self.forward_modality, modality)
                 if modality == "image":  # decoded on every pass: one batch in memory, not all
                     _check_finite_batch(self._image_batch(data, chosen), modality)
                     batches.setdefault(modality, []).append(CalibrationBatch(
-                        functools.partial(self._run_images, data, chosen)))
+                        forward, functools.partial(self._image_batch, data, chosen)))
                     continue
                 batch = self.preprocess(modality, [items[j] for j in chosen])
                 _check_finite_batch(batch, modality)
                 mask = batch.get("attention_mask") if isinstance(batch, dict) else None
                 batches.setdefault(modality, []).append(CalibrationBatch(
-                    functools.partial(self.forward_modality, modality, batch),
+                    forward, functools.partial(_stored, batch),
                     None if mask is None else mask.bool()))
         if not batches:
             raise DataError(f"calibration data {data.name!r} is empty or holds no "
@@ -112,14 +113,16 @@ class Adapter(ABC):
     def _image_batch(self, data: Dataset, indices: list[int]) -> Any:
         return self.preprocess("image", [data.load_image(j) for j in indices])
 
-    def _run_images(self, data: Dataset, indices: list[int]) -> Any:
-        return self.forward_modality("image", self._image_batch(data, indices))
-
     def check_finite(self) -> None:
         """Refuse weights holding NaN or Inf (a corrupted or diverged checkpoint)."""
         for name, t in self.model.state_dict().items():
             if t.is_floating_point() and not torch.isfinite(t).all():
                 raise CheckpointError(f"weight {name!r} holds NaN or Inf values")
+
+
+def _stored(batch: Any) -> Any:
+    """A calibration batch's inputs kept in memory (`CalibrationBatch.load`)."""
+    return batch
 
 
 def _check_finite_batch(batch: Any, modality: str) -> None:

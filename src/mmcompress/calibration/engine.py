@@ -15,6 +15,7 @@ the already-compressed layers before it pass on (asymmetric calibration, as in G
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,19 +34,22 @@ Batch = Callable[[], Any]
 
 @dataclass
 class CalibrationBatch:
-    """One calibration forward pass, and which token positions are real.
+    """One calibration forward pass: `forward(load())`, and which token positions are real.
 
+    `load` gives the model's inputs (decoding images, say); `forward` runs the model on them.
+    Kept apart so that a pass through two models (a reference run) loads the inputs once.
     `token_mask` ([batch, tokens], True = a real token) drops padded positions from the
     statistics of every layer whose input is laid out [batch, tokens, features]: padding never
     reaches the model's output (attention and pooling mask it), so its activations would only
     distort Hessians, norms and ranges.
     """
 
-    run: Callable[[], Any]
+    forward: Callable[[Any], Any]
+    load: Callable[[], Any]
     token_mask: torch.Tensor | None = None
 
     def __call__(self) -> Any:
-        return self.run()
+        return self.forward(self.load())
 
 
 def real_tokens(x: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
@@ -121,6 +125,9 @@ def _run_group(group: dict[str, nn.Module], collectors: dict[str, Any], batches:
                 live.clear()
                 ref.clear()
                 mask[0] = getattr(run, "token_mask", None)
+                if reference is not None and isinstance(run, CalibrationBatch):
+                    inputs = run.load()  # once for both models
+                    run = functools.partial(run.forward, inputs)  # noqa: PLW2901
                 with contextlib.suppress(_GroupDone):
                     run()
                 if reference is not None:
