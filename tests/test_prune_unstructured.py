@@ -557,6 +557,12 @@ def test_bad_settings_are_recipe_errors(cfg, fragment):
         load_recipe({"stages": [{"prune": cfg}]})
 
 
+def test_swaps_true_means_the_default_rounds():
+    recipe = load_recipe("stages:\n  - prune: {method: wanda, sparsity: 0.5, swaps: true}\n"
+                         "  - prune: {method: wanda, sparsity: 0.5, swaps: false}\n")
+    assert [s.config.swaps for s in recipe.stages] == [200, 0]
+
+
 def test_unquoted_yaml_pattern_is_read_as_n_m():
     recipe = load_recipe("stages:\n  - prune: {method: wanda, pattern: 2:4}\n")
     assert recipe.stages[0].config.pattern == "2:4"

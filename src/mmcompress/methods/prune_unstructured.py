@@ -119,6 +119,9 @@ class CalibratedPruneConfig(UnstructuredPruneConfig):
     sequential: bool = Field(True, description=SEQUENTIAL)
 
 
+DEFAULT_SWAP_ROUNDS = 200  # MiniLM and CLIP layers stop before it (summary: swap_rounds_max)
+
+
 class WandaConfig(CalibratedPruneConfig):
     method: str = "wanda"
     # one-shot scores lost less than sequential ones on MiniLM in 5 of 6 comparisons (60%, 2:4,
@@ -131,7 +134,12 @@ class WandaConfig(CalibratedPruneConfig):
     swaps: int = Field(0, ge=0, description="then refine each layer's mask by up to this many "
                        "rounds of swaps (a pruned and a kept weight of one row) that lower the "
                        "layer's output error on the calibration data; weights stay as they are "
-                       "(SparseSwaps; 0: off)")
+                       f"(SparseSwaps; 0 or false: off, true: {DEFAULT_SWAP_ROUNDS})")
+
+    @field_validator("swaps", mode="before")
+    @classmethod
+    def _swaps_flag(cls, v: Any) -> Any:
+        return (DEFAULT_SWAP_ROUNDS if v else 0) if isinstance(v, bool) else v
 
     @model_validator(mode="after")
     def _swaps_one_shot(self) -> WandaConfig:
