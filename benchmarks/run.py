@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> None:
         memory=not args.no_memory,
         configs=configs,
         peers=tuple(_names(args.peers, PEERS, "peer")),
-        per_model=suite.per_model,
+        # configurations named on the command line run on every model asked for
+        per_model={} if args.configs else suite.per_model,
     )
     cases = [MODELS[n] for n in _names(args.models or ",".join(suite.models), MODELS, "model")]
     stem = ("quick" if args.quick else "full") if args.suite == "core" else (
