@@ -33,7 +33,7 @@ from ..sparsity import (
     sparsegpt_prune,
 )
 from ..sparsity.owl import outlier_ratio, owl_sparsities
-from ..sparsity.swaps import refine_by_swaps
+from ..sparsity.swaps import DEFAULT_ROUNDS, refine_by_swaps
 from .base import MethodConfig, StageContext, register_method, selected, split_embeddings
 from .training_hooks import Schedule, with_schedule
 from .weight_quant import weight_matrix
@@ -119,9 +119,6 @@ class CalibratedPruneConfig(UnstructuredPruneConfig):
     sequential: bool = Field(True, description=SEQUENTIAL)
 
 
-DEFAULT_SWAP_ROUNDS = 200  # MiniLM and CLIP layers stop before it (summary: swap_rounds_max)
-
-
 class WandaConfig(CalibratedPruneConfig):
     method: str = "wanda"
     # one-shot scores lost less than sequential ones on MiniLM in 5 of 6 comparisons (60%, 2:4,
@@ -134,12 +131,12 @@ class WandaConfig(CalibratedPruneConfig):
     swaps: int = Field(0, ge=0, description="then refine each layer's mask by up to this many "
                        "rounds of swaps (a pruned and a kept weight of one row) that lower the "
                        "layer's output error on the calibration data; weights stay as they are "
-                       f"(SparseSwaps; 0 or false: off, true: {DEFAULT_SWAP_ROUNDS})")
+                       f"(SparseSwaps; 0 or false: off, true: {DEFAULT_ROUNDS})")
 
     @field_validator("swaps", mode="before")
     @classmethod
     def _swaps_flag(cls, v: Any) -> Any:
-        return (DEFAULT_SWAP_ROUNDS if v else 0) if isinstance(v, bool) else v
+        return (DEFAULT_ROUNDS if v else 0) if isinstance(v, bool) else v
 
     @model_validator(mode="after")
     def _swaps_one_shot(self) -> WandaConfig:
@@ -341,6 +338,7 @@ def _prune_calibrated(adapter: Adapter, config: CalibratedPruneConfig, context: 
     tables, layers = split_embeddings(layers)
     replace_modules(adapter.model, {  # by magnitude, before the layers that read them calibrate
         n: tally.sparse(m, _magnitude_keep(m, config), None) for n, m in tables.items()})
+
     def replace(name: str, module: nn.Module, stats: Any) -> nn.Module:
         keep, weight = prune_layer(module, stats, sparsity[name])
         return tally.stand_in(name, module, keep, weight)

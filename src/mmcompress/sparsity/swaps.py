@@ -16,6 +16,8 @@ import torch
 
 from .masks import NM
 
+DEFAULT_ROUNDS = 200  # MiniLM and CLIP layers stop before it (stage summary: swap_rounds_max)
+
 
 def _best_unstructured(w: torch.Tensor, h: torch.Tensor, grow: torch.Tensor,
                        prune: torch.Tensor, candidates: int
@@ -51,7 +53,7 @@ def _best_nm(w: torch.Tensor, h: torch.Tensor, grow: torch.Tensor, prune: torch.
 
 @torch.no_grad()
 def refine_by_swaps(weight: torch.Tensor, keep: torch.Tensor, hessian: torch.Tensor,
-                    nm: NM | None = None, rounds: int = 100, candidates: int = 16,
+                    nm: NM | None = None, rounds: int = DEFAULT_ROUNDS, candidates: int = 16,
                     tolerance: float = 1e-6) -> tuple[torch.Tensor, int]:
     """(refined keep-mask, rounds that made a swap): the mask has `keep`'s shape, count per
     row and N:M pattern.
