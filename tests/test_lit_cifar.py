@@ -144,6 +144,9 @@ def test_lit_cifar_split_is_fixed_and_disjoint(monkeypatch):
         ev = sorted(p.name for p, y in zip(held_out.images, held_out.labels) if y == label)
         assert len(tr) == len(ev) == 400 and tr[-1] < ev[0]
     assert held_out.templates == CLASS_TEMPLATES
+    # calibrating on the training part never sees an evaluation prompt
+    assert train.templates == TRAIN_TEMPLATES
+    assert not set(train.all_texts()) & set(held_out.all_texts())
 
 
 @pytest.mark.integration

@@ -1,8 +1,9 @@
 """CIFAR-10 test images from the shared data, and the fixed split used by ``lit-cifar``.
 
 The split: in every class folder of ``cifar10/test`` (800 images), the first
-`LIT_TRAIN_PER_CLASS` files by sorted name train lit-cifar's projection; the rest are held out
-for evaluation (data spec ``lit-cifar-eval``).
+`LIT_TRAIN_PER_CLASS` files by sorted name train lit-cifar's projection (captioned with
+`LIT_TRAIN_TEMPLATES`); the rest are held out for evaluation (data spec ``lit-cifar-eval``,
+with the class-folder prompts).
 """
 
 from __future__ import annotations
@@ -14,6 +15,17 @@ from .dataset import Dataset
 from .readers import read_class_folder
 
 LIT_TRAIN_PER_CLASS = 400
+# captions of the training part; the evaluation prompts (class-folder templates) share none
+LIT_TRAIN_TEMPLATES = [
+    "a {}",
+    "the {}",
+    "a blurry shot of the {}",
+    "a low-resolution snapshot of a {}",
+    "a close-up of a {}",
+    "a small {} in the frame",
+    "this shows a {}",
+    "a cropped view of the {}",
+]
 
 
 def cifar10_test() -> Dataset:
@@ -41,10 +53,13 @@ def split_per_class(data: Dataset, first: int, names: tuple[str, str]) -> tuple[
 
 
 def lit_cifar_split() -> tuple[Dataset, Dataset]:
-    """(training part, held-out part) of ``cifar10/test`` for lit-cifar."""
-    return split_per_class(
+    """(training part, held-out part) of ``cifar10/test`` for lit-cifar. The training part is
+    captioned with `LIT_TRAIN_TEMPLATES`, so that calibrating on it never sees the prompts the
+    held-out part is scored with."""
+    train, held_out = split_per_class(
         cifar10_test(), LIT_TRAIN_PER_CLASS, ("lit-cifar-train", "lit-cifar-eval")
     )
+    return replace(train, templates=list(LIT_TRAIN_TEMPLATES)), held_out
 
 
 def lit_cifar_eval() -> Dataset:

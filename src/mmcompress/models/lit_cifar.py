@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.cifar import LIT_TRAIN_TEMPLATES as TRAIN_TEMPLATES
 from ..threads import single_thread
 from . import contrastive
 from .lit_dual import LiTDualEncoder
@@ -23,16 +24,6 @@ from .resnet_cifar import FEATURE_DIM, CifarResNet
 from .sentence_encoder import SentenceEncoder
 
 DEPTH = 56
-TRAIN_TEMPLATES = [
-    "a {}",
-    "the {}",
-    "a blurry shot of the {}",
-    "a low-resolution snapshot of a {}",
-    "a close-up of a {}",
-    "a small {} in the frame",
-    "this shows a {}",
-    "a cropped view of the {}",
-]
 TRAINING = {"epochs": 20, "batch_size": 256, "lr": 1e-2, "weight_decay": 1e-4, "seed": 0,
             "threads": 1}
 

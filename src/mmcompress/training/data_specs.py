@@ -20,9 +20,7 @@ from ..shared_data import shared_data_dir
 
 
 def lit_cifar_train() -> Dataset:
-    from ..models.lit_cifar import TRAIN_TEMPLATES as LIT_TEMPLATES
-
-    return replace(lit_cifar_split()[0], templates=list(LIT_TEMPLATES))
+    return lit_cifar_split()[0]
 
 
 def stsb_train() -> Dataset:
