@@ -285,7 +285,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("out", type=Path, help="JSON file to write")
     p.add_argument("--quick", action="store_true", help="fewer repeats and samples")
     p.add_argument("--sections", default="clip,minilm,demo,lit-cifar")
+    p.add_argument("--update", action="store_true",
+                   help="replace only the sections run in an existing OUT, keeping the others")
     args = p.parse_args(argv)
+    command = " ".join(["python -m benchmarks.prune_structured", *(sys.argv[1:] if argv is None
+                                                                    else argv)])
     # quality work on one thread (a shared machine is oversubscribed); timings set their own
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -296,6 +300,12 @@ def main(argv: list[str] | None = None) -> None:
         "repeats": repeats,
         "calibration_samples": samples,
     }
+    if args.update and args.out.exists():
+        kept = json.loads(args.out.read_text())
+        if {k: kept.get(k) for k in results} != results:
+            raise SystemExit(f"error: {args.out} was written with other settings; run without"
+                             " --update")
+        results = kept
     for section in [s.strip() for s in args.sections.split(",") if s.strip()]:
         start = time.perf_counter()
         try:
@@ -311,6 +321,7 @@ def main(argv: list[str] | None = None) -> None:
             results[section] = {"skipped": f"{type(exc).__name__}: {exc}"}
             print(f"\n{section}: skipped ({exc})")
         results.setdefault(section, {})["seconds"] = round(time.perf_counter() - start, 1)
+        results[section]["command"] = command
         args.out.write_text(json.dumps(results, indent=1, default=str))
     print(f"\nwrote {args.out}")
 
