@@ -353,6 +353,36 @@ def test_global_scope_takes_more_from_the_tower_with_unimportant_units(tiny_clip
     assert abs(total - 4 * 19) <= 1  # the same parameters freed (every neuron frees the same)
 
 
+def _taylor(adapter) -> list[torch.Tensor]:
+    from mmcompress.structured.importance import taylor_scores
+
+    groups = [g for g in find_structure(adapter.model).units if g.kind == "neurons"]
+    calib = adapter.calibration_data(toy_image_data(), 8, 4, 0)
+    return taylor_scores(adapter, groups, calib)
+
+
+def test_taylor_scores_are_relative_to_the_tower_output(tiny_clip):
+    """Scores measure the output's change relative to its size, so towers compare."""
+    before = _taylor(tiny_clip)
+    unit_norm = tiny_clip.embed_text_tensors
+    tiny_clip.embed_text_tensors = lambda inputs: 10 * unit_norm(inputs)  # 10x larger text
+    after = _taylor(tiny_clip)
+    for b, a in zip(before, after, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6 * float(b.max()))
+
+
+def test_global_taylor_takes_from_the_tower_whose_units_matter_less(tiny_clip):
+    """Every vision neuron weakened alike: ranked within its own tower it would look as
+    important as before; ranked by relative output change it goes first."""
+    for layer in tiny_clip.model.vision_model.encoder.layers:
+        with torch.no_grad():
+            layer.mlp.fc2.weight *= 1e-2
+    ranked = _prune(tiny_clip, toy_image_data(), neurons=0.3, importance="taylor",
+                    scope="global")["removed"]
+    assert ranked["vision"]["neurons"]["removed"] >= 2 * 19 + 30
+    assert ranked["text"]["neurons"]["removed"] <= 19 - 15
+
+
 def test_prune_then_quantize_in_one_recipe(tiny_clip, tmp_path):
     recipe = {"stages": [{"prune": {"method": "structured", "heads": 0.5, "neurons": 0.5}},
                          {"quantize": {"method": "rtn", "bits": 8}}],

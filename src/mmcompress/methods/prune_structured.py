@@ -182,9 +182,9 @@ def _prune_units(adapter: Adapter, config: StructuredPruneConfig, groups: list[U
         remove[gi], sizes[gi] = how_many(amounts[g.kind], g.size), g.size
         params = group_params(model, g)
         t = _tower(g.outputs[0], towers)
-        # Taylor scores measure the tower's output change in every layer alike; local scores
-        # are only comparable within their layer
-        pool = (t, g.kind) if config.importance == "taylor" else (gi,)
+        # Taylor scores are the relative output change in every layer of every tower alike;
+        # local scores are only comparable within their layer
+        pool = ("taylor",) if config.importance == "taylor" else (gi,)
         cands += [Candidate(gi, u, t, g.kind, float(s[u]), params, pool)
                   for u in range(g.size)]
     if config.scope == "tower":

@@ -9,11 +9,11 @@ comparable across towers or unit kinds (different activation scales, different u
 so scores are normalised within *pools* of comparable units — a unit's key is its share of its
 pool's total score divided by its share of the pool's parameters. A unit of exactly average
 importance per parameter thus has key 1 everywhere, and the units furthest below that are
-removed first until the parameter budget is met. Pools are chosen by the caller: one per
-(tower, kind) for scores that measure the same thing in every layer (Taylor: the change of the
-tower's output; block influence), one per layer for local scores (magnitude, activation), as
-Torch-Pruning's group normaliser does. Every group keeps at least one unit, every layer list
-at least one block.
+removed first until the parameter budget is met. Pools are chosen by the caller: one for
+everything when scores measure the same thing everywhere (Taylor: the relative change of the
+model's output, so a sensitive tower keeps more), one per tower for block influence, one per
+layer for local scores (magnitude, activation), as Torch-Pruning's group normaliser does.
+Every group keeps at least one unit, every layer list at least one block.
 """
 
 from __future__ import annotations

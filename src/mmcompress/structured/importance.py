@@ -10,7 +10,10 @@
   output. The adapters have no label loss on calibration batches, so the loss is a random
   projection r·y of the output embedding (r ~ N(0, I), fresh per batch); the squared gradient
   with respect to a gate on the unit, summed over batches, is then an unbiased estimate of
-  ‖∂y/∂gate‖², the squared first-order change of the output when the unit is removed.
+  ‖∂y/∂gate‖², the squared first-order change of the output when the unit is removed. It is
+  divided by Σ‖y‖² over the same batches: a relative change, the same quantity in the same
+  units in every layer of every tower and for every kind of unit, so one ranking can hold all
+  of them (for unit-norm embeddings it is the mean over examples).
 - With ``compensate`` the removed units' mean contribution is kept in the next layer's bias,
   so what a unit is worth is what its *mean* cannot replace (FLAP): ``activation`` then uses
   the standard deviation of the input instead of mean|x|, and ``taylor`` gates the unit
@@ -165,6 +168,7 @@ def taylor_scores(adapter: Adapter, groups: list[UnitGroup], calib: CalibrationD
     model = adapter.model
     gates = [torch.ones(g.size, requires_grad=True) for g in groups]
     scores = [torch.zeros(g.size) for g in groups]
+    energy = [0.0 for _ in groups]  # Σ‖y‖² over the outputs each group's gradients came from
     gen = torch.Generator().manual_seed(seed)
     handles = []
     for g, gate in zip(groups, gates, strict=True):
@@ -183,13 +187,15 @@ def taylor_scores(adapter: Adapter, groups: list[UnitGroup], calib: CalibrationD
                     continue  # this batch does not pass any gated unit
                 r = torch.randn(out.shape, generator=gen).to(out)
                 grads = torch.autograd.grad((r * out).sum(), gates, allow_unused=True)
-                for s, grad in zip(scores, grads, strict=True):
+                y2 = float(out.detach().float().pow(2).sum())
+                for i, grad in enumerate(grads):
                     if grad is not None:
-                        s += grad.detach().float().pow(2)
+                        scores[i] += grad.detach().float().pow(2)
+                        energy[i] += y2
     finally:
         for h in handles:
             h.remove()
-    return scores
+    return [s / e if e > 0 else s for s, e in zip(scores, energy, strict=True)]
 
 
 def unit_scores(adapter: Adapter, groups: list[UnitGroup], importance: str,
