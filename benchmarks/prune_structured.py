@@ -1,13 +1,15 @@
 """Structured pruning: latency, quality, and global vs per-tower allocation.
 
-``python -m benchmarks.prune_structured OUT.json [--quick] [--sections clip,minilm,demo,lit-cifar]``
+``python -m benchmarks.prune_structured OUT.json [--quick] [--update]
+[--sections clip,minilm,demo,lit-cifar,fusion-early,fusion-late,fusion-hybrid]``
 
 - clip: ``random:clip-vit-base-patch32``, each tower dense vs 50% of MLP neurons + 50% of
   attention heads removed (batch 8, text 32 tokens), timed interleaved in the same run.
 - minilm: 50% of MLP neurons removed (each importance), STS-B dev Spearman and text latency;
   calibration on STS-B *train* sentences, evaluation on dev.
-- demo / lit-cifar: ``scope: global`` vs ``scope: tower`` at the same parameter budget,
-  zero-shot top-1 and fidelity; calibration on the training split, evaluation held out.
+- demo / lit-cifar / fusion-early / fusion-late / fusion-hybrid: ``scope: global`` vs
+  ``scope: tower`` at the same parameter budget, zero-shot top-1 (fusion: top-1 as given) and
+  fidelity; calibration on the training split, evaluation held out.
 
 Prints a table per section and writes everything as JSON to OUT.json.
 """
@@ -200,28 +202,29 @@ def _lit_cifar_data() -> tuple[Dataset, Dataset]:
     return lit_cifar_split()
 
 
+def _trimodal_data() -> tuple[Dataset, Dataset]:
+    return load_data("trimodal-train"), load_data("trimodal")
+
+
+AMOUNTS = [dict(heads=f, neurons=f, channels=f) for f in (0.25, 0.5)]
+# model spec → (calibration and evaluation data, metric, whether --quick may subsample it)
 SETTINGS = {
-    "demo": [
-        dict(heads=0.25, neurons=0.25, channels=0.25),
-        dict(heads=0.5, neurons=0.5, channels=0.5),
-    ],
-    "lit-cifar": [
-        dict(heads=0.25, neurons=0.25, channels=0.25),
-        dict(heads=0.5, neurons=0.5, channels=0.5),
-    ],
+    "demo": (_demo_data, "zeroshot_top1", True),
+    "lit-cifar": (_lit_cifar_data, "zeroshot_top1", True),
+    **{f"fusion-{kind}": (_trimodal_data, "top1", False) for kind in ("early", "late", "hybrid")},
 }
 
 
 def allocation(spec: str, samples: int, max_eval: int | None) -> dict[str, Any]:
     """scope global vs tower at the same budget: quality, fidelity, params per tower."""
     dense = load_model(spec, progress=False)
-    train, test = _demo_data() if spec == "demo" else _lit_cifar_data()
-    if max_eval:  # the same number of examples of every class
+    data, metric, subsample = SETTINGS[spec]
+    train, test = data()
+    if max_eval and subsample:  # the same number of examples of every class
         from mmcompress.data.cifar import split_per_class
 
         test = split_per_class(test, max_eval // len(test.class_names), (test.name, "-"))[0]
     ref = quality(dense, test)
-    metric = "zeroshot_top1"
     out: dict[str, Any] = {
         "dense": {metric: ref.metrics[metric], "params": count_params(dense.model)},
         "runs": [],
@@ -237,7 +240,7 @@ def allocation(spec: str, samples: int, max_eval: int | None) -> dict[str, Any]:
             "-",
         ]
     ]
-    for amounts in SETTINGS[spec]:
+    for amounts in AMOUNTS:
         for importance in ("magnitude", "activation", "taylor"):
             for scope in ("tower", "global"):
                 model = copy.deepcopy(dense)
@@ -284,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("out", type=Path, help="JSON file to write")
     p.add_argument("--quick", action="store_true", help="fewer repeats and samples")
-    p.add_argument("--sections", default="clip,minilm,demo,lit-cifar")
+    p.add_argument("--sections", default=",".join(["clip", "minilm", *SETTINGS]))
     p.add_argument("--update", action="store_true",
                    help="replace only the sections run in an existing OUT, keeping the others")
     args = p.parse_args(argv)
