@@ -18,12 +18,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 PAGE = ROOT / "docs" / "method-results.md"
 
-# lit-cifar results calibrated before session 9's fix (see the closing note there)
-PROMPT_LEAK = (" **To rerun:** these lit-cifar figures were stored before lit-cifar-train carried"
-               " its training captions, so calibrated methods saw the evaluation prompts when"
-               " they calibrated the text tower (magnitude, RTN and plain SVD do not"
-               " calibrate).")
-
 # (title, JSON file, command, what it measures)
 SECTIONS = [
     ("Unstructured pruning on MiniLM", "prune_unstructured.json",
@@ -106,8 +100,7 @@ SECTIONS = [
      "The rows above followed by `finetune: {method: batchnorm}` (each BatchNorm's statistics"
      " refitted, layer by layer, to the change pruning made to its input against the dense"
      " model, on the same 512 calibration examples; no training). `prune_seconds` includes it."
-     " The magnitude rows calibrate nothing on the text side; the wanda-bn rows were rerun"
-     " after the fix in `prune_swaps_litcifar.json`." + PROMPT_LEAK),
+     " Rerun in session 10, after lit-cifar-train carried its training captions."),
     ("Unstructured pruning on other STS data, 512 calibration sentences",
      "prune_unstructured_heldout_512.json",
      "python -m benchmarks.prune_unstructured"
@@ -136,7 +129,8 @@ SECTIONS = [
      " convolution weights. `svd-whiten` rows fit each layer to the uncompressed model's"
      " outputs (`asymmetric: true`, the default); `svd-whiten-symmetric` rows are SVD-LLM's"
      " fit to each layer's own weight (`asymmetric: false`). The minilm and lit-cifar parts"
-     " were rerun with `--update` (each part names its command)." + PROMPT_LEAK),
+     " were rerun with `--update` (each part names its command; lit-cifar in session 10,"
+     " after lit-cifar-train carried its training captions)."),
     ("Low-rank MiniLM at other budgets", "lowrank_minilm_ratios.json",
      "python -m benchmarks.lowrank benchmarks/results/lowrank_minilm_ratios.json --parts minilm"
      " --param-ratio 0.5,0.9 --methods svd,svd-whiten --calib-samples 2048 --threads 1"
@@ -147,7 +141,8 @@ SECTIONS = [
      "python -m benchmarks.lowrank benchmarks/results/lowrank_litcifar_half.json --parts"
      " lit-cifar --param-ratio 0.5 --threads 1 --compress-threads 1",
      "The lit-cifar rows at `param_ratio` 0.5: at 0.7 whitened SVD is lossless with either"
-     " allocation, so the allocation has nothing to win there." + PROMPT_LEAK),
+     " allocation, so the allocation has nothing to win there (rerun in session 10, after"
+     " lit-cifar-train carried its training captions)."),
     ("Low-rank MiniLM on other STS data", "lowrank_minilm_heldout.json",
      "python -m benchmarks.sts_heldout /tmp/sts && python -m benchmarks.lowrank"
      " benchmarks/results/lowrank_minilm_heldout.json --parts minilm --minilm-eval"
