@@ -306,7 +306,38 @@ def render(results: dict[str, Any]) -> str:
                            targets=target_lines(kinds),
                            compress=compress_table, sens=sens, budget=budget,
                            budget_ci=budget_interval_table(),
+                           parameters=parameter_allocation_table(),
                            command=results["command"])
+
+
+def parameter_allocation_table() -> str:
+    """Structured pruning with one ranking of every tower's units (global Taylor) vs the same
+    ratio in every tower, from the fusion sections of results/prune_structured.json."""
+    path = Path(__file__).parent / "results" / "prune_structured.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    rows = []
+    for kind in KINDS:
+        section = results.get(f"fusion-{kind}", {})
+        runs = {(r["amounts"]["heads"], r["importance"], r["scope"]): r
+                for r in section.get("runs", [])}
+        for amount in sorted({a for a, _, _ in runs}):
+            ranked = runs[(amount, "taylor", "global")]
+            ratios = ranked["summary"]["params"]
+            rows.append([kind, f"{amount:.0%}", _pct(section["dense"]["top1"]),
+                         *(_pct(runs[(amount, i, "tower")]["top1"])
+                           for i in ("activation", "taylor")),
+                         _pct(ranked["top1"]),
+                         ", ".join(f"{t} {v['removed_ratio']:.2f}" for t, v in ratios.items())])
+    if not rows:
+        return ("(not run: `python -m benchmarks.prune_structured OUT --quick --sections "
+                "fusion-early,fusion-late,fusion-hybrid`)")
+    table = markdown_table(["fusion", "asked per layer", "fp32", "per tower, activation",
+                            "per tower, Taylor", "global Taylor",
+                            "global: parameters removed per tower"], rows)
+    command = next(results[f"fusion-{k}"]["command"] for k in KINDS
+                   if f"fusion-{k}" in results)
+    return (f"Top-1 as given (`{command}`, `benchmarks/results/prune_structured.json`; 64 "
+            f"calibration examples of the training split, no fine-tuning):\n\n{table}")
 
 
 def budget_interval_table() -> str:
@@ -393,6 +424,17 @@ examples / as given):
 {budget}
 
 {budget_ci}
+
+## Parameters spread across modalities by sensitivity (structured pruning)
+
+A parameter target instead of a size: `prune: {{method: structured, heads: F, neurons: F,
+channels: F}}` removes the fraction F of every layer's units in every tower (`scope: tower`),
+or frees the same number of parameters (to within a unit) where the model's output moves
+least (`scope: global`, Taylor scores: the relative change of the output when a unit is
+removed, one ranking over every tower's heads, neurons and channels; see
+[prune_structured.md](prune_structured.md)). The sensitive towers keep more of their units:
+
+{parameters}
 
 ## Notes
 
