@@ -429,7 +429,7 @@ examples / as given):
 
 A parameter target instead of a size: `prune: {{method: structured, heads: F, neurons: F,
 channels: F}}` removes the fraction F of every layer's units in every tower (`scope: tower`),
-or frees the same number of parameters (to within a unit) where the model's output moves
+or frees about as many parameters (up to 0.8% of the model more) where the model's output moves
 least (`scope: global`, Taylor scores: the relative change of the output when a unit is
 removed, one ranking over every tower's heads, neurons and channels; see
 [prune_structured.md](prune_structured.md)). The sensitive towers keep more of their units:
