@@ -28,6 +28,7 @@ import torch
 
 from mmcompress.data import Dataset, load_data
 from mmcompress.evaluation.evaluate import count_params, quality
+from mmcompress.io.atomic import write_text_atomic
 from mmcompress.methods import METHODS, StageContext
 from mmcompress.model_specs import load_model
 from mmcompress.recipe import CalibrationConfig, load_recipe
@@ -325,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"\n{section}: skipped ({exc})")
         results.setdefault(section, {})["seconds"] = round(time.perf_counter() - start, 1)
         results[section]["command"] = command
-        args.out.write_text(json.dumps(results, indent=1, default=str))
+        write_text_atomic(args.out, json.dumps(results, indent=1, default=str))
     print(f"\nwrote {args.out}")
 
 
