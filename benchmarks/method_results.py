@@ -50,9 +50,9 @@ SECTIONS = [
      "python -m benchmarks.prune_structured benchmarks/results/prune_structured.json --quick",
      "Latency of removed heads and neurons (random CLIP ViT-B/32, MiniLM) and global"
      " (UPop-style) vs per-tower ratios at equal parameters (demo, lit-cifar, the three fusion"
-     " classifiers); see [prune_structured.md](prune_structured.md). The allocation sections"
-     " were rerun with `--update --sections demo,lit-cifar,fusion-early,fusion-late,"
-     "fusion-hybrid` (each section records its command)."),
+     " classifiers, MiniLM); see [prune_structured.md](prune_structured.md). The allocation"
+     " sections were rerun with `--update --sections ...` (each section records its"
+     " command)."),
     ("Unstructured pruning on other STS data", "prune_unstructured_heldout.json",
      "python -m benchmarks.sts_heldout /tmp/sts && python -m benchmarks.prune_unstructured"
      " benchmarks/results/prune_unstructured_heldout.json --methods"

@@ -1,7 +1,7 @@
 """Structured pruning: latency, quality, and global vs per-tower allocation.
 
 ``python -m benchmarks.prune_structured OUT.json [--quick] [--update]
-[--sections clip,minilm,demo,lit-cifar,fusion-early,fusion-late,fusion-hybrid]``
+[--sections clip,minilm,demo,lit-cifar,fusion-early,fusion-late,fusion-hybrid,minilm-allocation]``
 
 - clip: ``random:clip-vit-base-patch32``, each tower dense vs 50% of MLP neurons + 50% of
   attention heads removed (batch 8, text 32 tokens), timed interleaved in the same run.
@@ -10,6 +10,8 @@
 - demo / lit-cifar / fusion-early / fusion-late / fusion-hybrid: ``scope: global`` vs
   ``scope: tower`` at the same parameter budget, zero-shot top-1 (fusion: top-1 as given) and
   fidelity; calibration on the training split, evaluation held out.
+- minilm-allocation: the same on MiniLM (heads and MLP neurons of one tower; STS-B dev
+  Spearman, calibration on STS-B train).
 
 Prints a table per section and writes everything as JSON to OUT.json.
 """
@@ -21,8 +23,9 @@ import copy
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -207,20 +210,37 @@ def _trimodal_data() -> tuple[Dataset, Dataset]:
     return load_data("trimodal-train"), load_data("trimodal")
 
 
-AMOUNTS = [dict(heads=f, neurons=f, channels=f) for f in (0.25, 0.5)]
-# model spec → (calibration and evaluation data, metric, whether --quick may subsample it)
+def _sts_data() -> tuple[Dataset, Dataset]:
+    return load_data(STSB / "sts-train.csv"), load_data(STSB / "sts-dev.csv")
+
+
+class AllocationCase(NamedTuple):
+    model: str
+    data: Callable[[], tuple[Dataset, Dataset]]  # (calibration, evaluation)
+    metric: str
+    subsample: bool  # whether --quick may evaluate a subset
+    kinds: tuple[str, ...] = ("heads", "neurons", "channels")
+
+
+FRACTIONS = (0.25, 0.5)
+# section → what it prunes and measures
 SETTINGS = {
-    "demo": (_demo_data, "zeroshot_top1", True),
-    "lit-cifar": (_lit_cifar_data, "zeroshot_top1", True),
-    **{f"fusion-{kind}": (_trimodal_data, "top1", False) for kind in ("early", "late", "hybrid")},
+    "demo": AllocationCase("demo", _demo_data, "zeroshot_top1", True),
+    "lit-cifar": AllocationCase("lit-cifar", _lit_cifar_data, "zeroshot_top1", True),
+    **{f"fusion-{kind}": AllocationCase(f"fusion-{kind}", _trimodal_data, "top1", False)
+       for kind in ("early", "late", "hybrid")},
+    # one tower: global ranking only moves parameters between layers and unit kinds
+    "minilm-allocation": AllocationCase("minilm", _sts_data, "stsb_spearman", False,
+                                        ("heads", "neurons")),
 }
 
 
-def allocation(spec: str, samples: int, max_eval: int | None) -> dict[str, Any]:
+def allocation(section: str, samples: int, max_eval: int | None) -> dict[str, Any]:
     """scope global vs tower at the same budget: quality, fidelity, params per tower."""
-    dense = load_model(spec, progress=False)
-    data, metric, subsample = SETTINGS[spec]
-    train, test = data()
+    case = SETTINGS[section]
+    dense = load_model(case.model, progress=False)
+    metric, subsample = case.metric, case.subsample
+    train, test = case.data()
     if max_eval and subsample:  # the same number of examples of every class
         from mmcompress.data.cifar import split_per_class
 
@@ -241,7 +261,7 @@ def allocation(spec: str, samples: int, max_eval: int | None) -> dict[str, Any]:
             "-",
         ]
     ]
-    for amounts in AMOUNTS:
+    for amounts in [dict.fromkeys(case.kinds, f) for f in FRACTIONS]:
         for importance in ("magnitude", "activation", "taylor"):
             for scope in ("tower", "global"):
                 model = copy.deepcopy(dense)
@@ -274,7 +294,7 @@ def allocation(spec: str, samples: int, max_eval: int | None) -> dict[str, Any]:
                 )
                 del model
     _table(
-        f"{spec}: global vs per-tower ratios at the same parameter budget "
+        f"{section}: global vs per-tower ratios at the same parameter budget "
         f"(eval {test.name}, {len(test)} examples; calibration {train.name})",
         ["asked", "importance", "scope", metric, "fidelity", "params", "removed ratio per tower"],
         rows,
