@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` sits beside `src`
@@ -124,3 +125,22 @@ def test_fusion_gain_intervals_pair_the_same_examples() -> None:
     ci = gain_intervals(better, worse, data)
     assert ci["top1"][0] > 0 and ci["top1_all"][0] > 0  # better on every resample
     assert gain_intervals(better, better, data) == {"top1": [0.0, 0.0], "top1_all": [0.0, 0.0]}
+
+
+def test_prune_structured_update_keeps_other_sections_and_refuses_other_settings(
+        tmp_path: Path, monkeypatch) -> None:
+    from benchmarks import prune_structured
+
+    monkeypatch.setattr(prune_structured, "allocation", lambda *a: {"runs": ["new"]})
+    out = tmp_path / "ps.json"
+    stored = {"threads": prune_structured.THREADS, "batch": prune_structured.BATCH,
+              "repeats": 10, "calibration_samples": 64, "clip": {"kept": True},
+              "demo": {"runs": ["old"]}}
+    out.write_text(json.dumps(stored))
+    prune_structured.main([str(out), "--quick", "--update", "--sections", "demo"])
+    after = json.loads(out.read_text())
+    assert after["clip"] == {"kept": True}
+    assert after["demo"]["runs"] == ["new"] and "--update" in after["demo"]["command"]
+    with pytest.raises(SystemExit, match="other settings"):
+        prune_structured.main([str(out), "--update", "--sections", "demo"])  # 30 repeats
+    assert json.loads(out.read_text()) == after
