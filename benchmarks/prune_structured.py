@@ -32,7 +32,7 @@ import torch
 from mmcompress.data import Dataset, load_data
 from mmcompress.evaluation.evaluate import count_params, quality
 from mmcompress.io.atomic import write_text_atomic
-from mmcompress.methods import METHODS, StageContext
+from mmcompress.methods import StageContext, run_stage
 from mmcompress.model_specs import load_model
 from mmcompress.recipe import CalibrationConfig, load_recipe
 
@@ -51,7 +51,7 @@ def prune(adapter, data: Dataset | None, samples: int = 128, **cfg) -> dict[str,
         data=data, calibration=CalibrationConfig(samples=samples, batch_size=16), progress=False
     )
     start = time.perf_counter()
-    summary = METHODS[("prune", "structured")].apply(adapter, stage.config, ctx)
+    summary = run_stage(adapter, stage, ctx)
     summary["seconds"] = round(time.perf_counter() - start, 2)
     return summary
 

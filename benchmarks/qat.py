@@ -14,10 +14,10 @@ once; with ``text`` it is quantized too and trained, its 80 training captions em
 step). QAT runs the product path: a ``quantize: {method: rtn, qat: ...}`` stage, then the
 shared `Trainer` with the callbacks the stage armed, on lit-cifar's *training* split (the
 first 400 images per class of ``cifar10/test``) against the captions that built lit-cifar
-(`TRAIN_TEMPLATES`, symmetric InfoNCE, same-class pairs positive), BatchNorm statistics
-frozen. Evaluation: lit-cifar-eval (the other 400 per class, class-folder prompts), never
-trained on. ``recovered`` = (QAT − RTN) / (fp32 − RTN); the table also gives it against the
-trained fp32 control.
+(the split's templates, `LIT_TRAIN_TEMPLATES`; symmetric InfoNCE, same-class pairs positive),
+BatchNorm statistics frozen. Evaluation: lit-cifar-eval (the other 400 per class,
+class-folder prompts), never trained on. ``recovered`` = (QAT − RTN) / (fp32 − RTN); the table
+also gives it against the trained fp32 control.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from mmcompress.evaluation.evaluate import quality, saved_size_bytes
 from mmcompress.methods import METHODS, StageContext
 from mmcompress.methods.training_hooks import take_armed
 from mmcompress.model_specs import load_model
-from mmcompress.models.lit_cifar import TRAIN_TEMPLATES
 from mmcompress.training import Trainer, TrainSettings, losses
 
 RESULTS = Path(__file__).resolve().parent / "results" / "qat.json"
@@ -53,9 +52,9 @@ class LitObjective:
         self.pixels = torch.cat([adapter.image_tensor(images[i : i + 500])
                                  for i in range(0, len(images), 500)])
         self.labels = torch.as_tensor(data.labels).long()
-        captions = [t.format(c) for c in data.class_names for t in TRAIN_TEMPLATES]
+        captions = [t.format(c) for c in data.class_names for t in data.templates]
         self.tokens = adapter.text_tensors(captions)
-        self.shape = (len(data.class_names), len(TRAIN_TEMPLATES))
+        self.shape = (len(data.class_names), len(data.templates))
         with torch.no_grad():
             self.frozen_text = self.embed_captions()
         self.train_text = False  # True: the text tower trains too (captions embedded per step)

@@ -13,10 +13,11 @@ from transformers import BertConfig
 
 from mmcompress.adapters.frozen_text import load_or_train
 from mmcompress.adapters.preprocess import HashTokenizer
+from mmcompress.data.cifar import LIT_TRAIN_TEMPLATES as TRAIN_TEMPLATES
 from mmcompress.data.cifar import split_per_class
 from mmcompress.data.dataset import Dataset
 from mmcompress.data.readers import CLASS_TEMPLATES
-from mmcompress.models.lit_cifar import TRAIN_TEMPLATES, LitCifarDualEncoder, train_projection
+from mmcompress.models.lit_cifar import LitCifarDualEncoder, train_projection
 from mmcompress.models.sentence_encoder import SentenceEncoder
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -12,10 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.cifar import LIT_TRAIN_PER_CLASS, lit_cifar_split
+from ..data.cifar import LIT_TRAIN_PER_CLASS, LIT_TRAIN_TEMPLATES, lit_cifar_split
 from ..models.lit_cifar import (
     DEPTH,
-    TRAIN_TEMPLATES,
     TRAINING,
     LitCifarDualEncoder,
     train_projection,
@@ -54,7 +53,7 @@ class LitCifarAdapter(FrozenTextAdapter):
         model = adapter.model
         key = cache_key(
             TRAINING,
-            TRAIN_TEMPLATES,
+            LIT_TRAIN_TEMPLATES,
             LIT_TRAIN_PER_CLASS,
             model.hparams,
             hashlib.sha256(resnet_file.read_bytes()).hexdigest(),

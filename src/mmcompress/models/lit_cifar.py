@@ -4,7 +4,7 @@ Image tower: the CIFAR-10 ResNet-56 (its pooled 64-d penultimate features).
 Text tower: the pretrained all-MiniLM-L6-v2 sentence encoder.
 Only a linear projection of the image features (and the temperature) is trained, LiT-style,
 on captions of the training part of ``cifar10/test`` (see `data.cifar`). Training captions use
-`TRAIN_TEMPLATES`; evaluation uses the class-folder prompts, which share none of them.
+`LIT_TRAIN_TEMPLATES`; evaluation uses the class-folder prompts, which share none of them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.cifar import LIT_TRAIN_TEMPLATES as TRAIN_TEMPLATES
+from ..data.cifar import LIT_TRAIN_TEMPLATES
 from ..threads import single_thread
 from . import contrastive
 from .lit_dual import LiTDualEncoder
@@ -63,7 +63,7 @@ def train_projection(
         features = torch.cat(
             [model.vision(preprocess(images[i : i + 500])) for i in range(0, len(images), 500)]
         ).clone()
-    captions = [[t.format(c) for t in TRAIN_TEMPLATES] for c in class_names]
+    captions = [[t.format(c) for t in LIT_TRAIN_TEMPLATES] for c in class_names]
     text = contrastive.caption_embeddings(model.encode_text, tokenize, captions)
     proj = model.visual_projection
     return contrastive.train_contrastive(
