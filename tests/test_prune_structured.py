@@ -383,6 +383,40 @@ def test_global_taylor_takes_from_the_tower_whose_units_matter_less(tiny_clip):
     assert ranked["text"]["neurons"]["removed"] <= 19 - 15
 
 
+def _params(adapter) -> int:
+    return sum(p.numel() for p in adapter.model.parameters())
+
+
+def test_params_ratio_keeps_that_share_of_the_model_within_the_caps(tiny_clip):
+    _dead_half(tiny_clip)
+    before = _params(tiny_clip)
+    summary = _prune(tiny_clip, neurons=0.9, heads=0.5, importance="magnitude",
+                     scope="global", params_ratio=0.8)
+    kept = _params(tiny_clip) / before
+    assert abs(kept - 0.8) <= 2096 / 2 / before  # to the nearest unit (a head: 2,096)
+    assert summary["params_kept_ratio"] == pytest.approx(kept, abs=1e-4)
+    removed = summary["removed"]
+    for tower in ("vision", "text"):  # at most half of each layer's 4 heads
+        assert removed[tower]["heads"]["removed"] <= 2 * 2
+    assert removed["vision"]["neurons"]["removed"] >= 64  # the dead half still goes first
+
+
+def test_params_ratio_caps_keep_one_unit_of_every_layer(tiny_clip):
+    summary = _prune(tiny_clip, heads=0.9, neurons=0.99, importance="magnitude",
+                     scope="global", params_ratio=0.5)  # 0.9 of 2 heads rounds to 2
+    assert summary["params_kept_ratio"] <= 0.51
+    for tower in summary["removed"].values():
+        assert tower["heads"]["removed"] <= 2 and tower["neurons"]["removed"] <= 2 * 63
+
+
+def test_params_ratio_out_of_reach_of_the_caps_changes_nothing(tiny_clip):
+    before = {k: v.clone() for k, v in tiny_clip.model.state_dict().items()}
+    with pytest.raises(RecipeError, match="params_ratio 0.2: out of reach"):
+        _prune(tiny_clip, neurons=0.25, importance="magnitude", scope="global",
+               params_ratio=0.2)
+    assert all(torch.equal(before[k], v) for k, v in tiny_clip.model.state_dict().items())
+
+
 def test_prune_then_quantize_in_one_recipe(tiny_clip, tmp_path):
     recipe = {"stages": [{"prune": {"method": "structured", "heads": 0.5, "neurons": 0.5}},
                          {"quantize": {"method": "rtn", "bits": 8}}],
@@ -408,6 +442,9 @@ def test_prune_then_quantize_in_one_recipe(tiny_clip, tmp_path):
     ({"heads": 0.5, "scope": "model"}, "scope"),
     ({"heads": 0.5, "importance": "random"}, "importance"),
     ({"heads": 0.5, "importance": "magnitude", "compensate": True}, "compensate needs"),
+    ({"heads": 0.5, "params_ratio": 0.5}, "params_ratio needs scope 'global'"),
+    ({"heads": 0.5, "layers": 1, "scope": "global", "params_ratio": 0.5}, "no layers"),
+    ({"heads": 0.5, "scope": "global", "params_ratio": 1.0}, "less than 1"),
 ])
 def test_bad_values_are_recipe_errors(cfg, message):
     with pytest.raises(RecipeError, match=message):

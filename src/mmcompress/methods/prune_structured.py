@@ -4,6 +4,7 @@ layers, per tower or with one cross-tower ranking (`structured.allocate`)."""
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -54,6 +55,10 @@ class StructuredPruneConfig(MethodConfig):
         "rank within one")
     scope: Literal["tower", "global"] = Field(
         "tower", description="the same ratio in every layer and tower, or one ranking of all")
+    params_ratio: float | None = Field(
+        None, gt=0, lt=1, description="scope 'global' only: remove units until the model "
+        "keeps this share of its parameters; the amounts then cap what each layer may lose "
+        "(and every layer keeps one unit)")
     compensate: bool = Field(
         False, description="fold removed units' mean output into the next layer's bias "
         "(FLAP-style; needs calibration data)")
@@ -86,6 +91,10 @@ class StructuredPruneConfig(MethodConfig):
     def _something(self) -> StructuredPruneConfig:
         if all(getattr(self, k) is None for k in (*UNIT_KINDS, "layers")):
             raise ValueError("give at least one of heads, neurons, layers, channels")
+        if self.params_ratio is not None and (self.scope != "global" or self.layers
+                                              or self.schedule or not self.amounts()):
+            raise ValueError("params_ratio needs scope 'global', heads/neurons/channels as "
+                             "caps per layer, and no layers or schedule")
         if self.compensate and self.importance == "magnitude":
             raise ValueError("compensate needs importance 'activation' or 'taylor': weight "
                              "magnitude cannot tell which units their mean can replace")
@@ -167,7 +176,8 @@ def _unit_groups(adapter: Adapter, config: StructuredPruneConfig,
                               f"knows how to remove (towers: {', '.join(adapter.towers())})")
     for g in groups:
         check_prunable(model, g)
-        check_counts(g.kind, g.name, how_many(amounts[g.kind], g.size), g.size, g.kind)
+        if config.params_ratio is None:  # caps keep one unit of every layer by themselves
+            check_counts(g.kind, g.name, how_many(amounts[g.kind], g.size), g.size, g.kind)
     return groups
 
 
@@ -179,7 +189,7 @@ def _prune_units(adapter: Adapter, config: StructuredPruneConfig, groups: list[U
     means = {n: s.mean for n, s in stats().items()} if config.compensate else None
     cands, remove, sizes = [], {}, {}
     for gi, (g, s) in enumerate(zip(groups, scores, strict=True)):
-        remove[gi], sizes[gi] = how_many(amounts[g.kind], g.size), g.size
+        remove[gi], sizes[gi] = min(how_many(amounts[g.kind], g.size), g.size - 1), g.size
         params = group_params(model, g)
         t = _tower(g.outputs[0], towers)
         # Taylor scores are the relative output change in every layer of every tower alike;
@@ -189,12 +199,31 @@ def _prune_units(adapter: Adapter, config: StructuredPruneConfig, groups: list[U
                   for u in range(g.size)]
     if config.scope == "tower":
         plan = uniform_plan(cands, remove)
-    else:
+    elif config.params_ratio is None:
         budget = sum(remove[gi] * group_params(model, g) for gi, g in enumerate(groups))
         plan = global_plan(cands, sizes, budget)
+    else:
+        plan = _plan_to_ratio(model, cands, sizes, remove, config.params_ratio)
     for gi, g in enumerate(groups):
         prune_units(model, g, plan.get(gi, []), means)
         _count(summary, _tower(g.outputs[0], towers), g.kind, len(plan.get(gi, [])), g.size)
+
+
+def _plan_to_ratio(model: nn.Module, cands: list[Candidate], sizes: dict[int, int],
+                   caps: dict[int, int], ratio: float) -> dict[int, list[int]]:
+    """The global plan that leaves `ratio` of the model's parameters, each group losing at
+    most ``caps[g]`` units; an error, before anything changes, when the caps forbid it."""
+    total = sum(p.numel() for p in model.parameters())
+    budget = total - math.floor(ratio * total)
+    plan = global_plan(cands, sizes, budget, caps)
+    params = {(c.group, c.unit): c.params for c in cands}
+    freed = sum(params[g, u] for g, units in plan.items() for u in units)
+    if freed < budget - max(params.values()):
+        raise RecipeError(f"prune params_ratio {ratio}: out of reach; removing at most the "
+                          f"asked share of each layer's units keeps "
+                          f"{(total - freed) / total:.4f} of the parameters (raise heads, "
+                          "neurons or channels)")
+    return plan
 
 
 def _calibration(adapter: Adapter, context: StageContext) -> CalibrationData:
@@ -235,4 +264,5 @@ def apply_structured(adapter: Adapter, config: StructuredPruneConfig,
     summary["params"] = {t: {"before": n, "after": after.get(t, 0),
                              "removed_ratio": round(1 - after.get(t, 0) / n, 4)}
                          for t, n in before.items() if t in towers}
+    summary["params_kept_ratio"] = round(sum(after.values()) / sum(before.values()), 4)
     return summary

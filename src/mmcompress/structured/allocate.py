@@ -13,7 +13,9 @@ removed first until the parameter budget is met. Pools are chosen by the caller:
 everything when scores measure the same thing everywhere (Taylor: the relative change of the
 model's output, so a sensitive tower keeps more), one per tower for block influence, one per
 layer for local scores (magnitude, activation), as Torch-Pruning's group normaliser does.
-Every group keeps at least one unit, every layer list at least one block.
+Every group keeps at least one unit, every layer list at least one block. A parameter target
+(``params_ratio``) replaces the budget ``tower`` scope would free; the asked amounts then cap
+what each layer may lose.
 """
 
 from __future__ import annotations
@@ -79,18 +81,19 @@ def normalised_keys(cands: Sequence[Candidate]) -> list[float]:
     return keys
 
 
-def global_plan(cands: Sequence[Candidate], sizes: dict[int, int],
-                budget: int) -> dict[int, list[int]]:
+def global_plan(cands: Sequence[Candidate], sizes: dict[int, int], budget: int,
+                caps: dict[int, int] | None = None) -> dict[int, list[int]]:
     """Remove the lowest-key units until `budget` parameters are freed (to the nearest unit),
-    keeping at least one unit in each group."""
+    keeping at least one unit in each group and removing at most ``caps[g]`` from group g."""
     keys = normalised_keys(cands)
     order = sorted(range(len(cands)), key=lambda i: (keys[i], cands[i].group, cands[i].unit))
+    floor = {g: max(1, n - caps[g]) if caps else 1 for g, n in sizes.items()}
     left = dict(sizes)
     plan: dict[int, list[int]] = {g: [] for g in sizes}
     freed = 0
     for i in order:
         c = cands[i]
-        if left[c.group] <= 1 or freed + c.params > budget + c.params // 2:
+        if left[c.group] <= floor[c.group] or freed + c.params > budget + c.params // 2:
             continue
         plan[c.group].append(c.unit)
         left[c.group] -= 1
