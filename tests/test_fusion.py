@@ -120,6 +120,34 @@ def test_asymmetric_svd_whiten_runs_the_reference_through_every_tower(fusion, tm
     assert torch.equal(loaded.classify(data), result.adapter.classify(data))
 
 
+@pytest.mark.parametrize("stage", [
+    {"finetune": {"method": "task", "epochs": 4, "batch_size": 4, "lr": 1e-2, "warmup": 0}},
+    {"distill": {"method": "kd", "alpha": 1.0, "epochs": 4, "batch_size": 4, "lr": 1e-2,
+                 "warmup": 0}},
+])
+def test_pruned_fusion_model_recovers_by_training(stage, tmp_path):
+    """finetune and distill train a fusion classifier on its multimodal examples (after
+    pruning), the loss falls, and the trained model reloads identically."""
+    data = tiny_data()
+    recipe = {"stages": [{"prune": {"method": "structured", "neurons": 0.5,
+                                    "importance": "magnitude"}}, stage],
+              "evaluate": FAST}
+    result = mmcompress.compress(tiny_adapter("hybrid"), recipe, out=tmp_path / "t", data=data,
+                                 progress=False)
+    losses = [e["loss"] for e in result.report["stages"][1]["summary"]["epochs"]]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    loaded = mmcompress.load(tmp_path / "t")
+    assert torch.equal(loaded.classify(data), result.adapter.classify(data))
+
+
+def test_multimodal_training_refuses_image_augmentation(tmp_path):
+    from mmcompress.errors import DataError
+    from mmcompress.training.tasks import make_task
+
+    with pytest.raises(DataError, match="multimodal examples are trained as given"):
+        make_task(tiny_adapter("late"), tiny_data(), augment=True)
+
+
 def test_tower_sensitivity_covers_each_modality():
     from mmcompress.inspect_model import sensitivity
     from mmcompress.quantization.grid import QuantGrid

@@ -17,7 +17,8 @@ from ..training.students import StudentConfig, build_student
 from ..training.tasks import make_task
 from .base import StageContext, register_method
 
-DEFAULT_LOSSES = {"classification": ["logits"], "contrastive": ["affinity"], "sts": ["clip_kd"]}
+DEFAULT_LOSSES = {"classification": ["logits"], "multimodal": ["logits"],
+                  "contrastive": ["affinity"], "sts": ["clip_kd"]}
 LossName = Literal["logits", "features", "attention", "affinity", "clip_kd"]
 
 

@@ -38,6 +38,7 @@ FOR_TASK = {
     "classification": {"logits", "features", "attention"},
     "contrastive": {"features", "attention", "affinity", "clip_kd"},
     "sts": {"features", "attention", "clip_kd"},
+    "multimodal": {"logits"},
 }
 OUTPUT_LOSSES = {"logits", "affinity", "clip_kd"}
 

@@ -97,6 +97,33 @@ class ClassifierTask(TrainingTask):
         return None if self.augment else {"logits": batch["index"]}
 
 
+class MultimodalTask(TrainingTask):
+    """Fused classification of examples holding image, text and audio (any may be missing):
+    cross-entropy of the fused class scores."""
+
+    kind = "multimodal"
+
+    def __init__(self, data: Dataset, augment: bool = False) -> None:
+        if augment:
+            raise DataError("augment (random crops and flips) is for image classification; "
+                            "multimodal examples are trained as given")
+        super().__init__(data)
+
+    def batch(self, adapter: Adapter, indices: torch.Tensor) -> Batch:
+        idx = indices.tolist()
+        labels = torch.as_tensor([self.data.labels[i] for i in idx], dtype=torch.long)
+        return {"index": idx, "inputs": adapter.dataset_batch(self.data, idx), "labels": labels}
+
+    def forward(self, adapter: Adapter, batch: Batch) -> Outputs:
+        return {"logits": adapter.model(**batch["inputs"])}
+
+    def loss(self, out: Outputs, batch: Batch) -> torch.Tensor:
+        return nn.functional.cross_entropy(out["logits"], batch["labels"])
+
+    def keys(self, batch: Batch) -> dict[str, list[Hashable]] | None:
+        return {"logits": batch["index"]}
+
+
 class ContrastiveTask(TrainingTask):
     kind = "contrastive"
 
@@ -212,6 +239,8 @@ def make_task(adapter: Adapter, data: Dataset, augment: bool = False) -> Trainin
                         f"{data.task} set, the model does {', '.join(sorted(adapter.tasks))}")
     if hasattr(adapter, "classify") and data.task == "classification":
         return ClassifierTask(data, augment)
+    if data.task == "multimodal" and hasattr(adapter, "dataset_batch"):
+        return MultimodalTask(data, augment)
     if isinstance(adapter, DualEncoderAdapter) and data.task in ("classification", "retrieval"):
         return ContrastiveTask(data, augment)
     if data.task == "sts" and hasattr(adapter, "embed_text_tensors"):
