@@ -206,6 +206,24 @@ def _pct(v: float | None) -> str:
     return "—" if v is None else f"{v:.4f}"
 
 
+def _prune_budget_target(kind: str) -> str:
+    """The 1/4-of-fp32 target by structured pruning: budget vs the better uniform."""
+    results = _prune_budget()
+    if results is None or kind not in results["kinds"]:
+        return ""
+    r = results["kinds"][kind]
+    rows = _prune_budget_rows(r)
+    parts, wins = [], []
+    for stage in ("one shot", "recovered"):
+        b, (u, name) = rows["top1"][stage]["budget"], rows["best"][stage]
+        size_ok = r["runs"]["budget"][stage]["size_bytes"] <= r["runs"][name][stage]["size_bytes"]
+        wins.append(b > u and size_ok)
+        parts.append(f"{b:.4f} vs {u:.4f} {stage}")
+    return (f"; by structured pruning (top-1 as given, budget vs the better uniform): "
+            f"{', '.join(parts)} (budget loses less at no larger size: "
+            f"{'yes' if all(wins) else 'NO'})")
+
+
 def target_lines(kinds: dict[str, Any]) -> str:
     """The issue's targets, checked against the numbers above."""
     lines = []
@@ -225,14 +243,15 @@ def target_lines(kinds: dict[str, Any]) -> str:
             f"{'yes' if f['top1_all'] >= 0.95 else 'NO'}), best single modality {best:.4f} "
             f"(beaten: {'yes' if f['top1_all'] > best else 'NO'}); int8 on every tower: "
             f"{d_all:+.4f} all, {d_given:+.4f} as given (loss ≤ 0.005: "
-            f"{'yes' if loss <= 0.005 else 'NO'}); at 1/4 of fp32 "
-            f"budgeted {g['top1_all'] - wf['top1_all']:+.4f} vs uniform "
-            f"int{quarter['uniform']['bits']} {u['top1_all'] - wf['top1_all']:+.4f} on complete "
-            f"examples, {g['top1'] - wf['top1']:+.4f} vs {u['top1'] - wf['top1']:+.4f} as given "
-            f"(budget loses less at no larger size: "
+            f"{'yes' if loss <= 0.005 else 'NO'})")
+        lines.append(
+            f"- `{k}` at 1/4 of fp32, by widths: budgeted {g['top1_all'] - wf['top1_all']:+.4f} "
+            f"vs uniform int{quarter['uniform']['bits']} {u['top1_all'] - wf['top1_all']:+.4f} "
+            f"on complete examples, {g['top1'] - wf['top1']:+.4f} vs "
+            f"{u['top1'] - wf['top1']:+.4f} as given (budget loses less at no larger size: "
             f"{'yes' if lost_g < lost_u and g['size_bytes'] <= u['size_bytes'] else 'NO'}; "
-            f"fidelity "
-            f"{g['fidelity_cosine']:.5f} vs {u['fidelity_cosine']:.5f})")
+            f"fidelity {g['fidelity_cosine']:.5f} vs {u['fidelity_cosine']:.5f})"
+            + _prune_budget_target(k))
         if k == "late":
             lines.append("- `late` with one modality missing (the better of the two left "
                          "alone): " + ", ".join(
@@ -244,6 +263,12 @@ def target_lines(kinds: dict[str, Any]) -> str:
 
 def render(results: dict[str, Any]) -> str:
     """The Markdown page (docs/fusion.md)."""
+    return TEMPLATE.format(**tables(results), command=results["command"])
+
+
+def tables(results: dict[str, Any]) -> dict[str, str]:
+    """Every table and list of the page, by its name in `TEMPLATE` (results of `run_kind`,
+    with the interval, pruning-budget and allocation files beside them)."""
     kinds = results["kinds"]
     acc_keys = ["top1", "top1_all", "top1_no_image", "top1_no_text", "top1_no_audio",
                 "top1_image_only", "top1_text_only", "top1_audio_only"]
@@ -301,13 +326,10 @@ def render(results: dict[str, Any]) -> str:
     cv_file = Path(__file__).parent / "results" / "fusion_cv.json"
     cv = fusion_cv.table(json.loads(cv_file.read_text())["rows"]) if cv_file.is_file() \
         else "(not run: `python -m benchmarks.fusion_cv`)"
-    return TEMPLATE.format(data=results["data"], machine=results["machine"], fp32=fp32, cv=cv,
-                           loads=loads,
-                           targets=target_lines(kinds),
-                           compress=compress_table, sens=sens, budget=budget,
-                           budget_ci=budget_interval_table(),
-                           parameters=parameter_allocation_table(),
-                           command=results["command"])
+    return {"data": results["data"], "machine": results["machine"], "fp32": fp32, "cv": cv,
+            "loads": loads, "targets": target_lines(kinds), "compress": compress_table,
+            "sens": sens, "budget": budget, "budget_ci": budget_interval_table(),
+            "prune_budget": prune_budget_table(), "parameters": parameter_allocation_table()}
 
 
 def parameter_allocation_table() -> str:
@@ -362,6 +384,56 @@ def budget_interval_table() -> str:
             f"bootstrap intervals over resampled examples (`{results['command']}`, "
             f"`benchmarks/results/fusion_budget.json`; the same models and comparison as "
             f"above):\n\n{table}")
+
+
+def _prune_budget() -> dict[str, Any] | None:
+    path = Path(__file__).parent / "results" / "fusion_prune_budget.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _prune_budget_rows(r: dict[str, Any]) -> dict[str, Any]:
+    """Top-1 as given of one kind's runs, one shot and recovered, and the better uniform."""
+    runs = r["runs"]
+    top1 = {stage: {n: run[stage]["top1"] for n, run in runs.items()}
+            for stage in ("one shot", "recovered")}
+    best = {stage: max((v, n) for n, v in t.items() if n != "budget")
+            for stage, t in top1.items()}
+    return {"top1": top1, "best": best}
+
+
+def prune_budget_table() -> str:
+    """Budget (global Taylor, params_ratio) vs uniform ratios at 1/4 of fp32, from
+    `benchmarks.fusion_prune_budget`, or how to make it."""
+    results = _prune_budget()
+    if results is None:
+        return "(not run: `python -m benchmarks.fusion_prune_budget`)"
+    rows = []
+    for k, r in results["kinds"].items():
+        t = _prune_budget_rows(r)["top1"]
+        fp = r["fp32_bytes"]
+        removed = r["budget"]["summary"]["params"]
+        for stage in ("one shot", "recovered"):
+            ci = r["gain_ci95"][stage]
+            rows.append([
+                k, stage, f"{r['fp32']['top1']:.4f}",
+                f"{round(100 * r['fraction'])}%",
+                f"{r['runs']['uniform activation'][stage]['size_bytes'] / fp:.3f} / "
+                f"{r['runs']['budget'][stage]['size_bytes'] / fp:.3f}",
+                f"{t[stage]['uniform activation']:.4f}", f"{t[stage]['uniform taylor']:.4f}",
+                f"**{t[stage]['budget']:.4f}**",
+                " / ".join(f"{t[stage]['budget'] - t[stage][f'uniform {u}']:+.4f} "
+                           f"[{ci[u]['top1'][0]:+.4f}, {ci[u]['top1'][1]:+.4f}]"
+                           for u in ("activation", "taylor")),
+                " ".join(f"{tw} {v['removed_ratio']:.2f}" for tw, v in removed.items())])
+    table = markdown_table(["fusion", "", "fp32", "uniform f", "size ×fp32 uniform / budget",
+                            "uniform, activation", "uniform, Taylor", "budget",
+                            "budget − uniform activation / Taylor [95%]",
+                            "budget: parameters removed per tower"], rows)
+    rec = results["recovery"]["distill"]
+    return (f"Top-1 as given on the same 2,000 held-out examples (`{results['command']}`, "
+            f"`benchmarks/results/fusion_prune_budget.json`); *recovered*: the `distill` stage "
+            f"(logits KD from the fp32 model, {rec['epochs']} epochs, lr {rec['lr']}, batch "
+            f"{rec['batch_size']}) on the training split:\n\n{table}")
 
 
 TEMPLATE = """# Fusion classifiers: early, late and hybrid fusion, compressed
@@ -425,6 +497,18 @@ examples / as given):
 
 {budget_ci}
 
+## Budget vs uniform at 1/4 of fp32 by structured pruning
+
+The same size target reached by removing units instead of narrowing widths. Uniform: `prune:
+{{method: structured, scope: tower, heads: F, neurons: F, channels: F}}` with F the smallest
+whole percent whose file is at most 1/4 of fp32 (of each layer's four heads at most three).
+Budgeted: `prune: {{method: structured, scope: global, params_ratio: <uniform's share of
+parameters>, heads: 0.95, neurons: 0.95, channels: 0.95}}` — one Taylor ranking over every
+tower's units (the amounts only cap what one layer may lose), its file no larger than
+uniform's. Both uniform importances are shown:
+
+{prune_budget}
+
 ## Parameters spread across modalities by sensitivity (structured pruning)
 
 A parameter target instead of a size: `prune: {{method: structured, heads: F, neurons: F,
@@ -454,15 +538,19 @@ removed, one ranking over every tower's heads, neurons and channels; see
   initialisation), per-band mean normalisation, speed perturbation; frame tokens with two
   transformer blocks generalised best to the held-out speaker and train fastest.
 - **Structured pruning is one-shot here** (no fine-tuning after removing half of the heads,
-  MLP neurons and conv channels of every tower); the `finetune` / `distill` stages can recover
-  part of it. The audio front end (STFT, log-mel) has no weights and is not pruned.
+  MLP neurons and conv channels of every tower); the `finetune` / `distill` stages recover
+  part of it (three epochs of distillation in the 1/4-of-fp32 pruning table). The audio
+  front end (STFT, log-mel) has no weights and is not pruned.
 - **Weight-only int8/int4 dequantize on the fly**: smaller files, not faster on CPU.
 - **Budget at 1/4 of fp32**: the uniform width that fits (5-6 bits) is already about lossless on
   these models, so budget and uniform differ by a few examples of 2,000 (see the targets and
   the intervals above: how far each difference could move on another draw of examples); the
   budget's outputs stay closer to fp32's (fidelity) in every run. At the size of uniform 3 bits
   the budget keeps the sensitive image encoder wider and the audio and text encoders narrower
-  and loses several times less, by more than the intervals' width.
+  and loses several times less, by more than the intervals' width. Reached by structured
+  pruning instead (uniform ratios must remove most of every layer's units), 1/4 of fp32 is far
+  from lossless, and the parameter budget loses much less than uniform ratios, one shot and
+  after recovery.
 """
 
 

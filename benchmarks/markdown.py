@@ -166,12 +166,35 @@ def _model(entry: dict[str, Any]) -> list[str]:
     ]
 
 
+def _fusion() -> list[str]:
+    """The fusion classifiers' rows, from the fusion benchmark's stored results (its own run:
+    one thread, held-out tri-modal data; the page docs/fusion.md has the rest)."""
+    from . import fusion
+
+    path = Path(__file__).parent / "results" / "fusion.json"
+    if not path.is_file():
+        return []
+    results = json.loads(path.read_text())
+    t = fusion.tables(results)
+    return ["## Fusion classifiers", "",
+            f"From `{results['command']}` and the files named below (not this run; "
+            "[fusion.md](fusion.md) has the method, the data and the notes). Accuracy, size "
+            "and latency before and after compression on every tower:", "", t["compress"], "",
+            "Accuracy drop on complete examples with one tower alone quantized (RTN):", "",
+            t["sens"], "", "Budgeted vs uniform bit widths at equal size (Δ against fp32, "
+            "complete examples / as given):", "", t["budget"], "", t["budget_ci"], "",
+            "Budgeted vs uniform at 1/4 of fp32 by structured pruning:", "",
+            t["prune_budget"], ""]
+
+
 def render_markdown(results: dict[str, Any], json_ref: str) -> str:
-    """The benchmark page: header, method, configurations, one table per model."""
+    """The benchmark page: header, method, configurations, one table per model, and the
+    fusion classifiers' rows."""
     lines = _header(results) + _method(results) + ["## Results", ""] + _configs(results)
     for entry in results["models"]:
         lines += _model(entry)
     lines.append(f"Raw results: [`{json_ref}`]({json_ref}).")
+    lines += [""] + _fusion()
     return "\n".join(lines) + "\n"
 
 
