@@ -22,6 +22,8 @@ from mmcompress import compress
 from mmcompress.evaluation.memory_probe import max_rss_mb
 from mmcompress.model_specs import load_model
 
+from .results_file import store
+
 RESULTS = Path(__file__).resolve().parent / "results" / "compression_cost.json"
 
 
@@ -62,8 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         "peak_extra_rss_mb": round(peak, 1), "peak_over_model": round(peak / fp32_mb, 3),
     }
     print(json.dumps(row, indent=1))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(row, indent=1) + "\n")
+    store(RESULTS, row)
 
 
 if __name__ == "__main__":

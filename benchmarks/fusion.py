@@ -45,6 +45,7 @@ from mmcompress.recipe import load_recipe
 from mmcompress.report import markdown_table
 
 from . import fusion_cv
+from .results_file import load, store
 from .stats import paired_bootstrap
 
 RECIPES: dict[str, list[dict]] = {
@@ -158,13 +159,12 @@ def budget_section(adapter, calib, wide: Dataset) -> dict[str, Any]:
 
 def _load_results(path: Path) -> dict[str, Any]:
     """Results so far: runs of some kinds update the others' (one kind fits a ten-minute slot)."""
-    return json.loads(path.read_text()) if path.is_file() else {"kinds": {}}
+    return load(path, {"kinds": {}})
 
 
 def _store_results(path: Path, results: dict[str, Any]) -> None:
     results["kinds"] = {k: results["kinds"][k] for k in KINDS if k in results["kinds"]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=1) + "\n")
+    store(path, results)
 
 
 def _quality_and_size() -> EvaluateConfig:
@@ -324,7 +324,7 @@ def tables(results: dict[str, Any]) -> dict[str, str]:
     loads = ", ".join(f"{k} {r['load_average_end'][0]}" for k, r in kinds.items()
                       if "load_average_end" in r) or "not recorded"
     cv_file = Path(__file__).parent / "results" / "fusion_cv.json"
-    cv = fusion_cv.table(json.loads(cv_file.read_text())["rows"]) if cv_file.is_file() \
+    cv = fusion_cv.table(load(cv_file)["rows"]) if cv_file.is_file() \
         else "(not run: `python -m benchmarks.fusion_cv`)"
     return {"data": results["data"], "machine": results["machine"], "fp32": fp32, "cv": cv,
             "loads": loads, "targets": target_lines(kinds), "compress": compress_table,
@@ -336,7 +336,7 @@ def parameter_allocation_table() -> str:
     """Structured pruning with one ranking of every tower's units (global Taylor) vs the same
     ratio in every tower, from the fusion sections of results/prune_structured.json."""
     path = Path(__file__).parent / "results" / "prune_structured.json"
-    results = json.loads(path.read_text()) if path.is_file() else {}
+    results = load(path)
     rows = []
     for kind in KINDS:
         section = results.get(f"fusion-{kind}", {})
@@ -368,7 +368,7 @@ def budget_interval_table() -> str:
     path = Path(__file__).parent / "results" / "fusion_budget.json"
     if not path.is_file():
         return "(intervals not run: `python -m benchmarks.fusion --budget-only JSON`)"
-    results = json.loads(path.read_text())
+    results = load(path)
     rows = []
     for k, r in results["kinds"].items():
         for bits, b in r["budget"].items():
@@ -388,7 +388,7 @@ def budget_interval_table() -> str:
 
 def _prune_budget() -> dict[str, Any] | None:
     path = Path(__file__).parent / "results" / "fusion_prune_budget.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return load(path) if path.is_file() else None
 
 
 def _prune_budget_rows(r: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,6 @@ models use. Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,8 @@ from mmcompress.data.trimodal import FOLDS, audio_source
 from mmcompress.models import fusion_training as ft
 from mmcompress.models.fusion import FUSIONS, FusionClassifier
 from mmcompress.report import markdown_table
+
+from .results_file import store
 
 
 def run(kind: str, smoothing: float, source: str) -> dict[str, Any]:
@@ -65,9 +66,8 @@ def main() -> None:
     source = audio_source()
     rows = [run(k, s, source) for k in args.kinds for s in args.smoothing]
     print(table(rows))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"command": "python -m benchmarks.fusion_cv", "audio": source,
-                                    "folds": FOLDS, "rows": rows}, indent=1))
+    store(args.out, {"command": "python -m benchmarks.fusion_cv", "audio": source,
+                     "folds": FOLDS, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -31,13 +30,13 @@ import torch
 
 from mmcompress.data import load_data
 from mmcompress.evaluation.evaluate import count_params, evaluate_adapter, saved_size_bytes
-from mmcompress.io.atomic import write_text_atomic
 from mmcompress.methods import StageContext, run_stages
 from mmcompress.model_specs import load_model
 from mmcompress.models.fusion import FUSIONS as KINDS
 from mmcompress.recipe import load_recipe
 
 from .fusion import CALIBRATION, _quality_and_size, gain_intervals, wide_eval
+from .results_file import load, store
 
 OUT = Path(__file__).parent / "results" / "fusion_prune_budget.json"
 TARGET = 0.25  # of the fp32 file
@@ -138,14 +137,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     calib, data = load_data("trimodal-train"), wide_eval()
-    results = json.loads(args.out.read_text()) if args.out.is_file() else {"kinds": {}}
+    results = load(args.out, {"kinds": {}})
     results.update({"command": "python -m benchmarks.fusion_prune_budget --kinds KIND",
                     "data": data.name, "calibration": calib.name, "target": TARGET,
                     "cap": CAP, "recovery": RECOVERY})
     for kind in args.kinds:
         results["kinds"][kind] = run_kind(kind, calib, data)
         results["kinds"] = {k: results["kinds"][k] for k in KINDS if k in results["kinds"]}
-        write_text_atomic(args.out, json.dumps(results, indent=1) + "\n")
+        store(args.out, results)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import statistics
 import sys
@@ -40,6 +39,8 @@ from torch import nn
 
 from mmcompress.modules import W8A8Linear
 from mmcompress.modules.int8 import quantize_activation
+
+from .results_file import store
 
 SHAPES = {  # name: (tokens, in, out)
     "vision qkv/out 768x768": (400, 768, 768),
@@ -300,8 +301,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_towers:
         result["towers"] = bench_towers(args.tower_repeats, args.batch, args.threads, args.ort)
     result["load_average_end"] = list(os.getloadavg())
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    store(args.out, result)
     print(f"\nload average {result['load_average_start']} -> {result['load_average_end']}")
     print(f"wrote {args.out}")
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import sys
 import time
@@ -53,6 +52,7 @@ from mmcompress.model_specs import load_model
 from mmcompress.recipe import load_recipe
 
 from .configs import DATA_ROOT
+from .results_file import load, store
 from .stats import metric_difference_interval
 from .timing import interleaved_latency_ms
 
@@ -382,15 +382,14 @@ def main(argv: list[str] | None = None) -> None:
         "torch": torch.__version__,
         "machine": platform.machine(),
     }
-    if args.update and args.out.exists():
-        results = {**json.loads(args.out.read_text()), "torch": torch.__version__}
+    if args.update:
+        results = {**load(args.out, results), "torch": torch.__version__}
     for part in parts:
         start = time.perf_counter()
         results[part] = PARTS[part](args)
         results[part]["part_s"] = round(time.perf_counter() - start, 1)
         results[part]["command"] = command
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1))
+    store(args.out, results)
     print(_table(results))
     print(f"\nwrote {args.out}")
 

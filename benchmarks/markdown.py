@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .results_file import load
+
 COLUMNS = (
     "config", "system", "{metric}", "Δ vs fp32", "fidelity", "size MB", "size ×fp32",
     "image ms", "image ×fp32", "text ms", "text ×fp32", "build s", "peak MB",
@@ -174,7 +176,7 @@ def _fusion() -> list[str]:
     path = Path(__file__).parent / "results" / "fusion.json"
     if not path.is_file():
         return []
-    results = json.loads(path.read_text())
+    results = load(path)
     t = fusion.tables(results)
     return ["## Fusion classifiers", "",
             f"From `{results['command']}` and the files named below (not this run; "

@@ -14,6 +14,8 @@ from typing import Any
 
 from mmcompress.io.atomic import write_text_atomic
 
+from .results_file import load
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 PAGE = ROOT / "docs" / "method-results.md"
@@ -228,7 +230,7 @@ def render() -> str:
         if not path.is_file():
             out += ["_Not run yet._", ""]
             continue
-        _render(json.loads(path.read_text()), "", out)
+        _render(load(path), "", out)
     return "\n".join(out) + "\n"
 
 

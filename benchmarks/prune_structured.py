@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -31,11 +30,11 @@ import torch
 
 from mmcompress.data import Dataset, load_data
 from mmcompress.evaluation.evaluate import count_params, quality
-from mmcompress.io.atomic import write_text_atomic
 from mmcompress.methods import StageContext, run_stage
 from mmcompress.model_specs import load_model
 from mmcompress.recipe import CalibrationConfig, load_recipe
 
+from .results_file import load, store
 from .timing import interleaved_latency_ms
 
 STSB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "stsb"
@@ -324,8 +323,8 @@ def main(argv: list[str] | None = None) -> None:
         "repeats": repeats,
         "calibration_samples": samples,
     }
-    if args.update and args.out.exists():
-        kept = json.loads(args.out.read_text())
+    if args.update:
+        kept = load(args.out, results)
         if {k: kept.get(k) for k in results} != results:
             raise SystemExit(f"error: {args.out} was written with other settings; run without"
                              " --update")
@@ -346,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"\n{section}: skipped ({exc})")
         results.setdefault(section, {})["seconds"] = round(time.perf_counter() - start, 1)
         results[section]["command"] = command
-        write_text_atomic(args.out, json.dumps(results, indent=1, default=str))
+        store(args.out, results)
     print(f"\nwrote {args.out}")
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -39,11 +38,11 @@ import torch
 
 from mmcompress.data import Dataset, load_data
 from mmcompress.evaluation.evaluate import quality, saved_size_bytes
-from mmcompress.io.atomic import write_text_atomic
 from mmcompress.methods import StageContext, run_stages
 from mmcompress.model_specs import load_model
 from mmcompress.recipe import CalibrationConfig, load_recipe
 
+from .results_file import store
 from .stats import metric_difference_interval
 
 STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb"
@@ -174,8 +173,7 @@ def main(argv: list[str] | None = None) -> None:
            "evaluation": a.eval or test.name,
            "samples": a.samples, "batch_size": a.batch_size, "embeddings_pruned": a.embeddings,
            "ignored": a.ignore or [], "threads": a.threads, "dense": dense, "rows": rows}
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(a.out, json.dumps(out, indent=1) + "\n")
+    store(a.out, out)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,8 @@ from mmcompress.methods.training_hooks import take_armed
 from mmcompress.model_specs import load_model
 from mmcompress.training import Trainer, TrainSettings, losses
 
+from .results_file import store
+
 RESULTS = Path(__file__).resolve().parent / "results" / "qat.json"
 
 
@@ -186,8 +188,7 @@ def main() -> None:
         print(table(json.loads(args.table.read_text())))
         return
     result = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    store(args.out, result)
     print(table(result))
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import json
 import os
 import platform
 import resource
@@ -29,6 +28,7 @@ from mmcompress.model_specs import NAMED_SPECS, load_model
 from . import onnx_peers
 from .configs import COMPILED, CONFIGS, ModelCase
 from .markdown import render_markdown
+from .results_file import store
 from .timing import interleaved_latency_ms
 from .variants import (
     BuildContext,
@@ -328,8 +328,7 @@ def run_benchmark(
     results["load_average_end"] = _load_average()
     results["total_s"] = round(time.perf_counter() - start, 1)
     results["cpu_s"] = _cpu_seconds()
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(json_path, json.dumps(results, indent=1) + "\n")
+    store(json_path, results)
     if markdown_path is not None:
         markdown_path.parent.mkdir(parents=True, exist_ok=True)
         json_ref = os.path.relpath(json_path, markdown_path.parent)

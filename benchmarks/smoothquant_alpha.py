@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 from pathlib import Path
 
 from mmcompress import compress
@@ -22,6 +21,7 @@ from mmcompress.evaluation.evaluate import quality
 from mmcompress.model_specs import load_model
 
 from .configs import DATA_ROOT
+from .results_file import store
 
 RESULTS = Path(__file__).resolve().parent / "results" / "smoothquant_alpha.json"
 
@@ -51,8 +51,7 @@ def main(argv: list[str] | None = None) -> None:
                          "fidelity_cosine": round(q["fidelity_cosine"], 4),
                          **{k: v for k, v in summary.items() if k.startswith("alpha_")}})
             print(rows[-1], flush=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(rows, indent=1) + "\n")
+    store(RESULTS, rows)
 
 
 def _alpha(text: str) -> float | str | None:

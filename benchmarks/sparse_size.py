@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 from pathlib import Path
 
 from torch import nn
@@ -25,6 +24,8 @@ from torch import nn
 from mmcompress import compress
 from mmcompress.evaluation.evaluate import saved_size_bytes
 from mmcompress.model_specs import load_model
+
+from .results_file import store
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sparse_size.json"
 
@@ -74,8 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sparsity", type=float, default=0.5)
     args = p.parse_args(argv)
     rows = [r for spec in args.models.split(",") for r in measure(spec.strip(), args.sparsity)]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(rows, indent=1) + "\n")
+    store(RESULTS, rows)
     print(f"{'model':<32}{'config':<16}{'tables':>7}{'model ×dense':>14}"
           f"{'pruned layers ×dense':>22}")
     for r in rows:

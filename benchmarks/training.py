@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from mmcompress.io.atomic import write_text_atomic
+from .results_file import load, store
 
 RESULTS = Path(__file__).resolve().parent / "results" / "training.json"
 #: where the fine-tuned ResNet-56 teacher is kept between runs (a cache, not the repository)
@@ -257,11 +257,10 @@ def main(argv: list[str]) -> None:
             entry = {"run": name, **_child(["--one", name])}
             print(_row(entry), flush=True)
         # read again before writing: another invocation may have added runs meanwhile
-        results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+        results = load(args.out)
         results[name] = entry
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(args.out, json.dumps(results, indent=1))
-    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+        store(args.out, results)
+    results = load(args.out)
     print("\n| run | after training | before | teacher | × teacher | params (after / before) "
           "| training | wall | peak RSS |\n|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
