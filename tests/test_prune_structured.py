@@ -417,6 +417,38 @@ def test_params_ratio_out_of_reach_of_the_caps_changes_nothing(tiny_clip):
     assert all(torch.equal(before[k], v) for k, v in tiny_clip.model.state_dict().items())
 
 
+@pytest.mark.parametrize("fusion", ["early", "hybrid"])
+def test_params_after_counts_what_pruning_leaves_exactly(fusion):
+    """Chained convolutions share the weights between them: counted once, as pruned."""
+    from test_fusion import tiny_adapter
+
+    from mmcompress.structured.groups import params_after
+
+    model = tiny_adapter(fusion).model
+    groups = find_structure(model).units
+    assert any(set(a.inputs) & set(b.outputs) for a in groups for b in groups)  # a chain
+    removed = {i: (i % 3 + 1) % g.size for i, g in enumerate(groups)}
+    predicted = params_after(model, groups, removed)
+    for i, g in enumerate(groups):
+        prune_units(model, g, list(range(removed[i])))
+    assert predicted == sum(p.numel() for p in model.parameters())
+
+
+def test_params_ratio_counts_chained_convolutions_once():
+    """Out of reach, the error names what the caps leave, counted as pruning would leave it."""
+    from test_fusion import tiny_adapter, tiny_data
+
+    from mmcompress.structured.groups import params_after
+
+    adapter = tiny_adapter("early")
+    model = adapter.model
+    groups = [g for g in find_structure(model).units if g.kind == "channels"]
+    most = params_after(model, groups, {i: g.size - 1 for i, g in enumerate(groups)})
+    share = most / sum(p.numel() for p in model.parameters())
+    with pytest.raises(RecipeError, match=f"keeps {share:.4f} of the parameters"):
+        _prune(adapter, tiny_data(), scope="global", params_ratio=0.5, channels=0.9)
+
+
 def test_prune_then_quantize_in_one_recipe(tiny_clip, tmp_path):
     recipe = {"stages": [{"prune": {"method": "structured", "heads": 0.5, "neurons": 0.5}},
                          {"quantize": {"method": "rtn", "bits": 8}}],

@@ -26,6 +26,7 @@ from ..structured.groups import (
     check_prunable,
     group_params,
     layer_params,
+    params_after,
     prune_units,
     remove_layers,
 )
@@ -199,30 +200,37 @@ def _prune_units(adapter: Adapter, config: StructuredPruneConfig, groups: list[U
                   for u in range(g.size)]
     if config.scope == "tower":
         plan = uniform_plan(cands, remove)
-    elif config.params_ratio is None:
-        budget = sum(remove[gi] * group_params(model, g) for gi, g in enumerate(groups))
-        plan = global_plan(cands, sizes, budget)
+    elif config.params_ratio is None:  # the parameters the same ratio everywhere would leave
+        plan = _plan_to_keep(model, groups, cands, sizes, None,
+                             params_after(model, groups, remove))
     else:
-        plan = _plan_to_ratio(model, cands, sizes, remove, config.params_ratio)
+        total = sum(p.numel() for p in model.parameters())
+        plan = _plan_to_keep(model, groups, cands, sizes, remove,
+                             math.floor(config.params_ratio * total))
     for gi, g in enumerate(groups):
         prune_units(model, g, plan.get(gi, []), means)
         _count(summary, _tower(g.outputs[0], towers), g.kind, len(plan.get(gi, [])), g.size)
 
 
-def _plan_to_ratio(model: nn.Module, cands: list[Candidate], sizes: dict[int, int],
-                   caps: dict[int, int], ratio: float) -> dict[int, list[int]]:
-    """The global plan that leaves `ratio` of the model's parameters, each group losing at
-    most ``caps[g]`` units; an error, before anything changes, when the caps forbid it."""
+def _plan_to_keep(model: nn.Module, groups: list[UnitGroup], cands: list[Candidate],
+                  sizes: dict[int, int], caps: dict[int, int] | None,
+                  target: int) -> dict[int, list[int]]:
+    """The global plan that leaves `target` parameters (counted exactly, to the nearest unit),
+    each group losing at most ``caps[g]`` units; an error, before anything changes, when the
+    caps forbid it."""
     total = sum(p.numel() for p in model.parameters())
-    budget = total - math.floor(ratio * total)
-    plan = global_plan(cands, sizes, budget, caps)
-    params = {(c.group, c.unit): c.params for c in cands}
-    freed = sum(params[g, u] for g, units in plan.items() for u in units)
-    if freed < budget - max(params.values()):
-        raise RecipeError(f"prune params_ratio {ratio}: out of reach; removing at most the "
-                          f"asked share of each layer's units keeps "
-                          f"{(total - freed) / total:.4f} of the parameters (raise heads, "
-                          "neurons or channels)")
+    budget, unit = total - target, max(c.params for c in cands)
+    for _ in range(8):  # per-unit counts overlap between chained groups: free more until met
+        plan = global_plan(cands, sizes, budget, caps)
+        kept = params_after(model, groups, {g: len(u) for g, u in plan.items()})
+        if kept <= target + unit // 2:
+            return plan
+        budget += kept - target
+    if kept > target + unit:
+        raise RecipeError(f"prune params_ratio {round(target / total, 4):g}: out of reach; "
+                          "removing at most the asked share of each layer's units keeps "
+                          f"{kept / total:.4f} of the parameters (raise heads, neurons or "
+                          "channels)")
     return plan
 
 

@@ -3,8 +3,9 @@
 ``tower`` scope removes ``round(f × units)`` (or the given count) of each layer's units, the
 lowest-scored ones, so every tower — and every layer in it — keeps the same ratio.
 
-``global`` scope frees exactly the parameters ``tower`` scope would, but lets the data choose
-where (UPop-style): every unit of every targeted tower goes into one list. Raw scores are not
+``global`` scope leaves the parameters ``tower`` scope would (to the nearest unit, counted
+as pruning leaves them: `structured.groups.params_after`), but lets the data choose where
+(UPop-style): every unit of every targeted tower goes into one list. Raw scores are not
 comparable across towers or unit kinds (different activation scales, different unit sizes),
 so scores are normalised within *pools* of comparable units — a unit's key is its share of its
 pool's total score divided by its share of the pool's parameters. A unit of exactly average
@@ -14,8 +15,10 @@ everything when scores measure the same thing everywhere (Taylor: the relative c
 model's output, so a sensitive tower keeps more), one per tower for block influence, one per
 layer for local scores (magnitude, activation), as Torch-Pruning's group normaliser does.
 Every group keeps at least one unit, every layer list at least one block. A parameter target
-(``params_ratio``) replaces the budget ``tower`` scope would free; the asked amounts then cap
-what each layer may lose.
+(``params_ratio``) replaces what ``tower`` scope would leave; the asked amounts then cap what
+each layer may lose. `global_plan` counts each unit's parameters alone, so where pruned groups
+chain (a convolution's outputs feeding another's inputs) the caller frees more until the exact
+count meets the target.
 """
 
 from __future__ import annotations

@@ -194,5 +194,26 @@ def group_params(model: nn.Module, group: UnitGroup) -> int:
     return total
 
 
+def params_after(model: nn.Module, groups: list[UnitGroup], removed: dict[int, int]) -> int:
+    """The model's parameters once `removed[i]` units of each ``groups[i]`` are gone, exactly:
+    a weight between two pruned groups (chained convolutions) is counted once, where
+    `group_params` counts it with each of them."""
+    rows: dict[str, float] = {}
+    cols: dict[str, int] = {}
+    for i, g in enumerate(groups):
+        for n in g.outputs:
+            rows[n] = 1 - removed.get(i, 0) / g.size
+        for n in g.inputs:
+            cols[n] = removed.get(i, 0) * g.in_width
+    total = 0.0
+    for name, module in model.named_modules():
+        for pname, p in module.named_parameters(recurse=False):
+            keep = rows.get(name, 1.0)
+            if pname == "weight" and p.dim() > 1 and name in cols:
+                keep *= 1 - cols[name] / p.shape[1]
+            total += p.numel() * keep
+    return round(total)
+
+
 def layer_params(model: nn.Module, name: str) -> int:
     return sum(p.numel() for p in model.get_submodule(name).parameters())
