@@ -513,7 +513,7 @@ uniform's. Both uniform importances are shown:
 
 A parameter target instead of a size: `prune: {{method: structured, heads: F, neurons: F,
 channels: F}}` removes the fraction F of every layer's units in every tower (`scope: tower`),
-or frees about as many parameters (up to 0.8% of the model more) where the model's output moves
+or leaves as many parameters (to the nearest unit) where the model's output moves
 least (`scope: global`, Taylor scores: the relative change of the output when a unit is
 removed, one ranking over every tower's heads, neurons and channels; see
 [prune_structured.md](prune_structured.md)). The sensitive towers keep more of their units:
