@@ -171,13 +171,13 @@ def _model(entry: dict[str, Any]) -> list[str]:
 def _fusion() -> list[str]:
     """The fusion classifiers' rows, from the fusion benchmark's stored results (its own run:
     one thread, held-out tri-modal data; the page docs/fusion.md has the rest)."""
-    from . import fusion
+    from . import fusion_page
 
     path = Path(__file__).parent / "results" / "fusion.json"
     if not path.is_file():
         return []
     results = load(path)
-    t = fusion.tables(results)
+    t = fusion_page.tables(results)
     return ["## Fusion classifiers", "",
             f"From `{results['command']}` and the files named below (not this run; "
             "[fusion.md](fusion.md) has the method, the data and the notes). Accuracy, size "
