@@ -144,3 +144,39 @@ def test_prune_structured_update_keeps_other_sections_and_refuses_other_settings
     with pytest.raises(SystemExit, match="other settings"):
         prune_structured.main([str(out), "--update", "--sections", "demo"])  # 30 repeats
     assert json.loads(out.read_text()) == after
+
+
+def test_fusion_prune_budget_matches_uniform_size_with_global_ranking(monkeypatch) -> None:
+    """The uniform ratio is the smallest whole percent meeting the size target; the budget's
+    file is no larger than uniform's, and it spreads its removals unevenly."""
+    import copy
+
+    from benchmarks import fusion_prune_budget as fpb
+    from mmcompress.adapters.fusion import FusionAdapter
+    from mmcompress.evaluation.evaluate import count_params, saved_size_bytes
+    from mmcompress.models.fusion import FusionClassifier
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_fusion import TINY, tiny_data
+
+    monkeypatch.setattr(fpb, "CALIBRATION", {"samples": 8, "batch_size": 4, "seed": 0})
+    monkeypatch.setattr(fpb, "TARGET", 0.5)
+    torch.manual_seed(0)  # four heads and 16 channels, as the built-in models: 95% keeps one
+    dense = FusionAdapter(FusionClassifier(fusion="late", **{**TINY, "heads": 4,
+                                                             "image_channels": [16, 16]}))
+    data = tiny_data()
+    fp32 = saved_size_bytes(dense.model)
+    f = fpb.uniform_fraction(dense, data, fp32)
+
+    def size(fraction: float):
+        model = copy.deepcopy(dense)
+        fpb.apply(model, [fpb.uniform_stage(fraction, "magnitude")], data)
+        return model, saved_size_bytes(model.model)
+
+    uniform, got = size(f)
+    assert f > 0.5 and got <= 0.5 * fp32 < size(f - 0.01)[1]
+    ratio = count_params(uniform.model) / count_params(dense.model)
+    budget, info = fpb.budgeted(dense, data, ratio, got, fp32)
+    assert saved_size_bytes(budget.model) <= got
+    removed = info["summary"]["params"]
+    assert len({v["removed_ratio"] for v in removed.values()}) > 1
