@@ -55,6 +55,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "seq": {"sequential": True},
     "row": {"comparison": "row"},
     "swap": {"swaps": 200},
+    "refit": {"refit": True},
 }
 
 
@@ -65,7 +66,8 @@ def _stage(method: str, setting: str, embeddings: bool = False,
     `sequential: false` (every block's statistics from the unpruned model), ``-seq``
     `sequential: true` (each block's after the blocks before it are pruned) and ``-row``
     `comparison: row` (Wanda: each output row keeps its share, convolutions too), ``-swap``
-    `swaps: 200` (Wanda: refine each mask by swaps). A trailing
+    `swaps: 200` (Wanda: refine each mask by swaps), ``-refit`` `refit: true` (refit the kept
+    weights by exact least squares once the mask is chosen). A trailing
     ``-bn`` (handled by `_row`) adds a ``finetune: {method: batchnorm}`` stage after pruning."""
     name, *variants = method.split("-")
     cfg: dict[str, Any] = {"method": name, "embeddings": embeddings}

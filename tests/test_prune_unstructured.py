@@ -32,6 +32,7 @@ from mmcompress.quantization.grid import QuantGrid
 from mmcompress.recipe import CalibrationConfig, load_recipe
 from mmcompress.sparsity import global_keep_masks, keep_mask, parse_pattern, sparsegpt_prune
 from mmcompress.sparsity.owl import outlier_ratio, owl_sparsities
+from mmcompress.sparsity.refit import refit_kept
 from mmcompress.sparsity.swaps import refine_by_swaps
 
 SPARSE = (SparseLinear, SparseConv2d, SparseEmbedding)
@@ -260,6 +261,27 @@ def test_sparse_embedding_values_train_except_the_padding_row():
     grad = torch.zeros(10, 8).masked_scatter_(sparse.keep_mask(), sparse.values.grad)
     assert (grad[1][sparse.keep_mask()[1]] == 2).all() and (grad[[0, 2, 3, 4]] == 0).all()
 
+# ---- kept weights refitted to the mask -------------------------------------------------------
+
+@pytest.mark.parametrize("nm", PATTERNS)
+def test_refit_is_each_rows_least_squares_fit_and_beats_sparsegpt(nm):
+    x, w = _inputs(), torch.randn(16, 64)
+    h = 2 * x.T @ x / len(x)
+    masks = _layer_masks(x, w, 0.6, nm)
+    keep = masks["wanda"][0].clone()
+    keep[0, :] = False
+    keep[0, :5] = True  # rows with another count of kept weights are solved apart
+    refit = refit_kept(w, keep, h, damp=1e-9)
+    assert torch.equal(refit != 0, keep)
+    for r in range(len(w)):
+        cols = keep[r].nonzero().squeeze(1)
+        best = torch.linalg.lstsq(x[:, cols].double(), (x @ w[r]).double()[:, None]).solution
+        torch.testing.assert_close(refit[r, cols].double(), best.squeeze(1), rtol=1e-4,
+                                   atol=1e-4)
+    sgpt_keep, sgpt_w = masks["sparsegpt"]
+    assert _out_err(x, w, refit_kept(w, sgpt_keep, h)) < _out_err(x, w, sgpt_w)
+
+
 # ---- methods on a tiny CLIP -----------------------------------------------------------------
 
 def _apply(adapter, method, **cfg):
@@ -412,6 +434,25 @@ def test_wanda_swaps_change_masks_not_counts_and_reload(tiny_clip, tmp_path, pat
                        tiny_clip.encode_texts(texts))
 
 
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_refit_keeps_the_mask_changes_weights_and_reloads(tiny_clip, tmp_path, method):
+    plain = copy.deepcopy(tiny_clip)
+    _apply(plain, method, sparsity=0.6)
+    _apply(tiny_clip, method, sparsity=0.6, refit=True)
+    plain_layers, layers = _sparse_layers(plain), _sparse_layers(tiny_clip)
+    moved = 0
+    for name, m in layers.items():
+        if method == "wanda":  # the same scores: the same masks
+            assert torch.equal(m.keep_mask(), plain_layers[name].keep_mask()), name
+        assert m.nnz == plain_layers[name].nnz
+        moved += int(not torch.allclose(m.values, plain_layers[name].values))
+    assert moved > 10
+    texts = ["a photo of a cat", "two dogs"]
+    save_checkpoint(tiny_clip, tmp_path, "random:tiny", [])
+    assert torch.equal(mmcompress.load(tmp_path).encode_texts(texts),
+                       tiny_clip.encode_texts(texts))
+
+
 def test_global_scope_spreads_sparsity_unevenly(tiny_clip):
     summary = _apply(tiny_clip, "magnitude", sparsity=0.5, scope="global")
     layers = _sparse_layers(tiny_clip).values()
@@ -550,6 +591,11 @@ def test_pruned_tables_quantize_and_reload_in_one_recipe(tiny_clip, tmp_path):
     ({"sparsity": 0.5, "method": "wanda", "swaps": 10, "schedule": {"end": 0.5}},
      "drop one of them"),
     ({"sparsity": 0.5, "method": "wanda", "swaps": -1}, "greater than or equal to 0"),
+    ({"sparsity": 0.5, "method": "wanda", "refit": True, "schedule": {"end": 0.5}},
+     "drop one of them"),
+    ({"sparsity": 0.5, "method": "sparsegpt", "refit": True, "asymmetric": True},
+     "choose one"),
+    ({"sparsity": 0.5, "refit": True}, "unknown key 'refit'"),  # magnitude
 ])
 def test_bad_settings_are_recipe_errors(cfg, fragment):
     cfg = {"method": "magnitude", **cfg}

@@ -33,6 +33,7 @@ from ..sparsity import (
     sparsegpt_prune,
 )
 from ..sparsity.owl import outlier_ratio, owl_sparsities
+from ..sparsity.refit import refit_kept
 from ..sparsity.swaps import DEFAULT_ROUNDS, refine_by_swaps
 from .base import MethodConfig, StageContext, register_method, selected, split_embeddings
 from .training_hooks import Schedule, with_schedule
@@ -117,6 +118,17 @@ class CalibratedPruneConfig(UnstructuredPruneConfig):
     """Settings of the methods that calibrate on data (Wanda, SparseGPT)."""
 
     sequential: bool = Field(True, description=SEQUENTIAL)
+    refit: bool = Field(False, description="once a layer's mask is chosen, refit each row's "
+                        "kept weights to the calibration inputs: the exact least-squares "
+                        "solution with the mask fixed (Wanda leaves the weights as they are; "
+                        "SparseGPT's own update approximates this)")
+
+    @model_validator(mode="after")
+    def _refit_one_shot(self) -> CalibratedPruneConfig:
+        if self.refit and self.schedule is not None:
+            raise ValueError("'refit' refits the weights of a mask chosen in one shot; gradual "
+                             "pruning ('schedule') trains them instead: drop one of them")
+        return self
 
 
 class WandaConfig(CalibratedPruneConfig):
@@ -165,6 +177,9 @@ class SparseGPTConfig(CalibratedPruneConfig):
         if self.asymmetric and not self.sequential:
             raise ValueError("'asymmetric' corrects the error of the blocks pruned before; with "
                              "'sequential' false no block sees it: drop one of them")
+        if self.asymmetric and self.refit:
+            raise ValueError("'refit' fits the kept weights to the layer's own outputs, "
+                             "'asymmetric' to the unpruned model's: choose one")
         return self
 
 
@@ -341,6 +356,8 @@ def _prune_calibrated(adapter: Adapter, config: CalibratedPruneConfig, context: 
 
     def replace(name: str, module: nn.Module, stats: Any) -> nn.Module:
         keep, weight = prune_layer(module, stats, sparsity[name])
+        if config.refit:
+            weight = refit_kept(weight_matrix(module), keep, stats.hessian)
         return tally.stand_in(name, module, keep, weight)
 
     if config.sequential:
@@ -380,7 +397,7 @@ def apply_wanda(adapter: Adapter, config: WandaConfig, context: StageContext) ->
             rounds.append(used)
         return keep, w
 
-    collector = HessianCollector if config.swaps else FeatureNormCollector
+    collector = HessianCollector if config.swaps or config.refit else FeatureNormCollector
     summary = _prune_calibrated(adapter, config, context, lambda n, m: collector(), prune,
                                 "wanda")
     if rounds:  # a layer that used every round might have gained from more
