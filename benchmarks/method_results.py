@@ -87,6 +87,20 @@ SECTIONS = [
      " --threads 2",
      "The rows above on the held-out quarter of STS-B train (calibrated on the other three"
      " quarters)."),
+    ("Kept weights refitted by least squares", "prune_refit.json",
+     "python -m benchmarks.prune_unstructured benchmarks/results/prune_refit.json"
+     " --methods wanda-refit,wanda-swap-refit,sparsegpt-refit --settings 0.6,2:4,0.7"
+     " --threads 2",
+     "Wanda, Wanda with swaps and SparseGPT as in the tables above, each with `refit: true`:"
+     " once a layer's mask is chosen, every row's kept weights are refitted to the calibration"
+     " inputs by exact least squares (damped like SparseGPT's Hessian). STS-B dev."),
+    ("Kept weights refitted, on other STS data", "prune_refit_heldout.json",
+     "python -m benchmarks.sts_heldout /tmp/sts && python -m benchmarks.prune_unstructured"
+     " benchmarks/results/prune_refit_heldout.json --methods"
+     " wanda-refit,wanda-swap-refit,sparsegpt-refit --settings 0.6,2:4,0.7"
+     " --calib /tmp/sts/sts-calib.csv --eval /tmp/sts/sts-heldout.csv --threads 2",
+     "The rows above on the held-out quarter of STS-B train (calibrated on the other three"
+     " quarters)."),
     ("Wanda with swaps on lit-cifar", "prune_swaps_litcifar.json",
      "python -m benchmarks.prune_unstructured benchmarks/results/prune_swaps_litcifar.json"
      " --model lit-cifar --methods wanda,wanda-swap,wanda-bn,wanda-swap-bn --samples 512"
