@@ -122,6 +122,8 @@ class CalibratedPruneConfig(UnstructuredPruneConfig):
                         "kept weights to the calibration inputs: the exact least-squares "
                         "solution with the mask fixed (Wanda leaves the weights as they are; "
                         "SparseGPT's own update approximates this)")
+    damp: float = Field(0.01, gt=0, lt=1, description="Hessian damping, fraction of its mean "
+                        "diagonal (SparseGPT's update and refit)")
 
     @model_validator(mode="after")
     def _refit_one_shot(self) -> CalibratedPruneConfig:
@@ -165,7 +167,6 @@ class WandaConfig(CalibratedPruneConfig):
 
 class SparseGPTConfig(CalibratedPruneConfig):
     method: str = "sparsegpt"
-    damp: float = Field(0.01, gt=0, lt=1, description="Hessian damping, fraction of mean diag")
     block_size: int = Field(128, ge=1, description="columns whose mask is chosen together")
     asymmetric: bool = Field(False, description="fit each layer to the unpruned model's "
                              "outputs from the inputs the already-pruned layers give it, so it "
@@ -357,7 +358,7 @@ def _prune_calibrated(adapter: Adapter, config: CalibratedPruneConfig, context: 
     def replace(name: str, module: nn.Module, stats: Any) -> nn.Module:
         keep, weight = prune_layer(module, stats, sparsity[name])
         if config.refit:
-            weight = refit_kept(weight_matrix(module), keep, stats.hessian)
+            weight = refit_kept(weight_matrix(module), keep, stats.hessian, config.damp)
         return tally.stand_in(name, module, keep, weight)
 
     if config.sequential:
