@@ -101,6 +101,13 @@ SECTIONS = [
      " --calib /tmp/sts/sts-calib.csv --eval /tmp/sts/sts-heldout.csv --threads 2",
      "The rows above on the held-out quarter of STS-B train (calibrated on the other three"
      " quarters)."),
+    ("Kept weights refitted, on lit-cifar", "prune_refit_litcifar.json",
+     "python -m benchmarks.prune_unstructured benchmarks/results/prune_refit_litcifar.json"
+     " --model lit-cifar --methods wanda-refit-bn,sparsegpt-refit-bn --samples 512"
+     " --ignore vision.conv1 --threads 2",
+     "Wanda and SparseGPT with `refit: true` on every layer of both lit-cifar towers but the"
+     " stem convolution (convolutions refitted on their unfolded inputs), each followed by the"
+     " BatchNorm correction; compare the `-bn` rows of the BatchNorm-corrected table below."),
     ("Wanda with swaps on lit-cifar", "prune_swaps_litcifar.json",
      "python -m benchmarks.prune_unstructured benchmarks/results/prune_swaps_litcifar.json"
      " --model lit-cifar --methods wanda,wanda-swap,wanda-bn,wanda-swap-bn --samples 512"
