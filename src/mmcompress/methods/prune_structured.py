@@ -200,25 +200,25 @@ def _prune_units(adapter: Adapter, config: StructuredPruneConfig, groups: list[U
                   for u in range(g.size)]
     if config.scope == "tower":
         plan = uniform_plan(cands, remove)
-    elif config.params_ratio is None:  # the parameters the same ratio everywhere would leave
-        plan = _plan_to_keep(model, groups, cands, sizes, None,
-                             params_after(model, groups, remove))
     else:
-        total = sum(p.numel() for p in model.parameters())
-        plan = _plan_to_keep(model, groups, cands, sizes, remove,
-                             math.floor(config.params_ratio * total))
+        plan = _global_units(model, groups, cands, sizes, remove, config.params_ratio)
     for gi, g in enumerate(groups):
         prune_units(model, g, plan.get(gi, []), means)
         _count(summary, _tower(g.outputs[0], towers), g.kind, len(plan.get(gi, [])), g.size)
 
 
-def _plan_to_keep(model: nn.Module, groups: list[UnitGroup], cands: list[Candidate],
-                  sizes: dict[int, int], caps: dict[int, int] | None,
-                  target: int) -> dict[int, list[int]]:
-    """The global plan that leaves `target` parameters (counted exactly, to the nearest unit),
-    each group losing at most ``caps[g]`` units; an error, before anything changes, when the
-    caps forbid it."""
+def _global_units(model: nn.Module, groups: list[UnitGroup], cands: list[Candidate],
+                  sizes: dict[int, int], remove: dict[int, int],
+                  ratio: float | None) -> dict[int, list[int]]:
+    """The global plan leaving the parameters per-tower ratios (`remove[g]` units of each
+    group) would leave, or, with `ratio`, that share of the model with `remove[g]` as each
+    group's cap; counted exactly, to the nearest unit. An error, before anything changes, when
+    the caps forbid the target."""
     total = sum(p.numel() for p in model.parameters())
+    if ratio is None:
+        target, caps = params_after(model, groups, remove), None
+    else:
+        target, caps = math.floor(ratio * total), remove
     budget, unit = total - target, max(c.params for c in cands)
     for _ in range(8):  # per-unit counts overlap between chained groups: free more until met
         plan = global_plan(cands, sizes, budget, caps)

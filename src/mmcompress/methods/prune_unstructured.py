@@ -126,10 +126,12 @@ class CalibratedPruneConfig(UnstructuredPruneConfig):
                         "diagonal (SparseGPT's update and refit)")
 
     @model_validator(mode="after")
-    def _refit_one_shot(self) -> CalibratedPruneConfig:
-        if self.refit and self.schedule is not None:
-            raise ValueError("'refit' refits the weights of a mask chosen in one shot; gradual "
-                             "pruning ('schedule') trains them instead: drop one of them")
+    def _one_shot_options(self) -> CalibratedPruneConfig:
+        chosen = [k for k in ("swaps", "refit") if getattr(self, k, False)]
+        if chosen and self.schedule is not None:
+            raise ValueError(f"'{chosen[0]}' works on a mask chosen in one shot; gradual "
+                             "pruning ('schedule') chooses its masks while training: drop one "
+                             "of them")
         return self
 
 
@@ -151,13 +153,6 @@ class WandaConfig(CalibratedPruneConfig):
     @classmethod
     def _swaps_flag(cls, v: Any) -> Any:
         return (DEFAULT_ROUNDS if v else 0) if isinstance(v, bool) else v
-
-    @model_validator(mode="after")
-    def _swaps_one_shot(self) -> WandaConfig:
-        if self.swaps and self.schedule is not None:
-            raise ValueError("'swaps' refines a mask chosen in one shot; gradual pruning "
-                             "('schedule') chooses its masks while training: drop one of them")
-        return self
 
     def rows_compete(self, module: nn.Module) -> bool:
         if self.comparison == "auto":
