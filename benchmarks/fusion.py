@@ -26,6 +26,7 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,14 +81,32 @@ def compared_widths(quarter: int) -> list[int]:
 CALIBRATION = {"samples": 256, "batch_size": 32, "seed": 0}
 
 
-def compressed(adapter, stages: list[dict], calib) -> tuple[Any, list[dict], float]:
-    """A copy of `adapter` with `stages` applied (as `mmcompress.compress` runs them)."""
+def compressed(adapter, stages: list[dict], calib,
+               teacher=None) -> tuple[Any, list[dict], float]:
+    """A copy of `adapter` with `stages` applied (as `mmcompress.compress` runs them; a
+    `distill` stage learns from `teacher`, by default `adapter` as given)."""
     out = copy.deepcopy(adapter)
     recipe = load_recipe({"stages": stages, "calibration": CALIBRATION})
     ctx = StageContext(data=calib, calibration=recipe.calibration, progress=False)
+    if teacher is not None:
+        ctx.extra["original"] = teacher
     start = time.perf_counter()
     summaries = run_stages(out, recipe.stages, ctx)
     return out, summaries, time.perf_counter() - start
+
+
+def no_larger(size: int, fp32_bytes: int, ratio: float,
+              build: Callable[[float], tuple[Any, Any]]) -> tuple[Any, Any, float]:
+    """`build(ratio)` → (model, info), the asked ratio of fp32 lowered until the saved file is
+    at most `size` bytes (a method's own size prediction leaves out the file's header); the
+    model, its info and the ratio asked last."""
+    for _ in range(5):
+        model, info = build(round(ratio, 4))
+        got = saved_size_bytes(model.model)
+        if got <= size:
+            break
+        ratio -= (got - size) / fp32_bytes + 2e-4
+    return model, info, round(ratio, 4)
 
 
 def recipe_rows(adapter, data, calib, base) -> dict[str, dict]:
@@ -119,15 +138,15 @@ def budget_vs_uniform(adapter, data, calib, base, fp32_bytes: int) -> dict[str, 
     out = {}
     for bits in compared_widths(quarter):
         size = uniform[bits].metrics["size_bytes"]
-        target = size / fp32_bytes
-        for _ in range(5):  # the prediction leaves out file-header bytes: tighten if over
+
+        def build(ratio: float) -> tuple[Any, tuple[list[dict], float]]:
             stages = [{"quantize": {"method": "rtn", "budget": {
-                "size_ratio": round(target, 4), "bits": BUDGET_WIDTHS, "samples": 32}}}]
+                "size_ratio": ratio, "bits": BUDGET_WIDTHS, "samples": 32}}}]
             model, summaries, seconds = compressed(adapter, stages, calib)
-            got = saved_size_bytes(model.model)
-            if got <= size:
-                break
-            target -= (got - size) / fp32_bytes + 2e-4
+            return model, (summaries, seconds)
+
+        model, (summaries, seconds), target = no_larger(size, fp32_bytes, size / fp32_bytes,
+                                                        build)
         budgeted = evaluate_adapter(model, data, _quality_and_size(), base.embeddings)
         out[str(bits)] = {"quarter": bits == quarter,
                           "uniform": {"bits": bits, "metrics": uniform[bits].metrics},

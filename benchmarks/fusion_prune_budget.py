@@ -21,7 +21,6 @@ of budget − uniform. Prints a line per model and writes JSON (atomically).
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 from pathlib import Path
 from typing import Any
@@ -30,12 +29,10 @@ import torch
 
 from mmcompress.data import load_data
 from mmcompress.evaluation.evaluate import count_params, evaluate_adapter, saved_size_bytes
-from mmcompress.methods import StageContext, run_stages
 from mmcompress.model_specs import load_model
 from mmcompress.models.fusion import FUSIONS as KINDS
-from mmcompress.recipe import load_recipe
 
-from .fusion import CALIBRATION, _quality_and_size, gain_intervals, wide_eval
+from .fusion import _quality_and_size, compressed, gain_intervals, no_larger, wide_eval
 from .results_file import load, store
 
 OUT = Path(__file__).parent / "results" / "fusion_prune_budget.json"
@@ -45,15 +42,6 @@ RECOVERY = {"distill": {"method": "kd", "epochs": 3, "batch_size": 64, "lr": 1e-
                         "evaluate": False}}
 UNIFORM = ("activation", "taylor")
 KIND_KEYS = ("heads", "neurons", "channels")
-
-
-def apply(adapter, stages: list[dict], calib, original=None) -> list[dict]:
-    """Run `stages` on `adapter` in place (`original`: the distillation teacher)."""
-    recipe = load_recipe({"stages": stages, "calibration": CALIBRATION})
-    ctx = StageContext(data=calib, calibration=recipe.calibration, progress=False)
-    if original is not None:
-        ctx.extra["original"] = original
-    return run_stages(adapter, recipe.stages, ctx)
 
 
 def uniform_stage(f: float, importance: str) -> dict:
@@ -66,8 +54,7 @@ def uniform_fraction(dense, calib, fp32_bytes: int) -> float:
     """The smallest whole-percent f whose uniformly pruned file is at most TARGET of fp32
     (sizes depend on f only, so magnitude scores find it fast)."""
     def fits(pct: int) -> bool:
-        model = copy.deepcopy(dense)
-        apply(model, [uniform_stage(pct / 100, "magnitude")], calib)
+        model, _, _ = compressed(dense, [uniform_stage(pct / 100, "magnitude")], calib)
         return saved_size_bytes(model.model) <= TARGET * fp32_bytes
 
     low, high = 50, 95
@@ -81,16 +68,14 @@ def uniform_fraction(dense, calib, fp32_bytes: int) -> float:
 
 def budgeted(dense, calib, ratio: float, size: int, fp32_bytes: int) -> tuple[Any, dict]:
     """Global Taylor pruning to `ratio` of the parameters, no larger a file than `size`."""
-    for _ in range(5):
-        model = copy.deepcopy(dense)
+    def build(asked: float) -> tuple[Any, dict]:
         stage = {"prune": {"method": "structured", "scope": "global", "importance": "taylor",
-                           "params_ratio": round(ratio, 4), **dict.fromkeys(KIND_KEYS, CAP)}}
-        summary = apply(model, [stage], calib)[0]
-        got = saved_size_bytes(model.model)
-        if got <= size:
-            break
-        ratio -= (got - size) / fp32_bytes + 1e-4
-    return model, {"params_ratio_asked": round(ratio, 4), "summary": summary}
+                           "params_ratio": asked, **dict.fromkeys(KIND_KEYS, CAP)}}
+        model, summaries, _ = compressed(dense, [stage], calib)
+        return model, summaries[0]
+
+    model, summary, asked = no_larger(size, fp32_bytes, ratio, build)
+    return model, {"params_ratio_asked": asked, "summary": summary}
 
 
 def scored(model, data, base) -> tuple[Any, dict]:
@@ -108,20 +93,18 @@ def run_kind(kind: str, calib, data) -> dict[str, Any]:
     out: dict[str, Any] = {"fp32": base.metrics, "fp32_bytes": fp32_bytes, "fraction": f,
                            "runs": {}}
     for importance in UNIFORM:
-        model = copy.deepcopy(dense)
-        apply(model, [uniform_stage(f, importance)], calib)
-        models[f"uniform {importance}"] = model
+        models[f"uniform {importance}"] = compressed(dense, [uniform_stage(f, importance)],
+                                                     calib)[0]
     size = saved_size_bytes(models["uniform activation"].model)
     ratio = count_params(models["uniform activation"].model) / count_params(dense.model)
     models["budget"], out["budget"] = budgeted(dense, calib, ratio, size, fp32_bytes)
     evals: dict[str, dict[str, Any]] = {"one shot": {}, "recovered": {}}
     for name, model in models.items():
         evals["one shot"][name], one = scored(model, data, base)
-        t0 = time.perf_counter()
-        apply(model, [RECOVERY], calib, original=dense)
-        evals["recovered"][name], rec = scored(model, data, base)
+        recovered, _, seconds = compressed(model, [RECOVERY], calib, teacher=dense)
+        evals["recovered"][name], rec = scored(recovered, data, base)
         out["runs"][name] = {"one shot": one, "recovered": rec,
-                             "recovery_seconds": round(time.perf_counter() - t0, 1)}
+                             "recovery_seconds": round(seconds, 1)}
         print(f"[{kind}] {name}: size {one['size_bytes'] / fp32_bytes:.3f}, top1 "
               f"{one['top1']:.4f} one shot, {rec['top1']:.4f} recovered", flush=True)
     out["gain_ci95"] = {stage: {u: gain_intervals(e["budget"], e[f"uniform {u}"], data)

@@ -149,8 +149,7 @@ def test_prune_structured_update_keeps_other_sections_and_refuses_other_settings
 def test_fusion_prune_budget_matches_uniform_size_with_global_ranking(monkeypatch) -> None:
     """The uniform ratio is the smallest whole percent meeting the size target; the budget's
     file is no larger than uniform's, and it spreads its removals unevenly."""
-    import copy
-
+    from benchmarks import fusion
     from benchmarks import fusion_prune_budget as fpb
     from mmcompress.adapters.fusion import FusionAdapter
     from mmcompress.evaluation.evaluate import count_params, saved_size_bytes
@@ -159,7 +158,7 @@ def test_fusion_prune_budget_matches_uniform_size_with_global_ranking(monkeypatc
     sys.path.insert(0, str(Path(__file__).parent))
     from test_fusion import TINY, tiny_data
 
-    monkeypatch.setattr(fpb, "CALIBRATION", {"samples": 8, "batch_size": 4, "seed": 0})
+    monkeypatch.setattr(fusion, "CALIBRATION", {"samples": 8, "batch_size": 4, "seed": 0})
     monkeypatch.setattr(fpb, "TARGET", 0.5)
     torch.manual_seed(0)  # four heads and 16 channels, as the built-in models: 95% keeps one
     dense = FusionAdapter(FusionClassifier(fusion="late", **{**TINY, "heads": 4,
@@ -169,8 +168,7 @@ def test_fusion_prune_budget_matches_uniform_size_with_global_ranking(monkeypatc
     f = fpb.uniform_fraction(dense, data, fp32)
 
     def size(fraction: float):
-        model = copy.deepcopy(dense)
-        fpb.apply(model, [fpb.uniform_stage(fraction, "magnitude")], data)
+        model = fusion.compressed(dense, [fpb.uniform_stage(fraction, "magnitude")], data)[0]
         return model, saved_size_bytes(model.model)
 
     uniform, got = size(f)
