@@ -28,6 +28,7 @@ from mmcompress.modules.sparse import (
     sparse_quantized,
     unpack_mask,
 )
+from mmcompress.calibration.reference import reference_fit
 from mmcompress.quantization.grid import QuantGrid
 from mmcompress.recipe import CalibrationConfig, load_recipe
 from mmcompress.sparsity import global_keep_masks, keep_mask, parse_pattern, sparsegpt_prune
@@ -282,6 +283,27 @@ def test_refit_is_each_rows_least_squares_fit_and_beats_sparsegpt(nm):
     assert _out_err(x, w, refit_kept(w, sgpt_keep, h)) < _out_err(x, w, sgpt_w)
 
 
+def test_refit_to_the_reference_fit_is_the_least_squares_fit_to_unpruned_outputs():
+    """Asymmetric refit: masking and refitting `reference_fit`'s map M gives, per row, the
+    least-squares fit of the unpruned outputs x_ref·w from the pruned model's inputs x."""
+    x_ref = _inputs()  # what the unpruned model feeds the layer; x, what the pruned one does
+    x = x_ref * torch.linspace(0.6, 1.4, 64) + 0.05 * torch.randn_like(x_ref)
+    w = torch.randn(16, 64)
+    h, cross = 2 * x.T @ x / len(x), 2 * x_ref.T @ x / len(x)
+    target = reference_fit(w, h, cross, damp=1e-9).float()
+    keep = keep_mask(target.abs() * x.norm(dim=0), 0.6, None, per_row=True)
+    refit = refit_kept(target, keep, h, damp=1e-9)
+    for r in range(len(w)):
+        cols = keep[r].nonzero().squeeze(1)
+        best = torch.linalg.lstsq(x[:, cols].double(), (x_ref @ w[r]).double()[:, None]).solution
+        torch.testing.assert_close(refit[r, cols].double(), best.squeeze(1), rtol=1e-3,
+                                   atol=1e-3)
+    def error(fitted: torch.Tensor) -> float:
+        return float(((x_ref @ w.T - x @ fitted.T) ** 2).mean())
+
+    assert error(refit) < 0.75 * error(refit_kept(w, keep, h, damp=1e-9))  # the symmetric refit
+
+
 # ---- methods on a tiny CLIP -----------------------------------------------------------------
 
 def _apply(adapter, method, **cfg):
@@ -360,14 +382,17 @@ def test_sparsegpt_fitted_to_reference_outputs_undoes_input_error(nm):
     assert err["fitted"] < 0.8 * err["own"]
 
 
-def test_asymmetric_sparsegpt_prunes_exactly_and_reloads(tiny_clip, tmp_path):
+@pytest.mark.parametrize("method,extra", [("sparsegpt", {}), ("sparsegpt", {"refit": True}),
+                                          ("wanda", {"sequential": True, "refit": True})])
+def test_asymmetric_pruning_prunes_exactly_and_reloads(tiny_clip, tmp_path, method, extra):
     texts = ["a cat", "the dog"]
     dense = tiny_clip.encode_texts(texts)
     symmetric = copy.deepcopy(tiny_clip)
-    summary = _apply(tiny_clip, "sparsegpt", sparsity=0.5, targets=["text"], asymmetric=True)
+    summary = _apply(tiny_clip, method, sparsity=0.5, targets=["text"], asymmetric=True,
+                     **extra)
     assert summary["sparsity"] == pytest.approx(0.5, abs=1e-3)
     pruned = tiny_clip.encode_texts(texts)
-    _apply(symmetric, "sparsegpt", sparsity=0.5, targets=["text"])
+    _apply(symmetric, method, sparsity=0.5, targets=["text"], **extra)
     assert not torch.allclose(symmetric.encode_texts(texts), pruned, atol=1e-5)  # it acted
     assert nn.functional.cosine_similarity(dense, pruned).min() > 0.8
     save_checkpoint(tiny_clip, tmp_path, "random:tiny", [])
@@ -586,15 +611,16 @@ def test_pruned_tables_quantize_and_reload_in_one_recipe(tiny_clip, tmp_path):
     ({"pattern": "2:4", "layer_sparsity": "owl", "method": "wanda"}, "unstructured pattern"),
     ({"sparsity": 0.5, "embeddings": True, "schedule": {"end": 0.5}}, "set 'embeddings' false"),
     ({"sparsity": 0.5, "method": "sparsegpt", "asymmetric": True, "sequential": False},
-     "drop one of them"),
+     "set 'sequential: true'"),
+    ({"sparsity": 0.5, "method": "wanda", "asymmetric": True}, "set 'sequential: true'"),
+    ({"sparsity": 0.5, "method": "wanda", "asymmetric": True, "sequential": True,
+      "schedule": {"end": 0.5}}, "drop one of them"),
     ({"sparsity": 0.5, "sequential": False}, "unknown key 'sequential'"),  # magnitude
     ({"sparsity": 0.5, "method": "wanda", "swaps": 10, "schedule": {"end": 0.5}},
      "drop one of them"),
     ({"sparsity": 0.5, "method": "wanda", "swaps": -1}, "greater than or equal to 0"),
     ({"sparsity": 0.5, "method": "wanda", "refit": True, "schedule": {"end": 0.5}},
      "drop one of them"),
-    ({"sparsity": 0.5, "method": "sparsegpt", "refit": True, "asymmetric": True},
-     "choose one"),
     ({"sparsity": 0.5, "refit": True}, "unknown key 'refit'"),  # magnitude
 ])
 def test_bad_settings_are_recipe_errors(cfg, fragment):

@@ -123,15 +123,24 @@ class CalibratedPruneConfig(UnstructuredPruneConfig):
                         "solution with the mask fixed (Wanda leaves the weights as they are; "
                         "SparseGPT's own update approximates this)")
     damp: float = Field(0.01, gt=0, lt=1, description="Hessian damping, fraction of its mean "
-                        "diagonal (SparseGPT's update and refit)")
+                        "diagonal (SparseGPT's update, refit and the asymmetric fit)")
+    asymmetric: bool = Field(False, description="fit each layer to the unpruned model's "
+                             "outputs from the inputs the already-pruned layers give it, so it "
+                             "also corrects their error (needs 'sequential'; keeps a copy of the "
+                             "model while calibrating; with 'refit', the refit aims at the "
+                             "unpruned model's outputs too)")
 
     @model_validator(mode="after")
     def _one_shot_options(self) -> CalibratedPruneConfig:
-        chosen = [k for k in ("swaps", "refit") if getattr(self, k, False)]
+        chosen = [k for k in ("swaps", "refit", "asymmetric") if getattr(self, k, False)]
         if chosen and self.schedule is not None:
             raise ValueError(f"'{chosen[0]}' works on a mask chosen in one shot; gradual "
                              "pruning ('schedule') chooses its masks while training: drop one "
                              "of them")
+        if self.asymmetric and not self.sequential:
+            raise ValueError("'asymmetric' corrects the error of the blocks pruned before; with "
+                             "'sequential' false no block sees it: set 'sequential: true' or "
+                             "drop 'asymmetric'")
         return self
 
 
@@ -163,20 +172,6 @@ class WandaConfig(CalibratedPruneConfig):
 class SparseGPTConfig(CalibratedPruneConfig):
     method: str = "sparsegpt"
     block_size: int = Field(128, ge=1, description="columns whose mask is chosen together")
-    asymmetric: bool = Field(False, description="fit each layer to the unpruned model's "
-                             "outputs from the inputs the already-pruned layers give it, so it "
-                             "also corrects their error (keeps a copy of the model while "
-                             "calibrating)")
-
-    @model_validator(mode="after")
-    def _asymmetric_needs_sequential(self) -> SparseGPTConfig:
-        if self.asymmetric and not self.sequential:
-            raise ValueError("'asymmetric' corrects the error of the blocks pruned before; with "
-                             "'sequential' false no block sees it: drop one of them")
-        if self.asymmetric and self.refit:
-            raise ValueError("'refit' fits the kept weights to the layer's own outputs, "
-                             "'asymmetric' to the unpruned model's: choose one")
-        return self
 
 
 def _prunable(
@@ -235,10 +230,10 @@ def _magnitude_keep(module: nn.Module, config: UnstructuredPruneConfig) -> torch
                    per_row=isinstance(module, nn.Embedding))
 
 
-def _wanda_scores(module: nn.Module,
+def _wanda_scores(weight: torch.Tensor,
                   stats: FeatureNormCollector | HessianCollector) -> torch.Tensor:
-    """|W_ij|·‖X_j‖₂ of one layer."""
-    return weight_matrix(module).abs() * stats.norm
+    """|W_ij|·‖X_j‖₂ of one layer's weight matrix."""
+    return weight.abs() * stats.norm
 
 
 def _unpruned_stats(adapter: Adapter, layers: dict[str, nn.Module], context: StageContext,
@@ -268,7 +263,8 @@ def _layer_sparsities(adapter: Adapter, layers: dict[str, nn.Module],
         stats = _unpruned_stats(adapter, layers, context, lambda n, m: FeatureNormCollector(),
                                 "owl ratios")
     for name, s in stats.items():
-        scores.setdefault(blocks[name], []).append(_wanda_scores(layers[name], s))
+        scores.setdefault(blocks[name], []).append(_wanda_scores(weight_matrix(layers[name]),
+                                                                 s))
     ratios = {b: outlier_ratio(s, config.owl_threshold) for b, s in scores.items()}
     per_block = owl_sparsities(ratios, config.target_sparsity, config.owl_spread)
     return {name: per_block[blocks[name]] for name in layers}
@@ -333,27 +329,32 @@ def apply_magnitude(adapter: Adapter, config: MagnitudeConfig,
 
 def _prune_calibrated(adapter: Adapter, config: CalibratedPruneConfig, context: StageContext,
                       make_collector: Callable[[str, nn.Module], Any],
-                      prune_layer: Callable[[nn.Module, Any, float], tuple[torch.Tensor,
-                                                                           torch.Tensor]],
-                      desc: str, asymmetric: bool = False) -> dict[str, Any]:
+                      prune_layer: Callable[[nn.Module, torch.Tensor, Any, float],
+                                            tuple[torch.Tensor, torch.Tensor]],
+                      desc: str) -> dict[str, Any]:
     """What Wanda and SparseGPT share: the prunable layers, a sparsity per layer (uniform or
     OWL), then block-by-block calibration (or, not `sequential`, one pass over the unpruned
-    model) where `prune_layer(module, stats, sparsity)` gives (keep mask, new weight matrix);
-    compact sparse modules replace them at the end. With `asymmetric`, the collectors also
-    pair each layer's inputs with the unpruned model's."""
+    model) where `prune_layer(module, weight, stats, sparsity)` gives (keep mask, new weight
+    matrix) for the layer's weight matrix `weight`; compact sparse modules replace them at the
+    end. With `asymmetric`, the collectors also pair each layer's inputs with the unpruned
+    model's, and `weight` is the map from this layer's inputs closest to the unpruned outputs
+    (`reference_fit`), so masking it and refitting to it aim at the unpruned model."""
     layers, skipped = _prunable(adapter, config, calibrated=True)
     tally = _Tally(config, skipped)
     if _nothing_to_do(config):
         return tally.summary(0)
-    reference = copy.deepcopy(adapter.model) if asymmetric else None
+    reference = copy.deepcopy(adapter.model) if config.asymmetric else None
     tables, layers = split_embeddings(layers)
     replace_modules(adapter.model, {  # by magnitude, before the layers that read them calibrate
         n: tally.sparse(m, _magnitude_keep(m, config), None) for n, m in tables.items()})
 
     def replace(name: str, module: nn.Module, stats: Any) -> nn.Module:
-        keep, weight = prune_layer(module, stats, sparsity[name])
+        target = weight_matrix(module)
+        if config.asymmetric:
+            target = reference_fit(target, stats.hessian, stats.cross, config.damp).float()
+        keep, weight = prune_layer(module, target, stats, sparsity[name])
         if config.refit:
-            weight = refit_kept(weight_matrix(module), keep, stats.hessian, config.damp)
+            weight = refit_kept(target, keep, stats.hessian, config.damp)
         return tally.stand_in(name, module, keep, weight)
 
     if config.sequential:
@@ -379,10 +380,9 @@ def apply_wanda(adapter: Adapter, config: WandaConfig, context: StageContext) ->
 
     rounds: list[int] = []
 
-    def prune(module: nn.Module, stats: FeatureNormCollector | HessianCollector,
+    def prune(module: nn.Module, w: torch.Tensor, stats: FeatureNormCollector | HessianCollector,
               sparsity: float) -> tuple[torch.Tensor, torch.Tensor]:
-        w = weight_matrix(module)
-        keep = _select(_wanda_scores(module, stats), module, config,
+        keep = _select(_wanda_scores(w, stats), module, config,
                        config.rows_compete(module), sparsity)
         if config.swaps:
             perm = _column_order(module, config.nm)
@@ -393,7 +393,8 @@ def apply_wanda(adapter: Adapter, config: WandaConfig, context: StageContext) ->
             rounds.append(used)
         return keep, w
 
-    collector = HessianCollector if config.swaps or config.refit else FeatureNormCollector
+    needs_hessian = config.swaps or config.refit or config.asymmetric
+    collector = HessianCollector if needs_hessian else FeatureNormCollector
     summary = _prune_calibrated(adapter, config, context, lambda n, m: collector(), prune,
                                 "wanda")
     if rounds:  # a layer that used every round might have gained from more
@@ -408,11 +409,9 @@ def apply_sparsegpt(adapter: Adapter, config: SparseGPTConfig,
                     context: StageContext) -> dict[str, Any]:
     """SparseGPT: second-order mask selection with an inverse-Hessian weight update."""
 
-    def prune(module: nn.Module, stats: HessianCollector,
+    def prune(module: nn.Module, w: torch.Tensor, stats: HessianCollector,
               sparsity: float) -> tuple[torch.Tensor, torch.Tensor]:
-        w, h = weight_matrix(module), stats.hessian
-        if config.asymmetric:
-            w = reference_fit(w, h, stats.cross, config.damp).float()
+        h = stats.hessian
         perm = _column_order(module, config.nm)
         if perm is not None:
             w, h = w[:, perm], h[perm][:, perm]
@@ -422,4 +421,4 @@ def apply_sparsegpt(adapter: Adapter, config: SparseGPTConfig,
         return keep, new
 
     return _prune_calibrated(adapter, config, context, lambda n, m: HessianCollector(),
-                             prune, "sparsegpt", config.asymmetric)
+                             prune, "sparsegpt")
