@@ -12,6 +12,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 import mmcompress
+from mmcompress.calibration.reference import reference_fit
 from mmcompress.cli import app
 from mmcompress.errors import RecipeError
 from mmcompress.io.checkpoint import save_checkpoint
@@ -28,7 +29,6 @@ from mmcompress.modules.sparse import (
     sparse_quantized,
     unpack_mask,
 )
-from mmcompress.calibration.reference import reference_fit
 from mmcompress.quantization.grid import QuantGrid
 from mmcompress.recipe import CalibrationConfig, load_recipe
 from mmcompress.sparsity import global_keep_masks, keep_mask, parse_pattern, sparsegpt_prune
