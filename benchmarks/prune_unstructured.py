@@ -4,7 +4,7 @@ lit-cifar zero-shot.
 ``python -m benchmarks.prune_unstructured OUT.json [--model minilm|lit-cifar] [--calib TRAIN]
 [--eval TEST] [--samples 2048] [--ignore MODULES]
 [--methods magnitude,wanda,sparsegpt,wanda-seq,wanda-row,wanda-swap,wanda-owl,sparsegpt-asym,
-wanda-bn]
+sparsegpt-norefit,wanda-bn]
 [--settings 0.5,0.6,0.7,2:4] [--embeddings] [--threads 2]``
 
 Calibrates on one split (STS-B train, or lit-cifar-train) and evaluates on another (STS-B dev,
@@ -56,6 +56,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "row": {"comparison": "row"},
     "swap": {"swaps": 200},
     "refit": {"refit": True},
+    "norefit": {"refit": False},
 }
 
 
@@ -67,7 +68,8 @@ def _stage(method: str, setting: str, embeddings: bool = False,
     `sequential: true` (each block's after the blocks before it are pruned) and ``-row``
     `comparison: row` (Wanda: each output row keeps its share, convolutions too), ``-swap``
     `swaps: 200` (Wanda: refine each mask by swaps), ``-refit`` `refit: true` (refit the kept
-    weights by exact least squares once the mask is chosen). A trailing
+    weights by exact least squares once the mask is chosen; SparseGPT's default) and
+    ``-norefit`` `refit: false` (SparseGPT's own update alone, as in the paper). A trailing
     ``-bn`` (handled by `_row`) adds a ``finetune: {method: batchnorm}`` stage after pruning."""
     name, *variants = method.split("-")
     cfg: dict[str, Any] = {"method": name, "embeddings": embeddings}

@@ -461,9 +461,14 @@ def test_wanda_swaps_change_masks_not_counts_and_reload(tiny_clip, tmp_path, pat
 
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
 def test_refit_keeps_the_mask_changes_weights_and_reloads(tiny_clip, tmp_path, method):
-    plain = copy.deepcopy(tiny_clip)
-    _apply(plain, method, sparsity=0.6)
+    plain, default = copy.deepcopy(tiny_clip), copy.deepcopy(tiny_clip)
+    _apply(plain, method, sparsity=0.6, refit=False)
+    _apply(default, method, sparsity=0.6)
     _apply(tiny_clip, method, sparsity=0.6, refit=True)
+    texts = ["a photo of a cat", "two dogs"]
+    refit_by_default = method == "sparsegpt"  # Wanda stays the paper's method by default
+    assert torch.equal(default.encode_texts(texts), (tiny_clip if refit_by_default
+                                                     else plain).encode_texts(texts))
     plain_layers, layers = _sparse_layers(plain), _sparse_layers(tiny_clip)
     moved = 0
     for name, m in layers.items():
@@ -472,7 +477,6 @@ def test_refit_keeps_the_mask_changes_weights_and_reloads(tiny_clip, tmp_path, m
         assert m.nnz == plain_layers[name].nnz
         moved += int(not torch.allclose(m.values, plain_layers[name].values))
     assert moved > 10
-    texts = ["a photo of a cat", "two dogs"]
     save_checkpoint(tiny_clip, tmp_path, "random:tiny", [])
     assert torch.equal(mmcompress.load(tmp_path).encode_texts(texts),
                        tiny_clip.encode_texts(texts))
