@@ -5,7 +5,7 @@ lit-cifar zero-shot.
 [--eval TEST] [--samples 2048] [--ignore MODULES]
 [--methods magnitude,wanda,sparsegpt,wanda-seq,wanda-row,wanda-swap,wanda-owl,sparsegpt-asym,
 sparsegpt-norefit,wanda-bn]
-[--settings 0.5,0.6,0.7,2:4] [--embeddings] [--threads 2]``
+[--settings 0.5,0.6,0.7,2:4] [--embeddings] [--threads 2] [--update]``
 
 Calibrates on one split (STS-B train, or lit-cifar-train) and evaluates on another (STS-B dev,
 or lit-cifar-eval), so calibration never sees the evaluation examples. Each row prunes a fresh
@@ -42,7 +42,7 @@ from mmcompress.methods import StageContext, run_stages
 from mmcompress.model_specs import load_model
 from mmcompress.recipe import CalibrationConfig, load_recipe
 
-from .results_file import store
+from .results_file import load, store
 from .stats import metric_difference_interval
 
 STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb"
@@ -146,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ignore", type=lambda v: v.split(","), default=None,
                    help="comma-separated modules left dense (e.g. a 3-channel stem for 2:4)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--update", action="store_true", help="replace only the rows run (same "
+                   "method and setting) in an existing OUT written with the same settings")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     base = load_model(a.model, progress=False)
@@ -177,7 +179,19 @@ def main(argv: list[str] | None = None) -> None:
            "evaluation": a.eval or test.name,
            "samples": a.samples, "batch_size": a.batch_size, "embeddings_pruned": a.embeddings,
            "ignored": a.ignore or [], "threads": a.threads, "dense": dense, "rows": rows}
-    store(a.out, out)
+    store(a.out, _merged(load(a.out), out) if a.update else out)
+
+
+def _merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """`old` with the rows of `new` in place of those of the same method and setting (new
+    ones appended); refused when the two runs differ in anything but their rows."""
+    setup = [k for k in new if k != "rows"]
+    if {k: old.get(k) for k in setup} != {k: new[k] for k in setup}:
+        raise SystemExit("error: the existing file was written with other settings (or another "
+                         "dense model); run without --update")
+    fresh = {(r["method"], r["setting"]): r for r in new["rows"]}
+    rows = [fresh.pop((r["method"], r["setting"]), r) for r in old["rows"]]
+    return {**old, "rows": rows + list(fresh.values())}
 
 
 if __name__ == "__main__":

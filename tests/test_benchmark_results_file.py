@@ -80,3 +80,16 @@ def test_failing_write_leaves_the_existing_file(tmp_path: Path, monkeypatch) -> 
     with pytest.raises(OSError, match="disk gone"):
         results_file.store(path, {"kept": False})
     assert path.read_text() == before
+
+
+def test_pruning_rows_merge_by_method_and_setting_only_into_the_same_run() -> None:
+    from benchmarks.prune_unstructured import _merged
+
+    def row(method: str, loss: float) -> dict:
+        return {"method": method, "setting": "0.6", "loss": loss}
+
+    old = {"model": "minilm", "dense": {"m": 0.8}, "rows": [row("wanda", 1.0), row("sgpt", 2.0)]}
+    new = {"model": "minilm", "dense": {"m": 0.8}, "rows": [row("sgpt", 3.0), row("new", 4.0)]}
+    assert _merged(old, new)["rows"] == [row("wanda", 1.0), row("sgpt", 3.0), row("new", 4.0)]
+    with pytest.raises(SystemExit, match="other settings"):
+        _merged(old, {**new, "dense": {"m": 0.7}})
