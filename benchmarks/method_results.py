@@ -42,7 +42,8 @@ SECTIONS = [
      " outlier ratio of its Wanda scores, threshold 5, spread ±0.08, the paper's defaults)."),
     ("Unstructured pruning with the embedding tables", "prune_embeddings.json",
      "python -m benchmarks.prune_unstructured benchmarks/results/prune_embeddings.json"
-     " --methods magnitude,wanda,sparsegpt --settings 0.5 --embeddings --threads 1",
+     " --methods magnitude,wanda,sparsegpt,sparsegpt-norefit --settings 0.5 --embeddings"
+     " --threads 1",
      "As above at 50%, with `embeddings: true`: the embedding tables (word, position, token"
      " type) are pruned too, by magnitude row by row whatever the method; `size_ratio` is the"
      " whole model's."),
@@ -61,12 +62,13 @@ SECTIONS = [
      "python -m benchmarks.sts_heldout /tmp/sts && python -m benchmarks.prune_unstructured"
      " benchmarks/results/prune_unstructured_heldout.json --methods"
      " magnitude,wanda,wanda-seq,sparsegpt,sparsegpt-norefit --settings 0.6,2:4,0.7 --calib"
-     " /tmp/sts/sts-calib.csv --eval /tmp/sts/sts-heldout.csv --threads 1",
+     " /tmp/sts/sts-calib.csv --eval /tmp/sts/sts-heldout.csv --threads 2",
      "The rows above calibrated on three quarters of STS-B train and evaluated on the other"
      " quarter (1,437 pairs): the targets checked beyond the dev split."),
     ("Unstructured pruning on lit-cifar", "prune_unstructured_litcifar.json",
      "python -m benchmarks.prune_unstructured benchmarks/results/prune_unstructured_litcifar.json"
-     " --model lit-cifar --methods magnitude,wanda,wanda-row,sparsegpt --samples 512"
+     " --model lit-cifar --methods magnitude,wanda,wanda-row,sparsegpt,sparsegpt-norefit"
+     " --samples 512"
      " --ignore vision.conv1 --threads 2",
      "Magnitude, Wanda and SparseGPT on every layer of both towers (ResNet-56 convolutions,"
      " MiniLM linears, the image projection), calibrated on 512 examples of lit-cifar-train,"
@@ -120,7 +122,7 @@ SECTIONS = [
      "prune_unstructured_litcifar_bn.json",
      "python -m benchmarks.prune_unstructured"
      " benchmarks/results/prune_unstructured_litcifar_bn.json --model lit-cifar"
-     " --methods magnitude-bn,wanda-bn,sparsegpt-bn --samples 512"
+     " --methods magnitude-bn,wanda-bn,sparsegpt-bn,sparsegpt-norefit-bn --samples 512"
      " --ignore vision.conv1 --threads 2",
      "The rows above followed by `finetune: {method: batchnorm}` (each BatchNorm's statistics"
      " refitted, layer by layer, to the change pruning made to its input against the dense"
