@@ -88,8 +88,15 @@ def test_pruning_rows_merge_by_method_and_setting_only_into_the_same_run() -> No
     def row(method: str, loss: float) -> dict:
         return {"method": method, "setting": "0.6", "loss": loss}
 
-    old = {"model": "minilm", "dense": {"m": 0.8}, "rows": [row("wanda", 1.0), row("sgpt", 2.0)]}
-    new = {"model": "minilm", "dense": {"m": 0.8}, "rows": [row("sgpt", 3.0), row("new", 4.0)]}
-    assert _merged(old, new)["rows"] == [row("wanda", 1.0), row("sgpt", 3.0), row("new", 4.0)]
-    with pytest.raises(SystemExit, match="other settings"):
-        _merged(old, {**new, "dense": {"m": 0.7}})
+    def dense(value: float) -> dict:
+        return {"metric": "m", "m": value, "size_bytes": 10}
+
+    old = {"model": "minilm", "dense": dense(0.8), "rows": [row("wanda", 1.0), row("sgpt", 2.0)]}
+    new = {"model": "minilm", "dense": dense(0.8 + 1e-6),
+           "rows": [row("sgpt", 3.0), row("new", 4.0)]}
+    merged = _merged(old, new)
+    assert merged["rows"] == [row("wanda", 1.0), row("sgpt", 3.0), row("new", 4.0)]
+    assert merged["dense"] == dense(0.8)
+    for other in ({"dense": dense(0.7)}, {"model": "clip"}):
+        with pytest.raises(SystemExit, match="other settings"):
+            _merged(old, {**new, **other})
