@@ -34,7 +34,9 @@ SECTIONS = [
      " `sparsegpt-norefit` keeps the paper's own update. `loss` is the drop from the dense"
      " model, `loss_ci95` its 95% paired bootstrap interval over resampled dev pairs,"
      " `size_ratio` the whole model's saved size (the word-embedding table, half of MiniLM,"
-     " stays dense)."),
+     " stays dense)."
+     " The `sparsegpt` rows were rerun with `--update` in session 12, when `refit` became"
+     " SparseGPT's default; the other rows are from the earlier run."),
     ("Wanda with OWL sparsity per block", "prune_owl.json",
      "python -m benchmarks.prune_unstructured benchmarks/results/prune_owl.json"
      " --methods wanda,wanda-owl --settings 0.6,0.7 --threads 1",
@@ -46,7 +48,9 @@ SECTIONS = [
      " --threads 1",
      "As above at 50%, with `embeddings: true`: the embedding tables (word, position, token"
      " type) are pruned too, by magnitude row by row whatever the method; `size_ratio` is the"
-     " whole model's."),
+     " whole model's."
+     " The `sparsegpt` rows were rerun with `--update` in session 12, when `refit` became"
+     " SparseGPT's default; the other rows are from the earlier run."),
     ("Saved size of sparse layers", "sparse_size.json", "python -m benchmarks.sparse_size",
      "50% magnitude sparsity on every linear layer, then int8 (embeddings too) in the same"
      " recipe; the rows with `embeddings_pruned` prune the embedding tables as well."
@@ -64,7 +68,9 @@ SECTIONS = [
      " magnitude,wanda,wanda-seq,sparsegpt,sparsegpt-norefit --settings 0.6,2:4,0.7 --calib"
      " /tmp/sts/sts-calib.csv --eval /tmp/sts/sts-heldout.csv --threads 2",
      "The rows above calibrated on three quarters of STS-B train and evaluated on the other"
-     " quarter (1,437 pairs): the targets checked beyond the dev split."),
+     " quarter (1,437 pairs): the targets checked beyond the dev split."
+     " The `sparsegpt` rows were rerun with `--update` in session 12, when `refit` became"
+     " SparseGPT's default; the other rows are from the earlier run."),
     ("Unstructured pruning on lit-cifar", "prune_unstructured_litcifar.json",
      "python -m benchmarks.prune_unstructured benchmarks/results/prune_unstructured_litcifar.json"
      " --model lit-cifar --methods magnitude,wanda,wanda-row,sparsegpt,sparsegpt-norefit"
@@ -76,7 +82,9 @@ SECTIONS = [
      " 3-channel stem convolution stays dense in every row (3 inputs per kernel position do"
      " not divide into 2:4 groups). `wanda` compares the weights of a whole convolution"
      " (its default, `comparison: auto`), `wanda-row` those of each output channel, as for"
-     " linear layers."),
+     " linear layers."
+     " The `sparsegpt` rows were rerun with `--update` in session 12, when `refit` became"
+     " SparseGPT's default; the other rows are from the earlier run."),
     ("Wanda with its masks refined by swaps", "prune_swaps.json",
      "python -m benchmarks.prune_unstructured benchmarks/results/prune_swaps.json"
      " --methods wanda,wanda-swap --settings 0.6,0.7,2:4 --threads 1",
@@ -122,12 +130,15 @@ SECTIONS = [
      "prune_unstructured_litcifar_bn.json",
      "python -m benchmarks.prune_unstructured"
      " benchmarks/results/prune_unstructured_litcifar_bn.json --model lit-cifar"
-     " --methods magnitude-bn,wanda-bn,sparsegpt-bn,sparsegpt-norefit-bn --samples 512"
+     " --methods magnitude-bn,wanda-bn,sparsegpt-norefit-bn --samples 512"
      " --ignore vision.conv1 --threads 2",
      "The rows above followed by `finetune: {method: batchnorm}` (each BatchNorm's statistics"
      " refitted, layer by layer, to the change pruning made to its input against the dense"
      " model, on the same 512 calibration examples; no training). `prune_seconds` includes it."
-     " Rerun in session 10, after lit-cifar-train carried its training captions."),
+     " Rerun in session 10, after lit-cifar-train carried its training captions. SparseGPT"
+     " here is the paper's update (`refit: false`, measured before `refit` became its"
+     " default); with the default, see the `sparsegpt-refit-bn` rows of the refit table"
+     " above."),
     ("Unstructured pruning on other STS data, 512 calibration sentences",
      "prune_unstructured_heldout_512.json",
      "python -m benchmarks.prune_unstructured"
