@@ -69,8 +69,7 @@ SECTIONS = [
      " /tmp/sts/sts-calib.csv --eval /tmp/sts/sts-heldout.csv --threads 2",
      "The rows above calibrated on three quarters of STS-B train and evaluated on the other"
      " quarter (1,437 pairs): the targets checked beyond the dev split."
-     " The `sparsegpt` rows were rerun with `--update` in session 12, when `refit` became"
-     " SparseGPT's default; the other rows are from the earlier run."),
+     " Rerun whole in session 12, when `refit` became SparseGPT's default."),
     ("Unstructured pruning on lit-cifar", "prune_unstructured_litcifar.json",
      "python -m benchmarks.prune_unstructured benchmarks/results/prune_unstructured_litcifar.json"
      " --model lit-cifar --methods magnitude,wanda,wanda-row,sparsegpt,sparsegpt-norefit"
@@ -173,6 +172,16 @@ SECTIONS = [
      " --threads 1",
      "The same rows calibrated on three quarters of STS-B train and evaluated on the other"
      " quarter (1,437 pairs)."),
+    ("Pruning fitted to the unpruned model's outputs, with refit, other STS data",
+     "prune_asym_refit_heldout.json",
+     "python -m benchmarks.sts_heldout /tmp/sts && python -m benchmarks.prune_unstructured"
+     " benchmarks/results/prune_asym_refit_heldout.json --methods"
+     " wanda-seq-asym-refit,sparsegpt-asym --settings 0.6,2:4,0.7"
+     " --calib /tmp/sts/sts-calib.csv --eval /tmp/sts/sts-heldout.csv --threads 2",
+     "Wanda (block by block) and SparseGPT with `asymmetric: true` and `refit: true` (SparseGPT's"
+     " default): each layer's mask and refit aim at the unpruned model's outputs from the"
+     " inputs the already-pruned layers give it. Compare the refit rows on the same split"
+     " above (session 12)."),
     ("Low-rank factorization", "lowrank.json",
      "python -m benchmarks.lowrank benchmarks/results/lowrank.json",
      "SVD and whitened SVD with uniform or sensitivity-allocated ranks (MiniLM: 70% of the"
