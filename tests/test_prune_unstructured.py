@@ -298,6 +298,7 @@ def test_refit_to_the_reference_fit_is_the_least_squares_fit_to_unpruned_outputs
         best = torch.linalg.lstsq(x[:, cols].double(), (x_ref @ w[r]).double()[:, None]).solution
         torch.testing.assert_close(refit[r, cols].double(), best.squeeze(1), rtol=1e-3,
                                    atol=1e-3)
+
     def error(fitted: torch.Tensor) -> float:
         return float(((x_ref @ w.T - x @ fitted.T) ** 2).mean())
 
@@ -382,7 +383,7 @@ def test_sparsegpt_fitted_to_reference_outputs_undoes_input_error(nm):
     assert err["fitted"] < 0.8 * err["own"]
 
 
-@pytest.mark.parametrize("method,extra", [("sparsegpt", {}), ("sparsegpt", {"refit": True}),
+@pytest.mark.parametrize("method,extra", [("sparsegpt", {}), ("sparsegpt", {"refit": False}),
                                           ("wanda", {"sequential": True, "refit": True})])
 def test_asymmetric_pruning_prunes_exactly_and_reloads(tiny_clip, tmp_path, method, extra):
     texts = ["a cat", "the dog"]

@@ -132,6 +132,8 @@ class CalibratedPruneConfig(UnstructuredPruneConfig):
 
     @model_validator(mode="after")
     def _one_shot_options(self) -> CalibratedPruneConfig:
+        # only what the recipe asked for: sparsegpt's refit is on by default, and sparsegpt
+        # with a schedule is refused by gradual pruning itself
         chosen = [k for k in ("swaps", "refit", "asymmetric")
                   if getattr(self, k, False) and k in self.model_fields_set]
         if chosen and self.schedule is not None:

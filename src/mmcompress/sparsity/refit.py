@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from ..calibration.reference import damped
+
 
 @torch.no_grad()
 def refit_kept(weight: torch.Tensor, keep: torch.Tensor, hessian: torch.Tensor,
@@ -19,8 +21,7 @@ def refit_kept(weight: torch.Tensor, keep: torch.Tensor, hessian: torch.Tensor,
     """`weight` [rows, cols] with pruned entries zero and kept ones refitted to `hessian`
     [cols, cols]; rows with the same number of kept weights are solved together."""
     w = weight.double()
-    h = hessian.double().clone()
-    h.diagonal().add_(damp * h.diagonal().mean().clamp_min(1e-12))
+    h = damped(hessian, damp)
     target = w @ h  # (H w)ᵀ per row; H is symmetric
     out = torch.zeros_like(w)
     counts = keep.sum(1)
