@@ -129,6 +129,16 @@ class CalibratedPruneConfig(UnstructuredPruneConfig):
                              "also corrects their error (needs 'sequential'; keeps a copy of the "
                              "model while calibrating; with 'refit', the refit aims at the "
                              "unpruned model's outputs too)")
+    swaps: int = Field(0, ge=0, description="then refine each layer's mask by up to this many "
+                       "rounds of swaps (a pruned and a kept weight of one row) that lower the "
+                       "layer's output error on the calibration data with the unpruned weights "
+                       f"(SparseSwaps; 0 or false: off, true: {DEFAULT_ROUNDS}; sparsegpt: "
+                       "needs 'refit', as its own update fits the mask before the swaps)")
+
+    @field_validator("swaps", mode="before")
+    @classmethod
+    def _swaps_flag(cls, v: Any) -> Any:
+        return (DEFAULT_ROUNDS if v else 0) if isinstance(v, bool) else v
 
     @model_validator(mode="after")
     def _one_shot_options(self) -> CalibratedPruneConfig:
@@ -144,6 +154,9 @@ class CalibratedPruneConfig(UnstructuredPruneConfig):
             raise ValueError("'asymmetric' corrects the error of the blocks pruned before; with "
                              "'sequential' false no block sees it: set 'sequential: true' or "
                              "drop 'asymmetric'")
+        if self.swaps and not self.refit and self.method == "sparsegpt":
+            raise ValueError("'swaps' change SparseGPT's mask after its update fitted the kept "
+                             "weights to it: set 'refit: true' (the default) or drop 'swaps'")
         return self
 
 
@@ -156,16 +169,6 @@ class WandaConfig(CalibratedPruneConfig):
         "auto", description="which weights compete: each output row's (Wanda's choice), the "
         "whole layer's, or auto: rows in linear layers, the whole layer in convolutions "
         "(on ResNet-56 per-row lost twice as much; docs/methods.md)")
-    swaps: int = Field(0, ge=0, description="then refine each layer's mask by up to this many "
-                       "rounds of swaps (a pruned and a kept weight of one row) that lower the "
-                       "layer's output error on the calibration data; weights stay as they are "
-                       f"(SparseSwaps; 0 or false: off, true: {DEFAULT_ROUNDS})")
-
-    @field_validator("swaps", mode="before")
-    @classmethod
-    def _swaps_flag(cls, v: Any) -> Any:
-        return (DEFAULT_ROUNDS if v else 0) if isinstance(v, bool) else v
-
     def rows_compete(self, module: nn.Module) -> bool:
         if self.comparison == "auto":
             return not isinstance(module, nn.Conv2d)
@@ -354,6 +357,17 @@ def _prune_calibrated(adapter: Adapter, config: CalibratedPruneConfig, context: 
     tally = _Tally(config, skipped)
     if _nothing_to_do(config):
         return tally.summary(0)
+    rounds: list[int] = []
+
+    def _refine(module: nn.Module, w: torch.Tensor, keep: torch.Tensor,
+                hessian: torch.Tensor) -> torch.Tensor:
+        perm = _column_order(module, config.nm)
+        order = slice(None) if perm is None else perm
+        keep[:, order], used = refine_by_swaps(w[:, order], keep[:, order],
+                                               hessian[order][:, order], config.nm, config.swaps)
+        rounds.append(used)
+        return keep
+
     reference = copy.deepcopy(adapter.model) if config.asymmetric else None
     tables, layers = split_embeddings(layers)
     replace_modules(adapter.model, {  # by magnitude, before the layers that read them calibrate
@@ -364,6 +378,8 @@ def _prune_calibrated(adapter: Adapter, config: CalibratedPruneConfig, context: 
         if config.asymmetric:
             target = reference_fit(target, stats.hessian, stats.cross, config.damp).float()
         keep, weight = prune_layer(module, target, stats, sparsity[name])
+        if config.swaps:
+            keep = _refine(module, target, keep, stats.hessian)
         if config.refit:
             weight = refit_kept(target, keep, stats.hessian, config.damp)
         return tally.stand_in(name, module, keep, weight)
@@ -380,7 +396,11 @@ def _prune_calibrated(adapter: Adapter, config: CalibratedPruneConfig, context: 
         n = len(layers)
     del reference
     tally.finish(adapter.model)
-    return tally.summary(n + len(tables))
+    summary = tally.summary(n + len(tables))
+    if rounds:  # a layer that used every round might have gained from more
+        summary["swap_rounds_max"] = max(rounds)
+        summary["layers_at_swap_limit"] = sum(r == config.swaps for r in rounds)
+    return summary
 
 
 @register_method("prune", "wanda", WandaConfig)
@@ -389,29 +409,16 @@ def apply_wanda(adapter: Adapter, config: WandaConfig, context: StageContext) ->
     """Wanda: drop the smallest |W_ij|·‖X_j‖₂ of each output row, or of each convolution
     (calibrated, no update)."""
 
-    rounds: list[int] = []
-
     def prune(module: nn.Module, w: torch.Tensor, stats: FeatureNormCollector | HessianCollector,
               sparsity: float) -> tuple[torch.Tensor, torch.Tensor]:
         keep = _select(_wanda_scores(w, stats), module, config,
                        config.rows_compete(module), sparsity)
-        if config.swaps:
-            perm = _column_order(module, config.nm)
-            order = slice(None) if perm is None else perm
-            h = stats.hessian[order][:, order]
-            keep[:, order], used = refine_by_swaps(w[:, order], keep[:, order], h, config.nm,
-                                                   config.swaps)
-            rounds.append(used)
         return keep, w
 
     needs_hessian = config.swaps or config.refit or config.asymmetric
     collector = HessianCollector if needs_hessian else FeatureNormCollector
-    summary = _prune_calibrated(adapter, config, context, lambda n, m: collector(), prune,
-                                "wanda")
-    if rounds:  # a layer that used every round might have gained from more
-        summary["swap_rounds_max"] = max(rounds)
-        summary["layers_at_swap_limit"] = sum(r == config.swaps for r in rounds)
-    return summary
+    return _prune_calibrated(adapter, config, context, lambda n, m: collector(), prune,
+                             "wanda")
 
 
 @register_method("prune", "sparsegpt", SparseGPTConfig)
