@@ -54,6 +54,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "oneshot": {"sequential": False},
     "seq": {"sequential": True},
     "row": {"comparison": "row"},
+    "layer": {"comparison": "layer"},
     "swap": {"swaps": 200},
     "refit": {"refit": True},
     "norefit": {"refit": False},
@@ -66,8 +67,9 @@ def _stage(method: str, setting: str, embeddings: bool = False,
     block (`layer_sparsity: owl`), ``-asym`` sets `asymmetric: true`, ``-oneshot`` sets
     `sequential: false` (every block's statistics from the unpruned model), ``-seq``
     `sequential: true` (each block's after the blocks before it are pruned) and ``-row``
-    `comparison: row` (Wanda: each output row keeps its share, convolutions too), ``-swap``
-    `swaps: 200` (Wanda: refine each mask by swaps), ``-refit`` `refit: true` (refit the kept
+    `comparison: row` (each output row keeps its share, convolutions too), ``-layer``
+    `comparison: layer` (the whole layer's weights compete; SparseGPT: each block's), ``-swap``
+    `swaps: 200` (refine each mask by swaps), ``-refit`` `refit: true` (refit the kept
     weights by exact least squares once the mask is chosen; SparseGPT's default) and
     ``-norefit`` `refit: false` (SparseGPT's own update alone, as in the paper). A trailing
     ``-bn`` (handled by `_row`) adds a ``finetune: {method: batchnorm}`` stage after pruning."""

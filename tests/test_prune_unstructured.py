@@ -85,6 +85,20 @@ def test_per_row_selection_spreads_the_remainder_over_rows():
     assert (~keep).sum(1).tolist() == [4, 4, 3, 3, 3]
 
 
+@pytest.mark.parametrize("sparsity", [0.6, 0.33])
+def test_sparsegpt_per_row_prunes_each_rows_share_and_stays_second_order(sparsity):
+    x, w = _inputs(), torch.randn(24, 64)
+    h = 2 * x.T @ x / len(x)
+    pruned, keep = sparsegpt_prune(w, h, sparsity, block_size=16, per_row=True)
+    counts = (~keep).sum(1)
+    assert int(counts.sum()) == round(sparsity * keep.numel())
+    assert int(counts.max() - counts.min()) <= 1 and (pruned[~keep] == 0).all()
+    _, whole = sparsegpt_prune(w, h, sparsity, block_size=16)
+    assert int((~whole).sum(1).max() - (~whole).sum(1).min()) > 1  # the paper's differ
+    wanda = keep_mask(w.abs() * x.norm(dim=0), sparsity, per_row=True)
+    assert _out_err(x, w, pruned) < 0.9 * _out_err(x, w, w * wanda)
+
+
 def test_ties_cannot_change_the_count():
     scores = torch.ones(8, 16)
     assert int((~keep_mask(scores, 0.5)).sum()) == 64
@@ -436,12 +450,14 @@ def test_wanda_compares_rows_of_linear_layers_and_whole_convolutions(tiny_clip):
     assert _row_spread(_sparse_layers(tiny_clip)[conv].keep_mask()) <= 1
 
 
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
-def test_wanda_swaps_change_masks_not_counts_and_reload(tiny_clip, tmp_path, pattern):
+def test_swaps_change_masks_not_counts_and_reload(tiny_clip, tmp_path, pattern, method):
     cfg = {"pattern": pattern} if pattern != "unstructured" else {"sparsity": 0.6}
+    cfg["sequential"] = False  # every layer's mask from the same statistics with and without
     plain = copy.deepcopy(tiny_clip)
-    _apply(plain, "wanda", **cfg)
-    summary = _apply(tiny_clip, "wanda", swaps=50, **cfg)
+    _apply(plain, method, **cfg)
+    summary = _apply(tiny_clip, method, swaps=50, **cfg)
     assert 0 < summary["swap_rounds_max"] <= 50
     plain_layers, layers = _sparse_layers(plain), _sparse_layers(tiny_clip)
     assert summary["sparsity"] == pytest.approx(0.6 if pattern == "unstructured" else 0.5,
@@ -624,6 +640,7 @@ def test_pruned_tables_quantize_and_reload_in_one_recipe(tiny_clip, tmp_path):
     ({"sparsity": 0.5, "method": "wanda", "swaps": 10, "schedule": {"end": 0.5}},
      "drop one of them"),
     ({"sparsity": 0.5, "method": "wanda", "swaps": -1}, "greater than or equal to 0"),
+    ({"sparsity": 0.5, "method": "sparsegpt", "swaps": 10, "refit": False}, "set 'refit: true'"),
     ({"sparsity": 0.5, "method": "wanda", "refit": True, "schedule": {"end": 0.5}},
      "drop one of them"),
     ({"sparsity": 0.5, "refit": True}, "unknown key 'refit'"),  # magnitude

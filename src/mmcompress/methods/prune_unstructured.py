@@ -135,6 +135,12 @@ class CalibratedPruneConfig(UnstructuredPruneConfig):
                        f"(SparseSwaps; 0 or false: off, true: {DEFAULT_ROUNDS}; sparsegpt: "
                        "needs 'refit', as its own update fits the mask before the swaps)")
 
+    comparison: Literal["auto", "row", "layer"] = Field(
+        "auto", description="which weights compete: each output row's (Wanda's choice), the "
+        "whole layer's (SparseGPT's: each block of columns), or auto: rows in linear layers, "
+        "the whole layer in convolutions (on ResNet-56 per-row lost twice as much with Wanda; "
+        "docs/methods.md)")
+
     @field_validator("swaps", mode="before")
     @classmethod
     def _swaps_flag(cls, v: Any) -> Any:
@@ -159,20 +165,17 @@ class CalibratedPruneConfig(UnstructuredPruneConfig):
                              "weights to it: set 'refit: true' (the default) or drop 'swaps'")
         return self
 
+    def rows_compete(self, module: nn.Module) -> bool:
+        if self.comparison == "auto":
+            return not isinstance(module, nn.Conv2d)
+        return self.comparison == "row"
+
 
 class WandaConfig(CalibratedPruneConfig):
     method: str = "wanda"
     # one-shot scores lost less than sequential ones on MiniLM in 5 of 6 comparisons (60%, 2:4,
     # 70% on STS-B dev and held-out train pairs; docs/methods.md)
     sequential: bool = Field(False, description=SEQUENTIAL)
-    comparison: Literal["auto", "row", "layer"] = Field(
-        "auto", description="which weights compete: each output row's (Wanda's choice), the "
-        "whole layer's, or auto: rows in linear layers, the whole layer in convolutions "
-        "(on ResNet-56 per-row lost twice as much; docs/methods.md)")
-    def rows_compete(self, module: nn.Module) -> bool:
-        if self.comparison == "auto":
-            return not isinstance(module, nn.Conv2d)
-        return self.comparison == "row"
 
 
 class SparseGPTConfig(CalibratedPruneConfig):
@@ -433,7 +436,8 @@ def apply_sparsegpt(adapter: Adapter, config: SparseGPTConfig,
         perm = _column_order(module, config.nm)
         if perm is not None:
             w, h = w[:, perm], h[perm][:, perm]
-        new, keep = sparsegpt_prune(w, h, sparsity, config.nm, config.damp, config.block_size)
+        new, keep = sparsegpt_prune(w, h, sparsity, config.nm, config.damp, config.block_size,
+                                    config.rows_compete(module))
         if perm is not None:
             new[:, perm], keep[:, perm] = new.clone(), keep.clone()
         return keep, new

@@ -79,15 +79,22 @@ def keep_mask(
     """
     if nm is not None:
         return nm_keep_mask(scores, nm)
-    rows, cols = scores.shape
+    rows = scores.shape[0]
     if not per_row:
         return drop_lowest(scores, pruned_count(scores.numel(), sparsity))
     base, extra = divmod(pruned_count(scores.numel(), sparsity), rows)
-    counts = torch.full((rows, 1), base, device=scores.device)
+    counts = torch.full((rows,), base, device=scores.device)
     counts[:extra] += 1
+    return drop_lowest_per_row(scores, counts)
+
+
+def drop_lowest_per_row(scores: torch.Tensor, counts: torch.Tensor | int) -> torch.Tensor:
+    """Keep-mask (shape of `scores`) without each row's `counts` lowest entries."""
+    rows, cols = scores.shape
     rank = torch.empty_like(scores, dtype=torch.long)
     order = scores.argsort(dim=1, stable=True)
     rank.scatter_(1, order, torch.arange(cols, device=scores.device).expand(rows, cols))
+    counts = torch.as_tensor(counts, device=scores.device).reshape(-1, 1)
     return rank >= counts
 
 

@@ -3,8 +3,8 @@ weight's loss onto the not-yet-visited columns through the inverse Hessian of th
 reconstruction loss, H = 2·XᵀX/n — GPTQ's update with "set to zero" in place of "round".
 
 The mask is chosen adaptively, one block of columns at a time, from the error-updated weights:
-by the OBS saliency w² / [H⁻¹]²_jj over the whole block (unstructured), or over each group of
-M columns row by row (N:M).
+by the OBS saliency w² / [H⁻¹]²_jj over the whole block (unstructured), within each row of the
+block (unstructured, `per_row`), or over each group of M columns row by row (N:M).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..quantization.gptq import _inverse_hessian_factor
-from .masks import NM, drop_lowest, nm_keep_mask, pruned_count
+from .masks import NM, drop_lowest, drop_lowest_per_row, nm_keep_mask, pruned_count
 
 
 @torch.no_grad()
@@ -23,11 +23,14 @@ def sparsegpt_prune(
     nm: NM | None = None,
     damp: float = 0.01,
     block_size: int = 128,
+    per_row: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(updated weight with the pruned entries at zero, keep-mask), both [rows, cols].
 
     Unstructured masks remove exactly ``round(sparsity · rows · cols)`` weights: each block
-    gets the share that brings the running total to ``round(sparsity · rows · end_column)``.
+    gets the share that brings the running total to ``round(sparsity · rows · end_column)``,
+    chosen across the whole block (the paper's), or with `per_row` the same count in every row
+    (``round(sparsity · end_column)`` per row so far; Wanda's per-output comparison).
     """
     w = weight.detach().float().clone()
     rows, cols = w.shape
@@ -40,12 +43,18 @@ def sparsegpt_prune(
         block_size = max(nm[1], block_size // nm[1] * nm[1])
     keep = torch.ones(rows, cols, dtype=torch.bool)
     pruned = 0
+    base, extra = divmod(pruned_count(rows * cols, sparsity), rows)
+    row_counts = torch.full((rows,), base)
+    row_counts[:extra] += 1
     for b0 in range(0, cols, block_size):
         b1 = min(b0 + block_size, cols)
         block = w[:, b0:b1].clone()
         hb = hinv[b0:b1, b0:b1]
         d = hb.diagonal()
-        if nm is None:
+        if nm is None and per_row:  # each row's count spread evenly over its blocks
+            k = _share(row_counts, b1, cols) - _share(row_counts, b0, cols)
+            bkeep = drop_lowest_per_row(block.pow(2) / d.pow(2), k)
+        elif nm is None:
             k = min(pruned_count(rows * b1, sparsity) - pruned, block.numel())
             bkeep = drop_lowest(block.pow(2) / d.pow(2), k)
             pruned += k
@@ -66,3 +75,8 @@ def sparsegpt_prune(
         keep[:, b0:b1] = bkeep
         w[:, b1:] -= err @ hinv[b0:b1, b1:]
     return w, keep
+
+
+def _share(counts: torch.Tensor, end: int, cols: int) -> torch.Tensor:
+    """Each row's part of `counts` that falls in its first `end` columns (rounded half up)."""
+    return torch.div(counts * end * 2 + cols, 2 * cols, rounding_mode="floor")
