@@ -56,6 +56,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "row": {"comparison": "row"},
     "layer": {"comparison": "layer"},
     "swap": {"swaps": 200},
+    "noswap": {"swaps": 0},
     "refit": {"refit": True},
     "norefit": {"refit": False},
 }
@@ -69,7 +70,8 @@ def _stage(method: str, setting: str, embeddings: bool = False,
     `sequential: true` (each block's after the blocks before it are pruned) and ``-row``
     `comparison: row` (each output row keeps its share, convolutions too), ``-layer``
     `comparison: layer` (the whole layer's weights compete; SparseGPT: each block's), ``-swap``
-    `swaps: 200` (refine each mask by swaps), ``-refit`` `refit: true` (refit the kept
+    `swaps: 200` (refine each mask by swaps; Wanda's default), ``-noswap`` `swaps: 0` (Wanda's
+    mask as in the paper), ``-refit`` `refit: true` (refit the kept
     weights by exact least squares once the mask is chosen; SparseGPT's default) and
     ``-norefit`` `refit: false` (SparseGPT's own update alone, as in the paper). A trailing
     ``-bn`` (handled by `_row`) adds a ``finetune: {method: batchnorm}`` stage after pruning."""

@@ -456,7 +456,7 @@ def test_swaps_change_masks_not_counts_and_reload(tiny_clip, tmp_path, pattern, 
     cfg = {"pattern": pattern} if pattern != "unstructured" else {"sparsity": 0.6}
     cfg["sequential"] = False  # every layer's mask from the same statistics with and without
     plain = copy.deepcopy(tiny_clip)
-    _apply(plain, method, **cfg)
+    _apply(plain, method, swaps=0, **cfg)
     summary = _apply(tiny_clip, method, swaps=50, **cfg)
     assert 0 < summary["swap_rounds_max"] <= 50
     plain_layers, layers = _sparse_layers(plain), _sparse_layers(tiny_clip)
@@ -651,10 +651,12 @@ def test_bad_settings_are_recipe_errors(cfg, fragment):
         load_recipe({"stages": [{"prune": cfg}]})
 
 
-def test_swaps_true_means_the_default_rounds():
+def test_swaps_true_means_the_default_rounds_wandas_default():
     recipe = load_recipe("stages:\n  - prune: {method: wanda, sparsity: 0.5, swaps: true}\n"
-                         "  - prune: {method: wanda, sparsity: 0.5, swaps: false}\n")
-    assert [s.config.swaps for s in recipe.stages] == [200, 0]
+                         "  - prune: {method: wanda, sparsity: 0.5, swaps: false}\n"
+                         "  - prune: {method: wanda, sparsity: 0.5}\n"
+                         "  - prune: {method: sparsegpt, sparsity: 0.5}\n")
+    assert [s.config.swaps for s in recipe.stages] == [200, 0, 200, 0]
 
 
 def test_unquoted_yaml_pattern_is_read_as_n_m():
