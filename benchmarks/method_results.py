@@ -24,33 +24,36 @@ PAGE = ROOT / "docs" / "method-results.md"
 SECTIONS = [
     ("Unstructured pruning on MiniLM", "prune_unstructured.json",
      "python -m benchmarks.prune_unstructured benchmarks/results/prune_unstructured.json"
-     " --methods magnitude,wanda,wanda-seq,sparsegpt,sparsegpt-norefit --threads 1",
+     " --methods magnitude,wanda,wanda-noswap,wanda-noswap-seq,sparsegpt,sparsegpt-layer,"
+     "sparsegpt-layer-norefit --threads 1",
      "Magnitude, Wanda and SparseGPT on every encoder linear layer, calibrated on STS-B train"
-     " (2,048 sentences, ~29k tokens), STS-B dev Spearman. `wanda` scores every layer from the"
-     " unpruned model in one pass (its default, `sequential: false`); `wanda-seq` collects"
-     " each block's statistics after the blocks before it are pruned, as Wanda's reference"
-     " code and SparseGPT (`sequential: true`) do. `sparsegpt` refits each row's kept"
-     " weights to its mask by exact least squares (its default, `refit: true`);"
-     " `sparsegpt-norefit` keeps the paper's own update. `loss` is the drop from the dense"
-     " model, `loss_ci95` its 95% paired bootstrap interval over resampled dev pairs,"
-     " `size_ratio` the whole model's saved size (the word-embedding table, half of MiniLM,"
-     " stays dense)."
-     " The `sparsegpt` rows were rerun with `--update` in session 12, when `refit` became"
-     " SparseGPT's default; the other rows are from the earlier run."),
+     " (2,048 sentences, ~29k tokens), STS-B dev Spearman. Unsuffixed names are each"
+     " method's defaults. `wanda` refines its masks by swaps (its default, `swaps: 200`);"
+     " `wanda-noswap` is the paper's Wanda. Wanda scores every layer from the unpruned model"
+     " in one pass (`sequential: false`); `-seq` collects each block's statistics after the"
+     " blocks before it are pruned, as Wanda's reference code and SparseGPT do. `sparsegpt`"
+     " compares each output row's weights (its default in linear layers, `comparison: auto`)"
+     " and refits each row's kept weights to its mask by exact least squares (`refit: true`);"
+     " `sparsegpt-layer` chooses over each block of columns, as the paper does, and"
+     " `-norefit` keeps the paper's own update. `loss` is the drop from the dense model,"
+     " `loss_ci95` its 95% paired bootstrap interval over resampled dev pairs, `size_ratio`"
+     " the whole model's saved size (the word-embedding table, half of MiniLM, stays dense)."
+     " The `wanda` and `sparsegpt` rows were rerun with `--update` in session 13, when their"
+     " defaults changed; the other rows are from earlier runs under the labels that"
+     " reproduce them now."),
     ("Wanda with OWL sparsity per block", "prune_owl.json",
      "python -m benchmarks.prune_unstructured benchmarks/results/prune_owl.json"
-     " --methods wanda,wanda-owl --settings 0.6,0.7 --threads 1",
+     " --methods wanda-noswap,wanda-noswap-owl --settings 0.6,0.7 --threads 1",
      "Wanda as above, and with `layer_sparsity: owl` (a sparsity per transformer block from the"
      " outlier ratio of its Wanda scores, threshold 5, spread ±0.08, the paper's defaults)."),
     ("Unstructured pruning with the embedding tables", "prune_embeddings.json",
      "python -m benchmarks.prune_unstructured benchmarks/results/prune_embeddings.json"
-     " --methods magnitude,wanda,sparsegpt,sparsegpt-norefit --settings 0.5 --embeddings"
-     " --threads 1",
+     " --methods magnitude,wanda,wanda-noswap,sparsegpt,sparsegpt-layer,"
+     "sparsegpt-layer-norefit --settings 0.5 --embeddings --threads 1",
      "As above at 50%, with `embeddings: true`: the embedding tables (word, position, token"
      " type) are pruned too, by magnitude row by row whatever the method; `size_ratio` is the"
-     " whole model's."
-     " The `sparsegpt` rows were rerun with `--update` in session 12, when `refit` became"
-     " SparseGPT's default; the other rows are from the earlier run."),
+     " whole model's. The `wanda` and `sparsegpt` rows were rerun with `--update` in"
+     " session 13, when their defaults changed."),
     ("Saved size of sparse layers", "sparse_size.json", "python -m benchmarks.sparse_size",
      "50% magnitude sparsity on every linear layer, then int8 (embeddings too) in the same"
      " recipe; the rows with `embeddings_pruned` prune the embedding tables as well."
@@ -65,101 +68,101 @@ SECTIONS = [
     ("Unstructured pruning on other STS data", "prune_unstructured_heldout.json",
      "python -m benchmarks.sts_heldout /tmp/sts && python -m benchmarks.prune_unstructured"
      " benchmarks/results/prune_unstructured_heldout.json --methods"
-     " magnitude,wanda,wanda-seq,sparsegpt,sparsegpt-norefit --settings 0.6,2:4,0.7 --calib"
+     " magnitude,wanda,wanda-noswap,wanda-noswap-seq,sparsegpt,sparsegpt-layer,"
+     "sparsegpt-layer-norefit --settings 0.6,2:4,0.7 --calib"
      " /tmp/sts/sts-calib.csv --eval /tmp/sts/sts-heldout.csv --threads 2",
      "The rows above calibrated on three quarters of STS-B train and evaluated on the other"
-     " quarter (1,437 pairs): the targets checked beyond the dev split."
-     " Rerun whole in session 12, when `refit` became SparseGPT's default."),
+     " quarter (1,437 pairs): the targets checked beyond the dev split. Rerun whole in"
+     " session 12; the `wanda` and `sparsegpt` rows rerun with `--update` in session 13."),
     ("Unstructured pruning on lit-cifar", "prune_unstructured_litcifar.json",
      "python -m benchmarks.prune_unstructured benchmarks/results/prune_unstructured_litcifar.json"
-     " --model lit-cifar --methods magnitude,wanda,wanda-row,sparsegpt,sparsegpt-norefit"
-     " --samples 512"
-     " --ignore vision.conv1 --threads 2",
+     " --model lit-cifar --methods magnitude,wanda,wanda-noswap,wanda-noswap-row,sparsegpt,"
+     "sparsegpt-layer,sparsegpt-layer-norefit --samples 512 --ignore vision.conv1 --threads 2",
      "Magnitude, Wanda and SparseGPT on every layer of both towers (ResNet-56 convolutions,"
      " MiniLM linears, the image projection), calibrated on 512 examples of lit-cifar-train,"
      " zero-shot top-1 on lit-cifar-eval (4,000 images); `loss_ci95` resamples images. The"
      " 3-channel stem convolution stays dense in every row (3 inputs per kernel position do"
-     " not divide into 2:4 groups). `wanda` compares the weights of a whole convolution"
-     " (its default, `comparison: auto`), `wanda-row` those of each output channel, as for"
-     " linear layers."
-     " The `sparsegpt` rows were rerun with `--update` in session 12, when `refit` became"
-     " SparseGPT's default; the other rows are from the earlier run."),
+     " not divide into 2:4 groups). Wanda and SparseGPT compare the weights of a whole"
+     " convolution (`comparison: auto`; for SparseGPT each block of its columns) and those"
+     " of each output row in linear layers; `-row` compares each output channel's in"
+     " convolutions too. The `wanda` and `sparsegpt` rows were rerun with `--update` in"
+     " session 13, when their defaults changed; the other rows are from earlier runs."),
     ("Wanda with its masks refined by swaps", "prune_swaps.json",
      "python -m benchmarks.prune_unstructured benchmarks/results/prune_swaps.json"
-     " --methods wanda,wanda-swap --settings 0.6,0.7,2:4 --threads 1",
-     "Wanda as in the first table, and with `swaps: 200`: each layer's mask then refined by"
+     " --methods wanda-noswap,wanda-swap --settings 0.6,0.7,2:4 --threads 1",
+     "The paper's Wanda, and with `swaps: 200` (now its default): each layer's mask refined by"
      " swapping a pruned and a kept weight of one row while that lowers the layer's output"
      " error on the calibration data (SparseSwaps; weights unchanged, every row keeps its"
      " count)."),
     ("Wanda with swaps on other STS data", "prune_swaps_heldout.json",
      "python -m benchmarks.sts_heldout /tmp/sts && python -m benchmarks.prune_unstructured"
-     " benchmarks/results/prune_swaps_heldout.json --methods wanda,wanda-swap"
+     " benchmarks/results/prune_swaps_heldout.json --methods wanda-noswap,wanda-swap"
      " --settings 0.6,2:4,0.7 --calib /tmp/sts/sts-calib.csv --eval /tmp/sts/sts-heldout.csv"
      " --threads 2",
      "The rows above on the held-out quarter of STS-B train (calibrated on the other three"
      " quarters)."),
     ("Kept weights refitted by least squares", "prune_refit.json",
      "python -m benchmarks.prune_unstructured benchmarks/results/prune_refit.json"
-     " --methods wanda-refit,wanda-swap-refit,sparsegpt-refit --settings 0.6,2:4,0.7"
-     " --threads 2",
+     " --methods wanda-noswap-refit,wanda-swap-refit,sparsegpt-layer-refit"
+     " --settings 0.6,2:4,0.7 --threads 2",
      "Wanda, Wanda with swaps and SparseGPT as in the tables above, each with `refit: true`:"
      " once a layer's mask is chosen, every row's kept weights are refitted to the calibration"
      " inputs by exact least squares (damped like SparseGPT's Hessian). STS-B dev."),
     ("Kept weights refitted, on other STS data", "prune_refit_heldout.json",
      "python -m benchmarks.sts_heldout /tmp/sts && python -m benchmarks.prune_unstructured"
      " benchmarks/results/prune_refit_heldout.json --methods"
-     " wanda-refit,wanda-swap-refit,sparsegpt-refit --settings 0.6,2:4,0.7"
+     " wanda-noswap-refit,wanda-swap-refit,sparsegpt-layer-refit --settings 0.6,2:4,0.7"
      " --calib /tmp/sts/sts-calib.csv --eval /tmp/sts/sts-heldout.csv --threads 2",
      "The rows above on the held-out quarter of STS-B train (calibrated on the other three"
      " quarters)."),
     ("Kept weights refitted, on lit-cifar", "prune_refit_litcifar.json",
      "python -m benchmarks.prune_unstructured benchmarks/results/prune_refit_litcifar.json"
-     " --model lit-cifar --methods wanda-refit-bn,sparsegpt-refit-bn --samples 512"
+     " --model lit-cifar --methods wanda-noswap-refit-bn,sparsegpt-layer-refit-bn --samples 512"
      " --ignore vision.conv1 --threads 2",
      "Wanda and SparseGPT with `refit: true` on every layer of both lit-cifar towers but the"
      " stem convolution (convolutions refitted on their unfolded inputs), each followed by the"
      " BatchNorm correction; compare the `-bn` rows of the BatchNorm-corrected table below."),
     ("Wanda with swaps on lit-cifar", "prune_swaps_litcifar.json",
      "python -m benchmarks.prune_unstructured benchmarks/results/prune_swaps_litcifar.json"
-     " --model lit-cifar --methods wanda,wanda-swap,wanda-bn,wanda-swap-bn --samples 512"
-     " --ignore vision.conv1 --threads 2",
+     " --model lit-cifar --methods wanda-noswap,wanda-swap,wanda-noswap-bn,wanda-swap-bn"
+     " --samples 512 --ignore vision.conv1 --threads 2",
      "Wanda with and without swaps on every layer of both lit-cifar towers but the stem"
      " convolution, and each followed by the BatchNorm correction (`-bn`)."),
     ("Unstructured pruning on lit-cifar, BatchNorm statistics corrected",
      "prune_unstructured_litcifar_bn.json",
      "python -m benchmarks.prune_unstructured"
      " benchmarks/results/prune_unstructured_litcifar_bn.json --model lit-cifar"
-     " --methods magnitude-bn,wanda-bn,sparsegpt-norefit-bn --samples 512"
-     " --ignore vision.conv1 --threads 2",
+     " --methods magnitude-bn,wanda-bn,wanda-noswap-bn,sparsegpt-bn,sparsegpt-layer-norefit-bn"
+     " --samples 512 --ignore vision.conv1 --threads 2",
      "The rows above followed by `finetune: {method: batchnorm}` (each BatchNorm's statistics"
      " refitted, layer by layer, to the change pruning made to its input against the dense"
      " model, on the same 512 calibration examples; no training). `prune_seconds` includes it."
-     " Rerun in session 10, after lit-cifar-train carried its training captions. SparseGPT"
-     " here is the paper's update (`refit: false`, measured before `refit` became its"
-     " default); with the default, see the `sparsegpt-refit-bn` rows of the refit table"
-     " above."),
+     " Rerun in session 10, after lit-cifar-train carried its training captions; the"
+     " `wanda-bn` and `sparsegpt-bn` rows (each method's defaults) added with `--update` in"
+     " session 13."),
     ("Unstructured pruning on other STS data, 512 calibration sentences",
      "prune_unstructured_heldout_512.json",
      "python -m benchmarks.prune_unstructured"
      " benchmarks/results/prune_unstructured_heldout_512.json --methods"
-     " wanda,sparsegpt-norefit"
+     " wanda-noswap,sparsegpt-layer-norefit"
      " --settings 0.6,2:4 --samples 512 --calib /tmp/sts/sts-calib.csv"
      " --eval /tmp/sts/sts-heldout.csv --threads 2",
      "As above with 512 calibration sentences instead of 2,048 (why the default is 2,048);"
-     " SparseGPT with the paper's update, as in the `sparsegpt-norefit` rows."),
+     " SparseGPT with the paper's update, as in the `sparsegpt-layer-norefit` rows."),
     ("Unstructured pruning on other STS data, 8,192 calibration sentences",
      "prune_unstructured_heldout_8192.json",
      "python -m benchmarks.sts_heldout /tmp/sts && python -m benchmarks.prune_unstructured"
      " benchmarks/results/prune_unstructured_heldout_8192.json --methods"
-     " wanda,sparsegpt-norefit"
+     " wanda-noswap,sparsegpt-layer-norefit"
      " --settings 0.6,2:4,0.7 --samples 8192 --calib /tmp/sts/sts-calib.csv"
      " --eval /tmp/sts/sts-heldout.csv --threads 2",
      "As above with 8,192 calibration sentences instead of 2,048 (SparseGPT with the"
-     " paper's update, as in the `sparsegpt-norefit` rows): whether four times the"
+     " paper's update, as in the `sparsegpt-layer-norefit` rows): whether four times the"
      " calibration data closes the gap to the held-out limits (it does not)."),
     ("SparseGPT fitted to the unpruned model's outputs", "prune_sparsegpt_asym.json",
      "python -m benchmarks.prune_unstructured benchmarks/results/prune_sparsegpt_asym.json"
-     " --methods sparsegpt-norefit,sparsegpt-asym-norefit --settings 0.6,2:4,0.7 --threads 1",
+     " --methods sparsegpt-layer-norefit,sparsegpt-layer-asym-norefit --settings 0.6,2:4,0.7"
+     " --threads 1",
      "SparseGPT with the paper's update (`refit: false`), and with `asymmetric: true` as well"
      " (each layer fitted to the unpruned model's outputs from the inputs the already-pruned"
      " layers give it). Measured before `refit` became SparseGPT's default."),
@@ -167,7 +170,7 @@ SECTIONS = [
      "prune_sparsegpt_asym_heldout.json",
      "python -m benchmarks.sts_heldout /tmp/sts && python -m benchmarks.prune_unstructured"
      " benchmarks/results/prune_sparsegpt_asym_heldout.json --methods"
-     " sparsegpt-norefit,sparsegpt-asym-norefit"
+     " sparsegpt-layer-norefit,sparsegpt-layer-asym-norefit"
      " --settings 0.6,2:4,0.7 --calib /tmp/sts/sts-calib.csv --eval /tmp/sts/sts-heldout.csv"
      " --threads 1",
      "The same rows calibrated on three quarters of STS-B train and evaluated on the other"
@@ -176,12 +179,32 @@ SECTIONS = [
      "prune_asym_refit_heldout.json",
      "python -m benchmarks.sts_heldout /tmp/sts && python -m benchmarks.prune_unstructured"
      " benchmarks/results/prune_asym_refit_heldout.json --methods"
-     " wanda-seq-asym-refit,sparsegpt-asym --settings 0.6,2:4,0.7"
+     " wanda-noswap-seq-asym-refit,sparsegpt-layer-asym --settings 0.6,2:4,0.7"
      " --calib /tmp/sts/sts-calib.csv --eval /tmp/sts/sts-heldout.csv --threads 2",
      "Wanda (block by block) and SparseGPT with `asymmetric: true` and `refit: true` (SparseGPT's"
      " default): each layer's mask and refit aim at the unpruned model's outputs from the"
      " inputs the already-pruned layers give it. Compare the refit rows on the same split"
-     " above (session 12)."),
+     " above (session 12; SparseGPT's block-wide mask and the paper's Wanda)."),
+    ("SparseGPT's mask: per output row, with swaps", "prune_sparsegpt_mask.json",
+     "python -m benchmarks.prune_unstructured benchmarks/results/prune_sparsegpt_mask.json"
+     " --methods sparsegpt-layer-swap --settings 0.6,2:4,0.7 --threads 2 && python -m"
+     " benchmarks.prune_unstructured benchmarks/results/prune_sparsegpt_mask.json --update"
+     " --methods sparsegpt-row,sparsegpt-row-oneshot,sparsegpt-row-swap --settings 0.6,0.7"
+     " --threads 2",
+     "SparseGPT (with its refit) choosing the mask over each block of columns and then"
+     " refining it by swaps (`-layer-swap`), comparing each output row's weights (`-row`,"
+     " now the default in linear layers; N:M is per row either way), the same in one pass"
+     " over the unpruned model (`-oneshot`), and per row with swaps (`-row-swap`). STS-B dev;"
+     " compare `sparsegpt-layer` in the first table (session 13)."),
+    ("SparseGPT's mask, other STS data", "prune_sparsegpt_mask_heldout.json",
+     "python -m benchmarks.sts_heldout /tmp/sts && python -m benchmarks.prune_unstructured"
+     " benchmarks/results/prune_sparsegpt_mask_heldout.json --methods sparsegpt-layer-swap"
+     " --settings 0.6,2:4,0.7 --calib /tmp/sts/sts-calib.csv --eval /tmp/sts/sts-heldout.csv"
+     " --threads 2 && python -m benchmarks.prune_unstructured"
+     " benchmarks/results/prune_sparsegpt_mask_heldout.json --update --methods"
+     " sparsegpt-row,sparsegpt-row-swap --settings 0.6,0.7 --calib /tmp/sts/sts-calib.csv"
+     " --eval /tmp/sts/sts-heldout.csv --threads 2",
+     "The rows above (but one pass) on the held-out quarter of STS-B train (session 13)."),
     ("Low-rank factorization", "lowrank.json",
      "python -m benchmarks.lowrank benchmarks/results/lowrank.json",
      "SVD and whitened SVD with uniform or sensitivity-allocated ranks (MiniLM: 70% of the"

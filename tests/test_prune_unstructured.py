@@ -450,6 +450,16 @@ def test_wanda_compares_rows_of_linear_layers_and_whole_convolutions(tiny_clip):
     assert _row_spread(_sparse_layers(tiny_clip)[conv].keep_mask()) <= 1
 
 
+def test_sparsegpt_compares_rows_in_linear_layers_unless_told_layer(tiny_clip):
+    fc, conv = "text_model.encoder.layers.0.mlp.fc1", "vision_model.embeddings.patch_embedding"
+    block_wide = copy.deepcopy(tiny_clip)
+    _apply(tiny_clip, "sparsegpt", sparsity=0.6)
+    _apply(block_wide, "sparsegpt", sparsity=0.6, comparison="layer")
+    layers, paper = _sparse_layers(tiny_clip), _sparse_layers(block_wide)
+    assert _row_spread(layers[fc].keep_mask()) <= 1 < _row_spread(paper[fc].keep_mask())
+    assert _row_spread(layers[conv].keep_mask()) > 1  # auto: a convolution's filters compete
+
+
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
 def test_swaps_change_masks_not_counts_and_reload(tiny_clip, tmp_path, pattern, method):

@@ -47,8 +47,8 @@ SEQUENTIAL = ("collect each block's statistics with the blocks before it already
 SWAPS = ("then refine each layer's mask by up to this many rounds of swaps (a pruned and a kept "
          "weight of one row) that lower the layer's output error on the calibration data with "
          f"the unpruned weights (SparseSwaps; 0 or false: off, true: {DEFAULT_ROUNDS}; default "
-         f"{DEFAULT_ROUNDS} for wanda, 0 for sparsegpt, where it needs 'refit' as SparseGPT's "
-         "own update fits the mask before the swaps)")
+         f"{DEFAULT_ROUNDS} for wanda, but none with a 'schedule'; 0 for sparsegpt, where it "
+         "needs 'refit' as SparseGPT's own update fits the mask before the swaps)")
 
 
 class UnstructuredPruneConfig(MethodConfig):
