@@ -3,8 +3,8 @@ lit-cifar zero-shot.
 
 ``python -m benchmarks.prune_unstructured OUT.json [--model minilm|lit-cifar] [--calib TRAIN]
 [--eval TEST] [--samples 2048] [--ignore MODULES]
-[--methods magnitude,wanda,sparsegpt,wanda-seq,wanda-row,wanda-swap,wanda-owl,sparsegpt-asym,
-sparsegpt-norefit,wanda-bn]
+[--methods magnitude,wanda,sparsegpt,wanda-noswap,wanda-seq,wanda-row,wanda-owl,sparsegpt-layer,
+sparsegpt-asym,sparsegpt-norefit,wanda-bn]
 [--settings 0.5,0.6,0.7,2:4] [--embeddings] [--threads 2] [--update]``
 
 Calibrates on one split (STS-B train, or lit-cifar-train) and evaluates on another (STS-B dev,
