@@ -417,8 +417,8 @@ def _prune_calibrated(adapter: Adapter, config: CalibratedPruneConfig, context: 
 @register_method("prune", "wanda", WandaConfig)
 @with_schedule
 def apply_wanda(adapter: Adapter, config: WandaConfig, context: StageContext) -> dict[str, Any]:
-    """Wanda: drop the smallest |W_ij|·‖X_j‖₂ of each output row, or of each convolution
-    (calibrated, no update)."""
+    """Wanda: drop the smallest |W_ij|·‖X_j‖₂ of each output row, or of each convolution, then
+    (by default) refine the mask by swaps (calibrated, no weight update)."""
 
     def prune(module: nn.Module, w: torch.Tensor, stats: FeatureNormCollector | HessianCollector,
               sparsity: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,8 +29,9 @@ def sparsegpt_prune(
 
     Unstructured masks remove exactly ``round(sparsity · rows · cols)`` weights: each block
     gets the share that brings the running total to ``round(sparsity · rows · end_column)``,
-    chosen across the whole block (the paper's), or with `per_row` the same count in every row
-    (``round(sparsity · end_column)`` per row so far; Wanda's per-output comparison).
+    chosen across the whole block (the paper's), or with `per_row` within each row: every row
+    prunes its share of the total (counts differ by at most one) spread evenly over its blocks
+    (Wanda's per-output comparison).
     """
     w = weight.detach().float().clone()
     rows, cols = w.shape
