@@ -493,7 +493,7 @@ def test_refit_keeps_the_mask_changes_weights_and_reloads(tiny_clip, tmp_path, m
     _apply(default, method, sparsity=0.6)
     _apply(tiny_clip, method, sparsity=0.6, refit=True)
     texts = ["a photo of a cat", "two dogs"]
-    refit_by_default = method == "sparsegpt"  # Wanda stays the paper's method by default
+    refit_by_default = method == "sparsegpt"  # Wanda updates no weights by default
     assert torch.equal(default.encode_texts(texts), (tiny_clip if refit_by_default
                                                      else plain).encode_texts(texts))
     plain_layers, layers = _sparse_layers(plain), _sparse_layers(tiny_clip)

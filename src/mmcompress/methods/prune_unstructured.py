@@ -161,9 +161,6 @@ class CalibratedPruneConfig(UnstructuredPruneConfig):
             raise ValueError("'asymmetric' corrects the error of the blocks pruned before; with "
                              "'sequential' false no block sees it: set 'sequential: true' or "
                              "drop 'asymmetric'")
-        if self.swaps and not self.refit and self.method == "sparsegpt":
-            raise ValueError("'swaps' change SparseGPT's mask after its update fitted the kept "
-                             "weights to it: set 'refit: true' (the default) or drop 'swaps'")
         return self
 
     def rows_compete(self, module: nn.Module) -> bool:
@@ -197,6 +194,13 @@ class SparseGPTConfig(CalibratedPruneConfig):
                         "approximate update of the kept weights by the exact least-squares fit "
                         "to the calibration inputs with the mask fixed (false: the paper's "
                         "update alone)")
+
+    @model_validator(mode="after")
+    def _swaps_need_refit(self) -> SparseGPTConfig:
+        if self.swaps and not self.refit:
+            raise ValueError("'swaps' change SparseGPT's mask after its update fitted the kept "
+                             "weights to it: set 'refit: true' (the default) or drop 'swaps'")
+        return self
 
 
 def _prunable(
@@ -352,6 +356,17 @@ def apply_magnitude(adapter: Adapter, config: MagnitudeConfig,
     return tally.summary(len(layers))
 
 
+def _swapped(module: nn.Module, weight: torch.Tensor, keep: torch.Tensor, hessian: torch.Tensor,
+             config: CalibratedPruneConfig) -> tuple[torch.Tensor, int]:
+    """(`keep` refined by swaps, rounds used), in the layer's own column order (N:M groups of a
+    convolution run over the channels of one kernel position, as when the mask was chosen)."""
+    perm = _column_order(module, config.nm)
+    order = slice(None) if perm is None else perm
+    keep[:, order], used = refine_by_swaps(weight[:, order], keep[:, order],
+                                           hessian[order][:, order], config.nm, config.swaps)
+    return keep, used
+
+
 def _prune_calibrated(adapter: Adapter, config: CalibratedPruneConfig, context: StageContext,
                       make_collector: Callable[[str, nn.Module], Any],
                       prune_layer: Callable[[nn.Module, torch.Tensor, Any, float],
@@ -368,17 +383,7 @@ def _prune_calibrated(adapter: Adapter, config: CalibratedPruneConfig, context: 
     tally = _Tally(config, skipped)
     if _nothing_to_do(config):
         return tally.summary(0)
-    rounds: list[int] = []
-
-    def _refine(module: nn.Module, w: torch.Tensor, keep: torch.Tensor,
-                hessian: torch.Tensor) -> torch.Tensor:
-        perm = _column_order(module, config.nm)
-        order = slice(None) if perm is None else perm
-        keep[:, order], used = refine_by_swaps(w[:, order], keep[:, order],
-                                               hessian[order][:, order], config.nm, config.swaps)
-        rounds.append(used)
-        return keep
-
+    rounds: list[int] = []  # swap rounds each layer used
     reference = copy.deepcopy(adapter.model) if config.asymmetric else None
     tables, layers = split_embeddings(layers)
     replace_modules(adapter.model, {  # by magnitude, before the layers that read them calibrate
@@ -390,7 +395,8 @@ def _prune_calibrated(adapter: Adapter, config: CalibratedPruneConfig, context: 
             target = reference_fit(target, stats.hessian, stats.cross, config.damp).float()
         keep, weight = prune_layer(module, target, stats, sparsity[name])
         if config.swaps:
-            keep = _refine(module, target, keep, stats.hessian)
+            keep, used = _swapped(module, target, keep, stats.hessian, config)
+            rounds.append(used)
         if config.refit:
             weight = refit_kept(target, keep, stats.hessian, config.damp)
         return tally.stand_in(name, module, keep, weight)

@@ -79,13 +79,19 @@ def keep_mask(
     """
     if nm is not None:
         return nm_keep_mask(scores, nm)
-    rows = scores.shape[0]
     if not per_row:
         return drop_lowest(scores, pruned_count(scores.numel(), sparsity))
-    base, extra = divmod(pruned_count(scores.numel(), sparsity), rows)
-    counts = torch.full((rows,), base, device=scores.device)
+    return drop_lowest_per_row(scores, row_counts(scores.shape, sparsity))
+
+
+def row_counts(shape: tuple[int, ...] | torch.Size, sparsity: float) -> torch.Tensor:
+    """Weights each row of a [rows, cols] matrix removes when every row takes its share of
+    ``round(sparsity · rows · cols)``: the remainder goes one each to the first rows."""
+    rows, cols = shape
+    base, extra = divmod(pruned_count(rows * cols, sparsity), rows)
+    counts = torch.full((rows,), base)
     counts[:extra] += 1
-    return drop_lowest_per_row(scores, counts)
+    return counts
 
 
 def drop_lowest_per_row(scores: torch.Tensor, counts: torch.Tensor | int) -> torch.Tensor:

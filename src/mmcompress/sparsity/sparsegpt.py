@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..quantization.gptq import _inverse_hessian_factor
-from .masks import NM, drop_lowest, drop_lowest_per_row, nm_keep_mask, pruned_count
+from .masks import NM, drop_lowest, drop_lowest_per_row, nm_keep_mask, pruned_count, row_counts
 
 
 @torch.no_grad()
@@ -44,16 +44,14 @@ def sparsegpt_prune(
         block_size = max(nm[1], block_size // nm[1] * nm[1])
     keep = torch.ones(rows, cols, dtype=torch.bool)
     pruned = 0
-    base, extra = divmod(pruned_count(rows * cols, sparsity), rows)
-    row_counts = torch.full((rows,), base)
-    row_counts[:extra] += 1
+    counts = row_counts((rows, cols), sparsity) if per_row else None
     for b0 in range(0, cols, block_size):
         b1 = min(b0 + block_size, cols)
         block = w[:, b0:b1].clone()
         hb = hinv[b0:b1, b0:b1]
         d = hb.diagonal()
         if nm is None and per_row:  # each row's count spread evenly over its blocks
-            k = _share(row_counts, b1, cols) - _share(row_counts, b0, cols)
+            k = _share(counts, b1, cols) - _share(counts, b0, cols)
             bkeep = drop_lowest_per_row(block.pow(2) / d.pow(2), k)
         elif nm is None:
             k = min(pruned_count(rows * b1, sparsity) - pruned, block.numel())
