@@ -59,6 +59,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "noswap": {"swaps": 0},
     "refit": {"refit": True},
     "norefit": {"refit": False},
+    "bias": {"bias_correction": True},
+    "nobias": {"bias_correction": False},
 }
 
 

@@ -188,6 +188,7 @@ def test_resnet_channel_masks_compute_what_the_physically_pruned_model_computes(
 
 def test_settings_a_schedule_cannot_follow_are_refused(tiny_clip):
     cases = [({"method": "sparsegpt", "sparsity": 0.5}, "magnitude and wanda"),
+             ({"method": "admm", "sparsity": 0.5}, "magnitude and wanda"),
              ({"method": "magnitude", "pattern": "2:4"}, "N:M pattern"),
              ({"method": "structured", "heads": 1}, "fractions"),
              ({"method": "structured", "neurons": 0.5, "scope": "global"}, "one-shot only")]

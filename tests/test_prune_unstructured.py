@@ -32,6 +32,7 @@ from mmcompress.modules.sparse import (
 from mmcompress.quantization.grid import QuantGrid
 from mmcompress.recipe import CalibrationConfig, load_recipe
 from mmcompress.sparsity import global_keep_masks, keep_mask, parse_pattern, sparsegpt_prune
+from mmcompress.sparsity.admm import admm_prune
 from mmcompress.sparsity.owl import outlier_ratio, owl_sparsities
 from mmcompress.sparsity.refit import refit_kept
 from mmcompress.sparsity.swaps import refine_by_swaps
@@ -58,12 +59,14 @@ def _assert_nm(keep: torch.Tensor, nm: tuple[int, int]) -> None:
 
 
 def _layer_masks(x, w, sparsity, nm):
-    """Keep-masks and pruned weights of the three methods on one layer."""
+    """Keep-masks and pruned weights of the four methods on one layer."""
     h = 2 * x.T @ x / len(x)
     mag = keep_mask(w.abs(), sparsity, nm)
     wanda = keep_mask(w.abs() * x.norm(dim=0), sparsity, nm, per_row=True)
     sgpt_w, sgpt = sparsegpt_prune(w, h, sparsity, nm, block_size=32)
-    return {"magnitude": (mag, w * mag), "wanda": (wanda, w * wanda), "sparsegpt": (sgpt, sgpt_w)}
+    admm_w, admm = admm_prune(w, h, sparsity, lambda s: keep_mask(s, sparsity, nm, per_row=True))
+    return {"magnitude": (mag, w * mag), "wanda": (wanda, w * wanda), "sparsegpt": (sgpt, sgpt_w),
+            "admm": (admm, admm_w)}
 
 
 # ---- masks ----------------------------------------------------------------------------------
@@ -128,6 +131,29 @@ def test_sparsegpt_error_below_wanda_and_magnitude(nm):
     x, w = _inputs(), torch.randn(32, 64)
     err = {k: _out_err(x, w, p) for k, (_, p) in _layer_masks(x, w, 0.5, nm).items()}
     assert err["sparsegpt"] < 0.9 * err["wanda"] and err["sparsegpt"] < 0.9 * err["magnitude"]
+
+
+@pytest.mark.parametrize("nm,sparsity", [(None, 0.5), (None, 0.7), ((2, 4), 0.5), ((4, 8), 0.5)])
+def test_admm_mask_fits_better_than_sparsegpts_after_both_refit(nm, sparsity):
+    """ADMM's gradual mask (Boža 2024) beats SparseGPT's with the kept weights refitted exactly,
+    and its own update already lands near that refit."""
+    x, w = _inputs(), torch.randn(48, 64)
+    h = 2 * x.T @ x / len(x)
+    masks = _layer_masks(x, w, sparsity, nm)
+    refit = {k: _out_err(x, w, refit_kept(w, masks[k][0], h)) for k in ("sparsegpt", "admm")}
+    assert refit["admm"] < 0.95 * refit["sparsegpt"]
+    assert _out_err(x, w, masks["admm"][1]) < 1.1 * refit["admm"]
+
+
+def test_admm_sparsity_rises_gradually():
+    """One iteration is one projection at the target; more let weights leave a few at a time
+    and end on a different, better mask."""
+    x, w = _inputs(), torch.randn(32, 64)
+    h = 2 * x.T @ x / len(x)
+    (_, once), (_, gradual) = (admm_prune(w, h, 0.7, iterations=n) for n in (1, 40))
+    assert (once != gradual).float().mean() > 0.05
+    errors = [_out_err(x, w, refit_kept(w, k, h)) for k in (once, gradual)]
+    assert errors[1] < 0.9 * errors[0]
 
 
 # ---- mask refinement by swaps ---------------------------------------------------------------
@@ -332,7 +358,7 @@ def _sparse_layers(adapter) -> dict[str, nn.Module]:
     return {n: m for n, m in adapter.model.named_modules() if isinstance(m, SPARSE)}
 
 
-@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt", "admm"])
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
 def test_methods_prune_every_targeted_layer_exactly(tiny_clip, method, pattern):
     cfg = {"pattern": pattern} if pattern != "unstructured" else {"sparsity": 0.6}
@@ -414,7 +440,7 @@ def test_asymmetric_pruning_prunes_exactly_and_reloads(tiny_clip, tmp_path, meth
     assert torch.equal(mmcompress.load(tmp_path).encode_texts(texts), pruned)
 
 
-@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt", "admm"])
 def test_one_shot_statistics_come_from_the_unpruned_model(tiny_clip, method):
     """With `sequential: false` the last block is pruned as if nothing before it were: as a run
     on that block alone; sequential pruning sees the earlier blocks' error and picks otherwise."""
@@ -486,14 +512,14 @@ def test_swaps_change_masks_not_counts_and_reload(tiny_clip, tmp_path, pattern, 
                        tiny_clip.encode_texts(texts))
 
 
-@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt", "admm"])
 def test_refit_keeps_the_mask_changes_weights_and_reloads(tiny_clip, tmp_path, method):
     plain, default = copy.deepcopy(tiny_clip), copy.deepcopy(tiny_clip)
     _apply(plain, method, sparsity=0.6, refit=False)
     _apply(default, method, sparsity=0.6)
     _apply(tiny_clip, method, sparsity=0.6, refit=True)
     texts = ["a photo of a cat", "two dogs"]
-    refit_by_default = method == "sparsegpt"  # Wanda updates no weights by default
+    refit_by_default = method != "wanda"  # Wanda updates no weights by default
     assert torch.equal(default.encode_texts(texts), (tiny_clip if refit_by_default
                                                      else plain).encode_texts(texts))
     plain_layers, layers = _sparse_layers(plain), _sparse_layers(tiny_clip)
@@ -507,6 +533,54 @@ def test_refit_keeps_the_mask_changes_weights_and_reloads(tiny_clip, tmp_path, m
     save_checkpoint(tiny_clip, tmp_path, "random:tiny", [])
     assert torch.equal(mmcompress.load(tmp_path).encode_texts(texts),
                        tiny_clip.encode_texts(texts))
+
+
+def _layer_inputs_while_pruning(adapter, name: str, method: str, **cfg) -> torch.Tensor:
+    """Prune only layer `name` in one pass and return the inputs it saw while calibrating."""
+    seen: list[torch.Tensor] = []
+    hook = adapter.model.get_submodule(name).register_forward_pre_hook(
+        lambda m, args: seen.append(args[0].detach().reshape(-1, args[0].shape[-1])))
+    _apply(adapter, method, targets=[name], sequential=False, **cfg)
+    hook.remove()
+    return torch.cat(seen)
+
+
+@pytest.mark.parametrize("method,extra", [("wanda", {}), ("sparsegpt", {}),
+                                          ("sparsegpt", {"refit": False})])
+def test_bias_correction_keeps_the_mean_output_on_calibration_inputs(tiny_clip, method, extra):
+    name = "vision_model.encoder.layers.1.mlp.fc2"
+    dense = copy.deepcopy(tiny_clip.model.get_submodule(name))
+    x = _layer_inputs_while_pruning(tiny_clip, name, method, sparsity=0.6,
+                                    bias_correction=True, **extra)
+    pruned = tiny_clip.model.get_submodule(name)
+    assert isinstance(pruned, SparseLinear) and pruned.nnz == round(0.4 * pruned.cols * pruned.rows)
+    with torch.no_grad():
+        shift = (pruned(x) - dense(x)).mean(0)
+        assert shift.abs().max() < 1e-4 * dense(x).abs().mean()
+        assert not torch.allclose(pruned.bias, dense.bias)
+
+
+def test_bias_correction_refit_is_least_squares_with_an_intercept(tiny_clip):
+    """With the mask fixed, refitting to the centred Gram matrix and shifting the bias solves
+    each row's least squares with an intercept, and loses less than the plain refit."""
+    name = "vision_model.encoder.layers.1.mlp.fc1"
+    dense = copy.deepcopy(tiny_clip.model.get_submodule(name))
+    plain = copy.deepcopy(tiny_clip)
+    cfg = {"sparsity": 0.7, "swaps": 0, "refit": True, "damp": 1e-7}
+    x = _layer_inputs_while_pruning(tiny_clip, name, "wanda", bias_correction=True, **cfg)
+    _layer_inputs_while_pruning(plain, name, "wanda", **cfg)
+    shifted, fitted = tiny_clip.model.get_submodule(name), plain.model.get_submodule(name)
+    keep = shifted.keep_mask()
+    assert torch.equal(keep, fitted.keep_mask())  # Wanda's scores: the same mask
+    with torch.no_grad():
+        target = dense(x).double()
+        for row in range(0, keep.shape[0], 7):
+            design = torch.cat([x[:, keep[row]], torch.ones(len(x), 1)], 1).double()
+            solution = torch.linalg.lstsq(design, target[:, row:row + 1]).solution.squeeze(1)
+            got = torch.cat([shifted.weight[row, keep[row]], shifted.bias[row:row + 1]])
+            assert torch.allclose(got.double(), solution, rtol=1e-3, atol=1e-4), row
+        errors = [float((m(x) - dense(x)).pow(2).mean()) for m in (shifted, fitted)]
+    assert errors[0] < 0.99 * errors[1]
 
 
 def test_global_scope_spreads_sparsity_unevenly(tiny_clip):
@@ -638,7 +712,7 @@ def test_pruned_tables_quantize_and_reload_in_one_recipe(tiny_clip, tmp_path):
     ({"sparsity": 0.5, "scope": "global", "method": "wanda"}, "needs method 'magnitude'"),
     ({"sparsity": 0.5, "scope": "tower"}, "scope"),
     ({"sparsity": 0.5, "blocksize": 4, "method": "sparsegpt"}, "unknown key 'blocksize'"),
-    ({"sparsity": 0.5, "layer_sparsity": "owl"}, "needs method wanda or sparsegpt"),
+    ({"sparsity": 0.5, "layer_sparsity": "owl"}, "needs method wanda, sparsegpt or admm"),
     ({"pattern": "2:4", "layer_sparsity": "owl", "method": "wanda"}, "unstructured pattern"),
     ({"sparsity": 0.5, "embeddings": True, "schedule": {"end": 0.5}}, "set 'embeddings' false"),
     ({"sparsity": 0.5, "method": "sparsegpt", "asymmetric": True, "sequential": False},
@@ -651,6 +725,8 @@ def test_pruned_tables_quantize_and_reload_in_one_recipe(tiny_clip, tmp_path):
      "drop one of them"),
     ({"sparsity": 0.5, "method": "wanda", "swaps": -1}, "greater than or equal to 0"),
     ({"sparsity": 0.5, "method": "sparsegpt", "swaps": 10, "refit": False}, "set 'refit: true'"),
+    ({"sparsity": 0.5, "method": "admm", "swaps": 10, "refit": False}, "set 'refit: true'"),
+    ({"sparsity": 0.5, "method": "admm", "iterations": 0}, "greater than or equal to 1"),
     ({"sparsity": 0.5, "method": "wanda", "refit": True, "schedule": {"end": 0.5}},
      "drop one of them"),
     ({"sparsity": 0.5, "refit": True}, "unknown key 'refit'"),  # magnitude

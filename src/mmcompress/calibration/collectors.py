@@ -91,6 +91,13 @@ class HessianCollector(InputStatsCollector):
     def hessian(self) -> torch.Tensor:
         return self.xtx
 
+    def centred(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(H, C) about the means, 2/n · (X − μ)ᵀ(X − μ) and 2/n · (X_ref − μ_ref)ᵀ(X − μ):
+        the Gram matrices of the error a bias can no longer absorb once it is corrected."""
+        mu, ref = self.mean, self.reference_mean
+        h = self.xtx - 2 * torch.outer(mu, mu)
+        return h, None if self.cross is None else self.cross - 2 * torch.outer(ref, mu)
+
     @property
     def norm(self) -> torch.Tensor:
         """‖X_j‖₂ per input feature, as `FeatureNormCollector` gives it."""

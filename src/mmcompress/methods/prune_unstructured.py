@@ -1,5 +1,5 @@
 """Unstructured and N:M pruning of linear and convolution layers (and, when asked, embedding
-tables): magnitude, Wanda, SparseGPT.
+tables): magnitude, Wanda, SparseGPT and ADMM.
 
 Pruned layers become `SparseLinear`/`SparseConv2d`/`SparseEmbedding` (a bitmask plus the kept
 values), so the saved model shrinks and a later quantize stage stores only the kept values.
@@ -32,6 +32,7 @@ from ..sparsity import (
     pattern_name,
     sparsegpt_prune,
 )
+from ..sparsity.admm import admm_prune
 from ..sparsity.owl import outlier_ratio, owl_sparsities
 from ..sparsity.refit import refit_kept
 from ..sparsity.swaps import DEFAULT_ROUNDS, refine_by_swaps
@@ -41,14 +42,20 @@ from .weight_quant import weight_matrix
 
 SEQUENTIAL = ("collect each block's statistics with the blocks before it already pruned (as "
               "SparseGPT's and Wanda's reference code do), or, false, every block's from the "
-              "unpruned model in one pass (wanda, sparsegpt; default false for wanda, true for "
-              "sparsegpt)")
+              "unpruned model in one pass (wanda, sparsegpt, admm; default false for wanda, "
+              "true for the others)")
 
 SWAPS = ("then refine each layer's mask by up to this many rounds of swaps (a pruned and a kept "
          "weight of one row) that lower the layer's output error on the calibration data with "
          f"the unpruned weights (SparseSwaps; 0 or false: off, true: {DEFAULT_ROUNDS}; default "
-         f"{DEFAULT_ROUNDS} for wanda, but none with a 'schedule'; 0 for sparsegpt, where it "
-         "needs 'refit' as SparseGPT's own update fits the mask before the swaps)")
+         f"{DEFAULT_ROUNDS} for wanda, but none with a 'schedule'; 0 for sparsegpt and admm, "
+         "where it needs 'refit' as their own update fits the mask before the swaps)")
+
+
+BIAS = ("shift each pruned layer's bias by the mean output it lost, b + W·μ_ref − Ŵ·μ over the "
+        "calibration inputs, and choose and fit the mask to the error about the means (the "
+        "Gram matrices centred): what a bias can absorb no longer costs kept weights (layers "
+        "with a bias; wanda, sparsegpt, admm)")
 
 
 class UnstructuredPruneConfig(MethodConfig):
@@ -67,7 +74,7 @@ class UnstructuredPruneConfig(MethodConfig):
                                       "finetune/distill stage trains (magnitude, wanda)")
     layer_sparsity: Literal["uniform", "owl"] = Field(
         "uniform", description="every block at `sparsity`, or 'owl': blocks whose Wanda scores "
-        "hold more outliers pruned less, the mean staying `sparsity` (wanda, sparsegpt; "
+        "hold more outliers pruned less, the mean staying `sparsity` (wanda, sparsegpt, admm; "
         "unstructured)")
     owl_threshold: float = Field(5.0, gt=1, description="OWL: a score is an outlier above this "
                                  "many times its block's mean score")
@@ -91,7 +98,7 @@ class UnstructuredPruneConfig(MethodConfig):
         if self.layer_sparsity == "owl" and (self.method == "magnitude" or nm is not None
                                              or self.schedule is not None):
             raise ValueError("layer_sparsity 'owl' sets a sparsity per block from calibrated "
-                             "scores: it needs method wanda or sparsegpt, an unstructured "
+                             "scores: it needs method wanda, sparsegpt or admm, an unstructured "
                              "pattern and no schedule")
         if self.embeddings and self.schedule is not None:
             raise ValueError("gradual pruning ('schedule') masks linear and convolution layers "
@@ -121,7 +128,7 @@ class MagnitudeConfig(UnstructuredPruneConfig):
 
 
 class CalibratedPruneConfig(UnstructuredPruneConfig):
-    """Settings of the methods that calibrate on data (Wanda, SparseGPT)."""
+    """Settings of the methods that calibrate on data (Wanda, SparseGPT, ADMM)."""
 
     sequential: bool = Field(True, description=SEQUENTIAL)
     refit: bool = Field(False, description="once a layer's mask is chosen, refit each row's "
@@ -136,6 +143,7 @@ class CalibratedPruneConfig(UnstructuredPruneConfig):
                              "model while calibrating; with 'refit', the refit aims at the "
                              "unpruned model's outputs too)")
     swaps: int = Field(0, ge=0, description=SWAPS)
+    bias_correction: bool = Field(False, description=BIAS)
     comparison: Literal["auto", "row", "layer"] = Field(
         "auto", description="which weights compete: each output row's (Wanda's choice), the "
         "whole layer's (SparseGPT's: each block of columns), or auto: rows in linear layers, "
@@ -181,26 +189,40 @@ class WandaConfig(CalibratedPruneConfig):
     swaps: int = Field(DEFAULT_ROUNDS, ge=0, description=SWAPS)
 
 
-class SparseGPTConfig(CalibratedPruneConfig):
+class _UpdatingPruneConfig(CalibratedPruneConfig):
+    """Settings of the methods that update the kept weights themselves (SparseGPT, ADMM)."""
+
+    refit: bool = Field(True, description="once a layer's mask is chosen, replace the method's "
+                        "own update of the kept weights by the exact least-squares fit to the "
+                        "calibration inputs with the mask fixed (false: the paper's update "
+                        "alone)")
+
+    @model_validator(mode="after")
+    def _swaps_need_refit(self) -> _UpdatingPruneConfig:
+        if self.swaps and not self.refit:
+            raise ValueError(f"'swaps' change {self.method}'s mask after its update fitted the "
+                             "kept weights to it: set 'refit: true' (the default) or drop "
+                             "'swaps'")
+        return self
+
+
+class SparseGPTConfig(_UpdatingPruneConfig):
     method: str = "sparsegpt"
     block_size: int = Field(128, ge=1, description="columns whose mask is chosen together")
     # SparseGPT's own update approximates the least-squares fit to its mask; solving it exactly
-    # lost less in 13 of 15 comparisons on MiniLM (STS-B dev, held-out train pairs) and
-    # lit-cifar, with and without the BatchNorm correction; the other two by 0.0015
-    # (docs/methods.md). Its mask compares each output row's weights in linear layers
+    # (`refit`, on by default) lost less in 13 of 15 comparisons on MiniLM (STS-B dev, held-out
+    # train pairs) and lit-cifar, with and without the BatchNorm correction; the other two by
+    # 0.0015 (docs/methods.md). Its mask compares each output row's weights in linear layers
     # (`comparison: auto`), as Wanda does: on MiniLM that lost less than the paper's block-wide
     # choice at 60% and 70%, on STS-B dev and held-out train pairs (docs/methods.md)
-    refit: bool = Field(True, description="once a layer's mask is chosen, replace SparseGPT's "
-                        "approximate update of the kept weights by the exact least-squares fit "
-                        "to the calibration inputs with the mask fixed (false: the paper's "
-                        "update alone)")
 
-    @model_validator(mode="after")
-    def _swaps_need_refit(self) -> SparseGPTConfig:
-        if self.swaps and not self.refit:
-            raise ValueError("'swaps' change SparseGPT's mask after its update fitted the kept "
-                             "weights to it: set 'refit: true' (the default) or drop 'swaps'")
-        return self
+
+class AdmmConfig(_UpdatingPruneConfig):
+    method: str = "admm"
+    iterations: int = Field(40, ge=1, description="ADMM iterations; the sparsity rises to its "
+                            "target over the first three quarters of them")
+    rho: float = Field(1.0, gt=0, description="ADMM penalty, relative to the Hessian scaled "
+                       "to a unit diagonal")
 
 
 def _prunable(
@@ -313,12 +335,12 @@ class _Tally:
         return sparse_module(module, keep, matrix, self.config.pattern)
 
     def stand_in(self, name: str, module: nn.Module, keep: torch.Tensor,
-                 matrix: torch.Tensor) -> nn.Module:
+                 matrix: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
         """A dense layer with the pruned weights, used while later blocks calibrate (dense
         layers run faster than sparse ones); `finish` swaps in the compact modules."""
         self.masks[name] = keep
         weight = (matrix * keep).view(module.weight.shape)
-        return dense_layer(layer_args(module), weight, module.bias)
+        return dense_layer(layer_args(module), weight, bias)
 
     def finish(self, model: nn.Module) -> None:
         replace_modules(model, {n: self.sparse(model.get_submodule(n), keep, None)
@@ -369,13 +391,14 @@ def _swapped(module: nn.Module, weight: torch.Tensor, keep: torch.Tensor, hessia
 
 def _prune_calibrated(adapter: Adapter, config: CalibratedPruneConfig, context: StageContext,
                       make_collector: Callable[[str, nn.Module], Any],
-                      prune_layer: Callable[[nn.Module, torch.Tensor, Any, float],
+                      prune_layer: Callable[[nn.Module, torch.Tensor, Any, Any, float],
                                             tuple[torch.Tensor, torch.Tensor]],
                       desc: str) -> dict[str, Any]:
     """What Wanda and SparseGPT share: the prunable layers, a sparsity per layer (uniform or
     OWL), then block-by-block calibration (or, not `sequential`, one pass over the unpruned
-    model) where `prune_layer(module, weight, stats, sparsity)` gives (keep mask, new weight
-    matrix) for the layer's weight matrix `weight`; compact sparse modules replace them at the
+    model) where `prune_layer(module, weight, stats, hessian, sparsity)` gives (keep mask, new
+    weight matrix) for the layer's weight matrix `weight` (`hessian`: the Gram matrix to fit,
+    centred with `bias_correction`); compact sparse modules replace them at the
     end. With `asymmetric`, the collectors also pair each layer's inputs with the unpruned
     model's, and `weight` is the map from this layer's inputs closest to the unpruned outputs
     (`reference_fit`), so masking it and refitting to it aim at the unpruned model."""
@@ -390,16 +413,24 @@ def _prune_calibrated(adapter: Adapter, config: CalibratedPruneConfig, context: 
         n: tally.sparse(m, _magnitude_keep(m, config), None) for n, m in tables.items()})
 
     def replace(name: str, module: nn.Module, stats: Any) -> nn.Module:
-        target = weight_matrix(module)
+        original = target = weight_matrix(module)
+        shift_bias = config.bias_correction and module.bias is not None
+        hessian, cross = stats.centred() if shift_bias else (getattr(stats, "hessian", None),
+                                                              getattr(stats, "cross", None))
         if config.asymmetric:
-            target = reference_fit(target, stats.hessian, stats.cross, config.damp).float()
-        keep, weight = prune_layer(module, target, stats, sparsity[name])
+            target = reference_fit(target, hessian, cross, config.damp).float()
+        keep, weight = prune_layer(module, target, stats, hessian, sparsity[name])
         if config.swaps:
-            keep, used = _swapped(module, target, keep, stats.hessian, config)
+            keep, used = _swapped(module, target, keep, hessian, config)
             rounds.append(used)
         if config.refit:
-            weight = refit_kept(target, keep, stats.hessian, config.damp)
-        return tally.stand_in(name, module, keep, weight)
+            weight = refit_kept(target, keep, hessian, config.damp)
+        bias = module.bias
+        if shift_bias:
+            lost = original.double() @ stats.reference_mean.double() \
+                - (weight * keep).double() @ stats.mean.double()
+            bias = (bias.detach().double() + lost).to(bias.dtype)
+        return tally.stand_in(name, module, keep, weight, bias)
 
     if config.sequential:
         sparsity = _layer_sparsities(adapter, layers, config, context)
@@ -427,12 +458,12 @@ def apply_wanda(adapter: Adapter, config: WandaConfig, context: StageContext) ->
     (by default) refine the mask by swaps (calibrated, no weight update)."""
 
     def prune(module: nn.Module, w: torch.Tensor, stats: FeatureNormCollector | HessianCollector,
-              sparsity: float) -> tuple[torch.Tensor, torch.Tensor]:
+              hessian: Any, sparsity: float) -> tuple[torch.Tensor, torch.Tensor]:
         keep = _select(_wanda_scores(w, stats), module, config,
                        config.rows_compete(module), sparsity)
         return keep, w
 
-    needs_hessian = config.swaps or config.refit or config.asymmetric
+    needs_hessian = config.swaps or config.refit or config.asymmetric or config.bias_correction
     collector = HessianCollector if needs_hessian else FeatureNormCollector
     return _prune_calibrated(adapter, config, context, lambda n, m: collector(), prune,
                              "wanda")
@@ -444,9 +475,8 @@ def apply_sparsegpt(adapter: Adapter, config: SparseGPTConfig,
                     context: StageContext) -> dict[str, Any]:
     """SparseGPT: second-order mask selection with an inverse-Hessian weight update."""
 
-    def prune(module: nn.Module, w: torch.Tensor, stats: HessianCollector,
+    def prune(module: nn.Module, w: torch.Tensor, stats: HessianCollector, h: torch.Tensor,
               sparsity: float) -> tuple[torch.Tensor, torch.Tensor]:
-        h = stats.hessian
         perm = _column_order(module, config.nm)
         if perm is not None:
             w, h = w[:, perm], h[perm][:, perm]
@@ -458,3 +488,21 @@ def apply_sparsegpt(adapter: Adapter, config: SparseGPTConfig,
 
     return _prune_calibrated(adapter, config, context, lambda n, m: HessianCollector(),
                              prune, "sparsegpt")
+
+
+@register_method("prune", "admm", AdmmConfig)
+@with_schedule
+def apply_admm(adapter: Adapter, config: AdmmConfig, context: StageContext) -> dict[str, Any]:
+    """ADMM with a gradual mask (Boža, 2024): alternate the layer's least-squares fit and the
+    projection onto the sparsity pattern while the pattern's sparsity rises."""
+
+    def prune(module: nn.Module, w: torch.Tensor, stats: HessianCollector, h: torch.Tensor,
+              sparsity: float) -> tuple[torch.Tensor, torch.Tensor]:
+        per_row = config.rows_compete(module)
+        new, keep = admm_prune(w, h, sparsity,
+                               lambda scores: _select(scores, module, config, per_row, sparsity),
+                               per_row, config.iterations, config.rho, config.damp)
+        return keep, new
+
+    return _prune_calibrated(adapter, config, context, lambda n, m: HessianCollector(),
+                             prune, "admm")

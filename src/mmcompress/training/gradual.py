@@ -93,7 +93,7 @@ class GradualPruning(TrainCallback):
 def _check_unstructured(config: MethodConfig) -> None:
     if config.method not in ("magnitude", "wanda"):
         raise RecipeError(f"prune {config.method}: a schedule works with magnitude and wanda "
-                          "(sparsegpt updates the weights once, for one sparsity)")
+                          "(sparsegpt and admm update the weights once, for one sparsity)")
     if config.nm is not None:
         raise RecipeError(f"prune pattern {config.pattern}: an N:M pattern has one fixed "
                           "sparsity; a schedule needs 'unstructured'")
