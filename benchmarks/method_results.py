@@ -25,8 +25,8 @@ SECTIONS = [
     ("Unstructured pruning on MiniLM", "prune_unstructured.json",
      "python -m benchmarks.prune_unstructured benchmarks/results/prune_unstructured.json"
      " --methods magnitude,wanda,wanda-noswap,wanda-noswap-seq,sparsegpt,sparsegpt-layer,"
-     "sparsegpt-layer-norefit --threads 1",
-     "Magnitude, Wanda and SparseGPT on every encoder linear layer, calibrated on STS-B train"
+     "sparsegpt-layer-norefit,admm --threads 1",
+     "Magnitude, Wanda, SparseGPT and ADMM on every encoder linear layer, calibrated on STS-B train"
      " (2,048 sentences, ~29k tokens), STS-B dev Spearman. Unsuffixed names are each"
      " method's defaults. `wanda` refines its masks by swaps (its default, `swaps: 200`);"
      " `wanda-noswap` is the paper's Wanda. Wanda scores every layer from the unpruned model"
@@ -38,9 +38,11 @@ SECTIONS = [
      " `-norefit` keeps the paper's own update. `loss` is the drop from the dense model,"
      " `loss_ci95` its 95% paired bootstrap interval over resampled dev pairs, `size_ratio`"
      " the whole model's saved size (the word-embedding table, half of MiniLM, stays dense)."
-     " The `wanda` and `sparsegpt` rows were rerun with `--update` in session 13, when their"
-     " defaults changed; the other rows are from earlier runs under the labels that"
-     " reproduce them now."),
+     " `admm` is ADMM with a gradual mask (Boža 2024: 40 iterations, the sparsity rising over"
+     " the first 30), then the same exact refit. The `wanda` and `sparsegpt` rows were rerun"
+     " with `--update` in session 13, when their defaults changed, and the `admm` rows added"
+     " in session 14; the other rows are from earlier runs under the labels that reproduce"
+     " them now."),
     ("Wanda with OWL sparsity per block", "prune_owl.json",
      "python -m benchmarks.prune_unstructured benchmarks/results/prune_owl.json"
      " --methods wanda-noswap,wanda-noswap-owl --settings 0.6,0.7 --threads 1",
@@ -69,15 +71,26 @@ SECTIONS = [
      "python -m benchmarks.sts_heldout /tmp/sts && python -m benchmarks.prune_unstructured"
      " benchmarks/results/prune_unstructured_heldout.json --methods"
      " magnitude,wanda,wanda-noswap,wanda-noswap-seq,sparsegpt,sparsegpt-layer,"
-     "sparsegpt-layer-norefit --settings 0.6,2:4,0.7 --calib"
+     "sparsegpt-layer-norefit,admm --settings 0.6,2:4,0.7 --calib"
      " /tmp/sts/sts-calib.csv --eval /tmp/sts/sts-heldout.csv --threads 2",
      "The rows above calibrated on three quarters of STS-B train and evaluated on the other"
      " quarter (1,437 pairs): the targets checked beyond the dev split. Rerun whole in"
-     " session 12; the `wanda` and `sparsegpt` rows rerun with `--update` in session 13."),
+     " session 12; the `wanda` and `sparsegpt` rows rerun with `--update` in session 13, the"
+     " `admm` rows added in session 14."),
+    ("Bias correction, on other STS data", "prune_bias_heldout.json",
+     "python -m benchmarks.sts_heldout /tmp/sts && python -m benchmarks.prune_unstructured"
+     " benchmarks/results/prune_bias_heldout.json --methods sparsegpt-bias,wanda-bias"
+     " --settings 0.6,2:4,0.7 --calib /tmp/sts/sts-calib.csv --eval /tmp/sts/sts-heldout.csv"
+     " --threads 2",
+     "Each method's defaults with `bias_correction: true`: the masks, swaps and refit work on"
+     " the Gram matrices about the input means, and each layer's bias takes the mean output"
+     " pruning removed. Compare with the `wanda` and `sparsegpt` rows of the section above"
+     " (same split, same calibration)."),
     ("Unstructured pruning on lit-cifar", "prune_unstructured_litcifar.json",
      "python -m benchmarks.prune_unstructured benchmarks/results/prune_unstructured_litcifar.json"
      " --model lit-cifar --methods magnitude,wanda,wanda-noswap,wanda-noswap-row,sparsegpt,"
-     "sparsegpt-layer,sparsegpt-layer-norefit --samples 512 --ignore vision.conv1 --threads 2",
+     "sparsegpt-layer,sparsegpt-layer-norefit,admm --samples 512 --ignore vision.conv1"
+     " --threads 2",
      "Magnitude, Wanda and SparseGPT on every layer of both towers (ResNet-56 convolutions,"
      " MiniLM linears, the image projection), calibrated on 512 examples of lit-cifar-train,"
      " zero-shot top-1 on lit-cifar-eval (4,000 images); `loss_ci95` resamples images. The"
@@ -86,7 +99,8 @@ SECTIONS = [
      " convolution (`comparison: auto`; for SparseGPT each block of its columns) and those"
      " of each output row in linear layers; `-row` compares each output channel's in"
      " convolutions too. The `wanda` and `sparsegpt` rows were rerun with `--update` in"
-     " session 13, when their defaults changed; the other rows are from earlier runs."),
+     " session 13, when their defaults changed, and the `admm` rows added in session 14;"
+     " the other rows are from earlier runs."),
     ("Wanda with its masks refined by swaps", "prune_swaps.json",
      "python -m benchmarks.prune_unstructured benchmarks/results/prune_swaps.json"
      " --methods wanda-noswap,wanda-swap --settings 0.6,0.7,2:4 --threads 1",
@@ -132,14 +146,15 @@ SECTIONS = [
      "prune_unstructured_litcifar_bn.json",
      "python -m benchmarks.prune_unstructured"
      " benchmarks/results/prune_unstructured_litcifar_bn.json --model lit-cifar"
-     " --methods magnitude-bn,wanda-bn,wanda-noswap-bn,sparsegpt-bn,sparsegpt-layer-norefit-bn"
+     " --methods magnitude-bn,wanda-bn,wanda-noswap-bn,sparsegpt-bn,sparsegpt-layer-norefit-bn,"
+     "admm-bn"
      " --samples 512 --ignore vision.conv1 --threads 2",
      "The rows above followed by `finetune: {method: batchnorm}` (each BatchNorm's statistics"
      " refitted, layer by layer, to the change pruning made to its input against the dense"
      " model, on the same 512 calibration examples; no training). `prune_seconds` includes it."
      " Rerun in session 10, after lit-cifar-train carried its training captions; the"
      " `wanda-bn` and `sparsegpt-bn` rows (each method's defaults) added with `--update` in"
-     " session 13."),
+     " session 13, the `admm-bn` rows in session 14."),
     ("Unstructured pruning on other STS data, 512 calibration sentences",
      "prune_unstructured_heldout_512.json",
      "python -m benchmarks.prune_unstructured"
@@ -205,6 +220,12 @@ SECTIONS = [
      " sparsegpt-row,sparsegpt-row-swap --settings 0.6,0.7 --calib /tmp/sts/sts-calib.csv"
      " --eval /tmp/sts/sts-heldout.csv --threads 2",
      "The rows above (but one pass) on the held-out quarter of STS-B train (session 13)."),
+    ("Layer-wise error of each method's mask", "prune_layer_error.json",
+     "python -m benchmarks.prune_layer_error",
+     "Relative reconstruction error tr((W − Ŵ)H(W − Ŵ)ᵀ) / tr(WHWᵀ) of each linear layer of"
+     " MiniLM's block 2, pruned alone from the unpruned model's STS-B train statistics; every"
+     " mask (Wanda's, Wanda's with swaps, SparseGPT's per row, ADMM's) is followed by the same"
+     " exact refit, so the columns compare masks. `seconds` includes the refit (session 14)."),
     ("Low-rank factorization", "lowrank.json",
      "python -m benchmarks.lowrank benchmarks/results/lowrank.json",
      "SVD and whitened SVD with uniform or sensitivity-allocated ranks (MiniLM: 70% of the"

@@ -178,3 +178,20 @@ def test_fusion_prune_budget_matches_uniform_size_with_global_ranking(monkeypatc
     assert saved_size_bytes(budget.model) <= got
     removed = info["summary"]["params"]
     assert len({v["removed_ratio"] for v in removed.values()}) > 1
+
+
+def test_layer_error_benchmark_masks_hit_the_setting_and_rank_by_the_objective() -> None:
+    from benchmarks.prune_layer_error import MASKS, relative_error
+    from mmcompress.sparsity.refit import refit_kept
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 32, generator=gen) @ torch.randn(32, 32, generator=gen)
+    w, h = torch.randn(16, 32, generator=gen), 2 * x.T @ x / 512
+    assert relative_error(w, w, h) == 0 and relative_error(w, 0 * w, h) == pytest.approx(1)
+    masked = {}
+    for name, mask in MASKS.items():
+        keep = mask(w, h, 0.5, (2, 4))
+        assert (keep.view(16, -1, 4).sum(-1) == 2).all(), name
+        masked[name] = relative_error(w, w * keep, h)
+        assert relative_error(w, refit_kept(w, keep, h) * keep, h) < masked[name], name
+    assert masked["wanda"] < masked["wanda-noswap"]  # swaps lower the error of the bare mask
