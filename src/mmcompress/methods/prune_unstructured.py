@@ -394,7 +394,7 @@ def _prune_calibrated(adapter: Adapter, config: CalibratedPruneConfig, context: 
                       prune_layer: Callable[[nn.Module, torch.Tensor, Any, Any, float],
                                             tuple[torch.Tensor, torch.Tensor]],
                       desc: str) -> dict[str, Any]:
-    """What Wanda and SparseGPT share: the prunable layers, a sparsity per layer (uniform or
+    """What Wanda, SparseGPT and ADMM share: the prunable layers, a sparsity per layer (uniform or
     OWL), then block-by-block calibration (or, not `sequential`, one pass over the unpruned
     model) where `prune_layer(module, weight, stats, hessian, sparsity)` gives (keep mask, new
     weight matrix) for the layer's weight matrix `weight` (`hessian`: the Gram matrix to fit,
@@ -458,7 +458,7 @@ def apply_wanda(adapter: Adapter, config: WandaConfig, context: StageContext) ->
     (by default) refine the mask by swaps (calibrated, no weight update)."""
 
     def prune(module: nn.Module, w: torch.Tensor, stats: FeatureNormCollector | HessianCollector,
-              hessian: Any, sparsity: float) -> tuple[torch.Tensor, torch.Tensor]:
+              hessian: torch.Tensor | None, sparsity: float) -> tuple[torch.Tensor, torch.Tensor]:
         keep = _select(_wanda_scores(w, stats), module, config,
                        config.rows_compete(module), sparsity)
         return keep, w
