@@ -48,7 +48,7 @@ MASKS: dict[str, Mask] = {
     "wanda": lambda w, h, s, nm: refine_by_swaps(w, _wanda(w, h, s, nm), h, nm)[0],
     "sparsegpt": lambda w, h, s, nm: sparsegpt_prune(w, h, s, nm, per_row=True)[1],
     "admm": lambda w, h, s, nm: admm_prune(
-        w, h, s, lambda scores: keep_mask(scores, s, nm, per_row=True))[1],
+        w, h, s, None if nm is None else lambda scores: keep_mask(scores, s, nm))[1],
 }
 
 

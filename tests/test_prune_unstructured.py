@@ -64,7 +64,7 @@ def _layer_masks(x, w, sparsity, nm):
     mag = keep_mask(w.abs(), sparsity, nm)
     wanda = keep_mask(w.abs() * x.norm(dim=0), sparsity, nm, per_row=True)
     sgpt_w, sgpt = sparsegpt_prune(w, h, sparsity, nm, block_size=32)
-    admm_w, admm = admm_prune(w, h, sparsity, lambda s: keep_mask(s, sparsity, nm, per_row=True))
+    admm_w, admm = admm_prune(w, h, sparsity, None if nm is None else lambda s: keep_mask(s, 0, nm))
     return {"magnitude": (mag, w * mag), "wanda": (wanda, w * wanda), "sparsegpt": (sgpt, sgpt_w),
             "admm": (admm, admm_w)}
 

@@ -499,9 +499,10 @@ def apply_admm(adapter: Adapter, config: AdmmConfig, context: StageContext) -> d
     def prune(module: nn.Module, w: torch.Tensor, stats: HessianCollector, h: torch.Tensor,
               sparsity: float) -> tuple[torch.Tensor, torch.Tensor]:
         per_row = config.rows_compete(module)
-        new, keep = admm_prune(w, h, sparsity,
-                               lambda scores: _select(scores, module, config, per_row, sparsity),
-                               per_row, config.iterations, config.rho, config.damp)
+        nm_mask = None if config.nm is None else (  # in the layer's own column order
+            lambda scores: _select(scores, module, config, per_row))
+        new, keep = admm_prune(w, h, sparsity, nm_mask, per_row, config.iterations, config.rho,
+                               config.damp)
         return keep, new
 
     return _prune_calibrated(adapter, config, context, lambda n, m: HessianCollector(),

@@ -27,7 +27,7 @@ def admm_prune(
     weight: torch.Tensor,
     hessian: torch.Tensor,
     sparsity: float,
-    final_mask: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    nm_mask: Callable[[torch.Tensor], torch.Tensor] | None = None,
     per_row: bool = True,
     iterations: int = 40,
     rho: float = 1.0,
@@ -35,16 +35,13 @@ def admm_prune(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(pruned weight with zeros outside the mask, keep-mask), both [rows, cols].
 
-    `final_mask(scores)` gives the keep-mask of the target pattern from scores (default: each
-    row's, or with `per_row` false the whole layer's, top ``1 − sparsity`` share; pass an N:M
-    selection for N:M). On the way there, iteration t keeps what `final_mask` keeps and
-    prunes only the lowest share s_t ≤ `sparsity` of the weights (per row, or of the layer), so
-    the last projections have exactly the target's count and pattern. `rho` is relative to
-    the scaled Hessian, whose diagonal is 1.
+    Unstructured (no `nm_mask`): the final projections drop the lowest `sparsity` share of
+    each row (or, with `per_row` false, of the layer). N:M: `nm_mask(scores)` gives the
+    pattern's keep-mask (its sparsity is `sparsity`). On the way there, iteration t prunes only
+    the lowest share s_t < `sparsity` of the weights the target would prune (per row, or of
+    the layer), so the last projections have exactly the target's count and pattern. `rho` is
+    relative to the scaled Hessian, whose diagonal is 1.
     """
-    if final_mask is None:
-        def final_mask(scores: torch.Tensor) -> torch.Tensor:
-            return keep_mask(scores, sparsity, None, per_row)
     h = damped(hessian, damp)
     scale = h.diagonal().sqrt()
     h = h / scale[:, None] / scale[None, :]
@@ -60,11 +57,15 @@ def admm_prune(
     for t in range(iterations):
         dense = (target + rho * (z - u)) @ solve
         scores = (dense + u).abs()
-        keep = final_mask(scores)
         step = min(t + 1, ramp) / ramp
         if step < 1:  # part-way: of what the target prunes, prune only the lowest share
             share = sparsity * (1 - (1 - step) ** 3)
-            keep = keep_mask(scores.masked_fill(keep, float("inf")), share, None, per_row)
+            if nm_mask is not None:  # the pattern's top N of each group stay
+                scores = scores.masked_fill(nm_mask(scores), float("inf"))
+            keep = keep_mask(scores, share, None, per_row)
+        else:
+            keep = keep_mask(scores, sparsity, None, per_row) if nm_mask is None \
+                else nm_mask(scores)
         z = (dense + u) * keep
         u += dense - z
     return z / scale, keep
