@@ -79,12 +79,12 @@ SECTIONS = [
      " `admm` rows added in session 14."),
     ("Bias correction, on other STS data", "prune_bias_heldout.json",
      "python -m benchmarks.sts_heldout /tmp/sts && python -m benchmarks.prune_unstructured"
-     " benchmarks/results/prune_bias_heldout.json --methods sparsegpt-bias,wanda-bias"
+     " benchmarks/results/prune_bias_heldout.json --methods sparsegpt-bias,wanda-bias,admm-bias"
      " --settings 0.6,2:4,0.7 --calib /tmp/sts/sts-calib.csv --eval /tmp/sts/sts-heldout.csv"
      " --threads 2",
      "Each method's defaults with `bias_correction: true`: the masks, swaps and refit work on"
      " the Gram matrices about the input means, and each layer's bias takes the mean output"
-     " pruning removed. Compare with the `wanda` and `sparsegpt` rows of the section above"
+     " pruning removed. Compare with the `wanda`, `sparsegpt` and `admm` rows of the section above"
      " (same split, same calibration)."),
     ("Unstructured pruning on lit-cifar", "prune_unstructured_litcifar.json",
      "python -m benchmarks.prune_unstructured benchmarks/results/prune_unstructured_litcifar.json"
