@@ -424,7 +424,8 @@ def test_sparsegpt_fitted_to_reference_outputs_undoes_input_error(nm):
 
 
 @pytest.mark.parametrize("method,extra", [("sparsegpt", {}), ("sparsegpt", {"refit": False}),
-                                          ("wanda", {"sequential": True, "refit": True})])
+                                          ("wanda", {"sequential": True, "refit": True}),
+                                          ("admm", {})])
 def test_asymmetric_pruning_prunes_exactly_and_reloads(tiny_clip, tmp_path, method, extra):
     texts = ["a cat", "the dog"]
     dense = tiny_clip.encode_texts(texts)
@@ -546,7 +547,7 @@ def _layer_inputs_while_pruning(adapter, name: str, method: str, **cfg) -> torch
 
 
 @pytest.mark.parametrize("method,extra", [("wanda", {}), ("sparsegpt", {}),
-                                          ("sparsegpt", {"refit": False})])
+                                          ("sparsegpt", {"refit": False}), ("admm", {})])
 def test_bias_correction_keeps_the_mean_output_on_calibration_inputs(tiny_clip, method, extra):
     name = "vision_model.encoder.layers.1.mlp.fc2"
     dense = copy.deepcopy(tiny_clip.model.get_submodule(name))
