@@ -3,8 +3,8 @@ lit-cifar zero-shot.
 
 ``python -m benchmarks.prune_unstructured OUT.json [--model minilm|lit-cifar] [--calib TRAIN]
 [--eval TEST] [--samples 2048] [--ignore MODULES]
-[--methods magnitude,wanda,sparsegpt,wanda-noswap,wanda-seq,wanda-row,wanda-owl,sparsegpt-layer,
-sparsegpt-asym,sparsegpt-norefit,wanda-bn]
+[--methods magnitude,wanda,sparsegpt,admm,wanda-noswap,wanda-seq,wanda-row,wanda-owl,
+sparsegpt-layer,sparsegpt-asym,sparsegpt-norefit,sparsegpt-bias,wanda-bn]
 [--settings 0.5,0.6,0.7,2:4] [--embeddings] [--threads 2] [--update]``
 
 Calibrates on one split (STS-B train, or lit-cifar-train) and evaluates on another (STS-B dev,
@@ -60,7 +60,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "refit": {"refit": True},
     "norefit": {"refit": False},
     "bias": {"bias_correction": True},
-    "nobias": {"bias_correction": False},
+    "b32": {"block_size": 32},
+    "damp10": {"damp": 0.1},
 }
 
 
@@ -75,7 +76,8 @@ def _stage(method: str, setting: str, embeddings: bool = False,
     `swaps: 200` (refine each mask by swaps; Wanda's default), ``-noswap`` `swaps: 0` (Wanda's
     mask as in the paper), ``-refit`` `refit: true` (refit the kept
     weights by exact least squares once the mask is chosen; SparseGPT's default) and
-    ``-norefit`` `refit: false` (SparseGPT's own update alone, as in the paper). A trailing
+    ``-norefit`` `refit: false` (SparseGPT's own update alone, as in the paper), ``-bias``
+    `bias_correction: true`, ``-b32`` `block_size: 32` and ``-damp10`` `damp: 0.1`. A trailing
     ``-bn`` (handled by `_row`) adds a ``finetune: {method: batchnorm}`` stage after pruning."""
     name, *variants = method.split("-")
     cfg: dict[str, Any] = {"method": name, "embeddings": embeddings}
