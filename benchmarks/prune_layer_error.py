@@ -36,19 +36,20 @@ from .results_file import store
 RESULTS = Path(__file__).resolve().parent / "results" / "prune_layer_error.json"
 STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb" / "sts-train.csv"
 
-Mask = Callable[[torch.Tensor, torch.Tensor, float, NM | None], torch.Tensor]
+# (weight, the layer's input statistics, sparsity, N:M) -> keep-mask
+Mask = Callable[[torch.Tensor, HessianCollector, float, NM | None], torch.Tensor]
 
 
-def _wanda(w: torch.Tensor, h: torch.Tensor, sparsity: float, nm: NM | None) -> torch.Tensor:
-    return keep_mask(w.abs() * h.diagonal().clamp_min(0).sqrt(), sparsity, nm, per_row=True)
+def _wanda(w: torch.Tensor, c: HessianCollector, sparsity: float, nm: NM | None) -> torch.Tensor:
+    return keep_mask(w.abs() * c.norm, sparsity, nm, per_row=True)
 
 
 MASKS: dict[str, Mask] = {
     "wanda-noswap": _wanda,
-    "wanda": lambda w, h, s, nm: refine_by_swaps(w, _wanda(w, h, s, nm), h, nm)[0],
-    "sparsegpt": lambda w, h, s, nm: sparsegpt_prune(w, h, s, nm, per_row=True)[1],
-    "admm": lambda w, h, s, nm: admm_prune(
-        w, h, s, None if nm is None else lambda scores: keep_mask(scores, s, nm))[1],
+    "wanda": lambda w, c, s, nm: refine_by_swaps(w, _wanda(w, c, s, nm), c.hessian, nm)[0],
+    "sparsegpt": lambda w, c, s, nm: sparsegpt_prune(w, c.hessian, s, nm, per_row=True)[1],
+    "admm": lambda w, c, s, nm: admm_prune(
+        w, c.hessian, s, None if nm is None else lambda scores: keep_mask(scores, s, nm))[1],
 }
 
 
@@ -57,17 +58,18 @@ def relative_error(w: torch.Tensor, pruned: torch.Tensor, h: torch.Tensor) -> fl
     return float(((d @ h) * d).sum() / ((w @ h) * w).sum())
 
 
-def block_statistics(block: int, samples: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """(weight, Gram matrix) of every linear layer of MiniLM's encoder block `block`."""
+def block_statistics(block: int, samples: int
+                     ) -> dict[str, tuple[torch.Tensor, HessianCollector]]:
+    """(weight, input statistics) of every linear layer of MiniLM's encoder block `block`."""
     adapter = load_model("minilm", progress=False)
     context = StageContext(data=load_data(str(STSB)), progress=False,
                            calibration=CalibrationConfig(samples=samples, batch_size=32))
     layers = {n: m for n, m in adapter.model.named_modules()
               if isinstance(m, torch.nn.Linear) and f".layer.{block}." in n}
-    stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    stats: dict[str, tuple[torch.Tensor, HessianCollector]] = {}
 
     def record(name: str, module: torch.nn.Module, collector: HessianCollector) -> None:
-        stats[name] = (module.weight.detach().float().clone(), collector.hessian.clone())
+        stats[name] = (module.weight.detach().float().clone(), collector)
 
     calibrate_layers(adapter, dict(layers), context.calibration_data(adapter),
                      lambda n, m: HessianCollector(), record, "statistics", False)
@@ -87,14 +89,15 @@ def main(argv: list[str] | None = None) -> None:
     stats = block_statistics(a.block, a.samples)
     print(f"{'layer':<28} {'setting':>7} " + " ".join(f"{m:>13}" for m in MASKS), flush=True)
     rows = []
-    for name, (w, h) in stats.items():
+    for name, (w, collector) in stats.items():
+        h = collector.hessian
         for setting in a.settings.split(","):
             nm = parse_pattern(setting) if ":" in setting else None
             sparsity = 1 - nm[0] / nm[1] if nm else float(setting)
             row = {"layer": name, "setting": setting, "seconds": {}}
             for method, mask in MASKS.items():
                 start = time.perf_counter()
-                keep = mask(w, h, sparsity, nm)
+                keep = mask(w, collector, sparsity, nm)
                 refit = refit_kept(w, keep, h) * keep
                 row["seconds"][method] = round(time.perf_counter() - start, 2)
                 row[method] = relative_error(w, refit, h)
