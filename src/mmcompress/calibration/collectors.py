@@ -105,7 +105,11 @@ class HessianCollector(InputStatsCollector):
 
 
 class FeatureNormCollector:
-    """Per-feature L2 norm over every input row seen, ‖X_j‖₂ (Wanda's activation term)."""
+    """Per-feature L2 norm over every input row seen, ‖X_j‖₂ (Wanda's activation term). It
+    holds no Gram matrix: `hessian` and `cross` are None, where `HessianCollector` has them."""
+
+    hessian: None = None
+    cross: None = None
 
     def __init__(self) -> None:
         self.sq_sum: torch.Tensor | None = None

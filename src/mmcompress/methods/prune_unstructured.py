@@ -415,8 +415,7 @@ def _prune_calibrated(adapter: Adapter, config: CalibratedPruneConfig, context: 
     def replace(name: str, module: nn.Module, stats: Any) -> nn.Module:
         original = target = weight_matrix(module)
         shift_bias = config.bias_correction and module.bias is not None
-        hessian, cross = stats.centred() if shift_bias else (getattr(stats, "hessian", None),
-                                                              getattr(stats, "cross", None))
+        hessian, cross = stats.centred() if shift_bias else (stats.hessian, stats.cross)
         if config.asymmetric:
             target = reference_fit(target, hessian, cross, config.damp).float()
         keep, weight = prune_layer(module, target, stats, hessian, sparsity[name])
