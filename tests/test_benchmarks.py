@@ -198,3 +198,32 @@ def test_layer_error_benchmark_masks_hit_the_setting_and_rank_by_the_objective()
         masked[name] = relative_error(w, w * keep, h)
         assert relative_error(w, refit_kept(w, keep, h) * keep, h) < masked[name], name
     assert masked["wanda"] < masked["wanda-noswap"]  # swaps lower the error of the bare mask
+
+
+def test_sts_folds_hold_out_every_pair_once_and_summarise_per_fold(monkeypatch, tmp_path) -> None:
+    import benchmarks.sts_heldout as heldout
+    from benchmarks.sts_folds import summary
+
+    (tmp_path / "stsb").mkdir()
+    lines = [f"g\tf\ty\t{i}\t{i % 5}\ta{i}\tb{i}" for i in range(1, 11)]
+    (tmp_path / "stsb" / "sts-train.csv").write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr(heldout, "DATA_ROOT", tmp_path)
+    held = []
+    for k in range(4):
+        calib, test = heldout.split(tmp_path / str(k), fold=k)
+        fold, rest = test.read_text().splitlines(), calib.read_text().splitlines()
+        assert not set(fold) & set(rest) and len(fold) + len(rest) == 10
+        held += fold
+    assert sorted(held) == sorted(lines)
+    with pytest.raises(ValueError, match="fold"):
+        heldout.split(tmp_path / "x", fold=4)
+
+    def run(losses: dict) -> dict:
+        return {"rows": [{"method": m, "setting": s, "loss": v} for (m, s), v in losses.items()]}
+
+    folds = [run({("wanda", "0.6"): 0.01, ("admm", "0.7"): 0.02}),
+             run({("wanda", "0.6"): 0.006, ("admm", "0.7"): 0.01, ("x", "0.6"): 0.0})]
+    rows = summary(folds)
+    assert [(r["method"], r["setting"]) for r in rows] == [("wanda", "0.6"), ("admm", "0.7")]
+    assert rows[0]["loss_mean"] == pytest.approx(0.008) and rows[0]["folds_within_limit"] == 1
+    assert rows[1]["loss_fold1"] == 0.01 and rows[1]["folds_within_limit"] == 2
