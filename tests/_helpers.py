@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from transformers import CLIPConfig
 
 from mmcompress.data import Dataset
@@ -51,3 +52,18 @@ def apply_smoothquant(adapter, **cfg) -> dict:
                                                                            batch_size=4),
                        progress=False)
     return METHODS[("quantize", "smoothquant")].apply(adapter, stage.config, ctx)
+
+
+def layer_inputs(outliers: bool = False) -> torch.Tensor:
+    """1,024 correlated input rows of 64 features with a mean (the first four scaled by 20
+    with `outliers`), fixed seed: a layer's calibration inputs for layer-wise tests."""
+    torch.manual_seed(0)
+    x = torch.randn(1024, 64) @ torch.randn(64, 64) * 0.3 + torch.randn(64)
+    if outliers:
+        x[:, :4] *= 20
+    return x
+
+
+def output_error(x: torch.Tensor, w: torch.Tensor, approx: torch.Tensor) -> float:
+    """Mean squared error of the layer's outputs on `x` with `approx` in place of `w`."""
+    return float(((x @ (approx - w).T) ** 2).mean())

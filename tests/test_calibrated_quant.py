@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from _helpers import layer_inputs, output_error
 from torch import nn
 
 import mmcompress
@@ -17,33 +18,21 @@ from mmcompress.quantization.grid import QuantGrid, dequantize, fake_quantize
 from mmcompress.recipe import CalibrationConfig, load_recipe
 
 
-def _inputs(outliers: bool = False) -> torch.Tensor:
-    torch.manual_seed(0)
-    x = torch.randn(1024, 64) @ torch.randn(64, 64) * 0.3 + torch.randn(64)
-    if outliers:
-        x[:, :4] *= 20
-    return x
-
-
-def _out_err(x, w, wq):
-    return float(((x @ (wq - w).T) ** 2).mean())
-
-
 @pytest.mark.parametrize("grid", [QuantGrid(4, 16), QuantGrid(3, None, False), QuantGrid(8)])
 @pytest.mark.parametrize("act_order", [False, True])
 def test_gptq_layer_error_below_rtn(grid, act_order):
-    x, w = _inputs(), torch.randn(32, 64)
+    x, w = layer_inputs(), torch.randn(32, 64)
     codes, scale, zero = gptq_quantize(w, 2 * x.T @ x / len(x), grid, act_order=act_order)
     assert codes.max() <= grid.qmax and scale.shape == (32, grid.groups(64))
-    gptq = _out_err(x, w, dequantize(codes, grid, scale, zero))
-    assert gptq < 0.7 * _out_err(x, w, fake_quantize(w, grid))
+    gptq = output_error(x, w, dequantize(codes, grid, scale, zero))
+    assert gptq < 0.7 * output_error(x, w, fake_quantize(w, grid))
 
 
 def test_awq_layer_error_below_rtn_with_outlier_channels():
-    x, w, grid = _inputs(outliers=True), torch.randn(32, 64), QuantGrid(4, 16)
+    x, w, grid = layer_inputs(outliers=True), torch.randn(32, 64), QuantGrid(4, 16)
     (codes, scale, zero), s = awq_quantize(w, x[:512], x.abs().mean(0), grid)
-    awq = _out_err(x, w, dequantize(codes, grid, scale, zero) / s)
-    assert awq < 0.6 * _out_err(x, w, fake_quantize(w, grid))
+    awq = output_error(x, w, dequantize(codes, grid, scale, zero) / s)
+    assert awq < 0.6 * output_error(x, w, fake_quantize(w, grid))
 
 
 def test_layer_groups_follow_blocks():

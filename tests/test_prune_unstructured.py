@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 import yaml
-from _helpers import FAST_EVAL, toy_image_data
+from _helpers import FAST_EVAL, layer_inputs, output_error, toy_image_data
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 from typer.testing import CliRunner
@@ -41,18 +41,6 @@ SPARSE = (SparseLinear, SparseConv2d, SparseEmbedding)
 PATTERNS = [None, (2, 4), (4, 8)]
 
 
-def _inputs(outliers: bool = False) -> torch.Tensor:
-    torch.manual_seed(0)
-    x = torch.randn(1024, 64) @ torch.randn(64, 64) * 0.3 + torch.randn(64)
-    if outliers:
-        x[:, :4] *= 20
-    return x
-
-
-def _out_err(x: torch.Tensor, w: torch.Tensor, wp: torch.Tensor) -> float:
-    return float(((x @ (wp - w).T) ** 2).mean())
-
-
 def _assert_nm(keep: torch.Tensor, nm: tuple[int, int]) -> None:
     n, m = nm
     assert (keep.reshape(keep.shape[0], -1, m).sum(-1) == n).all()
@@ -74,7 +62,7 @@ def _layer_masks(x, w, sparsity, nm):
 @pytest.mark.parametrize("nm", PATTERNS)
 @pytest.mark.parametrize("sparsity", [0.5, 0.3])
 def test_each_method_hits_sparsity_and_pattern_exactly(nm, sparsity):
-    x, w = _inputs(), torch.randn(24, 64)
+    x, w = layer_inputs(), torch.randn(24, 64)
     for name, (keep, pruned) in _layer_masks(x, w, sparsity, nm).items():
         if nm is None:  # 0.3·24·64 = 460.8 → 461 everywhere, also when chosen per row
             assert int((~keep).sum()) == round(sparsity * keep.numel()), name
@@ -90,7 +78,7 @@ def test_per_row_selection_spreads_the_remainder_over_rows():
 
 @pytest.mark.parametrize("sparsity", [0.6, 0.33])
 def test_sparsegpt_per_row_prunes_each_rows_share_and_stays_second_order(sparsity):
-    x, w = _inputs(), torch.randn(24, 64)
+    x, w = layer_inputs(), torch.randn(24, 64)
     h = 2 * x.T @ x / len(x)
     pruned, keep = sparsegpt_prune(w, h, sparsity, block_size=16, per_row=True)
     counts = (~keep).sum(1)
@@ -99,7 +87,7 @@ def test_sparsegpt_per_row_prunes_each_rows_share_and_stays_second_order(sparsit
     _, whole = sparsegpt_prune(w, h, sparsity, block_size=16)
     assert int((~whole).sum(1).max() - (~whole).sum(1).min()) > 1  # the paper's differ
     wanda = keep_mask(w.abs() * x.norm(dim=0), sparsity, per_row=True)
-    assert _out_err(x, w, pruned) < 0.9 * _out_err(x, w, w * wanda)
+    assert output_error(x, w, pruned) < 0.9 * output_error(x, w, w * wanda)
 
 
 def test_ties_cannot_change_the_count():
@@ -118,18 +106,18 @@ def test_global_magnitude_ranks_across_layers():
 
 
 def test_wanda_picks_differently_from_magnitude_with_outlier_channels():
-    x, w = _inputs(outliers=True), torch.randn(32, 64)
+    x, w = layer_inputs(outliers=True), torch.randn(32, 64)
     masks = _layer_masks(x, w, 0.5, None)
     mag, wanda = masks["magnitude"][0], masks["wanda"][0]
     assert (mag != wanda).float().mean() > 0.1
     assert wanda[:, :4].float().mean() > mag[:, :4].float().mean()  # outlier inputs stay
-    assert _out_err(x, w, masks["wanda"][1]) < 0.5 * _out_err(x, w, masks["magnitude"][1])
+    assert output_error(x, w, masks["wanda"][1]) < 0.5 * output_error(x, w, masks["magnitude"][1])
 
 
 @pytest.mark.parametrize("nm", PATTERNS)
 def test_sparsegpt_error_below_wanda_and_magnitude(nm):
-    x, w = _inputs(), torch.randn(32, 64)
-    err = {k: _out_err(x, w, p) for k, (_, p) in _layer_masks(x, w, 0.5, nm).items()}
+    x, w = layer_inputs(), torch.randn(32, 64)
+    err = {k: output_error(x, w, p) for k, (_, p) in _layer_masks(x, w, 0.5, nm).items()}
     assert err["sparsegpt"] < 0.9 * err["wanda"] and err["sparsegpt"] < 0.9 * err["magnitude"]
 
 
@@ -137,22 +125,22 @@ def test_sparsegpt_error_below_wanda_and_magnitude(nm):
 def test_admm_mask_fits_better_than_sparsegpts_after_both_refit(nm, sparsity):
     """ADMM's gradual mask (Boža 2024) beats SparseGPT's with the kept weights refitted exactly,
     and its own update already lands near that refit."""
-    x, w = _inputs(), torch.randn(48, 64)
+    x, w = layer_inputs(), torch.randn(48, 64)
     h = 2 * x.T @ x / len(x)
     masks = _layer_masks(x, w, sparsity, nm)
-    refit = {k: _out_err(x, w, refit_kept(w, masks[k][0], h)) for k in ("sparsegpt", "admm")}
+    refit = {k: output_error(x, w, refit_kept(w, masks[k][0], h)) for k in ("sparsegpt", "admm")}
     assert refit["admm"] < 0.95 * refit["sparsegpt"]
-    assert _out_err(x, w, masks["admm"][1]) < 1.1 * refit["admm"]
+    assert output_error(x, w, masks["admm"][1]) < 1.1 * refit["admm"]
 
 
 def test_admm_sparsity_rises_gradually():
     """One iteration is one projection at the target; more let weights leave a few at a time
     and end on a different, better mask."""
-    x, w = _inputs(), torch.randn(32, 64)
+    x, w = layer_inputs(), torch.randn(32, 64)
     h = 2 * x.T @ x / len(x)
     (_, once), (_, gradual) = (admm_prune(w, h, 0.7, iterations=n) for n in (1, 40))
     assert (once != gradual).float().mean() > 0.05
-    errors = [_out_err(x, w, refit_kept(w, k, h)) for k in (once, gradual)]
+    errors = [output_error(x, w, refit_kept(w, k, h)) for k in (once, gradual)]
     assert errors[1] < 0.9 * errors[0]
 
 
@@ -166,7 +154,7 @@ def _row_errors(w: torch.Tensor, keep: torch.Tensor, h: torch.Tensor) -> torch.T
 
 @pytest.mark.parametrize("nm", PATTERNS)
 def test_swaps_lower_every_rows_error_and_keep_count_and_pattern(nm):
-    x, w = _inputs(), torch.randn(24, 64)
+    x, w = layer_inputs(), torch.randn(24, 64)
     h = 2 * x.T @ x / len(x)
     keep = keep_mask(w.abs() * x.norm(dim=0), 0.6, nm, per_row=True)
     refined, rounds = refine_by_swaps(w, keep, h, nm)
@@ -181,7 +169,7 @@ def test_swaps_lower_every_rows_error_and_keep_count_and_pattern(nm):
 
 def test_swaps_stop_where_no_single_swap_helps():
     """With every weight a candidate, the refined mask is optimal under any one swap."""
-    x, w = _inputs()[:, :12], torch.randn(6, 12)
+    x, w = layer_inputs()[:, :12], torch.randn(6, 12)
     h = 2 * x.T @ x / len(x)
     refined, _ = refine_by_swaps(w, keep_mask(w.abs(), 0.5, per_row=True), h, rounds=1000,
                                  candidates=12)
@@ -306,7 +294,7 @@ def test_sparse_embedding_values_train_except_the_padding_row():
 
 @pytest.mark.parametrize("nm", PATTERNS)
 def test_refit_is_each_rows_least_squares_fit_and_beats_sparsegpt(nm):
-    x, w = _inputs(), torch.randn(16, 64)
+    x, w = layer_inputs(), torch.randn(16, 64)
     h = 2 * x.T @ x / len(x)
     masks = _layer_masks(x, w, 0.6, nm)
     keep = masks["wanda"][0].clone()
@@ -320,13 +308,13 @@ def test_refit_is_each_rows_least_squares_fit_and_beats_sparsegpt(nm):
         torch.testing.assert_close(refit[r, cols].double(), best.squeeze(1), rtol=1e-4,
                                    atol=1e-4)
     sgpt_keep, sgpt_w = masks["sparsegpt"]
-    assert _out_err(x, w, refit_kept(w, sgpt_keep, h)) < _out_err(x, w, sgpt_w)
+    assert output_error(x, w, refit_kept(w, sgpt_keep, h)) < output_error(x, w, sgpt_w)
 
 
 def test_refit_to_the_reference_fit_is_the_least_squares_fit_to_unpruned_outputs():
     """Asymmetric refit: masking and refitting `reference_fit`'s map M gives, per row, the
     least-squares fit of the unpruned outputs x_ref·w from the pruned model's inputs x."""
-    x_ref = _inputs()  # what the unpruned model feeds the layer; x, what the pruned one does
+    x_ref = layer_inputs()  # what the unpruned model feeds the layer; x, what the pruned one does
     x = x_ref * torch.linspace(0.6, 1.4, 64) + 0.05 * torch.randn_like(x_ref)
     w = torch.randn(16, 64)
     h, cross = 2 * x.T @ x / len(x), 2 * x_ref.T @ x / len(x)
@@ -412,7 +400,7 @@ def test_sparsegpt_fitted_to_reference_outputs_undoes_input_error(nm):
     reference outputs lands closer to them than SparseGPT on W."""
     from mmcompress.calibration.reference import reference_fit
 
-    x_ref, w = _inputs(), torch.randn(32, 64)
+    x_ref, w = layer_inputs(), torch.randn(32, 64)
     x = x_ref + 0.5 * torch.randn_like(x_ref) @ torch.randn(64, 64) * 0.2
     h, cross = 2 * x.T @ x / len(x), 2 * x_ref.T @ x / len(x)
     err = {}
