@@ -61,8 +61,11 @@ SECTIONS = [
      " recipe; the rows with `embeddings_pruned` prune the embedding tables as well."
      " `pruned_layers_ratio` counts the pruned layers' saved tensors only."),
     ("Structured pruning", "prune_structured.json",
-     "python -m benchmarks.prune_structured benchmarks/results/prune_structured.json --quick",
-     "Latency of removed heads and neurons (random CLIP ViT-B/32, MiniLM) and global"
+     "python -m benchmarks.prune_structured benchmarks/results/prune_structured.json --quick"
+     " (sections added later with --update --sections NAME)",
+     "Latency of removed heads and neurons (random CLIP ViT-B/32, MiniLM), CIFAR ResNet-56"
+     " with its blocks' inner channels removed (top-1 one shot and with the BatchNorm"
+     " correction, latency; section `resnet56`, session 15), and global"
      " (UPop-style) vs per-tower ratios at equal parameters (demo, lit-cifar, the three fusion"
      " classifiers, MiniLM); see [prune_structured.md](prune_structured.md). The allocation"
      " sections were rerun with `--update --sections ...` (each section records its"

@@ -1,12 +1,16 @@
 """Structured pruning: latency, quality, and global vs per-tower allocation.
 
 ``python -m benchmarks.prune_structured OUT.json [--quick] [--update]
-[--sections clip,minilm,demo,lit-cifar,fusion-early,fusion-late,fusion-hybrid,minilm-allocation]``
+[--sections clip,minilm,resnet56,demo,lit-cifar,fusion-early,fusion-late,fusion-hybrid,
+minilm-allocation]``
 
 - clip: ``random:clip-vit-base-patch32``, each tower dense vs 50% of MLP neurons + 50% of
   attention heads removed (batch 8, text 32 tokens), timed interleaved in the same run.
 - minilm: 50% of MLP neurons removed (each importance), STS-B dev Spearman and text latency;
   calibration on STS-B *train* sentences, evaluation on dev.
+- resnet56: the CIFAR ResNet-56 with 25% and 50% of every residual block's inner channels
+  removed (each importance), top-1 on lit-cifar-eval one shot and with the BatchNorm
+  correction, calibration on lit-cifar-train; latency dense vs pruned (batch 64).
 - demo / lit-cifar / fusion-early / fusion-late / fusion-hybrid: ``scope: global`` vs
   ``scope: tower`` at the same parameter budget, zero-shot top-1 (fusion: top-1 as given) and
   fidelity; calibration on the training split, evaluation held out.
@@ -183,6 +187,63 @@ def minilm(repeats: int, samples: int) -> dict[str, Any]:
     return out
 
 
+#: CIFAR images are 32×32: at batch 8 a ResNet-56 call is mostly per-layer overhead
+RESNET_BATCH = 64
+
+
+def _batchnorm_corrected(model, dense, data: Dataset, samples: int) -> None:
+    """Refit `model`'s BatchNorm statistics against `dense` (the `batchnorm` stage)."""
+    stage = load_recipe({"stages": [{"finetune": {"method": "batchnorm"}}]}).stages[0]
+    ctx = StageContext(data=data, calibration=CalibrationConfig(samples=samples, batch_size=16),
+                       progress=False, extra={"original": dense})
+    run_stage(model, stage, ctx)
+
+
+def resnet56(repeats: int, samples: int) -> dict[str, Any]:
+    """CIFAR ResNet-56: a share of every residual block's inner channels removed (conv1's
+    outputs with bn1, conv2's inputs; the residual channels stay), top-1 on lit-cifar-eval one
+    shot and with BatchNorm statistics corrected, and latency dense vs pruned."""
+    from mmcompress.data.cifar import lit_cifar_split
+
+    dense = load_model("resnet56", progress=False)
+    calib, test = lit_cifar_split()
+    ref = quality(dense, test)
+    base, params = ref.metrics["top1"], count_params(dense.model)
+    out: dict[str, Any] = {"dense": {"top1": base, "params": params},
+                           "evaluation": f"{test.name} ({len(test)} images)",
+                           "calibration": calib.name, "runs": [], "latency": {}}
+    rows = [["dense", "-", round(base, 4), "-", f"{params:,}"]]
+    timed = {}
+    for fraction in FRACTIONS:
+        for importance in ("magnitude", "activation", "taylor"):
+            model = copy.deepcopy(dense)
+            summary = prune(model, calib, samples, importance=importance, channels=fraction)
+            one_shot = quality(model, test).metrics["top1"]
+            _batchnorm_corrected(model, dense, calib, samples)
+            corrected = quality(model, test).metrics["top1"]
+            out["runs"].append({"channels": fraction, "importance": importance,
+                                "top1": one_shot, "top1_batchnorm": corrected,
+                                "params": count_params(model.model), "summary": summary})
+            rows.append([f"channels {fraction}", importance, round(one_shot, 4),
+                         round(corrected, 4), f"{count_params(model.model):,}"])
+            timed.setdefault(fraction, model)  # every importance gives the same shapes
+    _table(f"CIFAR ResNet-56, inner block channels removed (eval {test.name}, {len(test)} "
+           f"images; calibration {calib.name})",
+           ["removed", "importance", "top1", "top1 + batchnorm", "params"], rows)
+    runs = {"dense": dense.latency_inputs(RESNET_BATCH)["image"]}
+    runs |= {f"channels {f}": m.latency_inputs(RESNET_BATCH)["image"] for f, m in timed.items()}
+    rows = []
+    for threads in THREAD_COUNTS:
+        ms = _timed(runs, repeats, threads)
+        speedups = {k: round(ms["dense"] / v, 3) for k, v in ms.items() if k != "dense"}
+        out["latency"][str(threads)] = {"latency_ms": ms, "speedup": speedups}
+        rows += [[threads, k, f"{ms['dense']:.1f}", f"{ms[k]:.1f}", f"{v:.2f}x"]
+                 for k, v in speedups.items()]
+    _table(f"CIFAR ResNet-56 latency (batch {RESNET_BATCH}, 32×32 images)",
+           ["threads", "removed", "dense ms", "pruned ms", "speedup"], rows)
+    return out
+
+
 def _demo_data() -> tuple[Dataset, Dataset]:
     from mmcompress.data.demo import demo_dataset, digits_split
 
@@ -307,7 +368,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("out", type=Path, help="JSON file to write")
     p.add_argument("--quick", action="store_true", help="fewer repeats and samples")
-    p.add_argument("--sections", default=",".join(["clip", "minilm", *SETTINGS]))
+    p.add_argument("--sections", default=",".join(["clip", "minilm", "resnet56", *SETTINGS]))
     p.add_argument("--update", action="store_true",
                    help="replace only the sections run in an existing OUT, keeping the others")
     args = p.parse_args(argv)
@@ -336,6 +397,8 @@ def main(argv: list[str] | None = None) -> None:
                 results[section] = clip_latency(repeats)
             elif section == "minilm":
                 results[section] = minilm(repeats, samples)
+            elif section == "resnet56":
+                results[section] = resnet56(repeats, samples)
             elif section in SETTINGS:
                 results[section] = allocation(section, samples, 300 if args.quick else None)
             else:
