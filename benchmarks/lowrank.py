@@ -221,7 +221,7 @@ def clip(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _recover(adapter, stage: dict, calib: Dataset, test: Dataset) -> dict[str, Any]:
+def recover(adapter, stage: dict, calib: Dataset, test: Dataset) -> dict[str, Any]:
     """Train `adapter` in place with the `finetune` stage; top-1 on `test` after it."""
     (trained,), seconds = apply_recipe(adapter, [stage], calib)
     return {"top1_finetuned": round(quality(adapter, test).metrics["top1"], 4),
@@ -247,7 +247,7 @@ def resnet(args: argparse.Namespace) -> dict[str, Any]:
                                   "epochs": args.finetune_epochs, "lr": args.finetune_lr,
                                   "batch_size": 64, "augment": True})
         if args.finetune_dense:  # the same recovery recipe on the dense model: its own gain
-            dense.update(_recover(copy.deepcopy(base), finetune, calib, test))
+            dense.update(recover(copy.deepcopy(base), finetune, calib, test))
             print({"dense": dense}, flush=True)
     rows = []
     for config in args.resnet_configs.split(","):
@@ -267,7 +267,7 @@ def resnet(args: argparse.Namespace) -> dict[str, Any]:
         name = f"{method} {allocation}" + (" + batchnorm" if args.batchnorm else "")
         rows.append(_row(name, summary, metrics, dense, "top1", seconds))
         if finetune is not None:
-            rows[-1].update(_recover(adapter, finetune, calib, test))
+            rows[-1].update(recover(adapter, finetune, calib, test))
             rows[-1]["top1_finetuned_drop"] = round(dense["top1"] - rows[-1]["top1_finetuned"], 4)
         print(rows[-1], flush=True)
     out = {

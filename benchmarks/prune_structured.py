@@ -10,7 +10,8 @@ minilm-allocation]``
   calibration on STS-B *train* sentences, evaluation on dev.
 - resnet56: the CIFAR ResNet-56 with 25% and 50% of every residual block's inner channels
   removed (each importance), top-1 on lit-cifar-eval one shot and with the BatchNorm
-  correction, calibration on lit-cifar-train; latency dense vs pruned (batch 64).
+  correction, calibration on lit-cifar-train; latency dense vs pruned (batch 64). With
+  ``--finetune-epochs N``, the corrected magnitude models are fine-tuned N epochs too.
 - demo / lit-cifar / fusion-early / fusion-late / fusion-hybrid: ``scope: global`` vs
   ``scope: tower`` at the same parameter budget, zero-shot top-1 (fusion: top-1 as given) and
   fidelity; calibration on the training split, evaluation held out.
@@ -199,11 +200,16 @@ def _batchnorm_corrected(model, dense, data: Dataset, samples: int) -> None:
     run_stage(model, stage, ctx)
 
 
-def resnet56(repeats: int, samples: int) -> dict[str, Any]:
+def resnet56(repeats: int, samples: int, finetune_epochs: int = 0) -> dict[str, Any]:
     """CIFAR ResNet-56: a share of every residual block's inner channels removed (conv1's
     outputs with bn1, conv2's inputs; the residual channels stay), top-1 on lit-cifar-eval one
-    shot and with BatchNorm statistics corrected, and latency dense vs pruned."""
+    shot and with BatchNorm statistics corrected, and latency dense vs pruned. With
+    `finetune_epochs`, the corrected magnitude-scored models are then fine-tuned on
+    lit-cifar-train (the recovery recipe of ``benchmarks.lowrank --finetune-epochs``)."""
     from mmcompress.data.cifar import lit_cifar_split
+
+    from .lowrank import recover
+    from .training import stage_recipe
 
     dense = load_model("resnet56", progress=False)
     calib, test = lit_cifar_split()
@@ -227,9 +233,19 @@ def resnet56(repeats: int, samples: int) -> dict[str, Any]:
             rows.append([f"channels {fraction}", importance, round(one_shot, 4),
                          round(corrected, 4), f"{count_params(model.model):,}"])
             timed.setdefault(fraction, model)  # every importance gives the same shapes
+            if finetune_epochs and importance == "magnitude":
+                tuned = copy.deepcopy(model)
+                out["runs"][-1].update(recover(tuned, stage_recipe(
+                    {"stage": ("finetune", {"method": "task", "evaluate": False}),
+                     "epochs": finetune_epochs, "lr": 1e-3, "batch_size": 64,
+                     "augment": True}), calib, test))
+                rows[-1].append(out["runs"][-1]["top1_finetuned"])
+                del tuned
     _table(f"CIFAR ResNet-56, inner block channels removed (eval {test.name}, {len(test)} "
            f"images; calibration {calib.name})",
-           ["removed", "importance", "top1", "top1 + batchnorm", "params"], rows)
+           ["removed", "importance", "top1", "top1 + batchnorm", "params"]
+           + ([f"+ {finetune_epochs} epochs"] if finetune_epochs else []), rows)
+    out["finetune_epochs"] = finetune_epochs
     runs = {"dense": dense.latency_inputs(RESNET_BATCH)["image"]}
     runs |= {f"channels {f}": m.latency_inputs(RESNET_BATCH)["image"] for f, m in timed.items()}
     rows = []
@@ -369,6 +385,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("out", type=Path, help="JSON file to write")
     p.add_argument("--quick", action="store_true", help="fewer repeats and samples")
     p.add_argument("--sections", default=",".join(["clip", "minilm", "resnet56", *SETTINGS]))
+    p.add_argument("--finetune-epochs", type=int, default=0,
+                   help="resnet56: also fine-tune the corrected magnitude models this many "
+                   "epochs on lit-cifar-train")
     p.add_argument("--update", action="store_true",
                    help="replace only the sections run in an existing OUT, keeping the others")
     args = p.parse_args(argv)
@@ -398,7 +417,7 @@ def main(argv: list[str] | None = None) -> None:
             elif section == "minilm":
                 results[section] = minilm(repeats, samples)
             elif section == "resnet56":
-                results[section] = resnet56(repeats, samples)
+                results[section] = resnet56(repeats, samples, args.finetune_epochs)
             elif section in SETTINGS:
                 results[section] = allocation(section, samples, 300 if args.quick else None)
             else:
