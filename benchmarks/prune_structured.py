@@ -9,9 +9,10 @@ minilm-allocation]``
 - minilm: 50% of MLP neurons removed (each importance), STS-B dev Spearman and text latency;
   calibration on STS-B *train* sentences, evaluation on dev.
 - resnet56: the CIFAR ResNet-56 with 25% and 50% of every residual block's inner channels
-  removed (each importance), top-1 on lit-cifar-eval one shot and with the BatchNorm
-  correction, calibration on lit-cifar-train; latency dense vs pruned (batch 64). With
-  ``--finetune-epochs N``, the corrected magnitude models are fine-tuned N epochs too.
+  removed (each importance; and as many parameters by one global Taylor ranking), top-1 on
+  lit-cifar-eval one shot and with the BatchNorm correction, calibration on lit-cifar-train;
+  latency dense vs pruned (batch 64). With ``--finetune-epochs N``, the corrected magnitude
+  and global models are fine-tuned N epochs.
 - demo / lit-cifar / fusion-early / fusion-late / fusion-hybrid: ``scope: global`` vs
   ``scope: tower`` at the same parameter budget, zero-shot top-1 (fusion: top-1 as given) and
   fidelity; calibration on the training split, evaluation held out.
@@ -204,8 +205,9 @@ def resnet56(repeats: int, samples: int, finetune_epochs: int = 0) -> dict[str, 
     """CIFAR ResNet-56: a share of every residual block's inner channels removed (conv1's
     outputs with bn1, conv2's inputs; the residual channels stay), top-1 on lit-cifar-eval one
     shot and with BatchNorm statistics corrected, and latency dense vs pruned. With
-    `finetune_epochs`, the corrected magnitude-scored models are then fine-tuned on
-    lit-cifar-train (the recovery recipe of ``benchmarks.lowrank --finetune-epochs``)."""
+    `finetune_epochs`, the corrected models of magnitude scores per layer and of one global
+    Taylor ranking are then fine-tuned on lit-cifar-train (the recovery recipe of
+    ``benchmarks.lowrank --finetune-epochs``)."""
     from mmcompress.data.cifar import lit_cifar_split
 
     from .lowrank import recover
@@ -220,20 +222,25 @@ def resnet56(repeats: int, samples: int, finetune_epochs: int = 0) -> dict[str, 
                            "calibration": calib.name, "runs": [], "latency": {}}
     rows = [["dense", "-", round(base, 4), "-", f"{params:,}"]]
     timed = {}
+    variants = [(imp, "tower") for imp in ("magnitude", "activation", "taylor")]
+    variants.append(("taylor", "global"))  # widths per layer from one ranking, same budget
     for fraction in FRACTIONS:
-        for importance in ("magnitude", "activation", "taylor"):
+        for importance, scope in variants:
             model = copy.deepcopy(dense)
-            summary = prune(model, calib, samples, importance=importance, channels=fraction)
+            summary = prune(model, calib, samples, importance=importance, scope=scope,
+                            channels=fraction)
             one_shot = quality(model, test).metrics["top1"]
             _batchnorm_corrected(model, dense, calib, samples)
             corrected = quality(model, test).metrics["top1"]
-            out["runs"].append({"channels": fraction, "importance": importance,
+            out["runs"].append({"channels": fraction, "importance": importance, "scope": scope,
                                 "top1": one_shot, "top1_batchnorm": corrected,
                                 "params": count_params(model.model), "summary": summary})
-            rows.append([f"channels {fraction}", importance, round(one_shot, 4),
+            rows.append([f"channels {fraction}", f"{importance}, {scope}", round(one_shot, 4),
                          round(corrected, 4), f"{count_params(model.model):,}"])
-            timed.setdefault(fraction, model)  # every importance gives the same shapes
-            if finetune_epochs and importance == "magnitude":
+            # per tower, every importance gives the same shapes: one model is timed
+            timed.setdefault(f"channels {fraction}" + (" global" if scope == "global" else ""),
+                             model)
+            if finetune_epochs and (importance, scope) in (variants[0], variants[-1]):
                 tuned = copy.deepcopy(model)
                 out["runs"][-1].update(recover(tuned, stage_recipe(
                     {"stage": ("finetune", {"method": "task", "evaluate": False}),
@@ -243,11 +250,11 @@ def resnet56(repeats: int, samples: int, finetune_epochs: int = 0) -> dict[str, 
                 del tuned
     _table(f"CIFAR ResNet-56, inner block channels removed (eval {test.name}, {len(test)} "
            f"images; calibration {calib.name})",
-           ["removed", "importance", "top1", "top1 + batchnorm", "params"]
+           ["removed", "importance, scope", "top1", "top1 + batchnorm", "params"]
            + ([f"+ {finetune_epochs} epochs"] if finetune_epochs else []), rows)
     out["finetune_epochs"] = finetune_epochs
     runs = {"dense": dense.latency_inputs(RESNET_BATCH)["image"]}
-    runs |= {f"channels {f}": m.latency_inputs(RESNET_BATCH)["image"] for f, m in timed.items()}
+    runs |= {name: m.latency_inputs(RESNET_BATCH)["image"] for name, m in timed.items()}
     rows = []
     for threads in THREAD_COUNTS:
         ms = _timed(runs, repeats, threads)
@@ -386,8 +393,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="fewer repeats and samples")
     p.add_argument("--sections", default=",".join(["clip", "minilm", "resnet56", *SETTINGS]))
     p.add_argument("--finetune-epochs", type=int, default=0,
-                   help="resnet56: also fine-tune the corrected magnitude models this many "
-                   "epochs on lit-cifar-train")
+                   help="resnet56: also fine-tune the corrected magnitude and global models "
+                   "this many epochs on lit-cifar-train")
     p.add_argument("--update", action="store_true",
                    help="replace only the sections run in an existing OUT, keeping the others")
     args = p.parse_args(argv)
