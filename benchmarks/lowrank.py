@@ -221,6 +221,17 @@ def clip(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def recovery_stage(epochs: int, lr: float = 1e-3, max_examples: int | None = None
+                   ) -> dict[str, Any]:
+    """The ResNet recovery `finetune` stage: task loss, crops and flips, AdamW at `lr` with
+    10% warm-up, batch 64, on the first `max_examples` training images (all when None)."""
+    from .training import stage_recipe
+
+    return stage_recipe({"stage": ("finetune", {"method": "task", "evaluate": False,
+                                                 "max_examples": max_examples}),
+                         "epochs": epochs, "lr": lr, "batch_size": 64, "augment": True})
+
+
 def recover(adapter, stage: dict, calib: Dataset, test: Dataset) -> dict[str, Any]:
     """Train `adapter` in place with the `finetune` stage; top-1 on `test` after it."""
     (trained,), seconds = apply_recipe(adapter, [stage], calib)
@@ -240,12 +251,7 @@ def resnet(args: argparse.Namespace) -> dict[str, Any]:
     calibration = {"samples": args.calib_samples, "batch_size": 64}
     finetune = None
     if args.finetune_epochs:
-        from .training import stage_recipe
-
-        finetune = stage_recipe({"stage": ("finetune", {"method": "task", "evaluate": False,
-                                                         "max_examples": args.finetune_images}),
-                                  "epochs": args.finetune_epochs, "lr": args.finetune_lr,
-                                  "batch_size": 64, "augment": True})
+        finetune = recovery_stage(args.finetune_epochs, args.finetune_lr, args.finetune_images)
         if args.finetune_dense:  # the same recovery recipe on the dense model: its own gain
             dense.update(recover(copy.deepcopy(base), finetune, calib, test))
             print({"dense": dense}, flush=True)

@@ -193,14 +193,6 @@ def minilm(repeats: int, samples: int) -> dict[str, Any]:
 RESNET_BATCH = 64
 
 
-def _batchnorm_corrected(model, dense, data: Dataset, samples: int) -> None:
-    """Refit `model`'s BatchNorm statistics against `dense` (the `batchnorm` stage)."""
-    stage = load_recipe({"stages": [{"finetune": {"method": "batchnorm"}}]}).stages[0]
-    ctx = StageContext(data=data, calibration=CalibrationConfig(samples=samples, batch_size=16),
-                       progress=False, extra={"original": dense})
-    run_stage(model, stage, ctx)
-
-
 def resnet56(repeats: int, samples: int, finetune_epochs: int = 0) -> dict[str, Any]:
     """CIFAR ResNet-56: a share of every residual block's inner channels removed (conv1's
     outputs with bn1, conv2's inputs; the residual channels stay), top-1 on lit-cifar-eval one
@@ -210,8 +202,7 @@ def resnet56(repeats: int, samples: int, finetune_epochs: int = 0) -> dict[str, 
     ``benchmarks.lowrank --finetune-epochs``)."""
     from mmcompress.data.cifar import lit_cifar_split
 
-    from .lowrank import recover
-    from .training import stage_recipe
+    from .lowrank import apply_recipe, recover, recovery_stage
 
     dense = load_model("resnet56", progress=False)
     calib, test = lit_cifar_split()
@@ -230,7 +221,8 @@ def resnet56(repeats: int, samples: int, finetune_epochs: int = 0) -> dict[str, 
             summary = prune(model, calib, samples, importance=importance, scope=scope,
                             channels=fraction)
             one_shot = quality(model, test).metrics["top1"]
-            _batchnorm_corrected(model, dense, calib, samples)
+            apply_recipe(model, [{"finetune": {"method": "batchnorm"}}], calib,
+                         {"samples": samples, "batch_size": 16}, original=dense)
             corrected = quality(model, test).metrics["top1"]
             out["runs"].append({"channels": fraction, "importance": importance, "scope": scope,
                                 "top1": one_shot, "top1_batchnorm": corrected,
@@ -241,13 +233,9 @@ def resnet56(repeats: int, samples: int, finetune_epochs: int = 0) -> dict[str, 
             timed.setdefault(f"channels {fraction}" + (" global" if scope == "global" else ""),
                              model)
             if finetune_epochs and (importance, scope) in (variants[0], variants[-1]):
-                tuned = copy.deepcopy(model)
-                out["runs"][-1].update(recover(tuned, stage_recipe(
-                    {"stage": ("finetune", {"method": "task", "evaluate": False}),
-                     "epochs": finetune_epochs, "lr": 1e-3, "batch_size": 64,
-                     "augment": True}), calib, test))
+                out["runs"][-1].update(recover(copy.deepcopy(model),
+                                               recovery_stage(finetune_epochs), calib, test))
                 rows[-1].append(out["runs"][-1]["top1_finetuned"])
-                del tuned
     _table(f"CIFAR ResNet-56, inner block channels removed (eval {test.name}, {len(test)} "
            f"images; calibration {calib.name})",
            ["removed", "importance, scope", "top1", "top1 + batchnorm", "params"]
