@@ -99,3 +99,20 @@ def test_hessian_collector_gives_the_feature_norms_wanda_uses():
         hessian.add(x)
         norms.add(x)
     torch.testing.assert_close(hessian.norm, norms.norm)
+
+
+def test_inverse_hessian_factor_inverts_the_damped_hessian_and_names_its_caller():
+    import pytest
+
+    from mmcompress.calibration.hessian import damped, inverse_hessian_factor, without_dead_inputs
+    from mmcompress.errors import UserError
+
+    x = torch.randn(64, 8)
+    x[:, 2] = 0  # an input calibration never saw
+    w, h = without_dead_inputs(torch.randn(4, 8), 2 * x.T @ x / 64)
+    assert h[2, 2] == 1 and (w[:, 2] == 0).all() and (h[2, :2] == 0).all()
+    u = inverse_hessian_factor(h, 0.01, "SparseGPT")
+    assert torch.allclose(u.T @ u @ damped(h, 0.01, torch.float32), torch.eye(8), atol=1e-4)
+    assert torch.equal(torch.triu(u), u)
+    with pytest.raises(UserError, match="^SparseGPT: the layer's Hessian is not positive"):
+        inverse_hessian_factor(-torch.eye(8), 0.01, "SparseGPT")

@@ -9,12 +9,7 @@ from __future__ import annotations
 
 import torch
 
-
-def damped(hessian: torch.Tensor, damp: float) -> torch.Tensor:
-    """H + damp · mean(diag H) · I (float64)."""
-    h = hessian.double()
-    mean_diag = h.diagonal().mean().clamp(min=1e-12)
-    return h + damp * mean_diag * torch.eye(len(h), dtype=h.dtype)
+from .hessian import damped
 
 
 def reference_fit(weight: torch.Tensor, hessian: torch.Tensor, cross: torch.Tensor | None,

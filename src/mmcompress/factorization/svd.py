@@ -24,7 +24,7 @@ from typing import Literal
 
 import torch
 
-from ..calibration.reference import damped
+from ..calibration.hessian import damped
 
 Scaling = Literal["none", "cholesky", "asvd"]
 

@@ -6,20 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import UserError
+from ..calibration.hessian import inverse_hessian_factor, without_dead_inputs
 from .grid import QuantGrid, compute_scales
-
-
-def _inverse_hessian_factor(h: torch.Tensor, damp: float) -> torch.Tensor:
-    """Upper Cholesky factor of H⁻¹ after damping by `damp`·mean(diag H)."""
-    h = h.clone()
-    h.diagonal().add_(damp * h.diagonal().mean())
-    try:
-        inv = torch.cholesky_inverse(torch.linalg.cholesky(h))
-        return torch.linalg.cholesky(inv, upper=True)
-    except RuntimeError:
-        raise UserError("GPTQ: the layer's Hessian is not positive definite even after "
-                        f"damping {damp}; raise 'damp' or use more calibration samples") from None
 
 
 @torch.no_grad()
@@ -38,18 +26,14 @@ def gptq_quantize(
     does); with `act_order` (columns by decreasing Hessian diagonal) all group scales are fixed
     up front ("static groups") so that groups stay contiguous in storage.
     """
-    w = weight.detach().float().clone()
+    w, h = without_dead_inputs(weight, hessian)
     rows, cols = w.shape
-    h = hessian.float().clone()
-    dead = h.diagonal() == 0
-    h[dead, dead] = 1
-    w[:, dead] = 0
     width = grid.width(cols)
     scale, zero = compute_scales(w, grid)  # final for per-channel and static groups
     zero_f = zero.float() if zero is not None else torch.full_like(scale, grid.midpoint)
     perm = torch.argsort(h.diagonal(), descending=True) if act_order else torch.arange(cols)
     w, h = w[:, perm], h[perm][:, perm]
-    hinv = _inverse_hessian_factor(h, damp)
+    hinv = inverse_hessian_factor(h, damp, "GPTQ")
     codes = torch.zeros(rows, cols, dtype=torch.uint8)
     dynamic_groups = grid.group_size is not None and not act_order
     for b0 in range(0, cols, block_size):

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..calibration.reference import damped
+from ..calibration.hessian import damped
 from .masks import keep_mask
 
 RAMP = 0.75  # share of the iterations over which the sparsity rises to its target

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..calibration.reference import damped
+from ..calibration.hessian import damped
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..quantization.gptq import _inverse_hessian_factor
+from ..calibration.hessian import inverse_hessian_factor, without_dead_inputs
 from .masks import NM, drop_lowest, drop_lowest_per_row, nm_keep_mask, pruned_count, row_counts
 
 
@@ -33,13 +33,9 @@ def sparsegpt_prune(
     prunes its share of the total (counts differ by at most one) spread evenly over its blocks
     (Wanda's per-output comparison).
     """
-    w = weight.detach().float().clone()
+    w, h = without_dead_inputs(weight, hessian)  # always-zero inputs: their weights go first
     rows, cols = w.shape
-    h = hessian.float().clone()
-    dead = h.diagonal() == 0  # inputs that are always zero: their weights go first
-    h[dead, dead] = 1
-    w[:, dead] = 0
-    hinv = _inverse_hessian_factor(h, damp)
+    hinv = inverse_hessian_factor(h, damp, "SparseGPT")
     if nm is not None:  # groups of M columns must not straddle two blocks
         block_size = max(nm[1], block_size // nm[1] * nm[1])
     keep = torch.ones(rows, cols, dtype=torch.bool)
