@@ -38,15 +38,14 @@ from mmcompress.evaluation.config import METRICS, EvaluateConfig
 from mmcompress.evaluation.evaluate import evaluate_adapter, saved_size_bytes
 from mmcompress.evaluation.multimodal import complete_examples
 from mmcompress.inspect_model import sensitivity
-from mmcompress.methods import StageContext, run_stages
 from mmcompress.model_specs import load_model
 from mmcompress.models.fusion import FUSIONS as KINDS
 from mmcompress.models.fusion import MODALITIES
 from mmcompress.quantization.grid import QuantGrid
-from mmcompress.recipe import load_recipe
 
 from . import fusion_page
 from .results_file import load, store
+from .stages import apply_stages
 from .stats import paired_bootstrap
 
 RECIPES: dict[str, list[dict]] = {
@@ -86,13 +85,8 @@ def compressed(adapter, stages: list[dict], calib,
     """A copy of `adapter` with `stages` applied (as `mmcompress.compress` runs them; a
     `distill` stage learns from `teacher`, by default `adapter` as given)."""
     out = copy.deepcopy(adapter)
-    recipe = load_recipe({"stages": stages, "calibration": CALIBRATION})
-    ctx = StageContext(data=calib, calibration=recipe.calibration, progress=False)
-    if teacher is not None:
-        ctx.extra["original"] = teacher
-    start = time.perf_counter()
-    summaries = run_stages(out, recipe.stages, ctx)
-    return out, summaries, time.perf_counter() - start
+    summaries, seconds = apply_stages(out, stages, calib, CALIBRATION, original=teacher)
+    return out, summaries, seconds
 
 
 def no_larger(size: int, fp32_bytes: int, ratio: float,

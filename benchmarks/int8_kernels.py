@@ -1,7 +1,7 @@
 """Integer kernels on this CPU: per-layer W8A8 candidates and whole CLIP towers vs fp32.
 
 ``python -m benchmarks.int8_kernels OUT.json [--threads 2] [--repeats 30] [--ort]
-[--omp-wait-policy passive|default] [--skip-layers] [--skip-towers]``
+[--omp-wait-policy passive|default] [--skip-layers] [--skip-towers] [--signed]``
 
 Layers: CLIP ViT-B/32 linear shapes (vision 8×50 tokens, text 8×32 tokens). Every
 candidate runs interleaved with fp32 ``F.linear`` (one call of each per round), and the
@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmcompress.modules import W8A8Linear
-from mmcompress.modules.int8 import quantize_activation
+from mmcompress.modules.int8 import U8_ZERO, quantize_activation
 
 from .results_file import store
 
@@ -95,8 +95,11 @@ def _packed(weight_q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, eng
         torch.backends.quantized.engine = prev
 
 
-def layer_candidates(x: torch.Tensor, lin: nn.Linear) -> dict[str, Callable[[], Any]]:
-    """Every int8 path that runs this layer on this CPU (absent ones are skipped)."""
+def layer_candidates(x: torch.Tensor, lin: nn.Linear,
+                     signed: bool = False) -> dict[str, Callable[[], Any]]:
+    """Every int8 path that runs this layer on this CPU (absent ones are skipped); with
+    `signed`, also oneDNN's GEMM given signed activation codes (see `U8_ZERO`: slow without
+    AMX, seconds per call)."""
     w, b = lin.weight.detach(), lin.bias.detach()
     act_scale = float(x.abs().max()) / 127
     mod = W8A8Linear.from_linear(lin, act_scale)
@@ -116,11 +119,11 @@ def layer_candidates(x: torch.Tensor, lin: nn.Linear) -> dict[str, Callable[[], 
     runs["  same, with smoothing scales"] = lambda: smoothed(x)
     kernel = mod._kernel()
     if kernel is not None:
-        qx = quantize_activation(x, kernel.x_scale)
+        qx = quantize_activation(x, kernel.x_scale, unsigned=True)
         runs["  onednn qlinear GEMM only"] = lambda: torch.ops.onednn.qlinear_pointwise(
             qx,
             kernel.x_scale,
-            0,
+            U8_ZERO,
             kernel.packed,
             kernel.w_scale,
             kernel.w_zero,
@@ -132,7 +135,13 @@ def layer_candidates(x: torch.Tensor, lin: nn.Linear) -> dict[str, Callable[[], 
             [],
             "",
         )
-        runs["  activation quantize only"] = lambda: quantize_activation(x, kernel.x_scale)
+        if signed:
+            qs = quantize_activation(x, kernel.x_scale)
+            runs["  same GEMM, signed activations"] = lambda: torch.ops.onednn.qlinear_pointwise(
+                qs, kernel.x_scale, 0, kernel.packed, kernel.w_scale, kernel.w_zero,
+                kernel.bias, 1.0, 0, torch.float32, "none", [], "")
+        runs["  activation quantize only"] = lambda: quantize_activation(x, kernel.x_scale,
+                                                                        unsigned=True)
         wt, scale = qw.t().contiguous(), ws * act_scale
         x2 = x.reshape(-1, x.shape[-1])
 
@@ -154,13 +163,13 @@ def layer_candidates(x: torch.Tensor, lin: nn.Linear) -> dict[str, Callable[[], 
     return runs
 
 
-def bench_layers(repeats: int) -> dict[str, Any]:
+def bench_layers(repeats: int, signed: bool = False) -> dict[str, Any]:
     out = {}
     for name, (tokens, cin, cout) in SHAPES.items():
         torch.manual_seed(0)
         lin = nn.Linear(cin, cout)
         x = torch.randn(8, tokens // 8, cin)
-        runs = layer_candidates(x, lin)
+        runs = layer_candidates(x, lin, signed)
         with torch.inference_mode():
             ref = lin(x)
             cos = {k: _cos(r(), ref) if "only" not in k else None for k, r in runs.items()}
@@ -198,19 +207,12 @@ def _calibration_data(size: int, n: int = 16):
 
 def smoothquant_clip(adapter, alpha: float | None, observer: str) -> tuple[Any, float]:
     """SmoothQuant W8A8 of `adapter` (in place); returns it and the seconds it took."""
-    from mmcompress.methods import METHODS, StageContext
-    from mmcompress.recipe import CalibrationConfig, load_recipe
+    from .stages import apply_stages
 
     cfg = {"method": "smoothquant", "alpha": alpha, "activations": {"observer": observer}}
-    stage = load_recipe({"stages": [{"quantize": cfg}]}).stages[0]
-    ctx = StageContext(
-        data=_calibration_data(adapter.image_size),
-        calibration=CalibrationConfig(samples=16, batch_size=8),
-        progress=False,
-    )
-    start = time.perf_counter()
-    METHODS[("quantize", "smoothquant")].apply(adapter, stage.config, ctx)
-    return adapter, time.perf_counter() - start
+    _, seconds = apply_stages(adapter, [{"quantize": cfg}], _calibration_data(adapter.image_size),
+                              {"samples": 16, "batch_size": 8})
+    return adapter, seconds
 
 
 def _ort_dynamic_int8(fp32, batch: int, threads: int, workdir: Path) -> Any:
@@ -283,6 +285,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--omp-wait-policy", choices=["passive", "default"], default="passive")
     p.add_argument("--skip-layers", action="store_true")
     p.add_argument("--skip-towers", action="store_true")
+    p.add_argument("--signed", action="store_true", help="also time oneDNN's GEMM on signed "
+                   "activation codes (slow without AMX: use few --repeats)")
     args = p.parse_args(argv)
     if args.omp_wait_policy == "passive" and os.environ.get("OMP_WAIT_POLICY") != "PASSIVE":
         # OpenMP reads the policy once, when it starts: set it and start afresh
@@ -297,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         "load_average_start": list(os.getloadavg())}
     if not args.skip_layers:
-        result["layers"] = bench_layers(args.repeats)
+        result["layers"] = bench_layers(args.repeats, args.signed)
     if not args.skip_towers:
         result["towers"] = bench_towers(args.tower_repeats, args.batch, args.threads, args.ort)
     result["load_average_end"] = list(os.getloadavg())

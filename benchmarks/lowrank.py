@@ -47,37 +47,16 @@ import torch
 
 from mmcompress.data import Dataset, load_data
 from mmcompress.evaluation.evaluate import count_params, quality
-from mmcompress.methods import StageContext, run_stages
 from mmcompress.model_specs import load_model
-from mmcompress.recipe import load_recipe
 
 from .configs import DATA_ROOT
 from .results_file import load, store
+from .stages import apply_stages
 from .stats import metric_difference_interval
 from .timing import interleaved_latency_ms
 
 STSB = DATA_ROOT / "stsb"
 COMPRESS_THREADS = [1]  # set from --compress-threads
-
-
-def apply_recipe(
-    adapter, stages: list[dict], calib: Dataset | None, calibration: dict | None = None,
-    original=None,
-) -> tuple[list[dict], float]:
-    """Run `stages` on `adapter` in place with `--compress-threads`; (summaries, seconds).
-    `original`: the model before the stages, for a stage that compares with it."""
-    recipe = load_recipe({"stages": stages, "calibration": calibration or {}})
-    ctx = StageContext(data=calib, calibration=recipe.calibration, progress=False)
-    if original is not None:
-        ctx.extra["original"] = original
-    threads = torch.get_num_threads()
-    torch.set_num_threads(COMPRESS_THREADS[0])
-    start = time.perf_counter()
-    try:
-        out = run_stages(adapter, recipe.stages, ctx)
-    finally:
-        torch.set_num_threads(threads)
-    return out, time.perf_counter() - start
 
 
 def _row(
@@ -121,7 +100,8 @@ def _allocations(base, calib: Dataset, test: Dataset, key: str, targets: list[st
                 stage["lowrank"]["bias_correction"] = True
             if method.startswith("svd-whiten") and args.damp is not None:
                 stage["lowrank"]["damp"] = args.damp
-            (summary,), seconds = apply_recipe(adapter, [stage], calib, calibration)
+            (summary,), seconds = apply_stages(adapter, [stage], calib, calibration,
+                                               threads=COMPRESS_THREADS[0])
             result = quality(adapter, test, ref.embeddings)
             rows.append(_row(f"{method} {allocation}", summary, result.metrics, dense, key,
                              seconds))
@@ -189,7 +169,7 @@ def clip(args: argparse.Namespace) -> dict[str, Any]:
         }
         for tower in ("vision", "text")
     ]
-    summaries, seconds = apply_recipe(factored, stages, None)
+    summaries, seconds = apply_stages(factored, stages, None, threads=COMPRESS_THREADS[0])
     runs_dense = dense.latency_inputs(args.batch_size)
     runs_lr = factored.latency_inputs(args.batch_size)
     runs = {
@@ -234,7 +214,7 @@ def recovery_stage(epochs: int, lr: float = 1e-3, max_examples: int | None = Non
 
 def recover(adapter, stage: dict, calib: Dataset, test: Dataset) -> dict[str, Any]:
     """Train `adapter` in place with the `finetune` stage; top-1 on `test` after it."""
-    (trained,), seconds = apply_recipe(adapter, [stage], calib)
+    (trained,), seconds = apply_stages(adapter, [stage], calib, threads=COMPRESS_THREADS[0])
     return {"top1_finetuned": round(quality(adapter, test).metrics["top1"], 4),
             "finetune_s": round(seconds, 1),
             "loss_at_epoch_end": [round(e["loss"], 4) for e in trained["epochs"]]}
@@ -268,7 +248,8 @@ def resnet(args: argparse.Namespace) -> dict[str, Any]:
             }
         }
         stages = [stage] + ([{"finetune": {"method": "batchnorm"}}] if args.batchnorm else [])
-        (summary, *_), seconds = apply_recipe(adapter, stages, calib, calibration, base)
+        (summary, *_), seconds = apply_stages(adapter, stages, calib, calibration, base,
+                                              threads=COMPRESS_THREADS[0])
         metrics = quality(adapter, test, ref.embeddings).metrics
         name = f"{method} {allocation}" + (" + batchnorm" if args.batchnorm else "")
         rows.append(_row(name, summary, metrics, dense, "top1", seconds))

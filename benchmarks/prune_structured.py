@@ -36,11 +36,10 @@ import torch
 
 from mmcompress.data import Dataset, load_data
 from mmcompress.evaluation.evaluate import count_params, quality
-from mmcompress.methods import StageContext, run_stage
 from mmcompress.model_specs import load_model
-from mmcompress.recipe import CalibrationConfig, load_recipe
 
 from .results_file import load, store
+from .stages import apply_stages
 from .timing import interleaved_latency_ms
 
 STSB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "stsb"
@@ -51,13 +50,10 @@ THREAD_COUNTS = (2, 1)
 
 
 def prune(adapter, data: Dataset | None, samples: int = 128, **cfg) -> dict[str, Any]:
-    stage = load_recipe({"stages": [{"prune": {"method": "structured", **cfg}}]}).stages[0]
-    ctx = StageContext(
-        data=data, calibration=CalibrationConfig(samples=samples, batch_size=16), progress=False
-    )
-    start = time.perf_counter()
-    summary = run_stage(adapter, stage, ctx)
-    summary["seconds"] = round(time.perf_counter() - start, 2)
+    """Structured pruning of `adapter` in place with `cfg`; its summary, with the seconds."""
+    (summary,), seconds = apply_stages(adapter, [{"prune": {"method": "structured", **cfg}}],
+                                       data, {"samples": samples, "batch_size": 16})
+    summary["seconds"] = round(seconds, 2)
     return summary
 
 
@@ -202,7 +198,7 @@ def resnet56(repeats: int, samples: int, finetune_epochs: int = 0) -> dict[str, 
     ``benchmarks.lowrank --finetune-epochs``)."""
     from mmcompress.data.cifar import lit_cifar_split
 
-    from .lowrank import apply_recipe, recover, recovery_stage
+    from .lowrank import recover, recovery_stage
 
     dense = load_model("resnet56", progress=False)
     calib, test = lit_cifar_split()
@@ -221,7 +217,7 @@ def resnet56(repeats: int, samples: int, finetune_epochs: int = 0) -> dict[str, 
             summary = prune(model, calib, samples, importance=importance, scope=scope,
                             channels=fraction)
             one_shot = quality(model, test).metrics["top1"]
-            apply_recipe(model, [{"finetune": {"method": "batchnorm"}}], calib,
+            apply_stages(model, [{"finetune": {"method": "batchnorm"}}], calib,
                          {"samples": samples, "batch_size": 16}, original=dense)
             corrected = quality(model, test).metrics["top1"]
             out["runs"].append({"channels": fraction, "importance": importance, "scope": scope,

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import time
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +37,10 @@ import torch
 
 from mmcompress.data import Dataset, load_data
 from mmcompress.evaluation.evaluate import quality, saved_size_bytes
-from mmcompress.methods import StageContext, run_stages
 from mmcompress.model_specs import load_model
-from mmcompress.recipe import CalibrationConfig, load_recipe
 
 from .results_file import load, store
+from .stages import apply_stages
 from .stats import metric_difference_interval
 
 STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb"
@@ -95,18 +93,14 @@ def _stage(method: str, setting: str, embeddings: bool = False,
 
 
 def _row(base, method: str, setting: str, train: Dataset, test: Dataset, reference: dict,
-         calib: CalibrationConfig, dense: dict[str, float], args: argparse.Namespace
+         calib: dict[str, int], dense: dict[str, float], args: argparse.Namespace
          ) -> dict[str, Any]:
     adapter = copy.deepcopy(base)
     stages = [{"prune": _stage(method.removesuffix("-bn"), setting, args.embeddings,
                                args.ignore)}]
-    context = StageContext(data=train, calibration=calib, progress=False)
     if method.endswith("-bn"):  # then correct BatchNorm statistics against the dense model
         stages.append({"finetune": {"method": "batchnorm"}})
-        context.extra["original"] = base
-    start = time.perf_counter()
-    summary, *_ = run_stages(adapter, load_recipe({"stages": stages}).stages, context)
-    seconds = time.perf_counter() - start
+    (summary, *_), seconds = apply_stages(adapter, stages, train, calib, original=base)
     result = quality(adapter, test, reference)
     metrics, key = result.metrics, dense["metric"]
     return {
@@ -162,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(a.threads)
     base = load_model(a.model, progress=False)
     train, test = _datasets(a)
-    calib = CalibrationConfig(samples=a.samples, batch_size=a.batch_size)
+    calib = {"samples": a.samples, "batch_size": a.batch_size}
     ref = quality(base, test)
     key = "stsb_spearman" if "stsb_spearman" in ref.metrics else "zeroshot_top1"
     dense = {"metric": key, key: ref.metrics[key], "size_bytes": saved_size_bytes(base.model)}

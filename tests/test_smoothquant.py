@@ -146,6 +146,30 @@ def test_w8a8_without_onednn_uses_the_dequantizing_path(monkeypatch):
     torch.testing.assert_close(mod(x), fast, rtol=1e-5, atol=1e-5)
 
 
+def test_onednn_gets_unsigned_activation_codes(monkeypatch):
+    """Without AMX, oneDNN's int8 GEMM takes u8 activations; given s8 it falls back to a
+    reference loop thousands of times slower. The codes are the signed ones plus 128."""
+    from mmcompress.modules import int8
+
+    x = torch.linspace(-40, 40, 801).reshape(3, 267)
+    signed = int8.quantize_activation(x, 0.25)
+    unsigned = int8.quantize_activation(x, 0.25, unsigned=True)
+    assert signed.dtype == torch.int8 and unsigned.dtype == torch.uint8
+    assert torch.equal(unsigned.int(), signed.int() + int8.U8_ZERO)
+    assert unsigned.min() == 0 and unsigned.max() == 255  # saturates where signed does
+    torch.manual_seed(0)
+    mod = W8A8Linear.from_linear(nn.Linear(32, 16), 0.05, torch.rand(32) + 0.5)
+    if mod._kernel() is None:
+        pytest.skip("no oneDNN int8 kernel on this machine")
+    calls = []
+    real = torch.ops.onednn.qlinear_pointwise
+    monkeypatch.setattr(torch.ops.onednn, "qlinear_pointwise",
+                        lambda *a: calls.append((a[0].dtype, a[2])) or real(*a), raising=False)
+    x = torch.randn(5, 32)
+    torch.testing.assert_close(mod(x), mod.reference_forward(x), rtol=1e-5, atol=1e-5)
+    assert calls == [(torch.uint8, int8.U8_ZERO)]
+
+
 class _Block(nn.Module):
     """LayerNorm → two linears; with `post_norm` the norm's output is also the residual."""
 
