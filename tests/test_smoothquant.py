@@ -9,7 +9,7 @@ from _helpers import apply_smoothquant
 from torch import nn
 
 import mmcompress
-from mmcompress.errors import RecipeError
+from mmcompress.errors import RecipeError, UserError
 from mmcompress.io.checkpoint import save_checkpoint
 from mmcompress.modules import W8A8Linear
 from mmcompress.quantization.observers import (
@@ -133,14 +133,15 @@ def test_w8a8_falls_back_when_the_kernel_is_off():
     torch.testing.assert_close(mod(x.double()).float(), fast, rtol=1e-5, atol=1e-5)
 
 
-def test_w8a8_without_onednn_uses_the_dequantizing_path(monkeypatch):
+def test_w8a8_without_an_integer_kernel_uses_the_dequantizing_path(monkeypatch):
     from mmcompress.modules import int8
 
     torch.manual_seed(0)
     mod = W8A8Linear.from_linear(nn.Linear(32, 16), 0.05, torch.rand(32) + 0.5)
     x = torch.randn(5, 32)
     fast = mod(x)
-    monkeypatch.setattr(int8, "_onednn_available", lambda: False)
+    monkeypatch.setattr(int8, "_BUILDERS", {n: (lambda: False, k)
+                                            for n, (_, k) in int8._BUILDERS.items()})
     mod._cache = {}
     assert mod._kernel() is None
     torch.testing.assert_close(mod(x), fast, rtol=1e-5, atol=1e-5)
@@ -159,6 +160,7 @@ def test_onednn_gets_unsigned_activation_codes(monkeypatch):
     assert unsigned.min() == 0 and unsigned.max() == 255  # saturates where signed does
     torch.manual_seed(0)
     mod = W8A8Linear.from_linear(nn.Linear(32, 16), 0.05, torch.rand(32) + 0.5)
+    mod.kernel = "onednn"
     if mod._kernel() is None:
         pytest.skip("no oneDNN int8 kernel on this machine")
     calls = []
@@ -168,6 +170,67 @@ def test_onednn_gets_unsigned_activation_codes(monkeypatch):
     x = torch.randn(5, 32)
     torch.testing.assert_close(mod(x), mod.reference_forward(x), rtol=1e-5, atol=1e-5)
     assert calls == [(torch.uint8, int8.U8_ZERO)]
+
+
+@pytest.mark.parametrize("smooth", [False, True])
+def test_each_integer_kernel_computes_the_reference_function(smooth):
+    from mmcompress.modules import int8
+
+    torch.manual_seed(0)
+    mod = W8A8Linear.from_linear(nn.Linear(48, 24), 0.05, torch.rand(48) + 0.5 if smooth
+                                 else None)
+    x = torch.randn(2, 7, 48) * 3  # some inputs clip
+    ran = 0
+    for name in ("onednn", "fbgemm"):
+        mod.kernel = name
+        kernel = mod._kernel()
+        if kernel is None:
+            continue
+        assert type(kernel) is int8._BUILDERS[name][1]
+        torch.testing.assert_close(mod(x), mod.reference_forward(x), rtol=1e-5, atol=1e-5)
+        ran += 1
+    if not ran:
+        pytest.skip("no integer kernel on this machine")
+
+
+def test_auto_kernel_is_the_faster_of_those_that_compute_the_right_function(monkeypatch):
+    from mmcompress.modules import int8
+
+    class Wrong:  # instant, but saturates like an int16 GEMM would
+        def __init__(self, mod):
+            self.mod = mod
+
+        def __call__(self, x):
+            return self.mod.reference_forward(x).clamp(-1, 1)
+
+    class Slow:  # right, but slower than every real kernel
+        def __init__(self, mod):
+            self.mod = mod
+
+        def __call__(self, x):
+            import time
+
+            time.sleep(0.01)
+            return self.mod.reference_forward(x)
+
+    monkeypatch.delenv(int8.KERNEL_ENV, raising=False)
+    monkeypatch.setattr(int8, "_BUILDERS", {"wrong": (lambda: True, Wrong),
+                                            "slow": (lambda: True, Slow)})
+    int8.fastest_kernel.cache_clear()
+    try:
+        assert int8.fastest_kernel(16, 8) == "slow"
+        monkeypatch.setattr(int8, "_BUILDERS", {"wrong": (lambda: True, Wrong)})
+        int8.fastest_kernel.cache_clear()
+        assert int8.fastest_kernel(16, 8) == "reference"
+        monkeypatch.setenv(int8.KERNEL_ENV, "fbgemm")
+        int8.fastest_kernel.cache_clear()
+        assert int8.fastest_kernel(16, 8) == "fbgemm"
+        monkeypatch.setenv(int8.KERNEL_ENV, "mkl")
+        int8.fastest_kernel.cache_clear()
+        with pytest.raises(UserError, match="MMCOMPRESS_INT8_KERNEL='mkl'"):
+            int8.fastest_kernel(16, 8)
+    finally:
+        int8.fastest_kernel.cache_clear()
 
 
 class _Block(nn.Module):

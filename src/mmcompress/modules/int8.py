@@ -8,11 +8,19 @@ input is divided by s) and ``bias``. The function is
     y = (q(x / s) · qweightᵀ) · act_scale · weight_scale + bias,
     q(v) = clamp(round(v / act_scale), -128, 127).
 
-On x86 CPUs the product runs in oneDNN's int8 GEMM (``torch.ops.onednn.qlinear_pointwise``,
-AMX / VNNI where present) on a weight packed once and cached beside the state: the cache is
-not saved, it is rebuilt on the first call after the state changes (load, ``.to()``, edits).
-Elsewhere (no oneDNN, CUDA, non-float32 inputs, autograd) the same integer function is
-computed by dequantizing, so results agree to float rounding.
+On x86 CPUs the product runs in an integer GEMM on a weight packed once and cached beside
+the state: the cache is not saved, it is rebuilt on the first call after the state changes
+(load, ``.to()``, edits). Two are available to PyTorch: oneDNN's
+(``torch.ops.onednn.qlinear_pointwise``; AMX / VNNI) and FBGEMM's static linear
+(``torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32``, which quantizes the
+input itself). Which is faster depends on the CPU and the layer's shape (oneDNN with AMX on
+Intel Xeons; FBGEMM on most shapes of an AMD EPYC with AVX-512 VNNI, see
+`benchmarks.int8_kernels`), so by default (``kernel = "auto"``) `fastest_kernel` measures both
+once per process and layer shape, keeping only those that reproduce the reference function
+(an int16-saturating GEMM would not), and takes the faster. ``MMCOMPRESS_INT8_KERNEL``
+(``onednn``, ``fbgemm`` or ``reference``) overrides the choice. Elsewhere (no integer kernel,
+CUDA, non-float32 inputs, autograd) the same integer function is computed by dequantizing, so
+results agree to float rounding.
 
 Under ``torch.compile`` (see `mmcompress.compiled`) the layer is traced as PyTorch's
 quantize → dequantize → linear reference pattern, which the x86 inductor backend (with
@@ -23,6 +31,8 @@ op before it and the rescaling into the op after it.
 from __future__ import annotations
 
 import functools
+import os
+import time
 import warnings
 from typing import Any
 
@@ -30,17 +40,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserError
 from .registry import register_module
 from .replace import filled
 
 QMIN, QMAX = -128, 127
 
-#: integer kernels tried in order; "reference" always works
-KERNELS = ("onednn", "reference")
+#: a layer's `kernel`: "auto" (the faster integer GEMM here), one by name, or "reference"
+#: (always works: dequantize, then a float GEMM)
+KERNELS = ("auto", "onednn", "fbgemm", "reference")
+KERNEL_ENV = "MMCOMPRESS_INT8_KERNEL"
 
 
 def _onednn_available() -> bool:
     return hasattr(torch.ops.onednn, "qlinear_pointwise") and torch.backends.mkldnn.is_available()
+
+
+def _fbgemm_available() -> bool:
+    return "fbgemm" in torch.backends.quantized.supported_engines and \
+        hasattr(torch.ops.quantized, "linear_with_input_q_dq_qweight_dq_output_fp32")
 
 
 #: zero point of the unsigned activation codes the oneDNN kernel takes. x86 int8 GEMMs
@@ -109,6 +127,93 @@ class _OnednnKernel:
             1.0, 0, torch.float32, "none", [], "")
 
 
+class _FbgemmKernel:
+    """A weight packed for FBGEMM's static int8 linear, which quantizes the input itself
+    (unsigned codes, zero point `U8_ZERO`) and returns float32."""
+
+    def __init__(self, mod: W8A8Linear) -> None:
+        engine = torch.backends.quantized.engine
+        try:
+            torch.backends.quantized.engine = "fbgemm"
+            with warnings.catch_warnings():  # quantized tensors are deprecated upstream
+                warnings.simplefilter("ignore")
+                qweight = torch._make_per_channel_quantized_tensor(
+                    mod.qweight, mod.weight_scale.double(),
+                    torch.zeros(mod.out_features, dtype=torch.long), 0)
+                bias = None if mod.bias is None else mod.bias.detach().float()
+                self.packed = torch.ops.quantized.linear_prepack(qweight, bias)
+        finally:
+            torch.backends.quantized.engine = engine
+        self.x_scale = float(mod.act_scale)
+        self.multiplier = mod.smoothing_multiplier()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.multiplier is not None:
+            x = x * self.multiplier
+        return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
+            x, self.x_scale, U8_ZERO, self.packed)
+
+
+_BUILDERS = {"onednn": (_onednn_available, _OnednnKernel),
+             "fbgemm": (_fbgemm_available, _FbgemmKernel)}
+
+
+def _build(name: str, mod: W8A8Linear) -> Any:
+    """Kernel `name` packed for `mod`, or None where it cannot run here."""
+    available, build = _BUILDERS[name]
+    if not available():
+        return None
+    try:
+        kernel = build(mod)
+        kernel(torch.zeros(1, mod.in_features))  # fail here, not in the model's call
+    except RuntimeError:  # e.g. a build without int8 support for this CPU
+        return None
+    return kernel
+
+
+@functools.cache
+@torch.inference_mode()
+def fastest_kernel(in_features: int, out_features: int) -> str:
+    """The integer kernel to use for this layer shape: `KERNEL_ENV` when set, else the faster
+    of those that reproduce the reference function here ("reference" when none does).
+
+    The probe is a seeded random layer on 512 rows (a batch of 8 short sequences), one of
+    them at the positive clipping limit in every feature (so a GEMM that saturates int16 sums
+    gives itself away); each candidate's time is its best of 5 calls after 2 warm-up calls."""
+    forced = os.environ.get(KERNEL_ENV)
+    if forced:
+        if forced not in KERNELS[1:]:
+            raise UserError(f"{KERNEL_ENV}={forced!r}: expected one of "
+                            f"{', '.join(KERNELS[1:])}")
+        return forced
+    gen = torch.Generator().manual_seed(0)
+    linear = nn.Linear(in_features, out_features)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(out_features, in_features, generator=gen))
+        linear.weight[: max(1, out_features // 8)].abs_()  # rows whose sums grow, not cancel
+        linear.bias.zero_()
+    probe = W8A8Linear.from_linear(linear, 1.0 / QMAX)
+    x = torch.randn(512, in_features, generator=gen).clamp(-1, 1)
+    x[0] = 1.0
+    ref = probe.reference_forward(x)
+    tol = 1e-4 * float(ref.abs().max())
+    best, best_s = "reference", float("inf")
+    for name in _BUILDERS:
+        kernel = _build(name, probe)
+        if kernel is None or (kernel(x) - ref).abs().max() > tol:
+            continue
+        for _ in range(2):
+            kernel(x)
+        seconds = []
+        for _ in range(5):
+            start = time.perf_counter()
+            kernel(x)
+            seconds.append(time.perf_counter() - start)
+        if min(seconds) < best_s:
+            best, best_s = name, min(seconds)
+    return best
+
+
 @register_module
 class W8A8Linear(nn.Module):
     """A linear layer with int8 weights and statically quantized int8 inputs."""
@@ -122,7 +227,7 @@ class W8A8Linear(nn.Module):
         self.register_buffer("act_scale", torch.ones(1))
         self.register_buffer("input_scale", torch.ones(in_features) if input_scale else None)
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
-        self.kernel = KERNELS[0]  # preferred integer kernel; "reference" forces dequantizing
+        self.kernel = KERNELS[0]  # see `KERNELS`; not saved
         self._cache: dict[str, tuple[tuple, Any]] = {}  # derived from the state; not saved
 
     @classmethod
@@ -208,15 +313,12 @@ class W8A8Linear(nn.Module):
         return self._cached("kernel", self._build_kernel)
 
     def _build_kernel(self) -> Any:
-        if self.kernel != "onednn" or self.qweight.device.type != "cpu" or \
-                not _onednn_available():
+        if self.qweight.device.type != "cpu":
             return None
-        try:
-            kernel = _OnednnKernel(self)
-            kernel(torch.zeros(1, self.in_features))  # fail here, not in the model's call
-        except RuntimeError:  # e.g. a oneDNN build without int8 support for this CPU
-            return None
-        return kernel
+        name = self.kernel
+        if name == "auto":
+            name = fastest_kernel(self.in_features, self.out_features)
+        return None if name == "reference" else _build(name, self)
 
     def _fast_ok(self, x: torch.Tensor) -> bool:
         return (x.device.type == "cpu" and x.dtype == torch.float32
