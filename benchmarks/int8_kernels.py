@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmcompress.modules import W8A8Linear
-from mmcompress.modules.int8 import U8_ZERO, quantize_activation
+from mmcompress.modules.int8 import U8_ZERO, build_kernel, fastest_kernel, quantize_activation
 
 from .results_file import store
 
@@ -113,11 +113,17 @@ def layer_candidates(x: torch.Tensor, lin: nn.Linear,
     )
     on = _packed(qw, ws, b, "onednn")
     runs["onednn dynamic int8"] = lambda: torch.ops.quantized.linear_dynamic(x, on)
-    runs["mmcompress W8A8Linear (onednn qlinear)"] = lambda: mod(x)
+    auto = fastest_kernel(lin.in_features, lin.out_features)
+    runs[f"mmcompress W8A8Linear (auto: {auto})"] = lambda: mod(x)
     smooth = torch.rand(lin.in_features) + 0.5
     smoothed = W8A8Linear.from_linear(lin, act_scale, smooth)
     runs["  same, with smoothing scales"] = lambda: smoothed(x)
-    kernel = mod._kernel()
+    for name in ("onednn", "fbgemm"):
+        forced = copy.deepcopy(mod)
+        forced.kernel = name
+        if name != auto and forced._kernel() is not None:
+            runs[f"  same, kernel {name}"] = lambda f=forced: f(x)
+    kernel = build_kernel("onednn", mod)
     if kernel is not None:
         qx = quantize_activation(x, kernel.x_scale, unsigned=True)
         runs["  onednn qlinear GEMM only"] = lambda: torch.ops.onednn.qlinear_pointwise(

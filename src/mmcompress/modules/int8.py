@@ -158,7 +158,7 @@ _BUILDERS = {"onednn": (_onednn_available, _OnednnKernel),
              "fbgemm": (_fbgemm_available, _FbgemmKernel)}
 
 
-def _build(name: str, mod: W8A8Linear) -> Any:
+def build_kernel(name: str, mod: W8A8Linear) -> Any:
     """Kernel `name` packed for `mod`, or None where it cannot run here."""
     available, build = _BUILDERS[name]
     if not available():
@@ -199,7 +199,7 @@ def fastest_kernel(in_features: int, out_features: int) -> str:
     tol = 1e-4 * float(ref.abs().max())
     best, best_s = "reference", float("inf")
     for name in _BUILDERS:
-        kernel = _build(name, probe)
+        kernel = build_kernel(name, probe)
         if kernel is None or (kernel(x) - ref).abs().max() > tol:
             continue
         for _ in range(2):
@@ -318,7 +318,7 @@ class W8A8Linear(nn.Module):
         name = self.kernel
         if name == "auto":
             name = fastest_kernel(self.in_features, self.out_features)
-        return None if name == "reference" else _build(name, self)
+        return None if name == "reference" else build_kernel(name, self)
 
     def _fast_ok(self, x: torch.Tensor) -> bool:
         return (x.device.type == "cpu" and x.dtype == torch.float32
