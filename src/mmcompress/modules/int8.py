@@ -13,8 +13,8 @@ the state: the cache is not saved, it is rebuilt on the first call after the sta
 (load, ``.to()``, edits). Two are available to PyTorch: oneDNN's
 (``torch.ops.onednn.qlinear_pointwise``; AMX / VNNI) and FBGEMM's static linear
 (``torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32``, which quantizes the
-input itself). Which is faster depends on the CPU and the layer's shape (oneDNN with AMX on
-Intel Xeons; FBGEMM on most shapes of an AMD EPYC with AVX-512 VNNI, see
+input itself). Which is faster depends on the CPU and the layer's shape (on an AMD EPYC with
+AVX-512 VNNI, FBGEMM on four of CLIP ViT-B/32's six linear shapes; see
 `benchmarks.int8_kernels`), so by default (``kernel = "auto"``) `fastest_kernel` measures both
 once per process and layer shape, keeping only those that reproduce the reference function
 (an int16-saturating GEMM would not), and takes the faster. ``MMCOMPRESS_INT8_KERNEL``
@@ -61,10 +61,10 @@ def _fbgemm_available() -> bool:
         hasattr(torch.ops.quantized, "linear_with_input_q_dq_qweight_dq_output_fp32")
 
 
-#: zero point of the unsigned activation codes the oneDNN kernel takes. x86 int8 GEMMs
-#: without AMX (AVX-512 VNNI, AVX2 VNNI) multiply unsigned activations by signed weights;
-#: given signed activations, oneDNN falls back to its reference loop (`ref_int8`), about 1,800×
-#: slower than with unsigned ones on a 200×768×768 product (AMD EPYC, AVX-512 VNNI).
+#: zero point of the unsigned activation codes both kernels take. VNNI's int8 dot product
+#: multiplies unsigned activations by signed weights; given signed activations, oneDNN on an
+#: AMD EPYC with AVX-512 VNNI fell back to its reference loop (`ref_int8`), 740–980× slower
+#: than fp32 (`benchmarks.int8_kernels --signed`).
 U8_ZERO = 128
 
 
