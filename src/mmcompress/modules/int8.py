@@ -14,7 +14,7 @@ the state: the cache is not saved, it is rebuilt on the first call after the sta
 (``torch.ops.onednn.qlinear_pointwise``; AMX / VNNI) and FBGEMM's static linear
 (``torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32``, which quantizes the
 input itself). Which is faster depends on the CPU and the layer's shape (on an AMD EPYC with
-AVX-512 VNNI, FBGEMM on four of CLIP ViT-B/32's six linear shapes; see
+AVX-512 VNNI, FBGEMM was faster on five of CLIP ViT-B/32's six linear shapes in one run; see
 `benchmarks.int8_kernels`), so by default (``kernel = "auto"``) `fastest_kernel` measures both
 once per process and layer shape, keeping only those that reproduce the reference function
 (an int16-saturating GEMM would not), and takes the faster. ``MMCOMPRESS_INT8_KERNEL``
