@@ -3,7 +3,7 @@
 Eager int8 layers each quantize their input, call the integer GEMM and rescale its output as
 separate ops. Compiled, inductor fuses the quantization into the op before (LayerNorm, GELU,
 the residual add) and the rescaling into the op after, and lowers `W8A8Linear`'s traced
-pattern to the same oneDNN int8 GEMM. That lowering needs inductor's freezing (weights become
+pattern to oneDNN's int8 GEMM. That lowering needs inductor's freezing (weights become
 constants), which `compile_towers` switches on for the process
 (``torch._inductor.config.freezing``; passing it per call through ``options`` does not reach
 the lowering in torch 2.13): edit the model, then compile again. Compiling takes seconds per
