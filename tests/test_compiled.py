@@ -29,6 +29,30 @@ def test_traced_pattern_computes_the_integer_function(smooth):
     assert F.cosine_similarity(eager.flatten(), traced.flatten(), dim=0) > 0.99999
 
 
+def test_traced_pattern_quantizes_activations_to_unsigned_codes(monkeypatch):
+    """Inductor lowers the pattern to oneDNN's GEMM with the activation dtype it traced, and
+    oneDNN runs signed activations in its slow reference loop on CPUs without AMX."""
+    from mmcompress.modules import int8
+
+    qd = int8._decomposed_ops()
+    seen = []
+    real = qd.quantize_per_tensor.default
+
+    class Spy:
+        default = staticmethod(lambda *a: seen.append(a[2:]) or real(*a))
+
+    class Ops:
+        quantize_per_tensor = Spy
+        dequantize_per_tensor = qd.dequantize_per_tensor
+        dequantize_per_channel = qd.dequantize_per_channel
+
+    monkeypatch.setattr(int8, "_decomposed_ops", lambda: Ops)
+    mod = W8A8Linear.from_linear(nn.Linear(8, 4), 0.03)
+    mod.prepare_compile()
+    mod.graph_forward(torch.randn(2, 8))
+    assert seen == [(int8.U8_ZERO, 0, 255, torch.uint8)]
+
+
 def test_traced_pattern_needs_prepare():
     mod = W8A8Linear.from_linear(nn.Linear(8, 4), 0.05)
     with pytest.raises(RuntimeError, match="prepare_compile"):
