@@ -116,3 +116,30 @@ def test_inverse_hessian_factor_inverts_the_damped_hessian_and_names_its_caller(
     assert torch.equal(torch.triu(u), u)
     with pytest.raises(UserError, match="^SparseGPT: the layer's Hessian is not positive"):
         inverse_hessian_factor(-torch.eye(8), 0.01, "SparseGPT")
+
+
+def test_linear_layers_reading_one_tensor_share_one_collector():
+    """q, k and v read the same tensor: one collector gathers its statistics once and all
+    three get it; a layer reading another tensor keeps its own."""
+    from mmcompress.calibration.collectors import HessianCollector
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v, self.o = (nn.Linear(6, 6) for _ in range(4))
+
+        def forward(self, x):
+            return self.o(self.q(x) * self.k(x) + self.v(x))
+
+    block = Attention()
+    group = dict(block.named_children())
+    inputs = [torch.randn(3, 4, 6) for _ in range(3)]
+    batches = [CalibrationBatch(block, lambda x=x: x) for x in inputs]
+    collectors = {n: HessianCollector() for n in group}
+    _run_group(group, collectors, batches)
+    assert collectors["q"] is collectors["k"] is collectors["v"]
+    assert collectors["o"] is not collectors["q"]
+    alone = HessianCollector()  # what q's own collector gathers with nothing shared
+    _run_group({"q": block.q}, {"q": alone}, batches)
+    assert alone.rows == collectors["q"].rows == 36
+    torch.testing.assert_close(alone.hessian, collectors["v"].hessian, rtol=0, atol=0)

@@ -91,16 +91,38 @@ def layer_groups(names: list[str]) -> list[list[str]]:
 
 
 def _group_inputs(group: dict[str, nn.Module], mask: list[torch.Tensor | None],
-                  store: dict[str, list[torch.Tensor]]) -> list[torch.utils.hooks.RemovableHandle]:
+                  store: dict[str, list[torch.Tensor] | str]
+                  ) -> list[torch.utils.hooks.RemovableHandle]:
     """Hooks that add each `group` layer's input rows of the current batch (of every call) to
-    `store`, and stop the forward pass once every layer has seen it."""
+    `store`, and stop the forward pass once every layer has seen it. A linear layer that reads
+    the very tensor an earlier one of the group read (q, k and v do) stores that layer's name
+    instead of a copy of the same rows."""
+    seen: list[tuple[torch.Tensor, str]] = []  # this batch's linear inputs and their readers
+
+    def reader_before(name: str, module: nn.Module, x: torch.Tensor) -> str | None:
+        """The group's layer that read `x` before `name` did, if `name` may share its rows."""
+        if not isinstance(module, nn.Linear):
+            return None
+        first = next((n for t, n in seen if t is x and n != name), None)
+        return first if first is not None and type(group[first]) is type(module) else None
 
     def hook(name: str) -> Callable:
         def fn(module: nn.Module, args: tuple, _out: Any) -> None:
-            x = args[0].detach()
-            if not isinstance(module, nn.Conv2d):
-                x = real_tokens(x, mask[0])
-            store.setdefault(name, []).append(layer_input_rows(module, x))
+            if not store:
+                seen.clear()  # a new batch
+            first, stored = reader_before(name, module, args[0]), store.get(name)
+            if isinstance(stored, str) and first != stored:
+                raise RuntimeError(f"calibration: {name!r} read {stored!r}'s input in one "
+                                   "call but not in another")
+            if stored is None and first is not None:
+                store[name] = first
+            elif not isinstance(stored, str):
+                if isinstance(module, nn.Linear):
+                    seen.append((args[0], name))
+                x = args[0].detach()
+                if not isinstance(module, nn.Conv2d):
+                    x = real_tokens(x, mask[0])
+                store.setdefault(name, []).append(layer_input_rows(module, x))
             if len(store) == len(group):
                 raise _GroupDone
 
@@ -109,13 +131,31 @@ def _group_inputs(group: dict[str, nn.Module], mask: list[torch.Tensor | None],
     return [m.register_forward_hook(hook(n)) for n, m in group.items()]
 
 
+def _share_collectors(collectors: dict[str, Any], aliases: dict[str, str]) -> None:
+    """Point each aliased layer (same input as `aliases[name]`) at that layer's collector,
+    when both collect the same kind of statistics; from the first batch on only."""
+    for name, first in aliases.items():
+        if collectors[name] is collectors[first]:
+            continue
+        if type(collectors[name]) is not type(collectors[first]) or collectors[name].rows:
+            raise RuntimeError(f"calibration: {name!r} read {first!r}'s input in one batch "
+                               "but not in another")
+        collectors[name] = collectors[first]
+
+
+def _rows(store: dict[str, list[torch.Tensor] | str], name: str) -> list[torch.Tensor]:
+    """`name`'s input rows in `store`, following a stored alias to the layer that has them."""
+    rows = store[name]
+    return store[rows] if isinstance(rows, str) else rows
+
+
 def _run_group(group: dict[str, nn.Module], collectors: dict[str, Any], batches: list[Batch],
                reference: nn.Module | None = None, adapter: Any = None) -> None:
     """Stream every batch's inputs of the `group` layers into their collectors (paired with the
     same layers' inputs in `reference`, run through `adapter`, when given)."""
     mask: list[torch.Tensor | None] = [None]  # the current batch's token mask
-    live: dict[str, list[torch.Tensor]] = {}
-    ref: dict[str, list[torch.Tensor]] = {}
+    live: dict[str, list[torch.Tensor] | str] = {}
+    ref: dict[str, list[torch.Tensor] | str] = {}
     handles = _group_inputs(group, mask, live)
     if reference is not None:
         handles += _group_inputs({n: reference.get_submodule(n) for n in group}, mask, ref)
@@ -137,11 +177,15 @@ def _run_group(group: dict[str, nn.Module], collectors: dict[str, Any], batches:
                         raise RuntimeError(f"{type(adapter).__name__} did not run the "
                                            "reference model: its calibration batches must go "
                                            "through `adapter.model`")
+                aliases = {n: rows for n, rows in live.items() if isinstance(rows, str)}
+                _share_collectors(collectors, aliases)
                 for name, rows in live.items():
+                    if name in aliases:
+                        continue
                     if reference is None:
                         collectors[name].add(torch.cat(rows))
                     else:
-                        collectors[name].add_pair(torch.cat(rows), torch.cat(ref[name]))
+                        collectors[name].add_pair(torch.cat(rows), torch.cat(_rows(ref, name)))
     finally:
         for h in handles:
             h.remove()
