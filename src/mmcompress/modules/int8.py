@@ -187,13 +187,11 @@ def fastest_kernel(in_features: int, out_features: int) -> str:
             raise UserError(f"{KERNEL_ENV}={forced!r}: expected one of "
                             f"{', '.join(KERNELS[1:])}")
         return forced
-    gen = torch.Generator().manual_seed(0)
-    linear = nn.Linear(in_features, out_features)
-    with torch.no_grad():
-        linear.weight.copy_(torch.randn(out_features, in_features, generator=gen))
-        linear.weight[: max(1, out_features // 8)].abs_()  # rows whose sums grow, not cancel
-        linear.bias.zero_()
-    probe = W8A8Linear.from_linear(linear, 1.0 / QMAX)
+    gen = torch.Generator().manual_seed(0)  # the global generator is left alone
+    weight = torch.randn(out_features, in_features, generator=gen)
+    weight[: max(1, out_features // 8)].abs_()  # rows whose sums grow rather than cancel
+    probe = W8A8Linear(in_features, out_features, bias=False)
+    probe._store(weight, None, 1.0 / QMAX, None)
     x = torch.randn(512, in_features, generator=gen).clamp(-1, 1)
     x[0] = 1.0
     ref = probe.reference_forward(x)
