@@ -38,7 +38,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmcompress.modules import W8A8Linear
-from mmcompress.modules.int8 import U8_ZERO, build_kernel, fastest_kernel, quantize_activation
+from mmcompress.modules.int8 import (
+    build_kernel,
+    fastest_kernel,
+    prepacked_weight,
+    quantize_activation,
+)
 
 from .results_file import store
 
@@ -83,23 +88,11 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(F.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0))
 
 
-def _packed(weight_q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, engine: str):
-    prev = torch.backends.quantized.engine
-    torch.backends.quantized.engine = engine
-    try:
-        qw = torch._make_per_channel_quantized_tensor(
-            weight_q, scale.double(), torch.zeros(len(scale), dtype=torch.long), 0
-        )
-        return torch.ops.quantized.linear_prepack(qw, bias)
-    finally:
-        torch.backends.quantized.engine = prev
-
-
 def layer_candidates(x: torch.Tensor, lin: nn.Linear,
                      signed: bool = False) -> dict[str, Callable[[], Any]]:
     """Every int8 path that runs this layer on this CPU (absent ones are skipped); with
-    `signed`, also oneDNN's GEMM given signed activation codes (see `U8_ZERO`: slow without
-    AMX, seconds per call)."""
+    `signed`, also oneDNN's GEMM given signed activation codes (see `U8_ZERO`: on the AMD
+    EPYC this was measured on, seconds per call)."""
     w, b = lin.weight.detach(), lin.bias.detach()
     act_scale = float(x.abs().max()) / 127
     mod = W8A8Linear.from_linear(lin, act_scale)
@@ -107,11 +100,10 @@ def layer_candidates(x: torch.Tensor, lin: nn.Linear,
     runs: dict[str, Callable[[], Any]] = {"fp32": lambda: F.linear(x, w, b)}
     dyn = torch.ao.quantization.quantize_dynamic(nn.Sequential(lin), {nn.Linear}, torch.qint8)
     runs["pytorch dynamic int8 (fbgemm)"] = lambda: dyn(x)
-    fb = _packed(qw, ws, b, "fbgemm")
-    runs["fbgemm static (q/dq fp32 op)"] = lambda: (
-        torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(x, act_scale, 128, fb)
-    )
-    on = _packed(qw, ws, b, "onednn")
+    fbgemm = build_kernel("fbgemm", mod)
+    if fbgemm is not None:
+        runs["fbgemm static (q/dq fp32 op)"] = lambda: fbgemm(x)
+    on = prepacked_weight(mod, "onednn")
     runs["onednn dynamic int8"] = lambda: torch.ops.quantized.linear_dynamic(x, on)
     auto = fastest_kernel(lin.in_features, lin.out_features)
     runs[f"mmcompress W8A8Linear (auto: {auto})"] = lambda: mod(x)
@@ -126,26 +118,10 @@ def layer_candidates(x: torch.Tensor, lin: nn.Linear,
     kernel = build_kernel("onednn", mod)
     if kernel is not None:
         qx = quantize_activation(x, kernel.x_scale, unsigned=True)
-        runs["  onednn qlinear GEMM only"] = lambda: torch.ops.onednn.qlinear_pointwise(
-            qx,
-            kernel.x_scale,
-            U8_ZERO,
-            kernel.packed,
-            kernel.w_scale,
-            kernel.w_zero,
-            kernel.bias,
-            1.0,
-            0,
-            torch.float32,
-            "none",
-            [],
-            "",
-        )
+        runs["  onednn qlinear GEMM only"] = lambda: kernel.gemm(qx)
         if signed:
             qs = quantize_activation(x, kernel.x_scale)
-            runs["  same GEMM, signed activations"] = lambda: torch.ops.onednn.qlinear_pointwise(
-                qs, kernel.x_scale, 0, kernel.packed, kernel.w_scale, kernel.w_zero,
-                kernel.bias, 1.0, 0, torch.float32, "none", [], "")
+            runs["  same GEMM, signed activations"] = lambda: kernel.gemm(qs, 0)
         runs["  activation quantize only"] = lambda: quantize_activation(x, kernel.x_scale,
                                                                         unsigned=True)
         wt, scale = qw.t().contiguous(), ws * act_scale
@@ -292,7 +268,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--skip-layers", action="store_true")
     p.add_argument("--skip-towers", action="store_true")
     p.add_argument("--signed", action="store_true", help="also time oneDNN's GEMM on signed "
-                   "activation codes (slow without AMX: use few --repeats)")
+                   "activation codes (seconds per call where oneDNN has no fast path for them: "
+                   "use few --repeats)")
     args = p.parse_args(argv)
     if args.omp_wait_policy == "passive" and os.environ.get("OMP_WAIT_POLICY") != "PASSIVE":
         # OpenMP reads the policy once, when it starts: set it and start afresh

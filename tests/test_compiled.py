@@ -31,7 +31,7 @@ def test_traced_pattern_computes_the_integer_function(smooth):
 
 def test_traced_pattern_quantizes_activations_to_unsigned_codes(monkeypatch):
     """Inductor lowers the pattern to oneDNN's GEMM with the activation dtype it traced, and
-    oneDNN runs signed activations in its slow reference loop on CPUs without AMX."""
+    oneDNN ran signed activations in its slow reference loop on an AMD EPYC."""
     from mmcompress.modules import int8
 
     qd = int8._decomposed_ops()

@@ -121,10 +121,30 @@ class _OnednnKernel:
         self.multiplier = mod.smoothing_multiplier()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        qx = quantize_activation(x, self.x_scale, self.multiplier, unsigned=True)
+        return self.gemm(quantize_activation(x, self.x_scale, self.multiplier, unsigned=True))
+
+    def gemm(self, codes: torch.Tensor, zero_point: int = U8_ZERO) -> torch.Tensor:
+        """The float output of the GEMM alone, on activation codes with `zero_point`."""
         return torch.ops.onednn.qlinear_pointwise(
-            qx, self.x_scale, U8_ZERO, self.packed, self.w_scale, self.w_zero, self.bias,
+            codes, self.x_scale, zero_point, self.packed, self.w_scale, self.w_zero, self.bias,
             1.0, 0, torch.float32, "none", [], "")
+
+
+def prepacked_weight(mod: W8A8Linear, engine: str) -> Any:
+    """`mod`'s int8 weight and bias packed by ``torch.ops.quantized.linear_prepack`` for a
+    quantized engine ("fbgemm", "onednn"), as PyTorch's quantized linear ops take them."""
+    previous = torch.backends.quantized.engine
+    try:
+        torch.backends.quantized.engine = engine
+        with warnings.catch_warnings():  # quantized tensors are deprecated upstream
+            warnings.simplefilter("ignore")
+            qweight = torch._make_per_channel_quantized_tensor(
+                mod.qweight, mod.weight_scale.double(),
+                torch.zeros(mod.out_features, dtype=torch.long), 0)
+            bias = None if mod.bias is None else mod.bias.detach().float()
+            return torch.ops.quantized.linear_prepack(qweight, bias)
+    finally:
+        torch.backends.quantized.engine = previous
 
 
 class _FbgemmKernel:
@@ -132,18 +152,7 @@ class _FbgemmKernel:
     (unsigned codes, zero point `U8_ZERO`) and returns float32."""
 
     def __init__(self, mod: W8A8Linear) -> None:
-        engine = torch.backends.quantized.engine
-        try:
-            torch.backends.quantized.engine = "fbgemm"
-            with warnings.catch_warnings():  # quantized tensors are deprecated upstream
-                warnings.simplefilter("ignore")
-                qweight = torch._make_per_channel_quantized_tensor(
-                    mod.qweight, mod.weight_scale.double(),
-                    torch.zeros(mod.out_features, dtype=torch.long), 0)
-                bias = None if mod.bias is None else mod.bias.detach().float()
-                self.packed = torch.ops.quantized.linear_prepack(qweight, bias)
-        finally:
-            torch.backends.quantized.engine = engine
+        self.packed = prepacked_weight(mod, "fbgemm")
         self.x_scale = float(mod.act_scale)
         self.multiplier = mod.smoothing_multiplier()
 
