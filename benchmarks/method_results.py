@@ -48,6 +48,22 @@ SECTIONS = [
      " --methods wanda-noswap,wanda-noswap-owl --settings 0.6,0.7 --threads 1",
      "Wanda as above, and with `layer_sparsity: owl` (a sparsity per transformer block from the"
      " outlier ratio of its Wanda scores, threshold 5, spread ±0.08, the paper's defaults)."),
+    ("Sparsity per layer from measured sensitivity, lit-cifar", "prune_sensitivity_litcifar.json",
+     "python -m benchmarks.prune_unstructured benchmarks/results/prune_sensitivity_litcifar.json"
+     " --model lit-cifar --samples 512 --ignore vision.conv1 --methods wanda-sens,"
+     "sparsegpt-sens,wanda,sparsegpt --settings 0.6,0.7",
+     "Wanda and SparseGPT (defaults) on every layer of both lit-cifar towers but the stem"
+     " convolution, with a uniform sparsity and with `layer_sparsity: sensitivity` (`-sens`:"
+     " a sparsity per layer, the same share of all the pruned weights removed; see"
+     " docs/methods.md). `tower_sparsity` is each tower's share removed."),
+    ("Sparsity per layer from measured sensitivity, MiniLM on held-out STS",
+     "prune_sensitivity_heldout.json",
+     "python -m benchmarks.sts_heldout /tmp/sts0 --fold 0; python -m benchmarks.prune_unstructured"
+     " benchmarks/results/prune_sensitivity_heldout.json --methods wanda-sens,sparsegpt-sens"
+     " --settings 0.6,0.7 --calib /tmp/sts0/sts-calib.csv --eval /tmp/sts0/sts-heldout.csv",
+     "As above on MiniLM's encoder linears, calibrated on three quarters of STS-B train and"
+     " evaluated on the fourth (fold 0); the uniform rows of the same split are in \"Unstructured"
+     " pruning on other STS data\" (`prune_unstructured_heldout.json`)."),
     ("Unstructured pruning with the embedding tables", "prune_embeddings.json",
      "python -m benchmarks.prune_unstructured benchmarks/results/prune_embeddings.json"
      " --methods magnitude,wanda,wanda-noswap,sparsegpt,sparsegpt-layer,"

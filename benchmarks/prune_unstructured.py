@@ -48,6 +48,7 @@ STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb"
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "owl": {"layer_sparsity": "owl"},
+    "sens": {"layer_sparsity": "sensitivity"},
     "asym": {"asymmetric": True},
     "oneshot": {"sequential": False},
     "seq": {"sequential": True},
@@ -68,7 +69,8 @@ def _stage(method: str, setting: str, embeddings: bool = False,
            ignore: list[str] | None = None) -> dict[str, Any]:
     """Prune settings of one row: ``NAME[-VARIANT...]``, where ``-owl`` sets OWL's sparsity per
     block (`layer_sparsity: owl`), ``-asym`` sets `asymmetric: true`, ``-oneshot`` sets
-    `sequential: false` (every block's statistics from the unpruned model), ``-seq``
+    `sequential: false` (every block's statistics from the unpruned model), ``-sens``
+    `layer_sparsity: sensitivity` (a sparsity per layer from measured sensitivity), ``-seq``
     `sequential: true` (each block's after the blocks before it are pruned) and ``-row``
     `comparison: row` (each output row keeps its share, convolutions too), ``-layer``
     `comparison: layer` (the whole layer's weights compete; SparseGPT: each block's), ``-swap``
@@ -113,6 +115,7 @@ def _row(base, method: str, setting: str, train: Dataset, test: Dataset, referen
         "fidelity_cosine": metrics["fidelity_cosine"],
         "prune_seconds": round(seconds, 2),
         "size_ratio": saved_size_bytes(adapter.model) / dense["size_bytes"],
+        **{k: summary[k] for k in ("layer_sparsity_range", "tower_sparsity") if k in summary},
     }
 
 

@@ -8,6 +8,7 @@ from mmcompress.evaluation.metrics import (
     class_embeddings,
     fidelity_cosine,
     retrieval_recall,
+    similarity_fidelity,
     zeroshot_top1,
 )
 from mmcompress.recipe import EvaluateConfig
@@ -36,6 +37,20 @@ def test_fidelity_is_one_for_identical_and_lower_otherwise():
     assert abs(fidelity_cosine(emb, emb) - 1) < 1e-6
     noisy = {"image": F.normalize(emb["image"] + 0.5 * torch.randn(5, 4), dim=-1)}
     assert fidelity_cosine(noisy, emb) < 0.999
+
+
+def test_similarity_fidelity_ignores_a_rotation_but_not_noise():
+    torch.manual_seed(0)
+    emb = {"image": F.normalize(torch.randn(20, 8), dim=-1),
+           "text": F.normalize(torch.randn(30, 8), dim=-1)}
+    rotation, _ = torch.linalg.qr(torch.randn(8, 8))
+    rotated = {k: v @ rotation for k, v in emb.items()}
+    assert fidelity_cosine(rotated, emb) < 0.9
+    assert similarity_fidelity(rotated, emb) == pytest.approx(1.0, abs=1e-9)
+    noisy = {k: F.normalize(v + 0.3 * torch.randn_like(v), dim=-1) for k, v in emb.items()}
+    assert similarity_fidelity(noisy, emb) < 0.99
+    assert similarity_fidelity({"logits": torch.randn(4, 3)}, emb) != similarity_fidelity(
+        {"logits": torch.randn(4, 3)}, emb)  # nothing in common: nan
 
 
 def test_evaluate_adapter_on_retrieval_data(tiny_clip):

@@ -17,6 +17,7 @@ from mmcompress.cli import app
 from mmcompress.errors import RecipeError
 from mmcompress.io.checkpoint import save_checkpoint
 from mmcompress.methods import METHODS, StageContext
+from mmcompress.methods.sparsity_allocation import masked_error, sensitivity_sparsities
 from mmcompress.modules.sparse import (
     SparseConv2d,
     SparseEmbedding,
@@ -627,6 +628,42 @@ def test_one_shot_owl_gets_the_same_sparsities_from_the_masks_pass(tiny_clip, sw
         assert m.sparsity == pytest.approx(_sparse_layers(sequential)[name].sparsity), name
 
 
+def test_masked_error_is_the_relative_output_error():
+    x, w = layer_inputs(), torch.randn(12, 64)
+    keep = torch.rand_like(w) > 0.4
+    direct = ((x @ (w * ~keep).T) ** 2).sum() / ((x @ w.T) ** 2).sum()
+    assert masked_error(w, keep, x.T @ x) == pytest.approx(float(direct), rel=1e-6)
+
+
+def test_sensitivity_prunes_the_layer_whose_inputs_matter_less_more():
+    """Two layers alike but for their inputs: one reads 4 strong features and 60 near-zero
+    ones, the other 64 alike; the first can lose far more of its weights for the same error,
+    and all weights together lose the target share."""
+    torch.manual_seed(0)
+    scale = torch.cat([torch.full((4,), 10.0), torch.full((60,), 0.01)])
+    x = {"few": torch.randn(256, 64) * scale, "all": torch.randn(256, 64)}
+    layers = {n: nn.Linear(64, 32, bias=False) for n in x}
+    norms = {n: v.norm(dim=0) for n, v in x.items()}
+
+    def keep_at(name, module, sparsity):
+        return keep_mask(module.weight.detach().abs() * norms[name], sparsity, per_row=True)
+
+    per_layer = sensitivity_sparsities(layers, {n: v.T @ v for n, v in x.items()}, 0.5,
+                                       keep_at, probe=None)
+    assert per_layer["few"] > 0.5 > per_layer["all"]
+    assert (per_layer["few"] + per_layer["all"]) / 2 == pytest.approx(0.5, abs=0.03)
+
+
+def test_sensitivity_sparsities_keep_the_stage_sparsity_and_vary_by_layer(tiny_clip):
+    summary = _apply(tiny_clip, "wanda", sparsity=0.6, layer_sparsity="sensitivity",
+                     targets=["text"], sensitivity_samples=8)
+    sparsities = {round(m.sparsity, 2) for m in _sparse_layers(tiny_clip).values()}
+    assert len(sparsities) > 1
+    low, high = summary["layer_sparsity_range"]
+    assert low < 0.6 < high
+    assert summary["sparsity"] == pytest.approx(0.6, abs=0.01)
+
+
 def _quantize(adapter, method, **cfg):
     stage = load_recipe({"stages": [{"quantize": {"method": method, **cfg}}]}).stages[0]
     ctx = StageContext(data=toy_image_data(),
@@ -703,6 +740,8 @@ def test_pruned_tables_quantize_and_reload_in_one_recipe(tiny_clip, tmp_path):
     ({"sparsity": 0.5, "blocksize": 4, "method": "sparsegpt"}, "unknown key 'blocksize'"),
     ({"sparsity": 0.5, "layer_sparsity": "owl"}, "needs method wanda, sparsegpt or admm"),
     ({"pattern": "2:4", "layer_sparsity": "owl", "method": "wanda"}, "unstructured pattern"),
+    ({"pattern": "2:4", "layer_sparsity": "sensitivity", "method": "sparsegpt"},
+     "layer_sparsity 'sensitivity'"),
     ({"sparsity": 0.5, "embeddings": True, "schedule": {"end": 0.5}}, "set 'embeddings' false"),
     ({"sparsity": 0.5, "method": "sparsegpt", "asymmetric": True, "sequential": False},
      "set 'sequential: true'"),

@@ -15,6 +15,7 @@ from torch import nn
 from .adapters import Adapter
 from .data import Dataset
 from .evaluation.evaluate import QUALITY, Evaluation, quality
+from .evaluation.metrics import similarity_fidelity
 from .modules.replace import replace_modules
 from .progress import progress_bar
 from .selection import tower_of
@@ -45,6 +46,8 @@ class Probe:
         out = {f"{k}_drop": self.reference.metrics[k] - v
                for k, v in after.metrics.items() if k in QUALITY}
         out["fidelity_loss"] = 1.0 - after.metrics["fidelity_cosine"]
+        out["similarity_loss"] = 1.0 - similarity_fidelity(after.embeddings,
+                                                           self.reference.embeddings)
         return out
 
 

@@ -56,6 +56,27 @@ def fidelity_cosine(
     return float(torch.cat(cos).mean()) if cos else float("nan")
 
 
+def similarity_fidelity(
+    embeddings: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]
+) -> float:
+    """Pearson correlation between the two models' cosine similarities of every pair of distinct
+    items (all modalities both have, pooled when equally wide): 1 when a compression keeps which
+    items are alike, even if it moves every embedding the same way (a rotation of the space
+    lowers `fidelity_cosine` but not this)."""
+    keys = [k for k in embeddings
+            if k in reference and len(embeddings[k]) == len(reference[k])]
+    widths = {embeddings[k].shape[-1] for k in keys}
+    if not keys or len(widths) > 1:
+        return float("nan")
+    sims = []
+    for emb in (embeddings, reference):
+        x = F.normalize(torch.cat([emb[k] for k in keys]).double(), dim=-1)
+        s = x @ x.T
+        sims.append(s[~torch.eye(len(x), dtype=torch.bool)])
+    a, b = (s - s.mean() for s in sims)
+    return float((a * b).sum() / (a.norm() * b.norm()).clamp_min(1e-30))
+
+
 def _average_ranks(values: Sequence[float]) -> torch.Tensor:
     v = torch.as_tensor(values, dtype=torch.float64)
     order = torch.argsort(v, stable=True)

@@ -24,6 +24,8 @@ from ..calibration.reference import reference_fit
 from ..errors import RecipeError
 from ..modules.replace import replace_modules
 from ..modules.sparse import dense_layer, layer_args, sparse_module
+from ..selection import tower_of
+from ..sensitivity import Probe
 from ..sparsity import (
     NM,
     global_keep_masks,
@@ -37,6 +39,7 @@ from ..sparsity.owl import outlier_ratio, owl_sparsities
 from ..sparsity.refit import refit_kept
 from ..sparsity.swaps import DEFAULT_ROUNDS, refine_by_swaps
 from .base import MethodConfig, StageContext, register_method, selected, split_embeddings
+from .sparsity_allocation import sensitivity_sparsities
 from .training_hooks import Schedule, with_schedule
 from .weight_quant import weight_matrix
 
@@ -72,10 +75,14 @@ class UnstructuredPruneConfig(MethodConfig):
                              "the same share of every token's row, whatever the method)")
     schedule: Schedule | None = Field(None, description="prune gradually while a later "
                                       "finetune/distill stage trains (magnitude, wanda)")
-    layer_sparsity: Literal["uniform", "owl"] = Field(
-        "uniform", description="every block at `sparsity`, or 'owl': blocks whose Wanda scores "
-        "hold more outliers pruned less, the mean staying `sparsity` (wanda, sparsegpt, admm; "
-        "unstructured)")
+    layer_sparsity: Literal["uniform", "owl", "sensitivity"] = Field(
+        "uniform", description="every block at `sparsity`; 'owl': blocks whose Wanda scores "
+        "hold more outliers pruned less, the mean staying `sparsity`; or 'sensitivity': a "
+        "sparsity per layer from each layer's measured output error, `sparsity` of all the "
+        "weights removed (wanda, sparsegpt, admm; unstructured)")
+    sensitivity_samples: int = Field(64, ge=0, description="layer_sparsity 'sensitivity': "
+                                     "examples probing each layer's effect on the model's "
+                                     "output (0: each layer's relative output error alone)")
     owl_threshold: float = Field(5.0, gt=1, description="OWL: a score is an outlier above this "
                                  "many times its block's mean score")
     owl_spread: float = Field(0.08, ge=0, lt=0.5, description="OWL: block sparsities span the "
@@ -95,11 +102,11 @@ class UnstructuredPruneConfig(MethodConfig):
                 and abs(self.sparsity - (1 - nm[0] / nm[1])) > 1e-6:
             raise ValueError(f"pattern {self.pattern} means sparsity {1 - nm[0] / nm[1]:g}, not "
                              f"{self.sparsity:g}; drop 'sparsity' or make them agree")
-        if self.layer_sparsity == "owl" and (self.method == "magnitude" or nm is not None
-                                             or self.schedule is not None):
-            raise ValueError("layer_sparsity 'owl' sets a sparsity per block from calibrated "
-                             "scores: it needs method wanda, sparsegpt or admm, an unstructured "
-                             "pattern and no schedule")
+        if self.layer_sparsity != "uniform" and (self.method == "magnitude" or nm is not None
+                                                 or self.schedule is not None):
+            raise ValueError(f"layer_sparsity '{self.layer_sparsity}' sets a sparsity per layer "
+                             "from calibrated statistics: it needs method wanda, sparsegpt or "
+                             "admm, an unstructured pattern and no schedule")
         if self.embeddings and self.schedule is not None:
             raise ValueError("gradual pruning ('schedule') masks linear and convolution layers "
                              "only; set 'embeddings' false or prune in one shot")
@@ -304,10 +311,13 @@ def _unpruned_stats(adapter: Adapter, layers: dict[str, nn.Module], context: Sta
 def _layer_sparsities(adapter: Adapter, layers: dict[str, nn.Module],
                       config: UnstructuredPruneConfig, context: StageContext,
                       stats: dict[str, Any] | None = None) -> dict[str, float]:
-    """Sparsity per layer: the stage's, or OWL's per block from the unpruned model's Wanda
-    scores (from `stats`, the unpruned model's collectors, when given; else collected)."""
+    """Sparsity per layer: the stage's, OWL's per block from the unpruned model's Wanda
+    scores, or one per layer from measured sensitivity (from `stats`, the unpruned model's
+    collectors, when given; else collected)."""
     if config.layer_sparsity == "uniform":
         return dict.fromkeys(layers, config.target_sparsity)
+    if config.layer_sparsity == "sensitivity":
+        return _sensitivity_sparsities(adapter, layers, config, context, stats)
     blocks = {name: group[0] for group in layer_groups(list(layers)) for name in group}
     scores: dict[str, list[torch.Tensor]] = {}
     if stats is None:
@@ -319,6 +329,36 @@ def _layer_sparsities(adapter: Adapter, layers: dict[str, nn.Module],
     ratios = {b: outlier_ratio(s, config.owl_threshold) for b, s in scores.items()}
     per_block = owl_sparsities(ratios, config.target_sparsity, config.owl_spread)
     return {name: per_block[blocks[name]] for name in layers}
+
+
+def _sensitivity_sparsities(adapter: Adapter, layers: dict[str, nn.Module],
+                            config: UnstructuredPruneConfig, context: StageContext,
+                            stats: dict[str, Any] | None) -> dict[str, float]:
+    """Sparsity per layer from each layer's output error under its Wanda mask at a grid of
+    sparsities, weighed by a probe of the model (`sparsity_allocation`)."""
+    if stats is None:
+        stats = _unpruned_stats(adapter, layers, context, lambda n, m: HessianCollector(),
+                                "sparsity sensitivity")
+
+    def keep_at(name: str, module: nn.Module, sparsity: float) -> torch.Tensor:
+        return _select(_wanda_scores(weight_matrix(module), stats[name]), module, config,
+                       config.rows_compete(module), sparsity)
+
+    probe = Probe.on(adapter, context.data, config.sensitivity_samples) \
+        if config.sensitivity_samples and context.data is not None else None
+    return sensitivity_sparsities(layers, {n: s.hessian for n, s in stats.items()},
+                                  config.target_sparsity, keep_at, probe)
+
+
+def _tower_sparsity(adapter: Adapter, masks: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Share of each tower's pruned layers' weights removed."""
+    towers = adapter.towers()
+    kept: dict[str, list[int]] = {}
+    for name, keep in masks.items():
+        k = kept.setdefault(tower_of(name, towers) or "other", [0, 0])
+        k[0] += int(keep.sum())
+        k[1] += keep.numel()
+    return {t: round(1 - k / n, 4) for t, (k, n) in kept.items()}
 
 
 class _Tally:
@@ -444,6 +484,10 @@ def _prune_calibrated(adapter: Adapter, config: CalibratedPruneConfig, context: 
     del reference
     tally.finish(adapter.model)
     summary = tally.summary(n + len(tables))
+    if len(set(sparsity.values())) > 1:
+        summary["layer_sparsity_range"] = [round(min(sparsity.values()), 4),
+                                           round(max(sparsity.values()), 4)]
+        summary["tower_sparsity"] = _tower_sparsity(adapter, tally.masks)
     if rounds:  # a layer that used every round might have gained from more
         summary["swap_rounds_max"] = max(rounds)
         summary["layers_at_swap_limit"] = sum(r == config.swaps for r in rounds)
@@ -462,7 +506,8 @@ def apply_wanda(adapter: Adapter, config: WandaConfig, context: StageContext) ->
                        config.rows_compete(module), sparsity)
         return keep, w
 
-    needs_hessian = config.swaps or config.refit or config.asymmetric or config.bias_correction
+    needs_hessian = config.swaps or config.refit or config.asymmetric or config.bias_correction \
+        or config.layer_sparsity == "sensitivity"
     collector = HessianCollector if needs_hessian else FeatureNormCollector
     return _prune_calibrated(adapter, config, context, lambda n, m: collector(), prune,
                              "wanda")
