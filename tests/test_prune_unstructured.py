@@ -654,6 +654,27 @@ def test_sensitivity_prunes_the_layer_whose_inputs_matter_less_more():
     assert (per_layer["few"] + per_layer["all"]) / 2 == pytest.approx(0.5, abs=0.03)
 
 
+def test_sensitivity_prunes_the_layer_the_probe_finds_harmless_more():
+    """Two identical layers: the curve alone cannot tell them apart, the probe's measured loss
+    (ten times larger for 'key') decides which one loses more weights."""
+    torch.manual_seed(0)
+    x = torch.randn(256, 64)
+    layer = nn.Linear(64, 32, bias=False)
+    layers = {"key": layer, "other": copy.deepcopy(layer)}
+
+    class Probe:
+        def measure(self, modules, compress):
+            loss = 0.1 if "key" in modules else 0.01
+            return {"similarity_loss": loss, "fidelity_loss": float("nan")}
+
+    def keep_at(name, module, sparsity):
+        return keep_mask(module.weight.detach().abs() * x.norm(dim=0), sparsity, per_row=True)
+
+    per_layer = sensitivity_sparsities(layers, dict.fromkeys(layers, x.T @ x), 0.5, keep_at,
+                                       Probe())
+    assert per_layer["key"] < 0.5 < per_layer["other"]
+
+
 def test_sensitivity_sparsities_keep_the_stage_sparsity_and_vary_by_layer(tiny_clip):
     summary = _apply(tiny_clip, "wanda", sparsity=0.6, layer_sparsity="sensitivity",
                      targets=["text"], sensitivity_samples=8)
@@ -662,6 +683,8 @@ def test_sensitivity_sparsities_keep_the_stage_sparsity_and_vary_by_layer(tiny_c
     low, high = summary["layer_sparsity_range"]
     assert low < 0.6 < high
     assert summary["sparsity"] == pytest.approx(0.6, abs=0.01)
+    assert list(summary["tower_sparsity"]) == ["text"]
+    assert summary["tower_sparsity"]["text"] == pytest.approx(summary["sparsity"], abs=1e-4)
 
 
 def _quantize(adapter, method, **cfg):

@@ -30,7 +30,7 @@ from ..modules.replace import replace_modules
 from ..progress import progress_bar
 from ..sensitivity import Probe
 from .base import MethodConfig, StageContext, register_method, selected
-from .rank_allocation import LayerOptions, allocate_ranks, uniform_choice
+from .rank_allocation import LayerOptions, allocate_ranks, scale_to_measured, uniform_choice
 
 
 class LowRankConfig(MethodConfig):
@@ -158,10 +158,8 @@ def _weigh_by_probe(probe: Probe, factorizer: Factorizer, name: str, module: nn.
     trial = None if ref is None else factorizer.factor(name, module, ref, stats)
     if trial is None:
         return
-    predicted = next(loss for _, loss, choice in layer.options if choice == ref)
     measured = probe.measure({name: module}, lambda n, m: trial)["fidelity_loss"]
-    scale = max(measured, 0.0) / max(predicted, 1e-12)
-    layer.options = [(p, loss * scale, choice) for p, loss, choice in layer.options]
+    scale_to_measured(layer, ref, measured)
 
 
 def apply_lowrank(adapter: Adapter, factorizer: Factorizer, context: StageContext,

@@ -4,7 +4,8 @@ Each layer offers options (fewer weights, more loss), its dense form costing not
 sensitivity allocator takes, across all layers, the moves with the least loss per weight saved
 until the budget is met — as the bit budget in `allocation.py` does — but along each layer's
 lower convex hull: factoring a layer at all pays its whole spectral tail at once, so a plain
-step-by-step greedy would never start on it.
+step-by-step greedy would never start on it. `sparsity_allocation` spends a pruning budget the
+same way, each option a sparsity rather than a rank.
 """
 
 from __future__ import annotations
@@ -96,6 +97,15 @@ def _fill(layers: dict[str, LayerOptions], choices: dict[str, Any], kept: int,
         n = best[1]
         kept += ladders[n][pos[n] + 1][0] - ladders[n][pos[n]][0]
         pos[n] += 1
+
+
+def scale_to_measured(layer: LayerOptions, choice: Any, measured: float) -> None:
+    """Rescale the layer's losses so that option `choice` costs `measured` (the model's loss
+    with only that option applied, from a probe): the curve's shape comes from the layer, its
+    height from the model."""
+    predicted = next(loss for _, loss, c in layer.options if c == choice)
+    scale = max(measured, 0.0) / max(predicted, 1e-12)
+    layer.options = [(p, loss * scale, c) for p, loss, c in layer.options]
 
 
 def uniform_choice(layer: LayerOptions, param_ratio: float) -> Any:

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..modules.sparse import dense_layer, layer_args
 from ..sensitivity import Probe
-from .rank_allocation import LayerOptions, allocate_ranks
+from .rank_allocation import LayerOptions, allocate_ranks, scale_to_measured
 from .weight_quant import weight_matrix
 
 GRID_STEP = 0.05
@@ -54,26 +54,21 @@ def sensitivity_sparsities(layers: dict[str, nn.Module], hessians: dict[str, tor
     options: dict[str, LayerOptions] = {}
     for name, module in layers.items():
         w, h = weight_matrix(module), hessians[name]
-        points = []
-        for s in grid(target):
-            keep = keep_at(name, module, s)
-            points.append((int(keep.sum()), masked_error(w, keep, h), s))
+        masks = {s: keep_at(name, module, s) for s in grid(target)}
+        layer = LayerOptions(w.numel(), [(int(keep.sum()), masked_error(w, keep, h), s)
+                                         for s, keep in masks.items()])
         if probe is not None:
-            _scale_by_probe(probe, name, module, keep_at(name, module, target), points, target)
-        options[name] = LayerOptions(w.numel(), points)
+            scale_to_measured(layer, target, _probe_loss(probe, name, module, masks[target]))
+        options[name] = layer
     choices, _ = allocate_ranks(options, 1 - target)
     return {n: 0.0 if s is None else float(s) for n, s in choices.items()}
 
 
-def _scale_by_probe(probe: Probe, name: str, module: nn.Module, keep: torch.Tensor,
-                    points: list[tuple[int, float, float]], target: float) -> None:
-    """Rescale `points` in place so the loss at `target` is the measured fidelity loss."""
-    predicted = next(loss for _, loss, s in points if s == target)
+def _probe_loss(probe: Probe, name: str, module: nn.Module, keep: torch.Tensor) -> float:
+    """The model's similarity loss with only this layer masked by `keep` (its embedding
+    fidelity loss where outputs differ in width and share no similarities)."""
     weight = (weight_matrix(module) * keep).view(module.weight.shape)
     trial = dense_layer(layer_args(module), weight, module.bias)
     out = probe.measure({name: module}, lambda n, m: trial)
     measured = out["similarity_loss"]
-    if not math.isfinite(measured):  # outputs of different widths: no shared similarities
-        measured = out["fidelity_loss"]
-    scale = max(measured, 0.0) / max(predicted, 1e-12)
-    points[:] = [(k, loss * scale, s) for k, loss, s in points]
+    return measured if math.isfinite(measured) else out["fidelity_loss"]
