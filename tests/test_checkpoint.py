@@ -2,10 +2,17 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 import mmcompress
 from mmcompress.errors import CheckpointError
-from mmcompress.io.checkpoint import save_checkpoint
+from mmcompress.io.checkpoint import (
+    _file_entry,
+    _lean_rebuild,
+    _plain_meta_tensors,
+    _rebuild,
+    save_checkpoint,
+)
 from mmcompress.methods import METHODS, StageContext
 from mmcompress.recipe import load_recipe
 
@@ -78,3 +85,71 @@ def test_nan_weights_are_refused(tiny_clip, tmp_path):
     save_checkpoint(tiny_clip, tmp_path, "random:tiny", [])
     with pytest.raises(CheckpointError, match="NaN or Inf"):
         mmcompress.load(tmp_path)
+
+
+def _non_persistent(model):
+    return {f"{n}.{b}": t for n, m in model.named_modules() for b, t in m._buffers.items()
+            if t is not None and b in m._non_persistent_buffers_set}
+
+
+def test_saved_buffers_let_loading_skip_the_dense_build(tiny_clip, saved):
+    """The position ids a state dict leaves out are saved beside it, so the model is built on
+    the meta device and given only its saved size; they come back equal."""
+    manifest = json.loads((saved / "mmcompress.json").read_text())
+    lean = _lean_rebuild(saved, manifest, saved / "buffers.safetensors")
+    assert lean is not None
+    expected = _non_persistent(tiny_clip.model)
+    assert expected and expected.keys() == _non_persistent(lean.model).keys()
+    for key, tensor in _non_persistent(lean.model).items():
+        assert not tensor.is_meta and torch.equal(tensor, expected[key])
+    assert not any(t.is_meta for t in lean.model.state_dict().values())
+
+
+def _drop_buffers_file(folder):
+    manifest = json.loads((folder / "mmcompress.json").read_text())
+    del manifest["buffers"]
+    (folder / "buffers.safetensors").unlink()
+    (folder / "mmcompress.json").write_text(json.dumps(manifest))
+
+
+def _rewrite_buffers(folder, buffers):
+    save_file(buffers, str(folder / "buffers.safetensors"))
+    manifest = json.loads((folder / "mmcompress.json").read_text())
+    manifest["buffers"] = _file_entry(folder / "buffers.safetensors")
+    (folder / "mmcompress.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("change", ["no buffers file", "a buffer missing"])
+def test_folders_without_every_buffer_load_the_old_way(tiny_clip, tmp_path, change):
+    """A folder written before buffers.safetensors existed, or one lacking a buffer, is built
+    in memory as before, with the same outputs."""
+    _quantize(tiny_clip, bits=8)
+    before = _outputs(tiny_clip)
+    save_checkpoint(tiny_clip, tmp_path, "random:tiny", [])
+    if change == "no buffers file":
+        _drop_buffers_file(tmp_path)
+    else:
+        buffers = load_file(str(tmp_path / "buffers.safetensors"))
+        buffers.pop(sorted(buffers)[0])
+        _rewrite_buffers(tmp_path, buffers)
+        manifest = json.loads((tmp_path / "mmcompress.json").read_text())
+        assert _lean_rebuild(tmp_path, manifest, tmp_path / "buffers.safetensors") is None
+    for a, b in zip(before, _outputs(mmcompress.load(tmp_path)), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_tensor_attribute_made_at_construction_is_found(saved):
+    manifest = json.loads((saved / "mmcompress.json").read_text())
+    adapter = _rebuild(saved, manifest, meta=True)
+    assert _plain_meta_tensors(adapter) == []
+    adapter.model.text_model.table = torch.empty(3, device="meta")
+    assert _plain_meta_tensors(adapter) == ["text_model.table"]
+
+
+def test_altered_buffers_are_refused(saved):
+    path = saved / "buffers.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="buffers.safetensors is truncated or altered"):
+        mmcompress.load(saved)

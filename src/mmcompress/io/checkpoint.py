@@ -1,7 +1,17 @@
-"""The output folder's model: `model.safetensors` + `mmcompress.json` (enough to rebuild)."""
+"""The output folder's model: `model.safetensors` + `mmcompress.json` (enough to rebuild).
+
+`buffers.safetensors` holds the buffers a state dict leaves out (position ids, an audio
+window). With it, loading builds the architecture on the meta device and allocates only what
+the saved model holds, uninitialised, before the weights are copied in: no randomly
+initialised copy of the original dense model first, so a compressed model costs its own size
+to load, not the original's. Folders written before that file existed, or a model keeping a
+tensor neither file restores, load as before: the architecture built and initialised in
+memory, then the weights copied in.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -20,6 +30,7 @@ from .structure import apply_structure, meta_base, structure_diff
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
+BUFFERS = "buffers.safetensors"
 MANIFEST = "mmcompress.json"
 
 
@@ -37,9 +48,9 @@ def replaced_modules(model: torch.nn.Module) -> dict[str, dict[str, Any]]:
     return {n: m.spec() for n, m in model.named_modules() if isinstance(m, types)}
 
 
-def state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict as contiguous tensors; tensors sharing storage are stored separately."""
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+def _separate(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` as contiguous tensors; tensors sharing storage are stored separately."""
+    state = {k: v.detach().contiguous() for k, v in state.items()}
     seen: dict[tuple[int, int], str] = {}
     for k, v in state.items():
         key = (v.untyped_storage().data_ptr(), v.storage_offset())
@@ -49,10 +60,32 @@ def state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+def state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict as contiguous tensors; tensors sharing storage are stored separately."""
+    return _separate(model.state_dict())
+
+
+def unsaved_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The buffers the state dict leaves out (registered with ``persistent=False``), by dotted
+    name; not those a module derives again while loading (its `derived_buffers`)."""
+    return {
+        f"{name}.{b}" if name else b: t
+        for name, m in model.named_modules()
+        for b, t in m._buffers.items()
+        if t is not None and b in m._non_persistent_buffers_set
+        and b not in getattr(m, "derived_buffers", ())
+    }
+
+
+def _file_entry(path: Path) -> dict[str, Any]:
+    return {"file": path.name, "bytes": path.stat().st_size, "sha256": _sha256(path)}
+
+
 def save_checkpoint(adapter: Adapter, folder: Path, base_model: str, history: list[dict]) -> None:
     """Write weights, manifest and assets into `folder` (an atomic temporary folder)."""
-    weights = folder / WEIGHTS
+    weights, buffers = folder / WEIGHTS, folder / BUFFERS
     save_file(state_for_saving(adapter.model), str(weights), metadata={"format": "pt"})
+    save_file(_separate(unsaved_buffers(adapter.model)), str(buffers), metadata={"format": "pt"})
     adapter.save_assets(folder)
     manifest = {
         "format": "mmcompress",
@@ -64,7 +97,8 @@ def save_checkpoint(adapter: Adapter, folder: Path, base_model: str, history: li
         "structure": structure_diff(_base_model(adapter, folder), adapter.model),
         "modules": replaced_modules(adapter.model),
         "stages": history,
-        "weights": {"file": WEIGHTS, "bytes": weights.stat().st_size, "sha256": _sha256(weights)},
+        "weights": _file_entry(weights),
+        "buffers": _file_entry(buffers),
     }
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
@@ -92,40 +126,91 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
+def _verified(folder: Path, entry: Any) -> Path:
+    """The file a manifest entry names, once its size and sha256 match the entry."""
+    try:
+        path = folder / Path(entry["file"]).name
+        size, digest = entry["bytes"], entry["sha256"]
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"{folder / MANIFEST} is inconsistent: {exc!r}") from None
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing")
+    if path.stat().st_size != size or _sha256(path) != digest:
+        raise CheckpointError(
+            f"{path} is truncated or altered (size or sha256 differs from {MANIFEST})"
+        )
+    return path
+
+
+def _read(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path} cannot be read: {exc}") from None
+
+
+def _rebuild(folder: Path, manifest: dict[str, Any], meta: bool) -> Adapter:
+    """The saved architecture with its replacement modules; on the meta device if `meta`."""
+    try:
+        adapter_cls = ADAPTERS[manifest["adapter"]]
+        with torch.device("meta") if meta else contextlib.nullcontext():
+            adapter = adapter_cls.from_architecture(manifest["architecture"], folder)
+            apply_structure(adapter.model, manifest.get("structure", {}))
+            specs = manifest["modules"]
+            for depth in sorted({n.count(".") for n in specs}):  # parents first: nested ones
+                replace_modules(adapter.model, {n: build_module(s) for n, s in specs.items()
+                                                if n.count(".") == depth})
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise CheckpointError(f"{folder / MANIFEST} is inconsistent: {exc!r}") from None
+    return adapter
+
+
+def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[:3]
+        raise CheckpointError(f"{path} does not match the manifest: {' '.join(first)}") from None
+
+
+def _set_buffers(model: torch.nn.Module, buffers: dict[str, torch.Tensor]) -> None:
+    """Put the saved non-persistent buffers into `model` (fresh, aligned copies)."""
+    for key, tensor in buffers.items():
+        owner, _, name = key.rpartition(".")
+        model.get_submodule(owner)._buffers[name] = tensor.clone()
+
+
+def _plain_meta_tensors(adapter: Adapter) -> list[str]:
+    """Tensors the adapter or a module keeps as plain attributes (not parameters or buffers)
+    that are on the meta device: made at construction, never saved."""
+    holders = [("", adapter), *adapter.model.named_modules()]
+    return [f"{n}.{k}" if n else k for n, obj in holders
+            for k, v in vars(obj).items() if isinstance(v, torch.Tensor) and v.is_meta]
+
+
+def _lean_rebuild(folder: Path, manifest: dict[str, Any], buffers: Path) -> Adapter | None:
+    """The saved architecture allocated at its saved size (built on the meta device, then
+    given uninitialised memory) with its non-persistent buffers from `buffers`; None when
+    the model holds a tensor that neither file restores."""
+    adapter = _rebuild(folder, manifest, meta=True)
+    saved = _read(buffers)
+    if set(unsaved_buffers(adapter.model)) != set(saved) or _plain_meta_tensors(adapter):
+        return None
+    adapter.model.to_empty(device="cpu")
+    _set_buffers(adapter.model, saved)
+    return adapter
+
+
 def load_checkpoint(folder: Path) -> Adapter:
     """Rebuild the saved model and load its weights with strict checking (no pickle)."""
     folder = Path(folder)
     manifest = read_manifest(folder)
-    try:
-        adapter_cls = ADAPTERS[manifest["adapter"]]
-        weights_info = manifest["weights"]
-        adapter = adapter_cls.from_architecture(manifest["architecture"], folder)
-        apply_structure(adapter.model, manifest.get("structure", {}))
-        specs = manifest["modules"]
-        for depth in sorted({n.count(".") for n in specs}):  # parents first: nested replacements
-            replace_modules(adapter.model, {n: build_module(s) for n, s in specs.items()
-                                            if n.count(".") == depth})
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-        raise CheckpointError(f"{folder / MANIFEST} is inconsistent: {exc!r}") from None
-    weights = folder / weights_info["file"]
-    if not weights.is_file():
-        raise CheckpointError(f"{weights} is missing")
-    if (
-        weights.stat().st_size != weights_info["bytes"]
-        or _sha256(weights) != weights_info["sha256"]
-    ):
-        raise CheckpointError(
-            f"{weights} is truncated or altered (size or sha256 differs from {MANIFEST})"
-        )
-    try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{weights} cannot be read: {exc}") from None
-    try:
-        adapter.model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[:3]
-        raise CheckpointError(f"{weights} does not match the manifest: {' '.join(first)}") from None
+    weights = _verified(folder, manifest.get("weights"))
+    buffers = _verified(folder, manifest["buffers"]) if "buffers" in manifest else None
+    adapter = _lean_rebuild(folder, manifest, buffers) if buffers is not None else None
+    if adapter is None:  # a folder from before buffers.safetensors, or a tensor it lacks
+        adapter = _rebuild(folder, manifest, meta=False)
+    _load_state(adapter.model, _read(weights), weights)
     adapter.model.eval()
     adapter.check_finite()
     adapter.manifest = manifest  # type: ignore[attr-defined]

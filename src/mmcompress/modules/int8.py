@@ -226,6 +226,8 @@ def fastest_kernel(in_features: int, out_features: int) -> str:
 class W8A8Linear(nn.Module):
     """A linear layer with int8 weights and statically quantized int8 inputs."""
 
+    derived_buffers = ("weight_zero",)  # made by `prepare_compile`: not saved
+
     def __init__(self, in_features: int, out_features: int, bias: bool,
                  input_scale: bool = False) -> None:
         super().__init__()

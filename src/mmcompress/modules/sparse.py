@@ -107,6 +107,7 @@ class _MaskedLayer(nn.Module):
 
     layer: dict[str, Any]
     pattern: str
+    derived_buffers = ("row_start",)  # set from the mask whenever it is loaded: not saved
 
     def _setup(self, args: dict[str, Any], nnz: int, pattern: str, bias_grad: bool) -> None:
         self.layer, self.pattern, self.nnz = dict(args), pattern, nnz
@@ -132,7 +133,7 @@ class _MaskedLayer(nn.Module):
             return
         ids = torch.arange(self.rows, device=self.mask_bits.device)
         counts = torch.cat([self._keep_rows(chunk).sum(1) for chunk in ids.split(4096)])
-        self.row_start.copy_(counts.cumsum(0) - counts)
+        self.row_start = counts.cumsum(0) - counts
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
