@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from mmcompress.modules import QuantEmbedding, QuantLinear, build_module
+from mmcompress.modules.replace import table_from_rows
 from mmcompress.quantization.grid import QuantGrid
 
 
@@ -55,6 +56,15 @@ def test_quant_embedding_gathers_rows():
     expected = q.to_dense()(ids)
     assert torch.equal(q(ids), expected)
     assert sqnr_db(emb(ids), q(ids)) > 15
+
+
+def test_table_from_rows_fills_every_chunk():
+    """A dense table decoded chunk by chunk (as unpacking does) holds every row, chunks
+    ending mid-table included, and stays a trainable nn.Embedding."""
+    weight = torch.randn(10, 3)
+    table = table_from_rows(10, 3, 2, lambda ids: weight[ids], chunk=4)
+    assert torch.equal(table.weight, weight)
+    assert table.padding_idx == 2 and table.weight.requires_grad and not table.weight.is_meta
 
 
 def test_unknown_module_type_is_refused():

@@ -18,7 +18,7 @@ from torch import nn
 from ..quantization.grid import QuantGrid, compute_scales, dequantize, quantize
 from ..quantization.packing import pack_rows, packed_row_bytes, unpack_rows
 from .registry import register_module
-from .replace import filled
+from .replace import filled, table_from_rows
 
 Quantized = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # codes, scale, zero
 ROWS_PER_CHUNK = 4096  # rows quantized at a time: bounds the temporaries of a large table
@@ -264,9 +264,8 @@ class QuantEmbedding(_PackedWeight):
         return self.dequantized_weight(ids.reshape(-1)).view(*ids.shape, self.embedding_dim)
 
     def to_dense(self) -> nn.Embedding:
-        dense = nn.Embedding(self.num_embeddings, self.embedding_dim, self.padding_idx)
-        dense.weight.data.copy_(self.dequantized_weight())
-        return dense
+        return table_from_rows(self.num_embeddings, self.embedding_dim, self.padding_idx,
+                               self.dequantized_weight)
 
     def spec(self) -> dict[str, Any]:
         return {**self._base_spec(), "num_embeddings": self.num_embeddings,

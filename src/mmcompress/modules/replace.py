@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 import torch
@@ -40,3 +40,18 @@ def filled(layer: Layer, weight: torch.Tensor, bias: torch.Tensor | None) -> Lay
         if bias is not None:
             layer.bias.copy_(bias)
     return layer
+
+
+def table_from_rows(num: int, dim: int, padding_idx: int | None,
+                    rows: Callable[[torch.Tensor], torch.Tensor], chunk: int = 4096
+                    ) -> nn.Embedding:
+    """A new nn.Embedding whose rows are `rows(ids)`, decoded `chunk` rows at a time into a
+    table given uninitialised memory: a large vocabulary costs the table itself and no
+    table-sized temporaries (no random initialisation, no decoded copy to copy in)."""
+    with torch.device("meta"):
+        table = nn.Embedding(num, dim, padding_idx)
+    table.to_empty(device="cpu")
+    with torch.no_grad():
+        for ids in torch.arange(num).split(chunk):
+            table.weight[int(ids[0]): int(ids[-1]) + 1] = rows(ids)
+    return table

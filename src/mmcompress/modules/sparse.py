@@ -25,7 +25,7 @@ from ..quantization.grid import QuantGrid, compute_scales, dequantize, quantize
 from ..quantization.packing import gather_codes, pack_codes, packed_numel, unpack_codes
 from .quantized import Quantized
 from .registry import register_module
-from .replace import filled
+from .replace import filled, table_from_rows
 
 _SHIFTS = torch.arange(8, dtype=torch.uint8)
 
@@ -166,13 +166,14 @@ class _MaskedLayer(nn.Module):
         """Parameters of the dense layer this module stands for."""
         return self.rows * self.cols + (self.rows if self.bias is not None else 0)
 
-    @torch.no_grad()
-    def _export_weight(self) -> torch.Tensor:
-        """The dense weight for `to_dense`; a table is read by lookups of a few thousand rows
-        at a time, so that decoding a large vocabulary holds no table-sized temporaries."""
-        if self.layer["kind"] != "embedding":
-            return self.weight.detach()
-        return torch.cat([self(ids) for ids in torch.arange(self.rows).split(4096)])
+    def to_dense(self) -> nn.Module:
+        """The dense layer computing the same function (a table decoded a few thousand rows
+        at a time, so a large vocabulary holds no table-sized temporaries)."""
+        a = self.layer
+        if a["kind"] == "embedding":
+            return table_from_rows(a["num_embeddings"], a["embedding_dim"], a["padding_idx"],
+                                   self)
+        return dense_layer(a, self.weight.detach(), self.bias)
 
     def _spec(self) -> dict[str, Any]:
         return {"type": type(self).__name__, "layer": self.layer, "nnz": self.nnz,
@@ -212,10 +213,6 @@ class _SparseFloat(_MaskedLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _run(self.layer, x, self.weight, self.bias)
-
-    def to_dense(self) -> nn.Module:
-        """The dense layer computing the same function."""
-        return dense_layer(self.layer, self._export_weight(), self.bias)
 
     def spec(self) -> dict[str, Any]:
         return self._spec()
@@ -399,9 +396,6 @@ class _SparseQuant(_MaskedLayer):
             x = x / s
         w = self.dequantized_matrix().view(_weight_shape(self.layer))
         return _run(self.layer, x, w, self.bias)
-
-    def to_dense(self) -> nn.Module:
-        return dense_layer(self.layer, self._export_weight(), self.bias)
 
     def spec(self) -> dict[str, Any]:
         g = self.grid
