@@ -2,7 +2,7 @@
 lit-cifar zero-shot.
 
 ``python -m benchmarks.prune_unstructured OUT.json [--model minilm|lit-cifar] [--calib TRAIN]
-[--eval TEST] [--samples 2048] [--ignore MODULES]
+[--eval TEST] [--samples 2048] [--ignore MODULES] [--targets MODULES]
 [--methods magnitude,wanda,sparsegpt,admm,wanda-noswap,wanda-seq,wanda-row,wanda-owl,
 sparsegpt-layer,sparsegpt-asym,sparsegpt-norefit,sparsegpt-bias,wanda-bn]
 [--settings 0.5,0.6,0.7,2:4] [--embeddings] [--threads 2] [--update]``
@@ -10,13 +10,14 @@ sparsegpt-layer,sparsegpt-asym,sparsegpt-norefit,sparsegpt-bias,wanda-bn]
 Calibrates on one split (STS-B train, or lit-cifar-train) and evaluates on another (STS-B dev,
 or lit-cifar-eval), so calibration never sees the evaluation examples. Each row prunes a fresh
 copy of the dense model (MiniLM: every encoder linear layer; lit-cifar: every layer of both
-towers but those in ``--ignore``) and reports the metric (Spearman, or zero-shot top-1), its
-loss against the dense model, embedding fidelity, the pruning time and the size of the saved
-weights; ``loss_ci95`` is a paired bootstrap interval of the loss over resampled evaluation
-pairs or images (how far it could move on another sample like these). Method suffixes select
-options (see `_stage`). With ``--embeddings`` the embedding tables are pruned too (by
-magnitude, row by row, whatever the method), which is what takes the whole model's size below
-0.6× at 50%.
+towers but those in ``--ignore``; ``--targets`` prunes only the modules it selects, in the
+recipe's selection grammar, e.g. ``re:intermediate``) and reports the metric (Spearman, or
+zero-shot top-1), its loss against the dense model, embedding fidelity, the pruning time and
+the size of the saved weights; ``loss_ci95`` is a paired bootstrap interval of the loss over
+resampled evaluation pairs or images (how far it could move on another sample like these).
+Method suffixes select options (see `_stage`). With ``--embeddings`` the embedding tables are
+pruned too (by magnitude, row by row, whatever the method), which is what takes the whole
+model's size below 0.6× at 50%.
 
 2,048 calibration sentences by default: STS sentences are short (about 14 tokens), so 512
 give Wanda and SparseGPT only ~7k tokens of statistics (2,048: ~29k). On 1,437 held-out STS-B
@@ -66,7 +67,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def _stage(method: str, setting: str, embeddings: bool = False,
-           ignore: list[str] | None = None) -> dict[str, Any]:
+           ignore: list[str] | None = None, targets: list[str] | None = None
+           ) -> dict[str, Any]:
     """Prune settings of one row: ``NAME[-VARIANT...]``, where ``-owl`` sets OWL's sparsity per
     block (`layer_sparsity: owl`), ``-asym`` sets `asymmetric: true`, ``-oneshot`` sets
     `sequential: false` (every block's statistics from the unpruned model), ``-sens``
@@ -87,6 +89,8 @@ def _stage(method: str, setting: str, embeddings: bool = False,
         cfg.update(VARIANTS[v])
     if ignore:
         cfg["ignore"] = ignore
+    if targets:
+        cfg["targets"] = targets
     if ":" in setting:
         cfg["pattern"] = setting
     else:
@@ -99,7 +103,7 @@ def _row(base, method: str, setting: str, train: Dataset, test: Dataset, referen
          ) -> dict[str, Any]:
     adapter = copy.deepcopy(base)
     stages = [{"prune": _stage(method.removesuffix("-bn"), setting, args.embeddings,
-                               args.ignore)}]
+                               args.ignore, args.targets)}]
     if method.endswith("-bn"):  # then correct BatchNorm statistics against the dense model
         stages.append({"finetune": {"method": "batchnorm"}})
     (summary, *_), seconds = apply_stages(adapter, stages, train, calib, original=base)
@@ -150,6 +154,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--methods", default="magnitude,wanda,sparsegpt")
     p.add_argument("--settings", default="0.5,0.6,0.7,2:4", help="sparsities or N:M patterns")
     p.add_argument("--embeddings", action="store_true", help="prune the embedding tables too")
+    p.add_argument("--targets", type=lambda v: v.split(","), default=None,
+                   help="comma-separated modules to prune (default: every encoder linear layer, "
+                   "or every layer of both towers)")
     p.add_argument("--ignore", type=lambda v: v.split(","), default=None,
                    help="comma-separated modules left dense (e.g. a 3-channel stem for 2:4)")
     p.add_argument("--threads", type=int, default=2)
@@ -185,7 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     out = {"model": a.model, "calibration": a.calib or train.name,
            "evaluation": a.eval or test.name,
            "samples": a.samples, "batch_size": a.batch_size, "embeddings_pruned": a.embeddings,
-           "ignored": a.ignore or [], "threads": a.threads, "dense": dense, "rows": rows}
+           "ignored": a.ignore or [], "targets": a.targets, "threads": a.threads,
+           "dense": dense, "rows": rows}
     store(a.out, _merged(load(a.out), out) if a.update else out)
 
 
