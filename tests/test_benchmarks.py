@@ -227,3 +227,12 @@ def test_sts_folds_hold_out_every_pair_once_and_summarise_per_fold(monkeypatch, 
     assert [(r["method"], r["setting"]) for r in rows] == [("wanda", "0.6"), ("admm", "0.7")]
     assert rows[0]["loss_mean"] == pytest.approx(0.008) and rows[0]["folds_within_limit"] == 1
     assert rows[1]["loss_fold1"] == 0.01 and rows[1]["folds_within_limit"] == 2
+
+
+def test_prune_rows_carry_their_targets_and_ignores_into_the_stage() -> None:
+    from benchmarks.prune_unstructured import _stage
+
+    cfg = _stage("wanda-noswap", "2:4", targets=["re:intermediate"], ignore=["text.x"])
+    assert cfg == {"method": "wanda", "embeddings": False, "swaps": 0, "pattern": "2:4",
+                   "targets": ["re:intermediate"], "ignore": ["text.x"]}
+    assert "targets" not in _stage("wanda", "0.6") and _stage("wanda", "0.6")["sparsity"] == 0.6
