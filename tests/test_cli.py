@@ -32,15 +32,24 @@ def test_compress_writes_the_output_folder(tiny_clip_folder, tmp_path):
     result = runner.invoke(app, ["compress", "--model", str(tiny_clip_folder), "--recipe",
                                  str(_recipe(tmp_path)), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert {p.name for p in out.iterdir()} >= {"model.safetensors", "mmcompress.json",
-                                                "recipe.yaml", "report.json", "report.md",
-                                                "report.html"}
+    assert {p.name for p in out.iterdir()} >= {"model.safetensors", "buffers.safetensors",
+                                                "mmcompress.json", "recipe.yaml", "report.json",
+                                                "report.md", "report.html"}
     report = json.loads((out / "report.json").read_text())
     assert set(report) >= {"model", "recipe", "stages", "before", "after"}
     assert report["after"]["size_bytes"] < 0.5 * report["before"]["size_bytes"]
     assert report["after"]["size_bytes"] == (out / "model.safetensors").stat().st_size
     assert 0 <= report["after"]["zeroshot_top1"] <= 1
     assert "fidelity" in result.output
+    assert "rebuild them on every call" in result.output and "--unpack" in result.output
+
+
+def test_no_unpack_note_when_every_layer_is_dense(tiny_clip_folder, tmp_path):
+    recipe = _recipe(tmp_path, [{"prune": {"method": "structured", "neurons": 0.5}}])
+    result = runner.invoke(app, ["compress", "--model", str(tiny_clip_folder), "--recipe",
+                                 str(recipe), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "saved to" in result.output and "--unpack" not in result.output
 
 
 def test_evaluate_output_folder_as_json(tiny_clip_folder, tmp_path):

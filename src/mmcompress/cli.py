@@ -73,6 +73,7 @@ def _setup(quiet: bool, threads: int | None) -> bool:
 
 
 def _print_result(result) -> None:
+    from .modules.unpack import compact_layers
     from .report import terminal_table
 
     typer.echo(terminal_table(result.report["before"], result.report["after"]))
@@ -83,6 +84,14 @@ def _print_result(result) -> None:
     )
     if result.out is not None:
         typer.echo(f"saved to {result.out}")
+        compact = compact_layers(result.adapter.model)
+        if compact:
+            typer.echo(
+                f"note: {compact} layers keep compact weights (sparse or weight-only integer) and "
+                "rebuild them on every call, so they are smaller, not faster; "
+                f"`mmcompress evaluate {result.out} --unpack` (or mmcompress.load(..., "
+                "unpack=True)) runs them as dense layers, at dense memory"
+            )
 
 
 @app.command()

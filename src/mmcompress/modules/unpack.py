@@ -18,6 +18,11 @@ from .sparse import SPARSE_FLOAT, _SparseQuant
 UNPACKABLE: tuple[type[nn.Module], ...] = (*SPARSE_FLOAT, _SparseQuant, _PackedWeight)
 
 
+def compact_layers(model: nn.Module) -> int:
+    """How many layers of `model` `unpack_weights` would turn dense."""
+    return sum(isinstance(m, UNPACKABLE) for m in model.modules())
+
+
 def unpack_weights(model: nn.Module) -> int:
     """Replace every compact weight-only layer of `model` with its dense equivalent; returns
     how many were replaced."""
