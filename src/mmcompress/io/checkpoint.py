@@ -191,8 +191,12 @@ def _plain_meta_tensors(adapter: Adapter) -> list[str]:
 def _lean_rebuild(folder: Path, manifest: dict[str, Any], buffers: Path) -> Adapter | None:
     """The saved architecture allocated at its saved size (built on the meta device, then
     given uninitialised memory) with its non-persistent buffers from `buffers`; None when
-    the model holds a tensor that neither file restores."""
-    adapter = _rebuild(folder, manifest, meta=True)
+    the model holds a tensor that neither file restores, or cannot be built on the meta
+    device (an op there without a meta implementation)."""
+    try:
+        adapter = _rebuild(folder, manifest, meta=True)
+    except (RuntimeError, NotImplementedError):
+        return None
     saved = _read(buffers)
     if set(unsaved_buffers(adapter.model)) != set(saved) or _plain_meta_tensors(adapter):
         return None
