@@ -111,6 +111,21 @@ SECTIONS = [
      "Each default's loss on every quarter of STS-B train held out in turn (fold 0: the"
      " `prune_unstructured_heldout.json` rows, folds 1-3: the sections above), their mean, and"
      " in how many folds it meets the issue's limit (0.008 at 60% and 2:4, 0.02 at 70%)."),
+    *[(f"Wanda on one kind of MiniLM layer, held-out STS ({label})",
+       f"prune_by_type/wanda_{key}.json",
+       "python -m benchmarks.sts_heldout /tmp/sts0 --fold 0; python -m"
+       f" benchmarks.prune_unstructured benchmarks/results/prune_by_type/wanda_{key}.json"
+       " --methods wanda --settings 0.6"
+       f" --calib /tmp/sts0/sts-calib.csv --eval /tmp/sts0/sts-heldout.csv --targets '{pattern}'",
+       f"Wanda (defaults) at 60% on the {label} of all six blocks only, the other layers dense;"
+       " fold 0 as in \"Unstructured pruning on other STS data\", where every layer pruned"
+       " together loses 0.0113 (session 18).")
+      for key, label, pattern in (
+          ("qk", "query and key layers", r"re:self\.(query|key)$"),
+          ("vo", "value and attention output layers",
+           r"re:self\.value$|attention\.output\.dense$"),
+          ("ffn1", "MLP first layers", r"re:intermediate\.dense$"),
+          ("ffn2", "MLP second layers", r"re:layer\.\d+\.output\.dense$"))],
     ("Bias correction, on other STS data", "prune_bias_heldout.json",
      "python -m benchmarks.sts_heldout /tmp/sts && python -m benchmarks.prune_unstructured"
      " benchmarks/results/prune_bias_heldout.json --methods sparsegpt-bias,wanda-bias,admm-bias"
