@@ -4,6 +4,7 @@ from torch import nn
 
 from mmcompress.modules import QuantEmbedding, QuantLinear, build_module
 from mmcompress.modules.replace import table_from_rows
+from mmcompress.modules.unpack import compact_layers
 from mmcompress.quantization.grid import QuantGrid
 
 
@@ -65,6 +66,14 @@ def test_table_from_rows_fills_every_chunk():
     table = table_from_rows(10, 3, 2, lambda ids: weight[ids], chunk=4)
     assert torch.equal(table.weight, weight)
     assert table.padding_idx == 2 and table.weight.requires_grad and not table.weight.is_meta
+
+
+def test_compact_layers_count_linear_layers_but_not_tables():
+    """What the CLI's unpack note counts: layers rebuilding a dense weight per call; tables
+    decode only the rows a lookup reads."""
+    model = nn.Sequential(QuantEmbedding.from_embedding(nn.Embedding(10, 16), QuantGrid(8)),
+                          QuantLinear.from_linear(nn.Linear(16, 4), QuantGrid(8)), nn.Linear(4, 2))
+    assert compact_layers(model) == 1
 
 
 def test_unknown_module_type_is_refused():

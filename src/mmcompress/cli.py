@@ -87,8 +87,9 @@ def _print_result(result) -> None:
         compact = compact_layers(result.adapter.model)
         if compact:
             typer.echo(
-                f"note: {compact} layers keep compact weights (sparse or weight-only integer) and "
-                "rebuild them on every call, so they are smaller, not faster; "
+                f"note: {compact} linear or convolution layers keep compact weights (sparse or "
+                "weight-only integer) and rebuild them on every call, so they are smaller, not "
+                "faster; "
                 f"`mmcompress evaluate {result.out} --unpack` (or mmcompress.load(..., "
                 "unpack=True)) runs them as dense layers, at dense memory"
             )

@@ -11,16 +11,19 @@ from __future__ import annotations
 
 from torch import nn
 
-from .quantized import _PackedWeight
+from .quantized import QuantEmbedding, _PackedWeight
 from .replace import replace_modules
-from .sparse import SPARSE_FLOAT, _SparseQuant
+from .sparse import SPARSE_FLOAT, SparseEmbedding, SparseQuantEmbedding, _SparseQuant
 
 UNPACKABLE: tuple[type[nn.Module], ...] = (*SPARSE_FLOAT, _SparseQuant, _PackedWeight)
+TABLES = (QuantEmbedding, SparseEmbedding, SparseQuantEmbedding)
 
 
 def compact_layers(model: nn.Module) -> int:
-    """How many layers of `model` `unpack_weights` would turn dense."""
-    return sum(isinstance(m, UNPACKABLE) for m in model.modules())
+    """How many linear and convolution layers of `model` rebuild their dense weight on every
+    call (those `unpack_weights` would turn dense; embedding tables, which decode only the rows
+    a lookup reads, are not counted)."""
+    return sum(isinstance(m, UNPACKABLE) and not isinstance(m, TABLES) for m in model.modules())
 
 
 def unpack_weights(model: nn.Module) -> int:
