@@ -82,38 +82,28 @@ def _tower_args(key: str, sample: Any) -> tuple[tuple[torch.Tensor, ...], list[s
     return tuple(sample[k] for k in TEXT_INPUTS), list(TEXT_INPUTS)
 
 
+def _onnx_export(module: nn.Module, args: tuple, names: list[str], path: Path,
+                 **options: Any) -> None:
+    with _quiet():
+        torch.onnx.export(module, args, str(path), input_names=names, output_names=[OUTPUT],
+                          **options)
+
+
 def _export(module: nn.Module, args: tuple, names: list[str], path: Path) -> str:
     """Export with dynamic batch (and sequence) axes; returns the exporter that worked."""
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=4096)
     shapes = tuple({0: batch} if a.dim() == 4 else {0: batch, 1: seq} for a in args)
     try:
-        with _quiet():
-            torch.onnx.export(
-                module,
-                args,
-                str(path),
-                input_names=names,
-                output_names=[OUTPUT],
-                dynamic_shapes=shapes,
-                dynamo=True,
-                external_data=False,
-            )
+        _onnx_export(module, args, names, path, dynamic_shapes=shapes, dynamo=True,
+                     external_data=False)
         return "dynamo"
     except Exception:  # noqa: BLE001 - any exporter failure falls back to TorchScript
         axes = {
             n: ({0: "batch"} if a.dim() == 4 else {0: "batch", 1: "seq"})
             for n, a in zip(names, args)
         }
-        with _quiet():
-            torch.onnx.export(
-                module,
-                args,
-                str(path),
-                input_names=names,
-                output_names=[OUTPUT],
-                dynamic_axes={**axes, OUTPUT: {0: "batch"}},
-                dynamo=False,
-            )
+        _onnx_export(module, args, names, path, dynamic_axes={**axes, OUTPUT: {0: "batch"}},
+                     dynamo=False)
         return "torchscript"
 
 
