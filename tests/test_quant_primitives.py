@@ -62,3 +62,23 @@ def test_zero_rows_do_not_divide_by_zero():
     grid = QuantGrid(4, None, False)
     scale, zero = compute_scales(w, grid)
     assert torch.equal(dequantize(quantize(w, grid, scale, zero), grid, scale, zero), w)
+
+
+@pytest.mark.parametrize("grid,cols", [(QuantGrid(8), 40), (QuantGrid(4, 16), 48),
+                                       (QuantGrid(4, 16, False), 40), (QuantGrid(3, 8), 20)])
+def test_quantize_and_dequantize_are_the_elementwise_formulas(grid, cols):
+    """Scales broadcast over full groups (or repeated where the last group is short) give the
+    per-weight formulas bit for bit, and the inputs are left as they were."""
+    torch.manual_seed(0)
+    w = torch.randn(6, cols)
+    original = w.clone()
+    scale, zero = compute_scales(w, grid)
+    s = expand_groups(scale, grid, cols)
+    z = expand_groups(torch.full_like(scale, grid.midpoint) if zero is None else zero, grid, cols)
+    codes = quantize(w, grid, scale, zero)
+    assert torch.equal(codes, (torch.round(w / s) + z).clamp(0, grid.qmax).to(torch.uint8))
+    stored = codes.clone()
+    assert torch.equal(dequantize(codes, grid, scale, zero), (codes.float() - z) * s)
+    assert torch.equal(w, original) and torch.equal(codes, stored)
+    transposed = quantize(w.t().contiguous().t(), grid, scale, zero)  # non-contiguous input
+    assert torch.equal(transposed, codes)

@@ -71,24 +71,45 @@ def _zero_points(scale: torch.Tensor, zero: torch.Tensor | None, grid: QuantGrid
     return zero.float() if zero is not None else torch.full_like(scale, grid.midpoint)
 
 
+def _by_group(x: torch.Tensor, grid: QuantGrid) -> torch.Tensor | None:
+    """`x` [rows, cols] viewed as [rows, groups, width] when every group is full, else None."""
+    rows, cols = x.shape
+    g = grid.width(cols)
+    return x.view(rows, cols // g, g) if cols % g == 0 else None
+
+
+def _per_weight(t: torch.Tensor, grid: QuantGrid, cols: int, grouped: bool) -> torch.Tensor:
+    """A per-group [rows, groups] tensor laid out to combine with each weight: broadcast over
+    the grouped view (no [rows, cols] copy), or repeated when the last group is short."""
+    return t.unsqueeze(-1) if grouped else expand_groups(t, grid, cols)
+
+
+def _fresh_float(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+
+
 def quantize(
     w: torch.Tensor, grid: QuantGrid, scale: torch.Tensor, zero: torch.Tensor | None
 ) -> torch.Tensor:
     """Unsigned integer codes of `w` on the grid, shape of `w`, dtype uint8."""
-    cols = w.shape[1]
-    s = expand_groups(scale, grid, cols)
-    z = expand_groups(_zero_points(scale, zero, grid), grid, cols)
-    return (torch.round(w.float() / s) + z).clamp(0, grid.qmax).to(torch.uint8)
+    out = _fresh_float(w)
+    grouped = _by_group(out, grid)
+    view, cols = (out if grouped is None else grouped), w.shape[1]
+    z = _per_weight(_zero_points(scale, zero, grid), grid, cols, grouped is not None)
+    view.div_(_per_weight(scale, grid, cols, grouped is not None)).round_().add_(z)
+    return out.clamp_(0, grid.qmax).to(torch.uint8)
 
 
 def dequantize(
     codes: torch.Tensor, grid: QuantGrid, scale: torch.Tensor, zero: torch.Tensor | None
 ) -> torch.Tensor:
     """Float32 values of unsigned `codes` (shape [rows, cols])."""
-    cols = codes.shape[1]
-    s = expand_groups(scale, grid, cols)
-    z = expand_groups(_zero_points(scale, zero, grid), grid, cols)
-    return (codes.float() - z) * s
+    out = _fresh_float(codes)
+    grouped = _by_group(out, grid)
+    view, cols = (out if grouped is None else grouped), codes.shape[1]
+    z = _per_weight(_zero_points(scale, zero, grid), grid, cols, grouped is not None)
+    view.sub_(z).mul_(_per_weight(scale, grid, cols, grouped is not None))
+    return out
 
 
 def fake_quantize(w: torch.Tensor, grid: QuantGrid) -> torch.Tensor:
