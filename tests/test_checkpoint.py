@@ -106,6 +106,20 @@ def test_saved_buffers_let_loading_skip_the_dense_build(tiny_clip, saved):
     assert not any(t.is_meta for t in lean.model.state_dict().values())
 
 
+def test_load_never_builds_the_architecture_in_memory(saved, monkeypatch):
+    """`mmcompress.load` of a folder with buffers.safetensors builds on the meta device only."""
+    import mmcompress.io.checkpoint as checkpoint
+
+    build = checkpoint._rebuild
+
+    def meta_only(folder, manifest, meta):
+        assert meta, "built the architecture in memory"
+        return build(folder, manifest, meta)
+
+    monkeypatch.setattr(checkpoint, "_rebuild", meta_only)
+    assert not any(t.is_meta for t in mmcompress.load(saved).model.state_dict().values())
+
+
 def _drop_buffers_file(folder):
     manifest = json.loads((folder / "mmcompress.json").read_text())
     del manifest["buffers"]

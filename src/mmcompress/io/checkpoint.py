@@ -11,7 +11,6 @@ memory, then the weights copied in.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -151,18 +150,20 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
 
 def _rebuild(folder: Path, manifest: dict[str, Any], meta: bool) -> Adapter:
     """The saved architecture with its replacement modules; on the meta device if `meta`."""
+    def build() -> Adapter:
+        adapter = ADAPTERS[manifest["adapter"]].from_architecture(manifest["architecture"],
+                                                                  folder)
+        apply_structure(adapter.model, manifest.get("structure", {}))
+        specs = manifest["modules"]
+        for depth in sorted({n.count(".") for n in specs}):  # parents first: nested ones
+            replace_modules(adapter.model, {n: build_module(s) for n, s in specs.items()
+                                            if n.count(".") == depth})
+        return adapter
+
     try:
-        adapter_cls = ADAPTERS[manifest["adapter"]]
-        with torch.device("meta") if meta else contextlib.nullcontext():
-            adapter = adapter_cls.from_architecture(manifest["architecture"], folder)
-            apply_structure(adapter.model, manifest.get("structure", {}))
-            specs = manifest["modules"]
-            for depth in sorted({n.count(".") for n in specs}):  # parents first: nested ones
-                replace_modules(adapter.model, {n: build_module(s) for n, s in specs.items()
-                                                if n.count(".") == depth})
+        return meta_base(build) if meta else build()
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise CheckpointError(f"{folder / MANIFEST} is inconsistent: {exc!r}") from None
-    return adapter
 
 
 def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:

@@ -7,7 +7,8 @@ no init) and compare it module by module with the model.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -16,6 +17,7 @@ from ..modules import MODULE_TYPES
 from ..modules.replace import replace_modules
 
 _PLAIN = (int, float, bool, str)
+T = TypeVar("T")
 
 
 def _ctor(module: nn.Module) -> dict[str, Any] | None:
@@ -88,7 +90,8 @@ def apply_structure(model: nn.Module, diff: dict[str, Any]) -> None:
             setattr(module, key, value)
 
 
-def meta_base(build) -> nn.Module:
-    """Build a model on the meta device: structure only, no memory, no initialisation."""
+def meta_base(build: Callable[[], T]) -> T:
+    """Run `build` on the meta device: a model's structure only, no memory, no
+    initialisation."""
     with torch.device("meta"):
         return build()

@@ -71,32 +71,26 @@ def _zero_points(scale: torch.Tensor, zero: torch.Tensor | None, grid: QuantGrid
     return zero.float() if zero is not None else torch.full_like(scale, grid.midpoint)
 
 
-def _by_group(x: torch.Tensor, grid: QuantGrid) -> torch.Tensor | None:
-    """`x` [rows, cols] viewed as [rows, groups, width] when every group is full, else None."""
-    rows, cols = x.shape
-    g = grid.width(cols)
-    return x.view(rows, cols // g, g) if cols % g == 0 else None
-
-
-def _per_weight(t: torch.Tensor, grid: QuantGrid, cols: int, grouped: bool) -> torch.Tensor:
-    """A per-group [rows, groups] tensor laid out to combine with each weight: broadcast over
-    the grouped view (no [rows, cols] copy), or repeated when the last group is short."""
-    return t.unsqueeze(-1) if grouped else expand_groups(t, grid, cols)
-
-
-def _fresh_float(x: torch.Tensor) -> torch.Tensor:
-    return x.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+def _on_grid(x: torch.Tensor, grid: QuantGrid, scale: torch.Tensor, zero: torch.Tensor | None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(a fresh float32 copy of `x` [rows, cols], the view of it to combine with per-group
+    values, the scales and zero points laid out for that view). Full groups: a [rows, groups,
+    width] view, the per-group values broadcast over it (no [rows, cols] copy of them); a short
+    last group: the copy itself, the values repeated per weight."""
+    out = x.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+    rows, cols = out.shape
+    g, z = grid.width(cols), _zero_points(scale, zero, grid)
+    if cols % g == 0:
+        return out, out.view(rows, cols // g, g), scale.unsqueeze(-1), z.unsqueeze(-1)
+    return out, out, expand_groups(scale, grid, cols), expand_groups(z, grid, cols)
 
 
 def quantize(
     w: torch.Tensor, grid: QuantGrid, scale: torch.Tensor, zero: torch.Tensor | None
 ) -> torch.Tensor:
     """Unsigned integer codes of `w` on the grid, shape of `w`, dtype uint8."""
-    out = _fresh_float(w)
-    grouped = _by_group(out, grid)
-    view, cols = (out if grouped is None else grouped), w.shape[1]
-    z = _per_weight(_zero_points(scale, zero, grid), grid, cols, grouped is not None)
-    view.div_(_per_weight(scale, grid, cols, grouped is not None)).round_().add_(z)
+    out, view, s, z = _on_grid(w, grid, scale, zero)
+    view.div_(s).round_().add_(z)
     return out.clamp_(0, grid.qmax).to(torch.uint8)
 
 
@@ -104,11 +98,8 @@ def dequantize(
     codes: torch.Tensor, grid: QuantGrid, scale: torch.Tensor, zero: torch.Tensor | None
 ) -> torch.Tensor:
     """Float32 values of unsigned `codes` (shape [rows, cols])."""
-    out = _fresh_float(codes)
-    grouped = _by_group(out, grid)
-    view, cols = (out if grouped is None else grouped), codes.shape[1]
-    z = _per_weight(_zero_points(scale, zero, grid), grid, cols, grouped is not None)
-    view.sub_(z).mul_(_per_weight(scale, grid, cols, grouped is not None))
+    out, view, s, z = _on_grid(codes, grid, scale, zero)
+    view.sub_(z).mul_(s)
     return out
 
 
