@@ -2,7 +2,7 @@
 lit-cifar zero-shot.
 
 ``python -m benchmarks.prune_unstructured OUT.json [--model minilm|lit-cifar] [--calib TRAIN]
-[--eval TEST] [--samples 2048] [--ignore MODULES] [--targets MODULES]
+[--eval TEST] [--samples 2048|auto] [--ignore MODULES] [--targets MODULES]
 [--methods magnitude,wanda,sparsegpt,admm,wanda-noswap,wanda-seq,wanda-row,wanda-owl,
 sparsegpt-layer,sparsegpt-asym,sparsegpt-norefit,sparsegpt-bias,wanda-bn]
 [--settings 0.5,0.6,0.7,2:4] [--embeddings] [--threads 2] [--update]``
@@ -139,6 +139,10 @@ def _datasets(args: argparse.Namespace) -> tuple[Dataset, Dataset]:
                  for g, d in zip(given, defaults, strict=True))
 
 
+def _samples(text: str) -> int | str:
+    return text if text == "auto" else int(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -149,7 +153,8 @@ def main(argv: list[str] | None = None) -> None:
                    "train, or lit-cifar-train)")
     p.add_argument("--eval", default=None, help="evaluation data spec (default: STS-B dev, "
                    "or lit-cifar-eval)")
-    p.add_argument("--samples", type=int, default=2048, help="calibration examples")
+    p.add_argument("--samples", type=_samples, default=2048, help="calibration examples, or "
+                   "'auto' (the recipe default: texts until 32,768 real tokens)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--methods", default="magnitude,wanda,sparsegpt")
     p.add_argument("--settings", default="0.5,0.6,0.7,2:4", help="sparsities or N:M patterns")

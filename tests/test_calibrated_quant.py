@@ -11,11 +11,12 @@ from mmcompress.calibration import HessianCollector, calibrate_layers, layer_gro
 from mmcompress.data import Dataset
 from mmcompress.errors import DataError
 from mmcompress.io.checkpoint import save_checkpoint
-from mmcompress.methods import METHODS, StageContext
+from mmcompress.methods import METHODS, StageContext, run_stages
 from mmcompress.quantization.awq import awq_quantize
 from mmcompress.quantization.gptq import gptq_quantize
 from mmcompress.quantization.grid import QuantGrid, dequantize, fake_quantize
 from mmcompress.recipe import CalibrationConfig, load_recipe
+from mmcompress.report import calibrated_on
 
 
 @pytest.mark.parametrize("grid", [QuantGrid(4, 16), QuantGrid(3, None, False), QuantGrid(8)])
@@ -110,3 +111,60 @@ def test_nan_calibration_images_are_refused(tiny_clip):
     data.images[0] = np.full((16, 16, 3), np.nan, dtype=np.float32)
     with pytest.raises(DataError, match="NaN"):
         tiny_clip.calibration_data(data, samples=12, batch_size=4, seed=0)
+
+
+def _sentences(n: int) -> Dataset:
+    sentence = "a man is playing the guitar while two dogs run across snowy fields"
+    texts = [" ".join(sentence.split(" ")[: 2 + i % 11]) for i in range(n)]
+    return Dataset("sentences", "sts", texts=texts, texts_b=texts[::-1], scores=[1.0] * n)
+
+
+def _tokens(calib) -> int:
+    return sum(int(b.token_mask.sum()) for b in calib.batches["text"])
+
+
+def test_auto_samples_draw_texts_until_the_token_target(tiny_clip):
+    data = _sentences(300)
+    samples, tokens = CalibrationConfig(text_tokens=2000).amounts()
+    calib = tiny_clip.calibration_data(data, samples, 16, 0, tokens)
+    drawn = calib.drawn["text"]
+    assert drawn["tokens"] == _tokens(calib) >= 2000 > drawn["tokens"] - _tokens(
+        type(calib)({"text": calib.batches["text"][-1:]}))
+    assert drawn["examples"] > samples == 128 and "image" not in calib.drawn
+    # the first `samples` texts are those an explicit `samples: 128` draws
+    fixed = tiny_clip.calibration_data(data, 128, 16, 0)
+    assert fixed.drawn["text"]["examples"] == 128
+    assert [b.load()["input_ids"].tolist() for b in fixed.batches["text"]] == \
+        [b.load()["input_ids"].tolist() for b in calib.batches["text"][:8]]
+
+
+def test_auto_samples_stop_when_the_texts_run_out(tiny_clip):
+    calib = tiny_clip.calibration_data(_sentences(150), *CalibrationConfig().amounts()[:1],
+                                       16, 0, CalibrationConfig().text_tokens)
+    assert calib.drawn["text"]["examples"] == 300 and calib.drawn["text"]["tokens"] < 32768
+
+
+def test_explicit_samples_draw_exactly_that_many_of_each_input(tiny_clip):
+    data = _data(12)
+    calib = tiny_clip.calibration_data(data, 10, 4, 0)
+    assert calib.drawn == {"image": {"examples": 10},
+                           "text": {"examples": 4, "tokens": _tokens(calib)}}
+    assert [len(b.load()) for b in calib.batches["image"]] == [4, 4, 2]
+
+
+def test_text_tokens_needs_auto_samples():
+    with pytest.raises(ValueError, match="text_tokens"):
+        CalibrationConfig(samples=64, text_tokens=1000)
+    assert CalibrationConfig(samples=64).amounts() == (64, 0)
+
+
+def test_stage_summary_records_what_it_calibrated_on(tiny_clip):
+    stages = load_recipe({"stages": [{"quantize": {"method": "gptq", "bits": 4}},
+                                     {"quantize": {"method": "rtn", "bits": 8}}]}).stages
+    ctx = StageContext(data=_data(), calibration=CalibrationConfig(samples=8, batch_size=4),
+                       progress=False)
+    gptq, rtn = run_stages(tiny_clip, stages, ctx)
+    assert gptq["calibration"] == {"image": {"examples": 8},
+                                   "text": {"examples": 4, "tokens": 16}}
+    assert "calibration" not in rtn  # round-to-nearest draws nothing
+    assert calibrated_on(gptq["calibration"]) == "8 images and 4 texts (16 tokens)"

@@ -69,12 +69,24 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+_ITEMS = {"text": "texts", "image": "images", "audio": "audio clips"}
+
+
+def calibrated_on(drawn: dict[str, dict[str, int]]) -> str:
+    """'2,317 texts (32,801 tokens) and 128 images': what a stage calibrated on."""
+    parts = [f"{c['examples']:,} {_ITEMS.get(m, 'examples')}"
+             + (f" ({c['tokens']:,} tokens)" if "tokens" in c else "") for m, c in drawn.items()]
+    return " and ".join(parts)
+
+
 def report_markdown(report: dict[str, Any]) -> str:
     """`report.md`: what was done, the before/after table, and how it was measured."""
     m = report["measurement"]
     stages = "\n".join(
         f"{i + 1}. `{s['kind']}` / `{s['method']}` — {s['seconds']:.1f} s, "
         f"{s['summary'].get('modules', 0)} modules changed"
+        + (f", calibrated on {calibrated_on(s['summary']['calibration'])}"
+           if s["summary"].get("calibration") else "")
         for i, s in enumerate(report["stages"])
     )
     table = markdown_table(

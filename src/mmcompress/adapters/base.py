@@ -77,9 +77,11 @@ class Adapter(ABC):
         raise NotImplementedError(f"{self.name} takes no {modality} input")
 
     def calibration_data(self, data: Dataset, samples: int, batch_size: int,
-                         seed: int) -> CalibrationData:
+                         seed: int, text_tokens: int = 0) -> CalibrationData:
         """Up to `samples` random items per input modality of `data`, batched and preprocessed
-        (images on every pass, so that calibration holds one batch of pixels, not all of them).
+        (images on every pass, so that calibration holds one batch of pixels, not all of them);
+        with `text_tokens`, texts are drawn on past `samples` until their batches hold that
+        many real tokens (or the texts run out). `CalibrationData.drawn` counts what was drawn.
 
         Raises:
             DataError: if the data holds nothing this model takes, or non-finite values.
@@ -88,11 +90,18 @@ class Adapter(ABC):
         raw = {"image": data.images, "text": data.all_texts() if data.task != "sts"
                else data.texts + data.texts_b}
         batches: dict[str, list[Callable[[], Any]]] = {}
+        drawn: dict[str, dict[str, int]] = {}
         for modality in self.input_modalities:
             items = raw.get(modality) or []
-            order = rng.permutation(len(items))[:samples]
-            for i in range(0, len(order), batch_size):
-                chosen = [int(j) for j in order[i : i + batch_size]]
+            order = rng.permutation(len(items)).tolist()
+            count = drawn.setdefault(modality, {"examples": 0})
+            tokens = text_tokens if modality == "text" else 0
+            while count["examples"] < len(order) and (
+                    count["examples"] < samples or count.get("tokens", 0) < tokens):
+                n = count["examples"]
+                chosen = order[n : n + (batch_size if n >= samples
+                                        else min(batch_size, samples - n))]
+                count["examples"] += len(chosen)
                 forward = functools.partial(self.forward_modality, modality)
                 if modality == "image":  # decoded on every pass: one batch in memory, not all
                     _check_finite_batch(self._image_batch(data, chosen), modality)
@@ -102,13 +111,17 @@ class Adapter(ABC):
                 batch = self.preprocess(modality, [items[j] for j in chosen])
                 _check_finite_batch(batch, modality)
                 mask = batch.get("attention_mask") if isinstance(batch, dict) else None
+                if mask is not None:
+                    count["tokens"] = count.get("tokens", 0) + int(mask.sum())
+                else:
+                    tokens = 0  # no mask to count real tokens by: `samples` only
                 batches.setdefault(modality, []).append(CalibrationBatch(
                     forward, functools.partial(_stored, batch),
                     None if mask is None else mask.bool()))
         if not batches:
             raise DataError(f"calibration data {data.name!r} is empty or holds no "
                             f"{' or '.join(self.input_modalities)} inputs")
-        return CalibrationData(batches)
+        return CalibrationData(batches, {m: c for m, c in drawn.items() if c["examples"]})
 
     def _image_batch(self, data: Dataset, indices: list[int]) -> Any:
         return self.preprocess("image", [data.load_image(j) for j in indices])

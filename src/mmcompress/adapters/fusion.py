@@ -119,7 +119,9 @@ class FusionAdapter(Adapter):
         return torch.cat(out)
 
     def calibration_data(self, data: Dataset, samples: int, batch_size: int,
-                         seed: int) -> CalibrationData:
+                         seed: int, text_tokens: int = 0) -> CalibrationData:
+        """`samples` tri-modal examples (`text_tokens` is not used: an example's text is one
+        input of three, drawn with its image and audio)."""
         if data.task not in self.tasks:
             raise DataError(f"calibrating a fusion model needs tri-modal data, but "
                             f"{data.name!r} is a {data.task} set")
@@ -131,7 +133,7 @@ class FusionAdapter(Adapter):
             batches.append(functools.partial(self.forward_modality, BATCH, batch))
         if not batches:
             raise DataError(f"calibration data {data.name!r} is empty")
-        return CalibrationData({BATCH: batches})
+        return CalibrationData({BATCH: batches}, {BATCH: {"examples": len(order)}})
 
     def latency_inputs(self, batch_size: int) -> dict[str, Callable[[], Any]]:
         rng = np.random.default_rng(0)

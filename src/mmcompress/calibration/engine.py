@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -61,9 +61,11 @@ def real_tokens(x: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tenso
 
 @dataclass
 class CalibrationData:
-    """Closures that run the model on calibration batches, per input modality."""
+    """Closures that run the model on calibration batches, per input modality; `drawn`: how
+    many examples (and, for text, real tokens) each modality's batches hold."""
 
     batches: dict[str, list[Batch]]
+    drawn: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def for_modalities(self, modalities: tuple[str, ...], what: str) -> list[Batch]:
         missing = [m for m in modalities if not self.batches.get(m)]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 METRICS = (
     "size_bytes",
@@ -32,14 +32,40 @@ METRICS = (
 )
 
 
+#: examples of each input a calibrated method draws by default (GPTQ's, SparseGPT's and Wanda's
+#: 128 calibration sequences)
+DEFAULT_SAMPLES = 128
+#: real tokens the default draws texts until: those 128 sequences at 256 tokens each. A short
+#: text is not a sequence: 128 STS sentences hold about 1,800 tokens, fewer than MiniLM's widest
+#: layer has inputs (1,536), so its Hessians would be nearly singular.
+DEFAULT_TEXT_TOKENS = 128 * 256
+
+
 class CalibrationConfig(BaseModel):
     """Where calibration examples come from and how many are used."""
 
     model_config = ConfigDict(extra="forbid")
     data: str | None = Field(None, description="data spec; default: the run's --data")
-    samples: PositiveInt = 128
+    samples: PositiveInt | Literal["auto"] = Field(
+        "auto", description=f"examples of each input; 'auto': {DEFAULT_SAMPLES}, and texts "
+        "until they hold `text_tokens` real tokens (all there are, if fewer)")
+    text_tokens: PositiveInt = Field(DEFAULT_TEXT_TOKENS, description="with samples 'auto': "
+                                     "the real (unpadded) tokens drawn texts add up to at least")
     batch_size: PositiveInt = 16
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _tokens_need_auto(self) -> CalibrationConfig:
+        if "text_tokens" in self.model_fields_set and self.samples != "auto":
+            raise ValueError(f"'text_tokens' sets how many texts samples 'auto' draws, but "
+                             f"samples is {self.samples}: drop one of them")
+        return self
+
+    def amounts(self) -> tuple[int, int]:
+        """(examples of each input, real tokens texts are drawn until; 0: no token target)."""
+        if self.samples == "auto":
+            return DEFAULT_SAMPLES, self.text_tokens
+        return self.samples, 0
 
 
 class EvaluateConfig(BaseModel):

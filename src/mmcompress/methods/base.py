@@ -14,6 +14,7 @@ from ..adapters import Adapter
 from ..calibration import CalibrationData
 from ..data import Dataset
 from ..errors import DataError
+from ..evaluation.config import CalibrationConfig
 from ..selection import select_modules
 
 if TYPE_CHECKING:
@@ -52,16 +53,23 @@ class StageContext:
     calibration: Any = None
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    #: what the running stage last drew for calibration (`CalibrationData.drawn`), if anything
+    drawn: dict[str, dict[str, int]] | None = None
 
-    def calibration_data(self, adapter: Adapter) -> CalibrationData:
-        """Calibration batches drawn from the run's data with the recipe's settings."""
+    def calibration_data(self, adapter: Adapter,
+                         batch_size: int | None = None) -> CalibrationData:
+        """Calibration batches drawn from the run's data with the recipe's settings
+        (`batch_size`: instead of the recipe's)."""
         if self.data is None:
             raise DataError("this method needs calibration data; pass --data (or use the "
                             "model's default data)")
-        samples, batch_size, seed = (
-            (self.calibration.samples, self.calibration.batch_size, self.calibration.seed)
-            if self.calibration is not None else (128, 16, 0))
-        return adapter.calibration_data(self.data, samples, batch_size, seed)
+        config = self.calibration if self.calibration is not None else CalibrationConfig()
+        samples, text_tokens = config.amounts()
+        calibration = adapter.calibration_data(self.data, samples,
+                                               batch_size or config.batch_size, config.seed,
+                                               text_tokens)
+        self.drawn = calibration.drawn
+        return calibration
 
 
 ApplyFn = Callable[[Adapter, MethodConfig, StageContext], dict[str, Any]]
@@ -95,8 +103,13 @@ def register_method(
 
 
 def run_stage(adapter: Adapter, stage: Stage, context: StageContext) -> dict[str, Any]:
-    """Apply one recipe stage with the method registered for it; its summary."""
-    return METHODS[(stage.kind, stage.config.method)].apply(adapter, stage.config, context)
+    """Apply one recipe stage with the method registered for it; its summary, with what the
+    stage calibrated on (``calibration``: examples, and real tokens of text, per modality)."""
+    context.drawn = None
+    summary = METHODS[(stage.kind, stage.config.method)].apply(adapter, stage.config, context)
+    if context.drawn and isinstance(summary, dict):
+        summary.setdefault("calibration", context.drawn)
+    return summary
 
 
 def keep_original(adapter: Adapter, stages: Sequence[Stage], context: StageContext) -> None:

@@ -244,9 +244,7 @@ def _calibration(adapter: Adapter, context: StageContext) -> CalibrationData:
     calib = context.calibration_data(adapter)
     if not calib.batches.get("text"):
         return calib
-    cfg = context.calibration
-    single = adapter.calibration_data(context.data, getattr(cfg, "samples", 128), 1,
-                                      getattr(cfg, "seed", 0))
+    single = context.calibration_data(adapter, batch_size=1)
     return CalibrationData({**calib.batches, "text": single.batches["text"]})
 
 
