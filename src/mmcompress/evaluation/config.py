@@ -36,8 +36,8 @@ METRICS = (
 #: 128 calibration sequences)
 DEFAULT_SAMPLES = 128
 #: real tokens the default draws texts until: those 128 sequences at 256 tokens each. A short
-#: text is not a sequence: 128 STS sentences hold about 1,800 tokens, fewer than MiniLM's widest
-#: layer has inputs (1,536), so its Hessians would be nearly singular.
+#: text is not a sequence: 128 STS sentences hold about 1,950 tokens, barely more than the 1,536
+#: inputs of MiniLM's widest layer, whose 1,536 × 1,536 Hessian they would have to estimate.
 DEFAULT_TEXT_TOKENS = 128 * 256
 
 
