@@ -111,6 +111,16 @@ SECTIONS = [
      "Each default's loss on every quarter of STS-B train held out in turn (fold 0: the"
      " `prune_unstructured_heldout.json` rows, folds 1-3: the sections above), their mean, and"
      " in how many folds it meets the issue's limit (0.008 at 60% and 2:4, 0.02 at 70%)."),
+    *[(f"Calibration amount on other STS data: samples {n}", f"prune_samples_{n}_heldout.json",
+       "python -m benchmarks.sts_heldout /tmp/sts0 --fold 0; python -m"
+       f" benchmarks.prune_unstructured benchmarks/results/prune_samples_{n}_heldout.json"
+       f" --methods wanda,sparsegpt --settings 0.6,2:4 --samples {n}"
+       " --calib /tmp/sts0/sts-calib.csv --eval /tmp/sts0/sts-heldout.csv",
+       f"Wanda and SparseGPT (defaults) on fold 0 as in \"Unstructured pruning on other STS"
+       f" data\", calibrated on {what}.")
+      for n, what in (("128", "128 sentences (the recipe default before `samples: auto`)"),
+                      ("auto", "the recipe default `samples: auto`: sentences until they hold"
+                       " 32,768 real tokens"))],
     *[(f"Wanda on one kind of MiniLM layer, held-out STS ({label})",
        f"prune_by_type/wanda_{key}.json",
        "python -m benchmarks.sts_heldout /tmp/sts0 --fold 0; python -m"
