@@ -2,7 +2,7 @@
 lit-cifar zero-shot.
 
 ``python -m benchmarks.prune_unstructured OUT.json [--model minilm|lit-cifar] [--calib TRAIN]
-[--eval TEST] [--samples 2048|auto] [--ignore MODULES] [--targets MODULES]
+[--eval TEST] [--samples 2048|auto] [--by-source] [--ignore MODULES] [--targets MODULES]
 [--methods magnitude,wanda,sparsegpt,admm,wanda-noswap,wanda-seq,wanda-row,wanda-owl,
 sparsegpt-layer,sparsegpt-asym,sparsegpt-norefit,sparsegpt-bias,wanda-bn]
 [--settings 0.5,0.6,0.7,2:4] [--embeddings] [--threads 2] [--update]``
@@ -15,9 +15,10 @@ recipe's selection grammar, e.g. ``re:intermediate``) and reports the metric (Sp
 zero-shot top-1), its loss against the dense model, embedding fidelity, the pruning time and
 the size of the saved weights; ``loss_ci95`` is a paired bootstrap interval of the loss over
 resampled evaluation pairs or images (how far it could move on another sample like these).
-Method suffixes select options (see `_stage`). With ``--embeddings`` the embedding tables are
-pruned too (by magnitude, row by row, whatever the method), which is what takes the whole
-model's size below 0.6× at 50%.
+``--by-source`` adds each row's loss within every source of the STS pairs (``loss_by_source``:
+MSRvid, images, headlines, ...). Method suffixes select options (see `_stage`). With
+``--embeddings`` the embedding tables are pruned too (by magnitude, row by row, whatever the
+method), which is what takes the whole model's size below 0.6× at 50%.
 
 2,048 calibration sentences by default: STS sentences are short (about 14 tokens), so 512
 give Wanda and SparseGPT only ~7k tokens of statistics (2,048: ~29k). On 1,437 held-out STS-B
@@ -42,7 +43,7 @@ from mmcompress.model_specs import load_model
 
 from .results_file import load, store
 from .stages import apply_stages
-from .stats import metric_difference_interval
+from .stats import metric_difference_interval, sts_loss_by_group
 
 STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb"
 
@@ -99,8 +100,8 @@ def _stage(method: str, setting: str, embeddings: bool = False,
 
 
 def _row(base, method: str, setting: str, train: Dataset, test: Dataset, reference: dict,
-         calib: dict[str, int], dense: dict[str, float], args: argparse.Namespace
-         ) -> dict[str, Any]:
+         calib: dict[str, int], dense: dict[str, float], args: argparse.Namespace,
+         sources: list[str] | None = None) -> dict[str, Any]:
     adapter = copy.deepcopy(base)
     stages = [{"prune": _stage(method.removesuffix("-bn"), setting, args.embeddings,
                                args.ignore, args.targets)}]
@@ -109,6 +110,8 @@ def _row(base, method: str, setting: str, train: Dataset, test: Dataset, referen
     (summary, *_), seconds = apply_stages(adapter, stages, train, calib, original=base)
     result = quality(adapter, test, reference)
     metrics, key = result.metrics, dense["metric"]
+    by_source = {"loss_by_source": sts_loss_by_group(reference, result.embeddings, test.scores,
+                                                     sources)} if sources else {}
     return {
         "method": method,
         "setting": setting,
@@ -120,7 +123,18 @@ def _row(base, method: str, setting: str, train: Dataset, test: Dataset, referen
         "prune_seconds": round(seconds, 2),
         "size_ratio": saved_size_bytes(adapter.model) / dense["size_bytes"],
         **{k: summary[k] for k in ("layer_sparsity_range", "tower_sparsity") if k in summary},
+        **by_source,
     }
+
+
+def sts_sources(path: Path, pairs: int) -> list[str]:
+    """The source of every pair of an STS Benchmark file (field 2: MSRvid, headlines, ...)."""
+    rows = [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+    if len(rows) != pairs or any(len(r) < 7 for r in rows):
+        raise SystemExit(f"error: --by-source needs an STS Benchmark file (7 fields a line, no "
+                         f"header); {path} is not one")
+    return [r[1] for r in rows]
 
 
 def _datasets(args: argparse.Namespace) -> tuple[Dataset, Dataset]:
@@ -164,6 +178,8 @@ def main(argv: list[str] | None = None) -> None:
                    "or every layer of both towers)")
     p.add_argument("--ignore", type=lambda v: v.split(","), default=None,
                    help="comma-separated modules left dense (e.g. a 3-channel stem for 2:4)")
+    p.add_argument("--by-source", action="store_true", help="also each row's loss within "
+                   "every source of the STS evaluation pairs (MSRvid, headlines, ...)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--update", action="store_true", help="replace only the rows run (same "
                    "method and setting) in an existing OUT written with the same settings")
@@ -172,6 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     base = load_model(a.model, progress=False)
     train, test = _datasets(a)
     calib = {"samples": a.samples, "batch_size": a.batch_size}
+    sources = sts_sources(Path(a.eval) if a.eval else STSB / "sts-dev.csv", len(test.scores)) \
+        if a.by_source else None
     ref = quality(base, test)
     key = "stsb_spearman" if "stsb_spearman" in ref.metrics else "zeroshot_top1"
     dense = {"metric": key, key: ref.metrics[key], "size_bytes": saved_size_bytes(base.model)}
@@ -186,7 +204,8 @@ def main(argv: list[str] | None = None) -> None:
         for setting in a.settings.split(","):
             if "-owl" in method and ":" in setting:
                 continue  # OWL varies unstructured sparsity; N:M fixes it
-            r = _row(base, method, setting, train, test, ref.embeddings, calib, dense, a)
+            r = _row(base, method, setting, train, test, ref.embeddings, calib, dense, a,
+                     sources)
             rows.append(r)
             print(
                 f"{method:<18} {setting:>7} {r[key]:>14.4f} {r['loss']:>7.4f} "
@@ -194,6 +213,9 @@ def main(argv: list[str] | None = None) -> None:
                 f"{r['fidelity_cosine']:>9.4f} {r['size_ratio']:>6.3f} {r['prune_seconds']:>8.1f}",
                 flush=True,
             )
+            if sources:
+                print("  loss by source: " + ", ".join(
+                    f"{k} {v:.4f}" for k, v in r["loss_by_source"].items()), flush=True)
     out = {"model": a.model, "calibration": a.calib or train.name,
            "evaluation": a.eval or test.name,
            "samples": a.samples, "batch_size": a.batch_size, "embeddings_pruned": a.embeddings,

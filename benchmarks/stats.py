@@ -44,6 +44,22 @@ def sts_difference_interval(first: dict[str, torch.Tensor], second: dict[str, to
     return paired_bootstrap(len(gold), difference, **kwargs)
 
 
+def sts_loss_by_group(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor],
+                      scores: Sequence[float], groups: Sequence[str]) -> dict[str, float]:
+    """Spearman(first) − Spearman(second) within each group of STS pairs (a loss, with the
+    reference model first), rounded to 4 places, groups in order of first appearance."""
+    a, b = _pair_cosines(first).tolist(), _pair_cosines(second).tolist()
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    out = {}
+    for g, idx in members.items():
+        gold = [scores[i] for i in idx]
+        out[g] = round(spearman([a[i] for i in idx], gold) - spearman([b[i] for i in idx], gold),
+                       4)
+    return out
+
+
 def zeroshot_correct(embeddings: dict[str, torch.Tensor], labels: Sequence[int],
                      n_classes: int) -> torch.Tensor:
     """Per image, 1.0 where zero-shot classification (as `eval_classification`) is right."""

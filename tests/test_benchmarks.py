@@ -95,6 +95,21 @@ def test_paired_bootstrap_interval_of_an_sts_loss() -> None:
     assert 0 < lo < hi  # the noisy copy ranks the pairs worse on every resample's bulk
 
 
+def test_sts_loss_by_group_scores_each_group_apart() -> None:
+    from benchmarks.stats import sts_loss_by_group
+
+    torch.manual_seed(0)
+    reference = {"text": torch.randn(400, 16)}
+    a, b = reference["text"][:200], reference["text"][200:]
+    gold = torch.nn.functional.cosine_similarity(a, b).tolist()
+    groups = ["x", "y"] * 100
+    noisy = reference["text"].clone()  # only the pairs of group "y" get noise
+    noisy[1:200:2] += torch.randn(100, 16)
+    loss = sts_loss_by_group(reference, {"text": noisy}, gold, groups)
+    assert list(loss) == ["x", "y"] and loss["x"] == 0.0 and loss["y"] > 0.05
+    assert sts_loss_by_group(reference, reference, gold, groups) == {"x": 0.0, "y": 0.0}
+
+
 def test_zeroshot_interval_pairs_each_image_of_both_models() -> None:
     from benchmarks.stats import zeroshot_correct, zeroshot_difference_interval
 
