@@ -111,6 +111,19 @@ SECTIONS = [
      "Each default's loss on every quarter of STS-B train held out in turn (fold 0: the"
      " `prune_unstructured_heldout.json` rows, folds 1-3: the sections above), their mean, and"
      " in how many folds it meets the issue's limit (0.008 at 60% and 2:4, 0.02 at 70%)."),
+    ("Loss per STS source, dev", "prune_by_source_dev.json",
+     "python -m benchmarks.prune_unstructured benchmarks/results/prune_by_source_dev.json"
+     " --methods wanda,sparsegpt,admm --settings 0.6 --by-source",
+     "Each default at 60%, calibrated on STS-B train, on STS-B dev; `loss_by_source` is the"
+     " loss within each source of the dev pairs (MSRpar, headlines: 250 pairs each;"
+     " answers-forums 375; track5.en-en 125)."),
+    ("Loss per STS source, held-out train pairs", "prune_by_source_heldout.json",
+     "python -m benchmarks.sts_heldout /tmp/sts0 --fold 0; python -m"
+     " benchmarks.prune_unstructured benchmarks/results/prune_by_source_heldout.json"
+     " --methods wanda,sparsegpt,admm --settings 0.6 --by-source"
+     " --calib /tmp/sts0/sts-calib.csv --eval /tmp/sts0/sts-heldout.csv",
+     "The same on held-out quarter 0 of STS-B train (calibrated on the other three quarters;"
+     " headlines 500 pairs, MSRpar, MSRvid and images 250 each, deft-forum 112, deft-news 75)."),
     *[(f"Calibration amount on other STS data: samples {n}", f"prune_samples_{n}_heldout.json",
        "python -m benchmarks.sts_heldout /tmp/sts0 --fold 0; python -m"
        f" benchmarks.prune_unstructured benchmarks/results/prune_samples_{n}_heldout.json"
