@@ -1,6 +1,7 @@
 """The command line: results on tiny local models, and one-line errors with exit code 2."""
 
 import json
+import re
 
 import pytest
 import yaml
@@ -50,6 +51,9 @@ def test_no_unpack_note_when_every_layer_is_dense(tiny_clip_folder, tmp_path):
                                  str(recipe), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert "saved to" in result.output and "--unpack" not in result.output
+    for report in ("report.md", "report.html"):  # what the calibrated stage drew
+        assert re.search(r"calibrated on \d+ images and \d+ texts \([\d,]+ tokens\)",
+                         (tmp_path / "out" / report).read_text()), report
 
 
 def test_evaluate_output_folder_as_json(tiny_clip_folder, tmp_path):

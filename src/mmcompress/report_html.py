@@ -5,7 +5,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from .report import LABELS, comparison_rows
+from .report import LABELS, calibrated_on, comparison_rows
 
 BAR_W, ROW_H = 320, 26
 
@@ -30,6 +30,11 @@ def _bars(title: str, pairs: list[tuple[str, float, float]], unit: str) -> str:
             f"role='img'>{''.join(rows)}</svg>")
 
 
+def _calibration(summary: dict[str, Any]) -> str:
+    drawn = summary.get("calibration")
+    return f", calibrated on {escape(calibrated_on(drawn))}" if drawn else ""
+
+
 def report_html(report: dict[str, Any]) -> str:
     before, after = report["before"], report["after"]
     table = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>"
@@ -41,7 +46,8 @@ def report_html(report: dict[str, Any]) -> str:
              (1e6 if k in ("size_bytes", "params") else 1))
             for k in both if k in ("size_bytes", "params") or k.startswith(("latency", "peak"))]
     stages = "".join(f"<li><code>{escape(s['kind'])}/{escape(s['method'])}</code>: "
-                     f"{s['seconds']:.1f} s</li>" for s in report["stages"])
+                     f"{s['seconds']:.1f} s{_calibration(s['summary'])}</li>"
+                     for s in report["stages"])
     m = report.get("measurement", {})
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>mmcompress report</title>
 <style>body{{font-family:sans-serif;max-width:820px;margin:2em auto}}td,th{{padding:4px 10px}}
