@@ -75,6 +75,44 @@ def test_engine_streams_each_block_once_and_stops_early(tiny_clip):
     assert all(rows == 8 * tokens for rows in seen.values())
 
 
+def test_passes_merge_consecutive_groups_within_the_budget_and_inputs():
+    from mmcompress.calibration.engine import _merged
+
+    modules = {f"b.{i}.fc": nn.Linear(4, 4) for i in range(5)}  # 8 * 4² = 128 bytes each
+    groups = [[n] for n in modules]
+    needs = [("image",)] * 3 + [("text",)] * 2
+    assert _merged(groups, needs, modules, 0) == [[0], [1], [2], [3], [4]]
+    assert _merged(groups, needs, modules, 256) == [[0, 1], [2], [3, 4]]
+    assert _merged(groups, needs, modules, float("inf")) == [[0, 1, 2], [3, 4]]
+
+
+def test_merged_passes_give_the_same_statistics_in_fewer_passes(tiny_clip):
+    layers = {n: m for n, m in tiny_clip.model.named_modules() if isinstance(m, nn.Linear)
+              and n.startswith(("vision_model.encoder", "text_model.encoder"))}
+    stem = tiny_clip.model.vision_model.embeddings  # runs once per pass over an image batch
+    calls = []
+    stem.register_forward_hook(lambda *_: calls.append(1))
+
+    def statistics(merge_bytes):
+        calls.clear()
+        stats = {}
+        calib = tiny_clip.calibration_data(_data(), samples=8, batch_size=4, seed=0)
+        calibrate_layers(tiny_clip, dict(layers), calib, lambda n, m: HessianCollector(),
+                         lambda n, m, c: stats.__setitem__(n, c), "test", progress=False,
+                         merge_bytes=merge_bytes)
+        return stats, len(calls)
+
+    (apart, passes_apart), (merged, passes_merged) = statistics(0), statistics(float("inf"))
+    blocks = len(tiny_clip.model.vision_model.encoder.layers)
+    assert blocks > 1 and passes_apart == blocks * passes_merged == blocks * 2  # 2 batches
+    assert set(merged) == set(apart) == set(layers)
+    assert all(torch.equal(merged[n].hessian, apart[n].hessian) for n in layers)
+    with pytest.raises(RuntimeError, match="statistics only"):
+        calibrate_layers(tiny_clip, dict(layers), tiny_clip.calibration_data(
+            _data(), samples=4, batch_size=4, seed=0), lambda n, m: HessianCollector(),
+            lambda n, m, c: nn.Identity(), "test", progress=False, merge_bytes=float("inf"))
+
+
 @pytest.mark.parametrize("method,cfg", [("gptq", {"bits": 4, "group_size": 16}),
                                         ("gptq", {"bits": 3, "act_order": True}),
                                         ("awq", {"bits": 4, "group_size": 16, "n_grid": 4})])

@@ -197,6 +197,32 @@ def _run_group(group: dict[str, nn.Module], collectors: dict[str, Any], batches:
                         "targets")
 
 
+def _inputs(module: nn.Module) -> int:
+    """Inputs one output of `module` reads (a conv's channels × kernel), 0 without a weight."""
+    weight = getattr(module, "weight", None)
+    return weight[0].numel() if isinstance(weight, torch.Tensor) and weight.dim() > 1 else 0
+
+
+def _merged(groups: list[list[str]], needs: list[tuple[str, ...]],
+            modules: dict[str, nn.Module], budget: float) -> list[list[int]]:
+    """Indices of `groups` in runs of consecutive groups that need the same inputs and whose
+    layers' Gram matrices (float64, inputs × inputs: the largest collector) fit in `budget`
+    bytes together; every group alone when `budget` is 0."""
+    if not budget:
+        return [[i] for i in range(len(groups))]
+    runs: list[list[int]] = []
+    used = 0
+    for i, names in enumerate(groups):
+        size = sum(8 * _inputs(modules[n]) ** 2 for n in names)
+        if runs and needs[i] == needs[runs[-1][-1]] and used + size <= budget:
+            runs[-1].append(i)
+            used += size
+        else:
+            runs.append([i])
+            used = size
+    return runs
+
+
 def calibrate_layers(
     adapter,
     modules: dict[str, nn.Module],
@@ -207,6 +233,7 @@ def calibrate_layers(
     progress: bool = True,
     release: bool = False,
     reference: nn.Module | None = None,
+    merge_bytes: float = 0,
 ) -> int:
     """Calibrate and replace `modules` group by group; returns how many were replaced.
 
@@ -219,6 +246,10 @@ def calibrate_layers(
     needs them (the image batches, say, once the vision tower is done). With `reference` (an
     unmodified copy of `adapter.model`), collectors receive `add_pair(x, x_reference)` instead
     of `add(x)`.
+
+    `merge_bytes` (statistics only: `replace` must return None for every layer) lets one pass
+    serve consecutive groups whose collectors fit in that many bytes (`_merged`): a pass runs
+    the model up to its last group, so merging k groups saves the passes up to the first k - 1.
     """
     towers = adapter.towers()
     modalities = adapter.tower_modalities()
@@ -226,16 +257,22 @@ def calibrate_layers(
     groups = layer_groups(list(modules))
     needs = [modalities.get(tower_of(names[0], towers), modalities["*"]) for names in groups]
     last_use = {m: i for i, group_needs in enumerate(needs) for m in group_needs}
-    for i, names in enumerate(progress_bar(groups, desc=desc, enabled=progress, unit="block")):
+    runs = _merged(groups, needs, modules, merge_bytes)
+    for run in progress_bar(runs, desc=desc, enabled=progress, unit="pass" if merge_bytes
+                            else "block"):
+        names = [n for i in run for n in groups[i]]
         group = {n: modules[n] for n in names}
         batches = calibration.for_modalities(
-            needs[i], f"{names[0]} ({tower_of(names[0], towers) or 'model'})")
+            needs[run[0]], f"{names[0]} ({tower_of(names[0], towers) or 'model'})")
         collectors = {n: make_collector(n, m) for n, m in group.items()}
         _run_group(group, collectors, batches, reference, adapter)
         new = {}
         for n, m in group.items():
             r = replace(n, m, collectors[n])
             if r is not None:
+                if merge_bytes:
+                    raise RuntimeError("calibrate_layers: merge_bytes is for statistics only, "
+                                       f"but {n!r} was replaced")
                 new[n] = r
         del collectors, group
         replace_modules(adapter.model, new)
@@ -244,6 +281,6 @@ def calibrate_layers(
         replaced += len(new)
         del batches
         if release:
-            for m in [m for m, last in last_use.items() if last == i]:
+            for m in [m for m, last in last_use.items() if last == run[-1]]:
                 calibration.batches[m] = []
     return replaced

@@ -10,6 +10,7 @@ activations to weigh, and each token's row keeps the same share of its values.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -297,14 +298,16 @@ def _wanda_scores(weight: torch.Tensor,
 def _unpruned_stats(adapter: Adapter, layers: dict[str, nn.Module], context: StageContext,
                     make_collector: Callable[[str, nn.Module], Any], desc: str
                     ) -> dict[str, Any]:
-    """Every layer's statistics from the unpruned model (nothing is replaced)."""
+    """Every layer's statistics from the unpruned model (nothing is replaced), in one pass per
+    input (every collector is kept to the end anyway, so merging the blocks' passes costs no
+    memory beyond one batch's layer inputs)."""
     stats: dict[str, Any] = {}
 
     def record(name: str, module: nn.Module, collector: Any) -> None:
         stats[name] = collector
 
     calibrate_layers(adapter, dict(layers), context.calibration_data(adapter), make_collector,
-                     record, desc, context.progress, release=True)
+                     record, desc, context.progress, release=True, merge_bytes=math.inf)
     return stats
 
 
