@@ -28,6 +28,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -100,8 +101,9 @@ def consumer_stats(adapter: Adapter, groups: list[UnitGroup], calib: Calibration
         stats[name] = InputStats(c.abs_mean, c.mean, c.std)
         return None
 
+    # statistics only, and every collector is kept: one pass per input serves every block
     calibrate_layers(adapter, consumers, calib, lambda n, m: _MeanCollector(), keep,
-                     "pruning statistics", progress)
+                     "pruning statistics", progress, merge_bytes=math.inf)
     return stats
 
 
