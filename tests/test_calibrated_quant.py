@@ -75,15 +75,12 @@ def test_engine_streams_each_block_once_and_stops_early(tiny_clip):
     assert all(rows == 8 * tokens for rows in seen.values())
 
 
-def test_passes_merge_consecutive_groups_within_the_budget_and_inputs():
-    from mmcompress.calibration.engine import _merged
+def test_merged_passes_group_consecutive_blocks_that_need_the_same_inputs():
+    from mmcompress.calibration.engine import _runs
 
-    modules = {f"b.{i}.fc": nn.Linear(4, 4) for i in range(5)}  # 8 * 4² = 128 bytes each
-    groups = [[n] for n in modules]
-    needs = [("image",)] * 3 + [("text",)] * 2
-    assert _merged(groups, needs, modules, 0) == [[0], [1], [2], [3], [4]]
-    assert _merged(groups, needs, modules, 256) == [[0, 1], [2], [3, 4]]
-    assert _merged(groups, needs, modules, float("inf")) == [[0, 1, 2], [3, 4]]
+    needs = [("image",)] * 3 + [("text",)] * 2 + [("image",)]
+    assert _runs(needs, merge=False) == [[0], [1], [2], [3], [4], [5]]
+    assert _runs(needs, merge=True) == [[0, 1, 2], [3, 4], [5]]
 
 
 def test_merged_passes_give_the_same_statistics_in_fewer_passes(tiny_clip):
@@ -93,16 +90,16 @@ def test_merged_passes_give_the_same_statistics_in_fewer_passes(tiny_clip):
     calls = []
     stem.register_forward_hook(lambda *_: calls.append(1))
 
-    def statistics(merge_bytes):
+    def statistics(merge):
         calls.clear()
         stats = {}
         calib = tiny_clip.calibration_data(_data(), samples=8, batch_size=4, seed=0)
         calibrate_layers(tiny_clip, dict(layers), calib, lambda n, m: HessianCollector(),
                          lambda n, m, c: stats.__setitem__(n, c), "test", progress=False,
-                         merge_bytes=merge_bytes)
+                         merge=merge)
         return stats, len(calls)
 
-    (apart, passes_apart), (merged, passes_merged) = statistics(0), statistics(float("inf"))
+    (apart, passes_apart), (merged, passes_merged) = statistics(False), statistics(True)
     blocks = len(tiny_clip.model.vision_model.encoder.layers)
     assert blocks > 1 and passes_apart == blocks * passes_merged == blocks * 2  # 2 batches
     assert set(merged) == set(apart) == set(layers)
@@ -110,7 +107,7 @@ def test_merged_passes_give_the_same_statistics_in_fewer_passes(tiny_clip):
     with pytest.raises(RuntimeError, match="statistics only"):
         calibrate_layers(tiny_clip, dict(layers), tiny_clip.calibration_data(
             _data(), samples=4, batch_size=4, seed=0), lambda n, m: HessianCollector(),
-            lambda n, m, c: nn.Identity(), "test", progress=False, merge_bytes=float("inf"))
+            lambda n, m, c: nn.Identity(), "test", progress=False, merge=True)
 
 
 @pytest.mark.parametrize("method,cfg", [("gptq", {"bits": 4, "group_size": 16}),
@@ -157,17 +154,16 @@ def _sentences(n: int) -> Dataset:
     return Dataset("sentences", "sts", texts=texts, texts_b=texts[::-1], scores=[1.0] * n)
 
 
-def _tokens(calib) -> int:
-    return sum(int(b.token_mask.sum()) for b in calib.batches["text"])
+def _tokens(batches) -> int:
+    return sum(int(b.token_mask.sum()) for b in batches)
 
 
 def test_auto_samples_draw_texts_until_the_token_target(tiny_clip):
     data = _sentences(300)
     samples, tokens = CalibrationConfig(text_tokens=2000).amounts()
     calib = tiny_clip.calibration_data(data, samples, 16, 0, tokens)
-    drawn = calib.drawn["text"]
-    assert drawn["tokens"] == _tokens(calib) >= 2000 > drawn["tokens"] - _tokens(
-        type(calib)({"text": calib.batches["text"][-1:]}))
+    drawn, batches = calib.drawn["text"], calib.batches["text"]
+    assert drawn["tokens"] == _tokens(batches) >= 2000 > _tokens(batches[:-1])
     assert drawn["examples"] > samples == 128 and "image" not in calib.drawn
     # the first `samples` texts are those an explicit `samples: 128` draws
     fixed = tiny_clip.calibration_data(data, 128, 16, 0)
@@ -177,16 +173,16 @@ def test_auto_samples_draw_texts_until_the_token_target(tiny_clip):
 
 
 def test_auto_samples_stop_when_the_texts_run_out(tiny_clip):
-    calib = tiny_clip.calibration_data(_sentences(150), *CalibrationConfig().amounts()[:1],
-                                       16, 0, CalibrationConfig().text_tokens)
-    assert calib.drawn["text"]["examples"] == 300 and calib.drawn["text"]["tokens"] < 32768
+    samples, tokens = CalibrationConfig().amounts()
+    calib = tiny_clip.calibration_data(_sentences(150), samples, 16, 0, tokens)
+    assert calib.drawn["text"]["examples"] == 300 and calib.drawn["text"]["tokens"] < tokens
 
 
 def test_explicit_samples_draw_exactly_that_many_of_each_input(tiny_clip):
     data = _data(12)
     calib = tiny_clip.calibration_data(data, 10, 4, 0)
     assert calib.drawn == {"image": {"examples": 10},
-                           "text": {"examples": 4, "tokens": _tokens(calib)}}
+                           "text": {"examples": 4, "tokens": _tokens(calib.batches["text"])}}
     assert [len(b.load()) for b in calib.batches["image"]] == [4, 4, 2]
 
 

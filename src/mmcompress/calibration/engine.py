@@ -197,29 +197,15 @@ def _run_group(group: dict[str, nn.Module], collectors: dict[str, Any], batches:
                         "targets")
 
 
-def _inputs(module: nn.Module) -> int:
-    """Inputs one output of `module` reads (a conv's channels × kernel), 0 without a weight."""
-    weight = getattr(module, "weight", None)
-    return weight[0].numel() if isinstance(weight, torch.Tensor) and weight.dim() > 1 else 0
-
-
-def _merged(groups: list[list[str]], needs: list[tuple[str, ...]],
-            modules: dict[str, nn.Module], budget: float) -> list[list[int]]:
-    """Indices of `groups` in runs of consecutive groups that need the same inputs and whose
-    layers' Gram matrices (float64, inputs × inputs: the largest collector) fit in `budget`
-    bytes together; every group alone when `budget` is 0."""
-    if not budget:
-        return [[i] for i in range(len(groups))]
+def _runs(needs: list[tuple[str, ...]], merge: bool) -> list[list[int]]:
+    """Group indices in passes: each group alone, or (`merge`) every run of consecutive groups
+    that need the same inputs together."""
     runs: list[list[int]] = []
-    used = 0
-    for i, names in enumerate(groups):
-        size = sum(8 * _inputs(modules[n]) ** 2 for n in names)
-        if runs and needs[i] == needs[runs[-1][-1]] and used + size <= budget:
+    for i, group_needs in enumerate(needs):
+        if merge and runs and group_needs == needs[runs[-1][-1]]:
             runs[-1].append(i)
-            used += size
         else:
             runs.append([i])
-            used = size
     return runs
 
 
@@ -233,7 +219,7 @@ def calibrate_layers(
     progress: bool = True,
     release: bool = False,
     reference: nn.Module | None = None,
-    merge_bytes: float = 0,
+    merge: bool = False,
 ) -> int:
     """Calibrate and replace `modules` group by group; returns how many were replaced.
 
@@ -247,9 +233,10 @@ def calibrate_layers(
     unmodified copy of `adapter.model`), collectors receive `add_pair(x, x_reference)` instead
     of `add(x)`.
 
-    `merge_bytes` (statistics only: `replace` must return None for every layer) lets one pass
-    serve consecutive groups whose collectors fit in that many bytes (`_merged`): a pass runs
-    the model up to its last group, so merging k groups saves the passes up to the first k - 1.
+    With `merge` (statistics only: `replace` must return None for every layer), one pass
+    serves every run of consecutive groups that need the same inputs: a pass runs the model up
+    to its last group, so a run of k groups saves the passes up to the first k - 1. Every
+    run's collectors are alive together, which costs nothing when the caller keeps them all.
     """
     towers = adapter.towers()
     modalities = adapter.tower_modalities()
@@ -257,9 +244,8 @@ def calibrate_layers(
     groups = layer_groups(list(modules))
     needs = [modalities.get(tower_of(names[0], towers), modalities["*"]) for names in groups]
     last_use = {m: i for i, group_needs in enumerate(needs) for m in group_needs}
-    runs = _merged(groups, needs, modules, merge_bytes)
-    for run in progress_bar(runs, desc=desc, enabled=progress, unit="pass" if merge_bytes
-                            else "block"):
+    for run in progress_bar(_runs(needs, merge), desc=desc, enabled=progress,
+                            unit="pass" if merge else "block"):
         names = [n for i in run for n in groups[i]]
         group = {n: modules[n] for n in names}
         batches = calibration.for_modalities(
@@ -270,9 +256,9 @@ def calibrate_layers(
         for n, m in group.items():
             r = replace(n, m, collectors[n])
             if r is not None:
-                if merge_bytes:
-                    raise RuntimeError("calibrate_layers: merge_bytes is for statistics only, "
-                                       f"but {n!r} was replaced")
+                if merge:
+                    raise RuntimeError("calibrate_layers: merge is for statistics only, but "
+                                       f"{n!r} was replaced")
                 new[n] = r
         del collectors, group
         replace_modules(adapter.model, new)

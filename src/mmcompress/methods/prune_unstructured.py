@@ -10,7 +10,6 @@ activations to weigh, and each token's row keeps the same share of its values.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -307,7 +306,7 @@ def _unpruned_stats(adapter: Adapter, layers: dict[str, nn.Module], context: Sta
         stats[name] = collector
 
     calibrate_layers(adapter, dict(layers), context.calibration_data(adapter), make_collector,
-                     record, desc, context.progress, release=True, merge_bytes=math.inf)
+                     record, desc, context.progress, release=True, merge=True)
     return stats
 
 

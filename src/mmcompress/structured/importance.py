@@ -28,7 +28,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -103,7 +102,7 @@ def consumer_stats(adapter: Adapter, groups: list[UnitGroup], calib: Calibration
 
     # statistics only, and every collector is kept: one pass per input serves every block
     calibrate_layers(adapter, consumers, calib, lambda n, m: _MeanCollector(), keep,
-                     "pruning statistics", progress, merge_bytes=math.inf)
+                     "pruning statistics", progress, merge=True)
     return stats
 
 
