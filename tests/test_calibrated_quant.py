@@ -1,5 +1,7 @@
 """GPTQ and AWQ numerics, the calibration engine, and their end-to-end save/reload."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -96,7 +98,7 @@ def test_merged_passes_give_the_same_statistics_in_fewer_passes(tiny_clip):
         calib = tiny_clip.calibration_data(_data(), samples=8, batch_size=4, seed=0)
         calibrate_layers(tiny_clip, dict(layers), calib, lambda n, m: HessianCollector(),
                          lambda n, m, c: stats.__setitem__(n, c), "test", progress=False,
-                         merge=merge)
+                         merge=merge, replay=False)
         return stats, len(calls)
 
     (apart, passes_apart), (merged, passes_merged) = statistics(False), statistics(True)
@@ -108,6 +110,78 @@ def test_merged_passes_give_the_same_statistics_in_fewer_passes(tiny_clip):
         calibrate_layers(tiny_clip, dict(layers), tiny_clip.calibration_data(
             _data(), samples=4, batch_size=4, seed=0), lambda n, m: HessianCollector(),
             lambda n, m, c: nn.Identity(), "test", progress=False, merge=True)
+
+
+def _rounded(module):
+    """A copy of the linear `module` with coarsely rounded weights (a stand-in compression)."""
+    new = nn.Linear(module.in_features, module.out_features)
+    new.load_state_dict(module.state_dict())
+    with torch.no_grad():
+        new.weight.copy_((new.weight * 4).round() / 4)
+    return new
+
+
+def _sequential(adapter, layers, replay):
+    """Hessians and new layers of a sequential calibration that rounds each layer, and how often
+    the vision stem ran."""
+    calls, stats = [], {}
+    hook = adapter.model.vision_model.embeddings.register_forward_hook(lambda *_: calls.append(1))
+
+    def replace(name, module, collector):
+        stats[name] = collector.hessian
+        return _rounded(module)
+
+    calib = adapter.calibration_data(_data(), samples=8, batch_size=4, seed=0)
+    calibrate_layers(adapter, dict(layers), calib, lambda n, m: HessianCollector(), replace,
+                     "test", progress=False, replay=replay)
+    hook.remove()
+    return stats, {n: adapter.model.get_submodule(n).weight for n in layers}, len(calls)
+
+
+def test_replayed_blocks_see_the_same_inputs_as_rerunning_the_compressed_prefix(tiny_clip):
+    layers = lambda a: {n: m for n, m in a.model.named_modules()  # noqa: E731
+                        if isinstance(m, nn.Linear) and n.startswith("vision_model.encoder")}
+    twin = copy.deepcopy(tiny_clip)
+    (h_rerun, w_rerun, rerun), (h_replay, w_replay, replay) = (
+        _sequential(twin, layers(twin), replay=False),
+        _sequential(tiny_clip, layers(tiny_clip), replay=True))
+    blocks = len(tiny_clip.model.vision_model.encoder.layers)
+    assert blocks > 1 and rerun == blocks * 2  # 2 batches, the prefix again for every block
+    assert replay == 2 + 1  # once per batch, and one batch to check the chain
+    assert set(h_replay) == set(h_rerun) == set(layers(tiny_clip))
+    assert all(torch.equal(h_replay[n], h_rerun[n]) for n in h_rerun)
+    assert all(torch.equal(w_replay[n], w_rerun[n]) for n in w_rerun)
+
+
+def test_blocks_not_fed_by_the_one_before_are_not_replayed():
+    from mmcompress.calibration.replay import probe_chain
+
+    class Scaled(nn.Module):  # block 1 reads twice block 0's output, not the output itself
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList(nn.Linear(4, 4) for _ in range(3))
+
+        def forward(self, x):
+            return self.layers[2](self.layers[1](2 * self.layers[0](x)))
+
+    model, x = Scaled(), torch.randn(2, 4)
+    assert probe_chain(model, list(model.layers), lambda: model(x)) == []
+    assert probe_chain(model, list(model.layers[1:]), lambda: model(x)) == [0]
+
+
+def test_chain_slots_follow_keyword_arguments_and_require_the_same_other_arguments():
+    from mmcompress.calibration.replay import BlockCall, chain_slot
+
+    h, out, mask = torch.zeros(1), torch.ones(1), torch.ones(2)
+    call = BlockCall((), {"hidden_states": h, "mask": mask, "flag": True}, None)
+    assert chain_slot(call, (out,), BlockCall((), {"hidden_states": out, "mask": mask,
+                                                   "flag": True}, None)) == "hidden_states"
+    assert chain_slot(call, (out,), BlockCall((), {"hidden_states": out, "mask": mask.clone(),
+                                                   "flag": True}, None)) is None
+    assert chain_slot(call, out, BlockCall((), {"hidden_states": out, "mask": mask,
+                                                "flag": False}, None)) is None
+    moved = call.passing("hidden_states", out)
+    assert moved.kwargs["hidden_states"] is out and call.kwargs["hidden_states"] is h
 
 
 @pytest.mark.parametrize("method,cfg", [("gptq", {"bits": 4, "group_size": 16}),

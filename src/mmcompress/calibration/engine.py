@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ from ..modules.replace import replace_modules
 from ..progress import progress_bar
 from ..selection import tower_of
 from .collectors import layer_input_rows
+from .replay import BlockCall, Slot, advance, catch_inputs, probe_chain
 
 Batch = Callable[[], Any]
 
@@ -80,15 +82,19 @@ class _GroupDone(Exception):
     """Raised from a hook once every layer of the group has seen the current batch."""
 
 
+def block_name(layer: str) -> str:
+    """The layer's block: its deepest indexed prefix ('encoder.layers.3' for
+    'encoder.layers.3.mlp.fc1'), or the layer itself when its name has no index."""
+    parts = layer.split(".")
+    idx = max((i for i, p in enumerate(parts) if p.isdigit()), default=None)
+    return ".".join(parts[: idx + 1]) if idx is not None else layer
+
+
 def layer_groups(names: list[str]) -> list[list[str]]:
-    """Group layer names by their block (the deepest ``….<index>`` prefix), in model order."""
+    """Group layer names by their block (`block_name`), in model order."""
     groups: dict[str, list[str]] = {}
     for name in names:
-        # the deepest indexed prefix, e.g. 'encoder.layers.3' for 'encoder.layers.3.mlp.fc1'
-        parts = name.split(".")
-        idx = max((i for i, p in enumerate(parts) if p.isdigit()), default=None)
-        key = ".".join(parts[: idx + 1]) if idx is not None else name
-        groups.setdefault(key, []).append(name)
+        groups.setdefault(block_name(name), []).append(name)
     return list(groups.values())
 
 
@@ -209,6 +215,42 @@ def _runs(needs: list[tuple[str, ...]], merge: bool) -> list[list[int]]:
     return runs
 
 
+class _Replay:
+    """Each group's batches as calls of its block on cached inputs, along chains of blocks
+    (`replay`); the model's own batches where no chain is found."""
+
+    def __init__(self, model: nn.Module, groups: list[list[str]], needs: list[tuple[str, ...]]):
+        self.model, self.needs = model, needs
+        self.blocks = [block_name(names[0]) for names in groups]
+        self.calls: list[BlockCall] | None = None
+        self.slots: list[Slot] = []  # how each later block of the chain reads the one before
+
+    def batches(self, i: int, batches: list[Batch]) -> list[Batch]:
+        if self.calls is None:
+            self._start(i, batches)
+        if self.calls is None:
+            return batches
+        block = self.model.get_submodule(self.blocks[i])
+        return [CalibrationBatch(forward=lambda call, b=block: call.run(b),
+                                 load=lambda call=call: call, token_mask=call.token_mask)
+                for call in self.calls]
+
+    def _start(self, i: int, batches: list[Batch]) -> None:
+        same = itertools.takewhile(lambda j: self.needs[j] == self.needs[i],
+                                   range(i, len(self.blocks)))
+        chain = [self.model.get_submodule(self.blocks[j]) for j in same]
+        if len(chain) > 1 and batches and (slots := probe_chain(self.model, chain, batches[0])):
+            self.calls, self.slots = catch_inputs(chain[0], batches), slots
+
+    def done(self, i: int) -> None:
+        """Group `i` is replaced: move the cached inputs on to the next block of the chain."""
+        if self.calls is not None and self.slots:
+            block = self.model.get_submodule(self.blocks[i])
+            self.calls = advance(block, self.calls, self.slots.pop(0))
+        else:
+            self.calls = None
+
+
 def calibrate_layers(
     adapter,
     modules: dict[str, nn.Module],
@@ -220,6 +262,7 @@ def calibrate_layers(
     release: bool = False,
     reference: nn.Module | None = None,
     merge: bool = False,
+    replay: bool = True,
 ) -> int:
     """Calibrate and replace `modules` group by group; returns how many were replaced.
 
@@ -237,6 +280,11 @@ def calibrate_layers(
     serves every run of consecutive groups that need the same inputs: a pass runs the model up
     to its last group, so a run of k groups saves the passes up to the first k - 1. Every
     run's collectors are alive together, which costs nothing when the caller keeps them all.
+
+    Otherwise, with `replay` and no `reference`, each chain of blocks (one feeding the next, as
+    the layers of an encoder do) is calibrated from cached block inputs (`replay.py`): the model
+    runs up to the chain's first block once per batch, and each block once more to give the next
+    its inputs, instead of the whole prefix again for every block.
     """
     towers = adapter.towers()
     modalities = adapter.tower_modalities()
@@ -244,12 +292,16 @@ def calibrate_layers(
     groups = layer_groups(list(modules))
     needs = [modalities.get(tower_of(names[0], towers), modalities["*"]) for names in groups]
     last_use = {m: i for i, group_needs in enumerate(needs) for m in group_needs}
+    replayed = _Replay(adapter.model, groups, needs) if replay and not merge \
+        and reference is None else None
     for run in progress_bar(_runs(needs, merge), desc=desc, enabled=progress,
                             unit="pass" if merge else "block"):
         names = [n for i in run for n in groups[i]]
         group = {n: modules[n] for n in names}
         batches = calibration.for_modalities(
             needs[run[0]], f"{names[0]} ({tower_of(names[0], towers) or 'model'})")
+        if replayed is not None:
+            batches = replayed.batches(run[0], batches)
         collectors = {n: make_collector(n, m) for n, m in group.items()}
         _run_group(group, collectors, batches, reference, adapter)
         new = {}
@@ -262,6 +314,8 @@ def calibrate_layers(
                 new[n] = r
         del collectors, group
         replace_modules(adapter.model, new)
+        if replayed is not None:
+            replayed.done(run[0])
         for n in new:
             del modules[n]
         replaced += len(new)
