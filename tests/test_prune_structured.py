@@ -258,6 +258,28 @@ def test_layer_removal_drops_the_block_that_changes_nothing(tiny_clip):
     torch.testing.assert_close(tiny_clip.encode_texts(TEXTS), before, atol=1e-5, rtol=1e-5)
 
 
+def test_statistics_and_block_influence_ignore_padding():
+    from mmcompress.structured.importance import layer_scores
+
+    adapter, data = _sentence_adapter(), _sts_data()  # texts of 2 to 5 tokens, padded together
+    structure = find_structure(adapter.model)
+    ctx = StageContext(data=data, calibration=CalibrationConfig(samples=8), progress=False)
+    padded, single = (ctx.calibration_data(adapter, batch_size=b) for b in (4, 1))
+    assert any(not b.token_mask.all() for b in padded.batches["text"])
+
+    def scores(calib):
+        stats = consumer_stats(adapter, structure.units, calib, progress=False)
+        return stats, layer_scores(adapter, structure.layer_lists, lambda: calib)
+
+    (stats_p, layers_p), (stats_1, layers_1) = scores(padded), scores(single)
+    assert set(stats_p) == set(stats_1) and set(layers_p) == set(layers_1)
+    for name, s in stats_1.items():
+        for field in ("abs_mean", "mean", "std"):
+            torch.testing.assert_close(getattr(stats_p[name], field), getattr(s, field))
+    for name, s in layers_1.items():
+        assert layers_p[name] == pytest.approx(s, rel=1e-3)
+
+
 def _roundtrip(adapter, tmp_path, encode):
     before = encode(adapter)
     save_checkpoint(adapter, tmp_path, "random:tiny", [])

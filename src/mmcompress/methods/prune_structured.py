@@ -183,10 +183,11 @@ def _unit_groups(adapter: Adapter, config: StructuredPruneConfig,
 
 
 def _prune_units(adapter: Adapter, config: StructuredPruneConfig, groups: list[UnitGroup],
-                 calib, progress: bool, summary: dict) -> None:
+                 calib, per_text, progress: bool, summary: dict) -> None:
     model, towers, amounts = adapter.model, adapter.towers(), config.amounts()
     stats = functools.cache(lambda: consumer_stats(adapter, groups, calib(), progress))
-    scores = unit_scores(adapter, groups, config.importance, calib, stats, config.compensate)
+    scores = unit_scores(adapter, groups, config.importance, per_text, stats,
+                         config.compensate)
     means = {n: s.mean for n, s in stats().items()} if config.compensate else None
     cands, remove, sizes = [], {}, {}
     for gi, (g, s) in enumerate(zip(groups, scores, strict=True)):
@@ -234,18 +235,16 @@ def _global_units(model: nn.Module, groups: list[UnitGroup], cands: list[Candida
     return plan
 
 
-def _calibration(adapter: Adapter, context: StageContext) -> CalibrationData:
-    """The run's calibration batches, but texts one per batch.
-
-    Batched texts are padded, and padded positions never reach the output (attention and
-    pooling mask them): their activations would make units that fire only on padding look
-    important, and put padding into the means that compensation folds into biases.
-    """
-    calib = context.calibration_data(adapter)
+def _one_text_per_batch(adapter: Adapter, context: StageContext,
+                        calib: CalibrationData) -> CalibrationData:
+    """`calib`, but texts one per batch, for Taylor scores: they square each batch's gradient
+    of one random projection, so a batch of one text gives that text's own term (as the
+    scores were first measured); the input statistics and block influence drop padded
+    positions themselves and take the batches as they are."""
     if not calib.batches.get("text"):
         return calib
     single = context.calibration_data(adapter, batch_size=1)
-    return CalibrationData({**calib.batches, "text": single.batches["text"]})
+    return CalibrationData({**calib.batches, "text": single.batches["text"]}, calib.drawn)
 
 
 @register_method("prune", "structured", StructuredPruneConfig)
@@ -256,7 +255,8 @@ def apply_structured(adapter: Adapter, config: StructuredPruneConfig,
     model, towers = adapter.model, adapter.towers()
     chosen = set(select_modules(model, towers, (nn.Module,), config.targets,
                                 config.ignore).values())
-    calib = functools.cache(lambda: _calibration(adapter, context))
+    calib = functools.cache(lambda: context.calibration_data(adapter))
+    per_text = functools.cache(lambda: _one_text_per_batch(adapter, context, calib()))
     before = _tower_params(model, towers)
     summary: dict[str, Any] = {"importance": config.importance, "scope": config.scope,
                                "removed": {}}
@@ -265,7 +265,7 @@ def apply_structured(adapter: Adapter, config: StructuredPruneConfig,
         _prune_layers(adapter, config, chosen, calib, summary)
         groups = _unit_groups(adapter, config, chosen) if config.amounts() else []
     if groups:
-        _prune_units(adapter, config, groups, calib, context.progress, summary)
+        _prune_units(adapter, config, groups, calib, per_text, context.progress, summary)
     after = _tower_params(model, towers)
     summary["params"] = {t: {"before": n, "after": after.get(t, 0),
                              "removed_ratio": round(1 - after.get(t, 0) / n, 4)}

@@ -37,6 +37,7 @@ from torch import nn
 
 from ..adapters import Adapter
 from ..calibration import CalibrationData, InputStatsCollector, calibrate_layers
+from ..calibration.engine import real_tokens
 from ..errors import DataError
 from ..selection import tower_of
 from .groups import LayerList, UnitGroup
@@ -227,11 +228,12 @@ def layer_scores(adapter: Adapter, lists: list[LayerList],
         return {}
     total = dict.fromkeys(names, 0.0)
     count = dict.fromkeys(names, 0)
+    mask: list[torch.Tensor | None] = [None]  # the current batch's real tokens
 
     def hook(name: str) -> Callable:
         def fn(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
             x = args[0] if args else kwargs["hidden_states"]
-            y = _hidden(out)
+            x, y = real_tokens(x, mask[0]), real_tokens(_hidden(out), mask[0])
             dim = 1 if x.dim() == 4 else -1  # conv blocks: cosine over channels
             cos = torch.nn.functional.cosine_similarity(x.float(), y.float(), dim=dim)
             total[name] += float((1 - cos).sum())
@@ -245,6 +247,7 @@ def layer_scores(adapter: Adapter, lists: list[LayerList],
     try:
         with torch.inference_mode():
             for run in batches:
+                mask[0] = getattr(run, "token_mask", None)
                 run()
     finally:
         for h in handles:
