@@ -121,35 +121,41 @@ def _rounded(module):
     return new
 
 
-def _sequential(adapter, layers, replay):
-    """Hessians and new layers of a sequential calibration that rounds each layer, and how often
-    the vision stem ran."""
+def _sequential(adapter, replay, paired):
+    """Hessians (and, `paired` with the unmodified model, cross-covariances) and new layers of a
+    sequential calibration of the vision encoder that rounds each layer, and how often the
+    vision stem ran in either model."""
+    layers = {n: m for n, m in adapter.model.named_modules()
+              if isinstance(m, nn.Linear) and n.startswith("vision_model.encoder")}
+    reference = copy.deepcopy(adapter.model) if paired else None
     calls, stats = [], {}
-    hook = adapter.model.vision_model.embeddings.register_forward_hook(lambda *_: calls.append(1))
+    for model in (adapter.model, reference) if paired else (adapter.model,):
+        model.vision_model.embeddings.register_forward_hook(lambda *_: calls.append(1))
 
     def replace(name, module, collector):
-        stats[name] = collector.hessian
+        stats[name] = (collector.hessian, collector.cross)
         return _rounded(module)
 
     calib = adapter.calibration_data(_data(), samples=8, batch_size=4, seed=0)
     calibrate_layers(adapter, dict(layers), calib, lambda n, m: HessianCollector(), replace,
-                     "test", progress=False, replay=replay)
-    hook.remove()
+                     "test", progress=False, replay=replay, reference=reference)
     return stats, {n: adapter.model.get_submodule(n).weight for n in layers}, len(calls)
 
 
-def test_replayed_blocks_see_the_same_inputs_as_rerunning_the_compressed_prefix(tiny_clip):
-    layers = lambda a: {n: m for n, m in a.model.named_modules()  # noqa: E731
-                        if isinstance(m, nn.Linear) and n.startswith("vision_model.encoder")}
+@pytest.mark.parametrize("paired", [False, True])
+def test_replayed_blocks_see_the_same_inputs_as_rerunning_the_compressed_prefix(tiny_clip,
+                                                                                paired):
     twin = copy.deepcopy(tiny_clip)
     (h_rerun, w_rerun, rerun), (h_replay, w_replay, replay) = (
-        _sequential(twin, layers(twin), replay=False),
-        _sequential(tiny_clip, layers(tiny_clip), replay=True))
-    blocks = len(tiny_clip.model.vision_model.encoder.layers)
-    assert blocks > 1 and rerun == blocks * 2  # 2 batches, the prefix again for every block
-    assert replay == 2 + 1  # once per batch, and one batch to check the chain
-    assert set(h_replay) == set(h_rerun) == set(layers(tiny_clip))
-    assert all(torch.equal(h_replay[n], h_rerun[n]) for n in h_rerun)
+        _sequential(twin, replay=False, paired=paired),
+        _sequential(tiny_clip, replay=True, paired=paired))
+    blocks, models = len(tiny_clip.model.vision_model.encoder.layers), 1 + paired
+    assert blocks > 1 and rerun == blocks * 2 * models  # 2 batches, the prefix for every block
+    assert replay == 2 * models + 1  # once per batch, and one batch to check the chain
+    assert set(h_replay) == set(h_rerun) and len(h_rerun) == 6 * blocks
+    for n, (hessian, cross) in h_rerun.items():
+        assert torch.equal(h_replay[n][0], hessian)
+        assert (cross is None) != paired and (cross is None or torch.equal(h_replay[n][1], cross))
     assert all(torch.equal(w_replay[n], w_rerun[n]) for n in w_rerun)
 
 

@@ -158,9 +158,11 @@ def _rows(store: dict[str, list[torch.Tensor] | str], name: str) -> list[torch.T
 
 
 def _run_group(group: dict[str, nn.Module], collectors: dict[str, Any], batches: list[Batch],
-               reference: nn.Module | None = None, adapter: Any = None) -> None:
+               reference: nn.Module | None = None, adapter: Any = None,
+               reference_batches: list[Batch] | None = None) -> None:
     """Stream every batch's inputs of the `group` layers into their collectors (paired with the
-    same layers' inputs in `reference`, run through `adapter`, when given)."""
+    same layers' inputs in `reference`, run through `adapter`, when given; or run by
+    `reference_batches`, one per batch, when given)."""
     mask: list[torch.Tensor | None] = [None]  # the current batch's token mask
     live: dict[str, list[torch.Tensor] | str] = {}
     ref: dict[str, list[torch.Tensor] | str] = {}
@@ -169,16 +171,20 @@ def _run_group(group: dict[str, nn.Module], collectors: dict[str, Any], batches:
         handles += _group_inputs({n: reference.get_submodule(n) for n in group}, mask, ref)
     try:
         with torch.inference_mode():
-            for run in batches:
+            for k, run in enumerate(batches):
                 live.clear()
                 ref.clear()
                 mask[0] = getattr(run, "token_mask", None)
-                if reference is not None and isinstance(run, CalibrationBatch):
+                if reference is not None and reference_batches is None \
+                        and isinstance(run, CalibrationBatch):
                     inputs = run.load()  # once for both models
                     run = functools.partial(run.forward, inputs)  # noqa: PLW2901
                 with contextlib.suppress(_GroupDone):
                     run()
-                if reference is not None:
+                if reference_batches is not None:
+                    with contextlib.suppress(_GroupDone):
+                        reference_batches[k]()
+                elif reference is not None:
                     with adapter.running(reference), contextlib.suppress(_GroupDone):
                         run()
                     if set(ref) != set(live):
@@ -217,38 +223,59 @@ def _runs(needs: list[tuple[str, ...]], merge: bool) -> list[list[int]]:
 
 class _Replay:
     """Each group's batches as calls of its block on cached inputs, along chains of blocks
-    (`replay`); the model's own batches where no chain is found."""
+    (`replay`); the model's own batches where no chain is found. With a `reference` model, its
+    blocks replay their own cached inputs alongside."""
 
-    def __init__(self, model: nn.Module, groups: list[list[str]], needs: list[tuple[str, ...]]):
-        self.model, self.needs = model, needs
+    def __init__(self, adapter: Any, groups: list[list[str]], needs: list[tuple[str, ...]],
+                 reference: nn.Module | None):
+        self.adapter, self.needs, self.reference = adapter, needs, reference
         self.blocks = [block_name(names[0]) for names in groups]
         self.calls: list[BlockCall] | None = None
+        self.reference_calls: list[BlockCall] | None = None
         self.slots: list[Slot] = []  # how each later block of the chain reads the one before
 
-    def batches(self, i: int, batches: list[Batch]) -> list[Batch]:
+    def batches(self, i: int, batches: list[Batch]) -> tuple[list[Batch], list[Batch] | None]:
+        """Group `i`'s batches, and the reference model's (None: run `batches` through it)."""
         if self.calls is None:
             self._start(i, batches)
         if self.calls is None:
-            return batches
-        block = self.model.get_submodule(self.blocks[i])
-        return [CalibrationBatch(forward=lambda call, b=block: call.run(b),
-                                 load=lambda call=call: call, token_mask=call.token_mask)
-                for call in self.calls]
+            return batches, None
+        live = _replayed(self.adapter.model.get_submodule(self.blocks[i]), self.calls)
+        if self.reference_calls is None:
+            return live, None
+        return live, _replayed(self.reference.get_submodule(self.blocks[i]),
+                               self.reference_calls)
 
     def _start(self, i: int, batches: list[Batch]) -> None:
         same = itertools.takewhile(lambda j: self.needs[j] == self.needs[i],
                                    range(i, len(self.blocks)))
-        chain = [self.model.get_submodule(self.blocks[j]) for j in same]
-        if len(chain) > 1 and batches and (slots := probe_chain(self.model, chain, batches[0])):
-            self.calls, self.slots = catch_inputs(chain[0], batches), slots
+        model = self.adapter.model
+        chain = [model.get_submodule(self.blocks[j]) for j in same]
+        if len(chain) < 2 or not batches or not (slots := probe_chain(model, chain, batches[0])):
+            return
+        self.calls, self.slots = catch_inputs(chain[0], batches), slots
+        if self.reference is not None:
+            with self.adapter.running(self.reference):
+                self.reference_calls = catch_inputs(
+                    self.reference.get_submodule(self.blocks[i]), batches)
 
     def done(self, i: int) -> None:
         """Group `i` is replaced: move the cached inputs on to the next block of the chain."""
-        if self.calls is not None and self.slots:
-            block = self.model.get_submodule(self.blocks[i])
-            self.calls = advance(block, self.calls, self.slots.pop(0))
-        else:
-            self.calls = None
+        if self.calls is None or not self.slots:
+            self.calls = self.reference_calls = None
+            return
+        slot = self.slots.pop(0)
+        self.calls = advance(self.adapter.model.get_submodule(self.blocks[i]), self.calls, slot)
+        if self.reference_calls is not None:
+            self.reference_calls = advance(self.reference.get_submodule(self.blocks[i]),
+                                           self.reference_calls, slot)
+
+
+def _replayed(block: nn.Module, calls: list[BlockCall]) -> list[Batch]:
+    """Calibration batches that run `block` on each of `calls`."""
+    return [CalibrationBatch(forward=lambda call, b=block: call.run(b),
+                             load=lambda call=call: call, token_mask=call.token_mask)
+            for call in calls]
 
 
 def calibrate_layers(
@@ -281,10 +308,10 @@ def calibrate_layers(
     to its last group, so a run of k groups saves the passes up to the first k - 1. Every
     run's collectors are alive together, which costs nothing when the caller keeps them all.
 
-    Otherwise, with `replay` and no `reference`, each chain of blocks (one feeding the next, as
-    the layers of an encoder do) is calibrated from cached block inputs (`replay.py`): the model
-    runs up to the chain's first block once per batch, and each block once more to give the next
-    its inputs, instead of the whole prefix again for every block.
+    Otherwise, with `replay`, each chain of blocks (one feeding the next, as the layers of an
+    encoder do) is calibrated from cached block inputs (`replay.py`): the model (and the
+    `reference`) runs up to the chain's first block once per batch, and each block once more to
+    give the next its inputs, instead of the whole prefix again for every block.
     """
     towers = adapter.towers()
     modalities = adapter.tower_modalities()
@@ -292,18 +319,18 @@ def calibrate_layers(
     groups = layer_groups(list(modules))
     needs = [modalities.get(tower_of(names[0], towers), modalities["*"]) for names in groups]
     last_use = {m: i for i, group_needs in enumerate(needs) for m in group_needs}
-    replayed = _Replay(adapter.model, groups, needs) if replay and not merge \
-        and reference is None else None
+    replayed = _Replay(adapter, groups, needs, reference) if replay and not merge else None
     for run in progress_bar(_runs(needs, merge), desc=desc, enabled=progress,
                             unit="pass" if merge else "block"):
         names = [n for i in run for n in groups[i]]
         group = {n: modules[n] for n in names}
         batches = calibration.for_modalities(
             needs[run[0]], f"{names[0]} ({tower_of(names[0], towers) or 'model'})")
+        reference_batches = None
         if replayed is not None:
-            batches = replayed.batches(run[0], batches)
+            batches, reference_batches = replayed.batches(run[0], batches)
         collectors = {n: make_collector(n, m) for n, m in group.items()}
-        _run_group(group, collectors, batches, reference, adapter)
+        _run_group(group, collectors, batches, reference, adapter, reference_batches)
         new = {}
         for n, m in group.items():
             r = replace(n, m, collectors[n])
