@@ -160,6 +160,7 @@ def test_replayed_blocks_see_the_same_inputs_as_rerunning_the_compressed_prefix(
 
 
 def test_blocks_not_fed_by_the_one_before_are_not_replayed():
+    from mmcompress.calibration import replay
     from mmcompress.calibration.replay import probe_chain
 
     class Scaled(nn.Module):  # block 1 reads twice block 0's output, not the output itself
@@ -173,6 +174,8 @@ def test_blocks_not_fed_by_the_one_before_are_not_replayed():
     model, x = Scaled(), torch.randn(2, 4)
     assert probe_chain(model, list(model.layers), lambda: model(x)) == []
     assert probe_chain(model, list(model.layers[1:]), lambda: model(x)) == [0]
+    too_many = replay.REPLAY_BYTES // (2 * x.numel() * x.element_size()) + 1
+    assert probe_chain(model, list(model.layers[1:]), lambda: model(x), too_many) == []
 
 
 def test_chain_slots_follow_keyword_arguments_and_require_the_same_other_arguments():

@@ -251,7 +251,10 @@ class _Replay:
                                    range(i, len(self.blocks)))
         model = self.adapter.model
         chain = [model.get_submodule(self.blocks[j]) for j in same]
-        if len(chain) < 2 or not batches or not (slots := probe_chain(model, chain, batches[0])):
+        if len(chain) < 2 or not batches:
+            return
+        cached = len(batches) * (1 if self.reference is None else 2)  # calls of either model
+        if not (slots := probe_chain(model, chain, batches[0], cached)):
             return
         self.calls, self.slots = catch_inputs(chain[0], batches), slots
         if self.reference is not None:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 Slot = int | str  # a positional argument's index or a keyword argument's name
+REPLAY_BYTES = 2 << 30  # most memory the cached inputs of a chain may take (two copies)
 
 
 class _Caught(Exception):
@@ -84,11 +85,19 @@ def chain_slot(call: BlockCall, out: Any, next_call: BlockCall) -> Slot | None:
     return fed[0] if all(_same(here[s], there[s]) for s in here if s != fed[0]) else None
 
 
-def probe_chain(model: nn.Module, blocks: list[nn.Module], run: Callable[[], Any]
-                ) -> list[Slot]:
+def call_bytes(call: BlockCall) -> int:
+    """Bytes of the distinct tensors one cached call holds."""
+    tensors = {id(v): v for v in _slots(call).values() if isinstance(v, torch.Tensor)}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def probe_chain(model: nn.Module, blocks: list[nn.Module], run: Callable[[], Any],
+                batches: int = 1) -> list[Slot]:
     """Run one batch through `model` and return, for each link b → b + 1 of `blocks` from the
     first on, the slot through which block b + 1 reads block b's output; stops at the first
-    link that is not such a chain (so a list shorter than len(blocks) - 1)."""
+    link that is not such a chain (so a list shorter than len(blocks) - 1). Empty too when
+    caching `batches` such calls (twice, while one block's outputs replace its inputs) would
+    take more than `REPLAY_BYTES`."""
     calls: list[list[BlockCall]] = [[] for _ in blocks]
     outs: list[list[Any]] = [[] for _ in blocks]
     handles = []
@@ -105,6 +114,8 @@ def probe_chain(model: nn.Module, blocks: list[nn.Module], run: Callable[[], Any
         for h in handles:
             h.remove()
     slots: list[Slot] = []
+    if calls[0] and 2 * batches * call_bytes(calls[0][0]) > REPLAY_BYTES:
+        return slots
     for i in range(len(blocks) - 1):
         if not (len(calls[i]) == len(calls[i + 1]) == len(outs[i]) == 1):
             break
