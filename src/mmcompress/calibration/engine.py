@@ -4,7 +4,8 @@ For each group of selected layers (a transformer block, a residual block, or a l
 hooks stream that group's inputs into per-layer collectors; the forward pass stops as soon as
 every layer of the group has seen the batch. The method then replaces the group's layers, so the
 next group is calibrated on the outputs of the already-compressed model (GPTQ's sequential
-order). Only one group's statistics live at a time.
+order). Only one group's statistics live at a time. Along a chain of blocks, each block's inputs
+are replayed from a cache rather than recomputed by running the model up to it (`replay.py`).
 
 With a `reference` (an unmodified copy of the model), every batch also runs through the copy, and
 each collector receives the layer's input in both models at the same token rows: a method can
