@@ -177,6 +177,21 @@ def test_blocks_not_fed_by_the_one_before_are_not_replayed():
     too_many = replay.REPLAY_BYTES // (2 * x.numel() * x.element_size()) + 1
     assert probe_chain(model, list(model.layers[1:]), lambda: model(x), too_many) == []
 
+    class InPlace(nn.Module):  # the middle block changes its input in place
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList([nn.Linear(4, 4), nn.ReLU(inplace=True),
+                                         nn.Linear(4, 4)])
+
+        def forward(self, x):
+            return self.layers[2](self.layers[1](self.layers[0](x)))
+
+    model = InPlace()
+    assert probe_chain(model, list(model.layers[1:]), lambda: model(x)) == []
+    assert probe_chain(model, list(model.layers), lambda: model(x)) == []
+    model.layers[1].inplace = False
+    assert probe_chain(model, list(model.layers), lambda: model(x)) == [0, 0]
+
 
 def test_chain_slots_follow_keyword_arguments_and_require_the_same_other_arguments():
     from mmcompress.calibration.replay import BlockCall, chain_slot

@@ -85,39 +85,59 @@ def chain_slot(call: BlockCall, out: Any, next_call: BlockCall) -> Slot | None:
     return fed[0] if all(_same(here[s], there[s]) for s in here if s != fed[0]) else None
 
 
+def _tensors(call: BlockCall) -> list[torch.Tensor]:
+    return list({id(v): v for v in _slots(call).values() if isinstance(v, torch.Tensor)}.values())
+
+
 def call_bytes(call: BlockCall) -> int:
     """Bytes of the distinct tensors one cached call holds."""
-    tensors = {id(v): v for v in _slots(call).values() if isinstance(v, torch.Tensor)}
-    return sum(t.numel() * t.element_size() for t in tensors.values())
+    return sum(t.numel() * t.element_size() for t in _tensors(call))
+
+
+def _versions(call: BlockCall) -> list[int] | None:
+    """The in-place version of each of the call's tensors (None where one keeps none)."""
+    try:
+        return [t._version for t in _tensors(call)]
+    except RuntimeError:  # an inference tensor: its changes cannot be seen
+        return None
 
 
 def probe_chain(model: nn.Module, blocks: list[nn.Module], run: Callable[[], Any],
                 batches: int = 1) -> list[Slot]:
     """Run one batch through `model` and return, for each link b → b + 1 of `blocks` from the
     first on, the slot through which block b + 1 reads block b's output; stops at the first
-    link that is not such a chain (so a list shorter than len(blocks) - 1). Empty too when
-    caching `batches` such calls (twice, while one block's outputs replace its inputs) would
-    take more than `REPLAY_BYTES`."""
+    link that is not such a chain (so a list shorter than len(blocks) - 1). A block whose
+    inputs change in place during the pass (a ReLU applied in place, say) ends the chain: its
+    cached inputs would not be what it first read. Empty too when caching `batches` such calls
+    (twice, while one block's outputs replace its inputs) would take more than
+    `REPLAY_BYTES`."""
     calls: list[list[BlockCall]] = [[] for _ in blocks]
+    versions: list[list[list[int] | None]] = [[] for _ in blocks]
     outs: list[list[Any]] = [[] for _ in blocks]
+
+    def caught(i: int, args: tuple, kwargs: dict) -> None:
+        calls[i].append(BlockCall(args, dict(kwargs), None))
+        versions[i].append(_versions(calls[i][-1]))
+
     handles = []
     for i, block in enumerate(blocks):
         handles.append(block.register_forward_pre_hook(
-            lambda _m, args, kwargs, i=i: calls[i].append(BlockCall(args, dict(kwargs), None)),
-            with_kwargs=True))
+            lambda _m, args, kwargs, i=i: caught(i, args, kwargs), with_kwargs=True))
         handles.append(block.register_forward_hook(
             lambda _m, _args, out, i=i: outs[i].append(out)))
     try:
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference mode: in-place changes must show in versions
             run()
     finally:
         for h in handles:
             h.remove()
+    unchanged = [len(c) == 1 and v[0] is not None and _versions(c[0]) == v[0]
+                 for c, v in zip(calls, versions, strict=True)]
     slots: list[Slot] = []
-    if calls[0] and 2 * batches * call_bytes(calls[0][0]) > REPLAY_BYTES:
+    if not unchanged[0] or 2 * batches * call_bytes(calls[0][0]) > REPLAY_BYTES:
         return slots
     for i in range(len(blocks) - 1):
-        if not (len(calls[i]) == len(calls[i + 1]) == len(outs[i]) == 1):
+        if not (unchanged[i + 1] and len(outs[i]) == 1):
             break
         slot = chain_slot(calls[i][0], outs[i][0], calls[i + 1][0])
         if slot is None:
