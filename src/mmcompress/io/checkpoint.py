@@ -166,19 +166,19 @@ def _rebuild(folder: Path, manifest: dict[str, Any], meta: bool) -> Adapter:
         raise CheckpointError(f"{folder / MANIFEST} is inconsistent: {exc!r}") from None
 
 
-def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path,
-                assign: bool = False) -> None:
-    """Load `state` strictly; with `assign`, the read tensors become the model's own (a model
-    on the meta device gets them without a second copy)."""
+def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
     try:
-        model.load_state_dict(state, strict=True, assign=assign)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[:3]
         raise CheckpointError(f"{path} does not match the manifest: {' '.join(first)}") from None
 
 
 def _set_buffers(model: torch.nn.Module, buffers: dict[str, torch.Tensor]) -> None:
-    """Put the saved non-persistent buffers into `model` (fresh, aligned copies)."""
+    """Put the saved non-persistent buffers into `model` (fresh, aligned copies: the tensors
+    read from a file are views at arbitrary offsets into its bytes, and math kernels may take
+    another path on unaligned memory, so outputs would no longer be bit-identical; the same
+    holds for the weights, which is why they are copied rather than assigned)."""
     for key, tensor in buffers.items():
         owner, _, name = key.rpartition(".")
         model.get_submodule(owner)._buffers[name] = tensor.clone()
@@ -192,13 +192,11 @@ def _plain_meta_tensors(adapter: Adapter) -> list[str]:
             for k, v in vars(obj).items() if isinstance(v, torch.Tensor) and v.is_meta]
 
 
-def _lean_load(folder: Path, manifest: dict[str, Any], buffers: Path, weights: Path
-               ) -> Adapter | None:
-    """The saved architecture built on the meta device, given its non-persistent buffers
-    from `buffers` and, as its own tensors, the ones read from `weights`: the model's memory
-    is the weights file's size, allocated once. None when the model holds a tensor that
-    neither file restores, or cannot be built on the meta device (an op there without a meta
-    implementation)."""
+def _lean_rebuild(folder: Path, manifest: dict[str, Any], buffers: Path) -> Adapter | None:
+    """The saved architecture allocated at its saved size (built on the meta device, then
+    given uninitialised memory) with its non-persistent buffers from `buffers`; None when
+    the model holds a tensor that neither file restores, or cannot be built on the meta
+    device (an op there without a meta implementation)."""
     try:
         adapter = _rebuild(folder, manifest, meta=True)
     except (RuntimeError, NotImplementedError):
@@ -206,8 +204,8 @@ def _lean_load(folder: Path, manifest: dict[str, Any], buffers: Path, weights: P
     saved = _read(buffers)
     if set(unsaved_buffers(adapter.model)) != set(saved) or _plain_meta_tensors(adapter):
         return None
+    adapter.model.to_empty(device="cpu")
     _set_buffers(adapter.model, saved)
-    _load_state(adapter.model, _read(weights), weights, assign=True)
     return adapter
 
 
@@ -217,10 +215,10 @@ def load_checkpoint(folder: Path) -> Adapter:
     manifest = read_manifest(folder)
     weights = _verified(folder, manifest.get("weights"))
     buffers = _verified(folder, manifest["buffers"]) if "buffers" in manifest else None
-    adapter = _lean_load(folder, manifest, buffers, weights) if buffers is not None else None
+    adapter = _lean_rebuild(folder, manifest, buffers) if buffers is not None else None
     if adapter is None:  # a folder from before buffers.safetensors, or a tensor it lacks
         adapter = _rebuild(folder, manifest, meta=False)
-        _load_state(adapter.model, _read(weights), weights)
+    _load_state(adapter.model, _read(weights), weights)
     adapter.model.eval()
     adapter.check_finite()
     adapter.manifest = manifest  # type: ignore[attr-defined]
