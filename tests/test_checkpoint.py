@@ -188,3 +188,48 @@ def test_finite_check_reads_every_slice():
     t[2, 6] = float("inf")  # in the last, short slice
     assert not _all_finite(t, chunk=4)
     assert not _all_finite(t.T, chunk=4)  # not contiguous
+
+
+def test_tensor_file_reads_what_safetensors_wrote(tmp_path):
+    from mmcompress.io.tensor_file import TensorFile
+
+    tensors = {"f32": torch.randn(3, 5), "f16": torch.randn(4).half(),
+               "bf16": torch.randn(2, 2).bfloat16(), "i8": torch.randint(-128, 127, (7,),
+                                                                      dtype=torch.int8),
+               "u8": torch.randint(0, 255, (2, 3), dtype=torch.uint8),
+               "i64": torch.arange(6).view(2, 3), "bool": torch.rand(9) > 0.5,
+               "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 4)}
+    save_file(tensors, str(tmp_path / "t.safetensors"), metadata={"format": "pt"})
+    with TensorFile(tmp_path / "t.safetensors") as f:
+        assert sorted(f.keys()) == sorted(tensors)
+        for name, t in tensors.items():
+            got = f.read(name)
+            assert got.dtype == t.dtype and got.shape == t.shape and torch.equal(got, t)
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda b: (10**9).to_bytes(8, "little") + b[8:], "header length"),
+    (lambda b: b[:8] + b"x" * (len(b) - 8), "not JSON"),
+    (lambda b: b[:-4], "outside the data"),
+])
+def test_tensor_file_refuses_a_damaged_file(tmp_path, damage, message):
+    from mmcompress.io.tensor_file import TensorFile
+
+    path = tmp_path / "t.safetensors"
+    save_file({"w": torch.randn(4, 4)}, str(path))
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(CheckpointError, match=message):
+        TensorFile(path)
+
+
+def test_weights_file_with_a_missing_or_extra_tensor_is_refused(tiny_clip, tmp_path):
+    from mmcompress.io.checkpoint import _load_weights
+
+    state = {k: v.contiguous() for k, v in tiny_clip.model.state_dict().items()}
+    dropped = sorted(state)[0]
+    save_file({k: v for k, v in state.items() if k != dropped}, str(tmp_path / "a.safetensors"))
+    with pytest.raises(CheckpointError, match=f"missing keys \\['{dropped}'\\]"):
+        _load_weights(tiny_clip.model, tmp_path / "a.safetensors")
+    save_file({**state, "stray": torch.zeros(1)}, str(tmp_path / "b.safetensors"))
+    with pytest.raises(CheckpointError, match="unexpected keys \\['stray'\\]"):
+        _load_weights(tiny_clip.model, tmp_path / "b.safetensors")

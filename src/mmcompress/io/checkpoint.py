@@ -2,11 +2,11 @@
 
 `buffers.safetensors` holds the buffers a state dict leaves out (position ids, an audio
 window). With it, loading builds the architecture on the meta device and allocates only what
-the saved model holds, uninitialised, before the weights are copied in: no randomly
-initialised copy of the original dense model first, so a compressed model costs its own size
-to load, not the original's. Folders written before that file existed, or a model keeping a
-tensor neither file restores, load as before: the architecture built and initialised in
-memory, then the weights copied in.
+the saved model holds, uninitialised, before the weights are copied in, one module's tensors at
+a time (`tensor_file.py`): no randomly initialised copy of the original dense model first and no
+whole copy of the file, so a compressed model costs about its own size to load. Folders
+written before that file existed, or a model keeping a tensor neither file restores, load as
+before: the architecture built and initialised in memory, then the weights copied in.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from ..errors import CheckpointError
 from ..modules import MODULE_TYPES, build_module
 from ..modules.replace import replace_modules
 from .structure import apply_structure, meta_base, structure_diff
+from .tensor_file import TensorFile
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
@@ -174,6 +175,43 @@ def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Pa
         raise CheckpointError(f"{path} does not match the manifest: {' '.join(first)}") from None
 
 
+def _own_keys(module: torch.nn.Module, prefix: str) -> list[str]:
+    """State-dict keys of the module's own parameters and persistent buffers."""
+    return [prefix + n for n, p in module._parameters.items() if p is not None] + [
+        prefix + n for n, b in module._buffers.items()
+        if b is not None and n not in module._non_persistent_buffers_set]
+
+
+def _streamable(model: torch.nn.Module) -> bool:
+    """Whether module by module loading does what `load_state_dict` does: no module has a
+    post-load hook or extra state."""
+    return not any(m._load_state_dict_post_hooks
+                   or type(m).set_extra_state is not torch.nn.Module.set_extra_state
+                   for m in model.modules())
+
+
+def _load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Copy the weights file into `model`, one module's tensors at a time (what
+    `load_state_dict(strict=True)` does, without holding the whole file in memory)."""
+    if not _streamable(model):
+        _load_state(model, _read(path), path)
+        return
+    with TensorFile(path) as weights:
+        saved, expected = set(weights.keys()), set(model.state_dict().keys())
+        if saved != expected:
+            missing, extra = sorted(expected - saved)[:3], sorted(saved - expected)[:3]
+            raise CheckpointError(f"{path} does not match the manifest: missing keys "
+                                  f"{missing}, unexpected keys {extra}")
+        for name, module in model.named_modules():
+            prefix = f"{name}." if name else ""
+            state = {k: weights.read(k) for k in _own_keys(module, prefix)}
+            missing, unexpected, errors = [], [], []
+            module._load_from_state_dict(state, prefix, {}, True, missing, unexpected, errors)
+            if missing or unexpected or errors:
+                why = (errors or [f"keys {missing + unexpected}"])[0].splitlines()[0]
+                raise CheckpointError(f"{path} does not match the manifest: {why}")
+
+
 def _set_buffers(model: torch.nn.Module, buffers: dict[str, torch.Tensor]) -> None:
     """Put the saved non-persistent buffers into `model` (fresh, aligned copies: the tensors
     read from a file are views at arbitrary offsets into its bytes, and math kernels may take
@@ -218,7 +256,7 @@ def load_checkpoint(folder: Path) -> Adapter:
     adapter = _lean_rebuild(folder, manifest, buffers) if buffers is not None else None
     if adapter is None:  # a folder from before buffers.safetensors, or a tensor it lacks
         adapter = _rebuild(folder, manifest, meta=False)
-    _load_state(adapter.model, _read(weights), weights)
+    _load_weights(adapter.model, weights)
     adapter.model.eval()
     adapter.check_finite()
     adapter.manifest = manifest  # type: ignore[attr-defined]

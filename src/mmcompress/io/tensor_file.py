@@ -1,0 +1,89 @@
+"""A safetensors file read one tensor at a time, with plain reads (no memory map).
+
+`safetensors.torch.load_file` maps the whole file and returns views into it; copying those into
+a model touches every page of the file, so loading peaks at the model plus the file. Reading
+tensor by tensor keeps that second copy to one tensor. The format is an 8-byte little-endian
+header length, a JSON header (name → dtype, shape, byte offsets in the data that follows) and
+the raw little-endian data; nothing in it is executed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+
+from ..errors import CheckpointError
+
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+          "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
+          "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+class TensorFile:
+    """The tensors of a safetensors file, by name, each read when asked for."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._file: BinaryIO = self.path.open("rb")
+        try:
+            self.entries, self._data_start = self._header()
+        except Exception:
+            self._file.close()
+            raise
+
+    def _bad(self, why: str) -> CheckpointError:
+        return CheckpointError(f"{self.path} cannot be read: {why}")
+
+    def _header(self) -> tuple[dict[str, dict[str, Any]], int]:
+        size = self.path.stat().st_size
+        n = int.from_bytes(self._file.read(8), "little")
+        if size < 8 or n > size - 8:
+            raise self._bad("header length beyond the end of the file")
+        try:
+            header = json.loads(self._file.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise self._bad("the header is not JSON") from None
+        if not isinstance(header, dict):
+            raise self._bad("the header is not a JSON object")
+        header.pop("__metadata__", None)
+        for name, entry in header.items():
+            self._check(name, entry, size - 8 - n)
+        return header, 8 + n
+
+    def _check(self, name: str, entry: Any, data_bytes: int) -> None:
+        try:
+            dtype, shape, (begin, end) = DTYPES[entry["dtype"]], entry["shape"], \
+                entry["data_offsets"]
+            numel = math.prod(int(d) for d in shape)
+        except (KeyError, TypeError, ValueError):
+            raise self._bad(f"tensor {name!r} has a malformed entry") from None
+        if not 0 <= begin <= end <= data_bytes or end - begin != numel * dtype.itemsize:
+            raise self._bad(f"tensor {name!r} lies outside the data or has the wrong size")
+
+    def keys(self) -> list[str]:
+        return list(self.entries)
+
+    def read(self, name: str) -> torch.Tensor:
+        entry = self.entries[name]
+        begin, end = entry["data_offsets"]
+        dtype, shape = DTYPES[entry["dtype"]], [int(d) for d in entry["shape"]]
+        self._file.seek(self._data_start + begin)
+        data = bytearray(self._file.read(end - begin))
+        if len(data) != end - begin:
+            raise self._bad(f"tensor {name!r} is cut short")
+        if not data:
+            return torch.empty(shape, dtype=dtype)
+        return torch.frombuffer(data, dtype=dtype).reshape(shape)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> TensorFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
