@@ -233,3 +233,20 @@ def test_weights_file_with_a_missing_or_extra_tensor_is_refused(tiny_clip, tmp_p
     save_file({**state, "stray": torch.zeros(1)}, str(tmp_path / "b.safetensors"))
     with pytest.raises(CheckpointError, match="unexpected keys \\['stray'\\]"):
         _load_weights(tiny_clip.model, tmp_path / "b.safetensors")
+
+
+def test_models_whose_state_dict_is_not_their_own_tensors_load_whole():
+    from mmcompress.io.checkpoint import _streamable
+
+    def keys(m):
+        return set(m.state_dict().keys())
+
+    plain = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2))
+    assert _streamable(plain, keys(plain))
+    hooked = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    hooked.register_load_state_dict_post_hook(lambda module, keys: None)
+    assert not _streamable(hooked, keys(hooked))
+    renamed = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    renamed._register_state_dict_hook(
+        lambda module, state, prefix, meta: state.__setitem__(prefix + "extra", torch.zeros(1)))
+    assert not _streamable(renamed, keys(renamed))

@@ -182,22 +182,27 @@ def _own_keys(module: torch.nn.Module, prefix: str) -> list[str]:
         if b is not None and n not in module._non_persistent_buffers_set]
 
 
-def _streamable(model: torch.nn.Module) -> bool:
-    """Whether module by module loading does what `load_state_dict` does: no module has a
-    post-load hook or extra state."""
-    return not any(m._load_state_dict_post_hooks
-                   or type(m).set_extra_state is not torch.nn.Module.set_extra_state
-                   for m in model.modules())
+def _streamable(model: torch.nn.Module, expected: set[str]) -> bool:
+    """Whether module by module loading does what `load_state_dict` does: the state-dict
+    keys (`expected`) are exactly the modules' own tensors, and no module has a post-load
+    hook or extra state."""
+    own = {k for name, m in model.named_modules() for k in _own_keys(m, f"{name}." if name
+                                                                       else "")}
+    return own == expected and not any(
+        m._load_state_dict_post_hooks
+        or type(m).set_extra_state is not torch.nn.Module.set_extra_state
+        for m in model.modules())
 
 
 def _load_weights(model: torch.nn.Module, path: Path) -> None:
     """Copy the weights file into `model`, one module's tensors at a time (what
     `load_state_dict(strict=True)` does, without holding the whole file in memory)."""
-    if not _streamable(model):
+    expected = set(model.state_dict().keys())
+    if not _streamable(model, expected):
         _load_state(model, _read(path), path)
         return
     with TensorFile(path) as weights:
-        saved, expected = set(weights.keys()), set(model.state_dict().keys())
+        saved = set(weights.keys())
         if saved != expected:
             missing, extra = sorted(expected - saved)[:3], sorted(saved - expected)[:3]
             raise CheckpointError(f"{path} does not match the manifest: missing keys "
