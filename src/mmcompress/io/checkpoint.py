@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from .. import __version__
 from ..adapters import ADAPTERS, Adapter
@@ -175,19 +177,22 @@ def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Pa
         raise CheckpointError(f"{path} does not match the manifest: {' '.join(first)}") from None
 
 
-def _own_keys(module: torch.nn.Module, prefix: str) -> list[str]:
-    """State-dict keys of the module's own parameters and persistent buffers."""
-    return [prefix + n for n, p in module._parameters.items() if p is not None] + [
-        prefix + n for n, b in module._buffers.items()
-        if b is not None and n not in module._non_persistent_buffers_set]
+def _own_keys(model: torch.nn.Module) -> Iterator[tuple[nn.Module, str, list[str]]]:
+    """Each module, its state-dict prefix, and the keys of its own parameters and persistent
+    buffers."""
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        yield module, prefix, [prefix + n for n, p in module._parameters.items()
+                               if p is not None] + [
+            prefix + n for n, b in module._buffers.items()
+            if b is not None and n not in module._non_persistent_buffers_set]
 
 
 def _streamable(model: torch.nn.Module, expected: set[str]) -> bool:
     """Whether module by module loading does what `load_state_dict` does: the state-dict
     keys (`expected`) are exactly the modules' own tensors, and no module has a post-load
     hook or extra state."""
-    own = {k for name, m in model.named_modules() for k in _own_keys(m, f"{name}." if name
-                                                                       else "")}
+    own = {k for _, _, keys in _own_keys(model) for k in keys}
     return own == expected and not any(
         m._load_state_dict_post_hooks
         or type(m).set_extra_state is not torch.nn.Module.set_extra_state
@@ -207,9 +212,8 @@ def _load_weights(model: torch.nn.Module, path: Path) -> None:
             missing, extra = sorted(expected - saved)[:3], sorted(saved - expected)[:3]
             raise CheckpointError(f"{path} does not match the manifest: missing keys "
                                   f"{missing}, unexpected keys {extra}")
-        for name, module in model.named_modules():
-            prefix = f"{name}." if name else ""
-            state = {k: weights.read(k) for k in _own_keys(module, prefix)}
+        for module, prefix, keys in _own_keys(model):
+            state = {k: weights.read(k) for k in keys}
             missing, unexpected, errors = [], [], []
             module._load_from_state_dict(state, prefix, {}, True, missing, unexpected, errors)
             if missing or unexpected or errors:
