@@ -159,6 +159,22 @@ def test_replayed_blocks_see_the_same_inputs_as_rerunning_the_compressed_prefix(
     assert all(torch.equal(w_replay[n], w_rerun[n]) for n in w_rerun)
 
 
+def test_one_probe_serves_every_group_that_needs_the_same_inputs(tiny_clip):
+    vision = tiny_clip.model.vision_model
+    layers = {"vision_model.embeddings.patch_embedding": vision.embeddings.patch_embedding,
+              **{n: m for n, m in tiny_clip.model.named_modules()
+                 if isinstance(m, nn.Linear) and n.startswith("vision_model.encoder")}}
+    calls = []
+    vision.embeddings.register_forward_hook(lambda *_: calls.append(1))
+    calib = tiny_clip.calibration_data(_data(), samples=8, batch_size=4, seed=0)
+    calibrate_layers(tiny_clip, layers, calib, lambda n, m: HessianCollector(),
+                     lambda n, m, c: None, "test", progress=False)
+    # the image stem finishes once for the probe and once per batch (2) to catch the encoder
+    # chain's inputs; the patch embedding's own passes stop inside the stem. The chain starts
+    # at the second group, which the first group's probe already covered: no second probe
+    assert len(vision.encoder.layers) == 2 and len(calls) == 1 + 2
+
+
 def test_blocks_not_fed_by_the_one_before_are_not_replayed():
     from mmcompress.calibration import replay
     from mmcompress.calibration.replay import probe_chain
@@ -172,10 +188,12 @@ def test_blocks_not_fed_by_the_one_before_are_not_replayed():
             return self.layers[2](self.layers[1](2 * self.layers[0](x)))
 
     model, x = Scaled(), torch.randn(2, 4)
-    assert probe_chain(model, list(model.layers), lambda: model(x)) == []
-    assert probe_chain(model, list(model.layers[1:]), lambda: model(x)) == [0]
-    too_many = replay.REPLAY_BYTES // (2 * x.numel() * x.element_size()) + 1
-    assert probe_chain(model, list(model.layers[1:]), lambda: model(x), too_many) == []
+    chain = probe_chain(model, list(model.layers), lambda: model(x))
+    assert chain.links == [None, 0]  # block 2 reads block 1's output, block 1 not block 0's
+    assert chain.slots(0, batches=1) == [] and chain.slots(1, batches=1) == [0]
+    assert chain.sizes == [x.numel() * x.element_size()] * 3
+    too_many = replay.REPLAY_BYTES // (2 * chain.sizes[1]) + 1
+    assert chain.slots(1, too_many - 1) == [0] and chain.slots(1, too_many) == []
 
     class InPlace(nn.Module):  # the middle block changes its input in place
         def __init__(self):
@@ -187,10 +205,10 @@ def test_blocks_not_fed_by_the_one_before_are_not_replayed():
             return self.layers[2](self.layers[1](self.layers[0](x)))
 
     model = InPlace()
-    assert probe_chain(model, list(model.layers[1:]), lambda: model(x)) == []
-    assert probe_chain(model, list(model.layers), lambda: model(x)) == []
+    chain = probe_chain(model, list(model.layers), lambda: model(x))
+    assert chain.links == [None, None] and chain.sizes[1] is None
     model.layers[1].inplace = False
-    assert probe_chain(model, list(model.layers), lambda: model(x)) == [0, 0]
+    assert probe_chain(model, list(model.layers), lambda: model(x)).links == [0, 0]
 
 
 def test_chain_slots_follow_keyword_arguments_and_require_the_same_other_arguments():

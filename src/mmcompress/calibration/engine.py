@@ -30,7 +30,7 @@ from ..modules.replace import replace_modules
 from ..progress import progress_bar
 from ..selection import tower_of
 from .collectors import layer_input_rows
-from .replay import BlockCall, Slot, advance, catch_inputs, probe_chain
+from .replay import BlockCall, Chain, Slot, advance, catch_inputs, probe_chain
 
 Batch = Callable[[], Any]
 
@@ -234,6 +234,8 @@ class _Replay:
         self.calls: list[BlockCall] | None = None
         self.reference_calls: list[BlockCall] | None = None
         self.slots: list[Slot] = []  # how each later block of the chain reads the one before
+        self.chain: Chain | None = None  # how the blocks from `probed` on feed each other
+        self.probed = -1
 
     def batches(self, i: int, batches: list[Batch]) -> tuple[list[Batch], list[Batch] | None]:
         """Group `i`'s batches, and the reference model's (None: run `batches` through it)."""
@@ -248,16 +250,22 @@ class _Replay:
                                self.reference_calls)
 
     def _start(self, i: int, batches: list[Batch]) -> None:
-        same = itertools.takewhile(lambda j: self.needs[j] == self.needs[i],
-                                   range(i, len(self.blocks)))
+        """Catch block `i`'s inputs when a chain starts there. One probe pass serves every
+        group of a run that needs the same inputs."""
+        if not batches:
+            return
         model = self.adapter.model
-        chain = [model.get_submodule(self.blocks[j]) for j in same]
-        if len(chain) < 2 or not batches:
-            return
+        if self.chain is None or not self.probed <= i < self.probed + len(self.chain.sizes):
+            same = itertools.takewhile(lambda j: self.needs[j] == self.needs[i],
+                                       range(i, len(self.blocks)))
+            self.chain = probe_chain(model, [model.get_submodule(self.blocks[j])
+                                             for j in same], batches[0])
+            self.probed = i
         cached = len(batches) * (1 if self.reference is None else 2)  # calls of either model
-        if not (slots := probe_chain(model, chain, batches[0], cached)):
+        slots = self.chain.slots(i - self.probed, cached)
+        if not slots:
             return
-        self.calls, self.slots = catch_inputs(chain[0], batches), slots
+        self.calls, self.slots = catch_inputs(model.get_submodule(self.blocks[i]), batches), slots
         if self.reference is not None:
             with self.adapter.running(self.reference):
                 self.reference_calls = catch_inputs(

@@ -14,6 +14,7 @@ position embeddings) in all the others.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -102,15 +103,32 @@ def _versions(call: BlockCall) -> list[int] | None:
         return None
 
 
-def probe_chain(model: nn.Module, blocks: list[nn.Module], run: Callable[[], Any],
-                batches: int = 1) -> list[Slot]:
-    """Run one batch through `model` and return, for each link b → b + 1 of `blocks` from the
-    first on, the slot through which block b + 1 reads block b's output; stops at the first
-    link that is not such a chain (so a list shorter than len(blocks) - 1). A block whose
-    inputs change in place during the pass (a ReLU applied in place, say) ends the chain: its
-    cached inputs would not be what it first read. Empty too when caching `batches` such calls
-    (twice, while one block's outputs replace its inputs) would take more than
-    `REPLAY_BYTES`."""
+@dataclass
+class Chain:
+    """How consecutive blocks feed each other on one batch: `links[b]` is the slot through
+    which block b + 1 reads block b's output (None: it does not, or block b + 1's inputs
+    change in place during the pass, so cached ones would be stale), and `sizes[b]` the
+    bytes of block b's call (None where block b cannot be replayed from a cache)."""
+
+    links: list[Slot | None]
+    sizes: list[int | None]
+
+    def slots(self, b: int, batches: int) -> list[Slot]:
+        """The links of the chain that starts at block `b`, empty when it cannot start there
+        or its cached calls for `batches` batches (two copies while one block's outputs
+        replace its inputs) would take more than `REPLAY_BYTES`."""
+        size = self.sizes[b]
+        if size is None or 2 * batches * size > REPLAY_BYTES:
+            return []
+        return list(itertools.takewhile(lambda s: s is not None, self.links[b:]))
+
+
+def probe_chain(model: nn.Module, blocks: list[nn.Module], run: Callable[[], Any]) -> Chain:
+    """Run one batch through `model` and find how consecutive `blocks` feed each other.
+
+    A block qualifies when it is called once and its inputs do not change in place during
+    the pass (a ReLU applied in place, say, would leave cached inputs that are not what it
+    first read)."""
     calls: list[list[BlockCall]] = [[] for _ in blocks]
     versions: list[list[list[int] | None]] = [[] for _ in blocks]
     outs: list[list[Any]] = [[] for _ in blocks]
@@ -131,19 +149,12 @@ def probe_chain(model: nn.Module, blocks: list[nn.Module], run: Callable[[], Any
     finally:
         for h in handles:
             h.remove()
-    unchanged = [len(c) == 1 and v[0] is not None and _versions(c[0]) == v[0]
-                 for c, v in zip(calls, versions, strict=True)]
-    slots: list[Slot] = []
-    if not unchanged[0] or 2 * batches * call_bytes(calls[0][0]) > REPLAY_BYTES:
-        return slots
-    for i in range(len(blocks) - 1):
-        if not (unchanged[i + 1] and len(outs[i]) == 1):
-            break
-        slot = chain_slot(calls[i][0], outs[i][0], calls[i + 1][0])
-        if slot is None:
-            break
-        slots.append(slot)
-    return slots
+    ok = [len(c) == len(o) == 1 and v[0] is not None and _versions(c[0]) == v[0]
+          for c, v, o in zip(calls, versions, outs, strict=True)]
+    links = [chain_slot(calls[b][0], outs[b][0], calls[b + 1][0]) if ok[b] and ok[b + 1]
+             else None for b in range(len(blocks) - 1)]
+    return Chain(links, [call_bytes(c[0]) if good else None
+                         for c, good in zip(calls, ok, strict=True)])
 
 
 def catch_inputs(block: nn.Module, batches: list[Callable[[], Any]]) -> list[BlockCall]:
