@@ -71,13 +71,11 @@ class TensorFile:
         entry = self.entries[name]
         begin, end = entry["data_offsets"]
         dtype, shape = DTYPES[entry["dtype"]], [int(d) for d in entry["shape"]]
+        data = torch.empty(end - begin, dtype=torch.uint8)
         self._file.seek(self._data_start + begin)
-        data = bytearray(self._file.read(end - begin))
-        if len(data) != end - begin:
+        if end > begin and self._file.readinto(data.numpy()) != end - begin:
             raise self._bad(f"tensor {name!r} is cut short")
-        if not data:
-            return torch.empty(shape, dtype=dtype)
-        return torch.frombuffer(data, dtype=dtype).reshape(shape)
+        return data.view(dtype).reshape(shape)
 
     def close(self) -> None:
         self._file.close()
