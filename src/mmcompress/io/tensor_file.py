@@ -2,7 +2,10 @@
 
 `safetensors.torch.load_file` maps the whole file and returns views into it; copying those into
 a model touches every page of the file, so loading peaks at the model plus the file. Reading
-tensor by tensor keeps that second copy to one tensor. The format is an 8-byte little-endian
+tensor by tensor through `safe_open` maps it too, and the touched pages stay resident: random
+CLIP ViT-B/32 with half its MLP neurons (422 MB) peaked at 848 MB to load and run either way,
+and at 476 MB with the plain reads here. Reading tensor by tensor keeps that second copy to
+one tensor. The format is an 8-byte little-endian
 header length, a JSON header (name → dtype, shape, byte offsets in the data that follows) and
 the raw little-endian data; nothing in it is executed.
 """

@@ -38,6 +38,7 @@ from torch import nn
 from ..adapters import Adapter
 from ..calibration import CalibrationData, InputStatsCollector, calibrate_layers
 from ..calibration.engine import real_tokens
+from ..calibration.replay import main_output
 from ..errors import DataError
 from ..selection import tower_of
 from .groups import LayerList, UnitGroup
@@ -215,10 +216,6 @@ def unit_scores(adapter: Adapter, groups: list[UnitGroup], importance: str,
     return taylor_scores(adapter, groups, calib(), stats() if centred else None)
 
 
-def _hidden(value: Any) -> torch.Tensor:
-    return value[0] if isinstance(value, tuple | list) else value
-
-
 def layer_scores(adapter: Adapter, lists: list[LayerList],
                  calib: Callable[[], CalibrationData]) -> dict[str, float]:
     """Block influence of every removable block, by name (``<list>.<index>``)."""
@@ -233,7 +230,7 @@ def layer_scores(adapter: Adapter, lists: list[LayerList],
     def hook(name: str) -> Callable:
         def fn(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
             x = args[0] if args else kwargs["hidden_states"]
-            x, y = real_tokens(x, mask[0]), real_tokens(_hidden(out), mask[0])
+            x, y = real_tokens(x, mask[0]), real_tokens(main_output(out), mask[0])
             dim = 1 if x.dim() == 4 else -1  # conv blocks: cosine over channels
             cos = torch.nn.functional.cosine_similarity(x.float(), y.float(), dim=dim)
             total[name] += float((1 - cos).sum())
