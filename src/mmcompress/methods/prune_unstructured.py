@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from ..adapters import Adapter
@@ -26,210 +25,23 @@ from ..modules.replace import replace_modules
 from ..modules.sparse import dense_layer, layer_args, sparse_module
 from ..selection import tower_of
 from ..sensitivity import Probe
-from ..sparsity import (
-    NM,
-    global_keep_masks,
-    keep_mask,
-    parse_pattern,
-    pattern_name,
-    sparsegpt_prune,
-)
+from ..sparsity import NM, global_keep_masks, keep_mask, sparsegpt_prune
 from ..sparsity.admm import admm_prune
 from ..sparsity.owl import outlier_ratio, owl_sparsities
 from ..sparsity.refit import refit_kept
-from ..sparsity.swaps import DEFAULT_ROUNDS, refine_by_swaps
-from .base import MethodConfig, StageContext, register_method, selected, split_embeddings
+from ..sparsity.swaps import refine_by_swaps
+from .base import StageContext, register_method, selected, split_embeddings
+from .prune_unstructured_config import (
+    AdmmConfig,
+    CalibratedPruneConfig,
+    MagnitudeConfig,
+    SparseGPTConfig,
+    UnstructuredPruneConfig,
+    WandaConfig,
+)
 from .sparsity_allocation import sensitivity_sparsities
-from .training_hooks import Schedule, with_schedule
+from .training_hooks import with_schedule
 from .weight_quant import weight_matrix
-
-SEQUENTIAL = ("collect each block's statistics with the blocks before it already pruned (as "
-              "SparseGPT's and Wanda's reference code do), or, false, every block's from the "
-              "unpruned model in one pass (wanda, sparsegpt, admm; default false for wanda, "
-              "true for the others)")
-
-SWAPS = ("then refine each layer's mask by up to this many rounds of swaps (a pruned and a kept "
-         "weight of one row) that lower the layer's output error on the calibration data with "
-         f"the unpruned weights (SparseSwaps; 0 or false: off, true: {DEFAULT_ROUNDS}; default "
-         f"{DEFAULT_ROUNDS} for wanda, but none with a 'schedule'; 0 for sparsegpt and admm, "
-         "where it needs 'refit' as their own update fits the mask before the swaps)")
-
-
-BIAS = ("shift each pruned layer's bias by the mean output it lost, b + W·μ_ref − Ŵ·μ over the "
-        "calibration inputs, and choose and fit the mask to the error about the means (the "
-        "Gram matrices centred): what a bias can absorb no longer costs kept weights (layers "
-        "with a bias; wanda, sparsegpt, admm)")
-
-
-class UnstructuredPruneConfig(MethodConfig):
-    """Settings every unstructured pruning method takes."""
-
-    sparsity: float | None = Field(None, ge=0, lt=1, description="fraction of weights removed "
-                                   "(an N:M pattern implies 1 - N/M)")
-    pattern: str = Field("unstructured", description="'unstructured', or 'N:M': at most N "
-                         "nonzeros in every M consecutive inputs of a row")
-    scope: Literal["layer", "global"] = Field("layer", description="rank weights within each "
-                                              "layer, or across all targeted layers (magnitude)")
-    convolutions: bool = Field(True, description="also prune 2-d convolutions")
-    embeddings: bool = Field(False, description="also prune embedding tables (by magnitude, "
-                             "the same share of every token's row, whatever the method)")
-    schedule: Schedule | None = Field(None, description="prune gradually while a later "
-                                      "finetune/distill stage trains (magnitude, wanda)")
-    layer_sparsity: Literal["uniform", "owl", "sensitivity"] = Field(
-        "uniform", description="every block at `sparsity`; 'owl': blocks whose Wanda scores "
-        "hold more outliers pruned less, the mean staying `sparsity`; or 'sensitivity': a "
-        "sparsity per layer from each layer's measured output error, `sparsity` of all the "
-        "weights removed (wanda, sparsegpt, admm; unstructured)")
-    sensitivity_samples: int = Field(64, ge=0, description="layer_sparsity 'sensitivity': "
-                                     "examples probing each layer's effect on the model's "
-                                     "output (0: each layer's relative output error alone)")
-    owl_threshold: float = Field(5.0, gt=1, description="OWL: a score is an outlier above this "
-                                 "many times its block's mean score")
-    owl_spread: float = Field(0.08, ge=0, lt=0.5, description="OWL: block sparsities span the "
-                              "target ± this")
-
-    @field_validator("pattern", mode="before")
-    @classmethod
-    def _pattern(cls, v: Any) -> str:
-        return pattern_name(parse_pattern(v))
-
-    @model_validator(mode="after")
-    def _consistent(self) -> UnstructuredPruneConfig:
-        nm = self.nm
-        if nm is None and self.sparsity is None:
-            raise ValueError("give 'sparsity' (e.g. 0.5) or an N:M 'pattern' (e.g. '2:4')")
-        if nm is not None and self.sparsity is not None \
-                and abs(self.sparsity - (1 - nm[0] / nm[1])) > 1e-6:
-            raise ValueError(f"pattern {self.pattern} means sparsity {1 - nm[0] / nm[1]:g}, not "
-                             f"{self.sparsity:g}; drop 'sparsity' or make them agree")
-        if self.layer_sparsity != "uniform" and (self.method == "magnitude" or nm is not None
-                                                 or self.schedule is not None):
-            raise ValueError(f"layer_sparsity '{self.layer_sparsity}' sets a sparsity per layer "
-                             "from calibrated statistics: it needs method wanda, sparsegpt or "
-                             "admm, an unstructured pattern and no schedule")
-        if self.embeddings and self.schedule is not None:
-            raise ValueError("gradual pruning ('schedule') masks linear and convolution layers "
-                             "only; set 'embeddings' false or prune in one shot")
-        if self.scope == "global" and (self.method != "magnitude" or nm is not None):
-            raise ValueError("scope 'global' ranks weights across layers by magnitude, so it "
-                             "needs method 'magnitude' and an unstructured pattern")
-        return self
-
-    @property
-    def nm(self) -> NM | None:
-        return parse_pattern(self.pattern)
-
-    def rows_compete(self, module: nn.Module) -> bool:
-        """Whether each output row of `module` keeps its own share of weights (else all the
-        layer's weights compete)."""
-        return False
-
-    @property
-    def target_sparsity(self) -> float:
-        nm = self.nm
-        return 1 - nm[0] / nm[1] if nm is not None else float(self.sparsity)
-
-
-class MagnitudeConfig(UnstructuredPruneConfig):
-    method: str = "magnitude"
-
-
-class CalibratedPruneConfig(UnstructuredPruneConfig):
-    """Settings of the methods that calibrate on data (Wanda, SparseGPT, ADMM)."""
-
-    sequential: bool = Field(True, description=SEQUENTIAL)
-    refit: bool = Field(False, description="once a layer's mask is chosen, refit each row's "
-                        "kept weights to the calibration inputs: the exact least-squares "
-                        "solution with the mask fixed (Wanda leaves the weights as they are; "
-                        "SparseGPT's own update approximates this)")
-    damp: float = Field(0.01, gt=0, lt=1, description="Hessian damping, fraction of its mean "
-                        "diagonal (SparseGPT's update, refit and the asymmetric fit)")
-    asymmetric: bool = Field(False, description="fit each layer to the unpruned model's "
-                             "outputs from the inputs the already-pruned layers give it, so it "
-                             "also corrects their error (needs 'sequential'; keeps a copy of the "
-                             "model while calibrating; with 'refit', the refit aims at the "
-                             "unpruned model's outputs too)")
-    swaps: int = Field(0, ge=0, description=SWAPS)
-    bias_correction: bool = Field(False, description=BIAS)
-    comparison: Literal["auto", "row", "layer"] = Field(
-        "auto", description="which weights compete: each output row's (Wanda's choice), the "
-        "whole layer's (SparseGPT's: each block of columns), or auto: rows in linear layers, "
-        "the whole layer in convolutions (on ResNet-56 per-row lost twice as much with Wanda; "
-        "docs/methods.md)")
-
-    @field_validator("swaps", mode="before")
-    @classmethod
-    def _swaps_flag(cls, v: Any) -> Any:
-        return (DEFAULT_ROUNDS if v else 0) if isinstance(v, bool) else v
-
-    @model_validator(mode="after")
-    def _one_shot_options(self) -> CalibratedPruneConfig:
-        # only what the recipe asked for: sparsegpt's refit is on by default, and sparsegpt
-        # with a schedule is refused by gradual pruning itself
-        chosen = [k for k in ("swaps", "refit", "asymmetric")
-                  if getattr(self, k, False) and k in self.model_fields_set]
-        if chosen and self.schedule is not None:
-            raise ValueError(f"'{chosen[0]}' works on a mask chosen in one shot; gradual "
-                             "pruning ('schedule') chooses its masks while training: drop one "
-                             "of them")
-        if self.asymmetric and not self.sequential:
-            raise ValueError("'asymmetric' corrects the error of the blocks pruned before; with "
-                             "'sequential' false no block sees it: set 'sequential: true' or "
-                             "drop 'asymmetric'")
-        return self
-
-    def rows_compete(self, module: nn.Module) -> bool:
-        if self.comparison == "auto":
-            return not isinstance(module, nn.Conv2d)
-        return self.comparison == "row"
-
-
-class WandaConfig(CalibratedPruneConfig):
-    method: str = "wanda"
-    # one-shot scores lost less than sequential ones on MiniLM in 5 of 6 comparisons (60%, 2:4,
-    # 70% on STS-B dev and held-out train pairs; docs/methods.md)
-    sequential: bool = Field(False, description=SEQUENTIAL)
-    # the swaps change the mask, not the weights (no update, as in Wanda); they lost less in 12
-    # of 15 comparisons on MiniLM (STS-B dev, held-out train pairs, embedding tables pruned
-    # too) and lit-cifar, with and without the BatchNorm correction (docs/methods.md);
-    # `swaps: 0` is the paper's Wanda
-    swaps: int = Field(DEFAULT_ROUNDS, ge=0, description=SWAPS)
-
-
-class _UpdatingPruneConfig(CalibratedPruneConfig):
-    """Settings of the methods that update the kept weights themselves (SparseGPT, ADMM)."""
-
-    refit: bool = Field(True, description="once a layer's mask is chosen, replace the method's "
-                        "own update of the kept weights by the exact least-squares fit to the "
-                        "calibration inputs with the mask fixed (false: the paper's update "
-                        "alone)")
-
-    @model_validator(mode="after")
-    def _swaps_need_refit(self) -> _UpdatingPruneConfig:
-        if self.swaps and not self.refit:
-            raise ValueError(f"'swaps' change {self.method}'s mask after its update fitted the "
-                             "kept weights to it: set 'refit: true' (the default) or drop "
-                             "'swaps'")
-        return self
-
-
-class SparseGPTConfig(_UpdatingPruneConfig):
-    method: str = "sparsegpt"
-    block_size: int = Field(128, ge=1, description="columns whose mask is chosen together")
-    # SparseGPT's own update approximates the least-squares fit to its mask; solving it exactly
-    # (`refit`, on by default) lost less in 13 of 15 comparisons on MiniLM (STS-B dev, held-out
-    # train pairs) and lit-cifar, with and without the BatchNorm correction; the other two by
-    # 0.0015 (docs/methods.md). Its mask compares each output row's weights in linear layers
-    # (`comparison: auto`), as Wanda does: on MiniLM that lost less than the paper's block-wide
-    # choice at 60% and 70%, on STS-B dev and held-out train pairs (docs/methods.md)
-
-
-class AdmmConfig(_UpdatingPruneConfig):
-    method: str = "admm"
-    iterations: int = Field(40, ge=1, description="ADMM iterations; the sparsity rises to its "
-                            "target over the first three quarters of them")
-    rho: float = Field(1.0, gt=0, description="ADMM penalty, relative to the Hessian scaled "
-                       "to a unit diagonal")
 
 
 def _prunable(

@@ -30,7 +30,8 @@ from ..calibration.collectors import FeatureNormCollector
 from ..errors import RecipeError
 from ..methods.base import StageContext
 from ..methods.prune_structured import StructuredPruneConfig, _unit_groups
-from ..methods.prune_unstructured import UnstructuredPruneConfig, _prunable
+from ..methods.prune_unstructured import _prunable
+from ..methods.prune_unstructured_config import UnstructuredPruneConfig
 from ..methods.weight_quant import weight_matrix
 from ..modules.replace import replace_modules
 from ..modules.sparse import sparse_module
