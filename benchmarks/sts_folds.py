@@ -1,7 +1,9 @@
 """The unstructured-pruning losses of all four held-out quarters of STS-B train, side by side.
 
-``python -m benchmarks.sts_folds [OUT.json]`` reads ``results/prune_unstructured_heldout.json``
-(fold 0) and ``results/prune_unstructured_heldout_fold{1,2,3}.json``, each written by
+``python -m benchmarks.sts_folds [OUT.json] [FOLD0.json,FOLD1.json,...]`` reads
+``results/prune_unstructured_heldout.json`` (fold 0) and
+``results/prune_unstructured_heldout_fold{1,2,3}.json`` (or the result files named, one per
+fold, in fold order), each written by
 
     python -m benchmarks.sts_heldout /tmp/stsK --fold K
     python -m benchmarks.prune_unstructured RESULT --methods magnitude,wanda,sparsegpt,admm \\
@@ -46,16 +48,17 @@ def summary(folds: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     out = Path(args[0]) if args else RESULTS / "prune_heldout_folds.json"
-    missing = [name for name in FOLDS if not (RESULTS / name).is_file()]
+    names = args[1].split(",") if len(args) > 1 else FOLDS
+    missing = [name for name in names if not (RESULTS / name).is_file()]
     if missing:
         raise SystemExit(f"error: missing {', '.join(missing)}; run the folds first")
-    folds = [load(RESULTS / name) for name in FOLDS]
+    folds = [load(RESULTS / name) for name in names]
     rows = summary(folds)
     print(f"{'method':<12} {'setting':>7} {'mean':>7}  per fold")
     for r in rows:
         per = " ".join(f"{r[f'loss_fold{k}']:.4f}" for k in range(len(folds)))
         print(f"{r['method']:<12} {r['setting']:>7} {r['loss_mean']:>7.4f}  {per}")
-    store(out, {"folds": FOLDS, "limits": LIMITS,
+    store(out, {"folds": names, "limits": LIMITS,
                 "dense": [f["dense"]["stsb_spearman"] for f in folds], "rows": rows})
 
 
