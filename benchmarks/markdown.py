@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import pruning_page
 from .results_file import load
 
 COLUMNS = (
@@ -190,13 +191,13 @@ def _fusion() -> list[str]:
 
 
 def render_markdown(results: dict[str, Any], json_ref: str) -> str:
-    """The benchmark page: header, method, configurations, one table per model, and the
-    fusion classifiers' rows."""
+    """The benchmark page: header, method, configurations, one table per model, then the
+    fusion classifiers' and pruning's stored rows."""
     lines = _header(results) + _method(results) + ["## Results", ""] + _configs(results)
     for entry in results["models"]:
         lines += _model(entry)
     lines.append(f"Raw results: [`{json_ref}`]({json_ref}).")
-    lines += [""] + _fusion()
+    lines += [""] + _fusion() + pruning_page.section()
     return "\n".join(lines) + "\n"
 
 

@@ -251,3 +251,19 @@ def test_prune_rows_carry_their_targets_and_ignores_into_the_stage() -> None:
     assert cfg == {"method": "wanda", "embeddings": False, "swaps": 0, "pattern": "2:4",
                    "targets": ["re:intermediate"], "ignore": ["text.x"]}
     assert "targets" not in _stage("wanda", "0.6") and _stage("wanda", "0.6")["sparsity"] == 0.6
+
+
+def test_pruning_rows_of_the_benchmark_page_read_each_methods_defaults() -> None:
+    from benchmarks.pruning_page import _quality_table
+
+    rows = [{"method": m, "setting": s, "loss": loss}
+            for m, s, loss in (("wanda", "0.6", 0.01), ("wanda-noswap", "0.6", 0.5),
+                               ("sparsegpt-bn", "0.5", -0.002), ("sparsegpt", "0.5", 0.3))]
+    folds = {"rows": [{"method": "wanda", "setting": "0.6", "loss_mean": 0.0116}]}
+    table = _quality_table({"rows": rows}, folds).splitlines()
+    assert table[0] == "| method | 0.5 loss | 0.6 loss | 0.7 loss | 2:4 loss | held-out 0.6 |"
+    assert "| wanda | — | +0.0100 | — | — | +0.0116 |" in table  # not the -noswap row
+    assert "| sparsegpt | +0.3000 | — | — | — | — |" in table
+    corrected = _quality_table({"rows": rows}, None, suffix="-bn").splitlines()
+    assert "| sparsegpt | -0.0020 | — | — | — |" in corrected
+    assert "| wanda | — | — | — | — |" in corrected

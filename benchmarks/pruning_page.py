@@ -1,0 +1,129 @@
+"""The pruning rows of docs/benchmarks.md, from the pruning benchmarks' stored results.
+
+Each table reads one JSON file under ``benchmarks/results/`` written by the command named above
+it (`benchmarks.method_results` renders every row of those files on docs/method-results.md;
+this page keeps what the pruning issue asks for: quality against sparsity per method, saved
+size, and the latency of structured pruning).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mmcompress.report import markdown_table
+
+from .results_file import load
+
+RESULTS = Path(__file__).resolve().parent / "results"
+METHODS = ("magnitude", "wanda", "sparsegpt", "admm")  # each method's defaults
+SETTINGS = ("0.5", "0.6", "0.7", "2:4")
+
+
+def _stored(name: str) -> Any:
+    path = RESULTS / name
+    return load(path) if path.is_file() else None
+
+
+def _loss(value: float | None) -> str:
+    return "—" if value is None else f"{value:+.4f}"
+
+
+def _quality_table(results: dict[str, Any], folds: dict[str, Any] | None,
+                   suffix: str = "") -> str:
+    """Loss of each method's defaults (stored as METHOD + `suffix`) at every setting (and, with
+    `folds`, the mean over the held-out quarters at the settings they measured)."""
+    loss = {(r["method"].removesuffix(suffix), r["setting"]): r["loss"]
+            for r in results["rows"] if r["method"].endswith(suffix)}
+    held = {(r["method"], r["setting"]): r["loss_mean"] for r in folds["rows"]} if folds else {}
+    held_settings = [s for s in SETTINGS if any(k[1] == s for k in held)]
+    header = ["method", *(f"{s} loss" for s in SETTINGS)]
+    header += [f"held-out {s}" for s in held_settings]
+    rows = [[m, *(_loss(loss.get((m, s))) for s in SETTINGS),
+             *(_loss(held.get((m, s))) for s in held_settings)] for m in METHODS]
+    return markdown_table(header, rows)
+
+
+def _size_table(rows: list[dict[str, Any]]) -> str:
+    return markdown_table(
+        ["model", "saved as", "embedding tables pruned", "sparsity", "size ×dense"],
+        [[r["model"], r["config"], "yes" if r["embeddings_pruned"] else "no",
+          f"{r['sparsity']:.2f}", f"{r['size_ratio']:.3f}"] for r in rows])
+
+
+def _structured_table(results: dict[str, Any]) -> str:
+    """Latency before and after removing units, dense timed in the same run (2 threads)."""
+    rows = []
+    clip = results["clip"]["by_threads"]["2"]["towers"]
+    for tower, what in (("vision", "image"), ("text", "text")):
+        t = clip[tower]
+        rows.append([f"random CLIP ViT-B/32, {what} tower", "heads 0.5 + MLP neurons 0.5",
+                     f"{1 - t['params']['removed_ratio']:.3f}", "— (random weights)",
+                     f"{t['dense_ms']:.1f} → {t['pruned_ms']:.1f}", f"{t['speedup']:.2f}×"])
+    minilm = results["minilm"]
+    lat, dense = minilm["latency"]["2"], minilm["dense"]
+    variant = minilm["variants"]["neurons 0.5 (activation)"]
+    rows.append(["MiniLM", "MLP neurons 0.5 (activation)",
+                 f"{variant['params'] / dense['params']:.3f}",
+                 f"STS-B {dense['stsb_spearman']:.4f} → {variant['stsb_spearman']:.4f}",
+                 f"{lat['latency_ms']['dense']:.1f} → {lat['latency_ms']['pruned']:.1f}",
+                 f"{lat['speedup']:.2f}×"])
+    resnet = results["resnet56"]
+    lat = resnet["latency"]["2"]
+    for run in resnet["runs"]:
+        if run["scope"] != "tower" or run["importance"] != "magnitude":
+            continue
+        key = f"channels {run['channels']:g}"
+        quality = (f"top-1 {resnet['dense']['top1']:.3f} → {run['top1']:.3f} one shot, "
+                   f"{run['top1_batchnorm']:.3f} BatchNorm-corrected")
+        if "top1_finetuned" in run:
+            quality += f", {run['top1_finetuned']:.3f} fine-tuned"
+        rows.append(["CIFAR ResNet-56", f"inner channels {run['channels']:g} (magnitude)",
+                     f"{run['params'] / resnet['dense']['params']:.3f}", quality,
+                     f"{lat['latency_ms']['dense']:.1f} → {lat['latency_ms'][key]:.1f}",
+                     f"{lat['speedup'][key]:.2f}×"])
+    return markdown_table(["model", "removed", "params kept", "quality", "latency ms",
+                           "speed-up"], rows)
+
+
+def section() -> list[str]:
+    """The page's pruning section (empty where no stored result exists)."""
+    minilm, litcifar = _stored("prune_unstructured.json"), _stored(
+        "prune_unstructured_litcifar.json")
+    litcifar_bn = _stored("prune_unstructured_litcifar_bn.json")
+    folds, size = _stored("prune_heldout_folds.json"), _stored("sparse_size.json")
+    structured = _stored("prune_structured.json")
+    if not any((minilm, litcifar, size, structured)):
+        return []
+    lines = ["## Pruning", "",
+             "From the stored results named below (not this run; "
+             "[method-results.md](method-results.md) has every row, each with its command, "
+             "and [prune_structured.md](prune_structured.md) the structured method). Each "
+             "method with its defaults; `loss` is the drop from the dense model (negative: "
+             "better than dense).", ""]
+    if minilm:
+        lines += [f"MiniLM, every encoder linear layer, STS-B dev Spearman (dense "
+                  f"{minilm['dense']['stsb_spearman']:.4f}; `prune_unstructured.json`), and "
+                  "the mean loss over the four quarters of STS-B train held out in turn, each "
+                  "calibrated on the other three (`prune_heldout_folds.json`):", "",
+                  _quality_table(minilm, folds), ""]
+    if litcifar:
+        lines += [f"lit-cifar, every layer of both towers but the stem convolution, zero-shot "
+                  f"top-1 on the held-out images (dense "
+                  f"{litcifar['dense']['zeroshot_top1']:.4f}; "
+                  "`prune_unstructured_litcifar.json`):", "",
+                  _quality_table(litcifar, None), ""]
+    if litcifar_bn:
+        lines += ["The same, each followed by the BatchNorm correction (`finetune: {method: "
+                  "batchnorm}`: the image tower's BatchNorm statistics refitted, no training; "
+                  "`prune_unstructured_litcifar_bn.json`):", "",
+                  _quality_table(litcifar_bn, None, suffix="-bn"), ""]
+    if size:
+        lines += ["Saved size at 50% magnitude sparsity, fp32 kept values and with int8 in the "
+                  "same recipe (`python -m benchmarks.sparse_size`, `sparse_size.json`):", "",
+                  _size_table(size), ""]
+    if structured:
+        lines += ["Structured pruning, units physically removed, dense timed in the same run "
+                  "at 2 threads, batch 8 (`prune_structured.json`):", "",
+                  _structured_table(structured), ""]
+    return lines
