@@ -86,6 +86,20 @@ def _structured_table(results: dict[str, Any]) -> str:
                            "speed-up"], rows)
 
 
+def _allocation_table(section: dict[str, Any], metric: str) -> str:
+    """Per-tower ratios against one ranking over every tower, at the same amounts."""
+    by_key = {(r["importance"], r["amounts"]["heads"], r["scope"]): r for r in section["runs"]}
+    rows = []
+    for (importance, amount, scope), r in by_key.items():
+        if scope != "tower" or (importance, amount, "global") not in by_key:
+            continue
+        g = by_key[importance, amount, "global"]
+        rows.append([f"{amount:.0%}", importance, f"{r[metric]:.4f}", f"{g[metric]:.4f}",
+                     f"{r['params'] / 1e6:.2f} / {g['params'] / 1e6:.2f}"])
+    return markdown_table(["heads, neurons, channels", "importance", "per tower",
+                           "global", "params M (per tower / global)"], rows)
+
+
 def section() -> list[str]:
     """The page's pruning section (empty where no stored result exists)."""
     minilm, litcifar = _stored("prune_unstructured.json"), _stored(
@@ -126,4 +140,13 @@ def section() -> list[str]:
         lines += ["Structured pruning, units physically removed, dense timed in the same run "
                   "at 2 threads, batch 8 (`prune_structured.json`):", "",
                   _structured_table(structured), ""]
+        lit = structured.get("lit-cifar")
+        if lit:
+            dense = lit["dense"]["zeroshot_top1"]
+            lines += ["One ranking over every tower (`scope: global`, each unit's score "
+                      "normalised per tower and weighed by the parameters it frees) against the "
+                      "same ratio in every tower, lit-cifar zero-shot top-1 on 300 held-out "
+                      f"images (dense {dense:.4f}; the `lit-cifar` section of "
+                      "`prune_structured.json`):", "",
+                      _allocation_table(lit, "zeroshot_top1"), ""]
     return lines

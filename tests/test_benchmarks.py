@@ -267,3 +267,16 @@ def test_pruning_rows_of_the_benchmark_page_read_each_methods_defaults() -> None
     corrected = _quality_table({"rows": rows}, None, suffix="-bn").splitlines()
     assert "| sparsegpt | -0.0020 | — | — | — |" in corrected
     assert "| wanda | — | — | — | — |" in corrected
+
+
+def test_allocation_rows_pair_each_per_tower_run_with_its_global_twin() -> None:
+    from benchmarks.pruning_page import _allocation_table
+
+    def run(importance: str, scope: str, top1: float) -> dict:
+        return {"importance": importance, "scope": scope, "amounts": {"heads": 0.5},
+                "zeroshot_top1": top1, "params": 1_500_000}
+
+    section = {"runs": [run("taylor", "tower", 0.2), run("taylor", "global", 0.8),
+                        run("magnitude", "tower", 0.3)]}  # no global twin: left out
+    table = _allocation_table(section, "zeroshot_top1").splitlines()
+    assert table[2:] == ["| 50% | taylor | 0.2000 | 0.8000 | 1.50 / 1.50 |"]
