@@ -147,6 +147,9 @@ def section() -> list[str]:
                       "normalised per tower and weighed by the parameters it frees) against the "
                       "same ratio in every tower, lit-cifar zero-shot top-1 on 300 held-out "
                       f"images (dense {dense:.4f}; the `lit-cifar` section of "
-                      "`prune_structured.json`):", "",
+                      "`prune_structured.json`). `scope: global` uses Taylor scores unless told "
+                      "otherwise: with magnitude or activation scores, which compare only "
+                      "within a layer, units compete within their layer "
+                      "([prune_structured.md](prune_structured.md)):", "",
                       _allocation_table(lit, "zeroshot_top1"), ""]
     return lines
