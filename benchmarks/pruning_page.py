@@ -143,13 +143,14 @@ def section() -> list[str]:
         lit = structured.get("lit-cifar")
         if lit:
             dense = lit["dense"]["zeroshot_top1"]
-            lines += ["One ranking over every tower (`scope: global`, each unit's score "
-                      "normalised per tower and weighed by the parameters it frees) against the "
-                      "same ratio in every tower, lit-cifar zero-shot top-1 on 300 held-out "
+            lines += ["One ranking over every tower (`scope: global`: each unit ranked by its "
+                      "share of its pool's score over its share of the pool's parameters) "
+                      "against the same ratio in every tower, lit-cifar zero-shot top-1 on 300 "
+                      "held-out "
                       f"images (dense {dense:.4f}; the `lit-cifar` section of "
                       "`prune_structured.json`). `scope: global` uses Taylor scores unless told "
-                      "otherwise: with magnitude or activation scores, which compare only "
-                      "within a layer, units compete within their layer "
+                      "otherwise, one pool for every tower; magnitude and activation scores "
+                      "compare only within a layer, so there each layer is a pool "
                       "([prune_structured.md](prune_structured.md)):", "",
                       _allocation_table(lit, "zeroshot_top1"), ""]
     return lines
