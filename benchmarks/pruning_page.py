@@ -1,9 +1,9 @@
 """The pruning rows of docs/benchmarks.md, from the pruning benchmarks' stored results.
 
-Each table reads one JSON file under ``benchmarks/results/`` written by the command named above
-it (`benchmarks.method_results` renders every row of those files on docs/method-results.md;
-this page keeps what the pruning issue asks for: quality against sparsity per method, saved
-size, and the latency of structured pruning).
+Each table names the JSON file under ``benchmarks/results/`` it reads; docs/method-results.md
+(`benchmarks.method_results`) renders every row of those files beside the command that wrote
+it. This page keeps what the pruning issue asks for: quality against sparsity per method,
+saved size, and the latency of structured pruning.
 """
 
 from __future__ import annotations
