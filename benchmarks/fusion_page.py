@@ -16,6 +16,7 @@ from mmcompress.models.fusion import MODALITIES
 from mmcompress.report import markdown_table
 
 from . import fusion_cv
+from .pruning_page import allocation_runs
 from .results_file import load
 
 
@@ -157,8 +158,7 @@ def parameter_allocation_table() -> str:
     rows = []
     for kind in KINDS:
         section = results.get(f"fusion-{kind}", {})
-        runs = {(r["amounts"]["heads"], r["importance"], r["scope"]): r
-                for r in section.get("runs", [])}
+        runs = allocation_runs(section)
         for amount in sorted({a for a, _, _ in runs}):
             ranked = runs[(amount, "taylor", "global")]
             ratios = ranked["summary"]["params"]

@@ -51,25 +51,33 @@ def _size_table(rows: list[dict[str, Any]]) -> str:
           f"{r['sparsity']:.2f}", f"{r['size_ratio']:.3f}"] for r in rows])
 
 
+def _removed(summary: dict[str, Any], tower: str) -> str:
+    """'heads 0.5 + neurons 0.5': the share of each kind of unit a run removed from `tower`."""
+    kinds = summary["removed"][tower]
+    return " + ".join(f"{kind} {k['removed'] / k['of']:.2g}" for kind, k in kinds.items())
+
+
 def _structured_table(results: dict[str, Any]) -> str:
-    """Latency before and after removing units, dense timed in the same run (2 threads)."""
+    """Latency before and after removing units, dense timed in the same run."""
+    threads = str(results["threads"])
     rows = []
-    clip = results["clip"]["by_threads"]["2"]["towers"]
+    clip = results["clip"]
     for tower, what in (("vision", "image"), ("text", "text")):
-        t = clip[tower]
-        rows.append([f"random CLIP ViT-B/32, {what} tower", "heads 0.5 + MLP neurons 0.5",
+        t = clip["by_threads"][threads]["towers"][tower]
+        rows.append([f"random CLIP ViT-B/32, {what} tower", _removed(clip["summary"], tower),
                      f"{1 - t['params']['removed_ratio']:.3f}", "— (random weights)",
                      f"{t['dense_ms']:.1f} → {t['pruned_ms']:.1f}", f"{t['speedup']:.2f}×"])
     minilm = results["minilm"]
-    lat, dense = minilm["latency"]["2"], minilm["dense"]
-    variant = minilm["variants"]["neurons 0.5 (activation)"]
-    rows.append(["MiniLM", "MLP neurons 0.5 (activation)",
-                 f"{variant['params'] / dense['params']:.3f}",
+    lat, dense = minilm["latency"][threads], minilm["dense"]
+    # latency was timed on one neurons-0.5 model; every neurons-0.5 variant has its widths
+    name = "neurons 0.5 (activation)"
+    variant = minilm["variants"][name]
+    rows.append(["MiniLM", name, f"{variant['params'] / dense['params']:.3f}",
                  f"STS-B {dense['stsb_spearman']:.4f} → {variant['stsb_spearman']:.4f}",
                  f"{lat['latency_ms']['dense']:.1f} → {lat['latency_ms']['pruned']:.1f}",
                  f"{lat['speedup']:.2f}×"])
     resnet = results["resnet56"]
-    lat = resnet["latency"]["2"]
+    lat = resnet["latency"][threads]
     for run in resnet["runs"]:
         if run["scope"] != "tower" or run["importance"] != "magnitude":
             continue
@@ -78,7 +86,7 @@ def _structured_table(results: dict[str, Any]) -> str:
                    f"{run['top1_batchnorm']:.3f} BatchNorm-corrected")
         if "top1_finetuned" in run:
             quality += f", {run['top1_finetuned']:.3f} fine-tuned"
-        rows.append(["CIFAR ResNet-56", f"inner channels {run['channels']:g} (magnitude)",
+        rows.append(["CIFAR ResNet-56", f"inner {key} (magnitude)",
                      f"{run['params'] / resnet['dense']['params']:.3f}", quality,
                      f"{lat['latency_ms']['dense']:.1f} → {lat['latency_ms'][key]:.1f}",
                      f"{lat['speedup'][key]:.2f}×"])
@@ -86,14 +94,21 @@ def _structured_table(results: dict[str, Any]) -> str:
                            "speed-up"], rows)
 
 
+def allocation_runs(section: dict[str, Any]) -> dict[tuple[float, str, str], dict[str, Any]]:
+    """The runs of a `benchmarks.prune_structured` allocation section by (amount asked of
+    every layer, importance, scope)."""
+    return {(r["amounts"]["heads"], r["importance"], r["scope"]): r
+            for r in section.get("runs", [])}
+
+
 def _allocation_table(section: dict[str, Any], metric: str) -> str:
     """Per-tower ratios against one ranking over every tower, at the same amounts."""
-    by_key = {(r["importance"], r["amounts"]["heads"], r["scope"]): r for r in section["runs"]}
+    runs = allocation_runs(section)
     rows = []
-    for (importance, amount, scope), r in by_key.items():
-        if scope != "tower" or (importance, amount, "global") not in by_key:
+    for (amount, importance, scope), r in runs.items():
+        g = runs.get((amount, importance, "global"))
+        if scope != "tower" or g is None:
             continue
-        g = by_key[importance, amount, "global"]
         rows.append([f"{amount:.0%}", importance, f"{r[metric]:.4f}", f"{g[metric]:.4f}",
                      f"{r['params'] / 1e6:.2f} / {g['params'] / 1e6:.2f}"])
     return markdown_table(["heads, neurons, channels", "importance", "per tower",
@@ -137,18 +152,18 @@ def section() -> list[str]:
                   "same recipe (`python -m benchmarks.sparse_size`, `sparse_size.json`):", "",
                   _size_table(size), ""]
     if structured:
-        lines += ["Structured pruning, units physically removed, dense timed in the same run "
-                  "at 2 threads, batch 8 (`prune_structured.json`):", "",
+        lines += [f"Structured pruning, units physically removed, dense timed in the same run "
+                  f"at {structured['threads']} threads, batch {structured['batch']} "
+                  "(`prune_structured.json`):", "",
                   _structured_table(structured), ""]
         lit = structured.get("lit-cifar")
         if lit:
             dense = lit["dense"]["zeroshot_top1"]
             lines += ["One ranking over every tower (`scope: global`: each unit ranked by its "
                       "share of its pool's score over its share of the pool's parameters) "
-                      "against the same ratio in every tower, lit-cifar zero-shot top-1 on 300 "
-                      "held-out "
-                      f"images (dense {dense:.4f}; the `lit-cifar` section of "
-                      "`prune_structured.json`). `scope: global` uses Taylor scores unless told "
+                      "against the same ratio in every tower, lit-cifar zero-shot top-1 on "
+                      f"held-out images (dense {dense:.4f}; `{lit['command']}`, whose `--quick` "
+                      "evaluates 300). `scope: global` uses Taylor scores unless told "
                       "otherwise, one pool for every tower; magnitude and activation scores "
                       "compare only within a layer, so there each layer is a pool "
                       "([prune_structured.md](prune_structured.md)):", "",

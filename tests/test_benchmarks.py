@@ -280,3 +280,11 @@ def test_allocation_rows_pair_each_per_tower_run_with_its_global_twin() -> None:
                         run("magnitude", "tower", 0.3)]}  # no global twin: left out
     table = _allocation_table(section, "zeroshot_top1").splitlines()
     assert table[2:] == ["| 50% | taylor | 0.2000 | 0.8000 | 1.50 / 1.50 |"]
+
+
+def test_structured_rows_name_the_share_of_each_kind_of_unit_removed() -> None:
+    from benchmarks.pruning_page import _removed
+
+    summary = {"removed": {"text": {"heads": {"removed": 48, "of": 96},
+                                    "neurons": {"removed": 6144, "of": 24576}}}}
+    assert _removed(summary, "text") == "heads 0.5 + neurons 0.25"
