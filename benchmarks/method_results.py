@@ -127,15 +127,16 @@ SECTIONS = [
     *[(f"Calibration amount on other STS data: samples {n}", f"prune_samples_{n}_heldout.json",
        "python -m benchmarks.sts_heldout /tmp/sts0 --fold 0; python -m"
        f" benchmarks.prune_unstructured benchmarks/results/prune_samples_{n}_heldout.json"
-       f" --methods wanda,sparsegpt --settings {settings} --samples {n}"
+       f" --methods wanda,sparsegpt {options} --samples {n}"
        " --calib /tmp/sts0/sts-calib.csv --eval /tmp/sts0/sts-heldout.csv",
        f"Wanda and SparseGPT (defaults) on fold 0 as in \"Unstructured pruning on other STS"
        f" data\", calibrated on {what}.")
-      for n, settings, what in (
-          ("128", "0.6,2:4", "128 sentences (the recipe default before `samples: auto`)"),
-          ("auto", "0.6,2:4", "the recipe default `samples: auto`: sentences until they hold"
-           " 32,768 real tokens"),
-          ("8000", "0.6 --threads 2", "8,000 sentences (114,842 tokens), nearly all of"
+      for n, options, what in (
+          ("128", "--settings 0.6,2:4",
+           "128 sentences (the recipe default before `samples: auto`)"),
+          ("auto", "--settings 0.6,2:4", "the recipe default `samples: auto`: sentences until"
+           " they hold 32,768 real tokens"),
+          ("8000", "--settings 0.6 --threads 2", "8,000 sentences (114,842 tokens), nearly all of"
            " the calibration quarters, against 2,048 (29,542 tokens) in the stored held-out"
            " rows: more data barely moves either method"))],
     *[(f"Wanda on one kind of MiniLM layer, held-out STS ({label})",
