@@ -44,7 +44,7 @@ from .training_hooks import with_schedule
 from .weight_quant import weight_matrix
 
 
-def _prunable(
+def prunable_layers(
     adapter: Adapter, config: UnstructuredPruneConfig, calibrated: bool
 ) -> tuple[dict[str, nn.Module], list[str]]:
     """(layers to prune, layers skipped): checks N:M divisibility before anything changes."""
@@ -217,7 +217,7 @@ def _nothing_to_do(config: UnstructuredPruneConfig) -> bool:
 def apply_magnitude(adapter: Adapter, config: MagnitudeConfig,
                     context: StageContext) -> dict[str, Any]:
     """Magnitude pruning: drop the smallest |W| of each layer, or of all targeted layers."""
-    layers, skipped = _prunable(adapter, config, calibrated=False)
+    layers, skipped = prunable_layers(adapter, config, calibrated=False)
     tally = _Tally(config, skipped)
     if _nothing_to_do(config):
         return tally.summary(0)
@@ -256,7 +256,7 @@ def _prune_calibrated(adapter: Adapter, config: CalibratedPruneConfig, context: 
     end. With `asymmetric`, the collectors also pair each layer's inputs with the unpruned
     model's, and `weight` is the map from this layer's inputs closest to the unpruned outputs
     (`reference_fit`), so masking it and refitting to it aim at the unpruned model."""
-    layers, skipped = _prunable(adapter, config, calibrated=True)
+    layers, skipped = prunable_layers(adapter, config, calibrated=True)
     tally = _Tally(config, skipped)
     if _nothing_to_do(config):
         return tally.summary(0)

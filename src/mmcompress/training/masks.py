@@ -30,7 +30,7 @@ from ..calibration.collectors import FeatureNormCollector
 from ..errors import RecipeError
 from ..methods.base import StageContext
 from ..methods.prune_structured import StructuredPruneConfig, _unit_groups
-from ..methods.prune_unstructured import _prunable
+from ..methods.prune_unstructured import prunable_layers
 from ..methods.prune_unstructured_config import UnstructuredPruneConfig
 from ..methods.weight_quant import weight_matrix
 from ..modules.replace import replace_modules
@@ -115,7 +115,7 @@ class UnstructuredMasks(_Masked):
                  context: StageContext) -> None:
         super().__init__()
         self.adapter, self.config, self.context = adapter, config, context
-        layers, self.skipped = _prunable(adapter, config, calibrated=config.method == "wanda")
+        layers, self.skipped = prunable_layers(adapter, config, calibrated=config.method == "wanda")
         for name, module in layers.items():
             self.add(name, module, bias=False)
         self._calib = functools.cache(lambda: context.calibration_data(adapter))
