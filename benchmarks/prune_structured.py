@@ -315,6 +315,7 @@ def allocation(section: str, samples: int, max_eval: int | None) -> dict[str, An
     ref = quality(dense, test)
     out: dict[str, Any] = {
         "dense": {metric: ref.metrics[metric], "params": count_params(dense.model)},
+        "evaluation": f"{test.name} ({len(test)} examples)",
         "runs": [],
     }
     rows = [

@@ -159,11 +159,13 @@ def section() -> list[str]:
         lit = structured.get("lit-cifar")
         if lit:
             dense = lit["dense"]["zeroshot_top1"]
+            # files written before the section recorded its evaluation set: --quick took 300
+            evaluated = lit.get("evaluation", "300 images with --quick")
             lines += ["One ranking over every tower (`scope: global`: each unit ranked by its "
                       "share of its pool's score over its share of the pool's parameters) "
                       "against the same ratio in every tower, lit-cifar zero-shot top-1 on "
-                      f"held-out images (dense {dense:.4f}; `{lit['command']}`, whose `--quick` "
-                      "evaluates 300). `scope: global` uses Taylor scores unless told "
+                      f"held-out images (dense {dense:.4f}; {evaluated}; `{lit['command']}`). "
+                      "`scope: global` uses Taylor scores unless told "
                       "otherwise, one pool for every tower; magnitude and activation scores "
                       "compare only within a layer, so there each layer is a pool "
                       "([prune_structured.md](prune_structured.md)):", "",
