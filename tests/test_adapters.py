@@ -1,17 +1,24 @@
 import pytest
 import torch
+from _helpers import toy_image_data
+from torch import nn
 from transformers import SiglipConfig, SiglipModel
 
+import mmcompress
 from mmcompress.adapters.random_specs import RANDOM_MODELS
 from mmcompress.errors import UserError
+from mmcompress.io.checkpoint import save_checkpoint
+from mmcompress.methods import StageContext, run_stages
 from mmcompress.model_specs import load_model
+from mmcompress.modules.sparse import SparseQuantConv2d
+from mmcompress.recipe import CalibrationConfig, load_recipe
 
 
 def _tiny_siglip() -> SiglipConfig:
     return SiglipConfig(
         text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=2, vocab_size=100, max_position_embeddings=16,
-                         pad_token_id=1, eos_token_id=1),
+                         pad_token_id=1, eos_token_id=1, bos_token_id=None),
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                            num_attention_heads=2, image_size=32, patch_size=8),
     )
@@ -65,3 +72,27 @@ def test_random_full_size_architectures(name):
     assert set(runs) == {"image", "text"}
     with torch.inference_mode():
         assert runs["image"]().shape[0] == 1 and runs["text"]().shape[0] == 1
+
+
+def test_siglip_prunes_with_wanda_quantizes_and_reloads(tmp_path):
+    """SigLIP's patch embedding pads 'valid' (a string) and its pooling head is an
+    nn.MultiheadAttention: calibration unfolds the former, quantization stores it, and the
+    head's out_proj (never called as a module) is left alone."""
+    torch.manual_seed(0)
+    SiglipModel(_tiny_siglip()).save_pretrained(tmp_path / "siglip")
+    adapter = load_model(tmp_path / "siglip")
+    recipe = load_recipe({"stages": [{"prune": {"method": "wanda", "sparsity": 0.5}},
+                                     {"quantize": {"method": "rtn", "bits": 4, "group_size": 16}}]})
+    ctx = StageContext(data=toy_image_data(),
+                       calibration=CalibrationConfig(samples=8, batch_size=4), progress=False)
+    summaries = run_stages(adapter, recipe.stages, ctx)
+    assert summaries[0]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    vision = adapter.model.vision_model
+    assert isinstance(vision.embeddings.patch_embedding, SparseQuantConv2d)
+    assert type(vision.head.attention.out_proj) is nn.modules.linear.NonDynamicallyQuantizableLinear
+    images = [torch.rand(32, 32, 3).numpy()]
+    (tmp_path / "out").mkdir()
+    save_checkpoint(adapter, tmp_path / "out", "siglip", [])
+    loaded = mmcompress.load(tmp_path / "out")
+    assert torch.equal(loaded.encode_images(images), adapter.encode_images(images))
+    assert torch.equal(loaded.encode_texts(["a dog"]), adapter.encode_texts(["a dog"]))

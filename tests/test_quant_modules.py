@@ -1,9 +1,11 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mmcompress.modules import QuantEmbedding, QuantLinear, build_module
-from mmcompress.modules.replace import table_from_rows
+from mmcompress.modules.quantized import QuantConv2d
+from mmcompress.modules.replace import conv_padding, table_from_rows
 from mmcompress.modules.unpack import compact_layers
 from mmcompress.quantization.grid import QuantGrid
 
@@ -128,3 +130,22 @@ def test_unpack_turns_weight_only_layers_dense_and_keeps_factored_ones():
     assert unpack_weights(model) == 2
     assert [type(m) for m in model] == [nn.Linear, LowRankLinear, nn.Linear]
     torch.testing.assert_close(model(x), before)
+
+
+@pytest.mark.parametrize("padding", ["valid", "same", (1, 2)])
+def test_string_padding_is_resolved_and_quantized_convs_match(padding):
+    """'valid' (SigLIP's patch embedding) and 'same' become numbers, so calibration can unfold
+    the input and a quantized conv computes what the original does with its weights."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 8, (3, 5), padding=padding)
+    x = torch.randn(2, 3, 9, 9)
+    assert F.conv2d(x, conv.weight, conv.bias, padding=conv_padding(conv)).equal(conv(x))
+    grid = QuantGrid(bits=8, group_size=None, symmetric=True)
+    quant = QuantConv2d.from_conv(conv, grid)
+    expected = F.conv2d(x, quant.to_dense().weight, conv.bias, padding=conv_padding(conv))
+    torch.testing.assert_close(quant(x), expected)
+
+
+def test_same_padding_that_cannot_be_split_evenly_is_refused():
+    with pytest.raises(ValueError, match="one side more"):
+        conv_padding(nn.Conv2d(3, 8, 2, padding="same"))

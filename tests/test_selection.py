@@ -47,3 +47,11 @@ def test_bad_regex_is_an_error():
 def test_tower_of():
     assert tower_of("text.proj", TOWERS) == "text"
     assert tower_of("head", TOWERS) is None
+
+
+def test_layers_inside_multihead_attention_are_never_selected():
+    """nn.MultiheadAttention reads out_proj's weights without calling it: a replaced out_proj
+    would never run, so it is not a candidate."""
+    model = nn.ModuleDict({"head": nn.MultiheadAttention(8, 2), "fc": nn.Linear(8, 8)})
+    chosen = select_modules(model, {"all": [""]}, (nn.Linear,))
+    assert list(chosen) == ["fc"]

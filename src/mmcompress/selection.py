@@ -7,6 +7,9 @@ A token selects modules as follows:
 - anything else is an exact module name and selects that module and everything below it.
 
 ``targets`` defaults to every tower; ``ignore`` removes modules from the selection.
+Layers inside an ``nn.MultiheadAttention`` (SigLIP's pooling head) are never candidates: that
+module reads its ``out_proj`` weights directly instead of calling it, so a replacement would
+never run.
 """
 
 from __future__ import annotations
@@ -48,7 +51,10 @@ def select_modules(
         RecipeError: if a token selects nothing at all (a typo, most likely).
     """
     all_names = [n for n, _ in model.named_modules() if n]
-    candidates = {n: m for n, m in model.named_modules() if n and isinstance(m, kinds)}
+    inside_mha = {f"{n}.{c}" for n, m in model.named_modules()
+                  if isinstance(m, nn.MultiheadAttention) for c, _ in m.named_modules() if c}
+    candidates = {n: m for n, m in model.named_modules()
+                  if n and isinstance(m, kinds) and n not in inside_mha}
     chosen: set[str] = set()
     target_list = list(towers) if targets is None else list(targets)
     for token in target_list:

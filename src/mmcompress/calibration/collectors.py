@@ -6,13 +6,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..modules.replace import conv_padding
+
 
 def layer_input_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A layer's input as a [rows, features] float matrix: tokens for linear layers, unfolded
     patches (channels × kernel) for convolutions, matching the flattened weight's columns, and
     every position's channels for BatchNorm."""
     if isinstance(module, nn.Conv2d):
-        cols = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
+        cols = F.unfold(x, module.kernel_size, module.dilation, conv_padding(module),
+                        module.stride)
         return cols.transpose(1, 2).reshape(-1, cols.shape[1]).float()
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         return x.movedim(1, -1).reshape(-1, x.shape[1]).float()

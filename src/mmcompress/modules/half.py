@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .registry import register_module
+from .replace import conv_padding
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -23,7 +24,7 @@ def _layer_args(module: nn.Module) -> dict[str, Any]:
         return {
             "kind": "conv2d",
             "stride": list(module.stride),
-            "padding": list(module.padding),
+            "padding": list(conv_padding(module)),
             "dilation": list(module.dilation),
             "groups": module.groups,
         }

@@ -429,7 +429,8 @@ class W8A8Linear(nn.Module):
 def is_patchify(conv: nn.Conv2d) -> bool:
     """A convolution whose windows tile the input (kernel = stride, no padding): a linear
     layer over flattened patches, such as a ViT patch embedding."""
-    return (tuple(conv.kernel_size) == tuple(conv.stride) and tuple(conv.padding) == (0, 0)
+    return (tuple(conv.kernel_size) == tuple(conv.stride)
+            and (conv.padding == "valid" or conv.padding == (0, 0))
             and tuple(conv.dilation) == (1, 1) and conv.groups == 1
             and conv.padding_mode == "zeros")
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .registry import register_module
-from .replace import filled
+from .replace import conv_padding, filled
 
 
 def breakeven_rank(out_features: int, in_features: int) -> float:
@@ -144,12 +144,12 @@ class _FactoredConv(nn.Module):
 
 def conv_args(conv: nn.Conv2d) -> dict[str, Any]:
     """What a factored convolution needs to know about the layer it replaces."""
-    if conv.groups != 1 or isinstance(conv.padding, str) or conv.padding_mode != "zeros":
-        raise ValueError(f"cannot factor {conv}: only ungrouped, numerically zero-padded "
-                         "convolutions are supported")
+    if conv.groups != 1 or conv.padding_mode != "zeros":
+        raise ValueError(f"cannot factor {conv}: only ungrouped, zero-padded convolutions "
+                         "are supported")
     return {"in_channels": conv.in_channels, "out_channels": conv.out_channels,
             "kernel_size": list(conv.kernel_size), "stride": list(conv.stride),
-            "padding": list(conv.padding), "dilation": list(conv.dilation),
+            "padding": list(conv_padding(conv)), "dilation": list(conv.dilation),
             "bias": conv.bias is not None}
 
 

@@ -18,7 +18,7 @@ from torch import nn
 from ..quantization.grid import QuantGrid, compute_scales, dequantize, quantize
 from ..quantization.packing import pack_rows, packed_row_bytes, unpack_rows
 from .registry import register_module
-from .replace import filled, table_from_rows
+from .replace import conv_padding, filled, table_from_rows
 
 Quantized = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # codes, scale, zero
 ROWS_PER_CHUNK = 4096  # rows quantized at a time: bounds the temporaries of a large table
@@ -189,14 +189,14 @@ class QuantConv2d(_PackedWeight):
     def conv_args(conv: nn.Conv2d) -> dict[str, Any]:
         return {"in_channels": conv.in_channels, "out_channels": conv.out_channels,
                 "kernel_size": list(conv.kernel_size), "stride": list(conv.stride),
-                "padding": list(conv.padding), "dilation": list(conv.dilation),
+                "padding": list(conv_padding(conv)), "dilation": list(conv.dilation),
                 "groups": conv.groups, "bias": conv.bias is not None}
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, grid: QuantGrid, quantized: Quantized | None = None,
                   input_scale: torch.Tensor | None = None) -> QuantConv2d:
-        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-            raise ValueError(f"cannot quantize {conv}: only numeric zero padding is supported")
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"cannot quantize {conv}: only zero padding is supported")
         mod = cls(cls.conv_args(conv), grid, input_scale is not None)
         weight = conv.weight.detach().float()
         if input_scale is not None:

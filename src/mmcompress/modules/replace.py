@@ -33,6 +33,20 @@ def replace_modules(model: nn.Module, replacements: Mapping[str, nn.Module]) -> 
         setattr(parent, child, new)
 
 
+def conv_padding(conv: nn.Conv2d) -> tuple[int, int]:
+    """`conv`'s zero padding as numbers. ``"valid"`` (SigLIP's patch embedding) is none;
+    ``"same"`` is half the dilated kernel on each side where that is a whole number."""
+    if not isinstance(conv.padding, str):
+        return (int(conv.padding[0]), int(conv.padding[1]))
+    if conv.padding == "valid":
+        return (0, 0)
+    total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size, strict=True)]
+    if any(t % 2 for t in total):
+        raise ValueError(f"{conv}: padding 'same' pads one side more than the other for this "
+                         "kernel, which only an explicit padding layer can express")
+    return (total[0] // 2, total[1] // 2)
+
+
 def filled(layer: Layer, weight: torch.Tensor, bias: torch.Tensor | None) -> Layer:
     """A new dense `layer` (nn.Linear, nn.Conv2d) with `weight` and `bias` copied in."""
     with torch.no_grad():
