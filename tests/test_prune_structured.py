@@ -524,7 +524,16 @@ def test_impossible_amounts_are_refused_before_anything_changes(tiny_clip, cfg, 
 def test_quantized_layers_are_refused(tiny_clip):
     stage = load_recipe({"stages": [{"quantize": {"method": "rtn", "bits": 8}}]}).stages[0]
     METHODS[("quantize", "rtn")].apply(tiny_clip, stage.config, StageContext(progress=False))
-    with pytest.raises(RecipeError, match="prune before quantizing"):
+    with pytest.raises(RecipeError, match="before unstructured pruning, quantizing"):
+        _prune(tiny_clip, neurons=0.5, importance="magnitude")
+
+
+def test_sparse_layers_are_refused_not_densified(tiny_clip):
+    """Sparse layers are nn.Linear subclasses: shrinking one would rebuild it dense."""
+    stage = load_recipe({"stages": [{"prune": {"method": "magnitude", "sparsity": 0.5}}]})
+    METHODS[("prune", "magnitude")].apply(tiny_clip, stage.stages[0].config,
+                                          StageContext(progress=False))
+    with pytest.raises(RecipeError, match=r"SparseLinear\); run it before unstructured"):
         _prune(tiny_clip, neurons=0.5, importance="magnitude")
 
 

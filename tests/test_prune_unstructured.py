@@ -848,3 +848,42 @@ def test_calibrated_pruning_keeps_minilm_far_closer_than_magnitude(shared_data):
     fidelity = {m: r["fidelity_cosine"] for m, r in result.items()}
     assert loss["admm"] < 0.03 and loss["sparsegpt"] < 0.04 < loss["magnitude"]
     assert fidelity["admm"] > fidelity["sparsegpt"] > fidelity["magnitude"] + 0.2
+
+
+def test_global_scope_keeps_every_token_rows_share(tiny_clip):
+    """Tables are not ranked against the linear weights: each row keeps the same share."""
+    _apply(tiny_clip, "magnitude", sparsity=0.5, scope="global", embeddings=True)
+    table = tiny_clip.model.text_model.embeddings.token_embedding
+    assert isinstance(table, SparseEmbedding)
+    kept = table.keep_mask().sum(1)
+    assert (kept == table.embedding_dim // 2).all()
+
+
+def test_nothing_pruned_reports_zero_sparsity(tiny_clip):
+    summary = _apply(tiny_clip, "magnitude", sparsity=0.0)
+    assert summary["sparsity"] == 0.0 and not _sparse_layers(tiny_clip)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda"])
+def test_quantized_layers_are_refused_before_anything_changes(tiny_clip, method):
+    stage = load_recipe({"stages": [{"quantize": {"method": "rtn", "bits": 8,
+                                                  "targets": ["text"]}}]}).stages[0]
+    METHODS[("quantize", "rtn")].apply(tiny_clip, stage.config, StageContext(progress=False))
+    before = {k: v.clone() for k, v in tiny_clip.model.state_dict().items()}
+    with pytest.raises(RecipeError, match="a QuantLinear .* prune before quantizing"):
+        _apply(tiny_clip, method, sparsity=0.5)
+    assert all(torch.equal(v, tiny_clip.model.state_dict()[k]) for k, v in before.items())
+    summary = _apply(tiny_clip, method, sparsity=0.5, targets=["vision"])  # the fp32 tower
+    assert summary["sparsity"] == pytest.approx(0.5, abs=1e-3)
+
+
+@pytest.mark.parametrize("quantize", [{"method": "rtn", "bits": 16},
+                                      {"method": "smoothquant"}])
+def test_dense_formats_after_pruning_say_they_store_sparse_layers_dense(tiny_clip, quantize):
+    _apply(tiny_clip, "magnitude", sparsity=0.5, targets=["text"])
+    n = len(_sparse_layers(tiny_clip))
+    stage = load_recipe({"stages": [{"quantize": {**quantize, "targets": ["text"]}}]}).stages[0]
+    ctx = StageContext(data=toy_image_data(),
+                       calibration=CalibrationConfig(samples=8, batch_size=4), progress=False)
+    summary = METHODS[("quantize", quantize["method"])].apply(tiny_clip, stage.config, ctx)
+    assert summary["sparse_stored_dense"] == n > 0

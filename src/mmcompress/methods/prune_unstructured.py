@@ -21,6 +21,7 @@ from ..calibration import HessianCollector, calibrate_layers, layer_groups
 from ..calibration.collectors import FeatureNormCollector
 from ..calibration.reference import reference_fit
 from ..errors import RecipeError
+from ..modules.registry import MODULE_TYPES
 from ..modules.replace import replace_modules
 from ..modules.sparse import dense_layer, layer_args, sparse_module
 from ..selection import tower_of
@@ -44,13 +45,28 @@ from .training_hooks import with_schedule
 from .weight_quant import weight_matrix
 
 
+def _is_table(module: nn.Module) -> bool:
+    """A compact (quantized or half) embedding table."""
+    return "Embedding" in type(module).__name__ or \
+        getattr(module, "args", {}).get("kind") == "embedding"
+
+
 def prunable_layers(
     adapter: Adapter, config: UnstructuredPruneConfig, calibrated: bool
 ) -> tuple[dict[str, nn.Module], list[str]]:
-    """(layers to prune, layers skipped): checks N:M divisibility before anything changes."""
+    """(layers to prune, layers skipped): checks N:M divisibility, and that no targeted layer
+    is already quantized or factorised, before anything changes."""
     kinds: tuple[type[nn.Module], ...] = (nn.Linear,)
     kinds += (nn.Conv2d,) if config.convolutions else ()
     kinds += (nn.Embedding,) if config.embeddings else ()
+    compact = [(n, m) for n, m in selected(adapter, config, tuple(MODULE_TYPES.values())).items()
+               if not isinstance(m, kinds) and (config.embeddings or not _is_table(m))]
+    if compact:
+        name, module = compact[0]
+        more = f" (and {len(compact) - 1} more layers like it)" if len(compact) > 1 else ""
+        raise RecipeError(
+            f"unstructured pruning cannot prune {name}, a {type(module).__name__}{more}; prune "
+            "before quantizing or factorising, or leave it out with 'ignore:'")
     layers, skipped = {}, []
     for name, m in selected(adapter, config, kinds).items():
         conv = isinstance(m, nn.Conv2d)
@@ -202,7 +218,8 @@ class _Tally:
 
     def summary(self, modules: int) -> dict[str, Any]:
         out: dict[str, Any] = {"modules": modules, "pattern": self.config.pattern,
-                               "sparsity": round(1 - self.kept / max(self.total, 1), 6)}
+                               "sparsity": round(1 - self.kept / self.total, 6)
+                               if self.total else 0.0}
         if self.skipped:
             out["skipped"] = self.skipped
         return out
@@ -222,9 +239,11 @@ def apply_magnitude(adapter: Adapter, config: MagnitudeConfig,
     if _nothing_to_do(config):
         return tally.summary(0)
     matrices = {n: weight_matrix(m) for n, m in layers.items()}
-    if config.scope == "global":
-        masks = global_keep_masks([w.abs() for w in matrices.values()], config.target_sparsity)
-        keep = dict(zip(matrices, masks, strict=True))
+    if config.scope == "global":  # tables still keep the same share in every token's row
+        tables, ranked = split_embeddings(layers)
+        masks = global_keep_masks([matrices[n].abs() for n in ranked], config.target_sparsity)
+        keep = {**dict(zip(ranked, masks, strict=True)),
+                **{n: _magnitude_keep(m, config) for n, m in tables.items()}}
     else:
         keep = {n: _magnitude_keep(m, config) for n, m in layers.items()}
     replace_modules(adapter.model, {n: tally.sparse(m, keep[n], matrices[n])

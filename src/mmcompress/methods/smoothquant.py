@@ -32,7 +32,7 @@ from .base import StageContext, register_method, selected
 from .rtn import quantize_rtn
 from .smooth_fold import fold_into_norms
 from .value_fold import fold_value_scales
-from .weight_quant import LayerKindsConfig
+from .weight_quant import LayerKindsConfig, sparse_stored_dense
 
 
 class SmoothQuantConfig(LayerKindsConfig):
@@ -80,6 +80,7 @@ def apply_smoothquant(adapter: Adapter, config: SmoothQuantConfig,
     w8a8 = {n: m for n, m in modules.items()  # in model order
             if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and is_patchify(m))}
     others = {n: m for n, m in modules.items() if n not in w8a8}
+    dense = sparse_stored_dense(w8a8.values())
     del modules  # the engine frees each original once it is replaced
     alphas: dict[str, float | None] = {}  # alpha per smoothed layer
 
@@ -108,7 +109,7 @@ def apply_smoothquant(adapter: Adapter, config: SmoothQuantConfig,
         if config.fold and n else 0
     return {"modules": n + n_weight_only, "w8a8": n, "weight_only_int8": n_weight_only,
             "smoothed_by_norm": folded, "smoothed_by_value": values, "alpha": config.alpha,
-            **_alpha_summary(alphas), "observer": config.activations.observer}
+            **_alpha_summary(alphas), "observer": config.activations.observer, **dense}
 
 
 def _alpha_summary(alphas: dict[str, float | None]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
 import torch
@@ -97,9 +98,17 @@ def quantized_module(
     raise TypeError(f"cannot quantize {type(module).__name__}")
 
 
+def sparse_stored_dense(modules: Iterable[nn.Module]) -> dict[str, int]:
+    """The summary's count of pruned layers a dense format takes over (fp16/bf16, W8A8): their
+    zeros stay, their compact storage does not."""
+    n = sum(is_sparse(m) for m in modules)
+    return {"sparse_stored_dense": n} if n else {}
+
+
 def store_half(adapter, modules: dict[str, nn.Module], dtype: str) -> dict[str, int]:
     """``bits: 16`` on any method: keep the weights, store them in fp16 or bf16."""
+    dense = sparse_stored_dense(modules.values())
     replace_modules(
         adapter.model, {n: HalfWeight.from_module(m, dtype) for n, m in modules.items()}
     )
-    return {"modules": len(modules)}
+    return {"modules": len(modules), **dense}
