@@ -59,8 +59,10 @@ def prunable_layers(
     kinds: tuple[type[nn.Module], ...] = (nn.Linear,)
     kinds += (nn.Conv2d,) if config.convolutions else ()
     kinds += (nn.Embedding,) if config.embeddings else ()
+    # a factored layer is a container: its factors are plain layers, pruned like any other
     compact = [(n, m) for n, m in selected(adapter, config, tuple(MODULE_TYPES.values())).items()
-               if not isinstance(m, kinds) and (config.embeddings or not _is_table(m))]
+               if not any(isinstance(c, kinds) for c in m.modules())
+               and (config.embeddings or not _is_table(m))]
     if compact:
         name, module = compact[0]
         more = f" (and {len(compact) - 1} more layers like it)" if len(compact) > 1 else ""
