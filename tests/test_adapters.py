@@ -6,7 +6,7 @@ from transformers import SiglipConfig, SiglipModel
 
 import mmcompress
 from mmcompress.adapters.random_specs import RANDOM_MODELS
-from mmcompress.errors import UserError
+from mmcompress.errors import CheckpointError, UserError
 from mmcompress.io.checkpoint import save_checkpoint
 from mmcompress.methods import StageContext, run_stages
 from mmcompress.model_specs import load_model
@@ -96,3 +96,23 @@ def test_siglip_prunes_with_wanda_quantizes_and_reloads(tmp_path):
     loaded = mmcompress.load(tmp_path / "out")
     assert torch.equal(loaded.encode_images(images), adapter.encode_images(images))
     assert torch.equal(loaded.encode_texts(["a dog"]), adapter.encode_texts(["a dog"]))
+
+
+def test_hf_folder_with_pickled_weights_is_refused(tmp_path):
+    """Only safetensors are read: a pytorch_model.bin (a pickle) is never loaded."""
+    torch.manual_seed(0)
+    model = SiglipModel(_tiny_siglip())
+    model.save_pretrained(tmp_path / "bin")
+    (tmp_path / "bin" / "model.safetensors").unlink()
+    torch.save(model.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="only safetensors weights are read"):
+        load_model(tmp_path / "bin")
+
+
+def test_hf_folder_with_truncated_weights_is_a_checkpoint_error(tmp_path):
+    torch.manual_seed(0)
+    SiglipModel(_tiny_siglip()).save_pretrained(tmp_path / "cut")
+    weights = tmp_path / "cut" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="cannot load"):
+        load_model(tmp_path / "cut")

@@ -12,10 +12,9 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
 
-from ..errors import CheckpointError
 from .base import DualEncoderAdapter
 from .preprocess import HashTokenizer, images_to_tensor
-from .tokenizers import has_tokenizer, load_tokenizer, quiet_hf, tokenize
+from .tokenizers import has_tokenizer, load_tokenizer, pretrained, tokenize
 
 
 class HFDualEncoderAdapter(DualEncoderAdapter):
@@ -87,11 +86,7 @@ class HFDualEncoderAdapter(DualEncoderAdapter):
     @classmethod
     def from_folder(cls, folder: Path) -> HFDualEncoderAdapter:
         """Load pretrained weights, tokenizer and image settings from a local folder."""
-        try:
-            with quiet_hf():
-                model = cls.model_cls.from_pretrained(str(folder), local_files_only=True).float()
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"cannot load {folder}: {str(exc).splitlines()[0]}") from None
+        model = pretrained(cls.model_cls, folder).float()
         tokenizer = (
             load_tokenizer(folder) if has_tokenizer(folder) else cls.hash_tokenizer(model.config)
         )

@@ -78,10 +78,7 @@ class SentenceAdapter(Adapter):
         _check_mean_pooling(folder)
         if not has_tokenizer(folder):
             raise CheckpointError(f"{folder}: no tokenizer files (tokenizer.json or vocab.txt)")
-        try:
-            model = SentenceEncoder.from_folder(folder)
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"cannot load {folder}: {str(exc).splitlines()[0]}") from None
+        model = SentenceEncoder.from_folder(folder)
         limit = model.bert.config.max_position_embeddings
         return cls(model, load_tokenizer(folder), min(_max_seq_length(folder), limit))
 

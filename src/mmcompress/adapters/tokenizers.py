@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
+
+from ..errors import CheckpointError
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "tokenizer.model")
 
@@ -24,6 +27,22 @@ def quiet_hf() -> Iterator[None]:
     finally:
         hf_logging.set_verbosity(verbosity)
         hf_logging.enable_progress_bar()
+
+
+def pretrained(model_cls: Any, folder: str | Path, **kwargs: Any) -> Any:
+    """`model_cls.from_pretrained` on a local folder, reading safetensors only (never a pickled
+    ``pytorch_model.bin``) and quietly; a folder it cannot load is a `CheckpointError`."""
+    from safetensors import SafetensorError
+
+    try:
+        with quiet_hf():
+            return model_cls.from_pretrained(str(folder), local_files_only=True,
+                                             use_safetensors=True, **kwargs)
+    except (OSError, ValueError, SafetensorError) as exc:
+        first = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() \
+            else type(exc).__name__
+        raise CheckpointError(f"cannot load {folder}: {first} (only safetensors weights are "
+                              "read)") from None
 
 
 def has_tokenizer(folder: Path) -> bool:

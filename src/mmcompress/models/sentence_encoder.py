@@ -28,12 +28,9 @@ class SentenceEncoder(nn.Module):
     @classmethod
     def from_folder(cls, folder: str | Path) -> SentenceEncoder:
         """Load pretrained weights from a local Hugging Face folder (never downloads)."""
-        from ..adapters.tokenizers import quiet_hf
+        from ..adapters.tokenizers import pretrained
 
-        with quiet_hf():
-            bert = BertModel.from_pretrained(
-                str(folder), local_files_only=True, add_pooling_layer=False
-            )
+        bert = pretrained(BertModel, folder, add_pooling_layer=False)
         enc = cls.__new__(cls)
         nn.Module.__init__(enc)
         enc.bert = bert.float().eval()
