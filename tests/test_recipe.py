@@ -29,11 +29,28 @@ def test_valid_recipe_roundtrips_through_yaml():
         ("stages:\n  - quantize: {method: rtn}\nevaluate: {metrics: [speed]}\n", "unknown metric"),
         ("stages:\n  - quantize: {method: rtn}\ncalibration: {samples: -1}\n", "samples"),
         ("- 1\n- 2\n", "must be a mapping"),
+        ("stages:\n  - quantize: {method: rtn, bits: 8, bits: 4}\n",
+         r"line 2: key 'bits' is given twice"),
+        ("stages:\n  - quantize: {method: rtn}\nstages:\n  - quantize: {method: rtn}\n",
+         r"line 3: key 'stages' is given twice"),
+        ("stages:\n  - quantize: {method: smoothquant, alpha: 2.0}\n",
+         r"quantize\.alpha \(line 2\): Input should be 'auto' or .*less than or equal to 1, "
+         r"got 2\.0$"),
+        ("stages:\n  - prune: {method: wanda, sparsity: .nan}\n", r"sparsity .*got nan$"),
+        ("stages:\n  - quantize: {method: rtn}\ncalibration: {samples: -5}\n",
+         r"recipe calibration\.samples \(line 3\): .*greater than 0"),
     ],
 )
 def test_bad_recipes_name_the_problem(text, message):
     with pytest.raises(RecipeError, match=message):
         load_recipe(text)
+
+
+def test_recipe_file_that_is_not_text(tmp_path):
+    path = tmp_path / "binary.yaml"
+    path.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(RecipeError, match="not UTF-8 text"):
+        load_recipe(path)
 
 
 def test_missing_recipe_file(tmp_path):

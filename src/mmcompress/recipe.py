@@ -77,12 +77,33 @@ def _validate(model: type[BaseModel], data: Any, path: tuple, root: yaml.Node | 
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = path + tuple(err["loc"])
+        errors = exc.errors()
+        err = errors[0]
         if err["type"] == "extra_forbidden":
             allowed = ", ".join(model.model_fields)
-            raise _fail(f"unknown key {err['loc'][-1]!r} (allowed: {allowed})", loc, root) from None
-        raise _fail(err["msg"], loc, root) from None
+            raise _fail(f"unknown key {err['loc'][-1]!r} (allowed: {allowed})",
+                        path + tuple(err["loc"]), root) from None
+        loc = _data_path(data, err["loc"])
+        # a value several types could take (a number or 'auto') fails once per type
+        messages = dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in errors
+                                 if _data_path(data, e["loc"]) == loc)
+        got = err.get("input")
+        shown = f", got {got!r}" if isinstance(got, int | float | str) and not isinstance(
+            got, bool) and "got " not in err["msg"] else ""
+        raise _fail(" or ".join(messages) + shown, path + loc, root) from None
+
+
+def _data_path(data: Any, loc: tuple) -> tuple:
+    """The part of a validation error's location that names keys and items of `data`
+    (pydantic appends the type it tried, e.g. ``literal['auto']`` or ``constrained-int``)."""
+    out: list = []
+    for key in loc:
+        listed = isinstance(data, list) and isinstance(key, int) and key < len(data)
+        if not (listed or (isinstance(data, dict) and key in data)):
+            break
+        data = data[key]
+        out.append(key)
+    return tuple(out) if out else tuple(loc[:1])
 
 
 def _check_training_follows(stages: list[Stage], root: yaml.Node | None) -> None:
@@ -146,7 +167,10 @@ def load_recipe(source: str | Path | dict | Recipe) -> Recipe:
     if "\n" not in text and (path.suffix in (".yaml", ".yml") or path.exists()):
         if not path.is_file():
             raise RecipeError(f"recipe file {path} not found")
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise RecipeError(f"recipe file {path} is not UTF-8 text (byte {exc.start})") from None
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -155,4 +179,20 @@ def load_recipe(source: str | Path | dict | Recipe) -> Recipe:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise RecipeError(f"recipe is not valid YAML{where}: {problem}") from None
+    _refuse_duplicate_keys(root)
     return parse_recipe(data, root)
+
+
+def _refuse_duplicate_keys(node: yaml.Node | None) -> None:
+    """YAML keeps the last of two equal keys without a word; a recipe refuses them."""
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key, value in node.value:
+            if key.value in seen:
+                raise RecipeError(f"recipe line {key.start_mark.line + 1}: key {key.value!r} "
+                                  "is given twice in the same mapping")
+            seen.add(key.value)
+            _refuse_duplicate_keys(value)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _refuse_duplicate_keys(item)
