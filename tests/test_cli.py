@@ -82,7 +82,8 @@ def test_inspect_lists_towers(tiny_clip_folder):
 
 @pytest.mark.parametrize("case", ["bad_yaml", "unknown_key", "unknown_method", "bits0",
                                   "bad_group", "missing_model", "missing_data", "wrong_data",
-                                  "missing_recipe", "not_a_model"])
+                                  "missing_recipe", "not_a_model", "out_under_a_file",
+                                  "threads0"])
 def test_user_errors_are_one_line_exit_2_and_leave_no_output(tiny_clip_folder, tmp_path, case):
     recipe = _recipe(tmp_path)
     model, data = str(tiny_clip_folder), None
@@ -90,7 +91,10 @@ def test_user_errors_are_one_line_exit_2_and_leave_no_output(tiny_clip_folder, t
                 "unknown_method": "unknown quantize method", "bits0": "bits",
                 "bad_group": "group_size", "missing_model": "not found",
                 "missing_data": "does not exist", "wrong_data": "unrecognised data",
-                "missing_recipe": "not found", "not_a_model": "neither"}[case]
+                "missing_recipe": "not found", "not_a_model": "neither",
+                "out_under_a_file": "is a file, not a folder",
+                "threads0": "--threads must be at least 1"}[case]
+    out, extra = tmp_path / "out", []
     if case == "bad_yaml":
         recipe.write_text("stages: [\n")
     elif case == "unknown_key":
@@ -113,8 +117,12 @@ def test_user_errors_are_one_line_exit_2_and_leave_no_output(tiny_clip_folder, t
         recipe = tmp_path / "nope.yaml"
     elif case == "not_a_model":
         model = str(tmp_path)
-    out = tmp_path / "out"
-    args = ["compress", "--model", model, "--recipe", str(recipe), "--out", str(out)]
+    elif case == "out_under_a_file":  # refused before any work, not after it
+        (tmp_path / "file").write_text("x")
+        out = tmp_path / "file" / "out"
+    elif case == "threads0":
+        extra = ["--threads", "0"]
+    args = ["compress", "--model", model, "--recipe", str(recipe), "--out", str(out), *extra]
     result = runner.invoke(app, args + (["--data", data] if data else []))
     _assert_user_error(result, fragment)
     assert not out.exists()

@@ -63,6 +63,8 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _setup(quiet: bool, threads: int | None) -> bool:
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be at least 1, got {threads}")
     if threads:
         import torch
 
@@ -224,6 +226,8 @@ def _print_sensitivity(adapter, data, bits, group_size, max_samples, top, as_jso
 
     if not 2 <= bits <= 8:
         raise UserError(f"--bits must be between 2 and 8, got {bits}")
+    if group_size is not None and group_size < 1:
+        raise UserError(f"--group-size must be at least 1, got {group_size}")
     dataset = load_data(data if data is not None else adapter.default_data)
     check_data_fits(adapter, dataset)
     result = sensitivity(adapter, dataset, QuantGrid(bits, group_size), max_samples,

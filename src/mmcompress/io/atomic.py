@@ -20,6 +20,15 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
         raise UserError(
             f"--out {out} exists and is not empty; choose another folder or pass --overwrite"
         )
+    parent = out.absolute().parent
+    while not parent.exists():  # the folders --out needs are created in the first that exists
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"--out {out}: {parent} is a file, not a folder")
+    try:  # the output is written next to --out and renamed: that needs a writable folder
+        os.rmdir(tempfile.mkdtemp(prefix=f".{out.name}.probe-", dir=parent))
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot write in {parent} ({exc.strerror})") from None
 
 
 @contextmanager
