@@ -84,3 +84,15 @@ def test_head_spreads_over_classes():
                              templates=data.templates)
     assert set(ordered.head(20).labels) == set(range(10))
     assert len(ordered.head(20)) == 20 and ordered.head(None) is ordered
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", "the file is empty"),
+    (b"a,b,c\n1,2,3\n", "no known columns in its first line 'a,b,c'"),
+    (b"score\tx\n\xff\xfe\n", "not UTF-8 text"),
+])
+def test_unreadable_table_says_what_is_wrong(tmp_path, content, message):
+    path = tmp_path / "pairs.csv"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        load_data(path)

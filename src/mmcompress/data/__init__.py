@@ -56,7 +56,20 @@ def load_data(spec: str | Path | Dataset) -> Dataset:
         return read_coco_captions(path)
     if is_class_folder(path):
         return read_class_folder(path)
-    raise DataError(
-        f"{path}: unrecognised data (expected a folder of class subfolders of images, "
-        "or a COCO caption JSON)"
-    )
+    raise DataError(f"{path}: {_why_unrecognised(path)}")
+
+
+def _why_unrecognised(path: Path) -> str:
+    """What is wrong with a path no reader took, as specifically as can be told."""
+    expected = ("expected a folder of class subfolders of images, a COCO caption JSON, an "
+                "STS file (tab-separated: score, sentence 1, sentence 2, or the STS-B layout) "
+                "or a CSV with a 'label' column and image/text/audio columns")
+    if path.is_file() and path.suffix.lower() in (".csv", ".tsv", ".txt"):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            return f"not UTF-8 text (byte {exc.start}); {expected}"
+        if not text.strip():
+            return f"the file is empty; {expected}"
+        return f"no known columns in its first line {text.splitlines()[0][:60]!r}; {expected}"
+    return f"unrecognised data ({expected})"
