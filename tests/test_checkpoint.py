@@ -71,6 +71,19 @@ def test_corrupted_manifest_is_refused(saved):
         mmcompress.load(saved)
 
 
+@pytest.mark.parametrize("key,value,message", [
+    ("adapter", "bogus", "names the model kind 'bogus', which is none of"),
+    ("architecture", "clip", "'architecture' is missing or not a mapping"),
+    ("modules", [1], "'modules' is missing or not a mapping"),
+])
+def test_manifest_fields_of_the_wrong_kind_are_named(saved, key, value, message):
+    manifest = json.loads((saved / "mmcompress.json").read_text())
+    manifest[key] = value
+    (saved / "mmcompress.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=message):
+        mmcompress.load(saved)
+
+
 def test_manifest_shape_mismatch_is_refused(saved):
     manifest = json.loads((saved / "mmcompress.json").read_text())
     entry = manifest["modules"]["text_model.encoder.layers.0.mlp.fc1"]

@@ -153,6 +153,14 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
 
 def _rebuild(folder: Path, manifest: dict[str, Any], meta: bool) -> Adapter:
     """The saved architecture with its replacement modules; on the meta device if `meta`."""
+    where = folder / MANIFEST
+    if manifest.get("adapter") not in ADAPTERS:
+        raise CheckpointError(f"{where} names the model kind {manifest.get('adapter')!r}, "
+                              f"which is none of {', '.join(sorted(ADAPTERS))}")
+    for key in ("architecture", "modules"):
+        if not isinstance(manifest.get(key), dict):
+            raise CheckpointError(f"{where}: {key!r} is missing or not a mapping")
+
     def build() -> Adapter:
         adapter = ADAPTERS[manifest["adapter"]].from_architecture(manifest["architecture"],
                                                                   folder)
@@ -166,7 +174,8 @@ def _rebuild(folder: Path, manifest: dict[str, Any], meta: bool) -> Adapter:
     try:
         return meta_base(build) if meta else build()
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-        raise CheckpointError(f"{folder / MANIFEST} is inconsistent: {exc!r}") from None
+        raise CheckpointError(f"{where} does not describe a model that can be rebuilt "
+                              f"({type(exc).__name__}: {exc})") from None
 
 
 def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
