@@ -72,6 +72,12 @@ def test_evaluate_output_folder_as_json(tiny_clip_folder, tmp_path):
     assert report["measurement"]["unpacked"] is True
     assert report["metrics"]["size_bytes"] == metrics["size_bytes"]  # still the file's
     assert abs(report["metrics"]["zeroshot_top1"] - metrics["zeroshot_top1"]) <= 1 / 16
+    tiny_clip_folder.rename(tmp_path / "moved")  # the base model is no longer where it was
+    result = runner.invoke(app, ["evaluate", str(out), "--json", "--max-samples", "16",
+                                 "--metrics", "zeroshot_top1,fidelity_cosine"])
+    assert result.exit_code == 0, result.output
+    assert "note: fidelity not measured: the base model cannot be loaded" in result.stderr
+    assert "fidelity_cosine" not in json.loads(result.stdout)["metrics"]
 
 
 def test_inspect_lists_towers(tiny_clip_folder):

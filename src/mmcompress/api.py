@@ -195,15 +195,15 @@ def evaluate(
         compile_towers(adapter)
     dataset = load_data(data if data is not None else adapter.default_data)
     check_data_fits(adapter, dataset)
-    reference = None
+    reference, notes = None, []
     base = getattr(adapter, "manifest", {}).get("base_model")
     if base is not None:
         try:
             base_adapter = load_model(base, progress=progress)
             reference = quality(base_adapter, dataset.head(cfg.max_samples)).embeddings
             del base_adapter
-        except UserError:
-            reference = None  # base model not available here: no fidelity
+        except UserError as exc:  # base model not available here: no fidelity
+            notes.append(f"fidelity not measured: the base model cannot be loaded ({exc})")
     folder = Path(str(model)) if not isinstance(model, Adapter) else None
     weights = folder / WEIGHTS if folder is not None and (folder / WEIGHTS).is_file() else None
     result = evaluate_adapter(
@@ -220,4 +220,5 @@ def evaluate(
         "model": _spec_name(model),
         "metrics": result.metrics,
         "measurement": result.measurement,
+        **({"notes": notes} if notes else {}),
     }

@@ -170,6 +170,8 @@ def evaluate(
         config["metrics"] = [m.strip() for m in metrics.split(",") if m.strip()]
     result = run_evaluate(spec, data, config, progress=progress, compiled=compile_towers,
                           unpack=unpack)
+    for note in result.get("notes", []):
+        typer.echo(f"note: {note}", err=True)
     if as_json:
         typer.echo(json.dumps(result, indent=1))
         return
