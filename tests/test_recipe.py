@@ -37,6 +37,8 @@ def test_valid_recipe_roundtrips_through_yaml():
          r"quantize\.alpha \(line 2\): Input should be 'auto' or .*less than or equal to 1, "
          r"got 2\.0$"),
         ("stages:\n  - prune: {method: wanda, sparsity: .nan}\n", r"sparsity .*got nan$"),
+        ("stages:\n  - quantize: {method: rtn, bits: true}\n", r"bits \(line 2\): takes a value, "
+         "not true"),
         ("stages:\n  - quantize: {method: rtn}\ncalibration: {samples: -5}\n",
          r"recipe calibration\.samples \(line 3\): .*greater than 0"),
     ],

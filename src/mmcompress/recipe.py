@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -74,6 +74,9 @@ def _fail(msg: str, path: tuple, root: yaml.Node | None) -> RecipeError:
 def _validate(model: type[BaseModel], data: Any, path: tuple, root: yaml.Node | None) -> Any:
     if not isinstance(data, dict):
         raise _fail(f"expected a mapping, got {type(data).__name__}", path, root)
+    for key, value in data.items():  # pydantic would read true as 1 and false as 0
+        if isinstance(value, bool) and key in model.model_fields and not _takes_bool(model, key):
+            raise _fail(f"takes a value, not {str(value).lower()}", path + (key,), root)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -91,6 +94,17 @@ def _validate(model: type[BaseModel], data: Any, path: tuple, root: yaml.Node | 
         shown = f", got {got!r}" if isinstance(got, int | float | str) and not isinstance(
             got, bool) and "got " not in err["msg"] else ""
         raise _fail(" or ".join(messages) + shown, path + loc, root) from None
+
+
+def _takes_bool(model: type[BaseModel], key: str) -> bool:
+    """Whether field `key` admits a boolean: in its type (directly, in a union or an
+    annotation), or through a validator that reads the raw value first (``swaps: true``)."""
+    def admits(annotation: Any) -> bool:
+        return annotation is bool or annotation is Any or any(map(admits, get_args(annotation)))
+
+    raw = any(key in d.info.fields and d.info.mode != "after"
+              for d in model.__pydantic_decorators__.field_validators.values())
+    return raw or admits(model.model_fields[key].annotation)
 
 
 def _data_path(data: Any, loc: tuple) -> tuple:
