@@ -1,11 +1,19 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import toy_image_data
 
 from mmcompress.data import Dataset
-from mmcompress.evaluation.evaluate import count_params, evaluate_adapter, saved_size_bytes
+from mmcompress.errors import DataError
+from mmcompress.evaluation.evaluate import (
+    count_params,
+    evaluate_adapter,
+    quality,
+    saved_size_bytes,
+)
 from mmcompress.evaluation.metrics import (
     class_embeddings,
     fidelity_cosine,
@@ -88,3 +96,11 @@ def test_spearman_handles_ties_and_order():
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     # ties get average ranks: x ranks [1.5, 1.5, 3, 4], y ranks [1, 2, 3.5, 3.5]
     assert spearman([5, 5, 7, 9], [1, 2, 8, 8]) == pytest.approx(8 / 9, abs=1e-9)
+
+
+def test_nan_images_are_refused_when_evaluating_too(tiny_clip):
+    """Calibration, training and evaluation share the image preprocessing that refuses them."""
+    data = toy_image_data()
+    data.images[3] = np.full((16, 16, 3), np.nan, dtype=np.float32)
+    with pytest.raises(DataError, match="an image holds NaN or Inf values"):
+        quality(tiny_clip, data)

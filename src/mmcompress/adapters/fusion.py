@@ -16,7 +16,7 @@ from ..data.dataset import Dataset
 from ..errors import DataError
 from ..models.fusion import MODALITIES, FusionClassifier
 from ..progress import progress_bar
-from .base import Adapter, _check_finite_batch
+from .base import Adapter
 from .frozen_text import cache_key, load_or_train
 from .preprocess import images_to_tensor
 
@@ -86,6 +86,8 @@ class FusionAdapter(Adapter):
         for i, a in enumerate(audio):
             if a is not None:
                 clip = torch.as_tensor(a[:samples], dtype=torch.float32)
+                if not torch.isfinite(clip).all():
+                    raise DataError("a recording holds NaN or Inf values")
                 wave[i, : len(clip)] = clip
         return {"pixels": pixels, "ids": ids, "text_mask": text_mask, "wave": wave,
                 "present": present}
@@ -129,7 +131,6 @@ class FusionAdapter(Adapter):
         batches = []
         for i in range(0, len(order), batch_size):
             batch = self.dataset_batch(data, order[i : i + batch_size].tolist())
-            _check_finite_batch(batch, BATCH)
             batches.append(functools.partial(self.forward_modality, BATCH, batch))
         if not batches:
             raise DataError(f"calibration data {data.name!r} is empty")

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import DataError
+
 
 def images_to_tensor(
     images: Sequence[np.ndarray],
@@ -25,6 +27,8 @@ def images_to_tensor(
     out = []
     for img in images:
         t = torch.as_tensor(np.ascontiguousarray(img), dtype=torch.float32).permute(2, 0, 1)
+        if not torch.isfinite(t).all():
+            raise DataError("an image holds NaN or Inf values")
         if t.shape[0] != channels:
             t = t.mean(0, keepdim=True) if channels == 1 else t[:1].expand(channels, -1, -1)
         h, w = t.shape[1:]
