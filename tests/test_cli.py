@@ -170,3 +170,12 @@ def test_existing_output_is_not_replaced_without_overwrite(tiny_clip_folder, tmp
                                  str(_recipe(tmp_path)), "--out", str(out)])
     _assert_user_error(result, "not empty")
     assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_json_output_is_strict_json():
+    """A metric that could not be computed (NaN) is written as null, never as a bare NaN."""
+    from mmcompress.report import to_json
+
+    text = to_json({"metrics": {"stsb_spearman": float("nan"), "size_bytes": 10}})
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(c)) == {
+        "metrics": {"stsb_spearman": None, "size_bytes": 10}}

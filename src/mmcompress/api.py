@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from .methods import StageContext, keep_original, run_stage
 from .model_specs import NAMED_SPECS, load_model
 from .modules.unpack import unpack_weights
 from .recipe import EvaluateConfig, Recipe, load_recipe
-from .report import report_markdown
+from .report import report_markdown, to_json
 from .report_html import report_html
 from .training.distributed import is_main_process
 
@@ -104,7 +103,7 @@ def compress(
         )
         report.update(after=after.metrics, measurement=after.measurement)
         (tmp / "recipe.yaml").write_text(recipe.to_yaml())
-        (tmp / "report.json").write_text(json.dumps(report, indent=1))
+        (tmp / "report.json").write_text(to_json(report))
         (tmp / "report.md").write_text(report_markdown(report))
         (tmp / "report.html").write_text(report_html(report))
     if train_dir is not None:

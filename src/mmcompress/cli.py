@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -14,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from .errors import UserError
+from .report import to_json
 
 app = typer.Typer(
     add_completion=False,
@@ -173,7 +173,7 @@ def evaluate(
     for note in result.get("notes", []):
         typer.echo(f"note: {note}", err=True)
     if as_json:
-        typer.echo(json.dumps(result, indent=1))
+        typer.echo(to_json(result))
         return
     for key, value in result["metrics"].items():
         typer.echo(f"{key:18s} {fmt(key, value)}")
@@ -206,7 +206,7 @@ def inspect(
         return
     info = describe(adapter)
     if as_json:
-        typer.echo(json.dumps(info, indent=1))
+        typer.echo(to_json(info))
         return
     typer.echo(f"adapter: {info['adapter']}   params: {info['params'] / 1e6:.2f} M")
     for tower, t in info["towers"].items():
@@ -235,7 +235,7 @@ def _print_sensitivity(adapter, data, bits, group_size, max_samples, top, as_jso
     result = sensitivity(adapter, dataset, QuantGrid(bits, group_size), max_samples,
                          progress=progress)
     if as_json:
-        typer.echo(json.dumps(result, indent=1))
+        typer.echo(to_json(result))
         return
     typer.echo(f"RTN int{bits} (group {group_size}) on {result['examples']} examples; "
                f"reference {result['reference']}")

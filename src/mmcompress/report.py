@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any
 
 from .evaluation.config import METRICS
@@ -30,6 +32,21 @@ LABELS = {
     "latency_ms_model": "latency model (ms)",
     "peak_memory_mb": "peak memory (MB)",
 }
+
+
+def to_json(obj: Any, indent: int | None = 1) -> str:
+    """Strict JSON: a NaN or infinite number (a metric that could not be computed) is null,
+    never the bare ``NaN`` that JSON readers refuse."""
+    def clean(x: Any) -> Any:
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [clean(v) for v in x]
+        return x
+
+    return json.dumps(clean(obj), indent=indent, allow_nan=False)
 
 
 def fmt(key: str, value: float | None) -> str:
