@@ -246,6 +246,18 @@ def test_structured_pruning_lowrank_sparse_factors_and_int8_in_one_recipe(tiny_c
     _reloads_identically(tiny_clip, tmp_path)
 
 
+@pytest.mark.parametrize("method", ["gptq", "smoothquant"])
+def test_factored_projections_are_calibrated_by_the_batches_that_reach_them(tiny_clip, tmp_path,
+                                                                            method):
+    """The projector tower takes image and text batches, but each factored projection is
+    reached by one kind only: its factors calibrate without block replay."""
+    _run(tiny_clip, [{"lowrank": {"method": "svd", "rank": 8, "targets": ["projector"]}},
+                     {"quantize": {"method": method, "targets": ["projector"]}}])
+    proj = tiny_clip.model.visual_projection
+    assert isinstance(proj, LowRankLinear) and type(proj.down).__name__ != "Linear"
+    _reloads_identically(tiny_clip, tmp_path)
+
+
 @pytest.mark.parametrize("cfg,message", [
     ({"method": "svd", "rank": 4, "param_ratio": 0.5}, "exactly one of"),
     ({"method": "svd"}, "exactly one of"),

@@ -265,7 +265,10 @@ class _Replay:
         slots = self.chain.slots(i - self.probed, cached)
         if not slots:
             return
-        self.calls, self.slots = catch_inputs(model.get_submodule(self.blocks[i]), batches), slots
+        self.calls = catch_inputs(model.get_submodule(self.blocks[i]), batches)
+        if self.calls is None:
+            return
+        self.slots = slots
         if self.reference is not None:
             with self.adapter.running(self.reference):
                 self.reference_calls = catch_inputs(

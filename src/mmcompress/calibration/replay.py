@@ -157,8 +157,10 @@ def probe_chain(model: nn.Module, blocks: list[nn.Module], run: Callable[[], Any
                          for c, good in zip(calls, ok, strict=True)])
 
 
-def catch_inputs(block: nn.Module, batches: list[Callable[[], Any]]) -> list[BlockCall]:
-    """Each batch's call of `block`, caught before it runs (the model stops there)."""
+def catch_inputs(block: nn.Module, batches: list[Callable[[], Any]]) -> list[BlockCall] | None:
+    """Each batch's call of `block`, caught before it runs (the model stops there); None when
+    a batch never calls it (CLIP's text batches and a factored image projection): the batches
+    then run whole, as they do without replay."""
     caught: list[BlockCall] = []
 
     def hook(_m: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -173,7 +175,7 @@ def catch_inputs(block: nn.Module, batches: list[Callable[[], Any]]) -> list[Blo
                 with contextlib.suppress(_Caught):
                     run()
                 if len(caught) != n + 1:
-                    raise RuntimeError("calibration: a batch did not reach the block to replay")
+                    return None
                 caught[-1].token_mask = getattr(run, "token_mask", None)
     finally:
         handle.remove()
