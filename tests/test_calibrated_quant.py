@@ -11,7 +11,7 @@ from torch import nn
 import mmcompress
 from mmcompress.calibration import HessianCollector, calibrate_layers, layer_groups
 from mmcompress.data import Dataset
-from mmcompress.errors import DataError
+from mmcompress.errors import DataError, RecipeError
 from mmcompress.io.checkpoint import save_checkpoint
 from mmcompress.methods import METHODS, StageContext, run_stages
 from mmcompress.quantization.awq import awq_quantize
@@ -309,8 +309,9 @@ def test_text_tokens_needs_auto_samples():
 
 
 def test_stage_summary_records_what_it_calibrated_on(tiny_clip):
-    stages = load_recipe({"stages": [{"quantize": {"method": "gptq", "bits": 4}},
-                                     {"quantize": {"method": "rtn", "bits": 8}}]}).stages
+    stages = load_recipe({"stages": [
+        {"quantize": {"method": "gptq", "bits": 4, "targets": ["vision", "text"]}},
+        {"quantize": {"method": "rtn", "bits": 8, "targets": ["projector"]}}]}).stages
     ctx = StageContext(data=_data(), calibration=CalibrationConfig(samples=8, batch_size=4),
                        progress=False)
     gptq, rtn = run_stages(tiny_clip, stages, ctx)
@@ -318,3 +319,11 @@ def test_stage_summary_records_what_it_calibrated_on(tiny_clip):
                                    "text": {"examples": 4, "tokens": 16}}
     assert "calibration" not in rtn  # round-to-nearest draws nothing
     assert calibrated_on(gptq["calibration"]) == "8 images and 4 texts (16 tokens)"
+
+
+@pytest.mark.parametrize("second", ["rtn", "gptq", "smoothquant"])
+def test_a_second_quantize_stage_on_quantized_layers_is_refused(tiny_clip, second):
+    """It would pass over them without a word (the stage used to report 0 modules)."""
+    _apply(tiny_clip, "rtn", _data(), bits=8)
+    with pytest.raises(RecipeError, match="a Quant.* quantize each layer once"):
+        _apply(tiny_clip, second, _data(), targets=["text"])

@@ -39,6 +39,9 @@ def test_valid_recipe_roundtrips_through_yaml():
         ("stages:\n  - prune: {method: wanda, sparsity: .nan}\n", r"sparsity .*got nan$"),
         ("stages:\n  - quantize: {method: rtn, bits: true}\n", r"bits \(line 2\): takes a value, "
          "not true"),
+        ("stages:\n  - quantize: {method: rtn, bits: 4, qat: true}\n  - prune: {method: magnitude, "
+         "sparsity: 0.5}\n  - finetune: {method: task}\n",
+         r"'qat' works while stage 2 trains, but stage 1 \(prune\) comes in between"),
         ("stages:\n  - quantize: {method: rtn}\ncalibration: {samples: -5}\n",
          r"recipe calibration\.samples \(line 3\): .*greater than 0"),
     ],

@@ -121,13 +121,25 @@ def _data_path(data: Any, loc: tuple) -> tuple:
 
 
 def _check_training_follows(stages: list[Stage], root: yaml.Node | None) -> None:
-    """A stage that finishes during training (``qat``, ``schedule``) needs a later one."""
+    """A stage that finishes during training (``qat``, ``schedule``) needs a later one, with no
+    other compression stage in between (it would take the layers in training for plain ones)."""
     for i, stage in enumerate(stages):
         option = stage.config.trains_later()
-        if option and not any(s.kind in TRAINING_KINDS and s.config.runs_trainer
-                              for s in stages[i + 1 :]):
+        if not option:
+            continue
+        where = ("stages", i, stage.kind, option)
+        trains = next((j for j, s in enumerate(stages) if j > i and s.kind in TRAINING_KINDS
+                       and s.config.runs_trainer), None)
+        if trains is None:
             raise _fail(f"{option!r} works while a later stage trains; add a finetune or "
-                        "distill stage after this one", ("stages", i, stage.kind, option), root)
+                        "distill stage after this one", where, root)
+        between = next((j for j in range(i + 1, trains) if stages[j].kind not in
+                        TRAINING_KINDS), None)
+        if between is not None:
+            raise _fail(f"{option!r} works while stage {trains} trains, but stage {between} "
+                        f"({stages[between].kind}) comes in between and would replace the "
+                        "layers in training; move it after the training stage or before this "
+                        "one", where, root)
 
 
 def parse_recipe(data: Any, root: yaml.Node | None = None) -> Recipe:

@@ -13,8 +13,9 @@ from torch import nn
 from ..adapters import Adapter
 from ..calibration import CalibrationData
 from ..data import Dataset
-from ..errors import DataError
+from ..errors import DataError, RecipeError
 from ..evaluation.config import CalibrationConfig
+from ..modules.registry import MODULE_TYPES
 from ..selection import select_modules
 
 if TYPE_CHECKING:
@@ -140,6 +141,28 @@ def selected(
 ) -> dict[str, nn.Module]:
     """The modules of `kinds` a method config's `targets`/`ignore` choose in this model."""
     return select_modules(adapter.model, adapter.towers(), kinds, config.targets, config.ignore)
+
+
+def plain_layers(adapter: Adapter, config: MethodConfig, kinds: tuple[type[nn.Module], ...],
+                 action: str, advice: str) -> dict[str, nn.Module]:
+    """`selected`, after refusing targeted layers an earlier stage made compact (quantized,
+    half precision, W8A8), which `kinds` would pass over without a word. A factored layer is
+    a container of plain layers, not a compact one; tables count only when `kinds` has them."""
+    compact = [(n, m) for n, m in selected(adapter, config, tuple(MODULE_TYPES.values())).items()
+               if not any(isinstance(c, kinds) for c in m.modules())
+               and (nn.Embedding in kinds or not _is_table(m))]
+    if compact:
+        name, module = compact[0]
+        more = f" (and {len(compact) - 1} more layers like it)" if len(compact) > 1 else ""
+        raise RecipeError(f"{action} cannot take {name}, a {type(module).__name__}{more}; "
+                          f"{advice}, or leave it out with 'ignore:'")
+    return selected(adapter, config, kinds)
+
+
+def _is_table(module: nn.Module) -> bool:
+    """A compact (quantized or half) embedding table."""
+    return "Embedding" in type(module).__name__ or \
+        getattr(module, "args", {}).get("kind") == "embedding"
 
 
 def split_embeddings(modules: dict[str, nn.Module]) -> tuple[dict, dict]:

@@ -21,7 +21,6 @@ from ..calibration import HessianCollector, calibrate_layers, layer_groups
 from ..calibration.collectors import FeatureNormCollector
 from ..calibration.reference import reference_fit
 from ..errors import RecipeError
-from ..modules.registry import MODULE_TYPES
 from ..modules.replace import replace_modules
 from ..modules.sparse import dense_layer, layer_args, sparse_module
 from ..selection import tower_of
@@ -31,7 +30,7 @@ from ..sparsity.admm import admm_prune
 from ..sparsity.owl import outlier_ratio, owl_sparsities
 from ..sparsity.refit import refit_kept
 from ..sparsity.swaps import refine_by_swaps
-from .base import StageContext, register_method, selected, split_embeddings
+from .base import StageContext, plain_layers, register_method, split_embeddings
 from .prune_unstructured_config import (
     AdmmConfig,
     CalibratedPruneConfig,
@@ -45,12 +44,6 @@ from .training_hooks import with_schedule
 from .weight_quant import weight_matrix
 
 
-def _is_table(module: nn.Module) -> bool:
-    """A compact (quantized or half) embedding table."""
-    return "Embedding" in type(module).__name__ or \
-        getattr(module, "args", {}).get("kind") == "embedding"
-
-
 def prunable_layers(
     adapter: Adapter, config: UnstructuredPruneConfig, calibrated: bool
 ) -> tuple[dict[str, nn.Module], list[str]]:
@@ -59,18 +52,10 @@ def prunable_layers(
     kinds: tuple[type[nn.Module], ...] = (nn.Linear,)
     kinds += (nn.Conv2d,) if config.convolutions else ()
     kinds += (nn.Embedding,) if config.embeddings else ()
-    # a factored layer is a container: its factors are plain layers, pruned like any other
-    compact = [(n, m) for n, m in selected(adapter, config, tuple(MODULE_TYPES.values())).items()
-               if not any(isinstance(c, kinds) for c in m.modules())
-               and (config.embeddings or not _is_table(m))]
-    if compact:
-        name, module = compact[0]
-        more = f" (and {len(compact) - 1} more layers like it)" if len(compact) > 1 else ""
-        raise RecipeError(
-            f"unstructured pruning cannot prune {name}, a {type(module).__name__}{more}; prune "
-            "before quantizing or factorising, or leave it out with 'ignore:'")
     layers, skipped = {}, []
-    for name, m in selected(adapter, config, kinds).items():
+    chosen = plain_layers(adapter, config, kinds, "unstructured pruning",
+                          "prune before quantizing")
+    for name, m in chosen.items():
         conv = isinstance(m, nn.Conv2d)
         # grouped convolutions: the unfolded input does not match the filter's columns
         if conv and (m.padding_mode != "zeros" or (calibrated and m.groups > 1)):

@@ -13,7 +13,7 @@ from ..modules.replace import replace_modules
 from ..progress import progress_bar
 from ..quantization.grid import QuantGrid
 from .allocation import layer_grids
-from .base import StageContext, register_method, selected, split_embeddings
+from .base import StageContext, plain_layers, register_method, split_embeddings
 from .training_hooks import with_qat
 from .weight_quant import WeightQuantConfig, quantized_module, store_half
 
@@ -38,7 +38,8 @@ def quantize_rtn(
 @with_qat
 def apply_rtn(adapter: Adapter, config: RTNConfig, context: StageContext) -> dict[str, Any]:
     """Round-to-nearest min-max quantization, per channel or per group."""
-    modules = selected(adapter, config, config.kinds())
+    modules = plain_layers(adapter, config, config.kinds(), "quantization",
+                           "quantize each layer once")
     if config.bits == 16:
         return store_half(adapter, modules, config.dtype)
     grids, summary = layer_grids(adapter, modules, config, context)
@@ -51,7 +52,8 @@ def quantize_calibrated(adapter: Adapter, config: WeightQuantConfig, context: St
     """What GPTQ and AWQ share: the selected layers (half precision for ``bits: 16``), a grid
     per layer (uniform or from the bit budget), embedding tables rounded first (in model
     order), then every other layer calibrated and replaced block by block."""
-    modules = selected(adapter, config, config.kinds())
+    modules = plain_layers(adapter, config, config.kinds(), "quantization",
+                           "quantize each layer once")
     if config.bits == 16:
         return store_half(adapter, modules, config.dtype)
     grids, summary = layer_grids(adapter, modules, config, context)

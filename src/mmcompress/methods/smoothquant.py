@@ -28,7 +28,7 @@ from ..quantization.grid import QuantGrid
 from ..quantization.observers import activation_scale
 from ..quantization.smoothquant import ActScale, search_alpha, smoothing_scales
 from .activations import ActivationQuantConfig
-from .base import StageContext, register_method, selected
+from .base import StageContext, plain_layers, register_method
 from .rtn import quantize_rtn
 from .smooth_fold import fold_into_norms
 from .value_fold import fold_value_scales
@@ -76,7 +76,8 @@ def w8a8_module(module: nn.Module, stats: InputStatsCollector, alpha: float | st
 def apply_smoothquant(adapter: Adapter, config: SmoothQuantConfig,
                       context: StageContext) -> dict[str, Any]:
     """SmoothQuant W8A8: int8 weights and static int8 activations (integer GEMM on CPU)."""
-    modules = selected(adapter, config, config.kinds())
+    modules = plain_layers(adapter, config, config.kinds(), "quantization",
+                           "quantize each layer once")
     w8a8 = {n: m for n, m in modules.items()  # in model order
             if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and is_patchify(m))}
     others = {n: m for n, m in modules.items() if n not in w8a8}
