@@ -99,6 +99,19 @@ def test_half_weight_storage(layer, dtype):
     assert torch.equal(rebuilt(x), half(x))
 
 
+def test_fp16_refuses_weights_beyond_its_range_and_bf16_keeps_them():
+    """A weight past 65504 would become inf: the saved folder could not be loaded."""
+    from mmcompress.errors import RecipeError
+    from mmcompress.modules import HalfWeight
+
+    layer = nn.Linear(4, 4)
+    with torch.no_grad():
+        layer.weight[0, 0] = 1e5
+    with pytest.raises(RecipeError, match="does not fit in fp16.*use dtype: bf16"):
+        HalfWeight.from_module(layer, "fp16")
+    assert torch.isfinite(HalfWeight.from_module(layer, "bf16").half_weight).all()
+
+
 @pytest.mark.parametrize("bits,group_size,symmetric", [(8, None, True), (4, 4, False)])
 def test_quantizing_in_row_chunks_matches_one_pass(monkeypatch, bits, group_size, symmetric):
     """Large tables are quantized a few rows at a time; the stored codes and scales are the

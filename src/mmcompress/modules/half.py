@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import RecipeError
 from .registry import register_module
 from .replace import conv_padding
 
@@ -48,6 +49,10 @@ class HalfWeight(nn.Module):
         bias = getattr(module, "bias", None)
         mod = cls(_layer_args(module), list(module.weight.shape), bias is not None, dtype)
         mod.half_weight.copy_(module.weight.detach())
+        if not torch.isfinite(mod.half_weight).all():
+            top = float(module.weight.detach().abs().max())
+            raise RecipeError(f"a weight of magnitude {top:.4g} does not fit in {dtype} (at most "
+                              f"{torch.finfo(DTYPES[dtype]).max:.6g}); use dtype: bf16")
         if bias is not None:
             mod.bias.data.copy_(bias.detach().float())
         return mod
