@@ -104,3 +104,17 @@ def test_nan_images_are_refused_when_evaluating_too(tiny_clip):
     data.images[3] = np.full((16, 16, 3), np.nan, dtype=np.float32)
     with pytest.raises(DataError, match="an image holds NaN or Inf values"):
         quality(tiny_clip, data)
+
+
+@pytest.mark.parametrize("summary,line", [
+    ({"modules": 12}, "12 modules changed"),
+    ({"params_kept_ratio": 0.5012, "removed": {}}, "parameters ×0.501"),
+    ({"steps": 40, "epochs": 2, "final_loss": 0.25}, "40 training steps over 2 epochs, final "
+                                                     "loss 0.25"),
+    ({"norms": 3}, "done"),
+])
+def test_report_says_what_each_kind_of_stage_did(summary, line):
+    """Structured pruning and training replace no module: '0 modules changed' misled."""
+    from mmcompress.report import stage_outcome
+
+    assert stage_outcome(summary) == line

@@ -96,12 +96,26 @@ def calibrated_on(drawn: dict[str, dict[str, int]]) -> str:
     return " and ".join(parts)
 
 
+def stage_outcome(summary: dict[str, Any]) -> str:
+    """What a stage did, in a few words, from its summary: layers replaced, parameters kept by
+    structured pruning, or the training it ran."""
+    parts = []
+    if "modules" in summary:
+        parts.append(f"{summary['modules']} modules changed")
+    if "params_kept_ratio" in summary:
+        parts.append(f"parameters ×{summary['params_kept_ratio']:.3f}")
+    if "steps" in summary:
+        parts.append(f"{summary['steps']} training steps over {summary.get('epochs', '?')} "
+                     f"epochs, final loss {summary.get('final_loss', float('nan')):.4g}")
+    return ", ".join(parts) or "done"
+
+
 def report_markdown(report: dict[str, Any]) -> str:
     """`report.md`: what was done, the before/after table, and how it was measured."""
     m = report["measurement"]
     stages = "\n".join(
         f"{i + 1}. `{s['kind']}` / `{s['method']}` — {s['seconds']:.1f} s, "
-        f"{s['summary'].get('modules', 0)} modules changed"
+        f"{stage_outcome(s['summary'])}"
         + (f", calibrated on {calibrated_on(s['summary']['calibration'])}"
            if s["summary"].get("calibration") else "")
         for i, s in enumerate(report["stages"])
