@@ -105,6 +105,25 @@ def test_structured_half_then_gptq_reloads(fusion, tmp_path):
     assert torch.equal(loaded.classify(data), result.adapter.classify(data))
 
 
+@pytest.mark.parametrize("stage", [
+    {"prune": {"method": "structured", "layers": 1, "targets": ["text"]}},
+    {"distill": {"method": "kd", "epochs": 1, "batch_size": 4, "evaluate": False,
+                 "student": {"layers": [1], "targets": ["text"]}}},
+])
+def test_fusion_blocks_can_be_removed_whole_and_reload(stage, tmp_path):
+    """The fusion models' transformer blocks are removable layers, for structured pruning and
+    for students alike."""
+    torch.manual_seed(0)
+    data = tiny_data()
+    adapter = FusionAdapter(FusionClassifier(fusion="hybrid", **{**TINY, "text_layers": 2}))
+    result = mmcompress.compress(adapter, {"stages": [stage], "calibration": {
+        "samples": 8, "batch_size": 4}, "evaluate": FAST}, out=tmp_path / "l", data=data,
+                                 progress=False)
+    assert len(result.adapter.model.text.layers) == 1
+    loaded = mmcompress.load(tmp_path / "l")
+    assert torch.equal(loaded.classify(data), result.adapter.classify(data))
+
+
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_asymmetric_svd_whiten_runs_the_reference_through_every_tower(fusion, tmp_path):
     """svd-whiten's reference run reaches every tower's layers (the engine refuses an adapter

@@ -108,7 +108,7 @@ SPECS: dict[type, Callable[[str, nn.Module], list[UnitGroup]]] = {
     ConvEncoder: _conv_encoder,
     Head: _fusion_head,
 }
-TRANSFORMER_LAYERS = (CLIPEncoderLayer, SiglipEncoderLayer, BertLayer)
+TRANSFORMER_LAYERS = (CLIPEncoderLayer, SiglipEncoderLayer, BertLayer, Block)
 
 
 def _removable(container: nn.Module) -> tuple[int, ...] | None:
