@@ -1,5 +1,6 @@
 """Low-rank factorization: numerics, rank allocation, the stages, save/reload, bad values."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,12 @@ from mmcompress.errors import DataError, RecipeError, UserError
 from mmcompress.factorization import cp_conv, scaled_svd, tucker2_conv
 from mmcompress.io.checkpoint import save_checkpoint
 from mmcompress.methods import METHODS, StageContext
-from mmcompress.methods.rank_allocation import LayerOptions, allocate_ranks, uniform_choice
+from mmcompress.methods.rank_allocation import (
+    LayerOptions,
+    allocate_ranks,
+    uniform_choice,
+    uniform_ranks,
+)
 from mmcompress.modules.lowrank import (
     CPConv2d,
     LowRankLinear,
@@ -141,6 +147,17 @@ def test_allocation_factors_a_layer_whose_first_step_is_costly():
               "b": LayerOptions(100, [(90, 0.15, 9), (80, 0.3, 8)])}
     choices, kept = allocate_ranks(layers, param_ratio=0.6)
     assert choices == {"a": 1, "b": None} and kept == 110
+
+
+def test_uniform_ranks_lower_the_share_to_meet_the_budget_or_refuse_it():
+    # 'wide' cannot keep less than 60%: at 50% each 'fine' alone keeps 50, 110 in all
+    layers = {"wide": LayerOptions(100, [(60, 0.0, 6)]),
+              "fine": LayerOptions(100, [(10 * r, 0.0, r) for r in range(1, 10)])}
+    assert uniform_choice(layers["wide"], 0.5) == 6 and uniform_choice(layers["fine"], 0.5) == 5
+    assert uniform_ranks(layers, 0.5) == ({"wide": 6, "fine": 4}, 100)
+    assert uniform_ranks(layers, 0.7) == ({"wide": 6, "fine": 7}, 130)
+    with pytest.raises(RecipeError, match=r"0\.3 is out of reach: the smallest ranks keep 0\.35 "):
+        uniform_ranks(layers, 0.3)
 
 
 def _run(adapter, stages, data=None):
@@ -273,6 +290,39 @@ def test_bad_configs_are_recipe_errors(cfg, message):
 def test_a_rank_that_saves_nothing_is_refused(tiny_clip):
     with pytest.raises(RecipeError, match="saves no weights on any selected layer"):
         _run(tiny_clip, [{"lowrank": {"method": "svd", "rank": 22}}])
+
+
+def _factored(adapter) -> int:
+    return sum(isinstance(m, (LowRankLinear, TuckerConv2d, CPConv2d))
+               for m in adapter.model.modules())
+
+
+@pytest.mark.parametrize("cfg,floor", [
+    ({"method": "svd", "param_ratio": 0.05, "allocation": "uniform"},
+     "the smallest ranks keep 0.05587"),
+    ({"method": "cp", "param_ratio": 0.1, "allocation": "uniform"},
+     "the smallest ranks cp searches (kept fractions down to 0.125 per layer) keep 0.1245"),
+    ({"method": "cp", "param_ratio": 0.1, "sensitivity_samples": 0},
+     "the smallest ranks cp searches (kept fractions down to 0.125 per layer) keep 0.1245"),
+])
+def test_an_unreachable_budget_is_refused_before_the_model_changes(tiny_clip, cfg, floor):
+    message = f"param_ratio {cfg['param_ratio']} is out of reach: {floor} of the selected"
+    with pytest.raises(RecipeError, match=re.escape(message)):
+        _run(tiny_clip, [{"lowrank": cfg}])
+    assert _factored(tiny_clip) == 0
+
+
+def test_a_fixed_cp_rank_goes_below_the_searched_grid(tiny_clip):
+    # the refusal above names the grid's floor, not the method's: rank 1 keeps far less
+    (summary,) = _run(tiny_clip, [{"lowrank": {"method": "cp", "rank": 1, "n_iter_max": 2}}])
+    assert summary["modules"] == 1 and summary["param_ratio"] < 0.02
+
+
+@pytest.mark.parametrize("method", ["svd", "svd-whiten"])
+def test_an_energy_that_saves_nothing_is_refused(tiny_clip, method):
+    with pytest.raises(RecipeError, match=r"energy 0\.9999 saves no weights on any selected"):
+        _run(tiny_clip, [{"lowrank": {"method": method, "energy": 0.9999}}])
+    assert _factored(tiny_clip) == 0
 
 
 def test_empty_calibration_data_is_refused(tiny_clip):

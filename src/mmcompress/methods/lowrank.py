@@ -8,7 +8,8 @@ calibration inputs (relative to the layer's output; closed form for SVD), scaled
 that at the uniform choice it equals the model's fidelity loss when only that layer is factored
 (`sensitivity_samples` examples, a `Probe`); `rank_allocation` then spends the budget where the
 loss per weight saved is lowest. A layer is factored only where that saves weights; otherwise
-it stays dense.
+it stays dense. A budget below what the smallest ranks keep, and a ``rank`` or ``energy`` that
+factors no layer, are refused before the model changes.
 """
 
 from __future__ import annotations
@@ -30,7 +31,15 @@ from ..modules.replace import replace_modules
 from ..progress import progress_bar
 from ..sensitivity import Probe
 from .base import MethodConfig, StageContext, register_method, selected
-from .rank_allocation import LayerOptions, allocate_ranks, scale_to_measured, uniform_choice
+from .rank_allocation import (
+    SMALLEST,
+    LayerOptions,
+    allocate_ranks,
+    check_reachable,
+    scale_to_measured,
+    uniform_choice,
+    uniform_ranks,
+)
 
 
 class LowRankConfig(MethodConfig):
@@ -87,6 +96,7 @@ class Factorizer:
     """What a low-rank method does to one layer type; subclasses fill it in."""
 
     kinds: tuple[type[nn.Module], ...] = ()
+    smallest: str = SMALLEST  # what the least-weight options are, for an out-of-reach budget
     needs_stats: bool = False  # the factorization itself reads calibration statistics
     asymmetric: bool = False  # it fits the uncompressed model's outputs (paired statistics)
 
@@ -126,14 +136,14 @@ def _choices(adapter: Adapter, factorizer: Factorizer, modules: dict[str, nn.Mod
     if c.rank is not None:
         choices = {n: factorizer.fixed(m) for n, m in modules.items()}
         if all(v is None for v in choices.values()):
-            raise RecipeError(f"rank {c.rank} saves no weights on any selected layer; "
-                              "use a smaller rank or param_ratio")
+            raise _saves_nothing(f"rank {c.rank}", "a smaller rank")
         return choices, {}
     if c.param_ratio is None:
         return {}, {}
+    sizes = {n: factorizer.options(n, m, None) for n, m in modules.items()}  # weights, no loss
     if c.allocation == "uniform":
-        return {n: uniform_choice(factorizer.options(n, m, None), c.param_ratio)
-                for n, m in modules.items()}, {}
+        return uniform_ranks(sizes, c.param_ratio, factorizer.smallest)[0], {}
+    check_reachable(sizes, c.param_ratio, factorizer.smallest)  # before calibrating
     options: dict[str, LayerOptions] = {}
     probe = Probe.on(adapter, context.data, c.sensitivity_samples) \
         if c.sensitivity_samples and context.data is not None else None
@@ -144,9 +154,14 @@ def _choices(adapter: Adapter, factorizer: Factorizer, modules: dict[str, nn.Mod
             _weigh_by_probe(probe, factorizer, name, module, stats, options[name])
 
     _calibrate(adapter, modules, context, measure, "rank sensitivity")
-    choices, kept = allocate_ranks(options, c.param_ratio)
+    choices, kept = allocate_ranks(options, c.param_ratio, factorizer.smallest)
     dense = sum(o.dense for o in options.values())
     return choices, {"predicted_param_ratio": round(kept / dense, 4)}
+
+
+def _saves_nothing(setting: str, instead: str) -> RecipeError:
+    return RecipeError(f"{setting} saves no weights on any selected layer; "
+                       f"use {instead} or param_ratio")
 
 
 def _weigh_by_probe(probe: Probe, factorizer: Factorizer, name: str, module: nn.Module,
@@ -191,6 +206,9 @@ def apply_lowrank(adapter: Adapter, factorizer: Factorizer, context: StageContex
         for name, module in progress_bar(modules.items(), desc=desc, enabled=context.progress):
             replace(name, module, None)
         replace_modules(adapter.model, new)
+    energy = getattr(factorizer.config, "energy", None)
+    if energy is not None and not new:  # every layer stayed dense: the model is unchanged
+        raise _saves_nothing(f"energy {energy}", "a lower energy")
     after = sum(m.logical_params() - _bias(m) for m in new.values())
     # calibration removes replaced layers from `modules`: what is left stayed dense
     after += sum(factorizer.dense(m) for n, m in modules.items() if n not in new)

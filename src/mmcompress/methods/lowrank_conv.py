@@ -2,7 +2,8 @@
 
 Options per layer are ranks matching kept-weight fractions on a grid; with ``allocation:
 sensitivity`` each option's output error on the calibration inputs is measured (Tucker: the
-truncated-HOSVD reconstruction; CP: the CP-ALS fit itself, on a coarser grid).
+truncated-HOSVD reconstruction; CP: the CP-ALS fit itself, on a coarser grid). A fixed
+``rank`` can go below the grid's smallest fraction; ``param_ratio`` cannot.
 """
 
 from __future__ import annotations
@@ -54,6 +55,11 @@ def _relative_output_error(weight: torch.Tensor, approx: torch.Tensor,
 class _ConvFactorizer(Factorizer):
     kinds = (nn.Conv2d,)
     grid: list[float] = []
+
+    def __init__(self, config: LowRankConfig) -> None:
+        super().__init__(config)
+        self.smallest = (f"the smallest ranks {config.method} searches (kept fractions down to "
+                         f"{min(self.grid):g} per layer)")
 
     def supports(self, module: nn.Module) -> bool:
         try:

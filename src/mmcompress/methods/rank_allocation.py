@@ -5,12 +5,15 @@ sensitivity allocator takes, across all layers, the moves with the least loss pe
 until the budget is met — as the bit budget in `allocation.py` does — but along each layer's
 lower convex hull: factoring a layer at all pays its whole spectral tail at once, so a plain
 step-by-step greedy would never start on it. `sparsity_allocation` spends a pruning budget the
-same way, each option a sparsity rather than a rank.
+same way, each option a sparsity rather than a rank. Both allocations refuse a budget that even
+the smallest option on every layer exceeds.
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,14 +43,44 @@ def _hull(layer: LayerOptions) -> list[tuple[int, float, Any]]:
     return hull
 
 
-def allocate_ranks(layers: dict[str, LayerOptions], param_ratio: float
-                   ) -> tuple[dict[str, Any], int]:
+SMALLEST = "the smallest ranks"
+
+
+def _ladder(layer: LayerOptions) -> list[tuple[int, Any]]:
+    """(weights, choice) of the options that save weights, fewest first (none: stay dense)."""
+    return sorted(((p, c) for p, _, c in layer.options if p < layer.dense),
+                  key=lambda o: o[0]) or [(layer.dense, None)]
+
+
+def _within(ladder: list[tuple[int, Any]], limit: int) -> tuple[int, Any]:
+    """The rung with the most weights keeping at most `limit`, else the smallest."""
+    return ladder[max(bisect.bisect_right(ladder, limit, key=lambda o: o[0]) - 1, 0)]
+
+
+def check_reachable(layers: dict[str, LayerOptions], param_ratio: float,
+                    smallest: str = SMALLEST) -> None:
+    """Refuse `param_ratio` if even the smallest option on every layer keeps more weights;
+    `smallest` names those options in the message.
+
+    Raises:
+        RecipeError: naming the smallest fraction the options reach.
+    """
+    total = sum(layer.dense for layer in layers.values())
+    floor = sum(_ladder(layer)[0][0] for layer in layers.values())
+    if floor > param_ratio * total:
+        raise RecipeError(f"param_ratio {param_ratio} is out of reach: {smallest} keep "
+                          f"{floor / total:.4g} of the selected layers' weights")
+
+
+def allocate_ranks(layers: dict[str, LayerOptions], param_ratio: float,
+                   smallest: str = SMALLEST) -> tuple[dict[str, Any], int]:
     """(choice per layer, None = stay dense; predicted weights) with at most `param_ratio` of
     the dense weights.
 
     Raises:
         RecipeError: if even the smallest option on every layer keeps too many weights.
     """
+    check_reachable(layers, param_ratio, smallest)
     total = sum(layer.dense for layer in layers.values())
     target = param_ratio * total
     hulls = {n: _hull(layer) for n, layer in layers.items()}
@@ -63,10 +96,7 @@ def allocate_ranks(layers: dict[str, LayerOptions], param_ratio: float
     for name in layers:
         push(name)
     kept = total
-    while kept > target:
-        if not heap:
-            raise RecipeError(f"param_ratio {param_ratio} is out of reach: the smallest ranks "
-                              f"keep {kept / total:.3f} of the selected layers' weights")
+    while kept > target:  # each hull ends at the layer's smallest option: the heap lasts
         _, name = heapq.heappop(heap)
         h, i = hulls[name], level[name]
         kept -= h[i][0] - h[i + 1][0]
@@ -110,8 +140,36 @@ def scale_to_measured(layer: LayerOptions, choice: Any, measured: float) -> None
 
 def uniform_choice(layer: LayerOptions, param_ratio: float) -> Any:
     """The option with the most weights that keeps at most `param_ratio` of the layer's (else
-    the smallest; None if the layer has no option)."""
-    fits = [o for o in layer.options if o[0] <= param_ratio * layer.dense]
-    if fits:
-        return max(fits, key=lambda o: o[0])[2]
-    return min(layer.options, key=lambda o: o[0])[2] if layer.options else None
+    the smallest; None if no option saves weights)."""
+    return _within(_ladder(layer), math.floor(param_ratio * layer.dense))[1]
+
+
+def uniform_ranks(layers: dict[str, LayerOptions], param_ratio: float,
+                  smallest: str = SMALLEST) -> tuple[dict[str, Any], int]:
+    """(choice per layer, kept weights): every layer keeps the same fraction of its weights,
+    `param_ratio` unless layers that cannot go that low (they keep their smallest option) would
+    overshoot the budget; then the largest fraction that meets it.
+
+    Raises:
+        RecipeError: if even the smallest option on every layer keeps too many weights.
+    """
+    check_reachable(layers, param_ratio, smallest)
+    ladders = {n: _ladder(layer) for n, layer in layers.items()}
+    target = param_ratio * sum(layer.dense for layer in layers.values())
+
+    def at(share: float) -> dict[str, tuple[int, Any]]:
+        return {n: _within(ladders[n], math.floor(share * layer.dense))
+                for n, layer in layers.items()}
+
+    def kept(share: float) -> int:
+        return sum(p for p, _ in at(share).values())
+
+    share = param_ratio
+    if kept(share) > target:  # kept(share) only grows with share; at 0 it is the floor, which fits
+        lo, hi = 0.0, param_ratio
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if kept(mid) <= target else (lo, mid)
+        share = lo
+    picks = at(share)
+    return {n: c for n, (_, c) in picks.items()}, sum(p for p, _ in picks.values())
