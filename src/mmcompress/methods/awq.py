@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, field_validator
+import torch
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from ..adapters import Adapter
@@ -15,6 +16,14 @@ from .base import StageContext, register_method
 from .rtn import quantize_calibrated
 from .training_hooks import with_qat
 from .weight_quant import WeightQuantConfig, quantized_module, weight_matrix
+
+AWQ_BITS = "AWQ supports 3..8 bits (or 16)"
+
+
+def scales_inputs(module: nn.Module) -> bool:
+    """Whether AWQ gives `module` an input scale: not embedding tables (rounded to nearest) nor
+    grouped convolutions (per-channel input scaling does not apply)."""
+    return not isinstance(module, nn.Embedding) and getattr(module, "groups", 1) == 1
 
 
 class AWQConfig(WeightQuantConfig):
@@ -30,8 +39,22 @@ class AWQConfig(WeightQuantConfig):
     @classmethod
     def _awq_bits(cls, v: int) -> int:
         if v == 2:
-            raise ValueError("AWQ supports 3..8 bits (or 16)")
+            raise ValueError(AWQ_BITS)
         return v
+
+    @model_validator(mode="after")
+    def _awq_budget_bits(self) -> AWQConfig:
+        if self.budget is not None and 2 in self.budget.bits:
+            raise ValueError(f"{AWQ_BITS}: drop 2 from budget bits")
+        return self
+
+    def layout(self, module: nn.Module, grid: QuantGrid) -> nn.Module:
+        """`module` as AWQ stores it (with a unit input scale where AWQ adds one), with
+        round-to-nearest codes."""
+        if not scales_inputs(module):
+            return quantized_module(module, grid)
+        n_in = module.in_features if isinstance(module, nn.Linear) else module.in_channels
+        return quantized_module(module, grid, input_scale=torch.ones(n_in))
 
 
 @register_method("quantize", "awq", AWQConfig)
@@ -40,11 +63,10 @@ def apply_awq(adapter: Adapter, config: AWQConfig, context: StageContext) -> dic
     """AWQ: activation-aware scale search (embedding tables: round-to-nearest)."""
 
     def quantize(module: nn.Module, grid: QuantGrid, stats: InputStatsCollector) -> nn.Module:
-        tie = 1
-        if isinstance(module, nn.Conv2d):
-            if module.groups > 1:  # per-channel input scaling does not apply; plain rounding
-                return quantized_module(module, grid)
-            tie = module.kernel_size[0] * module.kernel_size[1]
+        if not scales_inputs(module):
+            return quantized_module(module, grid)
+        tie = module.kernel_size[0] * module.kernel_size[1] \
+            if isinstance(module, nn.Conv2d) else 1
         q, s = awq_quantize(weight_matrix(module), stats.sample, stats.abs_mean, grid,
                             config.clip, config.n_grid, tie)
         input_scale = s[::tie] if tie > 1 else s

@@ -70,8 +70,20 @@ class WeightQuantConfig(LayerKindsConfig):
                              "group_size null, symmetric true and scales minmax")
         return self
 
+    @model_validator(mode="after")
+    def _budget_needs_integers(self) -> WeightQuantConfig:
+        if self.budget is not None and self.bits == 16:
+            raise ValueError("budget chooses integer widths; bits 16 stores half precision "
+                             "(drop budget or bits 16)")
+        return self
+
     def grid(self) -> QuantGrid:
         return QuantGrid(self.bits, self.group_size, self.symmetric)
+
+    def layout(self, module: nn.Module, grid: QuantGrid) -> nn.Module:
+        """`module` as this method stores it at `grid`, with round-to-nearest codes: what the
+        bit budget measures and sizes."""
+        return quantized_module(module, grid)
 
 
 def weight_matrix(module: nn.Module) -> torch.Tensor:
