@@ -112,6 +112,8 @@ def test_nan_images_are_refused_when_evaluating_too(tiny_clip):
     ({"steps": 40, "epochs": 2, "final_loss": 0.25}, "40 training steps over 2 epochs, final "
                                                      "loss 0.25"),
     ({"norms": 3}, "done"),
+    ({"modules": 4, "mean_bits_per_tower": {"vision": 5.5, "text": 3.0}},
+     "4 modules changed, mean bits per tower: vision 5.5, text 3"),
 ])
 def test_report_says_what_each_kind_of_stage_did(summary, line):
     """Structured pruning and training replace no module: '0 modules changed' misled."""

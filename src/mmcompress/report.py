@@ -102,6 +102,9 @@ def stage_outcome(summary: dict[str, Any]) -> str:
     parts = []
     if "modules" in summary:
         parts.append(f"{summary['modules']} modules changed")
+    if "mean_bits_per_tower" in summary:  # a bit budget: where it went
+        widths = ", ".join(f"{t} {b:g}" for t, b in summary["mean_bits_per_tower"].items())
+        parts.append(f"mean bits per tower: {widths}")
     if "params_kept_ratio" in summary:
         parts.append(f"parameters ×{summary['params_kept_ratio']:.3f}")
     if "steps" in summary:
