@@ -396,3 +396,22 @@ def test_value_fold_is_undone_when_the_check_disagrees(tiny_clip):
     assert fold_value_scales(tiny_clip.model, moving) == 0
     assert all(torch.equal(v, state[k]) for k, v in tiny_clip.model.state_dict().items())
     assert value_pairs(tiny_clip.model) == pairs
+
+
+def test_the_kernel_choice_is_remembered_per_machine(tmp_path, monkeypatch):
+    """Kernels round differently: a later process must pick what the first one timed fastest,
+    so a reloaded W8A8 model computes exactly what it did when saved."""
+    from mmcompress.modules import int8
+
+    monkeypatch.setenv("MMCOMPRESS_CACHE", str(tmp_path))
+    calls = []
+
+    def choose(name):
+        return lambda: calls.append(name) or name
+
+    assert int8.remembered("16x8 a/b", choose("a"), {"a", "b"}) == "a"
+    assert int8.remembered("16x8 a/b", choose("b"), {"a", "b"}) == "a"  # not timed again
+    assert int8.remembered("16x8 a/b", choose("b"), {"b"}) == "b"  # "a" is no longer valid
+    assert calls == ["a", "b"]
+    (tmp_path / "int8_kernels.json").write_text("{not json")
+    assert int8.remembered("16x8 a/b", choose("a"), {"a", "b"}) == "a"  # a damaged file: redo

@@ -16,8 +16,10 @@ the state: the cache is not saved, it is rebuilt on the first call after the sta
 input itself). Which is faster depends on the CPU and the layer's shape (on an AMD EPYC with
 AVX-512 VNNI, FBGEMM was faster on five of CLIP ViT-B/32's six linear shapes in one run; see
 `benchmarks.int8_kernels`), so by default (``kernel = "auto"``) `fastest_kernel` measures both
-once per process and layer shape, keeping only those that reproduce the reference function
-(an int16-saturating GEMM would not), and takes the faster. ``MMCOMPRESS_INT8_KERNEL``
+once per layer shape, keeping only those that reproduce the reference function (an
+int16-saturating GEMM would not), and takes the faster. The choice is remembered per machine
+(in the cache folder), because the kernels round differently: a model reloaded in another
+process then computes exactly what it computed when it was saved. ``MMCOMPRESS_INT8_KERNEL``
 (``onednn``, ``fbgemm`` or ``reference``) overrides the choice. Elsewhere (no integer kernel,
 CUDA, non-float32 inputs, autograd) the same integer function is computed by dequantizing, so
 results agree to float rounding.
@@ -30,10 +32,15 @@ op before it and the rescaling into the op after it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import os
+import platform
 import time
 import warnings
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from ..paths import cache_dir
 from .registry import register_module
 from .replace import filled
 
@@ -212,6 +220,43 @@ def fastest_kernel(in_features: int, out_features: int) -> str:
             kernels[name] = kernel
     if not kernels:
         return "reference"
+    return remembered(f"{in_features}x{out_features} {'/'.join(sorted(kernels))}",
+                      lambda: _time_kernels(kernels, x), set(kernels))
+
+
+def _machine() -> str:
+    """This CPU and PyTorch build, which decide which kernel is faster."""
+    model = platform.processor()
+    with contextlib.suppress(OSError):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        model = next((ln.split(":", 1)[1].strip() for ln in lines
+                      if ln.startswith("model name")), model)
+    return f"{platform.machine()} {model} torch {torch.__version__}"
+
+
+def remembered(key: str, choose: Callable[[], str], valid: set[str]) -> str:
+    """The kernel chosen for `key` on this machine before (if still in `valid`), else
+    `choose()`, written down for the next process (best effort: a read-only cache is fine)."""
+    path = cache_dir() / "int8_kernels.json"
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    known = known if isinstance(known, dict) else {}
+    entry = f"{_machine()} | {key}"
+    if known.get(entry) in valid:
+        return known[entry]
+    name = known[entry] = choose()
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(known, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    return name
+
+
+def _time_kernels(kernels: dict[str, Any], x: torch.Tensor) -> str:
+    """The fastest of `kernels` on input `x`."""
     seconds: dict[str, list[float]] = {name: [] for name in kernels}
     for round_ in range(7):  # interleaved, so a busy moment hits every candidate alike
         for name, kernel in kernels.items():
