@@ -96,3 +96,35 @@ def test_unreadable_table_says_what_is_wrong(tmp_path, content, message):
     path.write_bytes(content)
     with pytest.raises(DataError, match=message):
         load_data(path)
+
+
+def test_class_folders_hold_images_in_subfolders_too(tmp_path):
+    (tmp_path / "cat" / "sub").mkdir(parents=True)
+    (tmp_path / "dog" / ".hidden").mkdir(parents=True)
+    _image(tmp_path / "cat" / "1.png")
+    _image(tmp_path / "cat" / "sub" / "2.PNG", 1)
+    _image(tmp_path / "dog" / "1.jpg", 2)
+    _image(tmp_path / "dog" / ".hidden" / "3.png", 3)
+    data = load_data(tmp_path)
+    assert data.labels == [0, 0, 1]
+
+
+def test_16_bit_grey_images_keep_their_values(tmp_path):
+    """Pillow's RGB conversion clips 16-bit grey at 255: every pixel would read as white."""
+    grey = np.linspace(0, 65535, 12 * 10).reshape(12, 10).astype(np.uint16)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    Image.fromarray(grey).save(tmp_path / "a" / "x.png")
+    _image(tmp_path / "b" / "y.png")
+    img = load_data(tmp_path).load_image(0)
+    np.testing.assert_allclose(img[..., 0], grey / 65535, atol=1e-6)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
+    (tmp_path / "pairs.tsv").write_text("\ufeffscore\tsentence1\tsentence2\n0.9\ta\tb\n0.1\tc\td\n",
+                                        encoding="utf-8")
+    assert load_data(tmp_path / "pairs.tsv").scores == [0.9, 0.1]
+    (tmp_path / "digits.csv").write_text("\ufefftext, label\nthree, 3\nseven,7\n",
+                                         encoding="utf-8")
+    data = load_data(tmp_path / "digits.csv")
+    assert data.texts == ["three", "seven"] and data.labels == [3, 7]

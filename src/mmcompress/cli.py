@@ -150,7 +150,7 @@ def evaluate(
     spec: Annotated[str, typer.Argument(help="model spec or mmcompress output folder")],
     data: DataOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
-    max_samples: Annotated[int | None, typer.Option(help="first N examples only")] = None,
+    max_samples: Annotated[int | None, typer.Option(help="N evenly spaced examples only")] = None,
     metrics: Annotated[str | None, typer.Option(help="comma-separated metric keys")] = None,
     compile_towers: Annotated[bool, typer.Option(
         "--compile", help="run the towers through torch.compile (needs a C++ compiler)")] = False,

@@ -90,6 +90,8 @@ def load_image(ref: ImageRef) -> np.ndarray:
         return ref if ref.ndim == 3 else ref[..., None]
     try:
         with Image.open(ref) as im:
+            if im.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grey: RGB would clip at 255
+                return np.clip(np.asarray(im, dtype=np.float32) / 65535.0, 0, 1)[..., None]
             arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
     except (OSError, UnidentifiedImageError) as exc:
         raise DataError(f"cannot read image {ref}: {exc}") from None

@@ -14,7 +14,11 @@ CLASS_TEMPLATES = ["a photo of a {}.", "a picture of a {}.", "an image of a {}."
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    """The images anywhere under `folder` (subfolders too, as torchvision's ImageFolder reads
+    them), hidden files and folders left out."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                  and p.is_file() and not any(s.startswith(".") for s in
+                                              p.relative_to(folder).parts))
 
 
 def is_class_folder(path: Path) -> bool:

@@ -20,7 +20,7 @@ from ..shared_data import shared_data_dir
 from . import register_data_spec, register_reader
 from .dataset import Dataset
 
-SUFFIXES = {".csv", ".tsv"}
+SUFFIXES = {".csv", ".tsv", ".txt"}
 STSB_FIELDS = (4, 5, 6)  # 0-based score, sentence 1, sentence 2
 SCORE_FIRST = (0, 1, 2)
 SCORE_LAST = (2, 0, 1)
@@ -29,7 +29,7 @@ SCORE_LAST = (2, 0, 1)
 def _lines(path: Path) -> list[tuple[int, list[str]]]:
     """(1-based line number, tab-separated fields) of every non-blank line."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a leading byte-order mark goes
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read {path}: {exc}") from None
     return [(n, line.split("\t")) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
@@ -40,7 +40,7 @@ def is_sts_file(path: Path) -> bool:
     if not path.is_file() or path.suffix.lower() not in SUFFIXES:
         return False
     try:
-        with path.open(encoding="utf-8") as f:
+        with path.open(encoding="utf-8-sig") as f:
             first = f.readline()
     except (OSError, UnicodeDecodeError):
         return False

@@ -20,7 +20,7 @@ from .trimodal import MODALITIES
 def is_trimodal_csv(path: Path) -> bool:
     if not (path.is_file() and path.suffix.lower() == ".csv"):
         return False
-    with path.open(newline="", encoding="utf-8", errors="replace") as f:
+    with path.open(newline="", encoding="utf-8-sig", errors="replace") as f:
         header = next(csv.reader(f), [])
     return "label" in [h.strip() for h in header]
 
@@ -37,8 +37,10 @@ def _label(value: str, row: int, path: Path) -> int:
 def read_trimodal_csv(path: Path) -> Dataset:
     """Read the CSV; image and audio files are decoded now, so bad files fail early."""
     try:
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+        with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: a leading BOM goes
+            reader = csv.DictReader(f)
+            reader.fieldnames = [h.strip() for h in reader.fieldnames or []]  # "image, text"
+            rows = list(reader)
     except (UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{path} is not a readable CSV: {exc}") from None
     columns = [m for m in MODALITIES if rows and m in rows[0]]
