@@ -13,6 +13,7 @@ from .errors import RecipeError
 from .evaluation.config import CalibrationConfig, EvaluateConfig
 from .methods import METHODS, STAGE_KINDS, MethodConfig, methods_for
 from .methods.training_hooks import TRAINING_KINDS
+from .training.gradual import check_schedulable
 
 
 @dataclass
@@ -128,6 +129,11 @@ def _check_training_follows(stages: list[Stage], root: yaml.Node | None) -> None
         if not option:
             continue
         where = ("stages", i, stage.kind, option)
+        if option == "schedule":
+            try:
+                check_schedulable(stage.config)
+            except RecipeError as exc:
+                raise _fail(str(exc), where, root) from None
         trains = next((j for j, s in enumerate(stages) if j > i and s.kind in TRAINING_KINDS
                        and s.config.runs_trainer), None)
         if trains is None:

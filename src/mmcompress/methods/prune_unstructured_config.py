@@ -103,6 +103,15 @@ class UnstructuredPruneConfig(MethodConfig):
 class MagnitudeConfig(UnstructuredPruneConfig):
     method: str = "magnitude"
 
+    @model_validator(mode="after")
+    def _no_calibrated_settings(self) -> MagnitudeConfig:
+        given = sorted(self.model_fields_set & {"owl_threshold", "owl_spread",
+                                                "sensitivity_samples"})
+        if given:
+            raise ValueError(f"{', '.join(given)} tune layer_sparsity 'owl' or 'sensitivity', "
+                             "which magnitude does not use (wanda, sparsegpt, admm)")
+        return self
+
 
 class CalibratedPruneConfig(UnstructuredPruneConfig):
     """Settings of the methods that calibrate on data (Wanda, SparseGPT, ADMM)."""

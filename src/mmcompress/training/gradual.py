@@ -110,6 +110,14 @@ def _check_structured(config: StructuredPruneConfig) -> None:
                           "are one-shot only")
 
 
+def check_schedulable(config: MethodConfig) -> None:
+    """Refuse, from the recipe alone, settings a schedule cannot follow."""
+    if isinstance(config, StructuredPruneConfig):
+        _check_structured(config)
+    else:
+        _check_unstructured(config)
+
+
 def prepare_gradual(adapter: Adapter, config: MethodConfig,
                     context: StageContext) -> dict[str, Any]:
     """Add masks to the targeted layers and arm `GradualPruning` for the next training stage.
