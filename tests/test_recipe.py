@@ -42,6 +42,9 @@ def test_valid_recipe_roundtrips_through_yaml():
         ("stages:\n  - quantize: {method: rtn, bits: 4, qat: true}\n  - prune: {method: magnitude, "
          "sparsity: 0.5}\n  - finetune: {method: task}\n",
          r"'qat' works while stage 2 trains, but stage 1 \(prune\) comes in between"),
+        ("stages:\n  - prune: {method: sparsegpt, sparsity: 0.5, schedule: {kind: cubic}}\n"
+         "  - finetune: {method: task}\n", r"schedule \(line 2\): prune sparsegpt: a schedule "
+         "works with magnitude and wanda"),
         ("stages:\n  - quantize: {method: rtn}\ncalibration: {samples: -5}\n",
          r"recipe calibration\.samples \(line 3\): .*greater than 0"),
     ],
@@ -77,3 +80,14 @@ def test_every_example_recipe_parses():
     assert len(recipes) >= 6
     for path in recipes:
         assert load_recipe(path).stages, path.name
+
+
+def test_options_page_lists_every_option_the_recipe_accepts():
+    """docs/options.md is generated from the settings classes; rerun
+    `python -m mmcompress.options_doc docs/options.md` after adding an option."""
+    from pathlib import Path
+
+    from mmcompress.options_doc import options_markdown
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "options.md"
+    assert page.read_text() == options_markdown()

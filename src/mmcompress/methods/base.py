@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from ..adapters import Adapter
@@ -29,9 +29,10 @@ class MethodConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    method: str
-    targets: list[str] | None = None
-    ignore: list[str] = []
+    method: str = Field(description="the method's name")
+    targets: list[str] | None = Field(None, description="towers, module names or re:regexes "
+                                      "to act on; null = every tower")
+    ignore: list[str] = Field([], description="modules (same grammar) left out of `targets`")
     # a finetune/distill method that runs the trainer (what `qat` and `schedule` wait for)
     runs_trainer: ClassVar[bool] = True
 

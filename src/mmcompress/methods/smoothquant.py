@@ -40,7 +40,9 @@ class SmoothQuantConfig(LayerKindsConfig):
     alpha: Literal["auto"] | Annotated[float, Field(ge=0, le=1)] | None = Field(
         "auto", description="migration strength in [0, 1]; auto = searched per "
         "layer on calibration inputs; null = no smoothing (plain W8A8)")
-    activations: ActivationQuantConfig = ActivationQuantConfig()
+    activations: ActivationQuantConfig = Field(
+        ActivationQuantConfig(), description="static int8 activations: {bits: 8, observer: "
+        "minmax|percentile|mse, percentile: 99.99}")
     embeddings: bool = Field(True, description="also quantize embedding tables (int8 weights)")
     convolutions: bool = Field(True, description="also quantize 2-d convolutions (patchifying "
                                "ones W8A8, others int8 weight-only)")

@@ -42,7 +42,8 @@ class WeightQuantConfig(LayerKindsConfig):
     bits: int = Field(8, description="integer bits per weight (2..8), or 16 for fp16/bf16")
     dtype: Literal["fp16", "bf16"] = Field("fp16", description="storage type when bits is 16")
     group_size: PositiveInt | None = Field(None, description="values per scale; null = per channel")
-    symmetric: bool = True
+    symmetric: bool = Field(True, description="symmetric grid (no zero point); false: "
+                            "asymmetric, one zero point per scale")
     budget: BitBudget | None = Field(None, description="choose bits per layer to meet a size")
     qat: bool | QATOptions = Field(False, description="quantization-aware training: a later "
                                    "finetune/distill stage trains the quantized layers")

@@ -16,11 +16,11 @@ class TrainSettings(BaseModel):
     max_steps: PositiveInt | None = Field(None, description="stop after this many steps")
     batch_size: PositiveInt = Field(32, description="global batch (split across processes)")
     lr: float = Field(1e-4, gt=0, description="peak AdamW learning rate")
-    weight_decay: float = Field(0.01, ge=0)
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
     warmup: int | float = Field(
         0.05, description="linear warm-up: steps, or a fraction of all steps")
     grad_clip: float | None = Field(1.0, gt=0, description="max gradient norm; null = no clip")
-    seed: int = 0
+    seed: int = Field(0, description="seed of the example order and of any random choice")
     freeze_norm: bool = Field(
         False, description="keep BatchNorm statistics fixed (normalisation layers in eval mode)")
     max_examples: PositiveInt | None = Field(
