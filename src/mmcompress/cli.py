@@ -26,8 +26,8 @@ DataOpt = Annotated[
     str | None,
     typer.Option(
         "--data",
-        help="'demo' or a path (class folders, "
-        "COCO caption JSON, STS TSV); model default if omitted",
+        help="a named set (demo, cifar10, lit-cifar-eval, stsb-dev, trimodal, ...) or a path "
+        "(class folders, COCO caption JSON, STS TSV, tri-modal CSV); model default if omitted",
     ),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
@@ -125,7 +125,8 @@ def demo(
 @app.command("compress")
 @user_errors
 def compress_cmd(
-    model: Annotated[str, typer.Option("--model", help="demo, random:NAME, or a folder")],
+    model: Annotated[str, typer.Option("--model", help="demo, minilm, resnet20..56, lit-cifar, "
+                                       "fusion-*, random:NAME, or a folder")],
     recipe: Annotated[Path, typer.Option("--recipe", help="recipe YAML file")],
     out: Annotated[Path, typer.Option("--out", help="output folder (written atomically)")],
     data: DataOpt = None,
@@ -162,7 +163,7 @@ def evaluate(
 ) -> None:
     """Evaluate a model: quality, fidelity (output folders), size, latency, memory."""
     from .api import evaluate as run_evaluate
-    from .report import fmt
+    from .report import LABELS, fmt
 
     progress = _setup(quiet, threads)
     config = {"max_samples": max_samples}
@@ -175,8 +176,8 @@ def evaluate(
     if as_json:
         typer.echo(to_json(result))
         return
-    for key, value in result["metrics"].items():
-        typer.echo(f"{key:18s} {fmt(key, value)}")
+    for key, value in result["metrics"].items():  # the units the labels name (MB, M, ms)
+        typer.echo(f"{LABELS.get(key, key):22s} {fmt(key, value)}")
 
 
 @app.command()
