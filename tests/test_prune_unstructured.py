@@ -887,3 +887,15 @@ def test_dense_formats_after_pruning_say_they_store_sparse_layers_dense(tiny_cli
                        calibration=CalibrationConfig(samples=8, batch_size=4), progress=False)
     summary = METHODS[("quantize", quantize["method"])].apply(tiny_clip, stage.config, ctx)
     assert summary["sparse_stored_dense"] == n > 0
+
+
+def test_half_precision_tables_do_not_block_pruning_the_layers(tiny_clip):
+    """Tables stored in half precision (HalfWeight) stop a prune stage only when it prunes
+    tables too."""
+    stage = load_recipe({"stages": [{"quantize": {"method": "rtn", "bits": 16,
+                                                  "targets": ["re:_embedding$"],
+                                                  "ignore": ["re:patch"]}}]}).stages[0]
+    METHODS[("quantize", "rtn")].apply(tiny_clip, stage.config, StageContext(progress=False))
+    assert _apply(tiny_clip, "magnitude", sparsity=0.5)["sparsity"] == pytest.approx(0.5)
+    with pytest.raises(RecipeError, match="a HalfWeight"):
+        _apply(tiny_clip, "magnitude", sparsity=0.5, embeddings=True)

@@ -15,6 +15,7 @@ from ..calibration import CalibrationData
 from ..data import Dataset
 from ..errors import DataError, RecipeError
 from ..evaluation.config import CalibrationConfig
+from ..modules.half import HalfWeight
 from ..modules.registry import MODULE_TYPES
 from ..selection import select_modules
 
@@ -162,8 +163,9 @@ def plain_layers(adapter: Adapter, config: MethodConfig, kinds: tuple[type[nn.Mo
 
 def _is_table(module: nn.Module) -> bool:
     """A compact (quantized or half) embedding table."""
-    return "Embedding" in type(module).__name__ or \
-        getattr(module, "args", {}).get("kind") == "embedding"
+    if isinstance(module, HalfWeight):
+        return module.args["kind"] == "embedding"
+    return "Embedding" in type(module).__name__
 
 
 def split_embeddings(modules: dict[str, nn.Module]) -> tuple[dict, dict]:
