@@ -1,4 +1,9 @@
-"""Quality metrics over normalised embeddings. Accuracies are in [0, 1]."""
+"""Quality metrics over normalised embeddings. Accuracies are in [0, 1].
+
+Equal scores go to the lowest index (the first class, the first caption), as `argmax` and a
+stable sort give them: deterministic, but a model whose embeddings all collapse to one point
+scores by how the labels happen to be ordered, not at chance.
+"""
 
 from __future__ import annotations
 
@@ -33,8 +38,8 @@ def retrieval_recall(
     owner_t = torch.as_tensor(owner)
     sim = image_emb @ text_emb.T  # [images, texts]
     out: dict[str, float] = {}
-    text_rank = sim.argsort(dim=1, descending=True)  # for each image, captions by score
-    image_rank = sim.T.argsort(dim=1, descending=True)  # for each caption, images by score
+    text_rank = sim.argsort(dim=1, descending=True, stable=True)  # per image, captions
+    image_rank = sim.T.argsort(dim=1, descending=True, stable=True)  # per caption, images
     for k in ks:
         hits_i2t = (owner_t[text_rank[:, :k]] == torch.arange(len(image_emb))[:, None]).any(1)
         hits_t2i = (image_rank[:, :k] == owner_t[:, None]).any(1)
