@@ -528,6 +528,18 @@ def test_quantized_layers_are_refused(tiny_clip):
         _prune(tiny_clip, neurons=0.5, importance="magnitude")
 
 
+def test_layers_in_quantization_aware_training_are_refused(tiny_clip):
+    """A student shrunk while QAT is armed would swap its fake-quantized layers for plain
+    ones, and the QAT would be lost without a word."""
+    stages = load_recipe({"stages": [
+        {"quantize": {"method": "rtn", "bits": 4, "group_size": 16, "qat": True}},
+        {"finetune": {"method": "task"}}]}).stages
+    ctx = StageContext(data=toy_image_data(), progress=False)
+    METHODS[("quantize", "rtn")].apply(tiny_clip, stages[0].config, ctx)
+    with pytest.raises(RecipeError, match=r"\(QATLinear\); run it before .* quantizing"):
+        _prune(tiny_clip, neurons=0.5, importance="magnitude")
+
+
 def test_sparse_layers_are_refused_not_densified(tiny_clip):
     """Sparse layers are nn.Linear subclasses: shrinking one would rebuild it dense."""
     stage = load_recipe({"stages": [{"prune": {"method": "magnitude", "sparsity": 0.5}}]})

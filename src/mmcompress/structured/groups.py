@@ -19,7 +19,6 @@ from torch import nn
 from torch.nn.utils import skip_init
 
 from ..errors import RecipeError
-from ..modules.registry import MODULE_TYPES
 from ..modules.replace import replace_modules
 
 PRUNABLE = (nn.Linear, nn.Conv2d, nn.BatchNorm2d)
@@ -125,14 +124,14 @@ def check_prunable(model: nn.Module, group: UnitGroup) -> None:
     """Refuse groups holding layers already replaced (quantized, low-rank …)."""
     for name in group.outputs + group.inputs:
         module = model.get_submodule(name)
-        replaced = type(module) in MODULE_TYPES.values()  # sparse layers are nn.Linear too
-        ok = isinstance(module, PRUNABLE) and not replaced and not (
+        # the plain types only: sparse layers and QAT's fake-quantized ones subclass them
+        ok = type(module) in PRUNABLE and not (
             isinstance(module, nn.Conv2d) and module.groups != 1)
         if not ok:
             raise RecipeError(
                 f"structured pruning cannot shrink {name} ({type(module).__name__}); run it "
-                "before unstructured pruning, quantizing or factorising, or leave the layer "
-                "out with 'ignore:'")
+                "before unstructured pruning, quantizing (QAT too) or factorising, or leave "
+                "the layer out with 'ignore:'")
 
 
 @torch.no_grad()
