@@ -12,8 +12,8 @@ from mmcompress.errors import DataError, RecipeError
 from mmcompress.evaluation.evaluate import saved_size_bytes
 from mmcompress.io.checkpoint import save_checkpoint
 from mmcompress.methods import METHODS, StageContext
-from mmcompress.methods.allocation import allocate_bits
-from mmcompress.modules.quantized import QuantLinear, quantized_bytes
+from mmcompress.methods.allocation import allocate_bits, stored_bytes
+from mmcompress.modules.quantized import QuantLinear
 from mmcompress.quantization.grid import QuantGrid
 from mmcompress.recipe import load_recipe
 from mmcompress.sensitivity import Probe, layer_sensitivity, tower_sensitivity
@@ -22,13 +22,15 @@ GRIDS = {4: QuantGrid(4, 16), 8: QuantGrid(8, 16)}
 
 
 def _sizes(shapes: dict[str, tuple[int, int]]) -> dict[int, dict[str, int]]:
-    return {b: {n: quantized_bytes(*s, g) for n, s in shapes.items()} for b, g in GRIDS.items()}
+    """Stored bytes of each [rows, cols] layer (no bias) quantized at each of `GRIDS`."""
+    return {b: {n: stored_bytes(QuantLinear.from_linear(torch.nn.Linear(c, r, bias=False), g))
+                for n, (r, c) in shapes.items()} for b, g in GRIDS.items()}
 
 
-def test_quantized_bytes_matches_the_module():
+def test_stored_bytes_are_the_saved_tensors():
+    """Codes packed two to a byte, a float scale and a byte zero point per group, the bias."""
     q = QuantLinear.from_linear(torch.nn.Linear(40, 8), QuantGrid(4, 16, symmetric=False))
-    tensors = [q.qweight, q.scale, q.zero]
-    assert quantized_bytes(8, 40, q.grid) == sum(t.numel() * t.element_size() for t in tensors)
+    assert stored_bytes(q) == 8 * 20 + 8 * 3 * 4 + 8 * 3 + 8 * 4
 
 
 def test_allocation_lowers_the_least_sensitive_layers_first():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import DataError
@@ -13,17 +14,21 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 CLASS_TEMPLATES = ["a photo of a {}.", "a picture of a {}.", "an image of a {}."]
 
 
-def _images_in(folder: Path) -> list[Path]:
+def _image_paths(folder: Path) -> Iterator[Path]:
     """The images anywhere under `folder` (subfolders too, as torchvision's ImageFolder reads
     them), hidden files and folders left out."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-                  and p.is_file() and not any(s.startswith(".") for s in
-                                              p.relative_to(folder).parts))
+    return (p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+            and p.is_file() and not any(s.startswith(".") for s in p.relative_to(folder).parts))
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(_image_paths(folder))
 
 
 def is_class_folder(path: Path) -> bool:
+    """Whether `path` holds a subfolder with an image in it (stops at the first one found)."""
     subdirs = [p for p in path.iterdir() if p.is_dir()] if path.is_dir() else []
-    return bool(subdirs) and any(_images_in(d) for d in subdirs)
+    return any(next(_image_paths(d), None) is not None for d in subdirs)
 
 
 def read_class_folder(path: Path) -> Dataset:

@@ -16,7 +16,9 @@ from ..data import Dataset
 from ..errors import DataError, RecipeError
 from ..evaluation.config import CalibrationConfig
 from ..modules.half import HalfWeight
+from ..modules.quantized import QuantEmbedding
 from ..modules.registry import MODULE_TYPES
+from ..modules.sparse import SparseQuantEmbedding
 from ..selection import select_modules
 
 if TYPE_CHECKING:
@@ -165,7 +167,7 @@ def _is_table(module: nn.Module) -> bool:
     """A compact (quantized or half) embedding table."""
     if isinstance(module, HalfWeight):
         return module.args["kind"] == "embedding"
-    return "Embedding" in type(module).__name__
+    return isinstance(module, QuantEmbedding | SparseQuantEmbedding)
 
 
 def split_embeddings(modules: dict[str, nn.Module]) -> tuple[dict, dict]:

@@ -224,6 +224,7 @@ def fastest_kernel(in_features: int, out_features: int) -> str:
                       lambda: _time_kernels(kernels, x), set(kernels))
 
 
+@functools.cache
 def _machine() -> str:
     """This CPU and PyTorch build, which decide which kernel is faster."""
     model = platform.processor()

@@ -24,12 +24,6 @@ Quantized = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # codes, sca
 ROWS_PER_CHUNK = 4096  # rows quantized at a time: bounds the temporaries of a large table
 
 
-def quantized_bytes(rows: int, cols: int, grid: QuantGrid) -> int:
-    """Bytes a [rows, cols] weight takes once quantized: codes, scales, zero points."""
-    groups = rows * grid.groups(cols)
-    return rows * packed_row_bytes(cols, grid.bits) + 4 * groups + (0 if grid.symmetric else groups)
-
-
 class _PackedWeight(nn.Module):
     """Shared storage and (de)quantization of a weight viewed as [rows, cols]."""
 
