@@ -143,3 +143,32 @@ def test_linear_layers_reading_one_tensor_share_one_collector():
     _run_group({"q": block.q}, {"q": alone}, batches)
     assert alone.rows == collectors["q"].rows == 36
     torch.testing.assert_close(alone.hessian, collectors["v"].hessian, rtol=0, atol=0)
+
+
+def test_the_input_sample_draws_every_batch_alike():
+    """Rows kept per batch, when each batch alone could fill the sample: a reservoir keeps
+    each batch's share (32 of 256 here); the old merge-and-cut kept mostly the last batches."""
+    import torch
+
+    from mmcompress.calibration import InputStatsCollector
+
+    coll = InputStatsCollector(max_rows=256)
+    for b in range(8):
+        coll.add(torch.full((256, 3), float(b)))
+    assert coll.rows == 8 * 256 and coll.sample.shape == (256, 3)
+    kept = torch.bincount(coll.sample[:, 0].long(), minlength=8)
+    assert kept.min() >= 16 and kept.max() <= 48, kept.tolist()
+
+
+def test_the_input_sample_keeps_every_row_until_it_is_full_and_none_when_unused():
+    import torch
+
+    from mmcompress.calibration import HessianCollector, InputStatsCollector
+
+    coll = InputStatsCollector(max_rows=10)
+    coll.add(torch.arange(6.0).view(3, 2))
+    coll.add(torch.arange(6.0, 12.0).view(3, 2))
+    assert torch.equal(coll.sample, torch.arange(12.0).view(6, 2))
+    hessian = HessianCollector()
+    hessian.add(torch.ones(4, 2))
+    assert hessian.sample is None and hessian.rows == 4

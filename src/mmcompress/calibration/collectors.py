@@ -23,7 +23,8 @@ def layer_input_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 class InputStatsCollector:
-    """Per-feature mean |x| and max |x|, plus up to `max_rows` sampled input rows."""
+    """Per-feature mean |x| and max |x|, plus a uniform sample of up to `max_rows` of every
+    input row seen (none with `max_rows=0`)."""
 
     def __init__(self, max_rows: int = 2048, seed: int = 0) -> None:
         self.max_rows = max_rows
@@ -40,12 +41,30 @@ class InputStatsCollector:
         self.sum = x.sum(0) if self.sum is None else self.sum + x.sum(0)
         m = a.amax(0)
         self.abs_max = m if self.abs_max is None else torch.maximum(self.abs_max, m)
+        if self.max_rows:
+            self._sample_rows(x)
         self.rows += len(x)
-        keep = x[torch.randperm(len(x), generator=self.gen)[: self.max_rows]]
-        merged = keep if self.sample is None else torch.cat([self.sample, keep])
-        if len(merged) > self.max_rows:  # keep a uniform-ish subsample of everything seen
-            merged = merged[torch.randperm(len(merged), generator=self.gen)[: self.max_rows]]
-        self.sample = merged
+
+    def _sample_rows(self, x: torch.Tensor) -> None:
+        """Reservoir sampling (Vitter's algorithm R, one batch at a time): after any number of
+        batches, every row seen is in the sample with the same probability."""
+        fill = max(0, min(len(x), self.max_rows - self.rows))
+        if fill:
+            head = x[:fill].detach().clone()
+            self.sample = head if self.sample is None else torch.cat([self.sample, head])
+        rest = x[fill:]
+        if not len(rest):
+            return
+        # row t of the stream (0-based) replaces a uniform slot in [0, t] when that is a slot
+        seen = self.rows + fill + torch.arange(len(rest), dtype=torch.float64)
+        slot = (torch.rand(len(rest), generator=self.gen, dtype=torch.float64)
+                * (seen + 1)).long()
+        hit = slot < self.max_rows
+        # several rows of a batch may land on one slot: the last of them is the one that stays
+        last = torch.full((self.max_rows,), -1, dtype=torch.long)
+        last.scatter_reduce_(0, slot[hit], torch.arange(len(rest))[hit], "amax")
+        slots = (last >= 0).nonzero().squeeze(1)
+        self.sample[slots] = rest[last[slots]].to(self.sample.dtype)
 
     @property
     def abs_mean(self) -> torch.Tensor:
@@ -60,7 +79,7 @@ class HessianCollector(InputStatsCollector):
     """Also accumulates H = 2/n · XᵀX, the layer-wise reconstruction Hessian of GPTQ; with
     paired inputs (`add_pair`), also C = 2/n · X_refᵀX against a reference model's inputs."""
 
-    def __init__(self, max_rows: int = 512, seed: int = 0) -> None:
+    def __init__(self, max_rows: int = 0, seed: int = 0) -> None:
         super().__init__(max_rows, seed)
         self.xtx: torch.Tensor | None = None
         self.cross: torch.Tensor | None = None

@@ -68,7 +68,7 @@ class _MeanCollector(InputStatsCollector):
     bias compensation folds in)."""
 
     def __init__(self) -> None:
-        super().__init__(max_rows=1)
+        super().__init__(max_rows=0)
         self.sq_sum: torch.Tensor | None = None
 
     def add(self, x: torch.Tensor) -> None:
