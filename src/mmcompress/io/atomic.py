@@ -44,7 +44,12 @@ def atomic_folder(out: Path, overwrite: bool = False) -> Iterator[Path]:
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.replace(out, old)
-        os.replace(tmp, out)
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            if old is not None:  # the previous output comes back rather than stay hidden
+                os.replace(old, out)
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:
@@ -55,6 +60,10 @@ def atomic_folder(out: Path, overwrite: bool = False) -> Iterator[Path]:
 def write_text_atomic(path: Path, text: str) -> None:
     """Write a text file via a temporary file and rename."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
