@@ -382,3 +382,44 @@ def test_a_fit_to_reference_outputs_has_less_error_than_factoring_the_weight():
     # inputs that match the reference's leave W as it is, whatever the damping
     torch.testing.assert_close(reference_fit(w, hessian, hessian, 0.1).float(), w)
     assert torch.equal(reference_fit(w, hessian, None, 0.1).float(), w)
+
+
+@pytest.mark.parametrize("first, refusal", [
+    ({"prune": {"method": "magnitude", "sparsity": 0.5, "targets": ["text"]}},
+     "a pruned sparse layer"),
+    ({"quantize": {"method": "rtn", "bits": 8, "targets": ["text"]}},
+     "a QuantLinear .*factor before quantizing"),
+    ({"quantize": {"method": "rtn", "bits": 16, "dtype": "bf16", "targets": ["text"]}},
+     "a HalfWeight"),
+])
+def test_lowrank_refuses_layers_an_earlier_stage_pruned_or_made_compact(tiny_clip, first,
+                                                                        refusal):
+    """Factors would be dense fp32 again: the pruning or quantization would be lost silently."""
+    _run(tiny_clip, [first])
+    before = {k: v.clone() for k, v in tiny_clip.model.state_dict().items()}
+    with pytest.raises(RecipeError, match=refusal):
+        _run(tiny_clip, [{"lowrank": {"method": "svd", "rank": 4}}])
+    assert all(torch.equal(v, tiny_clip.model.state_dict()[k]) for k, v in before.items())
+    summary = _run(tiny_clip, [{"lowrank": {"method": "svd", "rank": 4,
+                                            "targets": ["vision"]}}])[0]
+    assert summary["modules"] > 0
+
+
+def test_compact_linear_layers_do_not_stop_factoring_convolutions(tiny_clip):
+    _run(tiny_clip, [{"quantize": {"method": "rtn", "bits": 8, "targets": ["text"]}}])
+    _run(tiny_clip, [{"lowrank": {"method": "tucker", "param_ratio": 0.5,
+                                  "sensitivity_samples": 8}}])
+    assert isinstance(tiny_clip.model.vision_model.embeddings.patch_embedding, TuckerConv2d)
+
+
+def test_every_registered_layer_type_is_plain_sparse_factored_or_known_compact():
+    """A new compact layer type must say which plain layer it stands in for, or stages that
+    refuse compact layers would take it for something else."""
+    from mmcompress.methods.base import _COMPACT_KINDS
+    from mmcompress.modules.registry import MODULE_TYPES
+    from mmcompress.modules.sparse import SPARSE_FLOAT
+
+    factored_or_half = ("LowRankLinear", "TuckerConv2d", "CPConv2d", "HalfWeight")
+    unknown = [name for name, cls in MODULE_TYPES.items() if cls not in SPARSE_FLOAT
+               and name not in factored_or_half and cls not in _COMPACT_KINDS]
+    assert unknown == []

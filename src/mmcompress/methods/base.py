@@ -16,9 +16,10 @@ from ..data import Dataset
 from ..errors import DataError, RecipeError
 from ..evaluation.config import CalibrationConfig
 from ..modules.half import HalfWeight
-from ..modules.quantized import QuantEmbedding
+from ..modules.int8 import W8A8Linear, W8A8PatchConv2d
+from ..modules.quantized import QuantConv2d, QuantEmbedding, QuantLinear
 from ..modules.registry import MODULE_TYPES
-from ..modules.sparse import SparseQuantEmbedding
+from ..modules.sparse import SparseQuantConv2d, SparseQuantEmbedding, SparseQuantLinear
 from ..selection import select_modules
 
 if TYPE_CHECKING:
@@ -149,12 +150,11 @@ def selected(
 
 def plain_layers(adapter: Adapter, config: MethodConfig, kinds: tuple[type[nn.Module], ...],
                  action: str, advice: str) -> dict[str, nn.Module]:
-    """`selected`, after refusing targeted layers an earlier stage made compact (quantized,
-    half precision, W8A8), which `kinds` would pass over without a word. A factored layer is
-    a container of plain layers, not a compact one; tables count only when `kinds` has them."""
+    """`selected`, after refusing targeted layers of `kinds` that an earlier stage made compact
+    (quantized, half precision, W8A8), which `kinds` would pass over without a word. A factored
+    layer is a container of plain layers, not a compact one."""
     compact = [(n, m) for n, m in selected(adapter, config, tuple(MODULE_TYPES.values())).items()
-               if not any(isinstance(c, kinds) for c in m.modules())
-               and (nn.Embedding in kinds or not _is_table(m))]
+               if (stood_for := compact_kind(m)) is not None and issubclass(stood_for, kinds)]
     if compact:
         name, module = compact[0]
         more = f" (and {len(compact) - 1} more layers like it)" if len(compact) > 1 else ""
@@ -163,11 +163,20 @@ def plain_layers(adapter: Adapter, config: MethodConfig, kinds: tuple[type[nn.Mo
     return selected(adapter, config, kinds)
 
 
-def _is_table(module: nn.Module) -> bool:
-    """A compact (quantized or half) embedding table."""
+_COMPACT_KINDS: dict[type[nn.Module], type[nn.Module]] = {
+    QuantLinear: nn.Linear, SparseQuantLinear: nn.Linear, W8A8Linear: nn.Linear,
+    QuantConv2d: nn.Conv2d, SparseQuantConv2d: nn.Conv2d, W8A8PatchConv2d: nn.Conv2d,
+    QuantEmbedding: nn.Embedding, SparseQuantEmbedding: nn.Embedding,
+}
+_HALF_KINDS = {"linear": nn.Linear, "conv2d": nn.Conv2d, "embedding": nn.Embedding}
+
+
+def compact_kind(module: nn.Module) -> type[nn.Module] | None:
+    """The plain layer type a compact (quantized, half or W8A8) module stands in for; None for
+    anything else, plain, sparse or factored."""
     if isinstance(module, HalfWeight):
-        return module.args["kind"] == "embedding"
-    return isinstance(module, QuantEmbedding | SparseQuantEmbedding)
+        return _HALF_KINDS[module.args["kind"]]
+    return _COMPACT_KINDS.get(type(module))
 
 
 def split_embeddings(modules: dict[str, nn.Module]) -> tuple[dict, dict]:

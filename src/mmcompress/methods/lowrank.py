@@ -28,9 +28,10 @@ from ..errors import DataError, RecipeError, UserError
 from ..factorization.svd import ScaledSVD, scaled_svd
 from ..modules.lowrank import LowRankLinear, max_useful_rank
 from ..modules.replace import replace_modules
+from ..modules.sparse import is_sparse
 from ..progress import progress_bar
 from ..sensitivity import Probe
-from .base import MethodConfig, StageContext, register_method, selected
+from .base import MethodConfig, StageContext, plain_layers, register_method
 from .rank_allocation import (
     SMALLEST,
     LayerOptions,
@@ -180,7 +181,13 @@ def _weigh_by_probe(probe: Probe, factorizer: Factorizer, name: str, module: nn.
 def apply_lowrank(adapter: Adapter, factorizer: Factorizer, context: StageContext,
                   desc: str) -> dict[str, Any]:
     """Choose ranks, then factor each selected layer where that saves weights."""
-    found = selected(adapter, factorizer.config, factorizer.kinds)
+    found = plain_layers(adapter, factorizer.config, factorizer.kinds, desc,
+                         "factor before quantizing")
+    sparse = [n for n, m in found.items() if is_sparse(m)]
+    if sparse:  # the factors would be dense: the pruning would be lost without a word
+        raise RecipeError(f"{desc} cannot take {sparse[0]}, a pruned sparse layer: its factors "
+                          "would be dense again; factor before unstructured pruning, or leave "
+                          "it out with 'ignore:'")
     modules = {n: m for n, m in found.items() if factorizer.supports(m)}
     if not modules:
         raise RecipeError(f"{desc} found no layer it can factor among the selected modules")
