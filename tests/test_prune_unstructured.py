@@ -899,3 +899,27 @@ def test_half_precision_tables_do_not_block_pruning_the_layers(tiny_clip):
     assert _apply(tiny_clip, "magnitude", sparsity=0.5)["sparsity"] == pytest.approx(0.5)
     with pytest.raises(RecipeError, match="a HalfWeight"):
         _apply(tiny_clip, "magnitude", sparsity=0.5, embeddings=True)
+
+
+def test_smoothquant_folds_its_scales_into_the_norms_before_pruned_layers(tiny_clip):
+    """A sparse layer's `.weight` is rebuilt on every access, so scaling it in place did
+    nothing: the fold check failed and every fold was undone (W8A8 divided inputs at run time)."""
+    _apply(tiny_clip, "magnitude", sparsity=0.5, targets=["text"])
+    stage = load_recipe({"stages": [{"quantize": {"method": "smoothquant",
+                                                  "targets": ["text"]}}]}).stages[0]
+    ctx = StageContext(data=toy_image_data(),
+                       calibration=CalibrationConfig(samples=8, batch_size=4), progress=False)
+    summary = METHODS[("quantize", "smoothquant")].apply(tiny_clip, stage.config, ctx)
+    assert summary["smoothed_by_norm"] > 0
+
+
+def test_scaling_a_sparse_layers_columns_scales_its_dense_weight():
+    from mmcompress.modules.sparse import sparse_module
+
+    layer = nn.Linear(6, 4)
+    keep = torch.rand(4, 6) > 0.5
+    sparse = sparse_module(layer, keep)
+    s = torch.arange(1.0, 7.0)
+    expected = sparse.weight * s
+    sparse.scale_columns(s)
+    torch.testing.assert_close(sparse.weight, expected)

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..calibration import CalibrationData, InputStatsCollector
 from ..calibration.engine import real_tokens
+from ..modules.sparse import is_sparse
 from ..quantization.smoothquant import (
     SEARCH_ROWS,
     ActScale,
@@ -101,12 +102,12 @@ def fold_into_norms(model: nn.Module, linears: dict[str, nn.Linear], calib: Cali
         s = joint_smoothing_scales(stats.abs_max, weights, a)
         saved[norm_name] = (norm.weight.detach().clone(),
                             None if norm.bias is None else norm.bias.detach().clone(),
-                            [w.detach().clone() for w in weights])
+                            [_copy_state(linears[n]) for n in names])
         norm.weight.div_(s.to(norm.weight.dtype))
         if norm.bias is not None:
             norm.bias.div_(s.to(norm.bias.dtype))
-        for w in weights:
-            w.mul_(s.to(w.dtype))
+        for n in names:
+            _scale_columns(linears[n], s)
     with torch.inference_mode():
         after = [run() for run in checks]
     if all(outputs_close(a, b) for a, b in zip(after, before)):
@@ -117,8 +118,20 @@ def fold_into_norms(model: nn.Module, linears: dict[str, nn.Linear], calib: Cali
         if b is not None:
             norm.bias.copy_(b)
         for n, old in zip(plan[norm_name], ws):
-            linears[n].weight.copy_(old)
+            linears[n].load_state_dict(old)
     return {}
+
+
+def _scale_columns(layer: nn.Module, s: torch.Tensor) -> None:
+    """Multiply a plain or sparse layer's weight columns by `s` in place."""
+    if is_sparse(layer):
+        layer.scale_columns(s)
+    else:
+        layer.weight.mul_(s.to(layer.weight.dtype))
+
+
+def _copy_state(layer: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in layer.state_dict().items()}
 
 
 def outputs_close(a: Any, b: Any) -> bool:

@@ -206,6 +206,12 @@ class _SparseFloat(_MaskedLayer):
         return flat.masked_scatter_(unpack_mask(self.mask_bits, flat.numel()), self.values) \
             .view(self.rows, self.cols)
 
+    @torch.no_grad()
+    def scale_columns(self, scale: torch.Tensor) -> None:
+        """Multiply weight column j by scale[j] in place (``.weight`` is a fresh tensor on
+        every access: writing into it changes nothing)."""
+        self.values.mul_(scale.to(self.values.dtype)[self.keep_mask().nonzero()[:, 1]])
+
     @property
     def weight(self) -> torch.Tensor:  # type: ignore[override]
         """Dense weight in the original layer's shape (built on each access)."""
