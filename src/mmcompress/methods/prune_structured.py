@@ -141,7 +141,7 @@ def _prune_layers(adapter: Adapter, config: StructuredPruneConfig, chosen: set[n
         sizes[g] = len(ok)
         for i in ok:
             t = _tower(ll.name, towers)
-            cands.append(Candidate(g, i, t, "layers", scores[ll.entry(i)],
+            cands.append(Candidate(g, i, "layers", scores[ll.entry(i)],
                                    layer_params(model, ll.entry(i)), (t, "layers")))
     if config.scope == "tower":
         plan = uniform_plan(cands, remove)
@@ -193,11 +193,10 @@ def _prune_units(adapter: Adapter, config: StructuredPruneConfig, groups: list[U
     for gi, (g, s) in enumerate(zip(groups, scores, strict=True)):
         remove[gi], sizes[gi] = min(how_many(amounts[g.kind], g.size), g.size - 1), g.size
         params = group_params(model, g)
-        t = _tower(g.outputs[0], towers)
         # Taylor scores are the relative output change in every layer of every tower alike;
         # local scores are only comparable within their layer
         pool = ("taylor",) if config.importance == "taylor" else (gi,)
-        cands += [Candidate(gi, u, t, g.kind, float(s[u]), params, pool)
+        cands += [Candidate(gi, u, g.kind, float(s[u]), params, pool)
                   for u in range(g.size)]
     if config.scope == "tower":
         plan = uniform_plan(cands, remove)

@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 from torch import nn
-
-
-class Rebuildable(Protocol):
-    @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> nn.Module: ...
-
-    def spec(self) -> dict[str, Any]: ...
-
 
 MODULE_TYPES: dict[str, type] = {}
 

@@ -22,9 +22,11 @@ def gptq_quantize(
     """Codes, scales and zero points of `weight` [rows, cols] (scales as `compute_scales`).
 
     Group scales follow the original column order. Without `act_order` each group's scale is
-    set when GPTQ reaches the group, from the error-updated weights (as the reference code
-    does); with `act_order` (columns by decreasing Hessian diagonal) all group scales are fixed
-    up front ("static groups") so that groups stay contiguous in storage.
+    set when GPTQ reaches the group, from the error-updated weights, including the updates
+    from earlier columns of the same block (the reference code reads a group that starts
+    inside a block as the weights stood at the block's start); with `act_order` (columns by
+    decreasing Hessian diagonal) all group scales are fixed up front ("static groups") so that
+    groups stay contiguous in storage.
     """
     w, h = without_dead_inputs(weight, hessian)
     rows, cols = w.shape

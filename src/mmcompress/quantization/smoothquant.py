@@ -35,13 +35,6 @@ def joint_smoothing_scales(act_abs_max: torch.Tensor, weights: list[torch.Tensor
     return smoothing_scales(act_abs_max, torch.cat([w.detach() for w in weights]), alpha)
 
 
-def migrate(weight: torch.Tensor, act_abs_max: torch.Tensor,
-            alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(W·diag(s), s): the smoothed weight and the scales its input is divided by."""
-    s = smoothing_scales(act_abs_max, weight, alpha)
-    return weight.float() * s, s
-
-
 # -- choosing alpha from calibration data ----------------------------------------------------
 
 ALPHA_GRID: tuple[float, ...] = tuple(i / 10 for i in range(1, 10))

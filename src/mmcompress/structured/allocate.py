@@ -36,7 +36,6 @@ Amount = float | int
 class Candidate:
     group: int  # index of the group (unit group or layer list)
     unit: int  # unit (or block) index within it
-    tower: str
     kind: str
     score: float
     params: int
