@@ -309,7 +309,8 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("out", type=Path, help="JSON file to write")
-    p.add_argument("--parts", default=",".join(PARTS), help="comma-separated: minilm,clip,resnet")
+    p.add_argument("--parts", default=",".join(PARTS),
+                   help=f"comma-separated, of {','.join(PARTS)}")
     p.add_argument("--threads", type=int, default=2, help="threads for evaluation and latency")
     p.add_argument(
         "--compress-threads",

@@ -5,9 +5,9 @@ Re-render without re-running: ``python -m benchmarks.markdown RESULTS.json OUT.m
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -202,7 +202,13 @@ def render_markdown(results: dict[str, Any], json_ref: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    results_file, out = (Path(a) for a in (argv or sys.argv[1:]))
+    p = argparse.ArgumentParser(description="Render a benchmark suite's JSON as its Markdown "
+                                "page (with the fusion and pruning sections).")
+    p.add_argument("results_file", type=Path, help="suite JSON, e.g. "
+                   "benchmarks/results/quick.json")
+    p.add_argument("out", type=Path, help="Markdown page written, e.g. docs/benchmarks.md")
+    args = p.parse_args(argv)
+    results_file, out = args.results_file, args.out
     results = json.loads(results_file.read_text())
     out.write_text(render_markdown(results, os.path.relpath(results_file, out.parent)))
 

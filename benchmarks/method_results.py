@@ -7,6 +7,7 @@ as not run. Tables are rendered as stored (each list of records becomes a table)
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from pathlib import Path
@@ -454,7 +455,9 @@ def render() -> str:
     return "\n".join(out) + "\n"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(description=f"Render {PAGE.name} from the stored pruning, "
+                            "low-rank and cost results.").parse_args(argv)
     write_text_atomic(PAGE, render())
     print(f"wrote {PAGE}")
 

@@ -17,7 +17,7 @@ model calibrated on the other three quarters.
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +46,15 @@ def summary(folds: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    out = Path(args[0]) if args else RESULTS / "prune_heldout_folds.json"
-    names = args[1].split(",") if len(args) > 1 else FOLDS
+    p = argparse.ArgumentParser(description="Each method's loss on every held-out STS fold, "
+                                "their mean and how many folds meet the issue's limits.")
+    p.add_argument("out", nargs="?", type=Path, default=RESULTS / "prune_heldout_folds.json",
+                   help="JSON written (default: %(default)s)")
+    p.add_argument("folds", nargs="?", default=",".join(FOLDS),
+                   help="comma-separated fold results in benchmarks/results (default: the "
+                   "four prune_unstructured held-out files)")
+    args = p.parse_args(argv)
+    out, names = args.out, args.folds.split(",")
     missing = [name for name in names if not (RESULTS / name).is_file()]
     if missing:
         raise SystemExit(f"error: missing {', '.join(missing)}; run the folds first")

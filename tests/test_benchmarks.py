@@ -288,3 +288,30 @@ def test_structured_rows_name_the_share_of_each_kind_of_unit_removed() -> None:
     summary = {"removed": {"text": {"heads": {"removed": 48, "of": 96},
                                     "neurons": {"removed": 6144, "of": 24576}}}}
     assert _removed(summary, "text") == "heads 0.5 + neurons 0.25"
+
+
+@pytest.mark.parametrize("results, page", [("quick.json", "benchmarks.md"),
+                                           ("quantization.json", "benchmarks-quantization.md")])
+def test_committed_benchmark_pages_are_what_their_results_render(results, page) -> None:
+    """Regenerate with `python -m benchmarks.markdown benchmarks/results/RESULTS docs/PAGE`
+    after storing new results."""
+    import os
+
+    from benchmarks.markdown import render_markdown
+
+    root = Path(__file__).resolve().parent.parent
+    results_file, doc = root / "benchmarks" / "results" / results, root / "docs" / page
+    rendered = render_markdown(json.loads(results_file.read_text()),
+                               os.path.relpath(results_file, doc.parent))
+    assert rendered == doc.read_text()
+
+
+def test_committed_method_results_and_fusion_pages_are_what_their_results_render() -> None:
+    """Regenerate with `python -m benchmarks.method_results` and
+    `python -m benchmarks.fusion --render`."""
+    from benchmarks import fusion_page, method_results
+
+    root = Path(__file__).resolve().parent.parent
+    assert method_results.render() == (root / "docs" / "method-results.md").read_text()
+    fusion = json.loads((root / "benchmarks" / "results" / "fusion.json").read_text())
+    assert fusion_page.render(fusion) == (root / "docs" / "fusion.md").read_text()
