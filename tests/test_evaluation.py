@@ -109,8 +109,10 @@ def test_nan_images_are_refused_when_evaluating_too(tiny_clip):
 @pytest.mark.parametrize("summary,line", [
     ({"modules": 12}, "12 modules changed"),
     ({"params_kept_ratio": 0.5012, "removed": {}}, "parameters ×0.501"),
-    ({"steps": 40, "epochs": 2, "final_loss": 0.25}, "40 training steps over 2 epochs, final "
-                                                     "loss 0.25"),
+    ({"steps": 40, "epochs": [{"step": 20}, {"step": 40}], "final_loss": 0.25},
+     "40 training steps over 2 epochs, final loss 0.25"),
+    ({"steps": 3, "epochs": [{"step": 3}], "final_loss": None},
+     "3 training steps over 1 epoch, final loss n/a"),
     ({"norms": 3}, "done"),
     ({"modules": 4, "mean_bits_per_tower": {"vision": 5.5, "text": 3.0}},
      "4 modules changed, mean bits per tower: vision 5.5, text 3"),

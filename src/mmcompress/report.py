@@ -108,8 +108,11 @@ def stage_outcome(summary: dict[str, Any]) -> str:
     if "params_kept_ratio" in summary:
         parts.append(f"parameters ×{summary['params_kept_ratio']:.3f}")
     if "steps" in summary:
-        parts.append(f"{summary['steps']} training steps over {summary.get('epochs', '?')} "
-                     f"epochs, final loss {summary.get('final_loss', float('nan')):.4g}")
+        epochs = len(summary.get("epochs") or [])  # the trainer's record of each epoch
+        loss = summary.get("final_loss")
+        parts.append(f"{summary['steps']} training steps over {epochs} "
+                     f"epoch{'s' * (epochs != 1)}, final loss "
+                     f"{'n/a' if loss is None else format(loss, '.4g')}")
     return ", ".join(parts) or "done"
 
 
