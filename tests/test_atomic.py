@@ -33,3 +33,48 @@ def test_the_previous_output_comes_back_when_the_new_one_cannot_take_its_place(
         (tmp / "model.safetensors").write_text("new")
     assert (out / "model.safetensors").read_text() == "previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_outputs_get_the_permissions_a_plain_write_would_give(tmp_path):
+    """Temporary folders (0700) and safetensors files (0600) are private to their owner."""
+    import stat
+
+    import torch
+    from safetensors.torch import save_file
+
+    old_mask = os.umask(0o022)
+    try:
+        out = tmp_path / "out"
+        with atomic.atomic_folder(out) as tmp:
+            save_file({"w": torch.zeros(2)}, str(tmp / "model.safetensors"))
+            (tmp / "sub").mkdir(mode=0o700)
+        atomic.write_text_atomic(tmp_path / "note.md", "hello")
+    finally:
+        os.umask(old_mask)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode)
+             for p in (out, out / "model.safetensors", out / "sub", tmp_path / "note.md")}
+    assert modes == {"out": 0o755, "model.safetensors": 0o644, "sub": 0o755, "note.md": 0o644}
+
+
+def test_a_terminated_command_removes_its_half_built_output(tmp_path):
+    """SIGTERM (a job scheduler's stop) cleans up like Ctrl-C: exit 143, nothing left."""
+    import signal
+    import time
+
+    import typer
+
+    from mmcompress.cli import user_errors
+
+    @user_errors
+    def job() -> None:
+        with atomic.atomic_folder(tmp_path / "out") as tmp:
+            (tmp / "model.safetensors").write_text("partial")
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(typer.Exit) as stopped:
+        job()
+    assert stopped.value.exit_code == 143
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) == before

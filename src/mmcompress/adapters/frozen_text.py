@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..io.atomic import share_as_created
 from ..models.sentence_encoder import minilm_path
 from ..paths import cache_dir
 from .base import DualEncoderAdapter
@@ -95,6 +96,7 @@ def load_or_train(model: nn.Module, name: str, key: str, train: Callable[[], Any
     os.close(fd)
     try:
         save_file(trained, tmp)
+        share_as_created(Path(tmp))
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
