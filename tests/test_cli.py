@@ -159,7 +159,13 @@ def test_nan_model_is_an_error(tiny_clip_folder, tmp_path):
 
 def test_unknown_metric_is_an_error(tiny_clip_folder):
     result = runner.invoke(app, ["evaluate", str(tiny_clip_folder), "--metrics", "speed"])
-    _assert_user_error(result, "unknown metric")
+    _assert_user_error(result, "evaluate options: unknown metric")  # no pydantic prefix
+
+
+def test_a_recipe_folder_is_named_as_a_folder(tmp_path):
+    result = runner.invoke(app, ["compress", "--model", "demo", "--recipe", str(tmp_path),
+                                 "--out", str(tmp_path / "out")])
+    _assert_user_error(result, "is a folder, not a file")
 
 
 def test_existing_output_is_not_replaced_without_overwrite(tiny_clip_folder, tmp_path):

@@ -170,7 +170,8 @@ def _evaluate_config(values: dict) -> EvaluateConfig:
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(map(str, err["loc"]))
-        raise UserError(f"evaluate options{' ' + where if where else ''}: {err['msg']}") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise UserError(f"evaluate options{' ' + where if where else ''}: {msg}") from None
 
 
 def evaluate(

@@ -164,7 +164,8 @@ def compress_cmd(
 
     progress = _setup(quiet, threads)
     if not recipe.is_file():
-        raise UserError(f"recipe file {recipe} not found")
+        raise UserError(f"recipe file {recipe} " + ("is a folder, not a file"
+                                                    if recipe.is_dir() else "not found"))
     _print_result(
         compress(model, recipe, out=out, data=data, overwrite=overwrite, progress=progress)
     )

@@ -7,13 +7,14 @@ matches the code, so an option cannot be added without appearing there.
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
+from .evaluation.config import CalibrationConfig, EvaluateConfig
 from .methods import METHODS, STAGE_KINDS
 from .report import markdown_table
 
@@ -26,10 +27,23 @@ the recipe is validated against: every key a stage accepts, its default and what
 
 
 def _type_name(annotation: Any) -> str:
-    """A readable type: ``int | None`` rather than ``typing.Optional[int]``."""
-    name = annotation.__name__ if isinstance(annotation, type) else str(annotation)
-    name = re.sub(r"(?:[A-Za-z_]\w*\.)+([A-Za-z_]\w*)", r"\1", name)  # module paths
-    return name.replace("NoneType", "None").replace("Annotated[", "").replace("|", "\\|")
+    """A readable type, escaped for a table cell: ``int | None``, ``'auto' | float``."""
+    return _readable(annotation).replace("|", "\\|")
+
+
+def _readable(annotation: Any) -> str:
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:  # constraints are in the description
+        return _readable(args[0])
+    if origin in (Union, UnionType):
+        return " | ".join(_readable(a) for a in args)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin is not None:
+        return f"{getattr(origin, '__name__', origin)}[{', '.join(map(_readable, args))}]"
+    if annotation is type(None):
+        return "None"
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation)
 
 
 def _default(value: Any) -> str:
@@ -50,14 +64,46 @@ def option_rows(config_cls: type[BaseModel]) -> list[list[str]]:
     return rows
 
 
+def _nested(config_cls: type[BaseModel]) -> list[type[BaseModel]]:
+    """Settings classes a key of `config_cls` takes (a schedule, a budget, QAT, a student)."""
+    found = []
+
+    def walk(annotation: Any) -> None:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            found.append(annotation)
+        for arg in get_args(annotation):
+            walk(arg)
+
+    for field in config_cls.model_fields.values():
+        walk(field.annotation)
+    return found
+
+
+def _table(config_cls: type[BaseModel]) -> list[str]:
+    return [markdown_table(["key", "type", "default", "what it does"],
+                           option_rows(config_cls)), ""]
+
+
 def options_markdown() -> str:
     parts = [HEADER]
+    nested: list[type[BaseModel]] = []  # settings inside settings, each documented once
+
+    def add_nested(config_cls: type[BaseModel]) -> None:
+        nested.extend(c for c in _nested(config_cls) if c not in nested)
+
     for kind in STAGE_KINDS:
         for (k, name), method in sorted(METHODS.items()):
             if k == kind:
-                parts += [f"## `{kind}: {{method: {name}}}`", "",
-                          markdown_table(["key", "type", "default", "what it does"],
-                                         option_rows(method.config_cls)), ""]
+                parts += [f"## `{kind}: {{method: {name}}}`", "", *_table(method.config_cls)]
+                add_nested(method.config_cls)
+    for key, config_cls in (("calibration", CalibrationConfig), ("evaluate", EvaluateConfig)):
+        parts += [f"## `{key}:` (top level of the recipe)", "", *_table(config_cls)]
+        add_nested(config_cls)
+    for config_cls in nested:  # grows while it is read: nested settings of nested settings
+        about = " ".join((config_cls.__doc__ or "").split())
+        parts += [f"## `{config_cls.__name__}` (inside a stage's settings)", "", about, "",
+                  *_table(config_cls)]
+        add_nested(config_cls)
     return "\n".join(parts)
 
 

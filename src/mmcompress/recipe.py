@@ -198,7 +198,8 @@ def load_recipe(source: str | Path | dict | Recipe) -> Recipe:
     path = Path(text).expanduser()
     if "\n" not in text and (path.suffix in (".yaml", ".yml") or path.exists()):
         if not path.is_file():
-            raise RecipeError(f"recipe file {path} not found")
+            raise RecipeError(f"recipe file {path} " + ("is a folder, not a file"
+                                                       if path.is_dir() else "not found"))
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:

@@ -51,8 +51,8 @@ class CalibrationConfig(BaseModel):
         "until they hold `text_tokens` real tokens (all there are, if fewer)")
     text_tokens: PositiveInt = Field(DEFAULT_TEXT_TOKENS, description="with samples 'auto': "
                                      "the real (unpadded) tokens drawn texts add up to at least")
-    batch_size: PositiveInt = 16
-    seed: int = 0
+    batch_size: PositiveInt = Field(16, description="examples per calibration forward pass")
+    seed: int = Field(0, description="seed of the draw of calibration examples")
 
     @model_validator(mode="after")
     def _tokens_need_auto(self) -> CalibrationConfig:
@@ -71,9 +71,11 @@ class CalibrationConfig(BaseModel):
 class EvaluateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     metrics: list[str] | None = Field(None, description="subset of METRICS; default all that apply")
-    max_samples: PositiveInt | None = Field(None, description="evaluate on the first N examples")
-    latency_batch_size: PositiveInt = 8
-    latency_repeats: PositiveInt = 10
+    max_samples: PositiveInt | None = Field(None, description="evaluate on N evenly spaced "
+                                            "examples (default: all)")
+    latency_batch_size: PositiveInt = Field(8, description="examples per timed call")
+    latency_repeats: PositiveInt = Field(10, description="timed calls per tower; the median "
+                                         "is reported")
 
     def model_post_init(self, _: Any) -> None:
         unknown = [m for m in self.metrics or [] if m not in METRICS]

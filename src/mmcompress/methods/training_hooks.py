@@ -73,7 +73,8 @@ class Schedule(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    kind: Literal["cubic"] = "cubic"
+    kind: Literal["cubic"] = Field("cubic", description="the schedule's shape (Zhu & Gupta's "
+                                   "cubic, the only one)")
     start: NonNegativeInt | float = Field(0, description="first pruning step (t0)")
     end: NonNegativeInt | float = Field(0.75, description="step where the final sparsity is "
                                         "reached (t0 + nΔt)")

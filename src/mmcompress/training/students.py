@@ -38,7 +38,8 @@ class StudentConfig(BaseModel):
     heads: int | float | None = Field(None, description="attention heads removed per layer")
     neurons: int | float | None = Field(None, description="MLP neurons removed per layer")
     channels: int | float | None = Field(None, description="conv channels removed per layer")
-    importance: Literal["magnitude", "activation", "taylor"] = "magnitude"
+    importance: Literal["magnitude", "activation", "taylor"] = Field(
+        "magnitude", description="how units are ranked, as in prune: structured")
     targets: list[str] | None = Field(None, description="towers/modules to shrink (default all)")
 
     @field_validator("layers")
