@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from _helpers import toy_image_data
@@ -116,3 +117,21 @@ def test_hf_folder_with_truncated_weights_is_a_checkpoint_error(tmp_path):
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="cannot load"):
         load_model(tmp_path / "cut")
+
+
+def test_grey_images_may_come_without_a_channel_axis(tiny_clip):
+    rng = np.random.default_rng(0)
+    grey = rng.random((20, 20), dtype=np.float32)
+    torch.testing.assert_close(tiny_clip.encode_images([grey]),
+                               tiny_clip.encode_images([grey[..., None]]))
+
+
+def test_encoding_nothing_or_a_bad_shape_is_a_data_error(tiny_clip):
+    from mmcompress.errors import DataError
+
+    with pytest.raises(DataError, match="at least one text"):
+        tiny_clip.encode_texts([])
+    with pytest.raises(DataError, match="at least one image"):
+        tiny_clip.encode_images([])
+    with pytest.raises(DataError, match="H×W or H×W×C"):
+        tiny_clip.encode_images([np.zeros((2, 3, 4, 5), dtype=np.float32)])

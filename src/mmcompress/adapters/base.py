@@ -184,6 +184,8 @@ class DualEncoderAdapter(Adapter):
         out = []
         for i in progress_bar(range(0, len(images), batch_size), desc="images", enabled=progress):
             out.append(self.embed_image_tensor(self.image_tensor(images[i : i + batch_size])))
+        if not out:
+            raise DataError("encode_images needs at least one image")
         return torch.cat(out)
 
     @torch.inference_mode()
@@ -193,6 +195,8 @@ class DualEncoderAdapter(Adapter):
         out = []
         for i in progress_bar(range(0, len(texts), batch_size), desc="texts", enabled=progress):
             out.append(self.embed_text_tensors(self.text_tensors(texts[i : i + batch_size])))
+        if not out:
+            raise DataError("encode_texts needs at least one text")
         return torch.cat(out)
 
     def latency_inputs(self, batch_size: int) -> dict[str, Callable[[], Any]]:

@@ -18,7 +18,8 @@ def images_to_tensor(
     mean: Sequence[float],
     std: Sequence[float],
 ) -> torch.Tensor:
-    """HxWxC float images in [0, 1] → normalised [B, C, size, size], C = len(mean).
+    """HxWxC (or HxW grey) float images in [0, 1] → normalised [B, C, size, size],
+    C = len(mean).
 
     Resizes the shorter side to `size` (bilinear, antialiased), centre-crops, converts
     between grey and RGB as needed, and normalises.
@@ -26,7 +27,12 @@ def images_to_tensor(
     channels = len(mean)
     out = []
     for img in images:
-        t = torch.as_tensor(np.ascontiguousarray(img), dtype=torch.float32).permute(2, 0, 1)
+        arr = np.ascontiguousarray(img)
+        if arr.ndim == 2:
+            arr = arr[..., None]
+        if arr.ndim != 3:
+            raise DataError(f"an image must be H×W or H×W×C, got shape {list(arr.shape)}")
+        t = torch.as_tensor(arr, dtype=torch.float32).permute(2, 0, 1)
         if not torch.isfinite(t).all():
             raise DataError("an image holds NaN or Inf values")
         if t.shape[0] != channels:
