@@ -104,8 +104,10 @@ class _Toy(nn.Module):
         self.head = nn.Linear(2, 2)
 
 
-def test_load_or_train_caches_the_trained_part_and_rebuilds_a_broken_cache(tmp_path, monkeypatch):
+def test_load_or_train_caches_the_trained_part_and_rebuilds_a_broken_cache(tmp_path, monkeypatch,
+                                                                          capsys):
     monkeypatch.setenv("MMCOMPRESS_CACHE", str(tmp_path))
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
     calls = []
 
     def trainer(model: _Toy):
@@ -118,11 +120,12 @@ def test_load_or_train_caches_the_trained_part_and_rebuilds_a_broken_cache(tmp_p
 
     first = _Toy()
     load_or_train(first, "toy", "k1", trainer(first))
+    assert "training the built-in toy model on first use" in capsys.readouterr().err
     path = tmp_path / "toy-k1.safetensors"
     assert set(load_file(str(path))) == {"head.weight", "head.bias"}
     second = _Toy()
     load_or_train(second, "toy", "k1", trainer(second))
-    assert len(calls) == 1
+    assert len(calls) == 1 and capsys.readouterr().err == ""  # nothing to say when cached
     torch.testing.assert_close(second.head.weight, torch.full((2, 2), 0.5))
     path.write_bytes(b"garbage")
     third = _Toy()

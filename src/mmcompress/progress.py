@@ -15,3 +15,10 @@ def progress_bar(iterable: Any = None, *, enabled: bool = True, **kwargs: Any) -
     forced = os.environ.get("MMCOMPRESS_PROGRESS") == "1"
     show = enabled and not os.environ.get("TQDM_DISABLE") and (forced or sys.stderr.isatty())
     return tqdm(iterable, disable=not show, leave=False, dynamic_ncols=True, **kwargs)
+
+
+def announce(message: str) -> None:
+    """One line on stderr before long silent work (training a built-in model on first use),
+    even where no progress bar is drawn; nothing with `TQDM_DISABLE` (the CLI's --quiet)."""
+    if not os.environ.get("TQDM_DISABLE"):
+        print(f"note: {message}", file=sys.stderr, flush=True)

@@ -22,6 +22,7 @@ from torch import nn
 from ..io.atomic import share_as_created
 from ..models.sentence_encoder import minilm_path
 from ..paths import cache_dir
+from ..progress import announce
 from .base import DualEncoderAdapter
 from .tokenizers import load_tokenizer, tokenize
 
@@ -88,6 +89,8 @@ def load_or_train(model: nn.Module, name: str, key: str, train: Callable[[], Any
             return
         except Exception:  # a broken cache is rebuilt, never trusted
             path.unlink(missing_ok=True)
+    announce(f"training the built-in {name} model on first use (a few minutes; cached in "
+             f"{path.parent})")
     train()
     state = model.state_dict()
     trained = {n: state[n].detach().contiguous() for n in trained_names}
