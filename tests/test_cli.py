@@ -51,9 +51,11 @@ def test_no_unpack_note_when_every_layer_is_dense(tiny_clip_folder, tmp_path):
                                  str(recipe), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert "saved to" in result.output and "--unpack" not in result.output
-    for report in ("report.md", "report.html"):  # what the calibrated stage drew
-        assert re.search(r"calibrated on \d+ images and \d+ texts \([\d,]+ tokens\)",
-                         (tmp_path / "out" / report).read_text()), report
+    for report in ("report.md", "report.html"):  # what the stage did, and how it was measured
+        text = (tmp_path / "out" / report).read_text()
+        assert re.search(r"parameters ×0\.\d+, calibrated on \d+ images and \d+ texts "
+                         r"\([\d,]+ tokens\)", text), report
+        assert "Latency: median" in text, report
 
 
 def test_evaluate_output_folder_as_json(tiny_clip_folder, tmp_path):

@@ -116,14 +116,27 @@ def stage_outcome(summary: dict[str, Any]) -> str:
     return ", ".join(parts) or "done"
 
 
+def stage_details(summary: dict[str, Any]) -> str:
+    """What a stage did and what it was calibrated on (report.md and report.html)."""
+    drawn = summary.get("calibration")
+    return stage_outcome(summary) + (f", calibrated on {calibrated_on(drawn)}" if drawn else "")
+
+
+def measurement_note(m: dict[str, Any]) -> str:
+    """How the figures were measured (report.md and report.html)."""
+    return (f"Latency: {m['latency_statistic']}, {m['latency_repeats']} repeats, batch "
+            f"{m['latency_batch_size']}, text padded to {m['latency_text_tokens']} tokens, "
+            f"{m['threads']} threads. Size: bytes of `model.safetensors`. Peak memory: RSS added "
+            "by loading the model and running each tower once, in a fresh process. Fidelity: "
+            "mean cosine between compressed and uncompressed embeddings of the same inputs.")
+
+
 def report_markdown(report: dict[str, Any]) -> str:
     """`report.md`: what was done, the before/after table, and how it was measured."""
     m = report["measurement"]
     stages = "\n".join(
         f"{i + 1}. `{s['kind']}` / `{s['method']}` — {s['seconds']:.1f} s, "
-        f"{stage_outcome(s['summary'])}"
-        + (f", calibrated on {calibrated_on(s['summary']['calibration'])}"
-           if s["summary"].get("calibration") else "")
+        f"{stage_details(s['summary'])}"
         for i, s in enumerate(report["stages"])
     )
     table = markdown_table(
@@ -132,11 +145,7 @@ def report_markdown(report: dict[str, Any]) -> str:
     return (
         f"# mmcompress report\n\nModel: `{report['model']}` · data: `{m['data']}` "
         f"({m['task']}, {m['examples']} examples)\n\n## Stages\n{stages}\n\n## Before / after\n"
-        f"{table}\n\n## Measurement\nLatency: {m['latency_statistic']}, {m['latency_repeats']} "
-        f"repeats, batch {m['latency_batch_size']}, text padded to {m['latency_text_tokens']} "
-        f"tokens, {m['threads']} threads. Size: bytes of `model.safetensors`. Peak memory: RSS "
-        "added by loading the model and running each tower once, in a fresh process. Fidelity: "
-        "mean cosine between compressed and uncompressed embeddings of the same inputs.\n"
+        f"{table}\n\n## Measurement\n{measurement_note(m)}\n"
     )
 
 

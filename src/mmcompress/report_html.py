@@ -5,7 +5,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from .report import LABELS, calibrated_on, comparison_rows
+from .report import LABELS, comparison_rows, measurement_note, stage_details
 
 BAR_W, ROW_H = 320, 26
 
@@ -30,11 +30,6 @@ def _bars(title: str, pairs: list[tuple[str, float, float]], unit: str) -> str:
             f"role='img'>{''.join(rows)}</svg>")
 
 
-def _calibration(summary: dict[str, Any]) -> str:
-    drawn = summary.get("calibration")
-    return f", calibrated on {escape(calibrated_on(drawn))}" if drawn else ""
-
-
 def report_html(report: dict[str, Any]) -> str:
     before, after = report["before"], report["after"]
     table = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>"
@@ -46,9 +41,10 @@ def report_html(report: dict[str, Any]) -> str:
              (1e6 if k in ("size_bytes", "params") else 1))
             for k in both if k in ("size_bytes", "params") or k.startswith(("latency", "peak"))]
     stages = "".join(f"<li><code>{escape(s['kind'])}/{escape(s['method'])}</code>: "
-                     f"{s['seconds']:.1f} s{_calibration(s['summary'])}</li>"
+                     f"{s['seconds']:.1f} s, {escape(stage_details(s['summary']))}</li>"
                      for s in report["stages"])
     m = report.get("measurement", {})
+    note = f"<h2>Measurement</h2><p>{escape(measurement_note(m))}</p>" if m else ""
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>mmcompress report</title>
 <style>body{{font-family:sans-serif;max-width:820px;margin:2em auto}}td,th{{padding:4px 10px}}
 tr:nth-child(even){{background:#f3f3f3}}</style></head><body>
@@ -57,5 +53,5 @@ tr:nth-child(even){{background:#f3f3f3}}</style></head><body>
 Grey: before; blue: after.</p><ol>{stages}</ol>
 <table><tr><th>metric</th><th>before</th><th>after</th><th>change</th></tr>{table}</table>
 {_bars("Quality", quality, "")}{_bars("Cost (MB, M params, ms)", cost, "")}
-</body></html>
+{note}</body></html>
 """
