@@ -72,7 +72,8 @@ def share_as_created(path: Path) -> None:
     path = Path(path)
     items = [path, *path.rglob("*")] if path.is_dir() else [path]
     for item in items:
-        os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
+        if not item.is_symlink():  # a link's target is not ours to change
+            os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
