@@ -88,6 +88,7 @@ def test_csv_reader_reads_missing_cells_as_missing(tmp_path):
     (["1,one,", "2,two,"], "column 'audio' is empty"),
     (["1,one,not-there.wav"], "not found"),
     (["eleven,one,one.wav"], "not a digit"),
+    (["\u00b2,one,one.wav"], "not a digit"),  # '²' passes str.isdigit, not int()
 ])
 def test_csv_reader_refuses_bad_input(tmp_path, rows, message):
     with pytest.raises(DataError, match=message):
@@ -164,3 +165,21 @@ def test_image_folds_split_the_training_images():
         assert abs(len(validation) - len(train) / FOLDS) <= 1
         seen = {x.tobytes() for x in fit}
         assert not any(x.tobytes() in seen for x in validation)
+
+
+def test_a_wav_cut_off_mid_frame_reads_its_whole_frames(tmp_path):
+    path = write_wav(tmp_path / "cut.wav", SAMPLE_RATE, channels=2)
+    path.write_bytes(path.read_bytes()[:-3])  # the last frame loses 3 of its 4 bytes
+    assert len(read_wav(path)) == SAMPLE_RATE // 4 - 1
+
+
+@pytest.mark.parametrize("rate", [SAMPLE_RATE, 16000])
+def test_a_wav_without_samples_is_refused(tmp_path, rate):
+    with pytest.raises(DataError, match="holds no audio samples"):
+        read_wav(write_wav(tmp_path / "empty.wav", rate, seconds=0))
+
+
+def test_an_audio_path_that_is_a_folder_is_a_data_error(tmp_path):
+    (tmp_path / "x.wav").mkdir()
+    with pytest.raises(DataError, match="cannot read audio file"):
+        read_wav(tmp_path / "x.wav")

@@ -31,8 +31,14 @@ def read_wav(path: Path) -> np.ndarray:
         raise DataError(f"audio file {path} not found") from None
     except (wave.Error, EOFError) as exc:
         raise DataError(f"{path} is not a PCM WAV file ({exc})") from None
+    except OSError as exc:  # a folder, no permission
+        raise DataError(f"cannot read audio file {path}: {exc.strerror or exc}") from None
     if width not in _DTYPES:
         raise DataError(f"{path}: {8 * width}-bit samples are not supported (8, 16 or 32-bit PCM)")
+    frames = frames[: len(frames) - len(frames) % (width * channels)]  # a file cut mid-frame
+    if not frames:
+        raise DataError(f"{path} holds no audio samples (leave the cell empty for a missing "
+                        "recording)")
     samples = np.frombuffer(frames, dtype=_DTYPES[width]).astype(np.float32)
     if width == 1:
         samples = samples - 128.0
@@ -47,6 +53,8 @@ def resample(wave_: np.ndarray, rate: int, what: str = "audio") -> np.ndarray:
     Raises:
         DataError: for a rate below `MIN_RATE` (the band the features need is missing).
     """
+    if not len(wave_):
+        raise DataError(f"{what} holds no audio samples")
     if rate == SAMPLE_RATE:
         return np.ascontiguousarray(wave_, dtype=np.float32)
     if rate < MIN_RATE:

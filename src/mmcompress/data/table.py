@@ -27,7 +27,7 @@ def is_trimodal_csv(path: Path) -> bool:
 
 def _label(value: str, row: int, path: Path) -> int:
     v = value.strip().lower()
-    if v.isdigit() and int(v) < len(DIGIT_WORDS):
+    if v.isascii() and v.isdigit() and int(v) < len(DIGIT_WORDS):  # not '²', which int() refuses
         return int(v)
     if v in DIGIT_WORDS:
         return DIGIT_WORDS.index(v)
