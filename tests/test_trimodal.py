@@ -86,7 +86,7 @@ def test_csv_reader_reads_missing_cells_as_missing(tmp_path):
 
 @pytest.mark.parametrize("rows, message", [
     (["1,one,", "2,two,"], "column 'audio' is empty"),
-    (["1,one,not-there.wav"], "not found"),
+    (["1,one,not-there.wav"], "row 2: audio file .* not found"),
     (["eleven,one,one.wav"], "not a digit"),
     (["\u00b2,one,one.wav"], "not a digit"),  # '²' passes str.isdigit, not int()
 ])

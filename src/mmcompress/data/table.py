@@ -61,9 +61,11 @@ def read_trimodal_csv(path: Path) -> Dataset:
                 data[m].append(None)
             elif m == "text":
                 data[m].append(cell)
-            elif m == "image":
-                data[m].append(load_image(base / cell))
             else:
-                data[m].append(read_wav(base / cell))
+                read = load_image if m == "image" else read_wav
+                try:
+                    data[m].append(read(base / cell))
+                except DataError as exc:
+                    raise DataError(f"{path} row {i}: {exc}") from None
     return Dataset(name=path.stem, task="multimodal", images=data["image"], texts=data["text"],
                    audio=data["audio"], labels=labels, class_names=list(DIGIT_WORDS))
