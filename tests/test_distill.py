@@ -306,3 +306,14 @@ def test_resnet20_distills_from_resnet56_on_shared_images(shared_data):
                                                StageContext(data=train, progress=False))
     assert summary["steps"] == 2 and summary["losses"] == ["logits"]
     assert summary["final_loss"] > 0
+
+
+def test_the_teacher_is_part_of_what_a_resumed_run_must_share():
+    student = _sentence()
+    teacher = copy.deepcopy(student)
+    task = make_task(student, _pairs())
+    same = DistillObjective(student, teacher, task, ["clip_kd"]).describe()
+    assert DistillObjective(student, copy.deepcopy(teacher), task, ["clip_kd"]).describe() == same
+    with torch.no_grad():
+        next(teacher.model.parameters()).add_(1e-3)
+    assert DistillObjective(student, teacher, task, ["clip_kd"]).describe() != same

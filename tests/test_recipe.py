@@ -25,6 +25,8 @@ def test_valid_recipe_roundtrips_through_yaml():
         ("colour: red\nstages: []\n", "unknown key 'colour'"),
         ("stages: []\n", "non-empty list"),
         ("stages:\n  - squash: {method: x}\n", "unknown stage 'squash'"),
+        ("stages:\n  - distill: {method: kd, student: {heads: 1.5}}\n",
+         r"student\.heads.*a fraction must be in \[0, 1\)"),
         ("stages:\n  - quantize: rtn\n", "expected a mapping with a 'method' key"),
         ("stages:\n  - quantize: {method: rtn}\nevaluate: {metrics: [speed]}\n", "unknown metric"),
         ("stages:\n  - quantize: {method: rtn}\ncalibration: {samples: -1}\n", "samples"),

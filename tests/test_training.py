@@ -92,6 +92,28 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
         _trainer(tmp_path, max_steps=2, lr=5e-4).fit()
 
 
+def test_checkpoint_of_a_run_from_other_weights_or_callbacks_is_refused(tmp_path):
+    """Shapes alike are not enough: a resumed run must start where the checkpointed one did."""
+    _trainer(tmp_path, max_steps=2).fit()
+    other = _trainer(tmp_path, max_steps=2)
+    with torch.no_grad():
+        other.model.linear.weight[0, 0] += 1.0
+    with pytest.raises(CheckpointError, match="other settings"):
+        other.fit()
+
+    class _Target(TrainCallback):
+        def __init__(self, sparsity: float) -> None:
+            self.sparsity = sparsity
+
+        def describe(self):
+            return {"sparsity": self.sparsity}
+
+    _trainer(tmp_path / "b", [_Target(0.5)], max_steps=2).fit()
+    _trainer(tmp_path / "b", [_Target(0.5)], max_steps=2).fit()  # the same: it resumes
+    with pytest.raises(CheckpointError, match="other settings"):
+        _trainer(tmp_path / "b", [_Target(0.8)], max_steps=2).fit()
+
+
 def test_resume_must_fails_without_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         _trainer(tmp_path / "missing", resume="must").fit()

@@ -20,6 +20,7 @@ from ..structured.allocate import (
     global_plan,
     how_many,
     uniform_plan,
+    unit_amount,
 )
 from ..structured.groups import (
     UnitGroup,
@@ -69,16 +70,7 @@ class StructuredPruneConfig(MethodConfig):
     @field_validator("heads", "neurons", "layers", "channels", mode="before")
     @classmethod
     def _amount(cls, v: Any) -> Any:
-        if v is None:
-            return v
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            raise ValueError(f"expected a fraction in [0, 1) or a whole count, got {v!r}")
-        if isinstance(v, int) and v < 0:
-            raise ValueError(f"a count must be 0 or more, got {v}")
-        if isinstance(v, float) and not 0 <= v < 1:
-            raise ValueError(f"a fraction must be in [0, 1), got {v} (use a whole number "
-                             "for a count)")
-        return v
+        return unit_amount(v)
 
     @model_validator(mode="before")
     @classmethod

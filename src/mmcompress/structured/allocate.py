@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import RecipeError
 
@@ -40,6 +41,20 @@ class Candidate:
     score: float
     params: int
     pool: tuple = ()  # units whose scores are comparable (normalised together)
+
+
+def unit_amount(v: Any) -> Any:
+    """Check an amount of units to remove: a fraction in [0, 1) or a whole count (or None)."""
+    if v is None:
+        return v
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise ValueError(f"expected a fraction in [0, 1) or a whole count, got {v!r}")
+    if isinstance(v, int) and v < 0:
+        raise ValueError(f"a count must be 0 or more, got {v}")
+    if isinstance(v, float) and not 0 <= v < 1:
+        raise ValueError(f"a fraction must be in [0, 1), got {v} (use a whole number "
+                         "for a count)")
+    return v
 
 
 def how_many(amount: Amount, size: int) -> int:

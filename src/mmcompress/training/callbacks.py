@@ -31,6 +31,10 @@ class TrainCallback:
     def on_train_end(self, trainer: Trainer) -> None:
         """Called after the last step."""
 
+    def describe(self) -> dict[str, Any]:
+        """JSON-able settings a resumed run must share (its checkpoints are refused otherwise)."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         """JSON-able state saved in every checkpoint."""
         return {}

@@ -9,6 +9,7 @@ JSON parameter groups.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -130,3 +131,13 @@ def load_training_checkpoint(
     except (RuntimeError, KeyError, ValueError) as exc:
         first = " ".join(str(exc).splitlines()[:2])
         raise CheckpointError(f"{path} does not match this run's model: {first}") from None
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's state (every parameter and buffer, by name): a resumed run must
+    start from the very weights the checkpointed run started from."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()

@@ -30,6 +30,7 @@ from torch import nn
 from ..adapters import Adapter
 from ..errors import RecipeError, UserError
 from . import losses
+from .checkpoints import state_digest
 from .taps import Taps, block_lists
 from .tasks import Batch, ContrastiveTask, Outputs, TrainingTask, make_task, model_device, to_device
 
@@ -100,7 +101,8 @@ class DistillObjective:
         return len(self.task)
 
     def describe(self) -> dict[str, Any]:
-        return {"objective": "distill", **self.task.describe(), "losses": self.weights,
+        return {"objective": "distill", **self.task.describe(),
+                "teacher": state_digest(self.teacher.model), "losses": self.weights,
                 "alpha": self.alpha, "temperature": self.temperature,
                 "pairs": {n: p for n, p in self.pairs.items()}}
 

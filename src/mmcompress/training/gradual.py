@@ -83,6 +83,9 @@ class GradualPruning(TrainCallback):
             self.current = dict(self.finals)
         self.summary.update(self.masks.finish())
 
+    def describe(self) -> dict[str, Any]:
+        return {"schedule": self.schedule.model_dump(), "finals": self.finals}
+
     def state_dict(self) -> dict[str, Any]:
         return {"current": self.current}
 

@@ -22,6 +22,7 @@ from ..adapters import Adapter
 from ..errors import RecipeError
 from ..methods.base import StageContext
 from ..models.resnet_cifar import BasicBlock
+from ..structured.allocate import unit_amount
 from ..structured.groups import LayerList, remove_layers
 from .taps import block_lists
 
@@ -41,6 +42,11 @@ class StudentConfig(BaseModel):
     importance: Literal["magnitude", "activation", "taylor"] = Field(
         "magnitude", description="how units are ranked, as in prune: structured")
     targets: list[str] | None = Field(None, description="towers/modules to shrink (default all)")
+
+    @field_validator("heads", "neurons", "channels", mode="before")
+    @classmethod
+    def _amount(cls, v: Any) -> Any:
+        return unit_amount(v)
 
     @field_validator("layers")
     @classmethod

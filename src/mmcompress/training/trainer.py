@@ -32,6 +32,7 @@ from .checkpoints import (
     load_training_checkpoint,
     read_state,
     save_training_checkpoint,
+    state_digest,
 )
 from .distributed import World, barrier, init_world, mean_across, shard
 from .schedule import lr_factor, warmup_steps
@@ -250,16 +251,17 @@ class Trainer:
 
     # -- checkpoints -----------------------------------------------------------------------
     def fingerprint(self) -> str:
-        """Hash of what must match for a checkpoint to be resumed: settings, objective,
-        parameter names and shapes, world size."""
-        shapes = {k: list(v.shape) for k, v in self.model.state_dict().items()}
+        """Hash of what must match for a checkpoint to be resumed: settings, objective
+        (teacher included), the starting weights and the modules' configuration (QAT grids),
+        world size, and the callbacks with their settings."""
         desc = {
             "settings": self.settings.model_dump(exclude={"checkpoint_dir", "checkpoint_every",
                                                           "resume", "evaluate"}),
             "objective": self.objective.describe(),
-            "shapes": shapes,
+            "weights": state_digest(self.model),
+            "modules": hashlib.sha256(repr(self.model).encode()).hexdigest(),
             "processes": self.world.size,
-            "callbacks": [type(cb).__name__ for cb in self.callbacks],
+            "callbacks": [[type(cb).__name__, cb.describe()] for cb in self.callbacks],
         }
         return hashlib.sha256(json.dumps(desc, sort_keys=True, default=str).encode()).hexdigest()
 
