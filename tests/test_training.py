@@ -79,11 +79,12 @@ class _Counter(TrainCallback):
 
 def test_callbacks_are_called_and_their_state_survives_resume(tmp_path):
     first = _Counter()
-    _trainer(tmp_path, [first], epochs=2, max_steps=2).fit()
+    done = _trainer(tmp_path, [first], epochs=2, max_steps=2).fit()
     assert first.calls == ["begin@0", "end"] and first.seen == 2
     again = _Counter()
-    _trainer(tmp_path, [again], epochs=2, max_steps=2).fit()  # already done: resumes at 2
+    resumed = _trainer(tmp_path, [again], epochs=2, max_steps=2).fit()  # done: resumes at 2
     assert again.calls == ["begin@2", "end"] and again.seen == 2
+    assert resumed["final_loss"] == done["final_loss"] is not None
 
 
 def test_checkpoint_of_another_run_is_refused(tmp_path):

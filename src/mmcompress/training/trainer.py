@@ -142,7 +142,10 @@ class Trainer:
         was_training = self.model.training
         self.model.to(self.world.device)
         self.objective.modules.to(self.world.device)
-        start, seen, loss_value = time.perf_counter(), 0, float("nan")
+        start, seen = time.perf_counter(), 0
+        # a run resumed at its last step trains no more: its loss is the last epoch's record
+        last = self.history[-1].get("loss") if self.history else None
+        loss_value = float("nan") if last is None else float(last)
         bar = progress_bar(total=self.total_steps, initial=self.step, desc="training",
                            enabled=self.progress and self.world.is_main)
         try:
