@@ -27,6 +27,8 @@ def test_valid_recipe_roundtrips_through_yaml():
         ("stages:\n  - squash: {method: x}\n", "unknown stage 'squash'"),
         ("stages:\n  - distill: {method: kd, student: {heads: 1.5}}\n",
          r"student\.heads.*a fraction must be in \[0, 1\)"),
+        ("stages:\n  - distill: {method: kd, losses: [affinity], weights: {logits: 3.0}}\n",
+         "weights name logits, which is not among the losses"),
         ("stages:\n  - quantize: rtn\n", "expected a mapping with a 'method' key"),
         ("stages:\n  - quantize: {method: rtn}\nevaluate: {metrics: [speed]}\n", "unknown metric"),
         ("stages:\n  - quantize: {method: rtn}\ncalibration: {samples: -1}\n", "samples"),

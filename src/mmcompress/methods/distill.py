@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from ..adapters import Adapter
-from ..errors import UserError
+from ..errors import RecipeError, UserError
 from ..model_specs import load_model
 from ..training.distill import LOSSES, DistillObjective
 from ..training.stage import TrainStageConfig, run_training, training_data
@@ -41,7 +41,17 @@ class DistillConfig(TrainStageConfig):
     def _known(self) -> DistillConfig:
         if self.losses is not None and not self.losses:
             raise ValueError(f"losses: give at least one of {', '.join(LOSSES)}")
+        if self.losses is not None:
+            _check_weights(self.weights, self.losses)
         return self
+
+
+def _check_weights(weights: dict[str, float], losses: list[str]) -> None:
+    """A weight for a loss the stage does not compute would be ignored without a word."""
+    unused = sorted(set(weights) - set(losses))
+    if unused:
+        raise ValueError(f"weights name {', '.join(unused)}, which is not among the losses "
+                         f"({', '.join(losses)}); add it to 'losses' or drop its weight")
 
 
 def _teacher(config: DistillConfig, adapter: Adapter, context: StageContext) -> Adapter:
@@ -67,6 +77,10 @@ def apply_distill(adapter: Adapter, config: DistillConfig,
         layer_map = summary["student"].get("layer_map")
     task = make_task(adapter, data, config.augment)
     losses = config.losses or DEFAULT_LOSSES[task.kind]
+    try:
+        _check_weights(config.weights, losses)
+    except ValueError as exc:
+        raise RecipeError(f"distill: {exc}; those are this model's default losses") from None
     objective = DistillObjective(adapter, teacher, task, losses, config.alpha,
                                  config.temperature, dict(config.weights), layer_map,
                                  cache=config.cache_teacher)
