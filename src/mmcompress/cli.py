@@ -161,11 +161,10 @@ def compress_cmd(
 ) -> None:
     """Run a recipe on a model and save the compressed model with its report."""
     from .api import compress
+    from .recipe import check_recipe_file
 
     progress = _setup(quiet, threads)
-    if not recipe.is_file():
-        raise UserError(f"recipe file {recipe} " + ("is a folder, not a file"
-                                                    if recipe.is_dir() else "not found"))
+    check_recipe_file(recipe)  # before anything reads it as YAML text
     _print_result(
         compress(model, recipe, out=out, data=data, overwrite=overwrite, progress=progress)
     )

@@ -188,6 +188,13 @@ def parse_recipe(data: Any, root: yaml.Node | None = None) -> Recipe:
     return Recipe(stages, calibration, evaluate)
 
 
+def check_recipe_file(path: Path) -> None:
+    """Refuse a recipe path that is missing or a folder, saying which."""
+    if not path.is_file():
+        raise RecipeError(f"recipe file {path} " + ("is a folder, not a file"
+                                                   if path.is_dir() else "not found"))
+
+
 def load_recipe(source: str | Path | dict | Recipe) -> Recipe:
     """A recipe from a YAML file path, YAML text, a mapping, or a `Recipe`."""
     if isinstance(source, Recipe):
@@ -197,9 +204,7 @@ def load_recipe(source: str | Path | dict | Recipe) -> Recipe:
     text = str(source)
     path = Path(text).expanduser()
     if "\n" not in text and (path.suffix in (".yaml", ".yml") or path.exists()):
-        if not path.is_file():
-            raise RecipeError(f"recipe file {path} " + ("is a folder, not a file"
-                                                       if path.is_dir() else "not found"))
+        check_recipe_file(path)
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
