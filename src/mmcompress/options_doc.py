@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 
 from .evaluation.config import CalibrationConfig, EvaluateConfig
+from .io.atomic import write_text_atomic
 from .methods import METHODS, STAGE_KINDS
 from .report import markdown_table
 
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     text = options_markdown()
     if args:
-        Path(args[0]).write_text(text)
+        write_text_atomic(Path(args[0]), text)
     else:
         sys.stdout.write(text)
 
