@@ -317,3 +317,20 @@ def test_the_teacher_is_part_of_what_a_resumed_run_must_share():
     with torch.no_grad():
         next(teacher.model.parameters()).add_(1e-3)
     assert DistillObjective(student, teacher, task, ["clip_kd"]).describe() != same
+
+
+def test_training_stages_sharing_a_checkpoint_dir_each_keep_their_own(tiny_clip, tmp_path):
+    """Two training stages given one `checkpoint_dir` used to meet each other's checkpoints
+    there: the second refused the first's as 'written by a run with other settings'."""
+    from _tiny_training import toy_data
+
+    train = {"method": "task", "epochs": 1, "batch_size": 4, "lr": 1e-3, "warmup": 0,
+             "evaluate": False, "checkpoint_dir": str(tmp_path / "ck"), "checkpoint_every": 1}
+    recipe = {"stages": [{"finetune": train}, {"finetune": {**train, "lr": 5e-4}}],
+              "evaluate": FAST_EVAL}
+    result = mmcompress.compress(tiny_clip, recipe, out=tmp_path / "out", data=toy_data(),
+                                 progress=False)
+    steps = [s["summary"]["steps"] for s in result.report["stages"]]
+    assert steps[0] == steps[1] > 0
+    assert {p.name for p in (tmp_path / "ck").iterdir()} == {"stage-0", "stage-1"}
+    assert all(any((tmp_path / "ck" / s).glob("step-*")) for s in ("stage-0", "stage-1"))

@@ -26,7 +26,8 @@ class TrainSettings(BaseModel):
     max_examples: PositiveInt | None = Field(
         None, description="train on this many evenly spaced examples of the data")
     checkpoint_dir: str | None = Field(
-        None, description="folder for resumable checkpoints; default: beside the output")
+        None, description="folder for resumable checkpoints, one stage-<i> subfolder per "
+        "training stage; default: beside the output")
     checkpoint_every: PositiveInt = Field(50, description="steps between checkpoints")
     resume: Literal["auto", "never", "must"] = Field(
         "auto", description="auto: resume when a checkpoint exists; must: fail without one")

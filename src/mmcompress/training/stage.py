@@ -66,9 +66,11 @@ def trainable(adapter: Adapter, config: MethodConfig) -> Iterator[list[str]]:
             p.requires_grad_(saved.get(n, True))
 
 
-def checkpoint_dir(context: StageContext) -> Path | None:
-    """``<out>.training/stage-<i>`` beside the output folder when the runner gives one."""
-    root = context.extra.get("train_dir")
+def checkpoint_dir(context: StageContext, chosen: str | None = None) -> Path | None:
+    """This stage's own ``stage-<i>`` folder: under the recipe's `chosen` ``checkpoint_dir``,
+    else under ``.<out>.training`` beside the output folder when the runner gives one. Each
+    stage has its own, so that two training stages never read each other's checkpoints."""
+    root = chosen or context.extra.get("train_dir")
     return Path(root) / f"stage-{context.extra.get('stage', 0)}" if root else None
 
 
@@ -86,9 +88,11 @@ def run_training(adapter: Adapter, objective: Objective, config: TrainStageConfi
     """Train the selected parameters of `adapter` on `objective`; returns the summary."""
     with trainable(adapter, config) as names:
         count = sum(adapter.model.get_parameter(n).numel() for n in names)
-        trainer = Trainer(adapter, objective, TrainSettings.from_config(config),
+        settings = TrainSettings.from_config(config)
+        folder = checkpoint_dir(context, settings.checkpoint_dir)
+        trainer = Trainer(adapter, objective, settings.model_copy(update={"checkpoint_dir": None}),
                           callbacks=callbacks if callbacks is not None else take_armed(context),
-                          eval_fn=epoch_eval(context), checkpoint_dir=checkpoint_dir(context),
+                          eval_fn=epoch_eval(context), checkpoint_dir=folder,
                           progress=context.progress)
         summary = trainer.fit()
     summary["trained_params"] = count
