@@ -77,6 +77,7 @@ def test_corrupted_manifest_is_refused(saved):
     ("modules", [1], "'modules' is missing or not a mapping"),
 ])
 def test_manifest_fields_of_the_wrong_kind_are_named(saved, key, value, message):
+    _rewrite_weights(saved, load_file(str(saved / "model.safetensors")))  # no digest to compare
     manifest = json.loads((saved / "mmcompress.json").read_text())
     manifest[key] = value
     (saved / "mmcompress.json").write_text(json.dumps(manifest))
@@ -85,12 +86,71 @@ def test_manifest_fields_of_the_wrong_kind_are_named(saved, key, value, message)
 
 
 def test_manifest_shape_mismatch_is_refused(saved):
+    _rewrite_weights(saved, load_file(str(saved / "model.safetensors")))  # no digest to compare
     manifest = json.loads((saved / "mmcompress.json").read_text())
     entry = manifest["modules"]["text_model.encoder.layers.0.mlp.fc1"]
     entry["group_size"] = 8
     (saved / "mmcompress.json").write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match="does not match"):
         mmcompress.load(saved)
+
+
+@pytest.mark.parametrize("edit", [
+    # the group edges move, yet every tensor keeps its shape
+    lambda m: m["modules"]["text_model.encoder.layers.0.mlp.fc1"].update(group_size=17),
+    lambda m: m["architecture"].update(note=1),
+    lambda m: m.pop("structure"),
+])
+def test_an_edited_model_description_is_refused_even_when_the_shapes_still_fit(saved, edit):
+    manifest = json.loads((saved / "mmcompress.json").read_text())
+    edit(manifest)
+    (saved / "mmcompress.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="mmcompress.json is altered"):
+        mmcompress.load(saved)
+
+
+def test_a_manifest_that_cannot_be_built_is_a_checkpoint_error(saved):
+    """Any failure while rebuilding (here torch refusing bits -1) is the manifest's fault."""
+    _rewrite_weights(saved, load_file(str(saved / "model.safetensors")))
+    manifest = json.loads((saved / "mmcompress.json").read_text())
+    manifest["modules"]["text_model.encoder.layers.0.mlp.fc1"]["bits"] = -1
+    (saved / "mmcompress.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="does not describe a model that can be rebuilt"):
+        mmcompress.load(saved)
+
+
+def test_a_tensor_of_another_dtype_is_refused_not_cast(saved):
+    weights = load_file(str(saved / "model.safetensors"))
+    key = "text_model.encoder.layers.0.mlp.fc1.scale"
+    weights[key] = weights[key].to(torch.int64)
+    _rewrite_weights(saved, weights)
+    with pytest.raises(CheckpointError, match=f"{key} is int64 .*the model holds float32"):
+        mmcompress.load(saved)
+
+
+def test_a_stray_or_reshaped_buffer_is_refused(saved):
+    buffers = load_file(str(saved / "buffers.safetensors"))
+    _rewrite_buffers(saved, {**buffers, "stray": torch.zeros(2)})
+    with pytest.raises(CheckpointError, match="unexpected keys \\['stray'\\]"):
+        mmcompress.load(saved)
+    key = sorted(buffers)[0]
+    _rewrite_buffers(saved, {**buffers, key: buffers[key][..., :3].contiguous()})
+    with pytest.raises(CheckpointError, match=f"{key} is int64 \\[1, 3\\]"):
+        mmcompress.load(saved)
+
+
+def test_a_sparse_mask_keeping_other_than_its_values_is_refused(tiny_clip, tmp_path):
+    stage = load_recipe({"stages": [{"prune": {"method": "magnitude", "sparsity": 0.5}}]})
+    METHODS[("prune", "magnitude")].apply(tiny_clip, stage.stages[0].config,
+                                          StageContext(progress=False))
+    save_checkpoint(tiny_clip, tmp_path, "random:tiny", [])
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    key = next(k for k in sorted(weights) if k.endswith("mask_bits"))
+    weights[key] = weights[key].clone()
+    weights[key][0] ^= 1  # one weight more or less than the layer's values
+    _rewrite_weights(tmp_path, weights)
+    with pytest.raises(CheckpointError, match="mask_bits keeps .* weights, but the layer holds"):
+        mmcompress.load(tmp_path)
 
 
 def test_nan_weights_are_refused(tiny_clip, tmp_path):
@@ -110,7 +170,8 @@ def test_saved_buffers_let_loading_skip_the_dense_build(tiny_clip, saved):
     """The position ids a state dict leaves out are saved beside it, so the model is built on
     the meta device and given only its saved size; they come back equal."""
     manifest = json.loads((saved / "mmcompress.json").read_text())
-    lean = _lean_rebuild(saved, manifest, saved / "buffers.safetensors")
+    lean = _lean_rebuild(saved, manifest, saved / "model.safetensors",
+                         saved / "buffers.safetensors")
     assert lean is not None
     expected = _non_persistent(tiny_clip.model)
     assert expected and expected.keys() == _non_persistent(lean.model).keys()
@@ -140,6 +201,15 @@ def _drop_buffers_file(folder):
     (folder / "mmcompress.json").write_text(json.dumps(manifest))
 
 
+def _rewrite_weights(folder, weights):
+    """Write `weights` as the folder's weights file with a matching manifest entry (and no
+    description digest, as in a folder written before it existed)."""
+    save_file(weights, str(folder / "model.safetensors"))
+    manifest = json.loads((folder / "mmcompress.json").read_text())
+    manifest["weights"] = _file_entry(folder / "model.safetensors")
+    (folder / "mmcompress.json").write_text(json.dumps(manifest))
+
+
 def _rewrite_buffers(folder, buffers):
     save_file(buffers, str(folder / "buffers.safetensors"))
     manifest = json.loads((folder / "mmcompress.json").read_text())
@@ -161,7 +231,8 @@ def test_folders_without_every_buffer_load_the_old_way(tiny_clip, tmp_path, chan
         buffers.pop(sorted(buffers)[0])
         _rewrite_buffers(tmp_path, buffers)
         manifest = json.loads((tmp_path / "mmcompress.json").read_text())
-        assert _lean_rebuild(tmp_path, manifest, tmp_path / "buffers.safetensors") is None
+        assert _lean_rebuild(tmp_path, manifest, tmp_path / "model.safetensors",
+                             tmp_path / "buffers.safetensors") is None
     for a, b in zip(before, _outputs(mmcompress.load(tmp_path)), strict=True):
         assert torch.equal(a, b)
 
@@ -224,6 +295,8 @@ def test_tensor_file_reads_what_safetensors_wrote(tmp_path):
     (lambda b: (10**9).to_bytes(8, "little") + b[8:], "header length"),
     (lambda b: b[:8] + b"x" * (len(b) - 8), "not JSON"),
     (lambda b: b[:-4], "outside the data"),
+    (lambda b: b.replace(b'"shape":[4,4]', b'"shape":[-4,-4]'), "not a whole number"),
+    (lambda b: b.replace(b'"shape":[4,4]', b'"shape":[4.0,4]'), "not a whole number"),
 ])
 def test_tensor_file_refuses_a_damaged_file(tmp_path, damage, message):
     from mmcompress.io.tensor_file import TensorFile
@@ -236,16 +309,16 @@ def test_tensor_file_refuses_a_damaged_file(tmp_path, damage, message):
 
 
 def test_weights_file_with_a_missing_or_extra_tensor_is_refused(tiny_clip, tmp_path):
-    from mmcompress.io.checkpoint import _load_weights
+    from mmcompress.io.checkpoint import _check_layout
 
     state = {k: v.contiguous() for k, v in tiny_clip.model.state_dict().items()}
     dropped = sorted(state)[0]
     save_file({k: v for k, v in state.items() if k != dropped}, str(tmp_path / "a.safetensors"))
     with pytest.raises(CheckpointError, match=f"missing keys \\['{dropped}'\\]"):
-        _load_weights(tiny_clip.model, tmp_path / "a.safetensors")
+        _check_layout(tiny_clip.model.state_dict(), tmp_path / "a.safetensors")
     save_file({**state, "stray": torch.zeros(1)}, str(tmp_path / "b.safetensors"))
     with pytest.raises(CheckpointError, match="unexpected keys \\['stray'\\]"):
-        _load_weights(tiny_clip.model, tmp_path / "b.safetensors")
+        _check_layout(tiny_clip.model.state_dict(), tmp_path / "b.safetensors")
 
 
 def test_models_whose_state_dict_is_not_their_own_tensors_load_whole():

@@ -28,12 +28,14 @@ from ..errors import CheckpointError
 from ..modules import MODULE_TYPES, build_module
 from ..modules.replace import replace_modules
 from .structure import apply_structure, meta_base, structure_diff
-from .tensor_file import TensorFile
+from .tensor_file import DTYPES, TensorFile
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 BUFFERS = "buffers.safetensors"
 MANIFEST = "mmcompress.json"
+DESCRIBED = ("adapter", "architecture", "structure", "modules")
+DESCRIPTION_KEY = "mmcompress_description_sha256"
 
 
 def _sha256(path: Path) -> str:
@@ -86,23 +88,47 @@ def _file_entry(path: Path) -> dict[str, Any]:
 def save_checkpoint(adapter: Adapter, folder: Path, base_model: str, history: list[dict]) -> None:
     """Write weights, manifest and assets into `folder` (an atomic temporary folder)."""
     weights, buffers = folder / WEIGHTS, folder / BUFFERS
-    save_file(state_for_saving(adapter.model), str(weights), metadata={"format": "pt"})
-    save_file(_separate(unsaved_buffers(adapter.model)), str(buffers), metadata={"format": "pt"})
     adapter.save_assets(folder)
+    described = {
+        "adapter": adapter.name,
+        "architecture": adapter.architecture(),
+        "structure": structure_diff(_base_model(adapter, folder), adapter.model),
+        "modules": replaced_modules(adapter.model),
+    }
+    save_file(state_for_saving(adapter.model), str(weights),
+              metadata={"format": "pt", DESCRIPTION_KEY: description_digest(described)})
+    save_file(_separate(unsaved_buffers(adapter.model)), str(buffers), metadata={"format": "pt"})
     manifest = {
         "format": "mmcompress",
         "format_version": FORMAT_VERSION,
         "mmcompress_version": __version__,
         "base_model": base_model,
-        "adapter": adapter.name,
-        "architecture": adapter.architecture(),
-        "structure": structure_diff(_base_model(adapter, folder), adapter.model),
-        "modules": replaced_modules(adapter.model),
+        **described,
         "stages": history,
         "weights": _file_entry(weights),
         "buffers": _file_entry(buffers),
     }
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
+
+
+def description_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's model description (adapter, architecture, structure, replaced
+    modules) as it reads back from JSON; the weights file keeps it in its metadata, which the
+    manifest's own hash of that file covers, so an edit to either is caught."""
+    described = {k: manifest.get(k) for k in DESCRIBED}
+    canonical = json.dumps(json.loads(json.dumps(described)), sort_keys=True,
+                           separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _check_description(manifest: dict[str, Any], weights: Path) -> None:
+    """Refuse a manifest whose model description is not the one saved with the weights
+    (folders written before the digest existed have none to compare)."""
+    with TensorFile(weights) as file:
+        saved = file.metadata.get(DESCRIPTION_KEY)
+    if saved is not None and saved != description_digest(manifest):
+        raise CheckpointError(f"{weights.parent / MANIFEST} is altered: its model description "
+                              f"is not the one saved with {weights.name}")
 
 
 def _base_model(adapter: Adapter, folder: Path | None) -> torch.nn.Module:
@@ -173,9 +199,13 @@ def _rebuild(folder: Path, manifest: dict[str, Any], meta: bool) -> Adapter:
 
     try:
         return meta_base(build) if meta else build()
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+    except Exception as exc:  # whatever fails, the manifest asked for it
+        if isinstance(exc, CheckpointError) or (
+                meta and isinstance(exc, RuntimeError | NotImplementedError)):
+            raise  # on the meta device, an op may lack an implementation: built in memory
+        why = str(exc).splitlines()[0] if str(exc) else ""
         raise CheckpointError(f"{where} does not describe a model that can be rebuilt "
-                              f"({type(exc).__name__}: {exc})") from None
+                              f"({type(exc).__name__}: {why})") from None
 
 
 def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
@@ -210,17 +240,13 @@ def _streamable(model: torch.nn.Module, expected: set[str]) -> bool:
 
 def _load_weights(model: torch.nn.Module, path: Path) -> None:
     """Copy the weights file into `model`, one module's tensors at a time (what
-    `load_state_dict(strict=True)` does, without holding the whole file in memory)."""
+    `load_state_dict(strict=True)` does, without holding the whole file in memory), once
+    `_check_layout` has found the file to hold the model's tensors."""
     expected = set(model.state_dict().keys())
     if not _streamable(model, expected):
         _load_state(model, _read(path), path)
         return
-    with TensorFile(path) as weights:
-        saved = set(weights.keys())
-        if saved != expected:
-            missing, extra = sorted(expected - saved)[:3], sorted(saved - expected)[:3]
-            raise CheckpointError(f"{path} does not match the manifest: missing keys "
-                                  f"{missing}, unexpected keys {extra}")
+    with TensorFile(path) as weights:  # names, shapes and dtypes: `_check_layout`
         for module, prefix, keys in _own_keys(model):
             state = {k: weights.read(k) for k in keys}
             missing, unexpected, errors = [], [], []
@@ -248,18 +274,46 @@ def _plain_meta_tensors(adapter: Adapter) -> list[str]:
             for k, v in vars(obj).items() if isinstance(v, torch.Tensor) and v.is_meta]
 
 
-def _lean_rebuild(folder: Path, manifest: dict[str, Any], buffers: Path) -> Adapter | None:
+def _check_layout(expected: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse a safetensors file whose tensors differ from `expected` (meta tensors will do)
+    in name, shape or dtype: loading would otherwise cast or fail half-way."""
+    with TensorFile(path) as file:
+        found = file.entries
+    extra, missing = sorted(set(found) - set(expected))[:3], sorted(set(expected) - set(found))[:3]
+    if extra or missing:
+        raise CheckpointError(f"{path} does not match the manifest: missing keys {missing}, "
+                              f"unexpected keys {extra}")
+    for key, tensor in expected.items():
+        entry = found[key]
+        shape, dtype = [int(d) for d in entry["shape"]], DTYPES[entry["dtype"]]
+        if shape != list(tensor.shape) or dtype != tensor.dtype:
+            raise CheckpointError(
+                f"{path} does not match the manifest: {key} is {str(dtype)[6:]} {shape}, "
+                f"the model holds {str(tensor.dtype)[6:]} {list(tensor.shape)}")
+
+
+def _lean_rebuild(folder: Path, manifest: dict[str, Any], weights: Path,
+                  buffers: Path) -> Adapter | None:
     """The saved architecture allocated at its saved size (built on the meta device, then
-    given uninitialised memory) with its non-persistent buffers from `buffers`; None when
-    the model holds a tensor that neither file restores, or cannot be built on the meta
-    device (an op there without a meta implementation)."""
+    given uninitialised memory, once both files are found to hold its tensors) with its
+    non-persistent buffers from `buffers`; None when the model holds a tensor that neither
+    file restores, or cannot be built on the meta device (an op there without a meta
+    implementation)."""
     try:
         adapter = _rebuild(folder, manifest, meta=True)
     except (RuntimeError, NotImplementedError):
         return None
-    saved = _read(buffers)
-    if set(unsaved_buffers(adapter.model)) != set(saved) or _plain_meta_tensors(adapter):
+    wanted = unsaved_buffers(adapter.model)
+    with TensorFile(buffers) as file:
+        unknown = sorted(set(file.entries) - set(wanted))
+    if unknown:
+        raise CheckpointError(f"{buffers} does not match the manifest: unexpected keys "
+                              f"{unknown[:3]}")
+    if set(wanted) != set(file.entries) or _plain_meta_tensors(adapter):
         return None
+    _check_layout(wanted, buffers)
+    _check_layout(adapter.model.state_dict(), weights)
+    saved = _read(buffers)
     adapter.model.to_empty(device="cpu")
     _set_buffers(adapter.model, saved)
     return adapter
@@ -271,9 +325,11 @@ def load_checkpoint(folder: Path) -> Adapter:
     manifest = read_manifest(folder)
     weights = _verified(folder, manifest.get("weights"))
     buffers = _verified(folder, manifest["buffers"]) if "buffers" in manifest else None
-    adapter = _lean_rebuild(folder, manifest, buffers) if buffers is not None else None
+    _check_description(manifest, weights)
+    adapter = _lean_rebuild(folder, manifest, weights, buffers) if buffers is not None else None
     if adapter is None:  # a folder from before buffers.safetensors, or a tensor it lacks
         adapter = _rebuild(folder, manifest, meta=False)
+        _check_layout(adapter.model.state_dict(), weights)
     _load_weights(adapter.model, weights)
     adapter.model.eval()
     adapter.check_finite()

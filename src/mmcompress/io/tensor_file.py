@@ -52,7 +52,11 @@ class TensorFile:
             raise self._bad("the header is not JSON") from None
         if not isinstance(header, dict):
             raise self._bad("the header is not a JSON object")
-        header.pop("__metadata__", None)
+        metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(metadata, dict) or not all(
+                isinstance(v, str) for v in metadata.values()):
+            raise self._bad("its metadata is not a mapping of strings")
+        self.metadata: dict[str, str] = metadata
         for name, entry in header.items():
             self._check(name, entry, size - 8 - n)
         return header, 8 + n
@@ -61,9 +65,13 @@ class TensorFile:
         try:
             dtype, shape, (begin, end) = DTYPES[entry["dtype"]], entry["shape"], \
                 entry["data_offsets"]
-            numel = math.prod(int(d) for d in shape)
+            numbers = [*shape, begin, end]
+            numel = math.prod(shape)
         except (KeyError, TypeError, ValueError):
             raise self._bad(f"tensor {name!r} has a malformed entry") from None
+        if not all(type(v) is int and v >= 0 for v in numbers):
+            raise self._bad(f"tensor {name!r} has a size or offset that is not a whole number "
+                            "≥ 0")
         if not 0 <= begin <= end <= data_bytes or end - begin != numel * dtype.itemsize:
             raise self._bad(f"tensor {name!r} lies outside the data or has the wrong size")
 

@@ -30,6 +30,9 @@ from .replace import filled, table_from_rows
 _SHIFTS = torch.arange(8, dtype=torch.uint8)
 
 
+_BIT_COUNTS = torch.tensor([bin(b).count("1") for b in range(256)])  # set bits per byte
+
+
 def pack_mask(keep: torch.Tensor) -> torch.Tensor:
     """A boolean tensor as bits (row-major, little-endian within each byte), flat uint8."""
     flat = keep.reshape(-1).to(torch.uint8)
@@ -135,8 +138,14 @@ class _MaskedLayer(nn.Module):
         counts = torch.cat([self._keep_rows(chunk).sum(1) for chunk in ids.split(4096)])
         self.row_start = counts.cumsum(0) - counts
 
-    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        super()._load_from_state_dict(*args, **kwargs)
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any
+                              ) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        kept = int(_BIT_COUNTS[self.mask_bits.long()].sum())  # padding bits must be 0 too
+        if kept != self.nnz:
+            args[-1].append(f"{prefix}mask_bits keeps {kept} weights, but the layer holds "
+                            f"{self.nnz} values")
+            return
         self._index_rows()
 
     def _keep_rows(self, ids: torch.Tensor) -> torch.Tensor:
