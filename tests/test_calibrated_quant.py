@@ -31,6 +31,26 @@ def test_gptq_layer_error_below_rtn(grid, act_order):
     assert gptq < 0.7 * output_error(x, w, fake_quantize(w, grid))
 
 
+@pytest.mark.parametrize("grid", [QuantGrid(4, 16), QuantGrid(3, None, False), QuantGrid(4, 16,
+                                                                                   False)])
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_on_a_pruned_layer_keeps_its_zeros_and_beats_rtn(grid, act_order):
+    """Without the mask, GPTQ's updates landed on pruned weights, whose codes the sparse layer
+    then dropped: 0.85-1.02x RTN's error here, against 0.78-0.93x with it."""
+    torch.manual_seed(0)
+    x, w = layer_inputs(), torch.randn(32, 64)
+    keep = torch.rand(32, 64) > 0.5
+    w, h = w * keep, 2 * x.T @ x / len(x)
+    codes, scale, zero = gptq_quantize(w, h, grid, act_order=act_order, keep=keep)
+    deq = dequantize(codes, grid, scale, zero)
+    assert torch.equal(deq[~keep], torch.zeros_like(deq[~keep]))
+    codes, scale, zero = gptq_quantize(w, h, grid, act_order=act_order)
+    unaware = dequantize(codes, grid, scale, zero) * keep
+    error = output_error(x, w, deq)
+    assert error < 0.95 * output_error(x, w, fake_quantize(w, grid) * keep)
+    assert error < 0.95 * output_error(x, w, unaware)
+
+
 def test_awq_layer_error_below_rtn_with_outlier_channels():
     x, w, grid = layer_inputs(outliers=True), torch.randn(32, 64), QuantGrid(4, 16)
     (codes, scale, zero), s = awq_quantize(w, x[:512], x.abs().mean(0), grid)

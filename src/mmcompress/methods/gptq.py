@@ -9,6 +9,7 @@ from torch import nn
 
 from ..adapters import Adapter
 from ..calibration import HessianCollector
+from ..modules.sparse import is_sparse
 from ..quantization.gptq import gptq_quantize
 from ..quantization.grid import QuantGrid
 from .base import StageContext, register_method
@@ -30,8 +31,9 @@ def apply_gptq(adapter: Adapter, config: GPTQConfig, context: StageContext) -> d
     """GPTQ: second-order error-compensating rounding (embedding tables: round-to-nearest)."""
 
     def quantize(module: nn.Module, grid: QuantGrid, stats: HessianCollector) -> nn.Module:
+        keep = module.keep_mask() if is_sparse(module) else None  # pruned weights stay 0
         q = gptq_quantize(weight_matrix(module), stats.hessian, grid, config.damp,
-                          config.act_order, config.block_size)
+                          config.act_order, config.block_size, keep)
         return quantized_module(module, grid, quantized=q)
 
     return quantize_calibrated(adapter, config, context, lambda n, m: HessianCollector(),

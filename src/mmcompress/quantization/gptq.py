@@ -18,8 +18,15 @@ def gptq_quantize(
     damp: float = 0.01,
     act_order: bool = False,
     block_size: int = 128,
+    keep: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Codes, scales and zero points of `weight` [rows, cols] (scales as `compute_scales`).
+
+    With `keep` (a pruned layer's boolean mask, [rows, cols]) pruned weights stay zero: each
+    is "quantized" to exactly 0 and its error (the updates earlier columns pushed onto it) is
+    compensated like any rounding error, as SparseGPT does when it prunes and quantizes
+    together; group scales are taken over kept weights only. Codes at pruned positions are
+    the zero point: the sparse layer drops them.
 
     Group scales follow the original column order. Without `act_order` each group's scale is
     set when GPTQ reaches the group, from the error-updated weights, including the updates
@@ -30,11 +37,13 @@ def gptq_quantize(
     """
     w, h = without_dead_inputs(weight, hessian)
     rows, cols = w.shape
+    kept = torch.ones_like(w) if keep is None else keep.reshape(rows, cols).float()
+    w *= kept
     width = grid.width(cols)
     scale, zero = compute_scales(w, grid)  # final for per-channel and static groups
     zero_f = zero.float() if zero is not None else torch.full_like(scale, grid.midpoint)
     perm = torch.argsort(h.diagonal(), descending=True) if act_order else torch.arange(cols)
-    w, h = w[:, perm], h[perm][:, perm]
+    w, h, kept = w[:, perm], h[perm][:, perm], kept[:, perm]
     hinv = inverse_hessian_factor(h, damp, "GPTQ")
     codes = torch.zeros(rows, cols, dtype=torch.uint8)
     dynamic_groups = grid.group_size is not None and not act_order
@@ -48,9 +57,11 @@ def gptq_quantize(
             g = col // width
             if dynamic_groups and col % width == 0:
                 span = torch.cat([block[:, i:], w[:, b1:]], dim=1)[:, :width]
+                span = span * kept[:, b0 + i:b0 + i + width]
                 s, z = compute_scales(span, QuantGrid(grid.bits, None, grid.symmetric))
                 scale[:, g], zero_f[:, g] = s[:, 0], (z[:, 0] if z is not None else grid.midpoint)
             q = torch.clamp(torch.round(block[:, i] / scale[:, g]) + zero_f[:, g], 0, grid.qmax)
+            q = torch.where(kept[:, b0 + i] > 0, q, zero_f[:, g])  # a pruned weight: exactly 0
             codes[:, col] = q.to(torch.uint8)
             e = (block[:, i] - (q - zero_f[:, g]) * scale[:, g]) / hb[i, i]
             block[:, i:] -= e[:, None] * hb[i, i:][None, :]
