@@ -88,6 +88,18 @@ def test_inspect_lists_towers(tiny_clip_folder):
     assert "vision" in result.output and "text_model.encoder.layers.0.mlp.fc1" in result.output
 
 
+def test_inspect_tower_params_add_up_to_the_total(tiny_clip):
+    """Parameters a module holds beside its children (CLIP's class embedding, a fusion
+    model's position table) were left out of their tower's count."""
+    from mmcompress.inspect_model import describe
+
+    info = describe(tiny_clip)
+    assert sum(t["params"] for t in info["towers"].values()) == info["params"]
+    vision = sum(p.numel() for n, p in tiny_clip.model.named_parameters()
+                 if n.startswith("vision_model."))
+    assert info["towers"]["vision"]["params"] == vision
+
+
 @pytest.mark.parametrize("case", ["bad_yaml", "unknown_key", "unknown_method", "bits0",
                                   "bad_group", "missing_model", "missing_data", "wrong_data",
                                   "missing_recipe", "not_a_model", "out_under_a_file",

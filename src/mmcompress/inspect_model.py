@@ -21,7 +21,9 @@ def describe(adapter: Adapter) -> dict[str, Any]:
     per_tower: dict[str, dict[str, Any]] = {t: {"params": 0, "layers": Counter()} for t in towers}
     per_tower["other"] = {"params": 0, "layers": Counter()}
     for name, module in adapter.model.named_modules():
-        if not name or list(module.children()):
+        if list(module.children()):  # parameters of its own (a class embedding, a logit scale)
+            own = sum(p.numel() for p in module.parameters(recurse=False))
+            per_tower[tower_of(name, towers) or "other"]["params"] += own
             continue
         tower = tower_of(name, towers) or "other"
         params = count_params(module)
@@ -36,10 +38,6 @@ def describe(adapter: Adapter) -> dict[str, Any]:
                 "params": params,
             }
         )
-    direct = sum(
-        p.numel() for n, p in adapter.model.named_parameters(recurse=True) if "." not in n
-    )  # parameters held by the root (e.g. logit scale)
-    per_tower["other"]["params"] += direct
     return {
         "adapter": adapter.name,
         "params": count_params(adapter.model),
