@@ -507,7 +507,6 @@ def test_bad_values_are_recipe_errors(cfg, message):
 
 @pytest.mark.parametrize("cfg,message", [
     ({"heads": 2}, "would remove all"),
-    ({"heads": 0.9}, "removing 2 of the 2 heads"),
     ({"layers": 2}, "would remove all"),
     ({"channels": 0.5}, "no channels"),
     ({"heads": 1, "targets": ["projector"]}, "no attention heads"),
@@ -519,6 +518,15 @@ def test_impossible_amounts_are_refused_before_anything_changes(tiny_clip, cfg, 
     after = tiny_clip.model.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_fraction_rounding_to_every_unit_leaves_one(tiny_clip):
+    """0.9 of 2 heads rounds to 2; a fraction never asks for every unit, so one head stays
+    (a count of 2 is refused above); 0.75 of a two-layer list likewise removes one layer."""
+    _prune(tiny_clip, toy_image_data(), heads=0.9, layers=0.75, importance="magnitude")
+    for tower in (tiny_clip.model.vision_model, tiny_clip.model.text_model):
+        assert len(tower.encoder.layers) == 1
+        assert tower.encoder.layers[0].self_attn.num_heads == 1
 
 
 def test_quantized_layers_are_refused(tiny_clip):

@@ -58,17 +58,19 @@ def unit_amount(v: Any) -> Any:
 
 
 def how_many(amount: Amount, size: int) -> int:
-    """Units a fraction or a count asks to remove from `size`."""
+    """Units a fraction or a count asks to remove from `size`: a count as given (refused by
+    `check_counts` when it takes every unit), a fraction to the nearest unit (halves round
+    up, not to even) but never every unit (0.5 of a one-layer list removes none)."""
     if isinstance(amount, int):
         return amount
-    return math.floor(amount * size + 0.5)  # halves round up, not to even
+    return min(math.floor(amount * size + 0.5), max(size - 1, 0))
 
 
 def check_counts(kind: str, where: str, remove: int, size: int, noun: str) -> None:
     if remove >= size:
         raise RecipeError(
             f"prune {kind}: removing {remove} of the {size} {noun} of {where} would remove "
-            f"all of them; ask for fewer (a fraction in [0, 1) or a count below {size})")
+            f"all of them; ask for a count below {size}, or a fraction")
 
 
 def uniform_plan(cands: Sequence[Candidate], remove: dict[int, int]) -> dict[int, list[int]]:
