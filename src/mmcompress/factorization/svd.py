@@ -44,7 +44,10 @@ class ScaledSVD:
         return (self.u[:, :rank] * root).float(), (root[:, None] * self.rows[:rank]).float()
 
     def energy_rank(self, energy: float) -> int:
-        """Smallest rank keeping at least `energy` of the (scaled) spectrum's energy."""
+        """Smallest rank whose relative `error` is at most 1 − `energy`: the share of the
+        spectrum's energy kept, for plain SVD (weight error) and whitened SVD (where the
+        output error is the whitened spectrum's); for ``asvd`` the share of the output's
+        energy on the calibration inputs, which is not its scaled spectrum's."""
         kept = 1 - self.error
         return int(torch.nonzero(kept >= energy - 1e-12)[0, 0].clamp(min=1))
 
