@@ -51,6 +51,30 @@ def test_gptq_on_a_pruned_layer_keeps_its_zeros_and_beats_rtn(grid, act_order):
     assert error < 0.95 * output_error(x, w, unaware)
 
 
+def test_gptq_on_a_grouped_convolution_quantizes_each_group_with_its_own_inputs():
+    """The unfolded input of a grouped convolution spans every input channel (groups × the
+    weight's columns); GPTQ used to fail there with an IndexError."""
+    from mmcompress.calibration.collectors import layer_input_rows
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 12, 3, padding=1, groups=4)
+    x = nn.functional.interpolate(torch.randn(16, 8, 3, 3), size=6, mode="bilinear") + 0.5
+    stats = HessianCollector()
+    stats.add(layer_input_rows(conv, x))
+    grid = QuantGrid(4, None)
+    w = conv.weight.detach().reshape(12, -1)
+    codes, scale, zero = gptq_quantize(w, stats.hessian, grid)
+    assert codes.shape == w.shape and scale.shape == (12, 1)
+
+    def error(weight):
+        with torch.no_grad():
+            out = nn.functional.conv2d(x, weight.view_as(conv.weight), conv.bias, padding=1,
+                                       groups=4)
+            return float((out - conv(x)).pow(2).mean())
+
+    assert error(dequantize(codes, grid, scale, zero)) < 0.6 * error(fake_quantize(w, grid))
+
+
 def test_awq_layer_error_below_rtn_with_outlier_channels():
     x, w, grid = layer_inputs(outliers=True), torch.randn(32, 64), QuantGrid(4, 16)
     (codes, scale, zero), s = awq_quantize(w, x[:512], x.abs().mean(0), grid)

@@ -61,6 +61,24 @@ def test_quant_embedding_gathers_rows():
     assert sqnr_db(emb(ids), q(ids)) > 15
 
 
+def test_compact_tables_refuse_ids_out_of_range_as_nn_embedding_does():
+    """A negative id used to read a row from the end of a quantized or sparse table."""
+    from mmcompress.modules.sparse import sparse_module, sparse_quantized
+
+    torch.manual_seed(0)
+    emb = nn.Embedding(50, 16)
+    sparse = sparse_module(emb, torch.rand(50, 16) > 0.5)
+    tables = [QuantEmbedding.from_embedding(emb, QuantGrid(4, 8)), sparse,
+              sparse_quantized(sparse, QuantGrid(8))]
+    for table in tables:
+        assert torch.equal(table(torch.tensor([0, 49])), table.to_dense()(torch.tensor([0, 49])))
+        for bad in (-1, 50):
+            with pytest.raises(IndexError, match="out of range"):
+                table(torch.tensor([[1, bad]]))
+    with pytest.raises(ValueError, match="max_norm"):
+        QuantEmbedding.from_embedding(nn.Embedding(5, 4, max_norm=1.0), QuantGrid(8))
+
+
 def test_table_from_rows_fills_every_chunk():
     """A dense table decoded chunk by chunk (as unpacking does) holds every row, chunks
     ending mid-table included, and stays a trainable nn.Embedding."""

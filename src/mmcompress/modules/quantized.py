@@ -15,12 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..quantization.grid import QuantGrid, compute_scales, dequantize, quantize
+from ..quantization.grid import QuantGrid, Quantized, compute_scales, dequantize, quantize
 from ..quantization.packing import pack_rows, packed_row_bytes, unpack_rows
 from .registry import register_module
-from .replace import conv_padding, filled, table_from_rows
+from .replace import conv_padding, filled, lookup_ids, table_from_rows
 
-Quantized = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # codes, scale, zero
 ROWS_PER_CHUNK = 4096  # rows quantized at a time: bounds the temporaries of a large table
 
 
@@ -247,6 +246,8 @@ class QuantEmbedding(_PackedWeight):
 
     @classmethod
     def from_embedding(cls, emb: nn.Embedding, grid: QuantGrid) -> QuantEmbedding:
+        if emb.max_norm is not None:
+            raise ValueError(f"cannot quantize {emb}: max_norm renormalises rows on lookup")
         mod = cls(emb.num_embeddings, emb.embedding_dim, grid, emb.padding_idx)
         mod._store(emb.weight.detach().float(), None, None)
         return mod
@@ -255,7 +256,8 @@ class QuantEmbedding(_PackedWeight):
         return self.dequantized_weight()
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.dequantized_weight(ids.reshape(-1)).view(*ids.shape, self.embedding_dim)
+        rows = self.dequantized_weight(lookup_ids(ids, self.num_embeddings))
+        return rows.view(*ids.shape, self.embedding_dim)
 
     def to_dense(self) -> nn.Embedding:
         return table_from_rows(self.num_embeddings, self.embedding_dim, self.padding_idx,

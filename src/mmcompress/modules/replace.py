@@ -56,6 +56,15 @@ def filled(layer: Layer, weight: torch.Tensor, bias: torch.Tensor | None) -> Lay
     return layer
 
 
+def lookup_ids(ids: torch.Tensor, num: int) -> torch.Tensor:
+    """`ids` flattened, refused as `nn.Embedding` refuses them when outside [0, num): a
+    compact table would otherwise read a negative id as a row from the end."""
+    flat = ids.reshape(-1)
+    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= num):
+        raise IndexError(f"index out of range in self (ids must be in [0, {num}))")
+    return flat
+
+
 def table_from_rows(num: int, dim: int, padding_idx: int | None,
                     rows: Callable[[torch.Tensor], torch.Tensor], chunk: int = 4096
                     ) -> nn.Embedding:

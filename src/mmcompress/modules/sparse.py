@@ -25,7 +25,7 @@ from ..quantization.grid import QuantGrid, compute_scales, dequantize, quantize
 from ..quantization.packing import gather_codes, pack_codes, packed_numel, unpack_codes
 from .quantized import Quantized
 from .registry import register_module
-from .replace import filled, table_from_rows
+from .replace import filled, lookup_ids, table_from_rows
 
 _SHIFTS = torch.arange(8, dtype=torch.uint8)
 
@@ -276,7 +276,7 @@ class SparseEmbedding(_SparseFloat, nn.Embedding):
         self.scale_grad_by_freq, self.sparse = False, False
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        flat = ids.reshape(-1)
+        flat = lookup_ids(ids, self.rows)
         keep, index = self._row_entries(flat)
         values = self.values[index]
         if self.padding_idx is not None:  # as nn.Embedding: the padding row gets no gradient
@@ -444,7 +444,7 @@ class SparseQuantEmbedding(_SparseQuant):
     decode only their rows."""
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        flat = ids.reshape(-1)
+        flat = lookup_ids(ids, self.rows)
         keep, index = self._row_entries(flat)
         rows = self._dequantize(keep, self._kept_codes(index), flat)
         return rows.view(*ids.shape, self.cols)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from ..calibration.hessian import inverse_hessian_factor, without_dead_inputs
-from .grid import QuantGrid, compute_scales
+from .grid import QuantGrid, Quantized, compute_scales
 
 
 @torch.no_grad()
@@ -19,8 +19,12 @@ def gptq_quantize(
     act_order: bool = False,
     block_size: int = 128,
     keep: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+) -> Quantized:
     """Codes, scales and zero points of `weight` [rows, cols] (scales as `compute_scales`).
+
+    A grouped convolution's `hessian` spans every input channel (groups × cols): each group
+    of output channels reads only its own block of inputs, so it is quantized as a layer of
+    its own with that diagonal block of the Hessian.
 
     With `keep` (a pruned layer's boolean mask, [rows, cols]) pruned weights stay zero: each
     is "quantized" to exactly 0 and its error (the updates earlier columns pushed onto it) is
@@ -35,8 +39,19 @@ def gptq_quantize(
     decreasing Hessian diagonal) all group scales are fixed up front ("static groups") so that
     groups stay contiguous in storage.
     """
+    rows, cols = weight.shape
+    groups = len(hessian) // cols
+    if groups > 1 and len(hessian) == groups * cols and rows % groups == 0:
+        r = rows // groups
+        parts = [gptq_quantize(weight[g * r:(g + 1) * r],
+                               hessian[g * cols:(g + 1) * cols, g * cols:(g + 1) * cols], grid,
+                               damp, act_order, block_size,
+                               None if keep is None else keep[g * r:(g + 1) * r])
+                 for g in range(groups)]
+        zeros = [z for _, _, z in parts]
+        return (torch.cat([c for c, _, _ in parts]), torch.cat([s for _, s, _ in parts]),
+                None if zeros[0] is None else torch.cat(zeros))
     w, h = without_dead_inputs(weight, hessian)
-    rows, cols = w.shape
     kept = torch.ones_like(w) if keep is None else keep.reshape(rows, cols).float()
     w *= kept
     width = grid.width(cols)

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+#: what a weight quantizer returns: codes, scales and zero points (None: symmetric)
+Quantized = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
+
 
 @dataclass(frozen=True)
 class QuantGrid:
