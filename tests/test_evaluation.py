@@ -113,6 +113,12 @@ def test_nan_images_are_refused_when_evaluating_too(tiny_clip):
      "40 training steps over 2 epochs, final loss 0.25"),
     ({"steps": 3, "epochs": [{"step": 3}], "final_loss": None},
      "3 training steps over 1 epoch, final loss n/a"),
+    # max_steps ending an epoch early; a run resumed after a kill
+    ({"steps": 3, "steps_per_epoch": 4, "epochs": [{"step": 3}], "final_loss": 0.5},
+     "3 training steps over 0.75 epochs, final loss 0.5"),
+    ({"steps": 8, "steps_per_epoch": 4, "resumed_at": 6, "epochs": [{}, {}], "final_loss": 0.5},
+     "8 training steps over 2 epochs (resumed at step 6: its time counts from there), "
+     "final loss 0.5"),
     ({"norms": 3}, "done"),
     ({"modules": 4, "mean_bits_per_tower": {"vision": 5.5, "text": 3.0}},
      "4 modules changed, mean bits per tower: vision 5.5, text 3"),

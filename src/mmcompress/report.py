@@ -108,11 +108,16 @@ def stage_outcome(summary: dict[str, Any]) -> str:
     if "params_kept_ratio" in summary:
         parts.append(f"parameters ×{summary['params_kept_ratio']:.3f}")
     if "steps" in summary:
-        epochs = len(summary.get("epochs") or [])  # the trainer's record of each epoch
+        per_epoch = summary.get("steps_per_epoch")  # absent in reports of older runs
+        epochs = round(summary["steps"] / per_epoch, 2) if per_epoch else \
+            len(summary.get("epochs") or [])  # the trainer's record of each epoch
         loss = summary.get("final_loss")
-        parts.append(f"{summary['steps']} training steps over {epochs} "
-                     f"epoch{'s' * (epochs != 1)}, final loss "
-                     f"{'n/a' if loss is None else format(loss, '.4g')}")
+        resumed = summary.get("resumed_at")
+        parts.append(f"{summary['steps']} training steps over {epochs:g} "
+                     f"epoch{'s' * (epochs != 1)}"
+                     + (f" (resumed at step {resumed}: its time counts from there)"
+                        if resumed else "")
+                     + f", final loss {'n/a' if loss is None else format(loss, '.4g')}")
     return ", ".join(parts) or "done"
 
 

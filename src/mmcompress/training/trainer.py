@@ -176,6 +176,7 @@ class Trainer:
         barrier(self.world)
         return {
             "steps": self.total_steps,
+            "steps_per_epoch": self.steps_per_epoch,
             "resumed_at": resumed["step"] if resumed is not None else None,
             "batch_size": self.batch_size,
             "processes": self.world.size,
