@@ -536,6 +536,22 @@ def test_quantized_layers_are_refused(tiny_clip):
         _prune(tiny_clip, neurons=0.5, importance="magnitude")
 
 
+def test_quantized_convolutions_are_refused_as_every_quantized_layer_is():
+    """The demo CNN's quantized convolutions had no `out_channels`: an internal error."""
+    from mmcompress.adapters.demo import DemoAdapter
+    from mmcompress.adapters.tokenizers import load_tokenizer
+    from mmcompress.models.sentence_encoder import minilm_path
+
+    torch.manual_seed(0)
+    tokenizer = load_tokenizer(minilm_path())
+    adapter = DemoAdapter(DemoDualEncoder(SentenceEncoder(_bert_config(tokenizer.vocab_size)),
+                                          channels=8, hidden=16), tokenizer)
+    stage = load_recipe({"stages": [{"quantize": {"method": "rtn", "bits": 8}}]}).stages[0]
+    METHODS[("quantize", "rtn")].apply(adapter, stage.config, StageContext(progress=False))
+    with pytest.raises(RecipeError, match=r"cannot shrink vision.conv1 \(QuantConv2d\)"):
+        _prune(adapter, channels=0.5, importance="magnitude")
+
+
 def test_layers_in_quantization_aware_training_are_refused(tiny_clip):
     """A student shrunk while QAT is armed would swap its fake-quantized layers for plain
     ones, and the QAT would be lost without a word."""

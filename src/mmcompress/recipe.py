@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 from .errors import RecipeError
 from .evaluation.config import CalibrationConfig, EvaluateConfig
 from .methods import METHODS, STAGE_KINDS, MethodConfig, methods_for
+from .methods.base import LAYER_ORDER
 from .methods.training_hooks import TRAINING_KINDS
 from .training.gradual import check_schedulable
 
@@ -148,6 +149,29 @@ def _check_training_follows(stages: list[Stage], root: yaml.Node | None) -> None
                         "one", where, root)
 
 
+def _check_layer_order(stages: list[Stage], root: yaml.Node | None) -> None:
+    """Refuse, before any work, a stage that cannot take what an earlier stage made of the same
+    layers (`LAYER_ORDER`): a later stage whose targets the earlier one covers (it took every
+    tower, or the same targets and ignores) and that replaces layers of a type it replaced.
+    Stages on other targets are checked when they run, on the model's layers."""
+    for j, later in enumerate(stages):
+        b = later.config.layer_order
+        for i, earlier in enumerate(stages[:j]):
+            a, cfg = earlier.config.layer_order, earlier.config
+            if a is None or b is None or b > a or (b == a and LAYER_ORDER[a] != "quantization"):
+                continue
+            covers = (cfg.targets is None and not cfg.ignore) or (
+                (cfg.targets, cfg.ignore) == (later.config.targets, later.config.ignore))
+            if not covers or not set(cfg.kinds()) & set(later.config.kinds()):
+                continue
+            why = ("each layer is quantized once" if a == b else
+                   f"{LAYER_ORDER[b]} cannot take the layers {LAYER_ORDER[a]} made")
+            raise _fail(f"comes after stage {i} ({earlier.kind}: {cfg.method}) on the same "
+                        f"layers, but {why}; stages that replace layers go "
+                        f"{', '.join(LAYER_ORDER[:-1])}, then {LAYER_ORDER[-1]}: reorder them "
+                        "or give them different targets", ("stages", j, later.kind), root)
+
+
 def parse_recipe(data: Any, root: yaml.Node | None = None) -> Recipe:
     """Validate a recipe mapping (as loaded from YAML)."""
     if not isinstance(data, dict):
@@ -181,6 +205,7 @@ def parse_recipe(data: Any, root: yaml.Node | None = None) -> Recipe:
             )
         stages.append(Stage(kind, _validate(method.config_cls, cfg, path + (kind,), root)))
     _check_training_follows(stages, root)
+    _check_layer_order(stages, root)
     calibration = _validate(
         CalibrationConfig, data.get("calibration") or {}, ("calibration",), root
     )

@@ -26,6 +26,16 @@ if TYPE_CHECKING:
     from ..recipe import Stage
 
 STAGE_KINDS = ("prune", "quantize", "lowrank", "distill", "finetune")
+#: the order stages that replace layers take on the same layers: each later one can take what
+#: the earlier ones made (a quantized layer nothing else; a layer is quantized once)
+LAYER_ORDER = ("structured pruning", "low-rank factorisation", "unstructured pruning",
+               "quantization")
+
+
+def layer_types(convolutions: bool, embeddings: bool) -> tuple[type[nn.Module], ...]:
+    """Linear layers, with convolutions and embedding tables when asked for."""
+    return (nn.Linear,) + ((nn.Conv2d,) if convolutions else ()) + \
+        ((nn.Embedding,) if embeddings else ())
 
 
 class MethodConfig(BaseModel):
@@ -39,6 +49,13 @@ class MethodConfig(BaseModel):
     ignore: list[str] = Field([], description="modules (same grammar) left out of `targets`")
     # a finetune/distill method that runs the trainer (what `qat` and `schedule` wait for)
     runs_trainer: ClassVar[bool] = True
+    #: where a stage that replaces layers comes among those acting on the same layers
+    #: (`LAYER_ORDER`); None: it replaces none (training)
+    layer_order: ClassVar[int | None] = None
+
+    def kinds(self) -> tuple[type[nn.Module], ...]:
+        """Layer types this stage replaces."""
+        return ()
 
     def wants_original(self) -> bool:
         """Whether this stage reads the model before the recipe (``extra['original']``, a

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PositiveInt, model_validator
 from torch import nn
@@ -31,7 +31,7 @@ from ..modules.replace import replace_modules
 from ..modules.sparse import is_sparse
 from ..progress import progress_bar
 from ..sensitivity import Probe
-from .base import MethodConfig, StageContext, plain_layers, register_method
+from .base import LAYER_ORDER, MethodConfig, StageContext, plain_layers, register_method
 from .rank_allocation import (
     SMALLEST,
     LayerOptions,
@@ -55,6 +55,8 @@ class LowRankConfig(MethodConfig):
         64, ge=0, description="examples probing each layer's effect on the model's output "
         "(0: rank by each layer's relative output error alone)")
 
+    layer_order: ClassVar[int | None] = LAYER_ORDER.index("low-rank factorisation")
+
     def rank_settings(self) -> list[str]:
         return ["rank", "param_ratio"]
 
@@ -76,6 +78,9 @@ class SVDConfig(LowRankConfig):
 
     def rank_settings(self) -> list[str]:
         return ["rank", "energy", "param_ratio"]
+
+    def kinds(self) -> tuple[type[nn.Module], ...]:
+        return (nn.Linear,)
 
 
 class SVDWhitenConfig(SVDConfig):

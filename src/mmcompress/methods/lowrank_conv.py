@@ -34,11 +34,17 @@ CP_GRID = [i / 8 for i in range(1, 8)]  # each option is a CP-ALS fit: a coarser
 
 class TuckerConfig(LowRankConfig):
     method: str = "tucker"
+
+    def kinds(self) -> tuple[type[nn.Module], ...]:
+        return (nn.Conv2d,)
     n_iter_max: int = Field(20, ge=0, description="HOOI refinement sweeps after the HOSVD")
 
 
 class CPConfig(LowRankConfig):
     method: str = "cp"
+
+    def kinds(self) -> tuple[type[nn.Module], ...]:
+        return (nn.Conv2d,)
     n_iter_max: int = Field(50, ge=1, description="CP-ALS sweeps")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 from torch import nn
@@ -33,7 +33,7 @@ from ..structured.groups import (
 )
 from ..structured.importance import consumer_stats, layer_scores, unit_scores
 from ..structured.specs import find_structure
-from .base import MethodConfig, StageContext, register_method
+from .base import LAYER_ORDER, MethodConfig, StageContext, register_method
 from .training_hooks import Schedule, with_schedule
 
 UNIT_KINDS = ("heads", "neurons", "channels")
@@ -95,6 +95,14 @@ class StructuredPruneConfig(MethodConfig):
 
     def amounts(self) -> dict[str, int | float]:
         return {k: getattr(self, k) for k in UNIT_KINDS if getattr(self, k) is not None}
+
+    layer_order: ClassVar[int | None] = LAYER_ORDER.index("structured pruning")
+
+    def kinds(self) -> tuple[type[nn.Module], ...]:
+        """Layer types it shrinks for sure: convolutions alone for channels alone (their
+        consumer may be linear, which the stage itself checks)."""
+        return (nn.Conv2d,) if set(self.amounts()) == {"channels"} and not self.layers \
+            else (nn.Linear, nn.Conv2d)
 
 
 def _tower(name: str, towers: dict[str, list[str]]) -> str:

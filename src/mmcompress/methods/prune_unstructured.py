@@ -49,11 +49,8 @@ def prunable_layers(
 ) -> tuple[dict[str, nn.Module], list[str]]:
     """(layers to prune, layers skipped): checks N:M divisibility, and that no targeted layer
     is already quantized or factorised, before anything changes."""
-    kinds: tuple[type[nn.Module], ...] = (nn.Linear,)
-    kinds += (nn.Conv2d,) if config.convolutions else ()
-    kinds += (nn.Embedding,) if config.embeddings else ()
     layers, skipped = {}, []
-    chosen = plain_layers(adapter, config, kinds, "unstructured pruning",
+    chosen = plain_layers(adapter, config, config.kinds(), "unstructured pruning",
                           "prune before quantizing")
     for name, m in chosen.items():
         conv = isinstance(m, nn.Conv2d)

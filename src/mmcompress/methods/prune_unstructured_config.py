@@ -3,14 +3,14 @@ validated where the recipe is read; `prune_unstructured` applies them."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from ..sparsity import NM, parse_pattern, pattern_name
 from ..sparsity.swaps import DEFAULT_ROUNDS
-from .base import MethodConfig
+from .base import LAYER_ORDER, MethodConfig, layer_types
 from .training_hooks import Schedule
 
 SEQUENTIAL = ("collect each block's statistics with the blocks before it already pruned (as "
@@ -57,6 +57,11 @@ class UnstructuredPruneConfig(MethodConfig):
                                  "many times its block's mean score")
     owl_spread: float = Field(0.08, ge=0, lt=0.5, description="OWL: block sparsities span the "
                               "target ± this")
+    layer_order: ClassVar[int | None] = LAYER_ORDER.index("unstructured pruning")
+
+    def kinds(self) -> tuple[type[nn.Module], ...]:
+        """Layer types this config prunes."""
+        return layer_types(self.convolutions, self.embeddings)
 
     @field_validator("pattern", mode="before")
     @classmethod

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field, PositiveInt, field_validator, model_validator
@@ -15,7 +15,7 @@ from ..modules.replace import replace_modules
 from ..modules.sparse import is_sparse, sparse_quantized
 from ..quantization.grid import QuantGrid
 from .allocation import BitBudget
-from .base import MethodConfig
+from .base import LAYER_ORDER, MethodConfig, layer_types
 from .training_hooks import QATOptions, parse_qat
 
 
@@ -26,14 +26,11 @@ class LayerKindsConfig(MethodConfig):
     embeddings: bool = Field(True, description="also quantize embedding tables (round-to-nearest)")
     convolutions: bool = Field(True, description="also quantize 2-d convolutions")
 
+    layer_order: ClassVar[int | None] = LAYER_ORDER.index("quantization")
+
     def kinds(self) -> tuple[type[nn.Module], ...]:
         """Layer types this config quantizes."""
-        kinds: tuple[type[nn.Module], ...] = (nn.Linear,)
-        if self.convolutions:
-            kinds += (nn.Conv2d,)
-        if self.embeddings:
-            kinds += (nn.Embedding,)
-        return kinds
+        return layer_types(self.convolutions, self.embeddings)
 
 
 class WeightQuantConfig(LayerKindsConfig):

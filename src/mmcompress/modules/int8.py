@@ -491,6 +491,7 @@ class W8A8PatchConv2d(W8A8Linear):
         kh, kw = kernel_size
         super().__init__(in_channels * kh * kw, out_channels, bias, input_scale)
         self.in_channels, self.kernel_size = in_channels, [kh, kw]
+        self.out_channels = out_channels
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, act_scale: float,

@@ -176,6 +176,7 @@ class QuantConv2d(_PackedWeight):
         super().__init__(cout, cin // conv["groups"] * k[0] * k[1], grid,
                          cin if input_scale else 0)
         self.conv = dict(conv)
+        self.in_channels, self.out_channels = cin, cout  # as nn.Conv2d names them
         _bias(self, conv["bias"], cout)
 
     @staticmethod
