@@ -1,6 +1,7 @@
 """Outputs are all or nothing: a failed write leaves the previous output as it was."""
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +79,36 @@ def test_a_terminated_command_removes_its_half_built_output(tmp_path):
     assert stopped.value.exit_code == 143
     assert list(tmp_path.iterdir()) == []
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_out_naming_the_current_folder_or_a_long_name_is_refused_before_any_work(
+        tmp_path, monkeypatch):
+    """`--out .` ran the whole recipe and then failed renaming; a 300-character name failed
+    with an OSError; a legal 245-character name was refused because of the probe's prefix."""
+    from mmcompress.errors import UserError
+
+    monkeypatch.chdir(tmp_path)
+    for out in (Path("."), Path(""), tmp_path.parent):
+        with pytest.raises(UserError, match="the folder this command runs in"):
+            atomic.check_output_dir(out, overwrite=True)
+    with pytest.raises(UserError, match="too long"):
+        atomic.check_output_dir(Path("x" * 300), overwrite=False)
+    long = tmp_path / ("y" * 245)
+    atomic.check_output_dir(long, overwrite=False)
+    with atomic.atomic_folder(long) as tmp:
+        (tmp / "a.txt").write_text("a")
+    assert (long / "a.txt").read_text() == "a"
+
+
+def test_the_demo_replaces_only_a_folder_holding_an_output_and_nothing_else(tmp_path):
+    from mmcompress.api import is_output_folder
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("mmcompress.json", "model.safetensors", "report.md"):
+        (out / name).write_text("{}")
+    (out / "tokenizer").mkdir()
+    assert is_output_folder(out)
+    (out / "notes.txt").write_text("mine")
+    assert not is_output_folder(out)
+    assert not is_output_folder(tmp_path / "missing")

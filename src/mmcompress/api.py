@@ -17,7 +17,7 @@ from .data import Dataset, load_data
 from .errors import UserError
 from .evaluation.evaluate import check_data_fits, evaluate_adapter, quality
 from .io.atomic import atomic_folder, check_output_dir
-from .io.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint
+from .io.checkpoint import BUFFERS, MANIFEST, WEIGHTS, load_checkpoint, save_checkpoint
 from .methods import StageContext, keep_original, run_stage
 from .model_specs import NAMED_SPECS, load_model
 from .modules.unpack import unpack_weights
@@ -102,13 +102,26 @@ def compress(
             weights_file=tmp / WEIGHTS,
         )
         report.update(after=after.metrics, measurement=after.measurement)
-        (tmp / "recipe.yaml").write_text(recipe.to_yaml())
-        (tmp / "report.json").write_text(to_json(report))
-        (tmp / "report.md").write_text(report_markdown(report))
-        (tmp / "report.html").write_text(report_html(report))
+        texts = (recipe.to_yaml(), to_json(report), report_markdown(report), report_html(report))
+        for name, text in zip(REPORT_FILES, texts, strict=True):
+            (tmp / name).write_text(text)
     if train_dir is not None:
         shutil.rmtree(train_dir, ignore_errors=True)  # the run is complete: nothing to resume
     return CompressResult(adapter, report, out_path)
+
+
+REPORT_FILES = ("recipe.yaml", "report.json", "report.md", "report.html")
+
+
+def is_output_folder(folder: Path) -> bool:
+    """Whether `folder` holds an mmcompress output and nothing else: what the demo may replace
+    without being told to."""
+    try:
+        names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+    except OSError:  # unreadable: `check_output_dir` says why
+        return False
+    return MANIFEST in names and names <= {WEIGHTS, BUFFERS, MANIFEST, "tokenizer",
+                                           *REPORT_FILES}
 
 
 def _train_dir(out: Path | None) -> Path | None:

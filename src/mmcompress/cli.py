@@ -129,11 +129,13 @@ def demo(
     model: Annotated[str, typer.Option(
         "--model", help="demo (dual encoder), or fusion / fusion-early / fusion-late / "
         "fusion-hybrid (image + text + audio classifiers)")] = "demo",
+    overwrite: Annotated[bool, typer.Option(
+        help="replace a non-empty --out (an earlier demo output is replaced anyway)")] = False,
     quiet: QuietOpt = False,
     threads: ThreadsOpt = None,
 ) -> None:
     """Compress a built-in model with the default recipe; print before/after."""
-    from .api import compress
+    from .api import compress, is_output_folder
 
     described = {"demo": "the demo dual encoder (digits CNN + pretrained MiniLM)"} | {
         m: f"the {m} classifier (digit images, texts and spoken digits)"
@@ -142,7 +144,7 @@ def demo(
         raise UserError(f"demo --model must be one of {', '.join(described)}, got {model!r}")
     progress = _setup(quiet, threads)
     recipe = resources.files("mmcompress").joinpath("recipes/demo.yaml").read_text()
-    overwrite = (out / "mmcompress.json").is_file()  # rerunning the demo replaces its own output
+    overwrite = overwrite or is_output_folder(out)  # rerunning the demo replaces its output
     typer.echo(f"mmcompress demo: int8 RTN on every tower of {described[model]}", err=True)
     _print_result(compress(model, recipe, out=out, overwrite=overwrite, progress=progress))
 

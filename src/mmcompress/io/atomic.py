@@ -12,21 +12,36 @@ from pathlib import Path
 from ..errors import UserError
 
 
+def _beside(out: Path, what: str) -> str:
+    """Prefix of a hidden temporary name beside `out` (its name cut short, so that a long but
+    legal name stays legal with the suffix)."""
+    return f".{out.name[:100]}.{what}-"
+
+
 def check_output_dir(out: Path, overwrite: bool) -> None:
-    """Refuse to replace a non-empty folder unless asked to (checked before any work)."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(
-            f"--out {out} exists and is not empty; choose another folder or pass --overwrite"
-        )
-    parent = out.absolute().parent
-    while not parent.exists():  # the folders --out needs are created in the first that exists
-        parent = parent.parent
+    """Refuse to replace a non-empty folder unless asked to, the folder the command runs in
+    (or one holding it), and a path that cannot be written (checked before any work)."""
+    out = Path(out)
+    try:
+        here = Path.cwd().resolve()
+        if out.resolve() in (here, *here.parents):
+            raise UserError(f"--out {out} is the folder this command runs in, or holds it; "
+                            "name a folder to create")
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out} exists and is not a folder")
+        if out.is_dir() and any(out.iterdir()) and not overwrite:
+            raise UserError(
+                f"--out {out} exists and is not empty; choose another folder or pass "
+                "--overwrite")
+        parent = out.absolute().parent
+        while not parent.exists():  # the folders --out needs are made in the first that exists
+            parent = parent.parent
+    except OSError as exc:  # a name too long, a folder we may not list
+        raise UserError(f"--out {out}: {exc.strerror}") from None
     if not parent.is_dir():
         raise UserError(f"--out {out}: {parent} is a file, not a folder")
     try:  # the output is written next to --out and renamed: that needs a writable folder
-        os.rmdir(tempfile.mkdtemp(prefix=f".{out.name}.probe-", dir=parent))
+        os.rmdir(tempfile.mkdtemp(prefix=_beside(out, "probe"), dir=parent))
     except OSError as exc:
         raise UserError(f"--out {out}: cannot write in {parent} ({exc.strerror})") from None
 
@@ -37,13 +52,13 @@ def atomic_folder(out: Path, overwrite: bool = False) -> Iterator[Path]:
     out = Path(out)
     check_output_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_beside(out, "tmp"), dir=out.parent))
     try:
         yield tmp
         share_as_created(tmp)
         old = None
         if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            old = out.with_name(f"{_beside(out, 'old')}{os.getpid()}")
             os.replace(out, old)
         try:
             os.replace(tmp, out)
