@@ -133,3 +133,28 @@ def test_stages_in_an_order_that_cannot_compose_are_refused_when_read(stages, me
 ])
 def test_stages_on_other_layers_or_in_order_are_accepted(stages):
     assert len(load_recipe({"stages": stages}).stages) == len(stages)
+
+
+@pytest.mark.parametrize("stage,key", [
+    ({"finetune": {"method": "task", "lr": ".inf"}}, "finetune.lr"),
+    ({"finetune": {"method": "task", "warmup": ".nan"}}, "finetune.warmup"),
+    ({"distill": {"method": "kd", "teacher": "t", "temperature": ".inf"}}, "distill.temperature"),
+    ({"distill": {"method": "kd", "teacher": "t", "losses": ["logits"],
+                  "weights": {"logits": ".nan"}}}, "distill.weights.logits"),
+    ({"prune": {"method": "admm", "sparsity": 0.5, "rho": ".inf"}}, "prune.rho"),
+])
+def test_infinite_or_nan_numbers_are_refused_when_read(stage, key):
+    """YAML's .inf and .nan passed as floats: warmup .nan failed mid-run as an internal
+    error, temperature .inf ran to the end."""
+    kind, cfg = next(iter(stage.items()))
+    text = "stages:\n  - " + kind + ":\n" + "".join(
+        f"      {k}: {v if not isinstance(v, dict | list) else v!r}\n" for k, v in cfg.items())
+    text = text.replace("'", "")
+    with pytest.raises(RecipeError, match=rf"{key} \(line \d+\): Input should be a finite"):
+        load_recipe(text)
+
+
+def test_a_negative_distill_weight_is_refused():
+    with pytest.raises(RecipeError, match="greater than or equal to 0"):
+        load_recipe({"stages": [{"distill": {"method": "kd", "teacher": "t",
+                                             "losses": ["logits"], "weights": {"logits": -1}}}]})

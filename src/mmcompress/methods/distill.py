@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, NonNegativeFloat, model_validator
 
 from ..adapters import Adapter
 from ..errors import RecipeError, UserError
@@ -28,7 +28,8 @@ class DistillConfig(TrainStageConfig):
                          "a model spec or an output folder")
     losses: list[LossName] | None = Field(None, description="default by model kind: logits "
                                           "(classifiers), affinity (dual), clip_kd (sentence)")
-    weights: dict[LossName, float] = Field({}, description="weight of each loss (default 1)")
+    weights: dict[LossName, NonNegativeFloat] = Field(
+        {}, description="weight of each loss (default 1)")
     alpha: float = Field(0.5, ge=0, le=1, description="weight of distillation vs task loss")
     temperature: float = Field(2.0, gt=0, description="softmax temperature of logits KD")
     student: StudentConfig | None = Field(None, description="shrink the model first")
