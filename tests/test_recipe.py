@@ -158,3 +158,15 @@ def test_a_negative_distill_weight_is_refused():
     with pytest.raises(RecipeError, match="greater than or equal to 0"):
         load_recipe({"stages": [{"distill": {"method": "kd", "teacher": "t",
                                              "losses": ["logits"], "weights": {"logits": -1}}}]})
+
+
+@pytest.mark.parametrize("stage,allowed", [
+    ({"prune": {"method": "magnitude", "sparsity": 0.5, "schedule": {"evry": 3}}},
+     "kind, start, end, every, initial"),
+    ({"distill": {"method": "kd", "teacher": "t", "student": {"layerz": 2}}},
+     "layers, heads, neurons"),
+])
+def test_an_unknown_nested_key_lists_the_keys_allowed_there(stage, allowed):
+    """They listed the stage's own keys (method, targets, …) instead."""
+    with pytest.raises(RecipeError, match=rf"unknown key '\w+' \(allowed: {allowed}"):
+        load_recipe({"stages": [stage, {"finetune": {"method": "task"}}]})

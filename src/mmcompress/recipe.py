@@ -85,7 +85,7 @@ def _validate(model: type[BaseModel], data: Any, path: tuple, root: yaml.Node | 
         errors = exc.errors()
         err = errors[0]
         if err["type"] == "extra_forbidden":
-            allowed = ", ".join(model.model_fields)
+            allowed = ", ".join(_model_at(model, err["loc"][:-1]).model_fields)
             raise _fail(f"unknown key {err['loc'][-1]!r} (allowed: {allowed})",
                         path + tuple(err["loc"]), root) from None
         loc = _data_path(data, err["loc"])
@@ -96,6 +96,21 @@ def _validate(model: type[BaseModel], data: Any, path: tuple, root: yaml.Node | 
         shown = f", got {got!r}" if isinstance(got, int | float | str) and not isinstance(
             got, bool) and "got " not in err["msg"] else ""
         raise _fail(" or ".join(messages) + shown, path + loc, root) from None
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel]:
+    """The settings class nested in `model` at `loc` (``schedule``, ``budget``, ``student``),
+    whose keys an unknown key there should be told."""
+    for key in loc:
+        field = model.model_fields.get(key) if isinstance(key, str) else None
+        if field is None:
+            break
+        inner = [a for a in (field.annotation, *get_args(field.annotation))
+                 if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not inner:
+            break
+        model = inner[0]
+    return model
 
 
 def _takes_bool(model: type[BaseModel], key: str) -> bool:
