@@ -170,3 +170,11 @@ def test_an_unknown_nested_key_lists_the_keys_allowed_there(stage, allowed):
     """They listed the stage's own keys (method, targets, …) instead."""
     with pytest.raises(RecipeError, match=rf"unknown key '\w+' \(allowed: {allowed}"):
         load_recipe({"stages": [stage, {"finetune": {"method": "task"}}]})
+
+
+def test_a_missing_recipe_path_is_named_whatever_its_suffix(tmp_path):
+    """A `Path` without .yaml/.yml was read as YAML text: 'recipe must be a mapping'."""
+    with pytest.raises(RecipeError, match="recipe.json not found"):
+        load_recipe(tmp_path / "recipe.json")
+    (tmp_path / "recipe.txt").write_text("stages:\n  - quantize: {method: rtn}\n")
+    assert load_recipe(tmp_path / "recipe.txt").stages[0].kind == "quantize"

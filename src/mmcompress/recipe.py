@@ -236,14 +236,16 @@ def check_recipe_file(path: Path) -> None:
 
 
 def load_recipe(source: str | Path | dict | Recipe) -> Recipe:
-    """A recipe from a YAML file path, YAML text, a mapping, or a `Recipe`."""
+    """A recipe from a YAML file path (any `Path`; a string ending in .yaml/.yml or naming a
+    file), YAML text, a mapping, or a `Recipe`."""
     if isinstance(source, Recipe):
         return source
     if isinstance(source, dict):
         return parse_recipe(source)
     text = str(source)
     path = Path(text).expanduser()
-    if "\n" not in text and (path.suffix in (".yaml", ".yml") or path.exists()):
+    if isinstance(source, Path) or (
+            "\n" not in text and (path.suffix in (".yaml", ".yml") or path.exists())):
         check_recipe_file(path)
         try:
             text = path.read_text(encoding="utf-8")
