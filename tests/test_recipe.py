@@ -178,3 +178,11 @@ def test_a_missing_recipe_path_is_named_whatever_its_suffix(tmp_path):
         load_recipe(tmp_path / "recipe.json")
     (tmp_path / "recipe.txt").write_text("stages:\n  - quantize: {method: rtn}\n")
     assert load_recipe(tmp_path / "recipe.txt").stages[0].kind == "quantize"
+
+
+def test_empty_targets_and_bad_regexes_are_refused_when_read():
+    """`targets: []` quantized nothing without a word; a bad regex waited for the model."""
+    with pytest.raises(RecipeError, match=r"quantize\.targets: List should have at least 1"):
+        load_recipe({"stages": [{"quantize": {"method": "rtn", "targets": []}}]})
+    with pytest.raises(RecipeError, match=r"quantize\.ignore: invalid regex .*'re:\['"):
+        load_recipe({"stages": [{"quantize": {"method": "rtn", "ignore": ["re:["]}}]})

@@ -55,3 +55,15 @@ def test_layers_inside_multihead_attention_are_never_selected():
     model = nn.ModuleDict({"head": nn.MultiheadAttention(8, 2), "fc": nn.Linear(8, 8)})
     chosen = select_modules(model, {"all": [""]}, (nn.Linear,))
     assert list(chosen) == ["fc"]
+
+
+def test_a_stage_left_with_no_layer_is_refused(tiny_clip):
+    """`ignore: ['re:.*']` quantized nothing, and the run reported success."""
+    from mmcompress.methods import METHODS, StageContext
+    from mmcompress.recipe import load_recipe
+
+    stage = load_recipe({"stages": [{"quantize": {"method": "rtn", "bits": 8,
+                                                  "ignore": ["re:."]}}]}).stages[0]
+    with pytest.raises(RecipeError, match="no Linear/Conv2d/Embedding layer of this model is "
+                                          r"left to take \(targets: every tower; ignore: re:\.\)"):
+        METHODS[("quantize", "rtn")].apply(tiny_clip, stage.config, StageContext(progress=False))

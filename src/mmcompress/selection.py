@@ -26,14 +26,25 @@ def _under(name: str, prefix: str) -> bool:
     return prefix == "" or name == prefix or name.startswith(prefix + ".")
 
 
+def token_pattern(token: str) -> re.Pattern | None:
+    """The compiled regex of a ``re:`` token (None for other tokens).
+
+    Raises:
+        RecipeError: if the pattern is not a valid regular expression.
+    """
+    if not token.startswith("re:"):
+        return None
+    try:
+        return re.compile(token[3:])
+    except re.error as exc:
+        raise RecipeError(f"invalid regex in selection {token!r}: {exc}") from None
+
+
 def _match_token(token: str, names: Sequence[str], towers: Mapping[str, Sequence[str]]) -> set[str]:
     if token in towers:
         return {n for n in names if any(_under(n, p) for p in towers[token])}
-    if token.startswith("re:"):
-        try:
-            pattern = re.compile(token[3:])
-        except re.error as exc:
-            raise RecipeError(f"invalid regex in selection {token!r}: {exc}") from None
+    pattern = token_pattern(token)
+    if pattern is not None:
         return {n for n in names if pattern.search(n)}
     return {n for n in names if _under(n, token)}
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from ..adapters import Adapter
@@ -20,7 +20,7 @@ from ..modules.int8 import W8A8Linear, W8A8PatchConv2d
 from ..modules.quantized import QuantConv2d, QuantEmbedding, QuantLinear
 from ..modules.registry import MODULE_TYPES
 from ..modules.sparse import SparseQuantConv2d, SparseQuantEmbedding, SparseQuantLinear
-from ..selection import select_modules
+from ..selection import select_modules, token_pattern
 
 if TYPE_CHECKING:
     from ..recipe import Stage
@@ -44,8 +44,8 @@ class MethodConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     method: str = Field(description="the method's name")
-    targets: list[str] | None = Field(None, description="towers, module names or re:regexes "
-                                      "to act on; null = every tower")
+    targets: list[str] | None = Field(None, min_length=1, description="towers, module names "
+                                      "or re:regexes to act on; null = every tower")
     ignore: list[str] = Field([], description="modules (same grammar) left out of `targets`")
     # a finetune/distill method that runs the trainer (what `qat` and `schedule` wait for)
     runs_trainer: ClassVar[bool] = True
@@ -56,6 +56,16 @@ class MethodConfig(BaseModel):
     def kinds(self) -> tuple[type[nn.Module], ...]:
         """Layer types this stage replaces."""
         return ()
+
+    @field_validator("targets", "ignore")
+    @classmethod
+    def _patterns_compile(cls, tokens: list[str] | None) -> list[str] | None:
+        for token in tokens or ():
+            try:
+                token_pattern(token)
+            except RecipeError as exc:
+                raise ValueError(str(exc)) from None
+        return tokens
 
     def wants_original(self) -> bool:
         """Whether this stage reads the model before the recipe (``extra['original']``, a
@@ -177,7 +187,13 @@ def plain_layers(adapter: Adapter, config: MethodConfig, kinds: tuple[type[nn.Mo
         more = f" (and {len(compact) - 1} more layers like it)" if len(compact) > 1 else ""
         raise RecipeError(f"{action} cannot take {name}, a {type(module).__name__}{more}; "
                           f"{advice}, or leave it out with 'ignore:'")
-    return selected(adapter, config, kinds)
+    chosen = selected(adapter, config, kinds)
+    if not chosen:  # the stage would change nothing without a word
+        kinds_named = "/".join(k.__name__ for k in kinds)
+        targets = "every tower" if config.targets is None else ", ".join(config.targets)
+        raise RecipeError(f"{action}: no {kinds_named} layer of this model is left to take "
+                          f"(targets: {targets}; ignore: {', '.join(config.ignore)})")
+    return chosen
 
 
 _COMPACT_KINDS: dict[type[nn.Module], type[nn.Module]] = {
