@@ -5,7 +5,7 @@ import re
 
 import pytest
 import yaml
-from _helpers import FAST_EVAL
+from _helpers import FAST_EVAL, toy_image_data
 from typer.testing import CliRunner
 
 from mmcompress.cli import app
@@ -199,3 +199,21 @@ def test_json_output_is_strict_json():
     text = to_json({"metrics": {"stsb_spearman": float("nan"), "size_bytes": 10}})
     assert json.loads(text, parse_constant=lambda c: pytest.fail(c)) == {
         "metrics": {"stsb_spearman": None, "size_bytes": 10}}
+
+
+def test_missing_calibration_data_is_named_before_the_evaluation_runs(tiny_clip, tmp_path,
+                                                                      monkeypatch):
+    """It was loaded after the evaluation before the stages (28 s of MiniLM), and the error
+    did not say the path came from calibration.data."""
+    import mmcompress
+    import mmcompress.api as api
+    from mmcompress.errors import DataError
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("evaluated before reading the calibration data")
+
+    monkeypatch.setattr(api, "evaluate_adapter", no_evaluation)
+    recipe = {"stages": [{"quantize": {"method": "rtn"}}],
+              "calibration": {"data": str(tmp_path / "nowhere")}}
+    with pytest.raises(DataError, match="^calibration data: .*nowhere"):
+        mmcompress.compress(tiny_clip, recipe, data=toy_image_data(), progress=False)

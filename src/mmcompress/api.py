@@ -70,12 +70,12 @@ def compress(
     adapter = load_model(model, progress=progress)
     dataset = load_data(data if data is not None else adapter.default_data)
     check_data_fits(adapter, dataset)
+    calib_spec = calibration_data if calibration_data is not None else recipe.calibration.data
+    calib_set = _calibration_set(calib_spec) if calib_spec is not None else dataset
     eval_cfg = recipe.evaluate
     before = evaluate_adapter(
         adapter, dataset, eval_cfg, memory_spec=_memory_spec(model), progress=progress
     )
-    calib_spec = calibration_data if calibration_data is not None else recipe.calibration.data
-    calib_set = load_data(calib_spec) if calib_spec is not None else dataset
     train_dir = _train_dir(out_path)
     history = _run_stages(adapter, recipe, dataset, calib_set, before, progress, train_dir)
     if not is_main_process():
@@ -122,6 +122,14 @@ def is_output_folder(folder: Path) -> bool:
         return False
     return MANIFEST in names and names <= {WEIGHTS, BUFFERS, MANIFEST, "tokenizer",
                                            *REPORT_FILES}
+
+
+def _calibration_set(spec: str | Path | Dataset) -> Dataset:
+    """The calibration data, read before any work (its errors say where it came from)."""
+    try:
+        return load_data(spec)
+    except UserError as exc:
+        raise type(exc)(f"calibration data: {exc}") from None
 
 
 def _train_dir(out: Path | None) -> Path | None:
