@@ -217,3 +217,23 @@ def test_missing_calibration_data_is_named_before_the_evaluation_runs(tiny_clip,
               "calibration": {"data": str(tmp_path / "nowhere")}}
     with pytest.raises(DataError, match="^calibration data: .*nowhere"):
         mmcompress.compress(tiny_clip, recipe, data=toy_image_data(), progress=False)
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["evaluate", "demo", "--threads", "abc"], "Invalid value for '--threads'"),
+    (["compress", "--model", "demo"], "Missing option '--recipe'"),
+    (["--foo"], "No such option: --foo"),
+    (["squash"], "No such command 'squash'"),
+])
+def test_usage_errors_are_one_error_line_and_exit_2(monkeypatch, capsys, argv, fragment):
+    """The parser drew a six-line box for these."""
+    import sys
+
+    from mmcompress.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["mmcompress", *argv])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert stopped.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0]

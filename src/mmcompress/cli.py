@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import os
 import signal
 import sys
@@ -278,5 +279,23 @@ def _print_sensitivity(adapter, data, bits, group_size, max_samples, top, as_jso
 
 
 def main() -> None:
-    """Console entry point."""
-    sys.exit(app())
+    """Console entry point. A usage error (an unknown option or command, a missing or badly
+    typed one) is one `error:` line with exit code 2, as every other bad input is."""
+    try:
+        sys.exit(app(standalone_mode=False))
+    except _usage_errors() as exc:
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        typer.echo(f"error: {exc.format_message()}{hint}", err=True)
+        sys.exit(2)
+    except typer.Abort:  # Ctrl-C while the parser itself reads input
+        sys.exit(130)
+
+
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """The parser's usage-error class: recent typer releases carry their own copy of click."""
+    found = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        with contextlib.suppress(ImportError):
+            found.append(importlib.import_module(module).UsageError)
+    return tuple(found)
