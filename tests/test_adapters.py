@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -135,3 +137,21 @@ def test_encoding_nothing_or_a_bad_shape_is_a_data_error(tiny_clip):
         tiny_clip.encode_images([])
     with pytest.raises(DataError, match="H×W or H×W×C"):
         tiny_clip.encode_images([np.zeros((2, 3, 4, 5), dtype=np.float32)])
+
+
+@pytest.mark.parametrize("name,text", [
+    ("preprocessor_config.json", "{bad"),
+    ("preprocessor_config.json", '{"image_mean": 5}'),
+    ("config.json", None),  # a negative width: torch refuses to build it
+])
+def test_a_model_folder_with_a_broken_file_is_a_one_line_error(tiny_clip_folder, name, text):
+    """These were internal errors (JSONDecodeError, TypeError, RuntimeError)."""
+
+    path = tiny_clip_folder / name
+    if text is None:
+        config = json.loads(path.read_text())
+        config["vision_config"]["hidden_size"] = -32
+        text = json.dumps(config)
+    path.write_text(text)
+    with pytest.raises(CheckpointError, match="cannot be loaded as a clip model folder"):
+        load_model(tiny_clip_folder)

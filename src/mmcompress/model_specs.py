@@ -116,4 +116,11 @@ def _load_path(path: Path) -> Adapter:
             f"{path}: model_type {model_type!r} is not supported; supported: "
             f"{', '.join(sorted(HF_MODEL_TYPES))}"
         )
-    return HF_MODEL_TYPES[model_type].from_folder(path)
+    try:
+        return HF_MODEL_TYPES[model_type].from_folder(path)
+    except UserError:
+        raise
+    except Exception as exc:  # a file of the folder that does not read as it should
+        why = str(exc).splitlines()[0] if str(exc) else ""
+        raise CheckpointError(f"{path} cannot be loaded as a {model_type} model folder "
+                              f"({type(exc).__name__}: {why})") from None
