@@ -237,3 +237,12 @@ def test_usage_errors_are_one_error_line_and_exit_2(monkeypatch, capsys, argv, f
     assert stopped.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0]
+
+
+def test_metrics_none_of_which_apply_are_an_error_not_an_empty_table(tiny_clip_folder):
+    """`--metrics stsb_spearman` on an image-text model printed nothing and exited 0."""
+    result = runner.invoke(app, ["evaluate", str(tiny_clip_folder), "--metrics",
+                                 "stsb_spearman,latency_ms_audio", "--max-samples", "4"])
+    assert result.exit_code == 2, result.output
+    assert "none of the metrics asked for (stsb_spearman, latency_ms_audio) applies" in \
+        result.output

@@ -1,4 +1,5 @@
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -128,3 +129,18 @@ def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
                                          encoding="utf-8")
     data = load_data(tmp_path / "digits.csv")
     assert data.texts == ["three", "seven"] and data.labels == [3, 7]
+
+
+def test_an_image_past_the_decompression_bomb_limit_is_a_data_error(tmp_path, monkeypatch):
+    """PIL's DecompressionBombError is not an OSError: it was an internal error."""
+    from mmcompress.data.dataset import load_image
+
+    path = tmp_path / "big.png"
+    Image.new("RGB", (64, 64)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64² is past 2 × this: an error
+    with pytest.raises(DataError, match="cannot read image .*big.png"):
+        load_image(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)  # past this only: a warning, silenced
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_image(path).shape == (64, 64, 3)

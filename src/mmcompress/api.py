@@ -237,6 +237,10 @@ def evaluate(
         progress=progress,
         unpacked=unpack,
     )
+    if cfg.metrics and not result.metrics:
+        raise UserError(f"none of the metrics asked for ({', '.join(cfg.metrics)}) applies to "
+                        f"this model on {dataset.name} data"
+                        + (f"; {notes[0]}" if notes else ""))
     return {
         "model": _spec_name(model),
         "metrics": result.metrics,

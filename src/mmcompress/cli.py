@@ -218,8 +218,8 @@ def inspect(
     data: DataOpt = None,
     bits: Annotated[int, typer.Option(help="bits for --sensitivity")] = 4,
     group_size: Annotated[int | None, typer.Option(help="group size for --sensitivity")] = 128,
-    max_samples: Annotated[int, typer.Option(help="examples for --sensitivity")] = 64,
-    top: Annotated[int, typer.Option(help="most sensitive layers to list")] = 15,
+    max_samples: Annotated[int, typer.Option(min=1, help="examples for --sensitivity")] = 64,
+    top: Annotated[int, typer.Option(min=1, help="most sensitive layers to list")] = 15,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     quiet: QuietOpt = False,
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -89,10 +90,13 @@ def load_image(ref: ImageRef) -> np.ndarray:
     if isinstance(ref, np.ndarray):
         return ref if ref.ndim == 3 else ref[..., None]
     try:
-        with Image.open(ref) as im:
-            if im.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grey: RGB would clip at 255
-                return np.clip(np.asarray(im, dtype=np.float32) / 65535.0, 0, 1)[..., None]
-            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    except (OSError, UnidentifiedImageError) as exc:
+        with warnings.catch_warnings():
+            # a large image is read as any other; one past PIL's bomb limit is refused below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(ref) as im:
+                if im.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grey: RGB clips at 255
+                    return np.clip(np.asarray(im, dtype=np.float32) / 65535.0, 0, 1)[..., None]
+                arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot read image {ref}: {exc}") from None
     return arr

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..adapters import Adapter
 from ..data import Dataset, load_data
-from ..errors import DataError
+from ..errors import DataError, UserError
 from ..evaluation.evaluate import quality
 from ..methods.base import MethodConfig, StageContext
 from ..methods.training_hooks import take_armed
@@ -70,6 +70,8 @@ def checkpoint_dir(context: StageContext, chosen: str | None = None) -> Path | N
     """This stage's own ``stage-<i>`` folder: under the recipe's `chosen` ``checkpoint_dir``,
     else under ``.<out>.training`` beside the output folder when the runner gives one. Each
     stage has its own, so that two training stages never read each other's checkpoints."""
+    if chosen is not None and Path(chosen).exists() and not Path(chosen).is_dir():
+        raise UserError(f"checkpoint_dir {chosen} is a file, not a folder")
     root = chosen or context.extra.get("train_dir")
     return Path(root) / f"stage-{context.extra.get('stage', 0)}" if root else None
 
