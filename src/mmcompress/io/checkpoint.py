@@ -180,7 +180,7 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
 def _rebuild(folder: Path, manifest: dict[str, Any], meta: bool) -> Adapter:
     """The saved architecture with its replacement modules; on the meta device if `meta`."""
     where = folder / MANIFEST
-    if manifest.get("adapter") not in ADAPTERS:
+    if not isinstance(manifest.get("adapter"), str) or manifest["adapter"] not in ADAPTERS:
         raise CheckpointError(f"{where} names the model kind {manifest.get('adapter')!r}, "
                               f"which is none of {', '.join(sorted(ADAPTERS))}")
     for key in ("architecture", "modules"):
@@ -204,8 +204,9 @@ def _rebuild(folder: Path, manifest: dict[str, Any], meta: bool) -> Adapter:
                 meta and isinstance(exc, RuntimeError | NotImplementedError)):
             raise  # on the meta device, an op may lack an implementation: built in memory
         why = str(exc).splitlines()[0] if str(exc) else ""
-        raise CheckpointError(f"{where} does not describe a model that can be rebuilt "
-                              f"({type(exc).__name__}: {why})") from None
+        raise CheckpointError(f"{folder}: the model {MANIFEST} describes cannot be rebuilt "
+                              f"from it and the folder's files ({type(exc).__name__}: {why})"
+                              ) from None
 
 
 def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
