@@ -1,4 +1,5 @@
 import pytest
+from _helpers import toy_image_data
 from torch import nn
 
 from mmcompress.errors import RecipeError
@@ -67,3 +68,23 @@ def test_a_stage_left_with_no_layer_is_refused(tiny_clip):
     with pytest.raises(RecipeError, match="no Linear/Conv2d/Embedding layer of this model is "
                                           r"left to take \(targets: every tower; ignore: re:\.\)"):
         METHODS[("quantize", "rtn")].apply(tiny_clip, stage.config, StageContext(progress=False))
+
+
+def test_a_mistyped_target_is_refused_before_the_evaluation_runs(tiny_clip, monkeypatch):
+    """A typo in a later stage's targets was found only when that stage ran."""
+    import mmcompress
+    import mmcompress.api as api
+    from mmcompress.methods.base import check_targets
+    from mmcompress.recipe import load_recipe
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("evaluated before checking the targets")
+
+    monkeypatch.setattr(api, "evaluate_adapter", no_evaluation)
+    recipe = {"stages": [{"prune": {"method": "magnitude", "sparsity": 0.5}},
+                         {"quantize": {"method": "rtn", "targets": ["vison"]}}]}
+    with pytest.raises(RecipeError, match=r"stage 1 \(quantize: rtn\) targets entry 'vison'"):
+        mmcompress.compress(tiny_clip, recipe, data=toy_image_data(), progress=False)
+    # a module a stage may create inside an existing one is left for that stage to find
+    check_targets(tiny_clip, load_recipe({"stages": [{"quantize": {
+        "method": "rtn", "targets": ["text_model.encoder.layers.0.mlp.fc1.up"]}}]}).stages)

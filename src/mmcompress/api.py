@@ -19,6 +19,7 @@ from .evaluation.evaluate import check_data_fits, evaluate_adapter, quality
 from .io.atomic import atomic_folder, check_output_dir
 from .io.checkpoint import BUFFERS, MANIFEST, WEIGHTS, load_checkpoint, save_checkpoint
 from .methods import StageContext, keep_original, run_stage
+from .methods.base import check_targets
 from .model_specs import NAMED_SPECS, load_model
 from .modules.unpack import unpack_weights
 from .recipe import EvaluateConfig, Recipe, load_recipe
@@ -70,6 +71,7 @@ def compress(
     adapter = load_model(model, progress=progress)
     dataset = load_data(data if data is not None else adapter.default_data)
     check_data_fits(adapter, dataset)
+    check_targets(adapter, recipe.stages)
     calib_spec = calibration_data if calibration_data is not None else recipe.calibration.data
     calib_set = _calibration_set(calib_spec) if calib_spec is not None else dataset
     eval_cfg = recipe.evaluate

@@ -164,6 +164,22 @@ def run_stages(adapter: Adapter, stages: Sequence[Stage],
     return summaries
 
 
+def check_targets(adapter: Adapter, stages: Sequence[Stage]) -> None:
+    """Refuse, before any work, a `targets`/`ignore` entry naming neither a tower nor a
+    module of this model at its first dotted part (a typo: stages add modules only inside
+    existing ones, so later stages' entries are judged by that part alone)."""
+    towers = adapter.towers()
+    tops = {n.split(".")[0] for n, _ in adapter.model.named_modules() if n}
+    for i, stage in enumerate(stages):
+        for key in ("targets", "ignore"):
+            for token in getattr(stage.config, key) or ():
+                if token in towers or token.startswith("re:") or token.split(".")[0] in tops:
+                    continue
+                raise RecipeError(f"stage {i} ({stage.kind}: {stage.config.method}) {key} "
+                                  f"entry {token!r} matches no tower or module; towers are "
+                                  f"{', '.join(towers)} (use 'inspect' to list module names)")
+
+
 def methods_for(kind: str) -> list[str]:
     return sorted(name for k, name in METHODS if k == kind)
 
