@@ -239,6 +239,18 @@ def test_usage_errors_are_one_error_line_and_exit_2(monkeypatch, capsys, argv, f
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0]
 
 
+def test_no_arguments_show_the_help_and_no_error_line(monkeypatch, capsys):
+    import sys
+
+    from mmcompress.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["mmcompress"])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    out = capsys.readouterr()
+    assert stopped.value.code == 2 and "Usage" in out.out and "error" not in out.err
+
+
 def test_metrics_none_of_which_apply_are_an_error_not_an_empty_table(tiny_clip_folder):
     """`--metrics stsb_spearman` on an image-text model printed nothing and exited 0."""
     result = runner.invoke(app, ["evaluate", str(tiny_clip_folder), "--metrics",

@@ -552,6 +552,20 @@ def test_quantized_convolutions_are_refused_as_every_quantized_layer_is():
         _prune(adapter, channels=0.5, importance="magnitude")
 
 
+def test_factored_convolutions_are_refused_as_every_factored_layer_is():
+    """A Tucker convolution had no `out_channels` either: an internal error."""
+    from mmcompress.adapters.classifier import ImageClassifierAdapter
+    from mmcompress.models.resnet_cifar import CifarResNet
+
+    torch.manual_seed(0)
+    adapter = ImageClassifierAdapter(CifarResNet(20).eval())
+    stage = load_recipe({"stages": [{"lowrank": {"method": "tucker", "rank": 4,
+                                                 "targets": ["layer1.0.conv1"]}}]}).stages[0]
+    METHODS[("lowrank", "tucker")].apply(adapter, stage.config, StageContext(progress=False))
+    with pytest.raises(RecipeError, match=r"cannot shrink layer1.0.conv1 \(TuckerConv2d\)"):
+        _prune(adapter, channels=0.25, importance="magnitude")
+
+
 def test_layers_in_quantization_aware_training_are_refused(tiny_clip):
     """A student shrunk while QAT is armed would swap its fake-quantized layers for plain
     ones, and the QAT would be lost without a word."""

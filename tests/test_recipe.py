@@ -106,7 +106,8 @@ _STRUCT = {"prune": {"method": "structured", "neurons": 0.5}}
 @pytest.mark.parametrize("stages,message", [
     ([_Q8, _STRUCT], "structured pruning cannot take the layers quantization made"),
     ([_Q8, _MAG], "unstructured pruning cannot take the layers quantization made"),
-    ([_Q8, {"quantize": {"method": "gptq", "bits": 4, "targets": ["text"]}}],
+    ([{"quantize": {"method": "rtn", "bits": 8, "targets": ["text"]}},
+      {"quantize": {"method": "gptq", "bits": 4, "targets": ["text"]}}],
      "each layer is quantized once"),
     ([{"quantize": {"method": "rtn", "bits": 16}}, _Q8], "each layer is quantized once"),
     ([_Q8, _SVD], "low-rank factorisation cannot take the layers quantization made"),
@@ -130,6 +131,13 @@ def test_stages_in_an_order_that_cannot_compose_are_refused_when_read(stages, me
      {"lowrank": {"method": "tucker", "rank": 4}}],  # other layer types
     [{"quantize": {"method": "rtn", "bits": 8, "convolutions": False}},
      {"prune": {"method": "structured", "channels": 0.5}}],
+    # whole blocks come out of pruned or factored towers alike
+    [_MAG, {"prune": {"method": "structured", "layers": 1}}],
+    [_SVD, {"prune": {"method": "structured", "layers": 1}}],
+    # linear layers first, then the one table the first stage left out
+    [{"quantize": {"method": "rtn", "bits": 4, "embeddings": False}},
+     {"quantize": {"method": "rtn", "bits": 8,
+                   "targets": ["text_model.embeddings.token_embedding"]}}],
 ])
 def test_stages_on_other_layers_or_in_order_are_accepted(stages):
     assert len(load_recipe({"stages": stages}).stages) == len(stages)
@@ -150,7 +158,7 @@ def test_infinite_or_nan_numbers_are_refused_when_read(stage, key):
     text = "stages:\n  - " + kind + ":\n" + "".join(
         f"      {k}: {v if not isinstance(v, dict | list) else v!r}\n" for k, v in cfg.items())
     text = text.replace("'", "")
-    with pytest.raises(RecipeError, match=rf"{key} \(line \d+\): Input should be a finite"):
+    with pytest.raises(RecipeError, match=rf"{key} \(line \d+\): Input should be .*finite"):
         load_recipe(text)
 
 
@@ -186,3 +194,13 @@ def test_empty_targets_and_bad_regexes_are_refused_when_read():
         load_recipe({"stages": [{"quantize": {"method": "rtn", "targets": []}}]})
     with pytest.raises(RecipeError, match=r"quantize\.ignore: invalid regex .*'re:\['"):
         load_recipe({"stages": [{"quantize": {"method": "rtn", "ignore": ["re:["]}}]})
+
+
+@pytest.mark.parametrize("cfg,message", [
+    ({"bits": "4"}, "bits.*valid integer, got '4'"),
+    ({"symmetric": "yes"}, "symmetric.*valid boolean, got 'yes'"),
+])
+def test_quoted_numbers_and_words_for_booleans_are_refused(cfg, message):
+    """'4' was read as 4 and 'yes' as true: a recipe says what it means."""
+    with pytest.raises(RecipeError, match=message):
+        load_recipe({"stages": [{"quantize": {"method": "rtn", **cfg}}]})

@@ -284,6 +284,8 @@ def main() -> None:
     try:
         sys.exit(app(standalone_mode=False))
     except _usage_errors() as exc:
+        if not exc.format_message():  # no arguments at all: the help was shown
+            sys.exit(2)
         ctx = getattr(exc, "ctx", None)
         hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
         typer.echo(f"error: {exc.format_message()}{hint}", err=True)

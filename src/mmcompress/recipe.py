@@ -166,17 +166,17 @@ def _check_training_follows(stages: list[Stage], root: yaml.Node | None) -> None
 
 def _check_layer_order(stages: list[Stage], root: yaml.Node | None) -> None:
     """Refuse, before any work, a stage that cannot take what an earlier stage made of the same
-    layers (`LAYER_ORDER`): a later stage whose targets the earlier one covers (it took every
-    tower, or the same targets and ignores) and that replaces layers of a type it replaced.
-    Stages on other targets are checked when they run, on the model's layers."""
+    layers (`LAYER_ORDER`): both act on every tower (no targets, the earlier ignoring nothing)
+    or on the same targets and ignores, and replace layers of a common type. Stages on other
+    targets are checked when they run, on the model's layers."""
     for j, later in enumerate(stages):
         b = later.config.layer_order
         for i, earlier in enumerate(stages[:j]):
             a, cfg = earlier.config.layer_order, earlier.config
             if a is None or b is None or b > a or (b == a and LAYER_ORDER[a] != "quantization"):
                 continue
-            covers = (cfg.targets is None and not cfg.ignore) or (
-                (cfg.targets, cfg.ignore) == (later.config.targets, later.config.ignore))
+            covers = (cfg.targets is None and not cfg.ignore and later.config.targets is None) \
+                or (cfg.targets, cfg.ignore) == (later.config.targets, later.config.ignore)
             if not covers or not set(cfg.kinds()) & set(later.config.kinds()):
                 continue
             why = ("each layer is quantized once" if a == b else

@@ -15,7 +15,8 @@ from ..errors import UserError
 def _beside(out: Path, what: str) -> str:
     """Prefix of a hidden temporary name beside `out` (its name cut short, so that a long but
     legal name stays legal with the suffix)."""
-    return f".{out.name[:100]}.{what}-"
+    name = os.fsencode(out.name)[:100].decode(errors="ignore")  # bytes are what is limited
+    return f".{name}.{what}-"
 
 
 def check_output_dir(out: Path, overwrite: bool) -> None:

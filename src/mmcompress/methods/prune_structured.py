@@ -99,10 +99,14 @@ class StructuredPruneConfig(MethodConfig):
     layer_order: ClassVar[int | None] = LAYER_ORDER.index("structured pruning")
 
     def kinds(self) -> tuple[type[nn.Module], ...]:
-        """Layer types it shrinks for sure: convolutions alone for channels alone (their
-        consumer may be linear, which the stage itself checks)."""
-        return (nn.Conv2d,) if set(self.amounts()) == {"channels"} and not self.layers \
-            else (nn.Linear, nn.Conv2d)
+        """Layer types it shrinks for sure: none for whole blocks alone (removing a block
+        rebuilds no layer: it works after pruning or factoring; the stage itself refuses
+        quantized blocks), convolutions alone for channels alone (their consumer may be
+        linear, which the stage itself checks)."""
+        units = set(self.amounts())
+        if not units:
+            return ()
+        return (nn.Conv2d,) if units == {"channels"} else (nn.Linear, nn.Conv2d)
 
 
 def _tower(name: str, towers: dict[str, list[str]]) -> str:

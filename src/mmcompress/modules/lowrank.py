@@ -110,6 +110,7 @@ class _FactoredConv(nn.Module):
     def __init__(self, conv: dict[str, Any], ranks: list[int]) -> None:
         super().__init__()
         self.conv, self.ranks = dict(conv), list(ranks)
+        self.in_channels, self.out_channels = conv["in_channels"], conv["out_channels"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for name in self.CHAIN:
