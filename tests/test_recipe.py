@@ -204,3 +204,10 @@ def test_quoted_numbers_and_words_for_booleans_are_refused(cfg, message):
     """'4' was read as 4 and 'yes' as true: a recipe says what it means."""
     with pytest.raises(RecipeError, match=message):
         load_recipe({"stages": [{"quantize": {"method": "rtn", **cfg}}]})
+
+
+def test_exponent_numbers_without_a_dot_are_numbers():
+    """YAML 1.1 reads 1e-4 as text; settings now refuse text, so the loader reads it as the
+    number everyone means by it."""
+    recipe = load_recipe("stages:\n  - finetune: {method: task, lr: 1e-4, weight_decay: 5E-3}\n")
+    assert recipe.stages[0].config.lr == 1e-4 and recipe.stages[0].config.weight_decay == 5e-3

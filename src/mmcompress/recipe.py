@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
@@ -41,6 +42,17 @@ class Recipe:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """YAML's safe loader reading ``1e-4`` as the number it is (YAML 1.1 wants a dot:
+    ``1.0e-4``); a quoted ``'4'`` stays text, which a numeric setting refuses."""
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
 
 
 def _line_of(node: yaml.Node | None, path: tuple) -> int | None:
@@ -252,8 +264,8 @@ def load_recipe(source: str | Path | dict | Recipe) -> Recipe:
         except UnicodeDecodeError as exc:
             raise RecipeError(f"recipe file {path} is not UTF-8 text (byte {exc.start})") from None
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=RecipeLoader)
+        data = yaml.load(text, Loader=RecipeLoader)  # a SafeLoader: no Python objects
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

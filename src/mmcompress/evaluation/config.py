@@ -44,7 +44,7 @@ DEFAULT_TEXT_TOKENS = 128 * 256
 class CalibrationConfig(BaseModel):
     """Where calibration examples come from and how many are used."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
     data: str | None = Field(None, description="data spec; default: the run's --data")
     samples: PositiveInt | Literal["auto"] = Field(
         "auto", description=f"examples of each input; 'auto': {DEFAULT_SAMPLES}, and texts "
@@ -69,7 +69,7 @@ class CalibrationConfig(BaseModel):
 
 
 class EvaluateConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
     metrics: list[str] | None = Field(None, description="subset of METRICS; default all that apply")
     max_samples: PositiveInt | None = Field(None, description="evaluate on N evenly spaced "
                                             "examples (default: all)")

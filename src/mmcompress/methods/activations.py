@@ -12,7 +12,7 @@ from ..quantization.observers import OBSERVERS
 class ActivationQuantConfig(BaseModel):
     """``activations: {bits: 8, observer: minmax|percentile|mse, percentile: 99.99}``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
     bits: int = Field(8, description="activation bits (int8 kernels only)")
     observer: Literal["minmax", "percentile", "mse"] = Field(
         "minmax", description=f"how the static range is chosen: {', '.join(OBSERVERS)}")

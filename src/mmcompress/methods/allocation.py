@@ -36,7 +36,7 @@ class BitBudget(BaseModel):
     """``budget: {size_ratio: R | same_size_as_bits: B, bits: [4, 8]}`` on any
     weight-quantization method."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
     size_ratio: float | None = Field(None, gt=0, le=1,
                                      description="target size / size before the stage")
     same_size_as_bits: int | None = Field(None, ge=2, le=8, description="target: the size of "

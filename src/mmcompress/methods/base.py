@@ -41,7 +41,7 @@ def layer_types(convolutions: bool, embeddings: bool) -> tuple[type[nn.Module], 
 class MethodConfig(BaseModel):
     """Fields every method takes. Subclasses add theirs; unknown keys are refused."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
     method: str = Field(description="the method's name")
     targets: list[str] | None = Field(None, min_length=1, description="towers, module names "

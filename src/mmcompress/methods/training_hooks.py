@@ -34,7 +34,7 @@ _ARMED = "train_callbacks"
 class QATOptions(BaseModel):
     """``qat: true`` or ``qat: {scales: minmax|learned, activations: {...}}``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
     scales: Literal["minmax", "learned"] = Field(
         "minmax", description="minmax: recomputed from the weights at every step; learned: "
         "trained with the weights (LSQ), starting from the post-training scales")
@@ -72,7 +72,7 @@ class Schedule(BaseModel):
     (numbers with a decimal point, in [0, 1]).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
     kind: Literal["cubic"] = Field("cubic", description="the schedule's shape (Zhu & Gupta's "
                                    "cubic, the only one)")
     start: NonNegativeInt | float = Field(0, description="first pruning step (t0)")

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 class TrainSettings(BaseModel):
     """How to train: optimizer, schedule, batches, seeds, checkpoints."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
     epochs: PositiveInt = Field(1, description="passes over the training examples")
     max_steps: PositiveInt | None = Field(None, description="stop after this many steps")

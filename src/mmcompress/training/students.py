@@ -32,7 +32,7 @@ EVERY = re.compile(r"^every-([1-9]\d*)$")
 class StudentConfig(BaseModel):
     """How to derive the student from the model (amounts as in ``prune: structured``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
     layers: str | list[int] | None = Field(
         None, description="'every-K' or block indices kept in every block list")
