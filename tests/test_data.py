@@ -144,3 +144,20 @@ def test_an_image_past_the_decompression_bomb_limit_is_a_data_error(tmp_path, mo
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_image(path).shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({"task": "sts", "texts": ["a", "b"], "texts_b": ["c"], "scores": [1.0, 2.0]},
+     "its columns differ in length"),
+    ({"task": "sts", "texts": ["a", "b"], "texts_b": ["c", "d"], "scores": [1.0, float("nan")]},
+     "a score is NaN or infinite"),
+    ({"task": "classification", "images": [np.zeros((4, 4, 3), np.float32)], "labels": [2],
+      "class_names": ["cat", "dog"], "templates": ["a {}"]}, "a label is outside 0..1"),
+    ({"task": "caption"}, "task 'caption' is none of"),
+])
+def test_a_dataset_made_in_python_is_checked_before_use(fields, message):
+    """NaN scores gave a Spearman of 1.0, and mismatched columns were cut silently."""
+    from mmcompress.data import Dataset
+
+    with pytest.raises(DataError, match=f"data 'mine': {message}"):
+        Dataset("mine", **fields).check()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -54,6 +55,30 @@ class Dataset:
 
     def __len__(self) -> int:
         return len(self.images) if self.images else len(self.texts)
+
+    def check(self) -> None:
+        """Refuse columns that do not line up, or labels and scores no metric can use (the
+        readers build consistent sets; a `Dataset` made in Python is checked here).
+
+        Raises:
+            DataError: naming the data set and what is wrong.
+        """
+        def bad(why: str) -> DataError:
+            return DataError(f"data {self.name!r}: {why}")
+
+        if self.task not in TASKS:
+            raise bad(f"task {self.task!r} is none of {', '.join(TASKS)}")
+        columns = {"images": self.images, "labels": self.labels, "captions": self.captions,
+                   "texts": self.texts, "texts_b": self.texts_b, "scores": self.scores,
+                   "audio": self.audio}
+        sizes = {k: len(v) for k, v in columns.items() if v}
+        if len(set(sizes.values())) > 1:
+            raise bad("its columns differ in length (" + ", ".join(
+                f"{k} {n}" for k, n in sizes.items()) + ")")
+        if not math.isfinite(sum(map(float, self.scores))):
+            raise bad("a score is NaN or infinite")
+        if self.class_names and any(not 0 <= y < len(self.class_names) for y in self.labels):
+            raise bad(f"a label is outside 0..{len(self.class_names) - 1}, the class names' range")
 
     def load_image(self, index: int) -> np.ndarray:
         """Image `index` as float32 HxWxC in [0, 1]."""

@@ -34,7 +34,9 @@ class Evaluation:
 
 
 def check_data_fits(adapter: Adapter, data: Dataset) -> None:
-    """Refuse data whose task the model cannot do (e.g. sentence pairs for an image model)."""
+    """Refuse data whose columns do not line up (`Dataset.check`), or whose task the model
+    cannot do (e.g. sentence pairs for an image model)."""
+    data.check()
     if data.task not in adapter.tasks:
         raise DataError(
             f"data {data.name!r} is a {data.task} set, but a {adapter.name!r} model "
