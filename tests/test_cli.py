@@ -88,6 +88,20 @@ def test_inspect_lists_towers(tiny_clip_folder):
     assert "vision" in result.output and "text_model.encoder.layers.0.mlp.fc1" in result.output
 
 
+def test_inspect_takes_threads(tiny_clip_folder):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        result = runner.invoke(app, ["inspect", str(tiny_clip_folder), "--threads", "1"])
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    result = runner.invoke(app, ["inspect", str(tiny_clip_folder), "--threads", "0"])
+    assert result.exit_code == 2 and "--threads must be at least 1" in result.output
+
+
 def test_inspect_tower_params_add_up_to_the_total(tiny_clip):
     """Parameters a module holds beside its children (CLIP's class embedding, a fusion
     model's position table) were left out of their tower's count."""

@@ -222,13 +222,14 @@ def inspect(
     top: Annotated[int, typer.Option(min=1, help="most sensitive layers to list")] = 15,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     quiet: QuietOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Towers, layers and parameter counts of a model; with --sensitivity, how much
     quantizing each tower and layer alone hurts."""
     from .inspect_model import describe
     from .model_specs import load_model
 
-    progress = _setup(quiet, None)
+    progress = _setup(quiet, threads)
     adapter = load_model(spec, progress=progress)
     if sensitivity:
         _print_sensitivity(adapter, data, bits, group_size, max_samples, top, as_json, progress)
