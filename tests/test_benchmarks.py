@@ -215,6 +215,18 @@ def test_layer_error_benchmark_masks_hit_the_setting_and_rank_by_the_objective()
     assert masked["wanda"] < masked["wanda-noswap"]  # swaps lower the error of the bare mask
 
 
+def test_gptq_sparse_benchmark_orders_the_ways_of_quantizing_a_pruned_layer() -> None:
+    from benchmarks.gptq_sparse import errors
+    from mmcompress.quantization.grid import QuantGrid
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 32, generator=gen) @ torch.randn(32, 32, generator=gen)
+    w = torch.randn(16, 32, generator=gen)
+    keep = torch.rand(16, 32, generator=gen) > 0.5
+    e = errors(w, 2 * x.T @ x / len(x), keep, QuantGrid(4, 16))
+    assert 0 < e["pruned_fp32"] < e["gptq"] < e["gptq-unaware"] and e["gptq"] < e["rtn"]
+
+
 def test_sts_folds_hold_out_every_pair_once_and_summarise_per_fold(monkeypatch, tmp_path) -> None:
     import benchmarks.sts_heldout as heldout
     from benchmarks.sts_folds import summary
