@@ -211,3 +211,12 @@ def test_exponent_numbers_without_a_dot_are_numbers():
     number everyone means by it."""
     recipe = load_recipe("stages:\n  - finetune: {method: task, lr: 1e-4, weight_decay: 5E-3}\n")
     assert recipe.stages[0].config.lr == 1e-4 and recipe.stages[0].config.weight_decay == 5e-3
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("examples/recipes/*.yaml")),
+                         ids=lambda p: p.name)
+def test_the_saved_recipe_reads_back_as_the_same_recipe(path):
+    """Every output folder's recipe.yaml wrote every default, and text_tokens beside samples
+    (or allocation beside rank) is refused: the saved recipe could not be run again."""
+    recipe = load_recipe(path)
+    assert load_recipe(recipe.to_yaml()).to_dict() == recipe.to_dict()

@@ -23,8 +23,9 @@ class Stage:
     kind: str
     config: MethodConfig
 
-    def to_dict(self) -> dict[str, Any]:
-        return {self.kind: self.config.model_dump(exclude_defaults=False)}
+    def to_dict(self, given: bool = False) -> dict[str, Any]:
+        """Every setting (`given`: only those the recipe gave)."""
+        return {self.kind: self.config.model_dump(exclude_unset=given)}
 
 
 @dataclass
@@ -33,15 +34,18 @@ class Recipe:
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, given: bool = False) -> dict[str, Any]:
+        """Every setting, defaults included (`given`: only those the recipe gave; some
+        settings are refused beside others, e.g. text_tokens beside a number of samples)."""
         return {
-            "stages": [s.to_dict() for s in self.stages],
-            "calibration": self.calibration.model_dump(),
-            "evaluate": self.evaluate.model_dump(),
+            "stages": [s.to_dict(given) for s in self.stages],
+            "calibration": self.calibration.model_dump(exclude_unset=given),
+            "evaluate": self.evaluate.model_dump(exclude_unset=given),
         }
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        """The recipe as given, in YAML: it reads back as the same recipe."""
+        return yaml.safe_dump(self.to_dict(given=True), sort_keys=False)
 
 
 class RecipeLoader(yaml.SafeLoader):
