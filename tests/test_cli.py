@@ -231,6 +231,11 @@ def test_missing_calibration_data_is_named_before_the_evaluation_runs(tiny_clip,
               "calibration": {"data": str(tmp_path / "nowhere")}}
     with pytest.raises(DataError, match="^calibration data: .*nowhere"):
         mmcompress.compress(tiny_clip, recipe, data=toy_image_data(), progress=False)
+    uneven = toy_image_data()
+    uneven.labels = uneven.labels[:2]  # a set made in Python is checked like the run's data
+    with pytest.raises(DataError, match="^calibration data: .*columns differ in length"):
+        mmcompress.compress(tiny_clip, {"stages": [{"quantize": {"method": "rtn"}}]},
+                            data=toy_image_data(), calibration_data=uneven, progress=False)
 
 
 @pytest.mark.parametrize("argv,fragment", [

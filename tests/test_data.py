@@ -150,7 +150,7 @@ def test_an_image_past_the_decompression_bomb_limit_is_a_data_error(tmp_path, mo
     ({"task": "sts", "texts": ["a", "b"], "texts_b": ["c"], "scores": [1.0, 2.0]},
      "its columns differ in length"),
     ({"task": "sts", "texts": ["a", "b"], "texts_b": ["c", "d"], "scores": [1.0, float("nan")]},
-     "a score is NaN or infinite"),
+     "a score is not a finite number"),
     ({"task": "classification", "images": [np.zeros((4, 4, 3), np.float32)], "labels": [2],
       "class_names": ["cat", "dog"], "templates": ["a {}"]}, "a label is outside 0..1"),
     ({"task": "caption"}, "task 'caption' is none of"),
@@ -161,3 +161,16 @@ def test_a_dataset_made_in_python_is_checked_before_use(fields, message):
 
     with pytest.raises(DataError, match=f"data 'mine': {message}"):
         Dataset("mine", **fields).check()
+
+
+def test_dataset_check_reads_arrays_and_needs_every_column_of_its_task():
+    from mmcompress.data import Dataset
+
+    images = np.zeros((4, 4, 4, 3), np.float32)
+    Dataset("arrays", "classification", images=images, labels=np.array([0, 1, 0, 1]),
+            class_names=["a", "b"]).check()  # numpy columns: lengths, not truth values
+    Dataset("big", "sts", texts=["a", "b"], texts_b=["c", "d"], scores=[1e308, 1e308]).check()
+    with pytest.raises(DataError, match=r"columns differ in length \(images 4, labels 0\)"):
+        Dataset("mine", "classification", images=list(images), labels=[]).check()
+    with pytest.raises(DataError, match="a score is not a finite number"):
+        Dataset("mine", "sts", texts=["a", "b"], texts_b=["c", "d"], scores=[1.0, None]).check()

@@ -220,3 +220,18 @@ def test_the_saved_recipe_reads_back_as_the_same_recipe(path):
     (or allocation beside rank) is refused: the saved recipe could not be run again."""
     recipe = load_recipe(path)
     assert load_recipe(recipe.to_yaml()).to_dict() == recipe.to_dict()
+
+
+def test_python_callers_may_pass_tuples_and_numpy_numbers():
+    """Strict reading refused `targets=("vision",)` and `bits=np.int64(4)`, which the API
+    always took; text that looks like a number survives a round trip through recipe.yaml."""
+    import numpy as np
+
+    recipe = load_recipe({"stages": [{"quantize": {
+        "method": "rtn", "bits": np.int64(4), "targets": ("vision",),
+        "budget": {"size_ratio": 0.3, "bits": (4, 8)}}}],
+        "calibration": {"data": "2e3", "samples": np.int64(8)}})
+    assert recipe.stages[0].config.bits == 4 and recipe.calibration.samples == 8
+    assert load_recipe(recipe.to_yaml()).to_dict() == recipe.to_dict()
+    assert load_recipe("stages:\n  - finetune: {method: task, lr: .5e-3}\n") \
+        .stages[0].config.lr == 5e-4

@@ -22,7 +22,7 @@ from .methods import StageContext, keep_original, run_stage
 from .methods.base import check_targets
 from .model_specs import NAMED_SPECS, load_model
 from .modules.unpack import unpack_weights
-from .recipe import EvaluateConfig, Recipe, load_recipe
+from .recipe import EvaluateConfig, Recipe, load_recipe, plain_values
 from .report import report_markdown, to_json
 from .report_html import report_html
 from .training.distributed import is_main_process
@@ -129,7 +129,9 @@ def is_output_folder(folder: Path) -> bool:
 def _calibration_set(spec: str | Path | Dataset) -> Dataset:
     """The calibration data, read before any work (its errors say where it came from)."""
     try:
-        return load_data(spec)
+        data = load_data(spec)
+        data.check()
+        return data
     except UserError as exc:
         raise type(exc)(f"calibration data: {exc}") from None
 
@@ -189,7 +191,7 @@ def load(path: str | Path, compiled: bool = False, unpack: bool = False) -> Adap
 
 def _evaluate_config(values: dict) -> EvaluateConfig:
     try:
-        return EvaluateConfig(**values)
+        return EvaluateConfig(**plain_values(values))
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(map(str, err["loc"]))

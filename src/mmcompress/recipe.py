@@ -45,7 +45,7 @@ class Recipe:
 
     def to_yaml(self) -> str:
         """The recipe as given, in YAML: it reads back as the same recipe."""
-        return yaml.safe_dump(self.to_dict(given=True), sort_keys=False)
+        return yaml.dump(self.to_dict(given=True), Dumper=RecipeDumper, sort_keys=False)
 
 
 class RecipeLoader(yaml.SafeLoader):
@@ -53,10 +53,28 @@ class RecipeLoader(yaml.SafeLoader):
     ``1.0e-4``); a quoted ``'4'`` stays text, which a numeric setting refuses."""
 
 
-RecipeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
+class RecipeDumper(yaml.SafeDumper):
+    """YAML's safe dumper quoting text that `RecipeLoader` would read as a number."""
+
+
+for _yaml_class in (RecipeLoader, RecipeDumper):
+    _yaml_class.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+        list("-+0123456789."))
+
+
+def plain_values(data: Any) -> Any:
+    """`data` with the containers and numbers Python callers pass made plain: tuples as lists,
+    numpy scalars as Python numbers (settings are read strictly, as YAML gives them)."""
+    if isinstance(data, dict):
+        return {k: plain_values(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [plain_values(v) for v in data]
+    item = getattr(data, "item", None)
+    if callable(item) and type(data).__module__ == "numpy":
+        return item()
+    return data
 
 
 def _line_of(node: yaml.Node | None, path: tuple) -> int | None:
@@ -96,7 +114,7 @@ def _validate(model: type[BaseModel], data: Any, path: tuple, root: yaml.Node | 
         if isinstance(value, bool) and key in model.model_fields and not _takes_bool(model, key):
             raise _fail(f"takes a value, not {str(value).lower()}", path + (key,), root)
     try:
-        return model.model_validate(data)
+        return model.model_validate(plain_values(data))
     except ValidationError as exc:
         errors = exc.errors()
         err = errors[0]

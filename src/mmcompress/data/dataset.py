@@ -15,6 +15,16 @@ from ..errors import DataError
 ImageRef = np.ndarray | Path
 
 TASKS = ("classification", "retrieval", "sts", "multimodal")
+#: the columns each task reads, one entry per example
+NEEDED = {"classification": ("images", "labels"), "retrieval": ("images", "captions"),
+          "sts": ("texts", "texts_b", "scores"), "multimodal": ("labels",)}
+
+
+def _finite(value: object) -> bool:
+    try:
+        return math.isfinite(float(value))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
 
 
 @dataclass
@@ -71,12 +81,13 @@ class Dataset:
         columns = {"images": self.images, "labels": self.labels, "captions": self.captions,
                    "texts": self.texts, "texts_b": self.texts_b, "scores": self.scores,
                    "audio": self.audio}
-        sizes = {k: len(v) for k, v in columns.items() if v}
+        sizes = {k: len(v) for k, v in columns.items()  # arrays too: len, not truth
+                 if k in NEEDED[self.task] or len(v)}
         if len(set(sizes.values())) > 1:
             raise bad("its columns differ in length (" + ", ".join(
                 f"{k} {n}" for k, n in sizes.items()) + ")")
-        if not math.isfinite(sum(map(float, self.scores))):
-            raise bad("a score is NaN or infinite")
+        if not all(map(_finite, self.scores)):
+            raise bad("a score is not a finite number")
         if self.class_names and any(not 0 <= y < len(self.class_names) for y in self.labels):
             raise bad(f"a label is outside 0..{len(self.class_names) - 1}, the class names' range")
 
