@@ -81,8 +81,8 @@ class Dataset:
         columns = {"images": self.images, "labels": self.labels, "captions": self.captions,
                    "texts": self.texts, "texts_b": self.texts_b, "scores": self.scores,
                    "audio": self.audio}
-        sizes = {k: len(v) for k, v in columns.items()  # arrays too: len, not truth
-                 if k in NEEDED[self.task] or len(v)}
+        lengths = {k: 0 if v is None else len(v) for k, v in columns.items()}  # not truth:
+        sizes = {k: n for k, n in lengths.items() if k in NEEDED[self.task] or n}  # arrays
         if len(set(sizes.values())) > 1:
             raise bad("its columns differ in length (" + ", ".join(
                 f"{k} {n}" for k, n in sizes.items()) + ")")
