@@ -235,3 +235,11 @@ def test_python_callers_may_pass_tuples_and_numpy_numbers():
     assert load_recipe(recipe.to_yaml()).to_dict() == recipe.to_dict()
     assert load_recipe("stages:\n  - finetune: {method: task, lr: .5e-3}\n") \
         .stages[0].config.lr == 5e-4
+
+
+def test_a_section_that_is_not_a_mapping_is_refused_not_read_as_empty():
+    """`calibration: false` was read as `calibration: {}`."""
+    with pytest.raises(RecipeError, match=r"calibration \(line 3\): expected a mapping, got bool"):
+        load_recipe("stages:\n  - quantize: {method: rtn}\ncalibration: false\n")
+    assert load_recipe("stages:\n  - quantize: {method: rtn}\ncalibration:\n").calibration \
+        .samples == "auto"

@@ -171,6 +171,10 @@ def test_bert_folder_loads_as_sentence_encoder(tiny_folder: Path) -> None:
     assert adapter.max_seq_length == 64  # 256 by default, capped by the position table
     (tiny_folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 16}))
     assert load_model(tiny_folder, progress=False).max_seq_length == 16
+    for bad in (-5, "abc"):  # -5 was taken; 'abc' was an internal error
+        (tiny_folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": bad}))
+        with pytest.raises(UserError, match="max_seq_length|cannot be loaded"):
+            load_model(tiny_folder, progress=False)
 
 
 def test_folder_with_cls_pooling_is_refused(tiny_folder: Path) -> None:

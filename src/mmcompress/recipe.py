@@ -256,10 +256,17 @@ def parse_recipe(data: Any, root: yaml.Node | None = None) -> Recipe:
     _check_training_follows(stages, root)
     _check_layer_order(stages, root)
     calibration = _validate(
-        CalibrationConfig, data.get("calibration") or {}, ("calibration",), root
+        CalibrationConfig, _section(data, "calibration"), ("calibration",), root
     )
-    evaluate = _validate(EvaluateConfig, data.get("evaluate") or {}, ("evaluate",), root)
+    evaluate = _validate(EvaluateConfig, _section(data, "evaluate"), ("evaluate",), root)
     return Recipe(stages, calibration, evaluate)
+
+
+def _section(data: dict, key: str) -> Any:
+    """A top-level section, {} when absent or empty (`calibration:` alone); anything else as
+    given, so that `calibration: false` is refused as not a mapping rather than read as {}."""
+    value = data.get(key)
+    return {} if value is None else value
 
 
 def check_recipe_file(path: Path) -> None:

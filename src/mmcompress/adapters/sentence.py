@@ -102,7 +102,10 @@ def _max_seq_length(folder: Path) -> int:
     config = folder / "sentence_bert_config.json"
     if not config.is_file():
         return DEFAULT_MAX_SEQ_LENGTH
-    return int(_read_json(config).get("max_seq_length", DEFAULT_MAX_SEQ_LENGTH))
+    length = int(_read_json(config).get("max_seq_length", DEFAULT_MAX_SEQ_LENGTH))
+    if length < 1:
+        raise UserError(f"{config}: max_seq_length must be at least 1, got {length}")
+    return length
 
 
 def _check_mean_pooling(folder: Path) -> None:
