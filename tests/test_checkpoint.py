@@ -17,6 +17,14 @@ from mmcompress.methods import METHODS, StageContext
 from mmcompress.recipe import load_recipe
 
 
+def _entries(path):
+    """A safetensors file's header entries, as loading reads them once."""
+    from mmcompress.io.tensor_file import TensorFile
+
+    with TensorFile(path) as file:
+        return file.entries
+
+
 def _quantize(adapter, **cfg):
     stage = load_recipe({"stages": [{"quantize": {"method": "rtn", **cfg}}]}).stages[0]
     METHODS[("quantize", "rtn")].apply(adapter, stage.config, StageContext(progress=False))
@@ -172,7 +180,7 @@ def test_saved_buffers_let_loading_skip_the_dense_build(tiny_clip, saved):
     the meta device and given only its saved size; they come back equal."""
     manifest = json.loads((saved / "mmcompress.json").read_text())
     lean = _lean_rebuild(saved, manifest, saved / "model.safetensors",
-                         saved / "buffers.safetensors")
+                         _entries(saved / "model.safetensors"), saved / "buffers.safetensors")
     assert lean is not None
     expected = _non_persistent(tiny_clip.model)
     assert expected and expected.keys() == _non_persistent(lean.model).keys()
@@ -232,7 +240,8 @@ def test_folders_without_every_buffer_load_the_old_way(tiny_clip, tmp_path, chan
         buffers.pop(sorted(buffers)[0])
         _rewrite_buffers(tmp_path, buffers)
         manifest = json.loads((tmp_path / "mmcompress.json").read_text())
-        assert _lean_rebuild(tmp_path, manifest, tmp_path / "model.safetensors",
+        weights = tmp_path / "model.safetensors"
+        assert _lean_rebuild(tmp_path, manifest, weights, _entries(weights),
                              tmp_path / "buffers.safetensors") is None
     for a, b in zip(before, _outputs(mmcompress.load(tmp_path)), strict=True):
         assert torch.equal(a, b)
@@ -316,10 +325,12 @@ def test_weights_file_with_a_missing_or_extra_tensor_is_refused(tiny_clip, tmp_p
     dropped = sorted(state)[0]
     save_file({k: v for k, v in state.items() if k != dropped}, str(tmp_path / "a.safetensors"))
     with pytest.raises(CheckpointError, match=f"missing keys \\['{dropped}'\\]"):
-        _check_layout(tiny_clip.model.state_dict(), tmp_path / "a.safetensors")
+        _check_layout(tiny_clip.model.state_dict(), _entries(tmp_path / "a.safetensors"),
+                      tmp_path / "a.safetensors")
     save_file({**state, "stray": torch.zeros(1)}, str(tmp_path / "b.safetensors"))
     with pytest.raises(CheckpointError, match="unexpected keys \\['stray'\\]"):
-        _check_layout(tiny_clip.model.state_dict(), tmp_path / "b.safetensors")
+        _check_layout(tiny_clip.model.state_dict(), _entries(tmp_path / "b.safetensors"),
+                      tmp_path / "b.safetensors")
 
 
 def test_models_whose_state_dict_is_not_their_own_tensors_load_whole():

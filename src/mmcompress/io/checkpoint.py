@@ -121,11 +121,11 @@ def description_digest(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _check_description(manifest: dict[str, Any], weights: Path) -> None:
-    """Refuse a manifest whose model description is not the one saved with the weights
-    (folders written before the digest existed have none to compare)."""
-    with TensorFile(weights) as file:
-        saved = file.metadata.get(DESCRIPTION_KEY)
+def _check_description(manifest: dict[str, Any], metadata: dict[str, str], weights: Path
+                       ) -> None:
+    """Refuse a manifest whose model description is not the one saved with the weights (in
+    their file's `metadata`; folders written before the digest existed have none)."""
+    saved = metadata.get(DESCRIPTION_KEY)
     if saved is not None and saved != description_digest(manifest):
         raise CheckpointError(f"{weights.parent / MANIFEST} is altered: its model description "
                               f"is not the one saved with {weights.name}")
@@ -275,11 +275,11 @@ def _plain_meta_tensors(adapter: Adapter) -> list[str]:
             for k, v in vars(obj).items() if isinstance(v, torch.Tensor) and v.is_meta]
 
 
-def _check_layout(expected: dict[str, torch.Tensor], path: Path) -> None:
-    """Refuse a safetensors file whose tensors differ from `expected` (meta tensors will do)
-    in name, shape or dtype: loading would otherwise cast or fail half-way."""
-    with TensorFile(path) as file:
-        found = file.entries
+def _check_layout(expected: dict[str, torch.Tensor], found: dict[str, Any], path: Path
+                  ) -> None:
+    """Refuse a safetensors file whose tensors (`found`: its header's entries) differ from
+    `expected` (meta tensors will do) in name, shape or dtype: loading would otherwise cast or
+    fail half-way."""
     extra, missing = sorted(set(found) - set(expected))[:3], sorted(set(expected) - set(found))[:3]
     if extra or missing:
         raise CheckpointError(f"{path} does not match the manifest: missing keys {missing}, "
@@ -294,7 +294,7 @@ def _check_layout(expected: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def _lean_rebuild(folder: Path, manifest: dict[str, Any], weights: Path,
-                  buffers: Path) -> Adapter | None:
+                  stored: dict[str, Any], buffers: Path) -> Adapter | None:
     """The saved architecture allocated at its saved size (built on the meta device, then
     given uninitialised memory, once both files are found to hold its tensors) with its
     non-persistent buffers from `buffers`; None when the model holds a tensor that neither
@@ -306,14 +306,11 @@ def _lean_rebuild(folder: Path, manifest: dict[str, Any], weights: Path,
         return None
     wanted = unsaved_buffers(adapter.model)
     with TensorFile(buffers) as file:
-        unknown = sorted(set(file.entries) - set(wanted))
-    if unknown:
-        raise CheckpointError(f"{buffers} does not match the manifest: unexpected keys "
-                              f"{unknown[:3]}")
-    if set(wanted) != set(file.entries) or _plain_meta_tensors(adapter):
+        found = file.entries
+    if set(wanted) - set(found) or _plain_meta_tensors(adapter):
         return None
-    _check_layout(wanted, buffers)
-    _check_layout(adapter.model.state_dict(), weights)
+    _check_layout(wanted, found, buffers)  # stray buffers too
+    _check_layout(adapter.model.state_dict(), stored, weights)
     saved = _read(buffers)
     adapter.model.to_empty(device="cpu")
     _set_buffers(adapter.model, saved)
@@ -326,11 +323,14 @@ def load_checkpoint(folder: Path) -> Adapter:
     manifest = read_manifest(folder)
     weights = _verified(folder, manifest.get("weights"))
     buffers = _verified(folder, manifest["buffers"]) if "buffers" in manifest else None
-    _check_description(manifest, weights)
-    adapter = _lean_rebuild(folder, manifest, weights, buffers) if buffers is not None else None
+    with TensorFile(weights) as file:  # its header, read once: tensor entries and metadata
+        stored, metadata = file.entries, file.metadata
+    _check_description(manifest, metadata, weights)
+    adapter = _lean_rebuild(folder, manifest, weights, stored, buffers) \
+        if buffers is not None else None
     if adapter is None:  # a folder from before buffers.safetensors, or a tensor it lacks
         adapter = _rebuild(folder, manifest, meta=False)
-        _check_layout(adapter.model.state_dict(), weights)
+        _check_layout(adapter.model.state_dict(), stored, weights)
     _load_weights(adapter.model, weights)
     adapter.model.eval()
     adapter.check_finite()
