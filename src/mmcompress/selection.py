@@ -49,6 +49,22 @@ def _match_token(token: str, names: Sequence[str], towers: Mapping[str, Sequence
     return {n for n in names if _under(n, token)}
 
 
+def _unmatched(what: str, token: str, towers: Mapping[str, Sequence[str]]) -> RecipeError:
+    return RecipeError(f"{what} {token!r} matches no tower or module; towers are "
+                       f"{', '.join(towers)} (use 'inspect' to list module names)")
+
+
+def check_tokens(model: nn.Module, towers: Mapping[str, Sequence[str]], tokens: Iterable[str],
+                 what: str) -> None:
+    """Refuse, before anything changes the model, a token naming neither a tower nor a module
+    at its first dotted part (a typo): stages add modules only inside existing ones, so a
+    later stage's token is judged by that part alone; regexes are left to `select_modules`."""
+    tops = {n.split(".")[0] for n, _ in model.named_modules() if n}
+    for token in tokens:
+        if not (token in towers or token.startswith("re:") or token.split(".")[0] in tops):
+            raise _unmatched(what, token, towers)
+
+
 def select_modules(
     model: nn.Module,
     towers: Mapping[str, Sequence[str]],
@@ -71,15 +87,12 @@ def select_modules(
     for token in target_list:
         hit = _match_token(token, all_names, towers)
         if not hit:
-            raise RecipeError(
-                f"target {token!r} matches no tower or module; towers are "
-                f"{', '.join(towers)} (use 'inspect' to list module names)"
-            )
+            raise _unmatched("target", token, towers)
         chosen |= hit & candidates.keys()
     for token in ignore:
         hit = _match_token(token, all_names, towers)
         if not hit:
-            raise RecipeError(f"ignore entry {token!r} matches no tower or module")
+            raise _unmatched("ignore entry", token, towers)
         chosen -= hit
     return {n: candidates[n] for n in sorted(chosen, key=all_names.index)}
 

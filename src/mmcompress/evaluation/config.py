@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import Field, PositiveInt, model_validator
+
+from ..settings_base import Settings
 
 METRICS = (
     "size_bytes",
@@ -41,10 +43,9 @@ DEFAULT_SAMPLES = 128
 DEFAULT_TEXT_TOKENS = 128 * 256
 
 
-class CalibrationConfig(BaseModel):
+class CalibrationConfig(Settings):
     """Where calibration examples come from and how many are used."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
     data: str | None = Field(None, description="data spec; default: the run's --data")
     samples: PositiveInt | Literal["auto"] = Field(
         "auto", description=f"examples of each input; 'auto': {DEFAULT_SAMPLES}, and texts "
@@ -68,8 +69,7 @@ class CalibrationConfig(BaseModel):
         return self.samples, 0
 
 
-class EvaluateConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+class EvaluateConfig(Settings):
     metrics: list[str] | None = Field(None, description="subset of METRICS; default all that apply")
     max_samples: PositiveInt | None = Field(None, description="evaluate on N evenly spaced "
                                             "examples (default: all)")

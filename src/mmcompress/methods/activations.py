@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from ..quantization.observers import OBSERVERS
+from ..settings_base import Settings
 
 
-class ActivationQuantConfig(BaseModel):
+class ActivationQuantConfig(Settings):
     """``activations: {bits: 8, observer: minmax|percentile|mse, percentile: 99.99}``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
     bits: int = Field(8, description="activation bits (int8 kernels only)")
     observer: Literal["minmax", "percentile", "mse"] = Field(
         "minmax", description=f"how the static range is chosen: {', '.join(OBSERVERS)}")

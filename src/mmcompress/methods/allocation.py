@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from ..adapters import Adapter
@@ -27,16 +27,16 @@ from ..evaluation.evaluate import saved_size_bytes
 from ..quantization.grid import QuantGrid
 from ..selection import tower_of
 from ..sensitivity import Compress, Probe, layer_sensitivity
+from ..settings_base import Settings
 
 #: a layer as the method stores it at a grid (round-to-nearest codes)
 Layout = Callable[[nn.Module, QuantGrid], nn.Module]
 
 
-class BitBudget(BaseModel):
+class BitBudget(Settings):
     """``budget: {size_ratio: R | same_size_as_bits: B, bits: [4, 8]}`` on any
     weight-quantization method."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
     size_ratio: float | None = Field(None, gt=0, le=1,
                                      description="target size / size before the stage")
     same_size_as_bits: int | None = Field(None, ge=2, le=8, description="target: the size of "

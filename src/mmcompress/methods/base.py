@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from torch import nn
 
 from ..adapters import Adapter
@@ -20,7 +20,8 @@ from ..modules.int8 import W8A8Linear, W8A8PatchConv2d
 from ..modules.quantized import QuantConv2d, QuantEmbedding, QuantLinear
 from ..modules.registry import MODULE_TYPES
 from ..modules.sparse import SparseQuantConv2d, SparseQuantEmbedding, SparseQuantLinear
-from ..selection import select_modules, token_pattern
+from ..selection import check_tokens, select_modules, token_pattern
+from ..settings_base import Settings
 
 if TYPE_CHECKING:
     from ..recipe import Stage
@@ -38,10 +39,9 @@ def layer_types(convolutions: bool, embeddings: bool) -> tuple[type[nn.Module], 
         ((nn.Embedding,) if embeddings else ())
 
 
-class MethodConfig(BaseModel):
+class MethodConfig(Settings):
     """Fields every method takes. Subclasses add theirs; unknown keys are refused."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
     method: str = Field(description="the method's name")
     targets: list[str] | None = Field(None, min_length=1, description="towers, module names "
@@ -165,19 +165,12 @@ def run_stages(adapter: Adapter, stages: Sequence[Stage],
 
 
 def check_targets(adapter: Adapter, stages: Sequence[Stage]) -> None:
-    """Refuse, before any work, a `targets`/`ignore` entry naming neither a tower nor a
-    module of this model at its first dotted part (a typo: stages add modules only inside
-    existing ones, so later stages' entries are judged by that part alone)."""
-    towers = adapter.towers()
-    tops = {n.split(".")[0] for n, _ in adapter.model.named_modules() if n}
+    """Refuse, before any work, a stage's `targets`/`ignore` entry that names nothing in this
+    model (`selection.check_tokens`)."""
     for i, stage in enumerate(stages):
         for key in ("targets", "ignore"):
-            for token in getattr(stage.config, key) or ():
-                if token in towers or token.startswith("re:") or token.split(".")[0] in tops:
-                    continue
-                raise RecipeError(f"stage {i} ({stage.kind}: {stage.config.method}) {key} "
-                                  f"entry {token!r} matches no tower or module; towers are "
-                                  f"{', '.join(towers)} (use 'inspect' to list module names)")
+            check_tokens(adapter.model, adapter.towers(), getattr(stage.config, key) or (),
+                         f"stage {i} ({stage.kind}: {stage.config.method}) {key} entry")
 
 
 def methods_for(kind: str) -> list[str]:

@@ -16,14 +16,13 @@ import functools
 from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     NonNegativeInt,
     ValidationError,
     field_validator,
 )
 
+from ..settings_base import Settings
 from .activations import ActivationQuantConfig
 from .base import ApplyFn, MethodConfig, StageContext
 
@@ -31,10 +30,9 @@ TRAINING_KINDS = ("finetune", "distill")
 _ARMED = "train_callbacks"
 
 
-class QATOptions(BaseModel):
+class QATOptions(Settings):
     """``qat: true`` or ``qat: {scales: minmax|learned, activations: {...}}``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
     scales: Literal["minmax", "learned"] = Field(
         "minmax", description="minmax: recomputed from the weights at every step; learned: "
         "trained with the weights (LSQ), starting from the post-training scales")
@@ -65,14 +63,13 @@ def qat_options(value: bool | QATOptions | None) -> QATOptions | None:
     return value or None
 
 
-class Schedule(BaseModel):
+class Schedule(Settings):
     """``schedule: {kind: cubic, start, end, every, initial}`` (Zhu & Gupta 2017).
 
     `start` and `end` are step numbers (integers) or fractions of the training stage's steps
     (numbers with a decimal point, in [0, 1]).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
     kind: Literal["cubic"] = Field("cubic", description="the schedule's shape (Zhu & Gupta's "
                                    "cubic, the only one)")
     start: NonNegativeInt | float = Field(0, description="first pruning step (t0)")

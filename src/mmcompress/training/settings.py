@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+from pydantic import BaseModel, Field, PositiveInt, field_validator
+
+from ..settings_base import Settings
 
 
-class TrainSettings(BaseModel):
+class TrainSettings(Settings):
     """How to train: optimizer, schedule, batches, seeds, checkpoints."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
     epochs: PositiveInt = Field(1, description="passes over the training examples")
     max_steps: PositiveInt | None = Field(None, description="stop after this many steps")

@@ -15,13 +15,14 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from torch import nn
 
 from ..adapters import Adapter
 from ..errors import RecipeError
 from ..methods.base import StageContext
 from ..models.resnet_cifar import BasicBlock
+from ..settings_base import Settings
 from ..structured.allocate import unit_amount
 from ..structured.groups import LayerList, remove_layers
 from .taps import block_lists
@@ -29,10 +30,9 @@ from .taps import block_lists
 EVERY = re.compile(r"^every-([1-9]\d*)$")
 
 
-class StudentConfig(BaseModel):
+class StudentConfig(Settings):
     """How to derive the student from the model (amounts as in ``prune: structured``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
     layers: str | list[int] | None = Field(
         None, description="'every-K' or block indices kept in every block list")
