@@ -277,3 +277,17 @@ def test_metrics_none_of_which_apply_are_an_error_not_an_empty_table(tiny_clip_f
     assert result.exit_code == 2, result.output
     assert "none of the metrics asked for (stsb_spearman, latency_ms_audio) applies" in \
         result.output
+
+
+def test_help_and_usage_errors_do_not_import_torch():
+    """`--help` and usage errors answer at once: the package imports the API lazily."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom mmcompress.cli import main\nsys.argv = ['mmcompress', 'compres']\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+            "print(code, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.split() == ["2", "False"], done.stdout + done.stderr
+    assert "No such command 'compres'" in done.stderr
