@@ -238,6 +238,27 @@ def test_missing_calibration_data_is_named_before_the_evaluation_runs(tiny_clip,
                             data=toy_image_data(), calibration_data=uneven, progress=False)
 
 
+def test_a_stages_training_data_is_read_before_the_evaluation_runs(tiny_clip, tmp_path,
+                                                                   monkeypatch):
+    """A finetune stage's `data:` was first read when the stage ran, after the evaluation and
+    every stage before it."""
+    import mmcompress
+    import mmcompress.api as api
+    from mmcompress.errors import DataError
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("evaluated before reading the stage's data")
+
+    monkeypatch.setattr(api, "evaluate_adapter", no_evaluation)
+    sts = tmp_path / "pairs.tsv"
+    sts.write_text("4.0\ta cat sits\ta cat is sitting\n1.0\ta dog\ta car\n")
+    for spec, fragment in [(tmp_path / "nowhere", "does not exist"), (sts, "sts set")]:
+        recipe = {"stages": [{"quantize": {"method": "rtn"}},
+                             {"finetune": {"method": "task", "data": str(spec)}}]}
+        with pytest.raises(DataError, match=f"^stage 1 \\(finetune: task\\) data: .*{fragment}"):
+            mmcompress.compress(tiny_clip, recipe, data=toy_image_data(), progress=False)
+
+
 @pytest.mark.parametrize("argv,fragment", [
     (["evaluate", "demo", "--threads", "abc"], "Invalid value for '--threads'"),
     (["compress", "--model", "demo"], "Missing option '--recipe'"),

@@ -74,12 +74,14 @@ def compress(
     check_targets(adapter, recipe.stages)
     calib_spec = calibration_data if calibration_data is not None else recipe.calibration.data
     calib_set = _calibration_set(calib_spec) if calib_spec is not None else dataset
+    stage_sets = _stage_sets(adapter, recipe.stages)
     eval_cfg = recipe.evaluate
     before = evaluate_adapter(
         adapter, dataset, eval_cfg, memory_spec=_memory_spec(model), progress=progress
     )
     train_dir = _train_dir(out_path)
-    history = _run_stages(adapter, recipe, dataset, calib_set, before, progress, train_dir)
+    history = _run_stages(adapter, recipe, dataset, calib_set, before, progress, train_dir,
+                          stage_sets)
     if not is_main_process():
         out_path = train_dir = None  # under torchrun only rank 0 writes
     report: dict[str, Any] = {
@@ -136,6 +138,23 @@ def _calibration_set(spec: str | Path | Dataset) -> Dataset:
         raise type(exc)(f"calibration data: {exc}") from None
 
 
+def _stage_sets(adapter: Adapter, stages: list) -> dict[int, Dataset]:
+    """Each stage's own training data (`data:`), read and checked before any work: a wrong
+    path or kind fails now, not after evaluation and the stages before it."""
+    sets = {}
+    for i, stage in enumerate(stages):
+        spec = getattr(stage.config, "data", None)
+        if spec is None:
+            continue
+        try:
+            sets[i] = load_data(spec)
+            check_data_fits(adapter, sets[i])
+        except UserError as exc:
+            where = f"stage {i} ({stage.kind}: {stage.config.method}) data"
+            raise type(exc)(f"{where}: {exc}") from None
+    return sets
+
+
 def _train_dir(out: Path | None) -> Path | None:
     """Where training stages keep resumable checkpoints: beside the output folder, so that
     the same command started again after a crash resumes."""
@@ -147,10 +166,11 @@ def _memory_spec(model: str | Path | Adapter) -> str | None:
 
 
 def _run_stages(adapter: Adapter, recipe: Recipe, data: Dataset, calib_set: Dataset, before,
-                progress: bool, train_dir: Path | None = None) -> list:
+                progress: bool, train_dir: Path | None = None,
+                stage_sets: dict[int, Dataset] | None = None) -> list:
     context = StageContext(data=calib_set, calibration=recipe.calibration, progress=progress)
     quick = data.head(recipe.evaluate.max_samples)
-    context.extra.update(eval_data=quick, train_dir=train_dir)
+    context.extra.update(eval_data=quick, train_dir=train_dir, stage_data=stage_sets or {})
     keep_original(adapter, recipe.stages, context)
     history = []
     for i, stage in enumerate(recipe.stages):

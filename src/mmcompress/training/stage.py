@@ -34,8 +34,10 @@ class TrainStageConfig(MethodConfig, TrainSettings):
 
 
 def training_data(config: TrainStageConfig, context: StageContext) -> Dataset:
+    """The stage's `data:` (read before any work by `api.compress`), else the run's data."""
     if config.data is not None:
-        data = load_data(config.data)
+        read = context.extra.get("stage_data", {}).get(context.extra.get("stage"))
+        data = read if read is not None else load_data(config.data)
     elif context.data is not None:
         data = context.data
     else:
