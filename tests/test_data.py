@@ -174,3 +174,20 @@ def test_dataset_check_reads_arrays_and_needs_every_column_of_its_task():
         Dataset("mine", "classification", images=list(images), labels=[]).check()
     with pytest.raises(DataError, match="a score is not a finite number"):
         Dataset("mine", "sts", texts=["a", "b"], texts_b=["c", "d"], scores=[1.0, None]).check()
+
+
+def test_every_reader_and_named_spec_is_known_to_a_fresh_load_data(tmp_path):
+    """The STS reader and the training splits registered themselves only when the sentence
+    adapter or the trainer had been imported: `load_data` alone refused an STS file."""
+    import subprocess
+    import sys
+
+    sts = tmp_path / "pairs.tsv"
+    sts.write_text("4.0\ta cat sits\ta cat is sitting\n1.0\ta dog\ta car\n")
+    code = ("import sys\nfrom mmcompress.data import NAMED_DATA, load_data\n"
+            f"print(load_data({str(sts)!r}).task, *sorted(NAMED_DATA))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    words = done.stdout.split()
+    assert words[:1] == ["sts"], done.stdout + done.stderr
+    assert {"stsb-dev", "stsb-train", "demo-train", "lit-cifar-train"} <= set(words[1:])

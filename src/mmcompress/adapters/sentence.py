@@ -9,7 +9,6 @@ from typing import Any
 
 import torch
 
-from ..data import sts as _sts  # noqa: F401  (registers the STS reader and 'stsb-dev' data)
 from ..errors import CheckpointError, UserError
 from ..models.sentence_encoder import SentenceEncoder, minilm_path
 from .base import LATENCY_SEQ_LEN, Adapter, DualEncoderAdapter

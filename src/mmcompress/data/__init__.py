@@ -73,3 +73,8 @@ def _why_unrecognised(path: Path) -> str:
             return f"the file is empty; {expected}"
         return f"no known columns in its first line {text.splitlines()[0][:60]!r}; {expected}"
     return f"unrecognised data ({expected})"
+
+
+# the STS reader and the named STS and training splits register themselves; importing them here
+# makes every spec known to `load_data` whatever else was imported
+from . import splits, sts  # noqa: E402, F401

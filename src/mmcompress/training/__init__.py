@@ -1,6 +1,5 @@
 """Training: the shared trainer, task and distillation losses, students by inheritance."""
 
-from . import data_specs  # noqa: F401  (registers the training splits as data specs)
 from .callbacks import TrainCallback
 from .settings import TrainSettings
 from .trainer import Objective, Trainer, train

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..data import Dataset, register_data_spec
-from ..data.cifar import lit_cifar_split
-from ..data.demo import demo_train_dataset
-from ..data.sts import read_sts
 from ..errors import DataError
 from ..shared_data import shared_data_dir
+from . import Dataset, register_data_spec
+from .cifar import lit_cifar_split
+from .demo import demo_train_dataset
+from .sts import read_sts
 
 
 def lit_cifar_train() -> Dataset:
