@@ -16,6 +16,9 @@ from .base import DualEncoderAdapter
 from .preprocess import HashTokenizer, images_to_tensor
 from .tokenizers import has_tokenizer, load_tokenizer, pretrained, tokenize
 
+# PIL resampling codes in preprocessor_config.json (bilinear 2, bicubic 3; others approximated)
+_RESAMPLE = {2: "bilinear", 3: "bicubic"}
+
 
 class HFDualEncoderAdapter(DualEncoderAdapter):
     """Shared logic; subclasses name the config/model classes and the tower modules."""
@@ -24,6 +27,7 @@ class HFDualEncoderAdapter(DualEncoderAdapter):
     model_cls: ClassVar[type]
     default_mean: ClassVar[tuple[float, ...]]
     default_std: ClassVar[tuple[float, ...]]
+    default_fit: ClassVar[str]  # what the model's own image processor does: crop or squash
     pad_to_max: ClassVar[bool] = False
 
     def __init__(self, model, tokenizer, image: dict[str, Any]) -> None:
@@ -37,7 +41,9 @@ class HFDualEncoderAdapter(DualEncoderAdapter):
         return self.image["size"]
 
     def image_tensor(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        return images_to_tensor(images, self.image["size"], self.image["mean"], self.image["std"])
+        image = self.image_defaults() | self.image  # folders saved before these keys existed
+        return images_to_tensor(images, image["size"], image["mean"], image["std"],
+                                image["fit"], image["interpolation"], image["shortest_edge"])
 
     def text_tensors(
         self, texts: Sequence[str], pad_to: int | None = None
@@ -93,17 +99,33 @@ class HFDualEncoderAdapter(DualEncoderAdapter):
         return cls(model, tokenizer, cls.image_settings(folder, model.config))
 
     @classmethod
+    def image_defaults(cls) -> dict[str, Any]:
+        """The image processor's settings this model family uses when a folder names none."""
+        return {"mean": list(cls.default_mean), "std": list(cls.default_std),
+                "fit": cls.default_fit, "interpolation": "bicubic", "shortest_edge": None}
+
+    @classmethod
     def image_settings(cls, folder: Path | None, config) -> dict[str, Any]:
-        settings = {
-            "size": config.vision_config.image_size,
-            "mean": list(cls.default_mean),
-            "std": list(cls.default_std),
-        }
+        """Resizing and normalisation as the folder's ``preprocessor_config.json`` says
+        (mean, std, resize to a shortest edge and centre-crop, or to the full size, and the
+        resampling filter), else as the model family's processor does by default."""
+        settings = {"size": config.vision_config.image_size} | cls.image_defaults()
         pre = folder / "preprocessor_config.json" if folder else None
-        if pre and pre.is_file():
-            data = json.loads(pre.read_text())
-            settings["mean"] = list(data.get("image_mean", settings["mean"]))
-            settings["std"] = list(data.get("image_std", settings["std"]))
+        if not (pre and pre.is_file()):
+            return settings
+        data = json.loads(pre.read_text())
+        settings["mean"] = list(data.get("image_mean", settings["mean"]))
+        settings["std"] = list(data.get("image_std", settings["std"]))
+        size = data.get("size")
+        if isinstance(size, dict) and "shortest_edge" in size:
+            settings["fit"], settings["shortest_edge"] = "crop", int(size["shortest_edge"])
+        elif isinstance(size, dict) and "height" in size:  # resized whole, maybe then cropped
+            crop = bool(data.get("do_center_crop", False))
+            settings["fit"] = "crop" if crop else "squash"
+            settings["shortest_edge"] = int(size["height"]) if crop else None
+        elif isinstance(size, int):  # older processors: an int is the shortest edge
+            settings["fit"], settings["shortest_edge"] = "crop", size
+        settings["interpolation"] = _RESAMPLE.get(data.get("resample"), "bicubic")
         return settings
 
     @classmethod
@@ -118,6 +140,7 @@ class HFDualEncoderAdapter(DualEncoderAdapter):
 class CLIPAdapter(HFDualEncoderAdapter):
     name = "clip"
     config_cls, model_cls = CLIPConfig, CLIPModel
+    default_fit = "crop"  # CLIPImageProcessor: shortest edge, then a centre crop
     default_mean = (0.48145466, 0.4578275, 0.40821073)
     default_std = (0.26862954, 0.26130258, 0.27577711)
 
@@ -142,6 +165,7 @@ class SiglipAdapter(HFDualEncoderAdapter):
     config_cls, model_cls = SiglipConfig, SiglipModel
     default_mean = (0.5, 0.5, 0.5)
     default_std = (0.5, 0.5, 0.5)
+    default_fit = "squash"  # SiglipImageProcessor: the whole image to height × width
     pad_to_max = True  # SigLIP pools the last token and was trained on max-length padding
 
     def towers(self) -> dict[str, list[str]]:

@@ -17,33 +17,32 @@ def images_to_tensor(
     size: int,
     mean: Sequence[float],
     std: Sequence[float],
+    fit: str = "crop",
+    interpolation: str = "bilinear",
+    shortest_edge: int | None = None,
 ) -> torch.Tensor:
     """HxWxC (or HxW grey) float images in [0, 1] → normalised [B, C, size, size],
     C = len(mean).
 
-    Resizes the shorter side to `size` (bilinear, antialiased), centre-crops, converts
-    between grey and RGB as needed, and normalises.
+    `fit` ``crop`` resizes the shorter side to `shortest_edge` (default `size`) and crops the
+    centre (CLIP's processor); ``squash`` resizes the whole image to size×size (SigLIP's).
+    Resizing is antialiased; grey and RGB are converted as needed (the first three channels
+    of RGBA), then normalised.
     """
     channels = len(mean)
     out = []
     for img in images:
-        arr = np.ascontiguousarray(img)
-        if arr.ndim == 2:
-            arr = arr[..., None]
-        if arr.ndim != 3:
-            raise DataError(f"an image must be H×W or H×W×C, got shape {list(arr.shape)}")
-        t = torch.as_tensor(arr, dtype=torch.float32).permute(2, 0, 1)
-        if not torch.isfinite(t).all():
-            raise DataError("an image holds NaN or Inf values")
-        if t.shape[0] != channels:
-            t = t.mean(0, keepdim=True) if channels == 1 else t[:1].expand(channels, -1, -1)
+        t = _channels_first(img, channels)
         h, w = t.shape[1:]
         if (h, w) != (size, size):
-            scale = size / min(h, w)
-            nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-            t = F.interpolate(
-                t[None], size=(nh, nw), mode="bilinear", antialias=True, align_corners=False
-            )[0]
+            if fit == "squash":
+                nh = nw = size
+            else:
+                short = max(shortest_edge or size, size)
+                nh, nw = (short, int(short * w / h)) if h <= w else (int(short * h / w), short)
+            if (nh, nw) != (h, w):
+                t = F.interpolate(t[None], size=(nh, nw), mode=interpolation, antialias=True,
+                                  align_corners=False)[0]
             top, left = (nh - size) // 2, (nw - size) // 2
             t = t[:, top : top + size, left : left + size]
         out.append(t)
@@ -51,6 +50,24 @@ def images_to_tensor(
     m = torch.tensor(mean).view(1, -1, 1, 1)
     s = torch.tensor(std).view(1, -1, 1, 1)
     return (batch - m) / s
+
+
+def _channels_first(img: np.ndarray, channels: int) -> torch.Tensor:
+    """One image as a float [channels, H, W] tensor: grey repeated for RGB, RGB(A) averaged
+    for grey, an alpha channel dropped."""
+    arr = np.ascontiguousarray(img)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4):
+        raise DataError(f"an image must be H×W or H×W×C with 1–4 channels, got shape "
+                        f"{list(arr.shape)}")
+    t = torch.as_tensor(arr, dtype=torch.float32).permute(2, 0, 1)
+    if not torch.isfinite(t).all():
+        raise DataError("an image holds NaN or Inf values")
+    colour = t[:3] if t.shape[0] >= 3 else t[:1]  # grey + alpha keeps the grey
+    if colour.shape[0] == channels:
+        return colour
+    return colour.mean(0, keepdim=True) if channels == 1 else colour.expand(channels, -1, -1)
 
 
 class HashTokenizer:
