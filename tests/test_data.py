@@ -3,6 +3,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from mmcompress.data import load_data
@@ -191,3 +192,43 @@ def test_every_reader_and_named_spec_is_known_to_a_fresh_load_data(tmp_path):
     words = done.stdout.split()
     assert words[:1] == ["sts"], done.stdout + done.stderr
     assert {"stsb-dev", "stsb-train", "demo-train", "lit-cifar-train"} <= set(words[1:])
+
+
+def test_images_turn_by_their_exif_orientation_and_transparency_lies_on_white(tmp_path):
+    """A phone photo tagged 'rotate 90°' was read sideways; transparent pixels read black."""
+    from mmcompress.data.dataset import load_image
+
+    wide = Image.new("RGB", (40, 20), (200, 10, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    wide.save(tmp_path / "turned.jpg", exif=exif.tobytes())
+    assert load_image(tmp_path / "turned.jpg").shape == (40, 20, 3)
+    clear = Image.new("RGBA", (4, 4), (0, 0, 255, 0))
+    clear.putpixel((0, 0), (0, 0, 255, 255))
+    clear.save(tmp_path / "clear.png")
+    arr = load_image(tmp_path / "clear.png")
+    assert np.allclose(arr[1, 1], 1.0) and np.allclose(arr[0, 0], [0, 0, 1])
+
+
+def test_in_memory_rgba_and_grey_alpha_images_keep_their_colour():
+    """A 4-channel array became its red channel repeated: opaque blue read as black."""
+    from mmcompress.adapters.preprocess import images_to_tensor
+
+    blue = np.zeros((8, 8, 4), np.float32)
+    blue[..., 2] = blue[..., 3] = 1.0
+    rgb = images_to_tensor([blue], 8, [0, 0, 0], [1, 1, 1])
+    assert torch.allclose(rgb[0, :, 0, 0], torch.tensor([0.0, 0.0, 1.0]))
+    grey = images_to_tensor([blue], 8, [0], [1])
+    assert torch.allclose(grey[0, 0], torch.full((8, 8), 1 / 3))
+    with pytest.raises(DataError, match="1–4 channels"):
+        images_to_tensor([np.zeros((8, 8, 5), np.float32)], 8, [0, 0, 0], [1, 1, 1])
+
+
+def test_sts_sentences_may_hold_unicode_line_separators(tmp_path):
+    """Lines were split at U+2028 and NEL too, so such a row was '2 tab-separated fields'."""
+    path = tmp_path / "pairs.tsv"
+    path.write_text("4.0\ta cat\u2028sits\ta cat sits\r\n1.0\ta dog\x85barks\ta car\n",
+                    encoding="utf-8")
+    data = load_data(path)
+    assert data.scores == [4.0, 1.0] and data.texts == ["a cat\u2028sits", "a dog\x85barks"]
+    assert data.texts_b == ["a cat sits", "a car"]

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
 
@@ -122,17 +122,29 @@ class Dataset:
 
 
 def load_image(ref: ImageRef) -> np.ndarray:
-    """Decode an image file (or pass an array through) as float32 HxWxC in [0, 1]."""
+    """Decode an image file (or pass an array through) as float32 HxWxC in [0, 1]: turned as
+    its EXIF orientation says, transparency composited onto white (as Hugging Face's image
+    processors do)."""
     if isinstance(ref, np.ndarray):
         return ref if ref.ndim == 3 else ref[..., None]
     try:
         with warnings.catch_warnings():
             # a large image is read as any other; one past PIL's bomb limit is refused below
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(ref) as im:
+            with Image.open(ref) as opened:
+                im = ImageOps.exif_transpose(opened)
                 if im.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grey: RGB clips at 255
                     return np.clip(np.asarray(im, dtype=np.float32) / 65535.0, 0, 1)[..., None]
-                arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+                arr = np.asarray(_on_white(im), dtype=np.float32) / 255.0
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot read image {ref}: {exc}") from None
     return arr
+
+
+def _on_white(im: Image.Image) -> Image.Image:
+    """RGB, with any transparency composited onto a white background."""
+    if "A" not in im.getbands() and im.info.get("transparency") is None:
+        return im.convert("RGB")
+    rgba = im.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)),
+                                 rgba).convert("RGB")

@@ -27,12 +27,15 @@ SCORE_LAST = (2, 0, 1)
 
 
 def _lines(path: Path) -> list[tuple[int, list[str]]]:
-    """(1-based line number, tab-separated fields) of every non-blank line."""
+    """(1-based line number, tab-separated fields) of every non-blank line. Lines end at
+    ``\n`` (or ``\r\n``) only: `str.splitlines` also breaks at U+2028 and NEL, which a
+    sentence may hold."""
     try:
         text = path.read_text(encoding="utf-8-sig")  # -sig: a leading byte-order mark goes
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read {path}: {exc}") from None
-    return [(n, line.split("\t")) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    lines = (line.removesuffix("\r") for line in text.split("\n"))
+    return [(n, line.split("\t")) for n, line in enumerate(lines, 1) if line.strip()]
 
 
 def is_sts_file(path: Path) -> bool:
