@@ -158,3 +158,31 @@ def test_resnet20_loads_strictly_and_classifies_cifar10(monkeypatch):
     subset, _ = split_per_class(load_data(adapter.default_data), 50, ("subset", "rest"))
     assert len(subset) == 500
     assert quality(adapter, subset).metrics["top1"] > 0.75
+
+
+def test_a_class_folder_is_scored_against_the_classes_of_the_same_name(tmp_path):
+    """A folder of cats and dogs was labelled 0 and 1 by position and compared with CIFAR-10's
+    outputs 0 and 1 (airplane, automobile): top-1 0.0 for a model that gets them right."""
+    from PIL import Image
+
+    from mmcompress.data import load_data
+    from mmcompress.errors import DataError
+    from mmcompress.evaluation.evaluate import check_data_fits
+    from mmcompress.evaluation.tasks import eval_classification
+
+    torch.manual_seed(0)
+    adapter = ImageClassifierAdapter(CifarResNet(20).eval())
+    rng = np.random.default_rng(0)
+    for name in ("cat", "dog"):
+        (tmp_path / "pets" / name).mkdir(parents=True)
+        for i in range(3):
+            pixels = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "pets" / name / f"{i}.png")
+    data = load_data(tmp_path / "pets")
+    assert adapter.label_indices(data).tolist() == [3, 3, 3, 5, 5, 5]
+    logits = adapter.classify([data.load_image(i) for i in range(6)])
+    expected = float((logits.argmax(1) == torch.tensor([3, 3, 3, 5, 5, 5])).float().mean())
+    assert eval_classification(adapter, data, False)[0]["top1"] == expected
+    (tmp_path / "pets" / "cat").rename(tmp_path / "pets" / "ferret")
+    with pytest.raises(DataError, match="classes the model does not classify: 'ferret'"):
+        check_data_fits(adapter, load_data(tmp_path / "pets"))

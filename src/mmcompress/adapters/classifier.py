@@ -11,7 +11,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from ..errors import CheckpointError
+from ..data import Dataset
+from ..errors import CheckpointError, DataError
 from ..models.resnet_cifar import CifarResNet, depth_from_keys
 from ..progress import progress_bar
 from .base import Adapter
@@ -19,6 +20,8 @@ from .preprocess import images_to_tensor
 
 IMAGE_SIZE = 32
 CIFAR_MEAN, CIFAR_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                   "ship", "truck")
 
 
 def cifar_tensor(images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -52,6 +55,32 @@ class ImageClassifierAdapter(Adapter):
         for i in progress_bar(range(0, len(images), batch_size), desc="images", enabled=progress):
             out.append(self.model(cifar_tensor(images[i : i + batch_size])))
         return torch.cat(out)
+
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        """The output classes by name: CIFAR-10's for a 10-way head, else unnamed."""
+        return CIFAR10_CLASSES if self.model.num_classes == 10 else None
+
+    def label_indices(self, data: Dataset) -> torch.Tensor:
+        """The model's output index of each example's class: classes named by number are that
+        output; others are matched by name (a folder of cats and dogs is labelled 0 and 1 by
+        position, CIFAR-10's 3 and 5). Refuses classes the model does not have."""
+        heads, given = self.model.num_classes, data.class_names
+        if all(c.isdecimal() and int(c) < heads for c in given):
+            lookup = [int(c) for c in given]
+        elif self.class_names is None:
+            raise DataError(f"data {data.name!r} names its classes, but the model's "
+                            f"{heads} outputs are unnamed: name the classes 0 to {heads - 1}")
+        else:
+            index = {n: i for i, n in enumerate(self.class_names)}
+            unknown = [c for c in given if c.lower() not in index]
+            if unknown:
+                raise DataError(
+                    f"data {data.name!r} has classes the model does not classify: "
+                    f"{', '.join(map(repr, unknown[:5]))} (it knows "
+                    f"{', '.join(self.class_names)}, or 0 to {heads - 1})")
+            lookup = [index[c.lower()] for c in given]
+        return torch.tensor(lookup)[torch.as_tensor(data.labels, dtype=torch.long)]
 
     def architecture(self) -> dict[str, Any]:
         return {"depth": self.model.depth, "num_classes": self.model.num_classes}

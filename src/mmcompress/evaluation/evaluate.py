@@ -34,14 +34,17 @@ class Evaluation:
 
 
 def check_data_fits(adapter: Adapter, data: Dataset) -> None:
-    """Refuse data whose columns do not line up (`Dataset.check`), or whose task the model
-    cannot do (e.g. sentence pairs for an image model)."""
+    """Refuse data whose columns do not line up (`Dataset.check`), whose task the model
+    cannot do (e.g. sentence pairs for an image model), or whose classes a classifier does
+    not have."""
     data.check()
     if data.task not in adapter.tasks:
         raise DataError(
             f"data {data.name!r} is a {data.task} set, but a {adapter.name!r} model "
             f"supports {', '.join(sorted(adapter.tasks))}"
         )
+    if data.task == "classification" and hasattr(adapter, "label_indices"):
+        adapter.label_indices(data)  # the model's classes, matched by name
 
 
 def count_params(model: nn.Module) -> int:

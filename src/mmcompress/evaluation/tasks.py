@@ -26,7 +26,7 @@ def eval_classification(adapter: Adapter, data: Dataset, progress: bool) -> Task
     if hasattr(adapter, "classify"):
         images = [data.load_image(i) for i in range(len(data.images))]
         logits = adapter.classify(images, progress=progress)
-        top1 = float((logits.argmax(1) == torch.as_tensor(data.labels)).float().mean())
+        top1 = float((logits.argmax(1) == adapter.label_indices(data)).float().mean())
         return {"top1": top1}, {"logits": logits}
     image = _images(adapter, data, progress)
     prompts = adapter.encode_texts(data.all_texts(), progress=progress)

@@ -79,12 +79,18 @@ class TrainingTask(ABC):
 
 
 class ClassifierTask(TrainingTask):
+    """Cross-entropy against the model's index of each example's class (`label_indices`)."""
+
     kind = "classification"
+
+    def __init__(self, data: Dataset, augment: bool, labels: torch.Tensor) -> None:
+        super().__init__(data, augment)
+        self.labels = labels
 
     def batch(self, adapter: Adapter, indices: torch.Tensor) -> Batch:
         idx = indices.tolist()
         pixels = adapter.preprocess("image", self.images(idx))
-        labels = torch.as_tensor([self.data.labels[i] for i in idx], dtype=torch.long)
+        labels = self.labels[indices.long()]
         return {"index": idx, "pixels": pixels, "labels": labels}
 
     def forward(self, adapter: Adapter, batch: Batch) -> Outputs:
@@ -238,7 +244,7 @@ def make_task(adapter: Adapter, data: Dataset, augment: bool = False) -> Trainin
         raise DataError(f"cannot train a {adapter.name!r} model on data {data.name!r}: it is a "
                         f"{data.task} set, the model does {', '.join(sorted(adapter.tasks))}")
     if hasattr(adapter, "classify") and data.task == "classification":
-        return ClassifierTask(data, augment)
+        return ClassifierTask(data, augment, adapter.label_indices(data))
     if data.task == "multimodal" and hasattr(adapter, "dataset_batch"):
         return MultimodalTask(data, augment)
     if isinstance(adapter, DualEncoderAdapter) and data.task in ("classification", "retrieval"):
