@@ -128,3 +128,26 @@ def test_report_says_what_each_kind_of_stage_did(summary, line):
     from mmcompress.report import stage_outcome
 
     assert stage_outcome(summary) == line
+
+
+def test_evaluation_decodes_images_a_batch_at_a_time(tiny_clip, monkeypatch):
+    """Every image was decoded into one list before the first batch ran (15 GiB for COCO
+    val2017's 5,000 images)."""
+    import mmcompress.data.dataset as dataset_module
+    from mmcompress.evaluation.tasks import eval_classification
+
+    decoded, seen_at_embed = [0], []
+    real_load, real_embed = dataset_module.load_image, tiny_clip.embed_image_tensor
+
+    def counting_load(ref):
+        decoded[0] += 1
+        return real_load(ref)
+
+    def recording_embed(pixels):
+        seen_at_embed.append(decoded[0])
+        return real_embed(pixels)
+
+    monkeypatch.setattr(dataset_module, "load_image", counting_load)
+    monkeypatch.setattr(tiny_clip, "embed_image_tensor", recording_embed)
+    eval_classification(tiny_clip, toy_image_data(130), progress=False)
+    assert seen_at_embed == [64, 128, 130]

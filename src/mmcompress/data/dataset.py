@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -95,6 +97,10 @@ class Dataset:
         """Image `index` as float32 HxWxC in [0, 1]."""
         return load_image(self.images[index])
 
+    def decoded_images(self) -> DecodedImages:
+        """Every image, decoded only when indexed: a batch at a time, not all held at once."""
+        return DecodedImages(self.images)
+
     def head(self, n: int | None) -> Dataset:
         """`n` evenly spaced examples (all when `n` is None), for quick evaluation.
 
@@ -119,6 +125,26 @@ class Dataset:
         if self.task == "retrieval":
             return [c for caps in self.captions for c in caps]
         return self.texts + self.texts_b
+
+
+class DecodedImages(Sequence[np.ndarray]):
+    """Image references read as decoded images on indexing (a slice decodes just its own)."""
+
+    def __init__(self, refs: Sequence[ImageRef]) -> None:
+        self.refs = refs
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    @overload
+    def __getitem__(self, index: int) -> np.ndarray: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[np.ndarray]: ...
+
+    def __getitem__(self, index: int | slice) -> np.ndarray | list[np.ndarray]:
+        if isinstance(index, slice):
+            return [load_image(ref) for ref in self.refs[index]]
+        return load_image(self.refs[index])
 
 
 def load_image(ref: ImageRef) -> np.ndarray:

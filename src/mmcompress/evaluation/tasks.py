@@ -16,16 +16,13 @@ TaskResult = tuple[dict[str, float], Embeddings]
 
 
 def _images(adapter: Adapter, data: Dataset, progress: bool) -> torch.Tensor:
-    return adapter.encode_images(
-        [data.load_image(i) for i in range(len(data.images))], progress=progress
-    )
+    return adapter.encode_images(data.decoded_images(), progress=progress)
 
 
 def eval_classification(adapter: Adapter, data: Dataset, progress: bool) -> TaskResult:
     """Classifiers (adapters with `classify`) report `top1`; dual encoders `zeroshot_top1`."""
     if hasattr(adapter, "classify"):
-        images = [data.load_image(i) for i in range(len(data.images))]
-        logits = adapter.classify(images, progress=progress)
+        logits = adapter.classify(data.decoded_images(), progress=progress)
         top1 = float((logits.argmax(1) == adapter.label_indices(data)).float().mean())
         return {"top1": top1}, {"logits": logits}
     image = _images(adapter, data, progress)
