@@ -183,3 +183,51 @@ def test_an_audio_path_that_is_a_folder_is_a_data_error(tmp_path):
     (tmp_path / "x.wav").mkdir()
     with pytest.raises(DataError, match="cannot read audio file"):
         read_wav(tmp_path / "x.wav")
+
+
+def _riff(fmt: bytes, samples: bytes, extra_chunk: bool = True) -> bytes:
+    """A WAVE file from a fmt chunk body and sample bytes (with an odd-sized LIST chunk)."""
+    body = b"WAVE" + b"fmt " + len(fmt).to_bytes(4, "little") + fmt
+    if extra_chunk:
+        body += b"LIST" + (3).to_bytes(4, "little") + b"abc\0"  # padded to a word
+    body += b"data" + len(samples).to_bytes(4, "little") + samples
+    return b"RIFF" + len(body).to_bytes(4, "little") + body
+
+
+@pytest.mark.parametrize("layout", ["pcm16-extensible", "pcm24", "float32", "float64"])
+def test_extensible_24_bit_and_float_wavs_read_like_16_bit_pcm(tmp_path, layout):
+    """Python 3.11's `wave` refuses the extensible layout (ffmpeg and sox write it for more
+    than two channels or 16 bits) and float samples; 24-bit PCM was refused too."""
+    import struct
+
+    rng = np.random.default_rng(0)
+    signal = np.clip(rng.normal(0, 0.3, (400, 2)), -0.99, 0.99)
+    bits, tag = {"pcm16-extensible": (16, 0xFFFE), "pcm24": (24, 1), "float32": (32, 3),
+                 "float64": (64, 3)}[layout]
+    if tag == 3:
+        samples = signal.astype(f"<f{bits // 8}").tobytes()
+        expected = signal.astype(np.float32)
+    else:
+        ints = np.round(signal * 2 ** (bits - 1)).astype(np.int64)
+        raw = ints.astype("<i4").view(np.uint8).reshape(-1, 4)[:, : bits // 8]
+        samples = raw.tobytes()
+        expected = (ints / 2 ** (bits - 1)).astype(np.float32)
+    align = 2 * bits // 8
+    fmt = struct.pack("<HHIIHH", tag, 2, SAMPLE_RATE, SAMPLE_RATE * align, align, bits)
+    if tag == 0xFFFE:  # cbSize, valid bits, channel mask, sub-format GUID (PCM)
+        fmt += struct.pack("<HHI", 22, bits, 3) + (1).to_bytes(2, "little") + bytes(14)
+    path = tmp_path / "x.wav"
+    path.write_bytes(_riff(fmt, samples))
+    assert np.allclose(read_wav(path), expected.mean(1), atol=1e-6)
+
+
+def test_a_wav_without_samples_or_of_an_unknown_format_is_refused(tmp_path):
+    import struct
+
+    path = tmp_path / "x.wav"
+    path.write_bytes(_riff(struct.pack("<HHIIHH", 2, 1, SAMPLE_RATE, 0, 1, 4), b"\0" * 8))
+    with pytest.raises(DataError, match="4-bit format 0x2 samples"):
+        read_wav(path)
+    path.write_bytes(_riff(struct.pack("<HHIIHH", 1, 1, SAMPLE_RATE, 0, 2, 16), b""))
+    with pytest.raises(DataError, match="holds no audio samples"):
+        read_wav(path)

@@ -3,7 +3,7 @@ tones that stand in for speech when the real recordings are not available."""
 
 from __future__ import annotations
 
-import wave
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -14,37 +14,84 @@ from ..errors import DataError
 SAMPLE_RATE = 8000  # what the audio encoders take; FSDD is recorded at this rate
 MIN_RATE = SAMPLE_RATE  # below it the 0-4 kHz band the log-mel features cover does not exist
 MAX_SECONDS = 10.0
-_DTYPES = {1: np.uint8, 2: np.int16, 4: np.int32}
+_PCM, _FLOAT, _EXTENSIBLE = 1, 3, 0xFFFE  # WAVE format tags
 
 
 def read_wav(path: Path) -> np.ndarray:
-    """A WAV file as mono float32 in [-1, 1] at `SAMPLE_RATE`.
+    """A WAV file as mono float32 in [-1, 1] at `SAMPLE_RATE`: integer PCM of 8, 16, 24 or
+    32 bits or 32/64-bit float, in the plain or the extensible layout, any channel count
+    (averaged), cut at `MAX_SECONDS`.
 
     Raises:
-        DataError: if the file is not a PCM WAV, or its rate cannot be resampled.
+        DataError: if the file is not such a WAV, or its rate cannot be resampled.
     """
     try:
-        with wave.open(str(path), "rb") as w:
-            channels, width, rate = w.getnchannels(), w.getsampwidth(), w.getframerate()
-            frames = w.readframes(min(w.getnframes(), int(MAX_SECONDS * rate) + 1))
+        tag, channels, rate, bits, frames = _riff_wave(path)
     except FileNotFoundError:
         raise DataError(f"audio file {path} not found") from None
-    except (wave.Error, EOFError) as exc:
-        raise DataError(f"{path} is not a PCM WAV file ({exc})") from None
     except OSError as exc:  # a folder, no permission
         raise DataError(f"cannot read audio file {path}: {exc.strerror or exc}") from None
-    if width not in _DTYPES:
-        raise DataError(f"{path}: {8 * width}-bit samples are not supported (8, 16 or 32-bit PCM)")
+    width = bits // 8
+    if (tag, bits) not in {(_PCM, 8), (_PCM, 16), (_PCM, 24), (_PCM, 32), (_FLOAT, 32),
+                           (_FLOAT, 64)} or channels < 1 or rate < 1:
+        kind = {_PCM: "integer", _FLOAT: "float"}.get(tag, f"format {tag:#x}")
+        raise DataError(f"{path}: {bits}-bit {kind} samples ({channels} channels at {rate} Hz) "
+                        "are not supported (8/16/24/32-bit PCM or 32/64-bit float)")
     frames = frames[: len(frames) - len(frames) % (width * channels)]  # a file cut mid-frame
     if not frames:
         raise DataError(f"{path} holds no audio samples (leave the cell empty for a missing "
                         "recording)")
-    samples = np.frombuffer(frames, dtype=_DTYPES[width]).astype(np.float32)
-    if width == 1:
-        samples = samples - 128.0
-    samples /= float(2 ** (8 * width - 1))
+    samples = _decode(frames, tag, width)
+    if not np.isfinite(samples).all():
+        raise DataError(f"{path} holds NaN or Inf samples")
     mono = samples.reshape(-1, channels).mean(axis=1) if channels > 1 else samples
     return resample(mono, rate, str(path))
+
+
+def _riff_wave(path: Path) -> tuple[int, int, int, int, bytes]:
+    """(format tag, channels, rate, bits per sample, sample bytes up to `MAX_SECONDS`) of a
+    RIFF WAVE file; the extensible layout reports its sub-format's tag."""
+    with Path(path).open("rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:] != b"WAVE":
+            raise DataError(f"{path} is not a PCM WAV file (no RIFF/WAVE header)")
+        fmt = None
+        while len(chunk := f.read(8)) == 8:
+            name, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if name == b"fmt ":
+                body = f.read(size)
+                if len(body) < 16:
+                    raise DataError(f"{path} is not a PCM WAV file (a short fmt chunk)")
+                tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", body[:16])
+                if tag == _EXTENSIBLE and len(body) >= 26:
+                    tag = struct.unpack("<H", body[24:26])[0]
+                fmt = (tag, channels, rate, bits)
+            elif name == b"data":
+                if fmt is None:
+                    raise DataError(f"{path} is not a PCM WAV file (data before its format)")
+                frame = max(fmt[1] * fmt[3] // 8, 1)
+                return *fmt, f.read(min(size, (int(MAX_SECONDS * fmt[2]) + 1) * frame))
+            else:
+                f.seek(size, 1)
+            f.seek(size % 2, 1)  # chunks are word-aligned
+    raise DataError(f"{path} is not a PCM WAV file (no {'data' if fmt else 'fmt'} chunk)")
+
+
+def _decode(frames: bytes, tag: int, width: int) -> np.ndarray:
+    """Little-endian samples as float32 in [-1, 1]."""
+    if tag == _FLOAT:
+        return np.frombuffer(frames, dtype=f"<f{width}").astype(np.float32)
+    if width == 1:
+        return (np.frombuffer(frames, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
+    if width == 3:  # 24-bit: widen to 32 bits, keeping the sign in the top byte
+        b = np.frombuffer(frames, dtype=np.uint8).reshape(-1, 3)
+        wide = np.zeros((len(b), 4), np.uint8)
+        wide[:, 1:] = b
+        ints = wide.view("<i4")[:, 0]
+    else:
+        ints = np.frombuffer(frames, dtype=f"<i{width}")
+    return (ints.astype(np.float64) / float(2 ** (8 * (4 if width == 3 else width) - 1))
+            ).astype(np.float32)
 
 
 def resample(wave_: np.ndarray, rate: int, what: str = "audio") -> np.ndarray:
