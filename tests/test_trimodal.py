@@ -89,6 +89,8 @@ def test_csv_reader_reads_missing_cells_as_missing(tmp_path):
     (["1,one,not-there.wav"], "row 2: audio file .* not found"),
     (["eleven,one,one.wav"], "not a digit"),
     (["\u00b2,one,one.wav"], "not a digit"),  # '²' passes str.isdigit, not int()
+    (["1,one, two,one.wav"], "row 2: 4 fields, the header names 3"),  # a field was dropped
+    (['1,"one,one.wav'], "not a readable CSV"),  # an unterminated quote was read to the end
 ])
 def test_csv_reader_refuses_bad_input(tmp_path, rows, message):
     with pytest.raises(DataError, match=message):

@@ -38,11 +38,16 @@ def read_trimodal_csv(path: Path) -> Dataset:
     """Read the CSV; image and audio files are decoded now, so bad files fail early."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: a leading BOM goes
-            reader = csv.DictReader(f)
+            reader = csv.DictReader(f, strict=True)  # strict: an unterminated quote is an error
             reader.fieldnames = [h.strip() for h in reader.fieldnames or []]  # "image, text"
             rows = list(reader)
     except (UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{path} is not a readable CSV: {exc}") from None
+    for i, r in enumerate(rows, start=2):
+        if r.get(None):  # DictReader keeps fields past the header's under None
+            raise DataError(f"{path} row {i}: {len(reader.fieldnames) + len(r[None])} fields, "
+                            f"the header names {len(reader.fieldnames)} (quote a cell that "
+                            "holds a comma)")
     columns = [m for m in MODALITIES if rows and m in rows[0]]
     if not columns:
         raise DataError(f"{path}: no rows, or none of the columns {', '.join(MODALITIES)}")
