@@ -1,4 +1,5 @@
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from _helpers import toy_image_data
 from mmcompress.data import Dataset
 from mmcompress.errors import DataError
 from mmcompress.evaluation.evaluate import (
+    check_data_fits,
     count_params,
     evaluate_adapter,
     quality,
@@ -151,3 +153,15 @@ def test_evaluation_decodes_images_a_batch_at_a_time(tiny_clip, monkeypatch):
     monkeypatch.setattr(tiny_clip, "embed_image_tensor", recording_embed)
     eval_classification(tiny_clip, toy_image_data(130), progress=False)
     assert seen_at_embed == [64, 128, 130]
+
+
+def test_data_whose_metric_means_nothing_is_refused(tiny_clip):
+    """One class gave top-1 1.0 whatever the model; constant STS scores a null Spearman."""
+    one_class = Dataset("one", "classification", images=toy_image_data(2).images,
+                        labels=[0, 0], class_names=["cat"], templates=["a {}"])
+    with pytest.raises(DataError, match="one class: top-1 would be 1.0"):
+        check_data_fits(tiny_clip, one_class)
+    flat = Dataset("flat", "sts", texts=["a", "b"], texts_b=["c", "d"], scores=[3.0, 3.0])
+    sentence_model = SimpleNamespace(tasks=frozenset({"sts"}), name="sentence")
+    with pytest.raises(DataError, match="two pairs of different scores"):
+        check_data_fits(sentence_model, flat)
