@@ -243,3 +243,17 @@ def test_a_section_that_is_not_a_mapping_is_refused_not_read_as_empty():
         load_recipe("stages:\n  - quantize: {method: rtn}\ncalibration: false\n")
     assert load_recipe("stages:\n  - quantize: {method: rtn}\ncalibration:\n").calibration \
         .samples == "auto"
+
+
+@pytest.mark.parametrize("stage, fragment", [
+    ({"method": "rtn", "bits": 16, "group_size": 128}, "group_size: bits 16 stores"),
+    ({"method": "gptq", "bits": 16, "damp": 0.1}, "damp: bits 16 stores"),
+    ({"method": "rtn", "bits": 4, "dtype": "bf16"}, "dtype is the storage type of bits 16"),
+])
+def test_options_that_would_do_nothing_at_these_bits_are_refused(stage, fragment):
+    """`group_size` or GPTQ's settings with `bits: 16`, and `dtype` with integer bits, were
+    accepted and ignored."""
+    with pytest.raises(RecipeError, match=fragment):
+        load_recipe({"stages": [{"quantize": stage}]})
+    kept = {"method": "rtn", "bits": 16, "dtype": "bf16", "targets": ["vision"]}
+    assert load_recipe({"stages": [{"quantize": kept}]}).stages[0].config.dtype == "bf16"

@@ -33,6 +33,10 @@ class LayerKindsConfig(MethodConfig):
         return layer_types(self.convolutions, self.embeddings)
 
 
+# what `bits: 16` (half-precision storage) reads; any other setting given is refused
+_HALF_OPTIONS = {"method", "bits", "dtype", "targets", "ignore", "embeddings", "convolutions"}
+
+
 class WeightQuantConfig(LayerKindsConfig):
     """Weight grid shared by weight-quantization methods."""
 
@@ -73,6 +77,21 @@ class WeightQuantConfig(LayerKindsConfig):
         if self.budget is not None and self.bits == 16:
             raise ValueError("budget chooses integer widths; bits 16 stores half precision "
                              "(drop budget or bits 16)")
+        return self
+
+    @model_validator(mode="after")
+    def _options_that_apply(self) -> WeightQuantConfig:
+        """Bits 16 stores half precision: grid and calibration options would do nothing
+        there, so one given is refused; `dtype` is the half type, which integer grids lack."""
+        if self.bits == 16:
+            unused = sorted(self.model_fields_set - _HALF_OPTIONS)
+            if unused:
+                raise ValueError(f"{', '.join(unused)}: bits 16 stores the weights in half "
+                                 "precision, without a grid or calibration (drop them or use "
+                                 "bits 2..8)")
+        elif "dtype" in self.model_fields_set:
+            raise ValueError("dtype is the storage type of bits 16 (fp16 or bf16); integer "
+                             f"grids ({self.bits} bits) have none")
         return self
 
     def grid(self) -> QuantGrid:
