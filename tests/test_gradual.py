@@ -246,23 +246,35 @@ class _Crash(TrainCallback):
             raise KeyboardInterrupt
 
 
-def _resumable_run(folder, crash_at: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _resumable_run(folder, crash_at: int | None, **prune) -> dict[str, torch.Tensor]:
+    """The trained model's state (structured pruning: its smaller shapes) and outputs."""
     torch.manual_seed(0)
     adapter = CLIPAdapter.random(tiny_clip_config())
     ctx = context()
-    run_stage(adapter, "prune", ctx, method="magnitude", sparsity=0.5, schedule=SCHEDULE)
+    run_stage(adapter, "prune", ctx, schedule=SCHEDULE, **prune)
     objective = EmbeddingTargets(adapter)
     settings = TrainSettings(epochs=8, max_steps=8, batch_size=4, lr=1e-2, warmup=0,
                              evaluate=False, checkpoint_dir=str(folder), checkpoint_every=3)
     train(adapter, objective, settings, callbacks=[*take_armed(ctx), _Crash(crash_at)],
           progress=False)
-    return objective.outputs()
+    image, text = objective.outputs()
+    return {**adapter.model.state_dict(), "image": image, "text": text}
 
 
-def test_gradual_pruning_resumed_after_a_crash_ends_as_an_uninterrupted_run(tmp_path):
-    with pytest.raises(KeyboardInterrupt):  # dies at step 5: last checkpoint at step 3
-        _resumable_run(tmp_path / "resumed", crash_at=5)
-    resumed = _resumable_run(tmp_path / "resumed", crash_at=None)
-    straight = _resumable_run(tmp_path / "straight", crash_at=None)
-    for a, b in zip(resumed, straight, strict=True):
-        assert torch.equal(a, b)
+STRUCTURED = {"method": "structured", "neurons": 0.5, "importance": "magnitude",
+              "targets": ["vision", "text"]}
+
+
+@pytest.mark.parametrize(("crash_at", "prune"), [
+    (5, {"method": "magnitude", "sparsity": 0.5}),  # last checkpoint at step 3
+    (5, STRUCTURED),
+    (7, STRUCTURED)])  # last checkpoint at step 6, where the schedule ends
+def test_gradual_pruning_resumed_after_a_crash_ends_as_an_uninterrupted_run(
+        tmp_path, crash_at, prune):
+    with pytest.raises(KeyboardInterrupt):
+        _resumable_run(tmp_path / "resumed", crash_at, **prune)
+    resumed = _resumable_run(tmp_path / "resumed", None, **prune)
+    straight = _resumable_run(tmp_path / "straight", None, **prune)
+    assert resumed.keys() == straight.keys()
+    for name, tensor in resumed.items():
+        assert torch.equal(tensor, straight[name]), name

@@ -87,10 +87,11 @@ class GradualPruning(TrainCallback):
         return {"schedule": self.schedule.model_dump(), "finals": self.finals}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"current": self.current}
+        return {"current": self.current, "masks": self.masks.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.current = {k: float(v) for k, v in state["current"].items()}
+        self.masks.load_state_dict(state["masks"])
 
 
 def _check_unstructured(config: MethodConfig) -> None:

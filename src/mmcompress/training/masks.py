@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -94,6 +95,13 @@ class _Masked:
             for key in (WEIGHT_MASK, BIAS_MASK):
                 module._buffers.pop(key, None)
         self._hooks.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able state the mask buffers do not hold (saved with training checkpoints)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""
 
 
 @contextlib.contextmanager
@@ -204,6 +212,13 @@ class StructuredMasks(_Masked):
             if self.removed[gi]:
                 self._mask_units(g, sorted(self.removed[gi]))
         self.apply()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The units masked so far, per group: `finish` removes them."""
+        return {"removed": [sorted(units) for units in self.removed]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.removed = [{int(u) for u in units} for units in state["removed"]]
 
     def _mask_units(self, g, units: list[int]) -> None:
         out_idx, in_idx = _expand(units, g.out_width), _expand(units, g.in_width)
