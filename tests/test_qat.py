@@ -18,6 +18,7 @@ from mmcompress.quantization.grid import (
     QuantGrid,
     compute_scales,
     dequantize,
+    fake_quantize,
     fake_quantize_ste,
     quantize,
 )
@@ -88,12 +89,13 @@ def test_training_starts_from_the_original_weight_unless_the_codes_differ():
     torch.manual_seed(0)
     lin, grid = nn.Linear(16, 4), QuantGrid(4, 8, True)
     q = QuantLinear.from_linear(lin, grid)
-    assert torch.equal(latent_weight(lin, q), lin.weight.detach())  # RTN: keep sub-grid detail
     scale, zero = compute_scales(lin.weight.detach(), grid)
     codes = quantize(lin.weight.detach(), grid, scale, zero)
     codes[0, 0] = (codes[0, 0] + 1) % grid.qmax  # as if GPTQ chose another rounding
     q2 = QuantLinear.from_linear(lin, grid, (codes, scale, zero))
-    assert torch.equal(latent_weight(lin, q2), q2.dequantized_weight())
+    for learned in (False, True):  # RTN: keep sub-grid detail
+        assert torch.equal(latent_weight(lin, q, learned), lin.weight.detach())
+        assert torch.equal(latent_weight(lin, q2, learned), q2.dequantized_weight())
 
 
 @pytest.mark.parametrize("scales", ["minmax", "learned"])
@@ -151,22 +153,36 @@ def test_converting_keeps_exactly_what_the_fake_quantized_model_computed(tiny_cl
         assert torch.equal(fake, converted)
 
 
+def _quantized_clip(method: str, qat) -> tuple[CLIPAdapter, torch.Tensor]:
+    """A tiny CLIP whose vision tower `method` quantized (with `qat`), and its image
+    embedding of a grey image before any training."""
+    torch.manual_seed(0)
+    adapter = CLIPAdapter.random(tiny_clip_config())
+    x = adapter.image_tensor([np.full((32, 32, 3), 0.3, dtype=np.float32)])
+    ctx = context()
+    extra = {"n_grid": 4} if method == "awq" else {}
+    run_stage(adapter, "quantize", ctx, method=method, bits=4, group_size=16,
+              targets=["vision"], embeddings=False, qat=qat, **extra)
+    assert bool(take_armed(ctx)) == bool(qat)
+    with torch.no_grad():
+        return adapter, adapter.embed_image_tensor(x)
+
+
 @pytest.mark.parametrize("method", ["gptq", "awq"])
 def test_gptq_and_awq_start_qat_from_their_own_rounding(method):
-    x = None
-    outputs = []
-    for qat in (False, {"scales": "learned"}):
-        torch.manual_seed(0)
-        adapter = CLIPAdapter.random(tiny_clip_config())
-        x = adapter.image_tensor([np.full((32, 32, 3), 0.3, dtype=np.float32)])
-        ctx = context()
-        extra = {"n_grid": 4} if method == "awq" else {}
-        run_stage(adapter, "quantize", ctx, method=method, bits=4, group_size=16,
-                  targets=["vision"], embeddings=False, qat=qat, **extra)
-        assert bool(take_armed(ctx)) == bool(qat)
+    ptq, expected = _quantized_clip(method, False)
+    assert torch.equal(_quantized_clip(method, {"scales": "learned"})[1], expected)
+    # min-max scales: their own stored weights, rounded again on their own min-max scales
+    minmax, start = _quantized_clip(method, True)
+    layers = {n: m for n, m in minmax.model.named_modules() if isinstance(m, QAT_TYPES)}
+    assert layers
+    for name, layer in layers.items():
+        stored = ptq.model.get_submodule(name).dequantized_weight()
+        assert torch.equal(layer.matrix(), stored), name
         with torch.no_grad():
-            outputs.append(adapter.embed_image_tensor(x))
-    assert torch.equal(outputs[0], outputs[1])
+            assert torch.equal(layer.fake_weight().reshape(stored.shape),
+                               fake_quantize(stored, layer.grid)), name
+    torch.testing.assert_close(start, expected, rtol=0, atol=0.05)  # AWQ: clipping lost
 
 
 def test_recipe_refuses_qat_without_training_after_it_and_qat_on_half_precision():

@@ -4,11 +4,14 @@ A weight method with ``qat`` first quantizes as usual (RTN, GPTQ or AWQ: the sam
 budgets and AWQ input scales), then every `QuantLinear` / `QuantConv2d` it made becomes a
 `QATLinear` / `QATConv2d`: a plain ``nn.Linear`` / ``nn.Conv2d`` whose float (latent) weight is
 rounded to the module's grid in every forward (`fake_quantize_ste`), gradients passing
-straight through the rounding. The latent weight starts as the original weight when rounding
-it gives the stored codes (RTN, AWQ), else as the stored weight (GPTQ's error-compensated
-values), so before any step the model computes what the post-training model computes.
-Scales are min-max of the current latent weight (``scales: minmax``) or trained with it
-starting from the post-training scales (``scales: learned``, LSQ).
+straight through the rounding. Scales are min-max of the current latent weight (``scales:
+minmax``) or trained with it starting from the post-training scales (``scales: learned``,
+LSQ). The latent weight starts as the original weight when rounding it with those scales
+gives the stored codes (RTN; AWQ with learned scales), else as the stored weight (GPTQ's
+error-compensated values, AWQ's clipped ones). So before any step the model computes what
+the post-training model computes with learned scales, and after RTN; with min-max scales
+after GPTQ or AWQ it computes the stored weights rounded again on their own min-max scales
+(their scale choices, AWQ's clipping among them, are not min-max), close but not equal.
 
 When training ends, `QATCallback` turns every fake-quantized layer back into a
 `QuantLinear` / `QuantConv2d` holding the codes of its final latent weight: the same function
@@ -181,8 +184,10 @@ def calibrate_activations(adapter: Adapter, layers: dict[str, QATLinear],
                      context.progress, release=True)
 
 
-def latent_weight(original: nn.Module | None, q: QuantLinear | QuantConv2d) -> torch.Tensor:
-    """Where training starts: the original weight (times any input scale) when rounding it
+def latent_weight(original: nn.Module | None, q: QuantLinear | QuantConv2d,
+                  learned: bool) -> torch.Tensor:
+    """Where training starts: the original weight (times any input scale) when rounding it as
+    training will (the post-training scales when `learned`, else its own min-max scales)
     reproduces the stored weight, else the stored weight; [rows, cols]."""
     stored = q.dequantized_weight()
     if original is None:
@@ -190,8 +195,11 @@ def latent_weight(original: nn.Module | None, q: QuantLinear | QuantConv2d) -> t
     w = weight_matrix(original)
     if q.input_scale is not None:
         w = w * _column_scale(q)
-    zero = None if q.zero is None else q.zero.float()
-    if torch.equal(dequantize(quantize(w, q.grid, q.scale, zero), q.grid, q.scale, zero), stored):
+    if learned:
+        scale, zero = q.scale, None if q.zero is None else q.zero.float()
+    else:
+        scale, zero = compute_scales(w, q.grid)
+    if torch.equal(dequantize(quantize(w, q.grid, scale, zero), q.grid, scale, zero), stored):
         return w
     return stored
 
@@ -199,9 +207,9 @@ def latent_weight(original: nn.Module | None, q: QuantLinear | QuantConv2d) -> t
 def qat_module(q: nn.Module, original: nn.Module | None, learned: bool) -> nn.Module | None:
     """The trainable stand-in of a quantized layer (None for kinds QAT does not train)."""
     if type(q) is QuantLinear:
-        return QATLinear.from_quantized(q, latent_weight(original, q), learned)
+        return QATLinear.from_quantized(q, latent_weight(original, q, learned), learned)
     if type(q) is QuantConv2d:
-        return QATConv2d.from_quantized(q, latent_weight(original, q), learned)
+        return QATConv2d.from_quantized(q, latent_weight(original, q, learned), learned)
     return None
 
 
