@@ -10,7 +10,7 @@ import pytest
 import torch
 from _helpers import FAST_EVAL, tiny_clip_config
 from torch import nn
-from transformers import BertConfig, BertTokenizer
+from transformers import BertConfig, BertTokenizer, CLIPModel
 
 import mmcompress
 from mmcompress.adapters.classifier import ImageClassifierAdapter
@@ -266,6 +266,37 @@ def test_distill_stage_builds_student_and_reloads(tiny_clip, tmp_path):
     again = mmcompress.load(tmp_path / "out")
     torch.testing.assert_close(again.encode_texts(["a cat"]),
                                result.adapter.encode_texts(["a cat"]))
+
+
+def test_student_of_a_separate_teacher_spreads_its_blocks_over_the_teachers(
+        tiny_clip, tmp_path, monkeypatch):
+    """The inherited blocks came from the model shrunk, not from a `teacher: SPEC`: the
+    teacher's blocks are spread evenly, and the summary counts the teacher's parameters."""
+    from mmcompress.methods import distill
+
+    seen = []
+
+    class Spy(DistillObjective):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            seen.append(self.pairs)
+
+    monkeypatch.setattr(distill, "DistillObjective", Spy)
+    config = tiny_clip_config()
+    config.text_config.num_hidden_layers = config.vision_config.num_hidden_layers = 3
+    torch.manual_seed(1)
+    teacher = CLIPModel(config)
+    teacher.save_pretrained(tmp_path / "teacher")
+    stage = load_recipe({"stages": [{"distill": {
+        "method": "kd", "teacher": str(tmp_path / "teacher"), "losses": ["affinity", "features"],
+        "student": {"layers": [0]}, "epochs": 1, "max_steps": 1, "batch_size": 4,
+        "evaluate": False}}]}).stages[0]
+    summary = METHODS[("distill", "kd")].apply(tiny_clip, stage.config,
+                                               StageContext(data=_images(4), progress=False))
+    assert summary["student"]["layer_map"]["vision_model.encoder.layers"] == [0]
+    assert seen[0] == {"vision_model.encoder.layers": [(0, 2)],
+                       "text_model.encoder.layers": [(0, 2)]}  # last ↔ last, not 0 ↔ 0
+    assert summary["student"]["params"]["teacher"] == sum(p.numel() for p in teacher.parameters())
 
 
 def test_distill_with_unknown_loss_is_a_recipe_error():

@@ -74,8 +74,9 @@ def apply_distill(adapter: Adapter, config: DistillConfig,
     summary: dict[str, Any] = {}
     layer_map = None
     if config.student is not None:
-        summary["student"] = build_student(adapter, config.student, context)
-        layer_map = summary["student"].get("layer_map")
+        summary["student"] = build_student(adapter, config.student, context, teacher.model)
+        if config.wants_original():  # the blocks came from this teacher: compare with them
+            layer_map = summary["student"].get("layer_map")
     task = make_task(adapter, data, config.augment)
     losses = config.losses or DEFAULT_LOSSES[task.kind]
     try:

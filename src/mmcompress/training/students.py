@@ -98,13 +98,14 @@ def keep_layers(adapter: Adapter, spec: str | list[int],
     return kept_by_list
 
 
-def build_student(adapter: Adapter, config: StudentConfig,
-                  context: StageContext) -> dict[str, Any]:
+def build_student(adapter: Adapter, config: StudentConfig, context: StageContext,
+                  teacher: nn.Module | None = None) -> dict[str, Any]:
     """Shrink `adapter.model` in place into the student; returns a summary with the layer map
-    (``layer_map``: list name → teacher block of each student block)."""
+    (``layer_map``: list name → block of the model before shrinking, for each student block)
+    and the parameter counts of `teacher` (default: the model before shrinking) and student."""
     from ..methods.prune_structured import StructuredPruneConfig, apply_structured
 
-    before = _params(adapter.model)
+    teacher_params = _params(adapter.model if teacher is None else teacher)
     summary: dict[str, Any] = {}
     if config.layers is not None:
         summary["layer_map"] = keep_layers(adapter, config.layers, config.targets)
@@ -114,7 +115,7 @@ def build_student(adapter: Adapter, config: StudentConfig,
         prune = StructuredPruneConfig(method="structured", importance=config.importance,
                                       targets=config.targets, **amounts)
         summary["pruned"] = apply_structured(adapter, prune, context)["removed"]
-    summary["params"] = {"teacher": before, "student": _params(adapter.model)}
+    summary["params"] = {"teacher": teacher_params, "student": _params(adapter.model)}
     return summary
 
 
