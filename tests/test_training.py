@@ -115,6 +115,17 @@ def test_checkpoint_of_a_run_from_other_weights_or_callbacks_is_refused(tmp_path
         _trainer(tmp_path / "b", [_Target(0.8)], max_steps=2).fit()
 
 
+def test_checkpoint_of_a_run_training_other_parameters_is_refused(tmp_path):
+    """Same settings and weights, other trainable parameters (a stage's targets/ignore)."""
+    first = _trainer(tmp_path, max_steps=2)
+    first.model.layer1.requires_grad_(False)
+    first.fit()
+    other = _trainer(tmp_path, max_steps=2)
+    other.model.layer2.requires_grad_(False)
+    with pytest.raises(CheckpointError, match="other settings"):
+        other.fit()
+
+
 def test_resume_must_fails_without_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         _trainer(tmp_path / "missing", resume="must").fit()

@@ -256,14 +256,16 @@ class Trainer:
     # -- checkpoints -----------------------------------------------------------------------
     def fingerprint(self) -> str:
         """Hash of what must match for a checkpoint to be resumed: settings, objective
-        (teacher included), the starting weights and the modules' configuration (QAT grids),
-        world size, and the callbacks with their settings."""
+        (teacher included), the starting weights, the modules' configuration (QAT grids), which
+        parameters train (a stage's targets/ignore), world size, and the callbacks with their
+        settings."""
         desc = {
             "settings": self.settings.model_dump(exclude={"checkpoint_dir", "checkpoint_every",
                                                           "resume", "evaluate"}),
             "objective": self.objective.describe(),
             "weights": state_digest(self.model),
             "modules": hashlib.sha256(repr(self.model).encode()).hexdigest(),
+            "trainable": [n for n, p in self.model.named_parameters() if p.requires_grad],
             "processes": self.world.size,
             "callbacks": [[type(cb).__name__, cb.describe()] for cb in self.callbacks],
         }
