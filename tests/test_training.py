@@ -149,6 +149,18 @@ def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path)
                if t.is_floating_point())
 
 
+@pytest.mark.parametrize("grad_clip", [1.0, None])
+def test_non_finite_gradient_stops_before_the_step_with_or_without_clipping(tmp_path,
+                                                                             grad_clip):
+    trainer = _trainer(tmp_path, epochs=2, checkpoint_every=1, grad_clip=grad_clip)
+    bias = trainer.model.linear.bias  # step 2: finite loss, infinite gradient
+    bias.register_hook(lambda g: g * float("inf") if trainer.step == 1 else g)
+    with pytest.raises(UserError, match=r"diverged at step 2: gradient norm .*step-1"):
+        trainer.fit()
+    assert latest_checkpoint(tmp_path).name == "step-1"
+    assert torch.isfinite(bias).all()  # the optimizer did not step
+
+
 def _run(args: list[str], **env) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(WORKER), *args], env={**ENV, **env},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -200,10 +200,10 @@ class Trainer:
             raise self._diverged(f"loss is {value}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if s.grad_clip is not None:
-            norm = torch.nn.utils.clip_grad_norm_(params, s.grad_clip)
-            if not torch.isfinite(norm):
-                raise self._diverged("gradient norm is not finite")
+        # without clipping too: an infinite bound leaves the gradients as they are
+        norm = torch.nn.utils.clip_grad_norm_(params, s.grad_clip or math.inf)
+        if not torch.isfinite(norm):
+            raise self._diverged("gradient norm is not finite")
         optimizer.step()
         return value
 
