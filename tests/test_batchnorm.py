@@ -54,15 +54,36 @@ def _normalized_moments(adapter, name: str) -> tuple[torch.Tensor, torch.Tensor]
     return z.mean(0), z.var(0, unbiased=False)
 
 
-def test_an_unchanged_model_keeps_its_statistics():
+def _zero_filter(adapter, channel: int = 3) -> None:
+    """Zero one of conv1's filters (as pruning can): bn1's input channel is then constant."""
+    with torch.no_grad():
+        adapter.model.conv1.weight[channel].zero_()
+
+
+@pytest.mark.parametrize("dead_filter", [False, True])
+def test_an_unchanged_model_keeps_its_statistics_bit_for_bit(dead_filter):
     adapter = _adapter()
+    if dead_filter:
+        _zero_filter(adapter)
     before = {k: v.clone() for k, v in adapter.model.state_dict().items()}
     (summary,) = _apply(adapter, [{"finetune": {"method": "batchnorm"}}],
                         copy.deepcopy(adapter))
     assert summary["modules"] == sum(isinstance(m, nn.BatchNorm2d)
                                      for m in adapter.model.modules())
     for k, v in adapter.model.state_dict().items():
-        torch.testing.assert_close(v, before[k], atol=1e-5, rtol=1e-5)
+        assert torch.equal(v, before[k]), k
+
+
+def test_a_channel_that_became_constant_keeps_its_normalised_mean():
+    original = _adapter()
+    adapter = copy.deepcopy(original)
+    _zero_filter(adapter)
+    _apply(adapter, [{"finetune": {"method": "batchnorm"}}], original)
+    got, want = _normalized_moments(adapter, "bn1"), _normalized_moments(original, "bn1")
+    assert abs(float(want[0][3])) > 0.1  # the original's normalised mean is not 0 ...
+    torch.testing.assert_close(got[0][3], want[0][3], atol=1e-5, rtol=0)  # ... and is kept
+    assert adapter.model.bn1.running_var[3] == original.model.bn1.running_var[3]
+    torch.testing.assert_close(got[0], want[0], atol=1e-4, rtol=1e-3)  # the other channels
 
 
 @pytest.mark.parametrize("name", ["bn1", "layer3.2.bn2"])
