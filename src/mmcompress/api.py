@@ -20,7 +20,7 @@ from .io.atomic import atomic_folder, check_output_dir
 from .io.checkpoint import BUFFERS, MANIFEST, WEIGHTS, load_checkpoint, save_checkpoint
 from .methods import StageContext, keep_original, run_stage
 from .methods.base import check_targets
-from .model_specs import NAMED_SPECS, load_model
+from .model_specs import load_model
 from .modules.unpack import unpack_weights
 from .recipe import EvaluateConfig, Recipe, load_recipe, plain_values
 from .report import report_markdown, to_json
@@ -35,13 +35,9 @@ class CompressResult:
     out: Path | None
 
 
-def _spec_name(model: str | Path | Adapter) -> str:
-    if isinstance(model, Adapter):
-        return model.name
-    text = str(model)
-    if text in NAMED_SPECS or text.startswith("random:"):
-        return text
-    return str(Path(text).resolve())
+def _spec_name(adapter: Adapter) -> str:
+    """The spec the model was loaded from, or what it is when it was built in Python."""
+    return adapter.source or f"{adapter.name} (built in Python)"
 
 
 def compress(
@@ -67,8 +63,8 @@ def compress(
     out_path = Path(out) if out is not None else None
     if out_path is not None:
         check_output_dir(out_path, overwrite)
-    spec = _spec_name(model)
     adapter = load_model(model, progress=progress)
+    spec = _spec_name(adapter)
     dataset = load_data(data if data is not None else adapter.default_data)
     check_data_fits(adapter, dataset)
     check_targets(adapter, recipe.stages)
@@ -96,7 +92,7 @@ def compress(
         report.update(after=after.metrics, measurement=after.measurement)
         return CompressResult(adapter, report, None)
     with atomic_folder(out_path, overwrite) as tmp:
-        save_checkpoint(adapter, tmp, spec, history)
+        save_checkpoint(adapter, tmp, adapter.source, history)
         after = evaluate_adapter(
             adapter,
             dataset,
@@ -241,7 +237,11 @@ def evaluate(
     dataset = load_data(data if data is not None else adapter.default_data)
     check_data_fits(adapter, dataset)
     reference, notes = None, []
-    base = getattr(adapter, "manifest", {}).get("base_model")
+    manifest = getattr(adapter, "manifest", None)
+    base = (manifest or {}).get("base_model")
+    if manifest is not None and base is None:
+        notes.append("fidelity not measured: the base model was built in Python, not loaded "
+                     "from a spec this command can load again")
     if base is not None:
         try:
             base_adapter = load_model(base, progress=progress)
@@ -266,7 +266,7 @@ def evaluate(
                         f"this model on {dataset.name} data"
                         + (f"; {notes[0]}" if notes else ""))
     return {
-        "model": _spec_name(model),
+        "model": _spec_name(adapter),
         "metrics": result.metrics,
         "measurement": result.measurement,
         **({"notes": notes} if notes else {}),

@@ -27,6 +27,9 @@ class Adapter(ABC):
     name: ClassVar[str]
     tasks: ClassVar[frozenset[str]]
     default_data: ClassVar[str] = "demo"
+    #: the model spec `model_specs.load_model` built this from (None: built in Python), which
+    #: an output folder records as its base model for fidelity
+    source: str | None = None
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model.eval()
@@ -59,6 +62,10 @@ class Adapter(ABC):
     @abstractmethod
     def latency_inputs(self, batch_size: int) -> dict[str, Callable[[], Any]]:
         """Per latency metric ('image', 'text'): a closure running that tower on a fixed batch."""
+
+    def latency_text_tokens(self) -> int | None:
+        """Tokens per text in `latency_inputs` (None: the model reads no text)."""
+        return None
 
     #: inputs the model takes; calibration batches are built for each
     input_modalities: ClassVar[tuple[str, ...]] = ()
@@ -199,14 +206,16 @@ class DualEncoderAdapter(Adapter):
             raise DataError("encode_texts needs at least one text")
         return torch.cat(out)
 
+    def latency_text_tokens(self) -> int | None:
+        return min(LATENCY_SEQ_LEN, self.max_text_len)
+
     def latency_inputs(self, batch_size: int) -> dict[str, Callable[[], Any]]:
         rng = np.random.default_rng(0)
         size = self.image_size
         images = [rng.random((size, size, 3), dtype=np.float32) for _ in range(batch_size)]
         pixels = self.image_tensor(images)
         sentence = " ".join(["a photo of a small dog on the grass"] * 8)
-        length = min(LATENCY_SEQ_LEN, self.max_text_len)
-        tokens = self.text_tensors([sentence] * batch_size, pad_to=length)
+        tokens = self.text_tensors([sentence] * batch_size, pad_to=self.latency_text_tokens())
         return {
             "image": lambda: self.embed_image_tensor(pixels),
             "text": lambda: self.embed_text_tensors(tokens),

@@ -85,7 +85,8 @@ def _file_entry(path: Path) -> dict[str, Any]:
     return {"file": path.name, "bytes": path.stat().st_size, "sha256": _sha256(path)}
 
 
-def save_checkpoint(adapter: Adapter, folder: Path, base_model: str, history: list[dict]) -> None:
+def save_checkpoint(adapter: Adapter, folder: Path, base_model: str | None,
+                    history: list[dict]) -> None:
     """Write weights, manifest and assets into `folder` (an atomic temporary folder)."""
     weights, buffers = folder / WEIGHTS, folder / BUFFERS
     adapter.save_assets(folder)
