@@ -281,3 +281,18 @@ def test_a_late_model_saved_before_modality_weights_loads_with_equal_weights():
     assert torch.equal(fresh.fusion.modality_weights, torch.ones(3))
     with pytest.raises(RuntimeError, match="Missing key"):
         fresh.load_state_dict({k: v for k, v in state.items() if "heads.audio" not in k})
+
+
+def test_the_report_states_the_latency_texts_own_length():
+    """Every report said 'text padded to 32 tokens'; the fusion models' latency text is not
+    padded, and an image classifier reads no text."""
+    from mmcompress.adapters.fusion import LATENCY_TEXT
+    from mmcompress.report import measurement_note
+
+    adapter = tiny_adapter("late")
+    width = adapter.batch([None], [LATENCY_TEXT], [None])["ids"].shape[1]
+    assert adapter.latency_text_tokens() == width != 32
+    base = {"latency_statistic": "median", "latency_repeats": 2, "latency_batch_size": 2,
+            "threads": 1}
+    assert f"texts of {width} tokens" in measurement_note({**base, "latency_text_tokens": width})
+    assert "texts of" not in measurement_note({**base, "latency_text_tokens": None})

@@ -129,8 +129,10 @@ def stage_details(summary: dict[str, Any]) -> str:
 
 def measurement_note(m: dict[str, Any]) -> str:
     """How the figures were measured (report.md and report.html)."""
+    tokens = m.get("latency_text_tokens")
+    text = f"texts of {tokens} tokens, " if tokens else ""
     return (f"Latency: {m['latency_statistic']}, {m['latency_repeats']} repeats, batch "
-            f"{m['latency_batch_size']}, text padded to {m['latency_text_tokens']} tokens, "
+            f"{m['latency_batch_size']}, {text}"
             f"{m['threads']} threads. Size: bytes of `model.safetensors`. Peak memory: RSS added "
             "by loading the model and running each tower once, in a fresh process. Fidelity: "
             "mean cosine between compressed and uncompressed embeddings of the same inputs.")

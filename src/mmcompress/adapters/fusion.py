@@ -24,7 +24,7 @@ IMAGE_SIZE = 8
 MEAN, STD = (0.3,), (0.35,)
 CHARS = " abcdefghijklmnopqrstuvwxyz0123456789.,:;!?'-"  # id = index + 2; 0 pad, 1 unknown
 BATCH = "multimodal"  # the one calibration input: whole examples
-
+LATENCY_TEXT = "the number seven please"  # the text of the latency inputs
 
 class CharTokenizer:
     """Lower-cased characters → ids (0 padding, 1 unknown), cut to `max_len`."""
@@ -136,10 +136,13 @@ class FusionAdapter(Adapter):
             raise DataError(f"calibration data {data.name!r} is empty")
         return CalibrationData({BATCH: batches}, {BATCH: {"examples": len(order)}})
 
+    def latency_text_tokens(self) -> int | None:
+        return int(self.tokenizer([LATENCY_TEXT])[0].shape[1])
+
     def latency_inputs(self, batch_size: int) -> dict[str, Callable[[], Any]]:
         rng = np.random.default_rng(0)
         images = [rng.random((IMAGE_SIZE, IMAGE_SIZE, 1), dtype=np.float32)] * batch_size
-        texts = ["the number seven please"] * batch_size
+        texts = [LATENCY_TEXT] * batch_size
         audio = [rng.normal(0, 0.1, self.model.arch["audio_samples"]).astype(np.float32)
                  ] * batch_size
         b = self.batch(images, texts, audio)

@@ -52,6 +52,9 @@ class SentenceAdapter(Adapter):
     def forward_modality(self, modality: str, batch: Any) -> Any:
         return self.embed_text_tensors(batch)
 
+    def latency_text_tokens(self) -> int | None:
+        return LATENCY_SEQ_LEN
+
     def latency_inputs(self, batch_size: int) -> dict[str, Callable[[], Any]]:
         sentence = " ".join(["a man is playing a guitar on the stage"] * 8)
         tokens = self.text_tensors([sentence] * batch_size, pad_to=LATENCY_SEQ_LEN)

@@ -12,7 +12,6 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..adapters import Adapter
-from ..adapters.base import LATENCY_SEQ_LEN
 from ..data import Dataset
 from ..errors import DataError
 from ..io.checkpoint import state_for_saving
@@ -135,7 +134,7 @@ def evaluate_adapter(
         "examples": len(data),
         "threads": torch.get_num_threads(),
         "latency_batch_size": config.latency_batch_size,
-        "latency_text_tokens": LATENCY_SEQ_LEN,
+        "latency_text_tokens": adapter.latency_text_tokens(),
         "latency_repeats": config.latency_repeats,
         "latency_statistic": "median after 3 warm-up runs",
     }
