@@ -206,6 +206,19 @@ def test_quoted_numbers_and_words_for_booleans_are_refused(cfg, message):
         load_recipe({"stages": [{"quantize": {"method": "rtn", **cfg}}]})
 
 
+@pytest.mark.parametrize("word", ["yes", "no", "on", "off", "Yes", "OFF"])
+def test_yaml_1_1_words_for_booleans_are_refused_in_recipe_text(word):
+    """The YAML loader read `symmetric: yes` as true (and `swaps: yes` as 200 swaps), though
+    the README says such a boolean is an error: only true and false are booleans."""
+    with pytest.raises(RecipeError, match=f"symmetric.*valid boolean, got '{word}'"):
+        load_recipe(f"stages:\n  - quantize: {{method: rtn, symmetric: {word}}}\n")
+    recipe = load_recipe("stages:\n  - quantize: {method: rtn, symmetric: False}\n")
+    assert recipe.stages[0].config.symmetric is False
+    given = load_recipe({"stages": [{"quantize": {"method": "rtn"}}],
+                         "calibration": {"data": word}})
+    assert load_recipe(given.to_yaml()).calibration.data == word  # written back, still text
+
+
 def test_exponent_numbers_without_a_dot_are_numbers():
     """YAML 1.1 reads 1e-4 as text; settings now refuse text, so the loader reads it as the
     number everyone means by it."""

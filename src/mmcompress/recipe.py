@@ -49,15 +49,24 @@ class Recipe:
 
 
 class RecipeLoader(yaml.SafeLoader):
-    """YAML's safe loader reading ``1e-4`` as the number it is (YAML 1.1 wants a dot:
-    ``1.0e-4``); a quoted ``'4'`` stays text, which a numeric setting refuses."""
+    """YAML's safe loader reading values as YAML 1.2 does: ``1e-4`` is the number it is (YAML
+    1.1 wants a dot: ``1.0e-4``) and only ``true``/``false`` are booleans (``yes``, ``on``,
+    ``no``, ``off`` stay text, which a boolean setting refuses); a quoted ``'4'`` stays text,
+    which a numeric setting refuses."""
 
 
 class RecipeDumper(yaml.SafeDumper):
-    """YAML's safe dumper quoting text that `RecipeLoader` would read as a number."""
+    """YAML's safe dumper quoting text that `RecipeLoader` would read as a number or a
+    boolean."""
 
 
+_BOOL = "tag:yaml.org,2002:bool"
 for _yaml_class in (RecipeLoader, RecipeDumper):
+    _yaml_class.yaml_implicit_resolvers = {  # YAML 1.1's booleans out (yes, no, on, off, ...)
+        first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    _yaml_class.add_implicit_resolver(
+        _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
     _yaml_class.add_implicit_resolver(
         "tag:yaml.org,2002:float",
         re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
