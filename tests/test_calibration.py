@@ -172,3 +172,19 @@ def test_the_input_sample_keeps_every_row_until_it_is_full_and_none_when_unused(
     hessian = HessianCollector()
     hessian.add(torch.ones(4, 2))
     assert hessian.sample is None and hessian.rows == 4
+
+
+def test_missing_modalities_of_multimodal_data_are_not_drawn_for_calibration(tiny_clip):
+    """Tri-modal data (an example may lack its image or text) as a dual encoder's calibration
+    data failed as an internal error: the missing image was opened as a file."""
+    import numpy as np
+
+    from mmcompress.data import Dataset
+
+    rng = np.random.default_rng(0)
+    images = [rng.random((16, 16, 1), dtype=np.float32) if i % 3 else None for i in range(9)]
+    texts = ["one", None, "two", "", "three", None, "four", "five", "six"]
+    data = Dataset("tri", "multimodal", images=images, texts=texts, labels=list(range(9)),
+                   class_names=[str(i) for i in range(10)])
+    calib = tiny_clip.calibration_data(data, samples=16, batch_size=4, seed=0)
+    assert calib.drawn["image"]["examples"] == 6 and calib.drawn["text"]["examples"] == 6

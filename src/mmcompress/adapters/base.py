@@ -100,7 +100,8 @@ class Adapter(ABC):
         drawn: dict[str, dict[str, int]] = {}
         for modality in self.input_modalities:
             items = raw.get(modality) or []
-            order = rng.permutation(len(items)).tolist()
+            present = [j for j, x in enumerate(items) if not _missing(x)]
+            order = [present[k] for k in rng.permutation(len(present)).tolist()]
             count = drawn.setdefault(modality, {"examples": 0})
             tokens = text_tokens if modality == "text" else 0
             while count["examples"] < len(order) and (
@@ -144,6 +145,11 @@ def _all_finite(t: torch.Tensor, chunk: int = 1 << 18) -> bool:
     add a byte per weight to the peak memory of loading a model."""
     flat = t.detach().reshape(-1)
     return all(bool(torch.isfinite(part).all()) for part in flat.split(chunk))
+
+
+def _missing(item: Any) -> bool:
+    """A missing modality of one example (multimodal data): None, or an empty text."""
+    return item is None or (isinstance(item, str) and not item.strip())
 
 
 def _stored(batch: Any) -> Any:
