@@ -113,3 +113,22 @@ def test_the_demo_replaces_only_a_folder_holding_an_output_and_nothing_else(tmp_
     (out / "notes.txt").write_text("mine")
     assert not is_output_folder(out)
     assert not is_output_folder(tmp_path / "missing")
+
+
+def test_the_demo_replaces_only_an_output_of_its_own_recipe(tmp_path):
+    """`mmcompress demo --out DIR` replaced any output, a `compress` run's included."""
+    from importlib import resources
+
+    from mmcompress.api import is_output_folder
+
+    demo = resources.files("mmcompress").joinpath("recipes/demo.yaml").read_text()
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("mmcompress.json", "model.safetensors", "report.md"):
+        (out / name).write_text("{}")
+    (out / "recipe.yaml").write_text(demo)
+    assert is_output_folder(out, demo)
+    (out / "recipe.yaml").write_text("stages:\n  - quantize: {method: rtn, bits: 4}\n")
+    assert is_output_folder(out) and not is_output_folder(out, demo)
+    (out / "recipe.yaml").write_text("{not yaml")
+    assert not is_output_folder(out, demo)

@@ -113,15 +113,23 @@ def compress(
 REPORT_FILES = ("recipe.yaml", "report.json", "report.md", "report.html")
 
 
-def is_output_folder(folder: Path) -> bool:
-    """Whether `folder` holds an mmcompress output and nothing else: what the demo may replace
-    without being told to."""
+def is_output_folder(folder: Path, recipe: str | None = None) -> bool:
+    """Whether `folder` holds an mmcompress output and nothing else (with `recipe`: an output
+    of that recipe): what the demo may replace without being told to."""
     try:
         names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
     except OSError:  # unreadable: `check_output_dir` says why
         return False
-    return MANIFEST in names and names <= {WEIGHTS, BUFFERS, MANIFEST, "tokenizer",
-                                           *REPORT_FILES}
+    if not (MANIFEST in names and names <= {WEIGHTS, BUFFERS, MANIFEST, "tokenizer",
+                                            *REPORT_FILES}):
+        return False
+    if recipe is None:
+        return True
+    try:
+        saved = load_recipe(folder / "recipe.yaml").to_dict(given=True)
+    except UserError:
+        return False
+    return saved == load_recipe(recipe).to_dict(given=True)
 
 
 def _calibration_set(spec: str | Path | Dataset) -> Dataset:

@@ -145,7 +145,7 @@ def demo(
         raise UserError(f"demo --model must be one of {', '.join(described)}, got {model!r}")
     progress = _setup(quiet, threads)
     recipe = resources.files("mmcompress").joinpath("recipes/demo.yaml").read_text()
-    overwrite = overwrite or is_output_folder(out)  # rerunning the demo replaces its output
+    overwrite = overwrite or is_output_folder(out, recipe)  # the demo replaces its own output
     typer.echo(f"mmcompress demo: int8 RTN on every tower of {described[model]}", err=True)
     _print_result(compress(model, recipe, out=out, overwrite=overwrite, progress=progress))
 
