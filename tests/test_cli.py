@@ -312,3 +312,23 @@ def test_help_and_usage_errors_do_not_import_torch():
                           timeout=60)
     assert done.stdout.split() == ["2", "False"], done.stdout + done.stderr
     assert "No such command 'compres'" in done.stderr
+
+
+def test_a_named_held_out_split_calibrates_on_its_training_complement(tiny_clip):
+    """`--model minilm --recipe sparse50-int8.yaml` calibrated on STS-B dev, the split it was
+    then scored on; the report did not say which data calibration drew from."""
+    from mmcompress.api import _calibration_spec
+    from mmcompress.recipe import load_recipe
+    from mmcompress.report import stage_details
+
+    plain = load_recipe({"stages": [{"quantize": {"method": "gptq"}}]})
+    named = load_recipe({"stages": [{"quantize": {"method": "gptq"}}],
+                         "calibration": {"data": "mine"}})
+    assert _calibration_spec(None, plain, None, tiny_clip) == "demo-train"  # default: demo
+    assert _calibration_spec(None, plain, "stsb-dev", tiny_clip) == "stsb-train"
+    assert _calibration_spec(None, plain, "my/folder", tiny_clip) is None  # the run's data
+    assert _calibration_spec(None, named, "stsb-dev", tiny_clip) == "mine"
+    assert _calibration_spec("given", named, "stsb-dev", tiny_clip) == "given"
+    summary = {"modules": 3, "calibration": {"text": {"examples": 8, "tokens": 40}},
+               "calibration_data": "stsb-train"}
+    assert "calibrated on 8 texts (40 tokens) of stsb-train" in stage_details(summary)

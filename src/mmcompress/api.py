@@ -14,6 +14,7 @@ from . import __version__
 from .adapters import Adapter
 from .compiled import compile_towers
 from .data import Dataset, load_data
+from .data.splits import TRAINING_SPLIT
 from .errors import UserError
 from .evaluation.evaluate import check_data_fits, evaluate_adapter, quality
 from .io.atomic import atomic_folder, check_output_dir
@@ -58,6 +59,8 @@ def compress(
         data: data spec for evaluation (and calibration); the model's default when None.
         calibration_data: data for calibrated methods instead of `data` (overrides the
             recipe's ``calibration.data``), so that calibration need not see the test split.
+            Neither given, a named held-out split as `data` (or the model's default) calibrates
+            on its training complement (`_calibration_spec`).
     """
     recipe = load_recipe(recipe)
     out_path = Path(out) if out is not None else None
@@ -68,7 +71,7 @@ def compress(
     dataset = load_data(data if data is not None else adapter.default_data)
     check_data_fits(adapter, dataset)
     check_targets(adapter, recipe.stages)
-    calib_spec = calibration_data if calibration_data is not None else recipe.calibration.data
+    calib_spec = _calibration_spec(calibration_data, recipe, data, adapter)
     calib_set = _calibration_set(calib_spec) if calib_spec is not None else dataset
     stage_sets = _stage_sets(adapter, recipe.stages)
     eval_cfg = recipe.evaluate
@@ -130,6 +133,20 @@ def is_output_folder(folder: Path, recipe: str | None = None) -> bool:
     except UserError:
         return False
     return saved == load_recipe(recipe).to_dict(given=True)
+
+
+def _calibration_spec(given: str | Path | Dataset | None, recipe: Recipe,
+                      data: str | Path | Dataset | None, adapter: Adapter
+                      ) -> str | Path | Dataset | None:
+    """Where calibration draws from: `given`, else the recipe's ``calibration.data``, else the
+    training complement of a named held-out evaluation split (``demo`` → ``demo-train``,
+    ``stsb-dev`` → ``stsb-train``: `TRAINING_SPLIT`), else (None) the evaluation data."""
+    if given is not None:
+        return given
+    if recipe.calibration.data is not None:
+        return recipe.calibration.data
+    evaluated = data if data is not None else adapter.default_data
+    return TRAINING_SPLIT.get(evaluated) if isinstance(evaluated, str) else None
 
 
 def _calibration_set(spec: str | Path | Dataset) -> Dataset:

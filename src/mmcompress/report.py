@@ -123,8 +123,10 @@ def stage_outcome(summary: dict[str, Any]) -> str:
 
 def stage_details(summary: dict[str, Any]) -> str:
     """What a stage did and what it was calibrated on (report.md and report.html)."""
-    drawn = summary.get("calibration")
-    return stage_outcome(summary) + (f", calibrated on {calibrated_on(drawn)}" if drawn else "")
+    drawn, source = summary.get("calibration"), summary.get("calibration_data")
+    of = f" of {source}" if source else ""
+    return stage_outcome(summary) + (f", calibrated on {calibrated_on(drawn)}{of}" if drawn
+                                     else "")
 
 
 def measurement_note(m: dict[str, Any]) -> str:

@@ -31,6 +31,11 @@ def stsb_train() -> Dataset:
     return replace(read_sts(folder / "sts-train.csv"), name="stsb-train")
 
 
+# each held-out evaluation split → its training complement: where calibration draws when the
+# run evaluates on the split and no calibration data is named
+TRAINING_SPLIT = {"demo": "demo-train", "stsb-dev": "stsb-train",
+                  "lit-cifar-eval": "lit-cifar-train", "trimodal": "trimodal-train"}
+
 register_data_spec("lit-cifar-train", lit_cifar_train)
 register_data_spec("stsb-train", stsb_train)
 register_data_spec("demo-train", demo_train_dataset)

@@ -137,11 +137,14 @@ def register_method(
 
 def run_stage(adapter: Adapter, stage: Stage, context: StageContext) -> dict[str, Any]:
     """Apply one recipe stage with the method registered for it; its summary, with what the
-    stage calibrated on (``calibration``: examples, and real tokens of text, per modality)."""
+    stage calibrated on (``calibration``: examples, and real tokens of text, per modality;
+    ``calibration_data``: the data set's name)."""
     context.drawn = None
     summary = METHODS[(stage.kind, stage.config.method)].apply(adapter, stage.config, context)
     if context.drawn and isinstance(summary, dict):
         summary.setdefault("calibration", context.drawn)
+        if context.data is not None:
+            summary.setdefault("calibration_data", context.data.name)
     return summary
 
 
