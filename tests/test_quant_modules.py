@@ -180,3 +180,13 @@ def test_string_padding_is_resolved_and_quantized_convs_match(padding):
 def test_same_padding_that_cannot_be_split_evenly_is_refused():
     with pytest.raises(ValueError, match="one side more"):
         conv_padding(nn.Conv2d(3, 8, 2, padding="same"))
+
+
+def test_a_quantized_table_traces_without_a_graph_break():
+    """The id-range check read the ids back (`int(ids.min())`), a graph break at every call
+    under torch.compile (33 warnings for `evaluate --compile` of the demo)."""
+    table = QuantEmbedding.from_embedding(nn.Embedding(50, 16), QuantGrid(8, None, True))
+    ids = torch.randint(0, 50, (2, 7))
+    assert torch._dynamo.explain(table)(ids).graph_break_count == 0
+    with pytest.raises(IndexError, match="ids must be in"):
+        table(torch.tensor([[-1]]))  # eager calls still check

@@ -58,8 +58,11 @@ def filled(layer: Layer, weight: torch.Tensor, bias: torch.Tensor | None) -> Lay
 
 def lookup_ids(ids: torch.Tensor, num: int) -> torch.Tensor:
     """`ids` flattened, refused as `nn.Embedding` refuses them when outside [0, num): a
-    compact table would otherwise read a negative id as a row from the end."""
+    compact table would otherwise read a negative id as a row from the end. Not checked
+    inside `torch.compile` (reading the bounds back would break the graph at every call)."""
     flat = ids.reshape(-1)
+    if torch.compiler.is_compiling():
+        return flat
     if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= num):
         raise IndexError(f"index out of range in self (ids must be in [0, {num}))")
     return flat
