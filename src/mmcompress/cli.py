@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from .errors import UserError
-from .report import to_json
+from .report import threads_text, to_json
 
 app = typer.Typer(
     add_completion=False,
@@ -107,8 +107,8 @@ def _print_result(result) -> None:
     typer.echo(terminal_table(result.report["before"], result.report["after"]))
     m = result.report["measurement"]
     typer.echo(
-        f"\ndata: {m['data']} ({m['examples']} examples); latency: median of "
-        f"{m['latency_repeats']}, batch {m['latency_batch_size']}, {m['threads']} threads"
+        f"\ndata: {m['data']}, {m['examples']} examples; latency: median of "
+        f"{m['latency_repeats']}, batch {m['latency_batch_size']}, {threads_text(m['threads'])}"
     )
     if result.out is not None:
         typer.echo(f"saved to {result.out}")

@@ -129,14 +129,20 @@ def stage_details(summary: dict[str, Any]) -> str:
                                      else "")
 
 
+def threads_text(n: int) -> str:
+    """'1 thread', '2 threads'."""
+    return f"{n} thread{'' if n == 1 else 's'}"
+
+
 def measurement_note(m: dict[str, Any]) -> str:
     """How the figures were measured (report.md and report.html)."""
     tokens = m.get("latency_text_tokens")
     text = f"texts of {tokens} tokens, " if tokens else ""
     return (f"Latency: {m['latency_statistic']}, {m['latency_repeats']} repeats, batch "
             f"{m['latency_batch_size']}, {text}"
-            f"{m['threads']} threads. Size: bytes of `model.safetensors`. Peak memory: RSS added "
-            "by loading the model and running each tower once, in a fresh process. Fidelity: "
+            f"{threads_text(m['threads'])}. Size: bytes of `model.safetensors`. Peak memory: RSS "
+            "added by loading the model and running each tower once, in a fresh process. "
+            "Fidelity: "
             "mean cosine between compressed and uncompressed embeddings of the same inputs.")
 
 
