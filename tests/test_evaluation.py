@@ -159,8 +159,11 @@ def test_data_whose_metric_means_nothing_is_refused(tiny_clip):
     """One class gave top-1 1.0 whatever the model; constant STS scores a null Spearman."""
     one_class = Dataset("one", "classification", images=toy_image_data(2).images,
                         labels=[0, 0], class_names=["cat"], templates=["a {}"])
-    with pytest.raises(DataError, match="one class: top-1 would be 1.0"):
+    with pytest.raises(DataError, match="one class: zero-shot top-1 would be 1.0"):
         check_data_fits(tiny_clip, one_class)
+    classifier = SimpleNamespace(tasks=frozenset({"classification"}), name="resnet",
+                                 classify=None, label_indices=lambda data: None)
+    check_data_fits(classifier, one_class)  # a classifier still chooses among its outputs
     flat = Dataset("flat", "sts", texts=["a", "b"], texts_b=["c", "d"], scores=[3.0, 3.0])
     sentence_model = SimpleNamespace(tasks=frozenset({"sts"}), name="sentence")
     with pytest.raises(DataError, match="two pairs of different scores"):

@@ -35,16 +35,18 @@ class Evaluation:
 def check_data_fits(adapter: Adapter, data: Dataset) -> None:
     """Refuse data whose columns do not line up (`Dataset.check`), whose task the model
     cannot do (e.g. sentence pairs for an image model), whose metric would mean nothing (one
-    class, constant scores), or whose classes a classifier does not have."""
+    class to choose from zero-shot, constant scores), or whose classes a classifier does not
+    have."""
     data.check()
     if data.task not in adapter.tasks:
         raise DataError(
             f"data {data.name!r} is a {data.task} set, but a {adapter.name!r} model "
             f"supports {', '.join(sorted(adapter.tasks))}"
         )
-    if data.task == "classification" and len(set(data.class_names)) < 2:
-        raise DataError(f"data {data.name!r} has one class: top-1 would be 1.0 whatever the "
-                        "model does")
+    if (data.task == "classification" and not hasattr(adapter, "classify")
+            and len(set(data.class_names)) == 1):  # zero-shot among one prompt class
+        raise DataError(f"data {data.name!r} has one class: zero-shot top-1 would be 1.0 "
+                        "whatever the model does")
     if data.task == "sts" and len(set(data.scores)) < 2:
         raise DataError(f"data {data.name!r} needs at least two pairs of different scores for "
                         "a rank correlation")
