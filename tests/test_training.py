@@ -209,3 +209,14 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path
     start, one_p, two_p = logits
     assert float((one_p - start).abs().max()) > 0.5  # training changed the model
     torch.testing.assert_close(two_p, one_p, atol=2e-3, rtol=0)
+
+
+def test_a_training_module_imports_first():
+    """Since the package imports its API lazily, importing training.stage first went round a
+    cycle (methods → distill → training.stage) and failed."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import mmcompress.training.stage"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-500:]
