@@ -66,20 +66,26 @@ def test_unknown_random_model_lists_known_ones():
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("family", ["clip", "siglip"])
-def test_images_are_resized_as_the_folders_image_processor_does(tmp_path, family, tiny_clip_folder):
+@pytest.mark.parametrize("family", ["clip", "siglip", "clip-squash-crop"])
+def test_images_are_resized_as_the_folders_image_processor_does(tmp_path, family,
+                                                                 tiny_clip_folder):
     """SigLIP's processor resizes the whole image to height × width; its images were
-    centre-cropped like CLIP's (mean |difference| 0.27 on a 640×479 photo). A wide and a tall
-    image, with and without the folder's preprocessor_config.json."""
+    centre-cropped like CLIP's (mean |difference| 0.27 on a 640×479 photo). A processor that
+    resizes to height × width and then crops does both. A wide and a tall image, with and
+    without the folder's preprocessor_config.json."""
     from PIL import Image
     from transformers import CLIPImageProcessor, SiglipImageProcessor
 
     if family == "siglip":
         folder, proc = tmp_path / "siglip", SiglipImageProcessor(size={"height": 32, "width": 32})
         SiglipModel(_tiny_siglip()).save_pretrained(folder)
-    else:
+    elif family == "clip":
         folder = tiny_clip_folder
         proc = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    else:
+        folder = tiny_clip_folder
+        proc = CLIPImageProcessor(size={"height": 48, "width": 48}, do_center_crop=True,
+                                  crop_size={"height": 32, "width": 32})
     bare = load_model(folder)
     proc.save_pretrained(folder)
     configured = load_model(folder)
@@ -90,7 +96,7 @@ def test_images_are_resized_as_the_folders_image_processor_does(tmp_path, family
         smooth = (smooth / smooth.max()).astype(np.float32)
         image = Image.fromarray((smooth * 255).round().astype(np.uint8))
         expected = proc(images=image, return_tensors="pt")["pixel_values"]
-        for adapter in (bare, configured):
+        for adapter in (bare, configured) if family != "clip-squash-crop" else (configured,):
             got = adapter.image_tensor([np.asarray(image, dtype=np.float32) / 255])
             assert got.shape == expected.shape
             assert (got - expected).abs().mean() < 0.02, (family, shape)

@@ -43,7 +43,7 @@ class HFDualEncoderAdapter(DualEncoderAdapter):
     def image_tensor(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         image = self.image_defaults() | self.image  # folders saved before these keys existed
         return images_to_tensor(images, image["size"], image["mean"], image["std"],
-                                image["fit"], image["interpolation"], image["shortest_edge"])
+                                image["fit"], image["interpolation"], image["resize_to"])
 
     def text_tensors(
         self, texts: Sequence[str], pad_to: int | None = None
@@ -102,13 +102,14 @@ class HFDualEncoderAdapter(DualEncoderAdapter):
     def image_defaults(cls) -> dict[str, Any]:
         """The image processor's settings this model family uses when a folder names none."""
         return {"mean": list(cls.default_mean), "std": list(cls.default_std),
-                "fit": cls.default_fit, "interpolation": "bicubic", "shortest_edge": None}
+                "fit": cls.default_fit, "interpolation": "bicubic", "resize_to": None}
 
     @classmethod
     def image_settings(cls, folder: Path | None, config) -> dict[str, Any]:
         """Resizing and normalisation as the folder's ``preprocessor_config.json`` says
-        (mean, std, resize to a shortest edge and centre-crop, or to the full size, and the
-        resampling filter), else as the model family's processor does by default."""
+        (mean, std; resize the shortest edge keeping the aspect ratio, or the whole image to
+        height × width; the resampling filter; then a centre crop to the model's image size),
+        else as the model family's processor does by default."""
         settings = {"size": config.vision_config.image_size} | cls.image_defaults()
         pre = folder / "preprocessor_config.json" if folder else None
         if not (pre and pre.is_file()):
@@ -118,13 +119,11 @@ class HFDualEncoderAdapter(DualEncoderAdapter):
         settings["std"] = list(data.get("image_std", settings["std"]))
         size = data.get("size")
         if isinstance(size, dict) and "shortest_edge" in size:
-            settings["fit"], settings["shortest_edge"] = "crop", int(size["shortest_edge"])
-        elif isinstance(size, dict) and "height" in size:  # resized whole, maybe then cropped
-            crop = bool(data.get("do_center_crop", False))
-            settings["fit"] = "crop" if crop else "squash"
-            settings["shortest_edge"] = int(size["height"]) if crop else None
+            settings["fit"], settings["resize_to"] = "crop", int(size["shortest_edge"])
+        elif isinstance(size, dict) and "height" in size:  # the whole image, maybe then cropped
+            settings["fit"], settings["resize_to"] = "squash", int(size["height"])
         elif isinstance(size, int):  # older processors: an int is the shortest edge
-            settings["fit"], settings["shortest_edge"] = "crop", size
+            settings["fit"], settings["resize_to"] = "crop", size
         settings["interpolation"] = _RESAMPLE.get(data.get("resample"), "bicubic")
         return settings
 

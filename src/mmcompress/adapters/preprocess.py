@@ -19,15 +19,15 @@ def images_to_tensor(
     std: Sequence[float],
     fit: str = "crop",
     interpolation: str = "bilinear",
-    shortest_edge: int | None = None,
+    resize_to: int | None = None,
 ) -> torch.Tensor:
     """HxWxC (or HxW grey) float images in [0, 1] → normalised [B, C, size, size],
     C = len(mean).
 
-    `fit` ``crop`` resizes the shorter side to `shortest_edge` (default `size`) and crops the
-    centre (CLIP's processor); ``squash`` resizes the whole image to size×size (SigLIP's).
-    Resizing is antialiased; grey and RGB are converted as needed (the first three channels
-    of RGBA), then normalised.
+    `fit` ``crop`` resizes the shorter side to `resize_to` (default `size`), keeping the aspect
+    ratio (CLIP's processor); ``squash`` resizes the whole image to `resize_to` × `resize_to`
+    (SigLIP's). Either is then centre-cropped to `size`. Resizing is antialiased; grey and RGB
+    are converted as needed (the first three channels of RGBA), then normalised.
     """
     channels = len(mean)
     out = []
@@ -35,11 +35,11 @@ def images_to_tensor(
         t = _channels_first(img, channels)
         h, w = t.shape[1:]
         if (h, w) != (size, size):
+            edge = max(resize_to or size, size)
             if fit == "squash":
-                nh = nw = size
+                nh = nw = edge
             else:
-                short = max(shortest_edge or size, size)
-                nh, nw = (short, int(short * w / h)) if h <= w else (int(short * h / w), short)
+                nh, nw = (edge, int(edge * w / h)) if h <= w else (int(edge * h / w), edge)
             if (nh, nw) != (h, w):
                 t = F.interpolate(t[None], size=(nh, nw), mode=interpolation, antialias=True,
                                   align_corners=False)[0]
