@@ -160,3 +160,20 @@ def test_batchnorms_narrowed_by_structured_pruning_are_skipped_and_named():
     assert narrowed and set(summary["skipped"]) == narrowed
     assert summary["modules"] + len(narrowed) == sum(isinstance(m, nn.BatchNorm2d)
                                                      for m in adapter.model.modules())
+
+
+def test_equal_moments_keep_even_channels_of_a_spread_below_eps():
+    """A channel whose input spread was below the BatchNorm's eps lost its statistics to the
+    eps clamp although nothing had changed (running variance 3e-6 → 0)."""
+    from types import SimpleNamespace
+
+    from mmcompress.methods.batchnorm import _correct
+
+    bn = torch.nn.BatchNorm2d(3).eval()
+    bn.running_mean.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    bn.running_var.copy_(torch.tensor([3e-6, 2e-6, 0.5]))
+    mean, var = torch.tensor([0.2, 0.1, 0.0]), torch.tensor([4e-6, 2e-6, 0.7])
+    stored = bn.running_mean.clone(), bn.running_var.clone()
+    moments = SimpleNamespace(moments=lambda: (mean, var))
+    _correct(bn, moments, moments)
+    assert torch.equal(bn.running_mean, stored[0]) and torch.equal(bn.running_var, stored[1])

@@ -48,8 +48,9 @@ def _correct(module: nn.Module, now: MomentsCollector, before: MomentsCollector)
     mean, var = now.moments()
     ref_mean, ref_var = before.moments()
     eps, running_var = module.eps, module.running_var
-    # spread of the new input vs the old; 1 where the new one has none: nothing to rescale
-    ratio = torch.where(var > 0, (var / ref_var.clamp_min(eps)).sqrt(), 1.0)
+    # spread of the new input vs the old, each at least eps (BatchNorm's own resolution: equal
+    # moments give exactly 1); 1 where the new one has none: nothing to rescale
+    ratio = torch.where(var > 0, (var.clamp_min(eps) / ref_var.clamp_min(eps)).sqrt(), 1.0)
     new_var = (running_var * ratio.pow(2) + eps * (ratio.pow(2) - 1)).clamp_min(0)
     # where that clamp bit, the spread went down by less: shift the mean by what it did
     ratio = torch.where(new_var > 0, ratio, (eps / (running_var + eps)).sqrt())
