@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mmcompress.errors import RecipeError
 from mmcompress.recipe import load_recipe
@@ -217,6 +218,7 @@ def test_yaml_1_1_words_for_booleans_are_refused_in_recipe_text(word):
     given = load_recipe({"stages": [{"quantize": {"method": "rtn"}}],
                          "calibration": {"data": word}})
     assert load_recipe(given.to_yaml()).calibration.data == word  # written back, still text
+    assert yaml.safe_load(given.to_yaml())["calibration"]["data"] == word  # quoted for YAML 1.1
 
 
 def test_exponent_numbers_without_a_dot_are_numbers():

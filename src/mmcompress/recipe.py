@@ -56,17 +56,17 @@ class RecipeLoader(yaml.SafeLoader):
 
 
 class RecipeDumper(yaml.SafeDumper):
-    """YAML's safe dumper quoting text that `RecipeLoader` would read as a number or a
-    boolean."""
+    """YAML's safe dumper quoting text that `RecipeLoader` would read as a number, and text
+    YAML 1.1 readers would read as a boolean (``'yes'``)."""
 
 
 _BOOL = "tag:yaml.org,2002:bool"
+RecipeLoader.yaml_implicit_resolvers = {  # YAML 1.1's booleans out (yes, no, on, off, ...)
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+RecipeLoader.add_implicit_resolver(  # the dumper keeps 1.1's: it quotes 'yes' for any reader
+    _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 for _yaml_class in (RecipeLoader, RecipeDumper):
-    _yaml_class.yaml_implicit_resolvers = {  # YAML 1.1's booleans out (yes, no, on, off, ...)
-        first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
-        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-    _yaml_class.add_implicit_resolver(
-        _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
     _yaml_class.add_implicit_resolver(
         "tag:yaml.org,2002:float",
         re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
