@@ -82,7 +82,7 @@ class MethodConfig(Settings):
 class StageContext:
     """What a method may use besides the model: the data, calibration settings, progress."""
 
-    data: Dataset | None = None  # calibration examples (the run's data unless told otherwise)
+    data: Dataset | None = None  # calibration (and default training) examples
     calibration: Any = None
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -91,7 +91,7 @@ class StageContext:
 
     def calibration_data(self, adapter: Adapter,
                          batch_size: int | None = None) -> CalibrationData:
-        """Calibration batches drawn from the run's data with the recipe's settings
+        """Calibration batches drawn from the calibration data with the recipe's settings
         (`batch_size`: instead of the recipe's)."""
         if self.data is None:
             raise DataError("this method needs calibration data; pass --data (or use the "

@@ -28,13 +28,16 @@ class TrainStageConfig(MethodConfig, TrainSettings):
     (``targets``/``ignore``: the parameters of those modules; default every tower and the
     parameters outside towers, such as a logit scale)."""
 
-    data: str | None = Field(None, description="training data spec; default: the run's data")
+    data: str | None = Field(None, description="training data spec; default: the run's "
+                             "calibration data (see the calibration section)")
     augment: bool = Field(False, description="random crops (4-pixel padding) and flips of "
                           "training images")
 
 
 def training_data(config: TrainStageConfig, context: StageContext) -> Dataset:
-    """The stage's `data:` (read before any work by `api.compress`), else the run's data."""
+    """The stage's `data:` (read before any work by `api.compress`), else the run's
+    calibration data: `calibration.data`, else the training split of a named held-out
+    evaluation split (``demo`` → ``demo-train``), else the evaluation data."""
     if config.data is not None:
         read = context.extra.get("stage_data", {}).get(context.extra.get("stage"))
         data = read if read is not None else load_data(config.data)
