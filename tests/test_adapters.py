@@ -65,7 +65,6 @@ def test_unknown_random_model_lists_known_ones():
         load_model("random:resnet9000")
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize("family", ["clip", "siglip", "clip-squash-crop"])
 def test_images_are_resized_as_the_folders_image_processor_does(tmp_path, family,
                                                                  tiny_clip_folder):
@@ -102,6 +101,7 @@ def test_images_are_resized_as_the_folders_image_processor_does(tmp_path, family
             assert (got - expected).abs().mean() < 0.02, (family, shape)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", ["clip-vit-base-patch32", "siglip-base-patch16-224"])
 def test_random_full_size_architectures(name):
     adapter = RANDOM_MODELS[name]()
