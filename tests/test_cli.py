@@ -3,6 +3,7 @@
 import json
 import re
 
+import numpy as np
 import pytest
 import yaml
 from _helpers import FAST_EVAL, toy_image_data
@@ -332,3 +333,21 @@ def test_a_named_held_out_split_calibrates_on_its_training_complement(tiny_clip)
     summary = {"modules": 3, "calibration": {"text": {"examples": 8, "tokens": 40}},
                "calibration_data": "stsb-train"}
     assert "calibrated on 8 texts (40 tokens) of stsb-train" in stage_details(summary)
+
+
+def test_inspect_sensitivity_probes_a_per_channel_grid(tiny_clip_folder, tmp_path):
+    """`--group-size` could not ask for one scale per output channel."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in ("cat", "dog"):
+        (tmp_path / "pets" / name).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(
+                tmp_path / "pets" / name / f"{i}.png")
+    args = ["inspect", str(tiny_clip_folder), "--sensitivity", "--data", str(tmp_path / "pets"),
+            "--max-samples", "4", "--bits", "4", "--group-size"]
+    result = runner.invoke(app, [*args, "0"])
+    assert result.exit_code == 0, result.output
+    assert "RTN int4 (per channel) on 4 examples" in result.output
+    _assert_user_error(runner.invoke(app, [*args, "-1"]), "--group-size must be at least 1")

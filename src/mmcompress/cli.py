@@ -217,7 +217,8 @@ def inspect(
         help="measure the quality drop when each tower and layer alone is quantized")] = False,
     data: DataOpt = None,
     bits: Annotated[int, typer.Option(help="bits for --sensitivity")] = 4,
-    group_size: Annotated[int | None, typer.Option(help="group size for --sensitivity")] = 128,
+    group_size: Annotated[int, typer.Option(
+        help="group size for --sensitivity; 0 = one scale per output channel")] = 128,
     max_samples: Annotated[int, typer.Option(min=1, help="examples for --sensitivity")] = 64,
     top: Annotated[int, typer.Option(min=1, help="most sensitive layers to list")] = 15,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
@@ -258,8 +259,9 @@ def _print_sensitivity(adapter, data, bits, group_size, max_samples, top, as_jso
 
     if not 2 <= bits <= 8:
         raise UserError(f"--bits must be between 2 and 8, got {bits}")
-    if group_size is not None and group_size < 1:
-        raise UserError(f"--group-size must be at least 1, got {group_size}")
+    if group_size < 0:
+        raise UserError(f"--group-size must be at least 1, or 0 for per channel, got {group_size}")
+    group_size = group_size or None  # 0: per channel
     dataset = load_data(data if data is not None else adapter.default_data)
     check_data_fits(adapter, dataset)
     result = sensitivity(adapter, dataset, QuantGrid(bits, group_size), max_samples,
@@ -267,7 +269,8 @@ def _print_sensitivity(adapter, data, bits, group_size, max_samples, top, as_jso
     if as_json:
         typer.echo(to_json(result))
         return
-    typer.echo(f"RTN int{bits} (group {group_size}) on {result['examples']} examples; "
+    grid = f"group {group_size}" if group_size else "per channel"
+    typer.echo(f"RTN int{bits} ({grid}) on {result['examples']} examples; "
                f"reference {result['reference']}")
     typer.echo(f"{'tower':12s} {'fidelity loss':>14s}  quality drop")
     for tower, m in result["towers"].items():
