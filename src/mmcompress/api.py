@@ -72,7 +72,8 @@ def compress(
     check_data_fits(adapter, dataset)
     check_targets(adapter, recipe.stages)
     calib_spec = _calibration_spec(calibration_data, recipe, data, adapter)
-    calib_set = _calibration_set(calib_spec) if calib_spec is not None else dataset
+    calib_set = (_data_read_early(calib_spec, "calibration data") if calib_spec is not None
+                 else dataset)
     stage_sets = _stage_sets(adapter, recipe.stages)
     eval_cfg = recipe.evaluate
     before = evaluate_adapter(
@@ -149,31 +150,27 @@ def _calibration_spec(given: str | Path | Dataset | None, recipe: Recipe,
     return TRAINING_SPLIT.get(evaluated) if isinstance(evaluated, str) else None
 
 
-def _calibration_set(spec: str | Path | Dataset) -> Dataset:
-    """The calibration data, read before any work (its errors say where it came from)."""
+def _data_read_early(spec: str | Path | Dataset, where: str,
+                     adapter: Adapter | None = None) -> Dataset:
+    """Data a run will need, read and checked before any work (with `adapter`: also that the
+    model can use it); its errors say `where` it came from."""
     try:
         data = load_data(spec)
-        data.check()
+        if adapter is None:
+            data.check()
+        else:
+            check_data_fits(adapter, data)
         return data
     except UserError as exc:
-        raise type(exc)(f"calibration data: {exc}") from None
+        raise type(exc)(f"{where}: {exc}") from None
 
 
 def _stage_sets(adapter: Adapter, stages: list) -> dict[int, Dataset]:
-    """Each stage's own training data (`data:`), read and checked before any work: a wrong
-    path or kind fails now, not after evaluation and the stages before it."""
-    sets = {}
-    for i, stage in enumerate(stages):
-        spec = getattr(stage.config, "data", None)
-        if spec is None:
-            continue
-        try:
-            sets[i] = load_data(spec)
-            check_data_fits(adapter, sets[i])
-        except UserError as exc:
-            where = f"stage {i} ({stage.kind}: {stage.config.method}) data"
-            raise type(exc)(f"{where}: {exc}") from None
-    return sets
+    """Each stage's own training data (`data:`), read before any work: a wrong path or kind
+    fails now, not after evaluation and the stages before it."""
+    return {i: _data_read_early(stage.config.data,
+                                f"stage {i} ({stage.kind}: {stage.config.method}) data", adapter)
+            for i, stage in enumerate(stages) if getattr(stage.config, "data", None) is not None}
 
 
 def _train_dir(out: Path | None) -> Path | None:

@@ -81,8 +81,9 @@ def load_model(spec: str | Path | Adapter, progress: bool = True) -> Adapter:
 
         adapter = random_model(text.removeprefix("random:"))
     else:
-        adapter = _load_path(Path(text).expanduser())
-        text = str(Path(text).expanduser().resolve())
+        path = Path(text).expanduser()
+        adapter = _load_path(path)
+        text = str(path.resolve())
     adapter.check_finite()
     adapter.source = text
     return adapter

@@ -142,8 +142,8 @@ def measurement_note(m: dict[str, Any]) -> str:
             f"{m['latency_batch_size']}, {text}"
             f"{threads_text(m['threads'])}. Size: bytes of `model.safetensors`. Peak memory: RSS "
             "added by loading the model and running each tower once, in a fresh process. "
-            "Fidelity: "
-            "mean cosine between compressed and uncompressed embeddings of the same inputs.")
+            "Fidelity: mean cosine between compressed and uncompressed embeddings of the same "
+            "inputs.")
 
 
 def report_markdown(report: dict[str, Any]) -> str:

@@ -26,6 +26,7 @@ CHARS = " abcdefghijklmnopqrstuvwxyz0123456789.,:;!?'-"  # id = index + 2; 0 pad
 BATCH = "multimodal"  # the one calibration input: whole examples
 LATENCY_TEXT = "the number seven please"  # the text of the latency inputs
 
+
 class CharTokenizer:
     """Lower-cased characters → ids (0 padding, 1 unknown), cut to `max_len`."""
 

@@ -33,7 +33,7 @@ class HFDualEncoderAdapter(DualEncoderAdapter):
     def __init__(self, model, tokenizer, image: dict[str, Any]) -> None:
         super().__init__(model)
         self.tokenizer = tokenizer
-        self.image = image
+        self.image = self.image_defaults() | image  # folders saved before these keys existed
         self.max_text_len = model.config.text_config.max_position_embeddings
 
     @property
@@ -41,7 +41,7 @@ class HFDualEncoderAdapter(DualEncoderAdapter):
         return self.image["size"]
 
     def image_tensor(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        image = self.image_defaults() | self.image  # folders saved before these keys existed
+        image = self.image
         return images_to_tensor(images, image["size"], image["mean"], image["std"],
                                 image["fit"], image["interpolation"], image["resize_to"])
 

@@ -57,7 +57,7 @@ class SentenceAdapter(Adapter):
 
     def latency_inputs(self, batch_size: int) -> dict[str, Callable[[], Any]]:
         sentence = " ".join(["a man is playing a guitar on the stage"] * 8)
-        tokens = self.text_tensors([sentence] * batch_size, pad_to=LATENCY_SEQ_LEN)
+        tokens = self.text_tensors([sentence] * batch_size, pad_to=self.latency_text_tokens())
         return {"text": lambda: self.embed_text_tensors(tokens)}
 
     def architecture(self) -> dict[str, Any]:

@@ -42,7 +42,6 @@ def layer_types(convolutions: bool, embeddings: bool) -> tuple[type[nn.Module], 
 class MethodConfig(Settings):
     """Fields every method takes. Subclasses add theirs; unknown keys are refused."""
 
-
     method: str = Field(description="the method's name")
     targets: list[str] | None = Field(None, min_length=1, description="towers, module names "
                                       "or re:regexes to act on; null = every tower")
