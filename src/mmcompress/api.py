@@ -53,7 +53,9 @@ def compress(
     """Run a recipe on a model; evaluate before and after; save atomically to `out`.
 
     Args:
-        model: a model spec (``demo``, ``random:NAME``, a folder) or a loaded `Adapter`.
+        model: a model spec (``demo``, ``random:NAME``, a folder) or a loaded `Adapter`,
+            which is compressed in place (after a failed run it may hold half-applied stages
+            and training hooks: load it again).
         recipe: a YAML path or text, a mapping, or a `Recipe`.
         out: output folder (written only if everything succeeds).
         data: data spec for evaluation (and calibration); the model's default when None.

@@ -225,8 +225,7 @@ def inspect(
     quiet: QuietOpt = False,
     threads: ThreadsOpt = None,
 ) -> None:
-    """Towers, layers and parameter counts of a model; with --sensitivity, how much
-    quantizing each tower and layer alone hurts."""
+    """Towers, layers and parameters of a model; --sensitivity: what quantizing each costs."""
     from .inspect_model import describe
     from .model_specs import load_model
 
