@@ -56,6 +56,44 @@ def saved(tiny_clip, tmp_path):
     return tmp_path
 
 
+def test_format_version_must_be_a_readable_integer(saved):
+    path = saved / "mmcompress.json"
+    manifest = json.loads(path.read_text())
+    assert manifest["format_version"] == 2
+    for bad in (True, 1.0, "2", 3):  # True and 1.0 compared equal to 1
+        path.write_text(json.dumps({**manifest, "format_version": bad}))
+        with pytest.raises(CheckpointError, match="format_version .* is not supported"):
+            mmcompress.load(saved)
+
+
+def test_format_1_description_digest_is_unchanged():
+    """Folders written before assets were listed keep their digest (no 'assets' key)."""
+    import hashlib
+
+    from mmcompress.io.checkpoint import DESCRIBED, description_digest
+
+    manifest = {"adapter": "hf_clip", "architecture": {"a": 1}, "structure": {},
+                "modules": {}, "format_version": 1}
+    old = hashlib.sha256(json.dumps({k: manifest[k] for k in DESCRIBED}, sort_keys=True,
+                                    separators=(",", ":")).encode()).hexdigest()
+    assert description_digest(manifest) == old
+    assert description_digest({**manifest, "assets": []}) != old
+
+
+@pytest.mark.parametrize("kind", ["folder", "loop", "deep"])
+def test_manifest_that_is_not_a_json_file_is_a_checkpoint_error(saved, kind):
+    path = saved / "mmcompress.json"
+    path.unlink()
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "loop":
+        path.symlink_to(path)
+    else:
+        path.write_text("[" * 100_000)
+    with pytest.raises(CheckpointError, match="no mmcompress.json file|nested too deeply"):
+        mmcompress.load(saved)
+
+
 def test_truncated_weights_are_refused(saved):
     path = saved / "model.safetensors"
     path.write_bytes(path.read_bytes()[:-100])
@@ -389,3 +427,11 @@ def test_every_module_type_is_registered_by_the_registry_alone():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert done.stdout.split() == sorted(MODULE_TYPES), done.stderr
+
+
+def test_hf_tokenizer_missing_from_output_is_refused(tiny_clip, tmp_path):
+    """An output recording a Hugging Face tokenizer but lacking its folder was read with the
+    word-hash tokenizer instead, without a word."""
+    arch = {**tiny_clip.architecture(), "tokenizer": "hf"}
+    with pytest.raises(CheckpointError, match="tokenizer/ folder is missing"):
+        type(tiny_clip).from_architecture(arch, tmp_path)

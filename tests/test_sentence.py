@@ -156,6 +156,49 @@ def test_reload_without_tokenizer_is_a_checkpoint_error(tiny_adapter, tmp_path: 
         SentenceAdapter.from_architecture(tiny_adapter.architecture(), tmp_path)
 
 
+def _saved_output(adapter: SentenceAdapter, folder: Path) -> Path:
+    from mmcompress.io.checkpoint import save_checkpoint
+
+    save_checkpoint(adapter, folder, None, [])
+    return folder
+
+
+def test_saved_tokenizer_is_hashed_in_the_manifest(tiny_adapter, tmp_path: Path) -> None:
+    """An edited or deleted tokenizer file is refused (it was read silently: a swapped vocab
+    changed every output, a missing one fell back to another tokenizer)."""
+    out = _saved_output(tiny_adapter, tmp_path / "out")
+    manifest = json.loads((out / "mmcompress.json").read_text())
+    listed = {e["file"] for e in manifest["assets"]}
+    assert "tokenizer/tokenizer.json" in listed and all(f.startswith("tokenizer/")
+                                                        for f in listed)
+    tok = out / "tokenizer" / "tokenizer.json"
+    table = json.loads(tok.read_text())
+    vocab = table["model"]["vocab"]
+    a, b = list(vocab)[5:7]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    tok.write_text(json.dumps(table))
+    with pytest.raises(CheckpointError, match="tokenizer.json is truncated or altered"):
+        mmcompress.load(out)
+    tok.unlink()
+    with pytest.raises(CheckpointError, match="tokenizer.json is missing"):
+        mmcompress.load(out)
+
+
+def test_assets_list_cannot_be_dropped_or_point_outside(tiny_adapter, tmp_path: Path) -> None:
+    out = _saved_output(tiny_adapter, tmp_path / "out")
+    path = out / "mmcompress.json"
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in manifest.items() if k != "assets"}))
+    with pytest.raises(CheckpointError, match="altered: its model description"):
+        mmcompress.load(out)
+    from mmcompress.io.checkpoint import _check_assets  # behind the digest: defence in depth
+
+    for name in ("../elsewhere/tokenizer.json", "/etc/passwd"):
+        outside = dict(manifest["assets"][0], file=name)
+        with pytest.raises(CheckpointError, match="not a path inside the folder"):
+            _check_assets(out, {"assets": [outside]})
+
+
 @pytest.fixture
 def tiny_folder(tiny_adapter, tmp_path: Path) -> Path:
     """A tiny BERT saved as a local Hugging Face folder with its tokenizer."""

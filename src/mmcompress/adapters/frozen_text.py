@@ -24,7 +24,7 @@ from ..models.sentence_encoder import minilm_path
 from ..paths import cache_dir
 from ..progress import announce
 from .base import DualEncoderAdapter
-from .tokenizers import load_tokenizer, tokenize
+from .tokenizers import load_tokenizer, saved_tokenizer, tokenize
 
 TEXT_PREFIX = "text."
 
@@ -60,9 +60,9 @@ class FrozenTextAdapter(DualEncoderAdapter):
 
     @staticmethod
     def tokenizer_for(folder: Path | None):
-        """The tokenizer saved in an output folder, else MiniLM's own."""
-        saved = folder / "tokenizer" if folder is not None else None
-        return load_tokenizer(saved if saved is not None and saved.is_dir() else minilm_path())
+        """The tokenizer saved in output `folder`; MiniLM's own for a model built anew (None)."""
+        saved = saved_tokenizer(folder, "text tower")
+        return load_tokenizer(saved if saved is not None else minilm_path())
 
 
 def cache_key(*settings: Any) -> str:

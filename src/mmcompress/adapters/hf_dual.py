@@ -14,7 +14,7 @@ from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
 
 from .base import DualEncoderAdapter
 from .preprocess import HashTokenizer, images_to_tensor
-from .tokenizers import has_tokenizer, load_tokenizer, pretrained, tokenize
+from .tokenizers import has_tokenizer, load_tokenizer, pretrained, saved_tokenizer, tokenize
 
 # PIL resampling codes in preprocessor_config.json (bilinear 2, bicubic 3; others approximated)
 _RESAMPLE = {2: "bilinear", 3: "bicubic"}
@@ -67,10 +67,8 @@ class HFDualEncoderAdapter(DualEncoderAdapter):
     def from_architecture(cls, arch: dict[str, Any], folder: Path | None) -> HFDualEncoderAdapter:
         config = cls.config_cls.from_dict(arch["config"])
         model = cls.model_cls(config)
-        if arch.get("tokenizer") == "hf" and folder and (folder / "tokenizer").is_dir():
-            tokenizer = load_tokenizer(folder / "tokenizer")
-        else:
-            tokenizer = cls.hash_tokenizer(config)
+        saved = saved_tokenizer(folder, "text tower") if arch.get("tokenizer") == "hf" else None
+        tokenizer = load_tokenizer(saved) if saved is not None else cls.hash_tokenizer(config)
         return cls(model, tokenizer, arch["image"])
 
     def save_assets(self, folder: Path) -> None:

@@ -12,7 +12,7 @@ import torch
 from ..errors import CheckpointError, UserError
 from ..models.sentence_encoder import SentenceEncoder, minilm_path
 from .base import LATENCY_SEQ_LEN, Adapter, DualEncoderAdapter
-from .tokenizers import has_tokenizer, load_tokenizer, tokenize
+from .tokenizers import has_tokenizer, load_tokenizer, saved_tokenizer, tokenize
 
 DEFAULT_MAX_SEQ_LENGTH = 256  # sentence-transformers' value when a folder does not say
 
@@ -65,9 +65,9 @@ class SentenceAdapter(Adapter):
 
     @classmethod
     def from_architecture(cls, arch: dict[str, Any], folder: Path | None) -> SentenceAdapter:
-        tok_dir = folder / "tokenizer" if folder is not None else None
-        if tok_dir is None or not tok_dir.is_dir():
-            raise CheckpointError(f"{folder}: the sentence encoder's tokenizer/ folder is missing")
+        tok_dir = saved_tokenizer(folder, "sentence encoder")
+        if tok_dir is None:
+            raise CheckpointError("the sentence encoder is rebuilt from an output folder only")
         model = SentenceEncoder.from_config_dict(arch["config"])
         return cls(model, load_tokenizer(tok_dir), int(arch["max_seq_length"]))
 

@@ -56,6 +56,17 @@ def load_tokenizer(folder: Path):
     return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
 
 
+def saved_tokenizer(folder: Path | None, model: str) -> Path | None:
+    """The ``tokenizer/`` folder of output `folder` (None when the model is built without
+    one); an output saved without it is refused rather than read with another tokenizer."""
+    if folder is None:
+        return None
+    saved = folder / "tokenizer"
+    if not saved.is_dir():
+        raise CheckpointError(f"{folder}: the {model}'s tokenizer/ folder is missing")
+    return saved
+
+
 def tokenize(
     tokenizer, texts: Sequence[str], max_length: int, pad_to: int | None
 ) -> dict[str, torch.Tensor]:

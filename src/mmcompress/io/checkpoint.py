@@ -30,11 +30,13 @@ from ..modules.replace import replace_modules
 from .structure import apply_structure, meta_base, structure_diff
 from .tensor_file import DTYPES, TensorFile
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the files `save_assets` writes are listed with their sha256
+READABLE_VERSIONS = (1, 2)
 WEIGHTS = "model.safetensors"
 BUFFERS = "buffers.safetensors"
 MANIFEST = "mmcompress.json"
 DESCRIBED = ("adapter", "architecture", "structure", "modules")
+ASSETS = "assets"  # manifest key: [{file, bytes, sha256}] of the tokenizer and other assets
 DESCRIPTION_KEY = "mmcompress_description_sha256"
 
 
@@ -81,20 +83,28 @@ def unsaved_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def _file_entry(path: Path) -> dict[str, Any]:
-    return {"file": path.name, "bytes": path.stat().st_size, "sha256": _sha256(path)}
+def _file_entry(path: Path, folder: Path | None = None) -> dict[str, Any]:
+    """Name (relative to `folder` when given), size and sha256 of a file the manifest covers."""
+    name = path.relative_to(folder).as_posix() if folder is not None else path.name
+    return {"file": name, "bytes": path.stat().st_size, "sha256": _sha256(path)}
+
+
+def _files(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*") if p.is_file()}
 
 
 def save_checkpoint(adapter: Adapter, folder: Path, base_model: str | None,
                     history: list[dict]) -> None:
     """Write weights, manifest and assets into `folder` (an atomic temporary folder)."""
     weights, buffers = folder / WEIGHTS, folder / BUFFERS
+    present = _files(folder)
     adapter.save_assets(folder)
     described = {
         "adapter": adapter.name,
         "architecture": adapter.architecture(),
         "structure": structure_diff(_base_model(adapter, folder), adapter.model),
         "modules": replaced_modules(adapter.model),
+        ASSETS: [_file_entry(p, folder) for p in sorted(_files(folder) - present)],
     }
     save_file(state_for_saving(adapter.model), str(weights),
               metadata={"format": "pt", DESCRIPTION_KEY: description_digest(described)})
@@ -114,9 +124,12 @@ def save_checkpoint(adapter: Adapter, folder: Path, base_model: str | None,
 
 def description_digest(manifest: dict[str, Any]) -> str:
     """sha256 of the manifest's model description (adapter, architecture, structure, replaced
-    modules) as it reads back from JSON; the weights file keeps it in its metadata, which the
-    manifest's own hash of that file covers, so an edit to either is caught."""
+    modules, and the assets' hashes where listed) as it reads back from JSON; the weights file
+    keeps it in its metadata, which the manifest's own hash of that file covers, so an edit to
+    either is caught."""
     described = {k: manifest.get(k) for k in DESCRIBED}
+    if ASSETS in manifest:  # format 1 listed none: its digests are kept as they were
+        described[ASSETS] = manifest[ASSETS]
     canonical = json.dumps(json.loads(json.dumps(described)), sort_keys=True,
                            separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -139,28 +152,37 @@ def _base_model(adapter: Adapter, folder: Path | None) -> torch.nn.Module:
 
 def read_manifest(folder: Path) -> dict[str, Any]:
     path = folder / MANIFEST
+    if not path.is_file():  # missing, a folder, a FIFO, a link to nowhere or a link loop
+        raise CheckpointError(f"{folder}: no {MANIFEST} file; not an mmcompress output folder")
     try:
         manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{folder}: no {MANIFEST}; not an mmcompress output folder") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path} is corrupted: {exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        why = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise CheckpointError(f"{path} is corrupted: {why}") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path} cannot be read: {exc.strerror or exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != "mmcompress":
         raise CheckpointError(f"{path} is not an mmcompress manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    version = manifest.get("format_version")
+    if type(version) is not int or version not in READABLE_VERSIONS:
         raise CheckpointError(
-            f"{path}: format_version {manifest.get('format_version')!r} is not "
-            f"supported (this mmcompress reads {FORMAT_VERSION})"
+            f"{path}: format_version {version!r} is not supported (this mmcompress reads "
+            f"{', '.join(map(str, READABLE_VERSIONS))})"
         )
     return manifest
 
 
-def _verified(folder: Path, entry: Any) -> Path:
-    """The file a manifest entry names, once its size and sha256 match the entry."""
+def _verified(folder: Path, entry: Any, nested: bool = False) -> Path:
+    """The file a manifest entry names, once its size and sha256 match the entry (`nested`:
+    a path inside `folder`, such as ``tokenizer/vocab.txt``; else a name in it)."""
     try:
-        path = folder / Path(entry["file"]).name
+        name = entry["file"]
+        parts = Path(name).parts
+        if nested and (Path(name).is_absolute() or ".." in parts or not parts):
+            raise ValueError(f"{name!r} is not a path inside the folder")
+        path = folder / (name if nested else Path(name).name)
         size, digest = entry["bytes"], entry["sha256"]
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{folder / MANIFEST} is inconsistent: {exc!r}") from None
     if not path.is_file():
         raise CheckpointError(f"{path} is missing")
@@ -169,6 +191,15 @@ def _verified(folder: Path, entry: Any) -> Path:
             f"{path} is truncated or altered (size or sha256 differs from {MANIFEST})"
         )
     return path
+
+
+def _check_assets(folder: Path, manifest: dict[str, Any]) -> None:
+    """Every asset the manifest lists (format 2: the tokenizer) is there, unaltered."""
+    entries = manifest.get(ASSETS, [])
+    if not isinstance(entries, list):
+        raise CheckpointError(f"{folder / MANIFEST}: {ASSETS!r} is not a list")
+    for entry in entries:
+        _verified(folder, entry, nested=True)
 
 
 def _read(path: Path) -> dict[str, torch.Tensor]:
@@ -327,6 +358,7 @@ def load_checkpoint(folder: Path) -> Adapter:
     with TensorFile(weights) as file:  # its header, read once: tensor entries and metadata
         stored, metadata = file.entries, file.metadata
     _check_description(manifest, metadata, weights)
+    _check_assets(folder, manifest)
     adapter = _lean_rebuild(folder, manifest, weights, stored, buffers) \
         if buffers is not None else None
     if adapter is None:  # a folder from before buffers.safetensors, or a tensor it lacks
