@@ -101,6 +101,42 @@ def test_out_naming_the_current_folder_or_a_long_name_is_refused_before_any_work
         assert (long / "a.txt").read_text() == "a"
 
 
+def test_out_replacing_what_the_run_reads_or_a_dangling_link_is_refused(tmp_path):
+    """`--out` naming the model folder with --overwrite replaced the model by its compressed
+    copy, whose manifest then named itself as the base (fidelity 1.0 ever after); a dangling
+    link as --out failed renaming after all the work."""
+    from mmcompress.errors import UserError
+
+    model = tmp_path / "models" / "m"
+    model.mkdir(parents=True)
+    data = tmp_path / "data" / "pairs.csv"
+    data.parent.mkdir()
+    data.write_text("x")
+    reads = (model, data)
+    for out in (model, model.parent, data.parent, tmp_path / "models" / ".." / "models" / "m"):
+        with pytest.raises(UserError, match="which this run reads"):
+            atomic.check_output_dir(out, overwrite=True, reads=reads)
+    atomic.check_output_dir(model / "inside", overwrite=True, reads=reads)
+    atomic.check_output_dir(tmp_path / "data-out", overwrite=True, reads=reads)
+    link = tmp_path / "dangling"
+    link.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(UserError, match="a link to a path that does not exist"):
+        atomic.check_output_dir(link, overwrite=True)
+
+
+def test_compress_refuses_out_naming_its_model_folder(tiny_clip, tmp_path):
+    import mmcompress
+    from mmcompress.errors import UserError
+
+    recipe = {"stages": [{"quantize": {"method": "rtn", "bits": 8}}]}
+    data = tmp_path / "d"
+    data.mkdir()
+    with pytest.raises(UserError, match="which this run reads"):
+        mmcompress.compress(tiny_clip, recipe, out=tmp_path, data=data, overwrite=True,
+                            progress=False)
+    assert data.is_dir()
+
+
 def test_the_demo_replaces_only_a_folder_holding_an_output_and_nothing_else(tmp_path):
     from mmcompress.api import is_output_folder
 

@@ -15,7 +15,7 @@ from .adapters import Adapter
 from .compiled import compile_towers
 from .data import Dataset, load_data
 from .data.splits import TRAINING_SPLIT
-from .errors import UserError
+from .errors import CheckpointError, UserError
 from .evaluation.evaluate import check_data_fits, evaluate_adapter, quality
 from .io.atomic import atomic_folder, check_output_dir
 from .io.checkpoint import BUFFERS, MANIFEST, WEIGHTS, load_checkpoint, save_checkpoint
@@ -67,7 +67,9 @@ def compress(
     recipe = load_recipe(recipe)
     out_path = Path(out) if out is not None else None
     if out_path is not None:
-        check_output_dir(out_path, overwrite)
+        check_output_dir(out_path, overwrite, _paths_read(
+            model, data, calibration_data, recipe.calibration.data,
+            *(getattr(stage.config, "data", None) for stage in recipe.stages)))
     adapter = load_model(model, progress=progress)
     spec = _spec_name(adapter)
     dataset = load_data(data if data is not None else adapter.default_data)
@@ -84,6 +86,11 @@ def compress(
     train_dir = _train_dir(out_path)
     history = _run_stages(adapter, recipe, dataset, calib_set, before, progress, train_dir,
                           stage_sets)
+    try:  # a model that could not be loaded back is never saved
+        adapter.check_finite()
+    except CheckpointError as exc:
+        raise UserError(f"the compressed model is broken, {exc}: the calibration data may "
+                        "hold extreme values") from None
     if not is_main_process():
         out_path = train_dir = None  # under torchrun only rank 0 writes
     report: dict[str, Any] = {
@@ -136,6 +143,11 @@ def is_output_folder(folder: Path, recipe: str | None = None) -> bool:
     except UserError:
         return False
     return saved == load_recipe(recipe).to_dict(given=True)
+
+
+def _paths_read(*specs: Any) -> tuple[Path, ...]:
+    """The paths among model and data specs: the output may not replace one."""
+    return tuple(Path(s) for s in specs if isinstance(s, str | Path) and Path(s).exists())
 
 
 def _calibration_spec(given: str | Path | Dataset | None, recipe: Recipe,

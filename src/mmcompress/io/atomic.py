@@ -19,15 +19,23 @@ def _beside(out: Path, what: str) -> str:
     return f".{name}.{what}-"
 
 
-def check_output_dir(out: Path, overwrite: bool) -> None:
+def check_output_dir(out: Path, overwrite: bool, reads: tuple[Path, ...] = ()) -> None:
     """Refuse to replace a non-empty folder unless asked to, the folder the command runs in
-    (or one holding it), and a path that cannot be written (checked before any work)."""
+    (or one holding it), a model or data path the run `reads` (or a folder holding it), and a
+    path that cannot be written (checked before any work)."""
     out = Path(out)
     try:
-        here = Path.cwd().resolve()
-        if out.resolve() in (here, *here.parents):
+        here, target = Path.cwd().resolve(), out.resolve()
+        if target in (here, *here.parents):
             raise UserError(f"--out {out} is the folder this command runs in, or holds it; "
                             "name a folder to create")
+        for source in map(Path, reads):
+            source = source.resolve()
+            if target == source or target in source.parents:
+                raise UserError(f"--out {out} is or holds {source}, which this run reads: "
+                                "name another folder")
+        if out.is_symlink() and not out.exists():
+            raise UserError(f"--out {out} is a link to a path that does not exist")
         if out.exists() and not out.is_dir():
             raise UserError(f"--out {out} exists and is not a folder")
         if out.is_dir() and any(out.iterdir()) and not overwrite:
