@@ -108,6 +108,32 @@ def test_nan_images_are_refused_when_evaluating_too(tiny_clip):
         quality(tiny_clip, data)
 
 
+def test_non_finite_outputs_are_refused_not_scored(tiny_clip):
+    """Huge but finite inputs (float WAV samples of 1e30) gave NaN outputs, scored and
+    reported as if they meant something."""
+    data = toy_image_data()
+    data.images[3] = np.full((16, 16, 3), 3e38, dtype=np.float32)
+    with pytest.raises(DataError, match="image outputs on toy hold NaN or Inf"):
+        quality(tiny_clip, data)
+
+
+def test_compress_refuses_to_save_a_model_holding_nan(tiny_clip, tmp_path, monkeypatch):
+    import mmcompress
+    from mmcompress import api
+    from mmcompress.errors import UserError
+
+    def broken(adapter, *args, **kwargs):
+        adapter.model.logit_scale.data.fill_(float("nan"))
+        return []
+
+    monkeypatch.setattr(api, "_run_stages", broken)
+    recipe = {"stages": [{"quantize": {"method": "rtn", "bits": 8}}]}
+    with pytest.raises(UserError, match="compressed model is broken, weight 'logit_scale'"):
+        mmcompress.compress(tiny_clip, recipe, out=tmp_path / "out", data=toy_image_data(),
+                            progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("summary,line", [
     ({"modules": 12}, "12 modules changed"),
     ({"params_kept_ratio": 0.5012, "removed": {}}, "parameters ×0.501"),
