@@ -52,6 +52,22 @@ def test_valid_recipe_roundtrips_through_yaml():
          "works with magnitude and wanda"),
         ("stages:\n  - quantize: {method: rtn}\ncalibration: {samples: -5}\n",
          r"recipe calibration\.samples \(line 3\): .*greater than 0"),
+        # the seed reached numpy as -1: an internal error after the first evaluation
+        ("stages:\n  - quantize: {method: gptq}\ncalibration: {seed: -1}\n",
+         r"calibration\.seed \(line 3\): .*greater than or equal to 0"),
+        ("stages:\n  - finetune: {method: task, seed: -1}\n", r"finetune\.seed"),
+        # an alias inside itself recursed without end; aliases of aliases took seconds
+        ("stages: &s [ {quantize: {method: rtn, targets: *s}} ]\n",
+         "line 1: an alias names a value holding it"),
+        ("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+            f"{n}: &{n} [{', '.join([f'*{p}'] * 10)}]\n" for p, n in zip("abcdef", "bcdefg"))
+         + "stages: [{quantize: {method: rtn, targets: *g}}]\n",
+         "expands to more than 100,000 values"),
+        ("stages:\n  - quantize: {method: rtn, targets: " + "[" * 60 + "]" * 60 + "}\n",
+         "nested more than 50 deep"),
+        ("stages:\n  - quantize: {method: rtn, targets: " + "[" * 3000 + "]" * 3000 + "}\n",
+         "nested more than 50 deep"),
+        ("stages:\n  - quantize: {method: rtn, ? [a, b] : 1}\n", "a key must be plain text"),
     ],
 )
 def test_bad_recipes_name_the_problem(text, message):
@@ -272,3 +288,11 @@ def test_options_that_would_do_nothing_at_these_bits_are_refused(stage, fragment
         load_recipe({"stages": [{"quantize": stage}]})
     kept = {"method": "rtn", "bits": 16, "dtype": "bf16", "targets": ["vision"]}
     assert load_recipe({"stages": [{"quantize": kept}]}).stages[0].config.dtype == "bf16"
+
+
+def test_yaml_aliases_that_repeat_a_setting_still_work():
+    recipe = load_recipe("stages:\n"
+                         "  - prune: {method: magnitude, sparsity: 0.5, targets: &t [text]}\n"
+                         "  - prune: {method: magnitude, sparsity: 0.5, targets: [vision]}\n"
+                         "  - quantize: {method: rtn, bits: 4, targets: *t}\n")
+    assert recipe.stages[0].config.targets == recipe.stages[2].config.targets == ["text"]

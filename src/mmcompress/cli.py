@@ -35,6 +35,7 @@ DataOpt = Annotated[
     ),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
+MAX_THREADS = 1024  # far beyond any CPU's cores; 30,000 made the OpenMP runtime fail or crash
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="torch CPU threads")]
 
 
@@ -89,8 +90,8 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _setup(quiet: bool, threads: int | None) -> bool:
-    if threads is not None and threads < 1:
-        raise UserError(f"--threads must be at least 1, got {threads}")
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise UserError(f"--threads must be between 1 and {MAX_THREADS}, got {threads}")
     if threads:
         import torch
 

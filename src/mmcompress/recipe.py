@@ -303,26 +303,54 @@ def load_recipe(source: str | Path | dict | Recipe) -> Recipe:
             raise RecipeError(f"recipe file {path} is not UTF-8 text (byte {exc.start})") from None
     try:
         root = yaml.compose(text, Loader=RecipeLoader)
+        _check_tree(root)
         data = yaml.load(text, Loader=RecipeLoader)  # a SafeLoader: no Python objects
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise RecipeError(f"recipe is not valid YAML{where}: {problem}") from None
-    _refuse_duplicate_keys(root)
+    except RecursionError:
+        raise RecipeError(f"recipe values are nested more than {MAX_DEPTH} deep") from None
     return parse_recipe(data, root)
 
 
-def _refuse_duplicate_keys(node: yaml.Node | None) -> None:
-    """YAML keeps the last of two equal keys without a word; a recipe refuses them."""
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key, value in node.value:
-            if key.value in seen:
-                raise RecipeError(f"recipe line {key.start_mark.line + 1}: key {key.value!r} "
-                                  "is given twice in the same mapping")
-            seen.add(key.value)
-            _refuse_duplicate_keys(value)
-    elif isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            _refuse_duplicate_keys(item)
+MAX_DEPTH = 50  # a recipe nests four or five levels
+MAX_VALUES = 100_000  # values once YAML aliases are expanded
+
+
+def _check_tree(root: yaml.Node | None) -> None:
+    """Refuse what YAML accepts but a recipe cannot mean: a key given twice in one mapping
+    (YAML keeps the last without a word), a key that is not plain text, an alias inside the
+    value it names, values nested too deep, and aliases expanding to a huge tree."""
+    visits = 0
+
+    def walk(node: yaml.Node, ancestors: tuple[int, ...]) -> None:
+        nonlocal visits
+        visits += 1
+        line = node.start_mark.line + 1
+        if visits > MAX_VALUES:
+            raise RecipeError(f"recipe expands to more than {MAX_VALUES:,} values (its aliases "
+                              "repeat what they name)")
+        if id(node) in ancestors:
+            raise RecipeError(f"recipe line {line}: an alias names a value holding it")
+        if len(ancestors) > MAX_DEPTH:
+            raise RecipeError(f"recipe line {line}: values nested more than {MAX_DEPTH} deep")
+        inside = (*ancestors, id(node))
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key, value in node.value:
+                if not isinstance(key, yaml.ScalarNode):
+                    raise RecipeError(f"recipe line {key.start_mark.line + 1}: a key must be "
+                                      "plain text, not a list or mapping")
+                if key.value in seen:
+                    raise RecipeError(f"recipe line {key.start_mark.line + 1}: key "
+                                      f"{key.value!r} is given twice in the same mapping")
+                seen.add(key.value)
+                walk(value, inside)
+        elif isinstance(node, yaml.SequenceNode):
+            for item in node.value:
+                walk(item, inside)
+
+    if root is not None:
+        walk(root, ())

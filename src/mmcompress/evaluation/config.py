@@ -53,7 +53,7 @@ class CalibrationConfig(Settings):
     text_tokens: PositiveInt = Field(DEFAULT_TEXT_TOKENS, description="with samples 'auto': "
                                      "the real (unpadded) tokens drawn texts add up to at least")
     batch_size: PositiveInt = Field(16, description="examples per calibration forward pass")
-    seed: int = Field(0, description="seed of the draw of calibration examples")
+    seed: int = Field(0, ge=0, description="seed of the draw of calibration examples")
 
     @model_validator(mode="after")
     def _tokens_need_auto(self) -> CalibrationConfig:
