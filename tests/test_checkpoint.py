@@ -67,7 +67,7 @@ def test_format_version_must_be_a_readable_integer(saved):
 
 
 def test_format_1_description_digest_is_unchanged():
-    """Folders written before assets were listed keep their digest (no 'assets' key)."""
+    """Folders of format 1 keep their digest: of the model description alone."""
     import hashlib
 
     from mmcompress.io.checkpoint import DESCRIBED, description_digest
@@ -77,7 +77,21 @@ def test_format_1_description_digest_is_unchanged():
     old = hashlib.sha256(json.dumps({k: manifest[k] for k in DESCRIBED}, sort_keys=True,
                                     separators=(",", ":")).encode()).hexdigest()
     assert description_digest(manifest) == old
-    assert description_digest({**manifest, "assets": []}) != old
+    assert description_digest({**manifest, "assets": []}) == old
+    assert description_digest({**manifest, "format_version": 2}) != old
+
+
+@pytest.mark.parametrize("key,value", [("base_model", "minilm"), ("stages", [{"kind": "prune"}]),
+                                       ("mmcompress_version", "0.0.1")])
+def test_edits_anywhere_in_the_manifest_are_refused(saved, key, value):
+    """Editing `base_model` (which fidelity is measured against) or the stage history was
+    accepted: only the model description was digested."""
+    path = saved / "mmcompress.json"
+    manifest = json.loads(path.read_text())
+    assert manifest[key] != value
+    path.write_text(json.dumps({**manifest, key: value}))
+    with pytest.raises(CheckpointError, match="altered: its contents are not those saved"):
+        mmcompress.load(saved)
 
 
 @pytest.mark.parametrize("kind", ["folder", "loop", "deep"])

@@ -189,7 +189,7 @@ def test_assets_list_cannot_be_dropped_or_point_outside(tiny_adapter, tmp_path: 
     path = out / "mmcompress.json"
     manifest = json.loads(path.read_text())
     path.write_text(json.dumps({k: v for k, v in manifest.items() if k != "assets"}))
-    with pytest.raises(CheckpointError, match="altered: its model description"):
+    with pytest.raises(CheckpointError, match="altered: its contents are not those saved"):
         mmcompress.load(out)
     from mmcompress.io.checkpoint import _check_assets  # behind the digest: defence in depth
 

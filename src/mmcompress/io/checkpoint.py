@@ -30,13 +30,14 @@ from ..modules.replace import replace_modules
 from .structure import apply_structure, meta_base, structure_diff
 from .tensor_file import DTYPES, TensorFile
 
-FORMAT_VERSION = 2  # 2: the files `save_assets` writes are listed with their sha256
+FORMAT_VERSION = 2  # 2: assets listed with their sha256, the whole manifest digested
 READABLE_VERSIONS = (1, 2)
 WEIGHTS = "model.safetensors"
 BUFFERS = "buffers.safetensors"
 MANIFEST = "mmcompress.json"
-DESCRIBED = ("adapter", "architecture", "structure", "modules")
+DESCRIBED = ("adapter", "architecture", "structure", "modules")  # what format 1 digested
 ASSETS = "assets"  # manifest key: [{file, bytes, sha256}] of the tokenizer and other assets
+FILE_ENTRIES = ("weights", "buffers")  # manifest keys hashing the files; outside the digest
 DESCRIPTION_KEY = "mmcompress_description_sha256"
 
 
@@ -99,37 +100,34 @@ def save_checkpoint(adapter: Adapter, folder: Path, base_model: str | None,
     weights, buffers = folder / WEIGHTS, folder / BUFFERS
     present = _files(folder)
     adapter.save_assets(folder)
-    described = {
-        "adapter": adapter.name,
-        "architecture": adapter.architecture(),
-        "structure": structure_diff(_base_model(adapter, folder), adapter.model),
-        "modules": replaced_modules(adapter.model),
-        ASSETS: [_file_entry(p, folder) for p in sorted(_files(folder) - present)],
-    }
-    save_file(state_for_saving(adapter.model), str(weights),
-              metadata={"format": "pt", DESCRIPTION_KEY: description_digest(described)})
-    save_file(_separate(unsaved_buffers(adapter.model)), str(buffers), metadata={"format": "pt"})
     manifest = {
         "format": "mmcompress",
         "format_version": FORMAT_VERSION,
         "mmcompress_version": __version__,
         "base_model": base_model,
-        **described,
+        "adapter": adapter.name,
+        "architecture": adapter.architecture(),
+        "structure": structure_diff(_base_model(adapter, folder), adapter.model),
+        "modules": replaced_modules(adapter.model),
+        ASSETS: [_file_entry(p, folder) for p in sorted(_files(folder) - present)],
         "stages": history,
-        "weights": _file_entry(weights),
-        "buffers": _file_entry(buffers),
     }
+    save_file(state_for_saving(adapter.model), str(weights),
+              metadata={"format": "pt", DESCRIPTION_KEY: description_digest(manifest)})
+    save_file(_separate(unsaved_buffers(adapter.model)), str(buffers), metadata={"format": "pt"})
+    manifest.update(weights=_file_entry(weights), buffers=_file_entry(buffers))
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
 
 def description_digest(manifest: dict[str, Any]) -> str:
-    """sha256 of the manifest's model description (adapter, architecture, structure, replaced
-    modules, and the assets' hashes where listed) as it reads back from JSON; the weights file
-    keeps it in its metadata, which the manifest's own hash of that file covers, so an edit to
-    either is caught."""
-    described = {k: manifest.get(k) for k in DESCRIBED}
-    if ASSETS in manifest:  # format 1 listed none: its digests are kept as they were
-        described[ASSETS] = manifest[ASSETS]
+    """sha256 of the manifest as it reads back from JSON, all but the entries hashing the two
+    files (format 1: its model description alone, `DESCRIBED`); the weights file keeps it in
+    its metadata, which the manifest's own hash of that file covers, so an edit to either is
+    caught (base model, stage history and asset hashes included)."""
+    if manifest.get("format_version") == 1:
+        described = {k: manifest.get(k) for k in DESCRIBED}
+    else:
+        described = {k: v for k, v in manifest.items() if k not in FILE_ENTRIES}
     canonical = json.dumps(json.loads(json.dumps(described)), sort_keys=True,
                            separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -137,12 +135,12 @@ def description_digest(manifest: dict[str, Any]) -> str:
 
 def _check_description(manifest: dict[str, Any], metadata: dict[str, str], weights: Path
                        ) -> None:
-    """Refuse a manifest whose model description is not the one saved with the weights (in
-    their file's `metadata`; folders written before the digest existed have none)."""
+    """Refuse a manifest that is not the one saved with the weights (its digest is in their
+    file's `metadata`; folders written before the digest existed have none)."""
     saved = metadata.get(DESCRIPTION_KEY)
     if saved is not None and saved != description_digest(manifest):
-        raise CheckpointError(f"{weights.parent / MANIFEST} is altered: its model description "
-                              f"is not the one saved with {weights.name}")
+        raise CheckpointError(f"{weights.parent / MANIFEST} is altered: its contents are "
+                              f"not those saved with {weights.name}")
 
 
 def _base_model(adapter: Adapter, folder: Path | None) -> torch.nn.Module:
