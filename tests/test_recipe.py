@@ -68,6 +68,12 @@ def test_valid_recipe_roundtrips_through_yaml():
         ("stages:\n  - quantize: {method: rtn, targets: " + "[" * 3000 + "]" * 3000 + "}\n",
          "nested more than 50 deep"),
         ("stages:\n  - quantize: {method: rtn, ? [a, b] : 1}\n", "a key must be plain text"),
+        # the example recipe of docs/methods.md failed after its first training stage
+        ("stages:\n  - prune: {method: magnitude, sparsity: 0.5, schedule: {kind: cubic}}\n"
+         "  - finetune: {method: task}\n  - quantize: {method: rtn, bits: 4, qat: true}\n"
+         "  - finetune: {method: task}\n",
+         r"stages\[2\]\.quantize\.qat \(line 4\): qat trains plain .* makes every one of them "
+         "sparse"),
     ],
 )
 def test_bad_recipes_name_the_problem(text, message):

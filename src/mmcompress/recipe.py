@@ -9,6 +9,7 @@ from typing import Any, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from torch import nn
 
 from .errors import RecipeError
 from .evaluation.config import CalibrationConfig, EvaluateConfig
@@ -218,9 +219,7 @@ def _check_layer_order(stages: list[Stage], root: yaml.Node | None) -> None:
             a, cfg = earlier.config.layer_order, earlier.config
             if a is None or b is None or b > a or (b == a and LAYER_ORDER[a] != "quantization"):
                 continue
-            covers = (cfg.targets is None and not cfg.ignore and later.config.targets is None) \
-                or (cfg.targets, cfg.ignore) == (later.config.targets, later.config.ignore)
-            if not covers or not set(cfg.kinds()) & set(later.config.kinds()):
+            if not _covers(cfg, later.config) or not set(cfg.kinds()) & set(later.config.kinds()):
                 continue
             why = ("each layer is quantized once" if a == b else
                    f"{LAYER_ORDER[b]} cannot take the layers {LAYER_ORDER[a]} made")
@@ -228,6 +227,31 @@ def _check_layer_order(stages: list[Stage], root: yaml.Node | None) -> None:
                         f"layers, but {why}; stages that replace layers go "
                         f"{', '.join(LAYER_ORDER[:-1])}, then {LAYER_ORDER[-1]}: reorder them "
                         "or give them different targets", ("stages", j, later.kind), root)
+
+
+def _covers(earlier: Any, later: Any) -> bool:
+    """Whether stage config `earlier` acts on every layer `later` acts on (as far as the recipe
+    alone can tell: both on every tower, or the same targets and ignores)."""
+    return (earlier.targets is None and not earlier.ignore and later.targets is None) \
+        or (earlier.targets, earlier.ignore) == (later.targets, later.ignore)
+
+
+def _check_qat_has_layers(stages: list[Stage], root: yaml.Node | None) -> None:
+    """Refuse QAT on layers an earlier unstructured pruning stage made sparse, all of them:
+    QAT trains plain linear and convolution layers only, so it would find nothing to train
+    after the training stages before it."""
+    sparse = LAYER_ORDER.index("unstructured pruning")
+    for j, later in enumerate(stages):
+        if not getattr(later.config, "qat", False):
+            continue
+        for i, earlier in enumerate(stages[:j]):
+            if earlier.config.layer_order == sparse and _covers(earlier.config, later.config) \
+                    and {nn.Linear, nn.Conv2d} <= set(earlier.config.kinds()):
+                raise _fail(f"qat trains plain linear and convolution layers, but stage {i} "
+                            f"(prune: {earlier.config.method}) makes every one of them sparse "
+                            "(not trained); prune with method 'structured' instead, or give "
+                            "the stages different targets", ("stages", j, later.kind, "qat"),
+                            root)
 
 
 def parse_recipe(data: Any, root: yaml.Node | None = None) -> Recipe:
@@ -264,6 +288,7 @@ def parse_recipe(data: Any, root: yaml.Node | None = None) -> Recipe:
         stages.append(Stage(kind, _validate(method.config_cls, cfg, path + (kind,), root)))
     _check_training_follows(stages, root)
     _check_layer_order(stages, root)
+    _check_qat_has_layers(stages, root)
     calibration = _validate(
         CalibrationConfig, _section(data, "calibration"), ("calibration",), root
     )
