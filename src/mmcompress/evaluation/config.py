@@ -46,7 +46,10 @@ DEFAULT_TEXT_TOKENS = 128 * 256
 class CalibrationConfig(Settings):
     """Where calibration examples come from and how many are used."""
 
-    data: str | None = Field(None, description="data spec; default: the run's --data")
+    data: str | None = Field(None, description="data spec; default: the training split of a "
+                             "named held-out --data (demo → demo-train, stsb-dev → stsb-train, "
+                             "lit-cifar-eval → lit-cifar-train, trimodal → trimodal-train), "
+                             "else the run's --data")
     samples: PositiveInt | Literal["auto"] = Field(
         "auto", description=f"examples of each input; 'auto': {DEFAULT_SAMPLES}, and texts "
         "until they hold `text_tokens` real tokens (all there are, if fewer)")
