@@ -194,6 +194,19 @@ def test_every_reader_and_named_spec_is_known_to_a_fresh_load_data(tmp_path):
     assert {"stsb-dev", "stsb-train", "demo-train", "lit-cifar-train"} <= set(words[1:])
 
 
+def test_a_named_spec_gives_data_named_as_the_spec(monkeypatch):
+    """Runs printed 'trimodal-eval' and 'sts-dev', which --data refused: the names reports
+    print are the specs that load them."""
+    from mmcompress import data as data_module
+    from mmcompress.data import Dataset
+
+    monkeypatch.setitem(data_module.NAMED_DATA, "pairs-x",
+                        lambda: Dataset("pairs-x-file", "sts", texts=["a", "b"],
+                                        texts_b=["c", "d"], scores=[1.0, 2.0]))
+    data = load_data("pairs-x")
+    assert data.name == "pairs-x" and data.texts == ["a", "b"]
+
+
 def test_images_turn_by_their_exif_orientation_and_transparency_lies_on_white(tmp_path):
     """A phone photo tagged 'rotate 90°' was read sideways; transparent pixels read black."""
     from mmcompress.data.dataset import load_image

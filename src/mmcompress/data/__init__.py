@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,8 +43,8 @@ def load_data(spec: str | Path | Dataset) -> Dataset:
     """Resolve a data spec. Unknown or unreadable input raises `DataError`."""
     if isinstance(spec, Dataset):
         return spec
-    if str(spec) in NAMED_DATA:
-        return NAMED_DATA[str(spec)]()
+    if str(spec) in NAMED_DATA:  # named as it was asked for: what reports print is a spec
+        return dataclasses.replace(NAMED_DATA[str(spec)](), name=str(spec))
     path = Path(spec).expanduser()
     if not path.exists():
         raise DataError(
