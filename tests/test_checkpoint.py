@@ -370,6 +370,25 @@ def test_tensor_file_refuses_a_damaged_file(tmp_path, damage, message):
         TensorFile(path)
 
 
+@pytest.mark.parametrize("offsets,tail,message", [
+    ([[0, 16], [0, 16]], b"", "overlap or leave gaps"),  # both tensors read the same bytes
+    ([[0, 16], [32, 48]], b"", "overlap or leave gaps"),
+    ([[0, 16], [16, 32]], b"\0" * 4, "bytes follow the last tensor"),
+])
+def test_tensor_file_refuses_overlapping_or_stray_data(tmp_path, offsets, tail, message):
+    """Two tensors over the same bytes were read without a word (safetensors refuses them)."""
+    from mmcompress.io.tensor_file import TensorFile
+
+    header = {name: {"dtype": "F32", "shape": [4], "data_offsets": span}
+              for name, span in zip("ab", offsets, strict=True)}
+    raw = json.dumps(header).encode()
+    size = max(end for _, end in offsets)
+    path = tmp_path / "t.safetensors"
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + b"\0" * size + tail)
+    with pytest.raises(CheckpointError, match=message):
+        TensorFile(path)
+
+
 def test_weights_file_with_a_missing_or_extra_tensor_is_refused(tiny_clip, tmp_path):
     from mmcompress.io.checkpoint import _check_layout
 

@@ -48,6 +48,11 @@ def test_coco_reader(tmp_path):
     assert data.task == "retrieval"
     assert data.captions == [["a cat", "a small cat"], ["x"]]
     assert data.images[0].name == "1.jpg"
+    for bad in (5, None, ""):  # 5 and None were internal errors (Path / int)
+        coco["images"][1]["file_name"] = bad
+        (tmp_path / "annotations" / "captions_train2017.json").write_text(json.dumps(coco))
+        with pytest.raises(DataError, match=f"image 2 has file_name {bad!r}, not a file name"):
+            load_data(tmp_path)
 
 
 def test_unreadable_image_is_a_data_error(tmp_path):

@@ -91,6 +91,9 @@ def read_coco_captions(path: Path) -> Dataset:
         raise DataError(
             f"{json_path} is not COCO caption JSON ({type(exc).__name__}: {exc})"
         ) from None
+    for i, name in images.items():
+        if not isinstance(name, str) or not name.strip():
+            raise DataError(f"{json_path}: image {i!r} has file_name {name!r}, not a file name")
     ids = [i for i in images if caps.get(i)]
     if not ids:
         raise DataError(f"{json_path} has no images with captions")

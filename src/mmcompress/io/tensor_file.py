@@ -59,6 +59,13 @@ class TensorFile:
         self.metadata: dict[str, str] = metadata
         for name, entry in header.items():
             self._check(name, entry, size - 8 - n)
+        at = 0  # the tensors tile the data in order, as safetensors writes and checks them
+        for begin, end in sorted(tuple(e["data_offsets"]) for e in header.values()):
+            if begin != at:
+                raise self._bad("its tensors overlap or leave gaps in the data")
+            at = end
+        if at != size - 8 - n:
+            raise self._bad("bytes follow the last tensor")
         return header, 8 + n
 
     def _check(self, name: str, entry: Any, data_bytes: int) -> None:
