@@ -300,6 +300,8 @@ def test_metrics_none_of_which_apply_are_an_error_not_an_empty_table(tiny_clip_f
     assert result.exit_code == 2, result.output
     assert "none of the metrics asked for (stsb_spearman, latency_ms_audio) applies" in \
         result.output
+    result = runner.invoke(app, ["evaluate", str(tiny_clip_folder), "--metrics", ",,"])
+    assert result.exit_code == 2 and "--metrics ',,' names no metric" in result.output
 
 
 def test_help_and_usage_errors_do_not_import_torch():
@@ -352,3 +354,20 @@ def test_inspect_sensitivity_probes_a_per_channel_grid(tiny_clip_folder, tmp_pat
     assert result.exit_code == 0, result.output
     assert "RTN int4 (per channel) on 4 examples" in result.output
     _assert_user_error(runner.invoke(app, [*args, "-1"]), "--group-size must be at least 1")
+
+
+def test_sensitivity_of_a_model_with_nothing_left_to_quantize_says_so(tiny_clip):
+    """An already-quantized output printed an empty ranking without a word."""
+    from _helpers import toy_image_data
+
+    from mmcompress.errors import UserError
+    from mmcompress.inspect_model import sensitivity
+    from mmcompress.methods import METHODS, StageContext
+    from mmcompress.quantization.grid import QuantGrid
+    from mmcompress.recipe import load_recipe
+
+    stage = load_recipe({"stages": [{"quantize": {"method": "rtn", "bits": 8}}]}).stages[0]
+    METHODS[("quantize", "rtn")].apply(tiny_clip, stage.config, StageContext(progress=False))
+    with pytest.raises(UserError, match="no plain linear or convolution layer left to probe"):
+        sensitivity(tiny_clip, toy_image_data(), QuantGrid(bits=4, group_size=0), 4,
+                    progress=False)

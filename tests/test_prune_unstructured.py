@@ -198,6 +198,12 @@ def test_pattern_parsing(value, nm):
     assert parse_pattern(value) == nm
 
 
+@pytest.mark.parametrize("value", ["\uff12:\uff14", "4:2", "2:4:8", "0:4"])  # full-width digits
+def test_pattern_parsing_refuses_what_is_no_pattern(value):
+    with pytest.raises(ValueError):
+        parse_pattern(value)
+
+
 # ---- sparse modules -------------------------------------------------------------------------
 
 def test_mask_bits_round_trip():

@@ -196,8 +196,11 @@ def evaluate(
 
     progress = _setup(quiet, threads)
     config = {"max_samples": max_samples}
-    if metrics:
+    if metrics is not None:
         config["metrics"] = [m.strip() for m in metrics.split(",") if m.strip()]
+        if not config["metrics"]:
+            raise UserError(f"--metrics {metrics!r} names no metric; give comma-separated keys "
+                            "such as zeroshot_top1,size_bytes")
     result = run_evaluate(spec, data, config, progress=progress, compiled=compile_towers,
                           unpack=unpack)
     for note in result.get("notes", []):

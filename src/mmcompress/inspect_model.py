@@ -9,6 +9,7 @@ from torch import nn
 
 from .adapters import Adapter
 from .data import Dataset
+from .errors import UserError
 from .evaluation.evaluate import count_params
 from .quantization.grid import QuantGrid
 from .selection import select_modules, tower_of
@@ -67,6 +68,10 @@ def sensitivity(adapter: Adapter, data: Dataset, grid: QuantGrid, max_samples: i
 
     kinds = WeightQuantConfig(method="rtn").kinds()
     modules = select_modules(adapter.model, adapter.towers(), kinds)
+    if not modules:
+        raise UserError(f"{adapter.name}: no plain linear or convolution layer left to probe "
+                        "(the model is already quantized, sparse or factored); inspect the "
+                        "model it came from")
     probe = Probe.on(adapter, data, max_samples)
 
     def compress(_: str, m: nn.Module) -> nn.Module:

@@ -16,7 +16,7 @@ import torch
 
 NM = tuple[int, int]  # (kept, group size): "2:4" keeps at most 2 of every 4 consecutive inputs
 
-_NM_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+_NM_RE = re.compile(r"^\s*([0-9]+)\s*:\s*([0-9]+)\s*$")  # ASCII digits: '２:４' is no pattern
 
 
 def parse_pattern(value: object) -> NM | None:
