@@ -40,3 +40,19 @@ def test_resized_layers_shorter_lists_and_attrs_reload_identically(tiny_clip, tm
 def test_unchanged_model_has_an_empty_diff(tiny_clip):
     base = type(tiny_clip).from_architecture(tiny_clip.architecture(), None).model
     assert structure_diff(base, tiny_clip.model) == {}
+
+
+def test_a_structure_setting_what_the_module_lacks_is_refused(tiny_clip):
+    """An edited manifest could set any attribute ('forward' to a string: an internal error
+    when the model ran)."""
+    import pytest
+
+    from mmcompress.errors import CheckpointError
+    from mmcompress.io.structure import apply_structure
+
+    attn = "text_model.encoder.layers.0.self_attn"
+    for values in ({"forward": "x"}, {"scale": "x"}, {"dropout": None}):
+        with pytest.raises(CheckpointError, match=f"sets {attn}.* not one of that module's"):
+            apply_structure(tiny_clip.model, {"attrs": {attn: values}})
+    apply_structure(tiny_clip.model, {"attrs": {attn: {"scale": 0.25}}})
+    assert tiny_clip.model.text_model.encoder.layers[0].self_attn.scale == 0.25

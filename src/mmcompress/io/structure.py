@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from ..errors import CheckpointError
 from ..modules import MODULE_TYPES
 from ..modules.replace import replace_modules
 
@@ -86,7 +87,11 @@ def apply_structure(model: nn.Module, diff: dict[str, Any]) -> None:
         for n, spec in diff.get("resized", {}).items()})
     for name, values in diff.get("attrs", {}).items():
         module = model.get_submodule(name)
-        for key, value in values.items():
+        plain = _attrs(module)
+        for key, value in values.items():  # settings the module has, of the same type only
+            if key not in plain or type(value) is not type(plain[key]):
+                raise CheckpointError(f"the structure sets {name}.{key} to {value!r}, which "
+                                      "is not one of that module's settings")
             setattr(module, key, value)
 
 
