@@ -31,6 +31,20 @@ def test_gptq_layer_error_below_rtn(grid, act_order):
     assert gptq < 0.7 * output_error(x, w, fake_quantize(w, grid))
 
 
+@pytest.mark.parametrize("grid", [QuantGrid(4, 24), QuantGrid(3, 40, False)])
+def test_gptq_group_scales_do_not_depend_on_the_block_size(grid):
+    """A group running past a lazy block took its scale from columns that lacked the block's
+    updates: with groups of 96 and blocks of 128, ~1,100 codes differed from the
+    column-by-column algorithm (block size 1), which block sizes must not change."""
+    torch.manual_seed(0)
+    x, w = layer_inputs(), torch.randn(24, 64)
+    h = (2 * x.T @ x / len(x)).double()
+    runs = [gptq_quantize(w.double(), h, grid, block_size=b) for b in (1, 16, 64)]
+    for codes, scale, _ in runs[1:]:
+        assert torch.equal(codes, runs[0][0])
+        assert torch.allclose(scale, runs[0][1], rtol=1e-5)
+
+
 @pytest.mark.parametrize("grid", [QuantGrid(4, 16), QuantGrid(3, None, False), QuantGrid(4, 16,
                                                                                    False)])
 @pytest.mark.parametrize("act_order", [False, True])

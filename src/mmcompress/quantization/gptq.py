@@ -34,8 +34,10 @@ def gptq_quantize(
 
     Group scales follow the original column order. Without `act_order` each group's scale is
     set when GPTQ reaches the group, from the error-updated weights, including the updates
-    from earlier columns of the same block (the reference code reads a group that starts
-    inside a block as the weights stood at the block's start); with `act_order` (columns by
+    from earlier columns of the same block, on the group's columns past the block's end too:
+    the column-by-column algorithm's scales, whatever `block_size` (the reference code reads a
+    group that starts inside a block as the weights stood at the block's start); with
+    `act_order` (columns by
     decreasing Hessian diagonal) all group scales are fixed up front ("static groups") so that
     groups stay contiguous in storage.
     """
@@ -71,7 +73,9 @@ def gptq_quantize(
             col = int(perm[b0 + i])
             g = col // width
             if dynamic_groups and col % width == 0:
-                span = torch.cat([block[:, i:], w[:, b1:]], dim=1)[:, :width]
+                # a group running past the block takes the block's updates so far there too
+                tail = w[:, b1:b0 + i + width] - err @ hinv[b0:b1, b1:b0 + i + width]
+                span = torch.cat([block[:, i:], tail], dim=1)[:, :width]
                 span = span * kept[:, b0 + i:b0 + i + width]
                 s, z = compute_scales(span, QuantGrid(grid.bits, None, grid.symmetric))
                 scale[:, g], zero_f[:, g] = s[:, 0], (z[:, 0] if z is not None else grid.midpoint)
