@@ -408,7 +408,8 @@ SECTIONS = [
     ("Compression cost", "compression_cost.json", "python -m benchmarks.compression_cost",
      "Wall time and peak memory (high-water RSS above the process before the model was"
      " built) of GPTQ int4 g128 on both towers of random CLIP ViT-B/32, 128 calibration"
-     " samples."),
+     " samples of demo-train. Rerun in session 26 (Intel Xeon, beside a report-only helper"
+     " on one thread) after calibration moved from the demo evaluation split to demo-train."),
 ]
 
 
