@@ -240,14 +240,14 @@ def test_spread_maps_last_to_last():
 def test_finetune_sentence_encoder_lowers_its_loss():
     adapter = _sentence()
     obj = TaskObjective(adapter, make_task(adapter, _pairs()))
-    before = float(obj.loss(torch.arange(6)))
+    before = float(obj.loss(torch.arange(6)).detach())
     stage = load_recipe({"stages": [{"finetune": {"method": "task", "epochs": 8,
                                                   "batch_size": 6, "lr": 1e-2,
                                                   "warmup": 0}}]}).stages[0]
     summary = METHODS[("finetune", "task")].apply(adapter, stage.config,
                                                   StageContext(data=_pairs(), progress=False))
     assert summary["steps"] == 8
-    assert float(obj.loss(torch.arange(6))) < before
+    assert float(obj.loss(torch.arange(6)).detach()) < before
 
 
 def test_distill_stage_builds_student_and_reloads(tiny_clip, tmp_path):
