@@ -206,10 +206,10 @@ def test_a_named_spec_gives_data_named_as_the_spec(monkeypatch):
     from mmcompress.data import Dataset
 
     monkeypatch.setitem(data_module.NAMED_DATA, "pairs-x",
-                        lambda: Dataset("pairs-x-file", "sts", texts=["a", "b"],
+                        lambda: Dataset("pairs-x-file (two pairs)", "sts", texts=["a", "b"],
                                         texts_b=["c", "d"], scores=[1.0, 2.0]))
     data = load_data("pairs-x")
-    assert data.name == "pairs-x" and data.texts == ["a", "b"]
+    assert data.name == "pairs-x (two pairs)" and data.texts == ["a", "b"]
 
 
 def test_images_turn_by_their_exif_orientation_and_transparency_lies_on_white(tmp_path):

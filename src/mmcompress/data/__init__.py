@@ -43,8 +43,10 @@ def load_data(spec: str | Path | Dataset) -> Dataset:
     """Resolve a data spec. Unknown or unreadable input raises `DataError`."""
     if isinstance(spec, Dataset):
         return spec
-    if str(spec) in NAMED_DATA:  # named as it was asked for: what reports print is a spec
-        return dataclasses.replace(NAMED_DATA[str(spec)](), name=str(spec))
+    if str(spec) in NAMED_DATA:  # named as asked for (reports print a spec), its note kept
+        data = NAMED_DATA[str(spec)]()
+        _, note, rest = data.name.partition(" (")
+        return dataclasses.replace(data, name=str(spec) + note + rest)
     path = Path(spec).expanduser()
     if not path.exists():
         raise DataError(
