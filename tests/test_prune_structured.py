@@ -618,3 +618,65 @@ def test_importance_defaults_to_a_score_that_ranks_across_layers_for_global_scop
     from mmcompress.methods.prune_structured import StructuredPruneConfig
 
     assert StructuredPruneConfig(heads=0.5, **given).importance == expected
+
+
+def test_global_layer_removal_frees_what_per_tower_removal_frees():
+    """On a ResNet the global plan kept one removable block per stage for nothing (the
+    stride-2 block already keeps the list from emptying): 4 blocks instead of 6."""
+    kept = {}
+    for scope in ("tower", "global"):
+        adapter = ImageClassifierAdapter(_resnet())
+        _prune(adapter, toy_image_data(), layers=2, scope=scope)
+        kept[scope] = sum(p.numel() for p in adapter.model.parameters())
+    block = sum(p.numel() for p in _resnet().layer3[1].parameters())
+    assert abs(kept["global"] - kept["tower"]) <= block
+
+
+def test_after_half_precision_blocks_go_and_units_are_refused(tiny_clip):
+    """Half-precision layers (and sparse int8 ones) lack `out_features`: finding the groups
+    was an internal AttributeError, whatever the stage asked for."""
+    stage = load_recipe({"stages": [{"quantize": {"method": "rtn", "bits": 16}}]}).stages[0]
+    METHODS[("quantize", "rtn")].apply(tiny_clip, stage.config, StageContext(progress=False))
+    with pytest.raises(RecipeError, match=r"cannot shrink .*mlp\.fc1 \(HalfWeight\)"):
+        _prune(tiny_clip, toy_image_data(), neurons=0.5)
+    summary = _prune(tiny_clip, toy_image_data(), layers=1)  # whatever the blocks hold
+    assert len(tiny_clip.model.text_model.encoder.layers) == 1
+    assert summary["removed"]["vision"]["layers"] == {"removed": 1, "of": 2}
+
+
+def test_a_layer_in_ignore_keeps_its_shape_and_its_group_its_units(tiny_clip):
+    """Ignoring fc2 still shrank it (and the error advising 'ignore:' could not be followed)."""
+    mlp = tiny_clip.model.vision_model.encoder.layers[0].mlp
+    fc2 = mlp.fc2
+    stage = load_recipe({"stages": [{"quantize": {
+        "method": "rtn", "bits": 8, "targets": ["vision_model.encoder.layers.0.mlp.fc2"]}}]})
+    METHODS[("quantize", "rtn")].apply(tiny_clip, stage.stages[0].config,
+                                       StageContext(progress=False))
+    _prune(tiny_clip, neurons=0.5, importance="magnitude",
+           ignore=["vision_model.encoder.layers.0.mlp.fc2"])
+    assert mlp.fc2 is not fc2 and mlp.fc1.out_features == 64  # quantized, left whole
+    other = tiny_clip.model.vision_model.encoder.layers[1].mlp
+    assert other.fc1.out_features == other.fc2.in_features == 32
+
+
+def test_gradual_taylor_scores_equal_the_one_shot_stage_s(tiny_clip):
+    """The schedule's masks ranked units by Taylor scores of whole text batches; the one-shot
+    stage scores texts one per batch (its documented measure)."""
+    from mmcompress.methods.prune_structured import _unit_groups, one_text_per_batch
+    from mmcompress.structured.importance import unit_scores
+    from mmcompress.training.masks import StructuredMasks
+
+    config = METHODS[("prune", "structured")].config_cls.model_validate(
+        {"method": "structured", "neurons": 0.5, "importance": "taylor",
+         "schedule": {"kind": "cubic"}})
+    ctx = StageContext(data=toy_image_data(), calibration=CalibrationConfig(samples=8,
+                                                                            batch_size=4),
+                       progress=False)
+    masks = StructuredMasks(tiny_clip, config, ctx)
+    groups = _unit_groups(tiny_clip, config, set(tiny_clip.model.modules()))
+    calib = ctx.calibration_data(tiny_clip)
+    tiny_clip.model.eval()
+    one_shot = unit_scores(tiny_clip, groups, "taylor",
+                           lambda: one_text_per_batch(tiny_clip, ctx, calib), dict)
+    for a, b in zip(masks._scores(), one_shot, strict=True):
+        torch.testing.assert_close(a, b)

@@ -65,6 +65,13 @@ def check_tokens(model: nn.Module, towers: Mapping[str, Sequence[str]], tokens: 
             raise _unmatched(what, token, towers)
 
 
+def ignored_names(model: nn.Module, towers: Mapping[str, Sequence[str]],
+                  ignore: Iterable[str]) -> set[str]:
+    """Names of the modules `ignore` leaves out (each entry checked by `select_modules`)."""
+    all_names = [n for n, _ in model.named_modules() if n]
+    return set().union(*(_match_token(token, all_names, towers) for token in ignore))
+
+
 def select_modules(
     model: nn.Module,
     towers: Mapping[str, Sequence[str]],

@@ -13,7 +13,8 @@ from torch import nn
 from ..adapters import Adapter
 from ..calibration import CalibrationData
 from ..errors import RecipeError
-from ..selection import select_modules, tower_of
+from ..modules import MODULE_TYPES
+from ..selection import ignored_names, select_modules, tower_of
 from ..structured.allocate import (
     Candidate,
     check_counts,
@@ -100,9 +101,8 @@ class StructuredPruneConfig(MethodConfig):
 
     def kinds(self) -> tuple[type[nn.Module], ...]:
         """Layer types it shrinks for sure: none for whole blocks alone (removing a block
-        rebuilds no layer: it works after pruning or factoring; the stage itself refuses
-        quantized blocks), convolutions alone for channels alone (their consumer may be
-        linear, which the stage itself checks)."""
+        rebuilds no layer: it works after any stage), convolutions alone for channels alone
+        (their consumer may be linear, which the stage itself checks)."""
         units = set(self.amounts())
         if not units:
             return ()
@@ -140,9 +140,9 @@ def _prune_layers(adapter: Adapter, config: StructuredPruneConfig, chosen: set[n
     if not lists:
         raise RecipeError("prune layers: no removable layers in the targets")
     scores = layer_scores(adapter, [ll for ll, _ in lists], calib)
-    sizes = {}
+    sizes = {}  # what the global plan may empty but for one: blocks that cannot go count too
     for g, (ll, ok) in enumerate(lists):
-        sizes[g] = len(ok)
+        sizes[g] = len(ok) + (len(ok) < ll.length)
         for i in ok:
             t = _tower(ll.name, towers)
             cands.append(Candidate(g, i, "layers", scores[ll.entry(i)],
@@ -150,7 +150,8 @@ def _prune_layers(adapter: Adapter, config: StructuredPruneConfig, chosen: set[n
     if config.scope == "tower":
         plan = uniform_plan(cands, remove)
     else:
-        mean = {g: sum(c.params for c in cands if c.group == g) / sizes[g] for g in sizes}
+        mean = {g: sum(c.params for c in cands if c.group == g) / len(ok)
+                for g, (_, ok) in enumerate(lists)}
         plan = global_plan(cands, sizes, int(sum(remove[g] * mean[g] for g in sizes)))
     for g, (ll, _) in enumerate(lists):
         summary.setdefault("removed_layers", []).extend(ll.entry(i) for i in plan.get(g, []))
@@ -159,7 +160,10 @@ def _prune_layers(adapter: Adapter, config: StructuredPruneConfig, chosen: set[n
 
 
 def _all_chosen(module: nn.Module, chosen: set[nn.Module]) -> bool:
-    layers = [m for m in module.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    """Whether every layer of block `module` is targeted, whatever an earlier stage made of
+    it (removing a block rebuilds none of its layers)."""
+    kinds = (nn.Linear, nn.Conv2d, *MODULE_TYPES.values())
+    layers = [m for m in module.modules() if isinstance(m, kinds)]
     return bool(layers) and all(m in chosen for m in layers)
 
 
@@ -171,10 +175,13 @@ def _count(summary: dict, tower: str, kind: str, removed: int, total: int) -> No
 
 def _unit_groups(adapter: Adapter, config: StructuredPruneConfig,
                  chosen: set[nn.Module]) -> list[UnitGroup]:
-    """Targeted groups of the requested kinds; every amount checked before anything changes."""
+    """Targeted groups of the requested kinds, but those feeding a layer `ignore` names (it
+    keeps its shape); every amount checked before anything changes."""
     model, amounts = adapter.model, config.amounts()
+    ignored = ignored_names(model, adapter.towers(), config.ignore)
     groups = [g for g in find_structure(model).units
-              if g.kind in amounts and all(model.get_submodule(n) in chosen for n in g.outputs)]
+              if g.kind in amounts and all(model.get_submodule(n) in chosen for n in g.outputs)
+              and not ignored.intersection(g.inputs)]
     for kind in amounts:
         if not any(g.kind == kind for g in groups):
             raise RecipeError(f"prune {kind}: the targets hold no {NOUNS[kind]} this method "
@@ -238,7 +245,7 @@ def _global_units(model: nn.Module, groups: list[UnitGroup], cands: list[Candida
     return plan
 
 
-def _one_text_per_batch(adapter: Adapter, context: StageContext,
+def one_text_per_batch(adapter: Adapter, context: StageContext,
                         calib: CalibrationData) -> CalibrationData:
     """`calib`, but texts one per batch, for Taylor scores: they square each batch's gradient
     of one random projection, so a batch of one text gives that text's own term (as the
@@ -259,7 +266,7 @@ def apply_structured(adapter: Adapter, config: StructuredPruneConfig,
     chosen = set(select_modules(model, towers, (nn.Module,), config.targets,
                                 config.ignore).values())
     calib = functools.cache(lambda: context.calibration_data(adapter))
-    per_text = functools.cache(lambda: _one_text_per_batch(adapter, context, calib()))
+    per_text = functools.cache(lambda: one_text_per_batch(adapter, context, calib()))
     before = _tower_params(model, towers)
     summary: dict[str, Any] = {"importance": config.importance, "scope": config.scope,
                                "removed": {}}

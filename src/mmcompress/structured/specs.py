@@ -31,16 +31,24 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+def _dim(layer: nn.Module, attr: str) -> int:
+    """A linear or conv layer's `attr` (``out_features``, ``out_channels`` …); 0 for a module
+    an earlier stage put in its place that does not say (half precision, sparse and
+    quantized): its group is still found, and `check_prunable` refuses it when targeted."""
+    value = getattr(layer, attr, None)
+    return int(value) if isinstance(value, int) else 0
+
+
 def _clip_layer(name: str, layer: nn.Module) -> list[UnitGroup]:
     """HF CLIP / SigLIP encoder layer: ``self_attn.{q,k,v,out}_proj`` heads, ``mlp.fc1/fc2``."""
     attn, p = layer.self_attn, _join(name, "self_attn")
     heads = UnitGroup(
         "heads", p, tuple(f"{p}.{x}_proj" for x in "qkv"), (f"{p}.out_proj",),
-        size=attn.q_proj.out_features // attn.head_dim, out_width=attn.head_dim,
+        size=_dim(attn.q_proj, "out_features") // attn.head_dim, out_width=attn.head_dim,
         in_width=attn.head_dim, attrs=((p, "num_heads", 1),), layer=name)
     m = _join(name, "mlp")
     neurons = UnitGroup("neurons", m, (f"{m}.fc1",), (f"{m}.fc2",),
-                        size=layer.mlp.fc1.out_features, layer=name)
+                        size=_dim(layer.mlp.fc1, "out_features"), layer=name)
     return [heads, neurons]
 
 
@@ -51,12 +59,12 @@ def _bert_layer(name: str, layer: nn.Module) -> list[UnitGroup]:
     hd = s.attention_head_size
     heads = UnitGroup(
         "heads", f"{p}.self", tuple(f"{p}.self.{x}" for x in ("query", "key", "value")),
-        (f"{p}.output.dense",), size=s.query.out_features // hd, out_width=hd, in_width=hd,
+        (f"{p}.output.dense",), size=_dim(s.query, "out_features") // hd, out_width=hd, in_width=hd,
         attrs=((f"{p}.self", "num_attention_heads", 1), (f"{p}.self", "all_head_size", hd)),
         layer=name)
     neurons = UnitGroup("neurons", _join(name, "intermediate"),
                         (_join(name, "intermediate.dense"),), (_join(name, "output.dense"),),
-                        size=layer.intermediate.dense.out_features, layer=name)
+                        size=_dim(layer.intermediate.dense, "out_features"), layer=name)
     return [heads, neurons]
 
 
@@ -65,20 +73,21 @@ def _resnet_block(name: str, block: nn.Module) -> list[UnitGroup]:
     channels (conv2 outputs, bn2) stay, coupled with the shortcut."""
     return [UnitGroup("channels", _join(name, "conv1"),
                       (_join(name, "conv1"), _join(name, "bn1")), (_join(name, "conv2"),),
-                      size=block.conv1.out_channels, layer=name)]
+                      size=_dim(block.conv1, "out_channels"), layer=name)]
 
 
 def _demo(name: str, model: nn.Module) -> list[UnitGroup]:
     """The demo's digit CNN: conv1 → conv2 → (pool, flatten) → fc → visual_projection."""
     v = _join(name, "vision")
     conv2, fc = model.vision.conv2, model.vision.fc
+    channels = _dim(conv2, "out_channels")
     return [
         UnitGroup("channels", f"{v}.conv1", (f"{v}.conv1",), (f"{v}.conv2",),
-                  size=model.vision.conv1.out_channels),
+                  size=_dim(model.vision.conv1, "out_channels")),
         UnitGroup("channels", f"{v}.conv2", (f"{v}.conv2",), (f"{v}.fc",),
-                  size=conv2.out_channels, in_width=fc.in_features // conv2.out_channels),
+                  size=channels, in_width=_dim(fc, "in_features") // max(channels, 1)),
         UnitGroup("neurons", f"{v}.fc", (f"{v}.fc",), (_join(name, "visual_projection"),),
-                  size=fc.out_features),
+                  size=_dim(fc, "out_features")),
     ]
 
 
@@ -87,7 +96,7 @@ def _conv_encoder(name: str, enc: nn.Module) -> list[UnitGroup]:
     per-token projection ``proj``."""
     convs = [_join(name, f"convs.{i}") for i in range(len(enc.convs))]
     consumers = [*convs[1:], _join(name, "proj")]
-    return [UnitGroup("channels", c, (c,), (nxt,), size=conv.out_channels)
+    return [UnitGroup("channels", c, (c,), (nxt,), size=_dim(conv, "out_channels"))
             for c, nxt, conv in zip(convs, consumers, enc.convs, strict=True)]
 
 
@@ -95,7 +104,7 @@ def _fusion_head(name: str, head: nn.Module) -> list[UnitGroup]:
     """Fusion models' classifier heads: ``mlp.fc1`` rows + ``mlp.fc2`` columns."""
     m = _join(name, "mlp")
     return [UnitGroup("neurons", m, (f"{m}.fc1",), (f"{m}.fc2",),
-                      size=head.mlp.fc1.out_features)]
+                      size=_dim(head.mlp.fc1, "out_features"))]
 
 
 SPECS: dict[type, Callable[[str, nn.Module], list[UnitGroup]]] = {

@@ -30,7 +30,7 @@ from ..calibration import calibrate_layers
 from ..calibration.collectors import FeatureNormCollector
 from ..errors import RecipeError
 from ..methods.base import StageContext
-from ..methods.prune_structured import StructuredPruneConfig, _unit_groups
+from ..methods.prune_structured import StructuredPruneConfig, _unit_groups, one_text_per_batch
 from ..methods.prune_unstructured import prunable_layers
 from ..methods.prune_unstructured_config import UnstructuredPruneConfig
 from ..methods.weight_quant import weight_matrix
@@ -193,11 +193,14 @@ class StructuredMasks(_Masked):
                 self.add(n, model.get_submodule(n), bias=n in g.outputs)
         self.removed: list[set[int]] = [set() for _ in self.groups]
         self._calib = functools.cache(lambda: context.calibration_data(adapter))
+        # Taylor scores take texts one per batch, as the one-shot stage's do
+        self._per_text = functools.cache(lambda: one_text_per_batch(adapter, context,
+                                                                    self._calib()))
 
     def _scores(self) -> list[torch.Tensor]:
         adapter, groups = self.adapter, self.groups
         with _eval_mode(adapter.model):
-            return unit_scores(adapter, groups, self.config.importance, self._calib,
+            return unit_scores(adapter, groups, self.config.importance, self._per_text,
                                lambda: consumer_stats(adapter, groups, self._calib(), False))
 
     @torch.no_grad()
