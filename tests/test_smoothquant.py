@@ -408,3 +408,17 @@ def test_the_kernel_choice_is_remembered_per_machine(tmp_path, monkeypatch):
     assert calls == ["a", "b"]
     (tmp_path / "int8_kernels.json").write_text("{not json")
     assert int8.remembered("16x8 a/b", choose("a"), {"a", "b"}) == "a"  # a damaged file: redo
+
+
+def test_training_only_int8_activation_layers_is_nothing_to_train(tiny_clip):
+    """A finetune whose targets held only W8A8 layers (their bias a parameter no gradient
+    reaches) failed inside backward() with a RuntimeError, after evaluation and calibration."""
+    from _helpers import toy_image_data
+
+    recipe = {"stages": [{"quantize": {"method": "smoothquant"}},
+                         {"finetune": {"method": "task", "max_steps": 1, "batch_size": 4,
+                                       "targets": ["text_model.encoder.layers.0.mlp.fc1"]}}],
+              "calibration": {"samples": 4, "batch_size": 2},
+              "evaluate": {"max_samples": 4, "metrics": ["params"]}}
+    with pytest.raises(UserError, match="nothing to train: no trainable parameter reaches"):
+        mmcompress.compress(tiny_clip, recipe, data=toy_image_data(), progress=False)

@@ -199,6 +199,10 @@ class Trainer:
         if not math.isfinite(value):
             raise self._diverged(f"loss is {value}")
         optimizer.zero_grad(set_to_none=True)
+        if not loss.requires_grad:
+            raise UserError("nothing to train: no trainable parameter reaches the loss (int8 "
+                            "activation layers and packed integer weights pass no gradient; "
+                            "check targets)")
         loss.backward()
         # without clipping too: an infinite bound leaves the gradients as they are
         norm = torch.nn.utils.clip_grad_norm_(params, s.grad_clip or math.inf)
