@@ -468,3 +468,19 @@ def test_hf_tokenizer_missing_from_output_is_refused(tiny_clip, tmp_path):
     arch = {**tiny_clip.architecture(), "tokenizer": "hf"}
     with pytest.raises(CheckpointError, match="tokenizer/ folder is missing"):
         type(tiny_clip).from_architecture(arch, tmp_path)
+
+
+def test_an_output_records_every_stage_its_in_memory_model_went_through(tiny_clip, tmp_path):
+    """Compressing one adapter object twice saved only the second run's stages, although
+    the weights held the first's too."""
+    from _helpers import toy_image_data
+
+    for i, tower in enumerate(("text", "vision")):
+        mmcompress.compress(tiny_clip, {"stages": [{"quantize": {
+            "method": "rtn", "bits": 8, "targets": [tower]}}], "evaluate": {
+            "max_samples": 4, "metrics": ["params"]}}, out=tmp_path / f"o{i}",
+            data=toy_image_data(), progress=False)
+    manifest = json.loads((tmp_path / "o1" / "mmcompress.json").read_text())
+    assert [s["config"]["targets"] for s in manifest["stages"]] == [["text"], ["vision"]]
+    report = json.loads((tmp_path / "o1" / "report.json").read_text())
+    assert [s["config"]["targets"] for s in report["stages"]] == [["vision"]]  # this run's

@@ -86,6 +86,7 @@ def compress(
     train_dir = _train_dir(out_path)
     history = _run_stages(adapter, recipe, dataset, calib_set, before, progress, train_dir,
                           stage_sets)
+    adapter.stages_applied = (*adapter.stages_applied, *history)
     try:  # a model that could not be loaded back is never saved
         adapter.check_finite()
     except CheckpointError as exc:
@@ -105,7 +106,7 @@ def compress(
         report.update(after=after.metrics, measurement=after.measurement)
         return CompressResult(adapter, report, None)
     with atomic_folder(out_path, overwrite) as tmp:
-        save_checkpoint(adapter, tmp, adapter.source, history)
+        save_checkpoint(adapter, tmp, adapter.source, list(adapter.stages_applied))
         after = evaluate_adapter(
             adapter,
             dataset,

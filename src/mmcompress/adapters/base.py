@@ -30,6 +30,9 @@ class Adapter(ABC):
     #: the model spec `model_specs.load_model` built this from (None: built in Python), which
     #: an output folder records as its base model for fidelity
     source: str | None = None
+    #: summaries of the stages `compress` applied to this object since it was built or loaded
+    #: (an output folder's own are in its manifest): each output records them all
+    stages_applied: tuple[dict[str, Any], ...] = ()
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model.eval()
