@@ -302,3 +302,11 @@ def test_yaml_aliases_that_repeat_a_setting_still_work():
                          "  - prune: {method: magnitude, sparsity: 0.5, targets: [vision]}\n"
                          "  - quantize: {method: rtn, bits: 4, targets: *t}\n")
     assert recipe.stages[0].config.targets == recipe.stages[2].config.targets == ["text"]
+
+
+def test_python_recipes_take_tuples_and_an_empty_one_says_so():
+    recipe = load_recipe({"stages": ({"quantize": {"method": "rtn", "targets": ("text",)}},)})
+    assert recipe.stages[0].config.targets == ["text"]
+    for empty in ("", "  "):  # was "recipe file . is a folder, not a file"
+        with pytest.raises(RecipeError, match="the recipe is empty"):
+            load_recipe(empty)

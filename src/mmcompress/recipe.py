@@ -316,8 +316,10 @@ def load_recipe(source: str | Path | dict | Recipe) -> Recipe:
     if isinstance(source, Recipe):
         return source
     if isinstance(source, dict):
-        return parse_recipe(source)
+        return parse_recipe(plain_values(source))  # a tuple of stages is a list, say
     text = str(source)
+    if not text.strip():
+        raise RecipeError("the recipe is empty: give a YAML file, YAML text or a mapping")
     path = Path(text).expanduser()
     if isinstance(source, Path) or (
             "\n" not in text and (path.suffix in (".yaml", ".yml") or path.exists())):
