@@ -246,7 +246,7 @@ def _global_units(model: nn.Module, groups: list[UnitGroup], cands: list[Candida
 
 
 def one_text_per_batch(adapter: Adapter, context: StageContext,
-                        calib: CalibrationData) -> CalibrationData:
+                       calib: CalibrationData) -> CalibrationData:
     """`calib`, but texts one per batch, for Taylor scores: they square each batch's gradient
     of one random projection, so a batch of one text gives that text's own term (as the
     scores were first measured); the input statistics and block influence drop padded

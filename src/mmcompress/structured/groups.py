@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.utils import skip_init
 
 from ..errors import RecipeError
+from ..evaluation.evaluate import count_params
 from ..modules.replace import replace_modules
 
 PRUNABLE = (nn.Linear, nn.Conv2d, nn.BatchNorm2d)
@@ -218,4 +219,6 @@ def params_after(model: nn.Module, groups: list[UnitGroup], removed: dict[int, i
 
 
 def layer_params(model: nn.Module, name: str) -> int:
-    return sum(p.numel() for p in model.get_submodule(name).parameters())
+    """What removing block `name` frees, counted as a dense network would count it (quantized
+    layers keep their weights in buffers: counted by their logical weights)."""
+    return count_params(model.get_submodule(name))
