@@ -124,17 +124,33 @@ def test_out_replacing_what_the_run_reads_or_a_dangling_link_is_refused(tmp_path
         atomic.check_output_dir(link, overwrite=True)
 
 
-def test_compress_refuses_out_naming_its_model_folder(tiny_clip, tmp_path):
+def test_compress_refuses_out_replacing_its_model_or_data(tiny_clip, tmp_path, monkeypatch):
+    """The model's folder (as a spec, or as the folder an adapter was loaded from) and a data
+    folder may not be the output; a built-in name is no path even beside a folder so named."""
     import mmcompress
+    from mmcompress.api import _paths_read
     from mmcompress.errors import UserError
 
-    recipe = {"stages": [{"quantize": {"method": "rtn", "bits": 8}}]}
+    recipe = {"stages": [{"quantize": {"method": "rtn", "bits": 8, "targets": ["text"]}}],
+              "evaluate": {"max_samples": 4, "metrics": ["params"]}}
     data = tmp_path / "d"
     data.mkdir()
     with pytest.raises(UserError, match="which this run reads"):
         mmcompress.compress(tiny_clip, recipe, out=tmp_path, data=data, overwrite=True,
                             progress=False)
     assert data.is_dir()
+    from _helpers import toy_image_data
+
+    first = tmp_path / "o1"
+    mmcompress.compress(tiny_clip, recipe, out=first, data=toy_image_data(), progress=False)
+    for model in (str(first), mmcompress.load(first)):
+        with pytest.raises(UserError, match="which this run reads"):
+            mmcompress.compress(model, recipe, out=first, data=toy_image_data(),
+                                overwrite=True, progress=False)
+    assert (first / "mmcompress.json").is_file()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()
+    assert _paths_read("demo", "trimodal", "random:tiny", "o1") == (Path("o1"),)
 
 
 def test_the_demo_replaces_only_a_folder_holding_an_output_and_nothing_else(tmp_path):

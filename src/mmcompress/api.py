@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from . import __version__
 from .adapters import Adapter
 from .compiled import compile_towers
-from .data import Dataset, load_data
+from .data import NAMED_DATA, Dataset, load_data
 from .data.splits import TRAINING_SPLIT
 from .errors import CheckpointError, UserError
 from .evaluation.evaluate import check_data_fits, evaluate_adapter, quality
@@ -21,7 +21,7 @@ from .io.atomic import atomic_folder, check_output_dir
 from .io.checkpoint import BUFFERS, MANIFEST, WEIGHTS, load_checkpoint, save_checkpoint
 from .methods import StageContext, keep_original, run_stage
 from .methods.base import check_targets
-from .model_specs import load_model
+from .model_specs import NAMED_SPECS, load_model
 from .modules.unpack import unpack_weights
 from .recipe import EvaluateConfig, Recipe, load_recipe, plain_values
 from .report import report_markdown, to_json
@@ -68,8 +68,10 @@ def compress(
     out_path = Path(out) if out is not None else None
     if out_path is not None:
         check_output_dir(out_path, overwrite, _paths_read(
-            model, data, calibration_data, recipe.calibration.data,
-            *(getattr(stage.config, "data", None) for stage in recipe.stages)))
+            model.source if isinstance(model, Adapter) else model, data, calibration_data,
+            recipe.calibration.data,
+            *(getattr(stage.config, key, None) for stage in recipe.stages
+              for key in ("data", "teacher"))))
     adapter = load_model(model, progress=progress)
     spec = _spec_name(adapter)
     dataset = load_data(data if data is not None else adapter.default_data)
@@ -147,8 +149,12 @@ def is_output_folder(folder: Path, recipe: str | None = None) -> bool:
 
 
 def _paths_read(*specs: Any) -> tuple[Path, ...]:
-    """The paths among model and data specs: the output may not replace one."""
-    return tuple(Path(s) for s in specs if isinstance(s, str | Path) and Path(s).exists())
+    """The paths among model and data specs (not the built-in names, which win over a
+    folder of the same name): the output may not replace one."""
+    named = {*NAMED_SPECS, *NAMED_DATA, "original"}
+    paths = (Path(s).expanduser() for s in specs if isinstance(s, str | Path)
+             and not (isinstance(s, str) and (s in named or s.startswith("random:"))))
+    return tuple(p for p in paths if p.exists())
 
 
 def _calibration_spec(given: str | Path | Dataset | None, recipe: Recipe,
@@ -235,6 +241,7 @@ def load(path: str | Path, compiled: bool = False, unpack: bool = False) -> Adap
     if not path.is_dir():
         raise UserError(f"{path} is not a folder")
     adapter = load_checkpoint(path)
+    adapter.source = str(path.resolve())  # compressed again, it names this folder its base
     if unpack:
         unpack_weights(adapter.model)
     if compiled:
