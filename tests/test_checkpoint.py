@@ -264,10 +264,11 @@ def _drop_buffers_file(folder):
 
 def _rewrite_weights(folder, weights):
     """Write `weights` as the folder's weights file with a matching manifest entry (and no
-    description digest, as in a folder written before it existed)."""
+    description digest, as in a format-1 folder written before it existed)."""
     save_file(weights, str(folder / "model.safetensors"))
     manifest = json.loads((folder / "mmcompress.json").read_text())
     manifest["weights"] = _file_entry(folder / "model.safetensors")
+    manifest["format_version"] = 1
     (folder / "mmcompress.json").write_text(json.dumps(manifest))
 
 
@@ -484,3 +485,14 @@ def test_an_output_records_every_stage_its_in_memory_model_went_through(tiny_cli
     assert [s["config"]["targets"] for s in manifest["stages"]] == [["text"], ["vision"]]
     report = json.loads((tmp_path / "o1" / "report.json").read_text())
     assert [s["config"]["targets"] for s in report["stages"]] == [["vision"]]  # this run's
+
+
+def test_a_format_2_weights_file_without_the_manifest_digest_is_refused(saved):
+    path = saved / "model.safetensors"
+    save_file(load_file(str(path)), str(path), metadata={"format": "pt"})
+    manifest_path = saved / "mmcompress.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["weights"] = _file_entry(path)
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="lacks the digest"):
+        mmcompress.load(saved)

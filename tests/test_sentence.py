@@ -182,6 +182,10 @@ def test_saved_tokenizer_is_hashed_in_the_manifest(tiny_adapter, tmp_path: Path)
     tok.unlink()
     with pytest.raises(CheckpointError, match="tokenizer.json is missing"):
         mmcompress.load(out)
+    out = _saved_output(tiny_adapter, tmp_path / "out2")
+    (out / "tokenizer" / "added_tokens.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="added_tokens.json is not listed"):
+        mmcompress.load(out)
 
 
 def test_assets_list_cannot_be_dropped_or_point_outside(tiny_adapter, tmp_path: Path) -> None:

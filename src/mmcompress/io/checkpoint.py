@@ -138,6 +138,8 @@ def _check_description(manifest: dict[str, Any], metadata: dict[str, str], weigh
     """Refuse a manifest that is not the one saved with the weights (its digest is in their
     file's `metadata`; folders written before the digest existed have none)."""
     saved = metadata.get(DESCRIPTION_KEY)
+    if saved is None and manifest.get("format_version") != 1:
+        raise CheckpointError(f"{weights} is altered: it lacks the digest of {MANIFEST}")
     if saved is not None and saved != description_digest(manifest):
         raise CheckpointError(f"{weights.parent / MANIFEST} is altered: its contents are "
                               f"not those saved with {weights.name}")
@@ -192,12 +194,16 @@ def _verified(folder: Path, entry: Any, nested: bool = False) -> Path:
 
 
 def _check_assets(folder: Path, manifest: dict[str, Any]) -> None:
-    """Every asset the manifest lists (format 2: the tokenizer) is there, unaltered."""
+    """Every asset the manifest lists (format 2: the tokenizer) is there, unaltered, and the
+    tokenizer folder holds nothing else (format 1 listed nothing: its folder is not checked)."""
     entries = manifest.get(ASSETS, [])
     if not isinstance(entries, list):
         raise CheckpointError(f"{folder / MANIFEST}: {ASSETS!r} is not a list")
-    for entry in entries:
-        _verified(folder, entry, nested=True)
+    listed = {_verified(folder, entry, nested=True) for entry in entries}
+    extra = sorted(_files(folder / "tokenizer") - listed)  # a file added changes it too
+    if extra and manifest.get("format_version") != 1:
+        raise CheckpointError(f"{extra[0]} is not listed in {MANIFEST}: the tokenizer is "
+                              "altered")
 
 
 def _read(path: Path) -> dict[str, torch.Tensor]:
