@@ -114,7 +114,7 @@ def test_non_finite_outputs_are_refused_not_scored(tiny_clip):
     data = toy_image_data()
     data.images[3] = np.full((16, 16, 3), 3e38, dtype=np.float32)
     with pytest.raises(DataError, match="image outputs on toy hold NaN or Inf"):
-        quality(tiny_clip, data)
+        evaluate_adapter(tiny_clip, data, EvaluateConfig(metrics=["zeroshot_top1"]))
 
 
 def test_compress_refuses_to_save_a_model_holding_nan(tiny_clip, tmp_path, monkeypatch):

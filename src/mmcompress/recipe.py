@@ -237,18 +237,19 @@ def _covers(earlier: Any, later: Any) -> bool:
 
 
 def _check_qat_has_layers(stages: list[Stage], root: yaml.Node | None) -> None:
-    """Refuse QAT on layers an earlier unstructured pruning stage made sparse, all of them:
-    QAT trains plain linear and convolution layers only, so it would find nothing to train
-    after the training stages before it."""
+    """Refuse QAT on the layers an earlier unstructured pruning stage makes sparse (at a
+    sparsity above 0): QAT trains plain linear and convolution layers only, so it would find
+    nothing to train after the training stages before it."""
     sparse = LAYER_ORDER.index("unstructured pruning")
     for j, later in enumerate(stages):
         if not getattr(later.config, "qat", False):
             continue
         for i, earlier in enumerate(stages[:j]):
             if earlier.config.layer_order == sparse and _covers(earlier.config, later.config) \
-                    and {nn.Linear, nn.Conv2d} <= set(earlier.config.kinds()):
+                    and {nn.Linear, nn.Conv2d} <= set(earlier.config.kinds()) \
+                    and earlier.config.target_sparsity > 0:
                 raise _fail(f"qat trains plain linear and convolution layers, but stage {i} "
-                            f"(prune: {earlier.config.method}) makes every one of them sparse "
+                            f"(prune: {earlier.config.method}) makes the same layers sparse "
                             "(not trained); prune with method 'structured' instead, or give "
                             "the stages different targets", ("stages", j, later.kind, "qat"),
                             root)
@@ -310,6 +311,10 @@ def check_recipe_file(path: Path) -> None:
                                                    if path.is_dir() else "not found"))
 
 
+MAX_DEPTH = 50  # a recipe nests four or five levels
+MAX_VALUES = 100_000  # values once YAML aliases are expanded
+
+
 def load_recipe(source: str | Path | dict | Recipe) -> Recipe:
     """A recipe from a YAML file path (any `Path`; a string ending in .yaml/.yml or naming a
     file), YAML text, a mapping, or a `Recipe`."""
@@ -340,10 +345,6 @@ def load_recipe(source: str | Path | dict | Recipe) -> Recipe:
     except RecursionError:
         raise RecipeError(f"recipe values are nested more than {MAX_DEPTH} deep") from None
     return parse_recipe(data, root)
-
-
-MAX_DEPTH = 50  # a recipe nests four or five levels
-MAX_VALUES = 100_000  # values once YAML aliases are expanded
 
 
 def _check_tree(root: yaml.Node | None) -> None:

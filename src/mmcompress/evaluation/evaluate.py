@@ -87,10 +87,6 @@ def quality(
     """Task metrics (and fidelity to `reference` embeddings when given)."""
     check_data_fits(adapter, data)
     metrics, emb = TASK_EVALUATORS[data.task](adapter, data, progress)
-    for name, t in emb.items():
-        if not bool(torch.isfinite(t).all()):
-            raise DataError(f"the model's {name} outputs on {data.name} hold NaN or Inf: the "
-                            "data holds extreme values, or the model has diverged")
     if reference is not None:
         metrics["fidelity_cosine"] = fidelity_cosine(emb, reference)
     return Evaluation(metrics, emb)
@@ -117,6 +113,10 @@ def evaluate_adapter(
         if wanted & (QUALITY | {"fidelity_cosine"})
         else Evaluation({})
     )
+    for name, t in result.embeddings.items():  # reported figures only: probes score these
+        if not bool(torch.isfinite(t).all()):
+            raise DataError(f"the model's {name} outputs on {data.name} hold NaN or Inf: the "
+                            "data holds extreme values, or the model has diverged")
     m = result.metrics
     if "size_bytes" in wanted:
         m["size_bytes"] = saved_size_bytes(adapter.model, weights_file)

@@ -33,13 +33,12 @@ def gptq_quantize(
     the zero point: the sparse layer drops them.
 
     Group scales follow the original column order. Without `act_order` each group's scale is
-    set when GPTQ reaches the group, from the error-updated weights, including the updates
-    from earlier columns of the same block, on the group's columns past the block's end too:
-    the column-by-column algorithm's scales, whatever `block_size` (the reference code reads a
+    set when GPTQ reaches the group, from the error-updated weights, including the updates from
+    earlier columns of the same block, on the group's columns past the block's end too: the
+    column-by-column algorithm's scales, whatever `block_size` (the reference code reads a
     group that starts inside a block as the weights stood at the block's start); with
-    `act_order` (columns by
-    decreasing Hessian diagonal) all group scales are fixed up front ("static groups") so that
-    groups stay contiguous in storage.
+    `act_order` (columns by decreasing Hessian diagonal) all group scales are fixed up front
+    ("static groups") so that groups stay contiguous in storage.
     """
     rows, cols = weight.shape
     groups = len(hessian) // cols

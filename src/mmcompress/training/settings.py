@@ -21,7 +21,7 @@ class TrainSettings(Settings):
     warmup: int | float = Field(
         0.05, description="linear warm-up: steps, or a fraction of all steps")
     grad_clip: float | None = Field(1.0, gt=0, description="max gradient norm; null = no clip")
-    seed: int = Field(0, ge=0, description="seed of the example order and of any random choice")
+    seed: int = Field(0, description="seed of the example order and of any random choice")
     freeze_norm: bool = Field(
         False, description="keep BatchNorm statistics fixed (normalisation layers in eval mode)")
     max_examples: PositiveInt | None = Field(

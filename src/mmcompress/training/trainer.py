@@ -3,7 +3,7 @@
 AdamW over the trainable parameters, linear warm-up + cosine decay, gradient clipping, a
 progress bar with loss and examples/s, evaluation after each epoch, and resumable checkpoints
 every N steps. Determinism: the example order of epoch ``e`` is a permutation drawn from
-``seed + e``, and before every step the global RNG is reseeded from (seed, step, rank), so
+``seed × 100,003 + e``, and before every step the global RNG is reseeded from (seed, step, rank), so
 dropout and any sampling inside the loss repeat exactly after a resume; nothing random has to
 be saved. Under ``torchrun`` the step runs in PyTorch DDP (gradients averaged across
 processes), each process takes a strided share of the global batch, only rank 0 writes.
@@ -199,10 +199,11 @@ class Trainer:
         if not math.isfinite(value):
             raise self._diverged(f"loss is {value}")
         optimizer.zero_grad(set_to_none=True)
-        if not loss.requires_grad:
-            raise UserError("nothing to train: no trainable parameter reaches the loss (int8 "
-                            "activation layers and packed integer weights pass no gradient; "
-                            "check targets)")
+        if not loss.requires_grad:  # every process must step alike: no batch is skipped
+            raise UserError(f"nothing to train at step {self.step + 1}: no trainable parameter "
+                            "reaches the loss (int8 activation layers and packed integer "
+                            "weights pass no gradient; check targets and that every batch "
+                            "holds the trained inputs)")
         loss.backward()
         # without clipping too: an infinite bound leaves the gradients as they are
         norm = torch.nn.utils.clip_grad_norm_(params, s.grad_clip or math.inf)
