@@ -67,9 +67,19 @@ def check_tokens(model: nn.Module, towers: Mapping[str, Sequence[str]], tokens: 
 
 def ignored_names(model: nn.Module, towers: Mapping[str, Sequence[str]],
                   ignore: Iterable[str]) -> set[str]:
-    """Names of the modules `ignore` leaves out (each entry checked by `select_modules`)."""
+    """Names of the modules `ignore` leaves out.
+
+    Raises:
+        RecipeError: if an entry names nothing at all.
+    """
     all_names = [n for n, _ in model.named_modules() if n]
-    return set().union(*(_match_token(token, all_names, towers) for token in ignore))
+    out: set[str] = set()
+    for token in ignore:
+        hit = _match_token(token, all_names, towers)
+        if not hit:
+            raise _unmatched("ignore entry", token, towers)
+        out |= hit
+    return out
 
 
 def select_modules(
@@ -96,11 +106,7 @@ def select_modules(
         if not hit:
             raise _unmatched("target", token, towers)
         chosen |= hit & candidates.keys()
-    for token in ignore:
-        hit = _match_token(token, all_names, towers)
-        if not hit:
-            raise _unmatched("ignore entry", token, towers)
-        chosen -= hit
+    chosen -= ignored_names(model, towers, ignore)
     return {n: candidates[n] for n in sorted(chosen, key=all_names.index)}
 
 
