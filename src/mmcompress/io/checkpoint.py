@@ -119,12 +119,17 @@ def save_checkpoint(adapter: Adapter, folder: Path, base_model: str | None,
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
 
+def _format_1(manifest: dict[str, Any]) -> bool:
+    """A folder written before assets were listed and the whole manifest digested."""
+    return manifest.get("format_version") == 1
+
+
 def description_digest(manifest: dict[str, Any]) -> str:
     """sha256 of the manifest as it reads back from JSON, all but the entries hashing the two
     files (format 1: its model description alone, `DESCRIBED`); the weights file keeps it in
     its metadata, which the manifest's own hash of that file covers, so an edit to either is
     caught (base model, stage history and asset hashes included)."""
-    if manifest.get("format_version") == 1:
+    if _format_1(manifest):
         described = {k: manifest.get(k) for k in DESCRIBED}
     else:
         described = {k: v for k, v in manifest.items() if k not in FILE_ENTRIES}
@@ -138,7 +143,7 @@ def _check_description(manifest: dict[str, Any], metadata: dict[str, str], weigh
     """Refuse a manifest that is not the one saved with the weights (its digest is in their
     file's `metadata`; folders written before the digest existed have none)."""
     saved = metadata.get(DESCRIPTION_KEY)
-    if saved is None and manifest.get("format_version") != 1:
+    if saved is None and not _format_1(manifest):
         raise CheckpointError(f"{weights} is altered: it lacks the digest of {MANIFEST}")
     if saved is not None and saved != description_digest(manifest):
         raise CheckpointError(f"{weights.parent / MANIFEST} is altered: its contents are "
@@ -195,15 +200,16 @@ def _verified(folder: Path, entry: Any, nested: bool = False) -> Path:
 
 def _check_assets(folder: Path, manifest: dict[str, Any]) -> None:
     """Every asset the manifest lists (format 2: the tokenizer) is there, unaltered, and the
-    tokenizer folder holds nothing else (format 1 listed nothing: its folder is not checked)."""
+    folders holding them hold nothing else: a file added changes a tokenizer too (format 1
+    listed none)."""
     entries = manifest.get(ASSETS, [])
     if not isinstance(entries, list):
         raise CheckpointError(f"{folder / MANIFEST}: {ASSETS!r} is not a list")
     listed = {_verified(folder, entry, nested=True) for entry in entries}
-    extra = sorted(_files(folder / "tokenizer") - listed)  # a file added changes it too
-    if extra and manifest.get("format_version") != 1:
-        raise CheckpointError(f"{extra[0]} is not listed in {MANIFEST}: the tokenizer is "
-                              "altered")
+    holders = {p.parent for p in listed} - {folder}
+    extra = sorted(set().union(*map(_files, holders)) - listed)
+    if extra:
+        raise CheckpointError(f"{extra[0]} is not listed in {MANIFEST}: an asset is altered")
 
 
 def _read(path: Path) -> dict[str, torch.Tensor]:
