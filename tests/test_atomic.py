@@ -150,7 +150,8 @@ def test_compress_refuses_out_replacing_its_model_or_data(tiny_clip, tmp_path, m
     assert (first / "mmcompress.json").is_file()
     monkeypatch.chdir(tmp_path)
     (tmp_path / "demo").mkdir()
-    assert _paths_read("demo", "trimodal", "random:tiny", "o1") == (Path("o1"),)
+    recipe = mmcompress.recipe.load_recipe(recipe)
+    assert _paths_read(recipe, "demo", "trimodal", "random:tiny", "o1") == (Path("o1"),)
 
 
 def test_the_demo_replaces_only_a_folder_holding_an_output_and_nothing_else(tmp_path):

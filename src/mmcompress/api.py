@@ -67,11 +67,8 @@ def compress(
     recipe = load_recipe(recipe)
     out_path = Path(out) if out is not None else None
     if out_path is not None:
-        check_output_dir(out_path, overwrite, _paths_read(
-            model.source if isinstance(model, Adapter) else model, data, calibration_data,
-            recipe.calibration.data,
-            *(getattr(stage.config, key, None) for stage in recipe.stages
-              for key in ("data", "teacher"))))
+        check_output_dir(out_path, overwrite,
+                         _paths_read(recipe, model, data, calibration_data))
     adapter = load_model(model, progress=progress)
     spec = _spec_name(adapter)
     dataset = load_data(data if data is not None else adapter.default_data)
@@ -148,9 +145,14 @@ def is_output_folder(folder: Path, recipe: str | None = None) -> bool:
     return saved == load_recipe(recipe).to_dict(given=True)
 
 
-def _paths_read(*specs: Any) -> tuple[Path, ...]:
-    """The paths among model and data specs (not the built-in names, which win over a
-    folder of the same name): the output may not replace one."""
+def _paths_read(recipe: Recipe, *specs: Any) -> tuple[Path, ...]:
+    """The paths a run reads: among `specs` (an adapter's: the spec it was loaded from), the
+    recipe's calibration data and its stages' data and teachers; not the built-in names, which
+    win over a folder of the same name. The output may not replace one."""
+    specs = (*(s.source if isinstance(s, Adapter) else s for s in specs),
+             recipe.calibration.data,
+             *(getattr(stage.config, key, None) for stage in recipe.stages
+               for key in ("data", "teacher")))
     named = {*NAMED_SPECS, *NAMED_DATA, "original"}
     paths = (Path(s).expanduser() for s in specs if isinstance(s, str | Path)
              and not (isinstance(s, str) and (s in named or s.startswith("random:"))))
