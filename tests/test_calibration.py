@@ -1,9 +1,11 @@
 """The calibration engine leaves padded token positions out of its statistics."""
 
+import pytest
 import torch
 from torch import nn
 
-from mmcompress.calibration.engine import CalibrationBatch, _run_group
+from mmcompress.calibration.engine import CalibrationBatch, _run_group, mask_for
+from mmcompress.errors import DataError
 
 
 def test_padded_tokens_are_left_out_of_calibration_statistics():
@@ -24,6 +26,34 @@ def test_padded_tokens_are_left_out_of_calibration_statistics():
     _run_group({"l": layer}, {"l": coll}, [CalibrationBatch(layer, lambda: x, mask)])
     assert coll.rows == 8
     torch.testing.assert_close(coll.seen, x[mask])
+
+
+def test_masks_by_module_name_pick_the_longest_prefix_and_keep_whole_examples():
+    """A per-module mask applies to the modules under its name (the longest prefix wins); an
+    example mask [batch] keeps whole examples, whatever the input's layout; layers reading one
+    tensor under different masks keep their own rows, and one that no real row reached is
+    named."""
+    masks = {"a": torch.tensor([True, False]), "a.b.k": torch.tensor([False, False])}
+    assert mask_for(masks, "a.b.q") is masks["a"]
+    assert mask_for(masks, "a.b.k") is masks["a.b.k"]
+    assert mask_for(masks, "ab") is None and mask_for(masks["a"], "x") is masks["a"]
+    block = nn.Module()
+    block.q, block.k = nn.Linear(4, 3), nn.Linear(4, 3)
+    x = torch.randn(2, 5, 4)
+
+    class Collect:
+        rows, batches = 0, 0
+
+        def add(self, rows):
+            self.seen, self.rows, self.batches = rows, self.rows + len(rows), self.batches + 1
+
+    q, k = Collect(), Collect()
+    forward = lambda x: (block.q(x), block.k(x))  # noqa: E731
+    with pytest.raises(DataError, match="never reached layer 'a.b.k'"):
+        _run_group({"a.b.q": block.q, "a.b.k": block.k}, {"a.b.q": q, "a.b.k": k},
+                   [CalibrationBatch(forward, lambda: x, masks)])
+    assert q.rows == 5 and k.batches == 0
+    torch.testing.assert_close(q.seen, x[0])
 
 
 def test_a_reference_model_pairs_each_layer_input_with_its_own_at_the_same_rows():

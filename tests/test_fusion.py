@@ -296,3 +296,36 @@ def test_the_report_states_the_latency_texts_own_length():
             "threads": 1}
     assert f"texts of {width} tokens" in measurement_note({**base, "latency_text_tokens": width})
     assert "texts of" not in measurement_note({**base, "latency_text_tokens": None})
+
+
+def _input_hessians(adapter: FusionAdapter, data: Dataset, batch_size: int) -> dict:
+    """(rows, Hessian) of every linear and conv layer's inputs, calibrated in batches of
+    `batch_size`."""
+    from mmcompress.calibration import HessianCollector, calibrate_layers
+
+    layers = {n: m for n, m in adapter.model.named_modules()
+              if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)}
+    seen = {}
+
+    def keep(name, module, collector):
+        seen[name] = (collector.rows, collector.xtx)
+
+    calib = adapter.calibration_data(data, samples=len(data), batch_size=batch_size, seed=0)
+    calibrate_layers(adapter, layers, calib, lambda n, m: HessianCollector(), keep, "t",
+                     progress=False)
+    return seen
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_calibration_statistics_leave_out_padding_and_absent_modalities(fusion):
+    """Every layer's calibration statistics are the same whether the examples come one by
+    one or in batches: text padding, the inputs of absent modalities and the fusion module's
+    stand-in tokens never count."""
+    adapter, data = tiny_adapter(fusion), tiny_data()
+    data.texts[4] = "a much longer text than the others"
+    one, batched = _input_hessians(adapter, data, 1), _input_hessians(adapter, data, 5)
+    assert one.keys() == batched.keys()
+    for name, (rows, xtx) in one.items():
+        assert batched[name][0] == rows, name
+        torch.testing.assert_close(batched[name][1], xtx, rtol=1e-4, atol=1e-5, msg=name)
+    assert one["vision.convs.0"][0] == 11 * 64  # 11 images of 8×8 pixels, one missing

@@ -126,7 +126,7 @@ class Adapter(ABC):
                 else:
                     tokens = 0  # no mask to count real tokens by: `samples` only
                 batches.setdefault(modality, []).append(CalibrationBatch(
-                    forward, functools.partial(_stored, batch),
+                    forward, functools.partial(stored_inputs, batch),
                     None if mask is None else mask.bool()))
         if not batches:
             raise DataError(f"calibration data {data.name!r} is empty or holds no "
@@ -155,7 +155,7 @@ def _missing(item: Any) -> bool:
     return item is None or (isinstance(item, str) and not item.strip())
 
 
-def _stored(batch: Any) -> Any:
+def stored_inputs(batch: Any) -> Any:
     """A calibration batch's inputs kept in memory (`CalibrationBatch.load`)."""
     return batch
 

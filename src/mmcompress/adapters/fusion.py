@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..calibration.engine import CalibrationData
+from ..calibration.engine import CalibrationBatch, CalibrationData
 from ..data.dataset import Dataset
 from ..errors import DataError
 from ..models.fusion import MODALITIES, FusionClassifier
 from ..progress import progress_bar
-from .base import Adapter
+from .base import Adapter, stored_inputs
 from .frozen_text import cache_key, load_or_train
 from .preprocess import images_to_tensor
 
@@ -129,10 +129,13 @@ class FusionAdapter(Adapter):
             raise DataError(f"calibrating a fusion model needs tri-modal data, but "
                             f"{data.name!r} is a {data.task} set")
         order = np.random.default_rng(seed).permutation(len(data))[:samples]
-        batches = []
+        batches: list[Callable[[], Any]] = []
         for i in range(0, len(order), batch_size):
             batch = self.dataset_batch(data, order[i : i + batch_size].tolist())
-            batches.append(functools.partial(self.forward_modality, BATCH, batch))
+            batches.append(CalibrationBatch(  # statistics of real tokens and present inputs
+                functools.partial(self.forward_modality, BATCH),
+                functools.partial(stored_inputs, batch),
+                self.model.input_masks(batch["text_mask"], batch["present"])))
         if not batches:
             raise DataError(f"calibration data {data.name!r} is empty")
         return CalibrationData({BATCH: batches}, {BATCH: {"examples": len(order)}})

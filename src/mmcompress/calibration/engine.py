@@ -33,6 +33,8 @@ from .collectors import layer_input_rows
 from .replay import BlockCall, Chain, Slot, advance, catch_inputs, probe_chain
 
 Batch = Callable[[], Any]
+#: real rows of a batch: one mask for every layer, or masks by module-name prefix
+TokenMask = torch.Tensor | dict[str, torch.Tensor]
 
 
 @dataclass
@@ -44,20 +46,41 @@ class CalibrationBatch:
     `token_mask` ([batch, tokens], True = a real token) drops padded positions from the
     statistics of every layer whose input is laid out [batch, tokens, features]: padding never
     reaches the model's output (attention and pooling mask it), so its activations would only
-    distort Hessians, norms and ranges.
+    distort Hessians, norms and ranges. A model whose modules see different rows (a fusion
+    model: each tower its own tokens, an absent modality's none) gives a mask per module
+    instead, keyed by name prefix (`mask_for`); a mask [batch] keeps whole examples.
     """
 
     forward: Callable[[Any], Any]
     load: Callable[[], Any]
-    token_mask: torch.Tensor | None = None
+    token_mask: TokenMask | None = None
 
     def __call__(self) -> Any:
         return self.forward(self.load())
 
 
+def mask_for(token_mask: TokenMask | None, name: str) -> torch.Tensor | None:
+    """The mask of module `name`'s input rows: the batch's one mask, or the entry of a
+    per-module mapping with the longest name prefix of `name` (None when none matches)."""
+    if not isinstance(token_mask, dict):
+        return token_mask
+    parts = name.split(".")
+    for end in range(len(parts), -1, -1):
+        found = token_mask.get(".".join(parts[:end]))
+        if found is not None:
+            return found
+    return None
+
+
 def real_tokens(x: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
-    """`x` [batch, tokens, ...] reduced to its real token rows when the mask fits its layout."""
-    if token_mask is None or x.dim() != 3 or tuple(x.shape[:2]) != tuple(token_mask.shape):
+    """`x` reduced to its real rows when the mask fits its layout: a token mask [batch,
+    tokens] applies to inputs [batch, tokens, features], an example mask [batch] to any input
+    whose first dimension is the batch."""
+    if token_mask is None:
+        return x
+    if token_mask.dim() == 1:
+        return x[token_mask] if x.dim() >= 2 and x.shape[0] == token_mask.shape[0] else x
+    if x.dim() != 3 or tuple(x.shape[:2]) != tuple(token_mask.shape):
         return x
     return x[token_mask]
 
@@ -99,7 +122,7 @@ def layer_groups(names: list[str]) -> list[list[str]]:
     return list(groups.values())
 
 
-def _group_inputs(group: dict[str, nn.Module], mask: list[torch.Tensor | None],
+def _group_inputs(group: dict[str, nn.Module], mask: list[TokenMask | None],
                   store: dict[str, list[torch.Tensor] | str]
                   ) -> list[torch.utils.hooks.RemovableHandle]:
     """Hooks that add each `group` layer's input rows of the current batch (of every call) to
@@ -109,11 +132,14 @@ def _group_inputs(group: dict[str, nn.Module], mask: list[torch.Tensor | None],
     seen: list[tuple[torch.Tensor, str]] = []  # this batch's linear inputs and their readers
 
     def reader_before(name: str, module: nn.Module, x: torch.Tensor) -> str | None:
-        """The group's layer that read `x` before `name` did, if `name` may share its rows."""
+        """The group's layer that read `x` before `name` did, if `name` may share its rows
+        (same kind of layer, same real rows)."""
         if not isinstance(module, nn.Linear):
             return None
         first = next((n for t, n in seen if t is x and n != name), None)
-        return first if first is not None and type(group[first]) is type(module) else None
+        if first is None or type(group[first]) is not type(module):
+            return None
+        return first if mask_for(mask[0], first) is mask_for(mask[0], name) else None
 
     def hook(name: str) -> Callable:
         def fn(module: nn.Module, args: tuple, _out: Any) -> None:
@@ -128,9 +154,9 @@ def _group_inputs(group: dict[str, nn.Module], mask: list[torch.Tensor | None],
             elif not isinstance(stored, str):
                 if isinstance(module, nn.Linear):
                     seen.append((args[0], name))
-                x = args[0].detach()
-                if not isinstance(module, nn.Conv2d):
-                    x = real_tokens(x, mask[0])
+                x, real = args[0].detach(), mask_for(mask[0], name)
+                if real is not None and (real.dim() == 1 or not isinstance(module, nn.Conv2d)):
+                    x = real_tokens(x, real)
                 store.setdefault(name, []).append(layer_input_rows(module, x))
             if len(store) == len(group):
                 raise _GroupDone
@@ -164,7 +190,7 @@ def _run_group(group: dict[str, nn.Module], collectors: dict[str, Any], batches:
     """Stream every batch's inputs of the `group` layers into their collectors (paired with the
     same layers' inputs in `reference`, run through `adapter`, when given; or run by
     `reference_batches`, one per batch, when given)."""
-    mask: list[torch.Tensor | None] = [None]  # the current batch's token mask
+    mask: list[TokenMask | None] = [None]  # the current batch's token mask
     live: dict[str, list[torch.Tensor] | str] = {}
     ref: dict[str, list[torch.Tensor] | str] = {}
     handles = _group_inputs(group, mask, live)
@@ -197,10 +223,13 @@ def _run_group(group: dict[str, nn.Module], collectors: dict[str, Any], batches:
                 for name, rows in live.items():
                     if name in aliases:
                         continue
+                    x = torch.cat(rows)
+                    if not len(x):  # no real row of this batch reached the layer
+                        continue
                     if reference is None:
-                        collectors[name].add(torch.cat(rows))
+                        collectors[name].add(x)
                     else:
-                        collectors[name].add_pair(torch.cat(rows), torch.cat(_rows(ref, name)))
+                        collectors[name].add_pair(x, torch.cat(_rows(ref, name)))
     finally:
         for h in handles:
             h.remove()

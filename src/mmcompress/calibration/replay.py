@@ -32,11 +32,11 @@ class _Caught(Exception):
 
 @dataclass
 class BlockCall:
-    """One call of a block: its arguments, and the batch's token mask."""
+    """One call of a block: its arguments, and the batch's token mask (`engine.TokenMask`)."""
 
     args: tuple
     kwargs: dict[str, Any]
-    token_mask: torch.Tensor | None
+    token_mask: torch.Tensor | dict[str, torch.Tensor] | None
 
     def run(self, block: nn.Module) -> Any:
         return block(*self.args, **self.kwargs)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..calibration import CalibrationData, InputStatsCollector
-from ..calibration.engine import real_tokens
+from ..calibration.engine import TokenMask, mask_for, real_tokens
 from ..modules.sparse import is_sparse
 from ..quantization.smoothquant import (
     SEARCH_ROWS,
@@ -40,7 +40,7 @@ class _NormWatch:
                       if isinstance(m, nn.LayerNorm) and m.weight is not None}
         self.readers: dict[str, set[str]] = {n: set() for n in self.norms}
         self.stats = {n: InputStatsCollector(max_rows=rows) for n in self.norms}
-        self._mask: torch.Tensor | None = None  # the current batch's token mask
+        self._mask: TokenMask | None = None  # the current batch's token mask
         self._live: dict[int, tuple[str, torch.Tensor]] = {}  # id(output) → (norm, output)
         leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
         self.handles = [m.register_forward_hook(self._norm_hook(n)) for n, m in self.norms.items()]
@@ -49,8 +49,9 @@ class _NormWatch:
     def _norm_hook(self, name: str) -> Callable:
         def fn(_m: nn.Module, _args: tuple, out: torch.Tensor) -> None:
             self._live[id(out)] = (name, out)  # the reference keeps the id from being reused
-            x = real_tokens(out.detach(), self._mask)
-            self.stats[name].add(x.reshape(-1, x.shape[-1]).float())
+            x = real_tokens(out.detach(), mask_for(self._mask, name))
+            if x.numel():
+                self.stats[name].add(x.reshape(-1, x.shape[-1]).float())
 
         return fn
 

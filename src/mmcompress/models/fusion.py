@@ -98,8 +98,9 @@ class ConvEncoder(nn.Module):
             nn.Conv2d(a, b, 3, stride=1 if i == 0 else 2, padding=1)
             for i, (a, b) in enumerate(zip(widths, widths[1:], strict=False)))
         self.grid = grid
+        self.tokens = grid[0] * grid[1]
         self.proj = nn.Linear(channels[-1], dim)
-        self.pos = nn.Parameter(torch.zeros(grid[0] * grid[1], dim))
+        self.pos = nn.Parameter(torch.zeros(self.tokens, dim))
         self.layers = nn.ModuleList(Block(dim, heads, hidden) for _ in range(layers))
         for conv in self.convs:  # He init keeps the signal's scale through the stack
             nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
@@ -254,6 +255,12 @@ class EarlyFusion(nn.Module):
             x = layer(x, mask)
         return self.head(x, mask), {}
 
+    def input_masks(self, masks: dict[str, torch.Tensor], present: torch.Tensor
+                    ) -> dict[str, torch.Tensor]:
+        """Real rows of each submodule's inputs (`FusionClassifier.input_masks`)."""
+        joint = torch.cat([masks[m] for m in MODALITIES], 1)
+        return {"layers": joint, "head": joint.any(1)}
+
 
 class LateFusion(_WeightedLate):
     def __init__(self, dim: int, hidden: int, classes: int) -> None:
@@ -264,6 +271,11 @@ class LateFusion(_WeightedLate):
                 present: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         parts = {m: self.heads[m](tokens[m], masks[m]) for m in MODALITIES}
         return self.combine(parts, present), parts
+
+    def input_masks(self, masks: dict[str, torch.Tensor], present: torch.Tensor
+                    ) -> dict[str, torch.Tensor]:
+        """Real rows of each submodule's inputs: a head's examples that have its modality."""
+        return {f"heads.{m}": present[:, i] for i, m in enumerate(MODALITIES)}
 
 
 class HybridFusion(_WeightedLate):
@@ -282,6 +294,17 @@ class HybridFusion(_WeightedLate):
             x = self.cross[m](tokens[m], masks[m], context, context_mask)
             parts[m] = self.heads[m](x, masks[m])
         return self.combine(parts, present), parts
+
+    def input_masks(self, masks: dict[str, torch.Tensor], present: torch.Tensor
+                    ) -> dict[str, torch.Tensor]:
+        """Real rows of each submodule's inputs: a cross block's own tokens (its keys and values
+        read the other modalities' tokens), and a head's examples that have its modality."""
+        out = {}
+        for i, m in enumerate(MODALITIES):
+            context = torch.cat([masks[o] for o in MODALITIES if o != m], 1)
+            out |= {f"cross.{m}": masks[m], f"cross.{m}.self_attn.k_proj": context,
+                    f"cross.{m}.self_attn.v_proj": context, f"heads.{m}": present[:, i]}
+        return out
 
 
 DEFAULTS: dict[str, Any] = {
@@ -322,23 +345,45 @@ class FusionClassifier(nn.Module):
     def architecture(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, list) else v for k, v in self.arch.items()}
 
+    def token_masks(self, text_mask: torch.Tensor, present: torch.Tensor
+                    ) -> dict[str, torch.Tensor]:
+        """Each modality's token mask [batch, tokens] as the fusion module gets it: the real
+        tokens of the examples that have the modality; one masked-out stand-in token where no
+        example of the batch has it."""
+        counts = {"image": self.vision.tokens, "text": text_mask.shape[1],
+                  "audio": self.audio.tokens}
+        masks = {}
+        for i, m in enumerate(MODALITIES):
+            if present[:, i].any():
+                base = text_mask.bool() if m == "text" else torch.ones(
+                    len(present), counts[m], dtype=torch.bool, device=present.device)
+                masks[m] = base & present[:, i, None]
+            else:
+                masks[m] = torch.zeros(len(present), 1, dtype=torch.bool, device=present.device)
+        return masks
+
+    def input_masks(self, text_mask: torch.Tensor, present: torch.Tensor
+                    ) -> dict[str, torch.Tensor]:
+        """Which rows of each submodule's inputs are real, by module-name prefix (calibration
+        statistics leave the others out: `calibration.engine.mask_for`): an encoder's
+        examples that have its modality, the real characters of the texts, and what the
+        fusion module reads of them."""
+        present = present.bool()
+        masks = self.token_masks(text_mask, present)
+        fusion = self.fusion.input_masks(masks, present)
+        return {"vision": present[:, 0], "text": masks["text"], "audio": present[:, 2],
+                **{f"fusion.{name}": mask for name, mask in fusion.items()}}
+
     def encode(self, pixels: torch.Tensor, ids: torch.Tensor, text_mask: torch.Tensor,
                wave: torch.Tensor, present: torch.Tensor
                ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Tokens and token masks per modality; an encoder no example needs is skipped."""
         inputs = {"image": (pixels,), "text": (ids, text_mask.bool()), "audio": (wave,)}
         encoders = {"image": self.vision, "text": self.text, "audio": self.audio}
-        tokens, masks = {}, {}
-        for i, m in enumerate(MODALITIES):
-            if present[:, i].any():
-                tokens[m] = encoders[m](*inputs[m])
-                base = text_mask.bool() if m == "text" else torch.ones(
-                    tokens[m].shape[:2], dtype=torch.bool, device=present.device)
-                masks[m] = base & present[:, i, None]
-            else:  # absent from the whole batch: one masked-out stand-in token
-                tokens[m] = torch.zeros(len(present), 1, self.arch["dim"], device=present.device)
-                masks[m] = torch.zeros(len(present), 1, dtype=torch.bool, device=present.device)
-        return tokens, masks
+        tokens = {m: encoders[m](*inputs[m]) if present[:, i].any()
+                  else torch.zeros(len(present), 1, self.arch["dim"], device=present.device)
+                  for i, m in enumerate(MODALITIES)}  # absent from the whole batch: a stand-in
+        return tokens, self.token_masks(text_mask, present)
 
     def forward_parts(self, pixels: torch.Tensor, ids: torch.Tensor, text_mask: torch.Tensor,
                       wave: torch.Tensor, present: torch.Tensor

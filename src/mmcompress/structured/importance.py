@@ -37,7 +37,7 @@ from torch import nn
 
 from ..adapters import Adapter
 from ..calibration import CalibrationData, InputStatsCollector, calibrate_layers
-from ..calibration.engine import real_tokens
+from ..calibration.engine import TokenMask, mask_for, real_tokens
 from ..calibration.replay import main_output
 from ..errors import DataError
 from ..selection import tower_of
@@ -225,12 +225,13 @@ def layer_scores(adapter: Adapter, lists: list[LayerList],
         return {}
     total = dict.fromkeys(names, 0.0)
     count = dict.fromkeys(names, 0)
-    mask: list[torch.Tensor | None] = [None]  # the current batch's real tokens
+    mask: list[TokenMask | None] = [None]  # the current batch's real tokens
 
     def hook(name: str) -> Callable:
         def fn(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
             x = args[0] if args else kwargs["hidden_states"]
-            x, y = real_tokens(x, mask[0]), real_tokens(main_output(out), mask[0])
+            real = mask_for(mask[0], name)
+            x, y = real_tokens(x, real), real_tokens(main_output(out), real)
             dim = 1 if x.dim() == 4 else -1  # conv blocks: cosine over channels
             cos = torch.nn.functional.cosine_similarity(x.float(), y.float(), dim=dim)
             total[name] += float((1 - cos).sum())
