@@ -329,3 +329,40 @@ def test_calibration_statistics_leave_out_padding_and_absent_modalities(fusion):
         assert batched[name][0] == rows, name
         torch.testing.assert_close(batched[name][1], xtx, rtol=1e-4, atol=1e-5, msg=name)
     assert one["vision.convs.0"][0] == 11 * 64  # 11 images of 8×8 pixels, one missing
+
+
+def _compressed_state(fusion: str, stage: dict, batch_size: int, data: Dataset) -> dict:
+    recipe = {"stages": [stage], "evaluate": {"metrics": ["top1"]},
+              "calibration": {"samples": len(data), "batch_size": batch_size}}
+    result = mmcompress.compress(tiny_adapter(fusion), recipe, data=data, progress=False)
+    return result.adapter.model.state_dict()
+
+
+def test_smoothquant_folds_cross_attention_norms_alike_in_any_batching():
+    """A hybrid block's first norm runs on its own tokens and on the context: each output
+    counts under the mask of the layer reading it, so the fold does not depend on batching."""
+    data = tiny_data()
+    stage = {"quantize": {"method": "smoothquant"}}
+    one, batched = (_compressed_state("hybrid", stage, b, data) for b in (1, 5))
+    for name, t in one.items():
+        torch.testing.assert_close(batched[name], t, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_hybrid_keys_and_values_count_only_for_examples_that_have_the_block_modality():
+    model = tiny_adapter("hybrid").model
+    present = torch.tensor([[1, 1, 1], [0, 1, 1], [1, 0, 0]], dtype=torch.bool)
+    text_mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0]], dtype=torch.bool)
+    masks = model.input_masks(text_mask, present)
+    image_context = masks["fusion.cross.image.self_attn.k_proj"]
+    assert image_context[0].sum() == 2 + model.audio.tokens  # example 0: text (2) and audio
+    assert not image_context[1].any()  # example 1 has no image: its image block is not used
+    assert not masks["fusion.cross.image.self_attn.q_proj"][2].any()  # nothing to attend to
+    assert masks["fusion.cross.image"][2].all()
+
+
+def test_smoothquant_without_any_example_of_a_modality_is_a_data_error():
+    data = tiny_data()
+    data.audio = [None] * len(data.audio)
+    with pytest.raises(mmcompress.errors.DataError, match="never reached layer"):
+        _compressed_state("late", {"quantize": {"method": "smoothquant",
+                                                "targets": ["fusion"]}}, 4, data)

@@ -33,7 +33,9 @@ _TOLERANCE = 1e-3  # max |difference| / max |output| allowed after folding (floa
 
 class _NormWatch:
     """Per norm: which leaf modules read its output tensor, and statistics of that output
-    over real tokens (per-channel max |out| and up to `rows` sampled rows)."""
+    over the rows its readers take as real (per-channel max |out| and up to `rows` sampled
+    rows). A norm called twice in a pass (a cross-attention block's, on its own tokens and on
+    the context) counts each output under the mask of the layer that reads it."""
 
     def __init__(self, model: nn.Module, rows: int) -> None:
         self.norms = {n: m for n, m in model.named_modules()
@@ -42,6 +44,7 @@ class _NormWatch:
         self.stats = {n: InputStatsCollector(max_rows=rows) for n in self.norms}
         self._mask: TokenMask | None = None  # the current batch's token mask
         self._live: dict[int, tuple[str, torch.Tensor]] = {}  # id(output) → (norm, output)
+        self._counted: set[int] = set()  # outputs already in their norm's statistics
         leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
         self.handles = [m.register_forward_hook(self._norm_hook(n)) for n, m in self.norms.items()]
         self.handles += [m.register_forward_pre_hook(self._reader_hook(n)) for n, m in leaves]
@@ -49,16 +52,20 @@ class _NormWatch:
     def _norm_hook(self, name: str) -> Callable:
         def fn(_m: nn.Module, _args: tuple, out: torch.Tensor) -> None:
             self._live[id(out)] = (name, out)  # the reference keeps the id from being reused
-            x = real_tokens(out.detach(), mask_for(self._mask, name))
-            if x.numel():
-                self.stats[name].add(x.reshape(-1, x.shape[-1]).float())
 
         return fn
 
     def _reader_hook(self, name: str) -> Callable:
         def fn(_m: nn.Module, args: tuple) -> None:
-            if args and isinstance(args[0], torch.Tensor) and id(args[0]) in self._live:
-                self.readers[self._live[id(args[0])][0]].add(name)
+            if not (args and isinstance(args[0], torch.Tensor) and id(args[0]) in self._live):
+                return
+            norm, out = self._live[id(args[0])]
+            self.readers[norm].add(name)
+            if id(out) not in self._counted:
+                self._counted.add(id(out))
+                x = real_tokens(out.detach(), mask_for(self._mask, name))
+                if x.numel():
+                    self.stats[norm].add(x.reshape(-1, x.shape[-1]).float())
 
         return fn
 
@@ -69,6 +76,7 @@ class _NormWatch:
                     self._mask = getattr(run, "token_mask", None)
                     run()
                     self._live.clear()
+                    self._counted.clear()
         finally:
             for h in self.handles:
                 h.remove()
@@ -87,7 +95,7 @@ def fold_into_norms(model: nn.Module, linears: dict[str, nn.Linear], calib: Cali
     watch = _NormWatch(model, SEARCH_ROWS if alpha == "auto" else 0)
     watch.run(batches)
     plan = {norm: sorted(readers) for norm, readers in watch.readers.items()
-            if readers and readers <= set(linears)}
+            if readers and readers <= set(linears) and watch.stats[norm].rows}
     if not plan:
         return set()
     checks = [bs[0] for bs in calib.batches.values() if bs]

@@ -297,12 +297,16 @@ class HybridFusion(_WeightedLate):
 
     def input_masks(self, masks: dict[str, torch.Tensor], present: torch.Tensor
                     ) -> dict[str, torch.Tensor]:
-        """Real rows of each submodule's inputs: a cross block's own tokens (its keys and values
-        read the other modalities' tokens), and a head's examples that have its modality."""
+        """Real rows of each submodule's inputs, in the examples that have the block's modality:
+        a cross block's own tokens (its keys and values: the other modalities' tokens; its
+        queries: only where some other modality is there to attend to), and a head's
+        examples."""
         out = {}
         for i, m in enumerate(MODALITIES):
-            context = torch.cat([masks[o] for o in MODALITIES if o != m], 1)
-            out |= {f"cross.{m}": masks[m], f"cross.{m}.self_attn.k_proj": context,
+            context = torch.cat([masks[o] for o in MODALITIES if o != m], 1) & present[:, i, None]
+            attending = masks[m] & context.any(1)[:, None]
+            out |= {f"cross.{m}": masks[m], f"cross.{m}.self_attn.q_proj": attending,
+                    f"cross.{m}.self_attn.k_proj": context,
                     f"cross.{m}.self_attn.v_proj": context, f"heads.{m}": present[:, i]}
         return out
 
