@@ -104,7 +104,7 @@ MODELS: dict[str, ModelCase] = {
         "minilm",
         DATA_ROOT / "stsb" / "sts-dev.csv",
         quick_samples=500,
-        data_note="STS-B dev (1,500 pairs); quick mode: the first 500 pairs",
+        data_note="STS-B dev (1,500 pairs); quick mode: 500 evenly spaced pairs (every third)",
         calibration=lambda: load_data(DATA_ROOT / "stsb" / "sts-train.csv"),
     ),
     "lit-cifar": ModelCase(

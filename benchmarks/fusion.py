@@ -93,14 +93,24 @@ def no_larger(size: int, fp32_bytes: int, ratio: float,
               build: Callable[[float], tuple[Any, Any]]) -> tuple[Any, Any, float]:
     """`build(ratio)` → (model, info), the asked ratio of fp32 lowered until the saved file is
     at most `size` bytes (a method's own size prediction leaves out the file's header); the
-    model, its info and the ratio asked last."""
+    model, its info and the ratio it was built with.
+
+    Raises:
+        RuntimeError: if five tries leave the file larger than `size` (a comparison at equal
+            size would not be one).
+    """
+    got = None
     for _ in range(5):
-        model, info = build(round(ratio, 4))
+        if ratio <= 0:
+            break
+        asked = round(ratio, 4)
+        model, info = build(asked)
         got = saved_size_bytes(model.model)
         if got <= size:
-            break
+            return model, info, asked
         ratio -= (got - size) / fp32_bytes + 2e-4
-    return model, info, round(ratio, 4)
+    raise RuntimeError(f"no model of at most {size} bytes: the last asked ratio gave {got} "
+                       "bytes")
 
 
 def recipe_rows(adapter, data, calib, base) -> dict[str, dict]:

@@ -370,13 +370,13 @@ def main(argv: list[str] | None = None) -> None:
         "torch": torch.__version__,
         "machine": platform.machine(),
     }
-    if args.update:
-        results = {**load(args.out, results), "torch": torch.__version__}
+    if args.update:  # the run line stays the first run's; each part records its own
+        results = load(args.out, results)
     for part in parts:
         start = time.perf_counter()
         results[part] = PARTS[part](args)
         results[part]["part_s"] = round(time.perf_counter() - start, 1)
-        results[part]["command"] = command
+        results[part].update(command=command, threads=args.threads, torch=torch.__version__)
     store(args.out, results)
     print(_table(results))
     print(f"\nwrote {args.out}")

@@ -359,7 +359,9 @@ SECTIONS = [
      " outputs (`asymmetric: true`, the default); `svd-whiten-symmetric` rows are SVD-LLM's"
      " fit to each layer's own weight (`asymmetric: false`). The minilm and lit-cifar parts"
      " were rerun with `--update` (each part names its command; lit-cifar in session 10,"
-     " after lit-cifar-train carried its training captions)."),
+     " after lit-cifar-train carried its training captions); the run line is the first"
+     " run's, whose 2 threads the clip and resnet parts used, while the minilm and lit-cifar"
+     " parts ran on one (`--threads 1` in their commands)."),
     ("Low-rank MiniLM at other budgets", "lowrank_minilm_ratios.json",
      "python -m benchmarks.lowrank benchmarks/results/lowrank_minilm_ratios.json --parts minilm"
      " --param-ratio 0.5,0.9 --methods svd,svd-whiten --calib-samples 2048 --threads 1"

@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
            "evaluation": a.eval or test.name,
            "samples": a.samples, "batch_size": a.batch_size, "embeddings_pruned": a.embeddings,
            "ignored": a.ignore or [], "targets": a.targets, "threads": a.threads,
-           "dense": dense, "rows": rows}
+           **({"by_source": True} if sources else {}), "dense": dense, "rows": rows}
     store(a.out, _merged(load(a.out), out) if a.update else out)
 
 
@@ -228,13 +228,13 @@ def _merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """`old` with the rows of `new` in place of those of the same method and setting (new
     ones appended); refused when the two runs differ in anything but their rows and the last
     digits of the dense metric (another machine's float sums; 1e-4 allowed, `old`'s kept)."""
-    setup = [k for k in new if k not in ("rows", "dense")]
+    setup = {k for k in (*new, "by_source") if k not in ("rows", "dense")}
     dense_old, dense_new = old.get("dense", {}), new["dense"]
     key = dense_new["metric"]
     same_dense = (dense_old.get("metric") == key
                   and dense_old.get("size_bytes") == dense_new["size_bytes"]
                   and abs(dense_old.get(key, float("inf")) - dense_new[key]) <= 1e-4)
-    if not same_dense or {k: old.get(k) for k in setup} != {k: new[k] for k in setup}:
+    if not same_dense or {k: old.get(k) for k in setup} != {k: new.get(k) for k in setup}:
         raise SystemExit("error: the existing file was written with other settings (or another "
                          "dense model); run without --update")
     fresh = {(r["method"], r["setting"]): r for r in new["rows"]}

@@ -9,7 +9,7 @@ import resource
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -70,17 +70,9 @@ def _error(exc: BaseException) -> str:
 
 
 def _subset(data: Dataset, n: int) -> Dataset:
-    """Quick-mode data: the first `n` sentence pairs, or `n` images spread evenly (class folders
-    are stored class by class, so the first `n` would be a few classes only)."""
-    if n >= len(data):
-        return data
-    if data.task == "sts":
-        return data.head(n)
-    keep = [i * len(data) // n for i in range(n)]
-    cols = ("images", "labels", "captions")
-    return replace(
-        data, **{c: [getattr(data, c)[i] for i in keep] for c in cols if getattr(data, c)}
-    )
+    """Quick-mode data: `n` examples spread evenly (`Dataset.head`; class folders are stored
+    class by class, so the first `n` would be a few classes only)."""
+    return data.head(n)
 
 
 def _load(case: ModelCase, quick: bool) -> tuple[Adapter, Dataset]:

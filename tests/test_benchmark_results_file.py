@@ -97,6 +97,6 @@ def test_pruning_rows_merge_by_method_and_setting_only_into_the_same_run() -> No
     merged = _merged(old, new)
     assert merged["rows"] == [row("wanda", 1.0), row("sgpt", 3.0), row("new", 4.0)]
     assert merged["dense"] == dense(0.8)
-    for other in ({"dense": dense(0.7)}, {"model": "clip"}):
+    for other in ({"dense": dense(0.7)}, {"model": "clip"}, {"by_source": True}):
         with pytest.raises(SystemExit, match="other settings"):
             _merged(old, {**new, **other})

@@ -327,3 +327,25 @@ def test_committed_method_results_and_fusion_pages_are_what_their_results_render
     assert method_results.render() == (root / "docs" / "method-results.md").read_text()
     fusion = json.loads((root / "benchmarks" / "results" / "fusion.json").read_text())
     assert fusion_page.render(fusion) == (root / "docs" / "fusion.md").read_text()
+
+
+def test_no_larger_returns_the_ratio_it_built_with_or_refuses(monkeypatch):
+    """The budget comparison's model is at most the target size and reports the ratio its
+    model was built with; when five tries cannot get there it says so instead of comparing
+    a larger model."""
+    import types
+
+    from benchmarks import fusion
+
+    asked = []
+
+    def build(ratio):
+        asked.append(ratio)
+        return types.SimpleNamespace(model=ratio), None
+
+    monkeypatch.setattr(fusion, "saved_size_bytes", lambda r: int(1000 * r) + 10)
+    _, _, used = fusion.no_larger(200, 1000, 0.2, build)
+    assert int(1000 * used) + 10 <= 200 and used == asked[-1]
+    monkeypatch.setattr(fusion, "saved_size_bytes", lambda r: 250)
+    with pytest.raises(RuntimeError, match="no model of at most 200 bytes"):
+        fusion.no_larger(200, 1000, 0.2, build)
