@@ -23,7 +23,10 @@ def split(out: Path, every: int = 4, fold: int = 0) -> tuple[Path, Path]:
     """Write the calibration and held-out files of `fold`; returns their paths."""
     if not 0 <= fold < every:
         raise ValueError(f"fold must be in [0, {every}), got {fold}")
-    lines = (DATA_ROOT / "stsb" / "sts-train.csv").read_text(encoding="utf-8").splitlines()
+    text = (DATA_ROOT / "stsb" / "sts-train.csv").read_text(encoding="utf-8")
+    # lines end at "\n" only, as the STS reader splits them (not at U+2028, which
+    # `str.splitlines` also breaks at)
+    lines = [line.removesuffix("\r") for line in text.removesuffix("\n").split("\n")]
     held = [line for i, line in enumerate(lines, 1) if i % every == fold]
     calib = [line for i, line in enumerate(lines, 1) if i % every != fold]
     out.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from torch import nn
 import mmcompress
 from mmcompress.adapters.classifier import ImageClassifierAdapter
 from mmcompress.adapters.hf_dual import CLIPAdapter
-from mmcompress.errors import RecipeError
+from mmcompress.errors import CheckpointError, RecipeError
 from mmcompress.io.checkpoint import load_checkpoint, save_checkpoint
 from mmcompress.methods import METHODS
 from mmcompress.methods.training_hooks import Schedule, take_armed
@@ -278,3 +278,18 @@ def test_gradual_pruning_resumed_after_a_crash_ends_as_an_uninterrupted_run(
     assert resumed.keys() == straight.keys()
     for name, tensor in resumed.items():
         assert torch.equal(tensor, straight[name]), name
+
+
+@pytest.mark.parametrize("changed", [
+    {"method": "wanda", "sparsity": 0.5},
+    {"method": "magnitude", "sparsity": 0.5, "scope": "global"},
+    {**STRUCTURED, "importance": "activation"}])
+def test_a_checkpoint_of_other_prune_settings_is_refused_on_resume(tmp_path, changed):
+    """The prune settings choose the masks: a run resumed with others would continue masks
+    it did not choose, so its checkpoint is refused."""
+    first = STRUCTURED if changed.get("method") == "structured" else \
+        {"method": "magnitude", "sparsity": 0.5}
+    with pytest.raises(KeyboardInterrupt):
+        _resumable_run(tmp_path / "run", 5, **first)
+    with pytest.raises(CheckpointError):
+        _resumable_run(tmp_path / "run", None, **changed)

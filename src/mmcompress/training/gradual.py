@@ -47,8 +47,10 @@ class GradualPruning(TrainCallback):
     """Raises the masks' sparsity on the schedule; prunes for good when training ends."""
 
     def __init__(self, masks: UnstructuredMasks | StructuredMasks, schedule: Schedule,
-                 finals: dict[str, float], summary: dict[str, Any]) -> None:
+                 finals: dict[str, float], summary: dict[str, Any],
+                 settings: dict[str, Any] | None = None) -> None:
         self.masks, self.schedule, self.finals = masks, schedule, finals
+        self.settings = settings or {}  # what else decides the masks (checked on resume)
         self.current = dict.fromkeys(finals, 0.0)
         self.summary = summary  # the stage's summary: filled in when training ends
         self.steps = (0, 0)
@@ -84,7 +86,7 @@ class GradualPruning(TrainCallback):
         self.summary.update(self.masks.finish())
 
     def describe(self) -> dict[str, Any]:
-        return {"schedule": self.schedule.model_dump(), "finals": self.finals}
+        return {"schedule": self.schedule.model_dump(), "finals": self.finals, **self.settings}
 
     def state_dict(self) -> dict[str, Any]:
         return {"current": self.current, "masks": self.masks.state_dict()}
@@ -141,5 +143,16 @@ def prepare_gradual(adapter: Adapter, config: MethodConfig,
         finals = {"weights": config.target_sparsity}
     summary: dict[str, Any] = {"schedule": schedule.model_dump(), "final": finals,
                                "masked_modules": len(masks.modules)}
-    arm(context, GradualPruning(masks, schedule, finals, summary))
+    arm(context, GradualPruning(masks, schedule, finals, summary, _mask_settings(config, context)))
     return summary
+
+
+def _mask_settings(config: MethodConfig, context: StageContext) -> dict[str, Any]:
+    """The prune settings and the calibration the masks are chosen by: a checkpoint of a run
+    with other ones is refused on resume rather than continued with these."""
+    calibration = context.calibration
+    data = context.data
+    return {"prune": config.model_dump(mode="json"),
+            "calibration": None if calibration is None else calibration.model_dump(mode="json"),
+            "calibration_data": None if data is None else {"name": data.name,
+                                                             "examples": len(data)}}
