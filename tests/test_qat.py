@@ -245,3 +245,8 @@ def test_recipe_qat_with_activations_trains_w8a8_layers(tiny_clip, tmp_path):
         load_recipe({"stages": [{"quantize": {"method": "rtn", "bits": 4,
                                               "qat": {"activations": {}}}},
                                 {"finetune": {"method": "task"}}]})
+    with pytest.raises(RecipeError, match="a budget would give layers other widths"):
+        load_recipe({"stages": [{"quantize": {"method": "rtn", "bits": 8,
+                                              "budget": {"size_ratio": 0.2},
+                                              "qat": {"activations": {}}}},
+                                {"finetune": {"method": "task"}}]})

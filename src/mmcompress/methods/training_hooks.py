@@ -38,7 +38,8 @@ class QATOptions(Settings):
         "trained with the weights (LSQ), starting from the post-training scales")
     activations: ActivationQuantConfig | None = Field(
         None, description="also fake-quantize linear layers' inputs (static int8, range from "
-        "calibration); they become W8A8Linear (needs rtn, bits 8, per channel, symmetric)")
+        "calibration); they become W8A8Linear (needs rtn, bits 8, per channel, symmetric, "
+        "no budget)")
 
 
 def parse_qat(value: Any) -> bool | QATOptions:

@@ -70,6 +70,9 @@ class WeightQuantConfig(LayerKindsConfig):
                                  self.qat.scales) != ("rtn", 8, None, True, "minmax"):
             raise ValueError("qat activations train W8A8 layers: use method rtn, bits 8, "
                              "group_size null, symmetric true and scales minmax")
+        if acts is not None and self.budget is not None:
+            raise ValueError("qat activations train W8A8 layers, 8 bits each; a budget "
+                             "would give layers other widths (drop budget or activations)")
         return self
 
     @model_validator(mode="after")

@@ -135,6 +135,9 @@ class QATLinear(_FakeQuantized, nn.Linear):
         """The saved `QuantLinear` (`W8A8Linear` with activations) computing the same function
         (W8A8: up to float rounding of the integer product)."""
         if self.act_scale is not None:  # the grid is int8 per channel, min-max: W8A8's own
+            if self.grid.bits != 8:
+                raise RuntimeError(f"QATLinear: W8A8 needs an 8-bit weight grid, this layer "
+                                   f"trained on {self.grid.bits} bits")
             return W8A8Linear.from_linear(self, float(self.act_scale))
         return QuantLinear.from_linear(self, self.grid, self.quantized(), self.input_scale)
 
