@@ -365,3 +365,24 @@ def test_training_stages_sharing_a_checkpoint_dir_each_keep_their_own(tiny_clip,
     assert steps[0] == steps[1] > 0
     assert {p.name for p in (tmp_path / "ck").iterdir()} == {"stage-0", "stage-1"}
     assert all(any((tmp_path / "ck" / s).glob("step-*")) for s in ("stage-0", "stage-1"))
+
+
+@pytest.mark.parametrize("texts", [["a cat", "the dog"], ["a small cat sat on the mat", "dog"]])
+def test_recorded_text_attention_maps_are_causal_with_or_without_padding(tiny_clip, texts):
+    """CLIP's text tower is causal. Without padding HF passes ``is_causal`` and no mask; the
+    recorded maps must still give no weight to later tokens, and equal the model's own."""
+    from mmcompress.training.taps import Taps, block_lists
+
+    name = next(n for n in block_lists(tiny_clip.model) if "text" in n)
+    taps = Taps(tiny_clip.model, {name: [0]}, features=False, attention=True)
+    tokens = tiny_clip.text_tensors(texts)
+    with torch.no_grad(), taps.recording():
+        tiny_clip.embed_text_tensors(tokens)
+    recorded = taps.maps[(name, 0)]
+    text_model = tiny_clip.model.text_model
+    text_model.config._attn_implementation = "eager"
+    with torch.no_grad():
+        own = text_model(**tokens, output_attentions=True).attentions[0]
+    real = tokens["attention_mask"].bool()
+    keys = real[:, None, None, :] & real[:, None, :, None]  # rows of real queries and keys
+    torch.testing.assert_close(recorded * keys, own * keys)

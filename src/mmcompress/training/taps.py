@@ -38,8 +38,10 @@ def attention_module(block: nn.Module) -> nn.Module | None:
 
 
 def attention_probs(module: nn.Module, hidden: torch.Tensor,
-                    mask: torch.Tensor | None) -> torch.Tensor:
-    """softmax(QKᵀ·scale + mask) as the module computes it: [B, heads, L, L]."""
+                    mask: torch.Tensor | None, causal: bool = False) -> torch.Tensor:
+    """softmax(QKᵀ·scale + mask) as the module computes it: [B, heads, L, L]. `causal`
+    without a mask: each token sees itself and the ones before (HF passes ``is_causal``
+    instead of a mask to a text tower whose batch holds no padding)."""
     if hasattr(module, "query"):
         q, k = module.query(hidden), module.key(hidden)
         dim = module.attention_head_size
@@ -51,6 +53,8 @@ def attention_probs(module: nn.Module, hidden: torch.Tensor,
     q = q.view(b, n, -1, dim).transpose(1, 2)
     k = k.view(b, n, -1, dim).transpose(1, 2)
     scores = q @ k.transpose(-1, -2) * scale
+    if mask is None and causal:
+        mask = torch.ones(n, n, dtype=torch.bool, device=scores.device).tril()
     if mask is not None:
         if mask.dtype == torch.bool:
             scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
@@ -98,5 +102,6 @@ class Taps:
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
             hidden = args[0] if args else kwargs["hidden_states"]
             mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")
-            self.maps[key] = attention_probs(module, hidden, mask)
+            self.maps[key] = attention_probs(module, hidden, mask,
+                                             bool(kwargs.get("is_causal", False)))
         return hook
