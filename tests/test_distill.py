@@ -180,6 +180,12 @@ def test_features_of_other_widths_go_through_a_learned_projection():
     assert len(obj.modules) == 4  # 2 layers in each of 2 towers
     obj.loss(torch.arange(4)).backward()
     assert all(p.grad is not None for p in obj.modules.parameters())
+    state = torch.get_rng_state()
+    again = [DistillObjective(student, teacher, make_task(student, _images(8)), ["features"],
+                              seed=seed).modules.state_dict() for seed in (0, 0, 1)]
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is left as it was
+    for name, t in again[0].items():  # the projections start from the seed alone
+        assert torch.equal(again[1][name], t) and not torch.equal(again[2][name], t)
 
 
 def test_teacher_of_another_task_is_refused(tiny_clip):

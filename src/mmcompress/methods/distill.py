@@ -85,7 +85,7 @@ def apply_distill(adapter: Adapter, config: DistillConfig,
         raise RecipeError(f"distill: {exc}; those are this model's default losses") from None
     objective = DistillObjective(adapter, teacher, task, losses, config.alpha,
                                  config.temperature, dict(config.weights), layer_map,
-                                 cache=config.cache_teacher)
+                                 cache=config.cache_teacher, seed=config.seed)
     summary.update(run_training(adapter, objective, config, context))
     summary["losses"] = losses
     return summary

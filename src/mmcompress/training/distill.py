@@ -80,7 +80,8 @@ class DistillObjective:
     def __init__(self, student: Adapter, teacher: Adapter, task: TrainingTask,
                  losses_: list[str], alpha: float = 0.5, temperature: float = 2.0,
                  weights: dict[str, float] | None = None,
-                 layer_map: dict[str, list[int]] | None = None, cache: bool = True) -> None:
+                 layer_map: dict[str, list[int]] | None = None, cache: bool = True,
+                 seed: int = 0) -> None:
         self.student, self.teacher, self.task = student, teacher, task
         self.losses = list(dict.fromkeys(losses_))
         self.alpha, self.temperature = alpha, temperature
@@ -95,7 +96,9 @@ class DistillObjective:
         self.s_taps = Taps(student.model, s_lists, "features" in inner, "attention" in inner)
         self.t_taps = Taps(teacher.model, t_lists, "features" in inner, "attention" in inner)
         self.modules: nn.Module = nn.ModuleDict()
-        self._probe()
+        with torch.random.fork_rng(devices=[]):  # the projections' initial weights: from
+            torch.manual_seed(seed)  # the stage's seed, whatever ran before
+            self._probe()
 
     def __len__(self) -> int:
         return len(self.task)
