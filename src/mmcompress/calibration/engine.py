@@ -193,6 +193,7 @@ def _run_group(group: dict[str, nn.Module], collectors: dict[str, Any], batches:
     mask: list[TokenMask | None] = [None]  # the current batch's token mask
     live: dict[str, list[torch.Tensor] | str] = {}
     ref: dict[str, list[torch.Tensor] | str] = {}
+    masked_only: set[str] = set()  # layers that ran on no real row of a batch
     handles = _group_inputs(group, mask, live)
     if reference is not None:
         handles += _group_inputs({n: reference.get_submodule(n) for n in group}, mask, ref)
@@ -225,6 +226,7 @@ def _run_group(group: dict[str, nn.Module], collectors: dict[str, Any], batches:
                         continue
                     x = torch.cat(rows)
                     if not len(x):  # no real row of this batch reached the layer
+                        masked_only.add(name)
                         continue
                     if reference is None:
                         collectors[name].add(x)
@@ -234,6 +236,10 @@ def _run_group(group: dict[str, nn.Module], collectors: dict[str, Any], batches:
         for h in handles:
             h.remove()
     unseen = [n for n in group if collectors[n].rows == 0]
+    if unseen and unseen[0] in masked_only:
+        raise DataError(f"calibration reached layer {unseen[0]!r} with no real input: every "
+                        "calibration example lacks what it reads (a missing modality, say); "
+                        "check the data and targets")
     if unseen:
         raise DataError(f"calibration never reached layer {unseen[0]!r}; check the data and "
                         "targets")
