@@ -423,6 +423,22 @@ def test_params_ratio_keeps_that_share_of_the_model_within_the_caps(tiny_clip):
     assert removed["vision"]["neurons"]["removed"] >= 64  # the dead half still goes first
 
 
+def test_params_ratio_counts_quantized_layers_by_their_logical_weights(tiny_clip):
+    """An earlier stage's int8 tower keeps its weights in buffers: the budget still counts
+    them, as the report's `params` does, so the share kept is the share asked."""
+    recipe = {"stages": [{"quantize": {"method": "rtn", "bits": 8, "targets": ["vision"]}},
+                         {"prune": {"method": "structured", "heads": 0.5, "neurons": 0.9,
+                                    "scope": "global", "params_ratio": 0.8,
+                                    "targets": ["text"]}}],
+              "calibration": {"samples": 8, "batch_size": 4},
+              "evaluate": {"max_samples": 8, "metrics": ["params"]}}
+    report = mmcompress.compress(tiny_clip, recipe, data=toy_image_data(),
+                                 progress=False).report
+    kept = report["after"]["params"] / report["before"]["params"]
+    assert abs(kept - 0.8) <= 2096 / 2 / report["before"]["params"]  # the nearest head
+    assert report["stages"][-1]["summary"]["params_kept_ratio"] == pytest.approx(kept, abs=1e-4)
+
+
 def test_params_ratio_caps_keep_one_unit_of_every_layer(tiny_clip):
     summary = _prune(tiny_clip, heads=0.9, neurons=0.99, importance="magnitude",
                      scope="global", params_ratio=0.5)  # 0.9 of 2 heads rounds to 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,19 +55,27 @@ def check_data_fits(adapter: Adapter, data: Dataset) -> None:
         adapter.label_indices(data)  # the model's classes, matched by name
 
 
-def count_params(model: nn.Module) -> int:
-    """Parameters of the model as a dense network would count them (quantized layers count
-    their logical weights; physically removed units do not count)."""
-    total, skip = 0, set()
+def parameter_counts(model: nn.Module
+                     ) -> Iterator[tuple[str, str | None, torch.Tensor | None, int]]:
+    """(module name, parameter name, parameter, count) of every weight, as a dense network
+    counts them: a module that keeps its weights in another form (quantized, sparse) once, as
+    (name, None, None, its logical weights), without its own tensors."""
+    skip: set[str] = set()
     for name, module in model.named_modules():
         if any(name.startswith(s + ".") for s in skip):
             continue
         if hasattr(module, "logical_params"):
-            total += module.logical_params()
             skip.add(name)
-        else:
-            total += sum(p.numel() for p in module.parameters(recurse=False))
-    return total
+            yield name, None, None, module.logical_params()
+            continue
+        for pname, p in module.named_parameters(recurse=False):
+            yield name, pname, p, p.numel()
+
+
+def count_params(model: nn.Module) -> int:
+    """Parameters of the model as a dense network would count them (quantized layers count
+    their logical weights; physically removed units do not count)."""
+    return sum(n for *_, n in parameter_counts(model))
 
 
 def saved_size_bytes(model: nn.Module, weights_file: Path | None = None) -> int:

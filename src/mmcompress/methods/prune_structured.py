@@ -13,6 +13,7 @@ from torch import nn
 from ..adapters import Adapter
 from ..calibration import CalibrationData
 from ..errors import RecipeError
+from ..evaluation.evaluate import count_params, parameter_counts
 from ..modules import MODULE_TYPES
 from ..selection import ignored_names, select_modules, tower_of
 from ..structured.allocate import (
@@ -114,10 +115,11 @@ def _tower(name: str, towers: dict[str, list[str]]) -> str:
 
 
 def _tower_params(model: nn.Module, towers: dict[str, list[str]]) -> dict[str, int]:
+    """Parameters per tower, as `count_params` counts them."""
     out: dict[str, int] = {}
-    for name, p in model.named_parameters():
+    for name, _, _, n in parameter_counts(model):
         t = _tower(name, towers)
-        out[t] = out.get(t, 0) + p.numel()
+        out[t] = out.get(t, 0) + n
     return out
 
 
@@ -225,7 +227,7 @@ def _global_units(model: nn.Module, groups: list[UnitGroup], cands: list[Candida
     group) would leave, or, with `ratio`, that share of the model with `remove[g]` as each
     group's cap; counted exactly, to the nearest unit. An error, before anything changes, when
     the caps forbid the target."""
-    total = sum(p.numel() for p in model.parameters())
+    total = count_params(model)
     if ratio is None:
         target, caps = params_after(model, groups, remove), None
     else:

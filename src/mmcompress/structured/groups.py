@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.utils import skip_init
 
 from ..errors import RecipeError
-from ..evaluation.evaluate import count_params
+from ..evaluation.evaluate import count_params, parameter_counts
 from ..modules.replace import replace_modules
 
 PRUNABLE = (nn.Linear, nn.Conv2d, nn.BatchNorm2d)
@@ -200,7 +200,8 @@ def group_params(model: nn.Module, group: UnitGroup) -> int:
 def params_after(model: nn.Module, groups: list[UnitGroup], removed: dict[int, int]) -> int:
     """The model's parameters once `removed[i]` units of each ``groups[i]`` are gone, exactly:
     a weight between two pruned groups (chained convolutions) is counted once, where
-    `group_params` counts it with each of them."""
+    `group_params` counts it with each of them; quantized and sparse layers elsewhere count
+    their logical weights (`count_params`)."""
     rows: dict[str, float] = {}
     cols: dict[str, int] = {}
     for i, g in enumerate(groups):
@@ -209,12 +210,11 @@ def params_after(model: nn.Module, groups: list[UnitGroup], removed: dict[int, i
         for n in g.inputs:
             cols[n] = removed.get(i, 0) * g.in_width
     total = 0.0
-    for name, module in model.named_modules():
-        for pname, p in module.named_parameters(recurse=False):
-            keep = rows.get(name, 1.0)
-            if pname == "weight" and p.dim() > 1 and name in cols:
-                keep *= 1 - cols[name] / p.shape[1]
-            total += p.numel() * keep
+    for name, pname, p, n in parameter_counts(model):  # layers pruning never takes: logical
+        keep = rows.get(name, 1.0)
+        if pname == "weight" and p.dim() > 1 and name in cols:
+            keep *= 1 - cols[name] / p.shape[1]
+        total += n * keep
     return round(total)
 
 
