@@ -367,3 +367,21 @@ def test_smoothquant_without_any_example_of_a_modality_is_a_data_error():
                        match="'fusion.heads.audio.mlp.fc1' with no real input"):
         _compressed_state("late", {"quantize": {"method": "smoothquant",
                                                 "targets": ["fusion"]}}, 4, data)
+
+
+@pytest.mark.parametrize("stage", [
+    {"lowrank": {"method": "svd", "param_ratio": 0.5, "sensitivity_samples": 4,
+                 "targets": ["audio", "text"]}},
+    {"prune": {"method": "wanda", "sparsity": 0.5, "layer_sparsity": "sensitivity",
+               "sensitivity_samples": 4, "targets": ["audio", "text"]}}])
+def test_a_sensitivity_probe_that_never_runs_a_layer_is_refused(stage):
+    """The probe's examples hold no audio: measured there, the audio layers would look free
+    and take the whole budget (as the bit budget already refuses)."""
+    data = tiny_data(missing=False)
+    for i in (0, 3, 6, 9):  # the four evenly spaced examples the probe takes
+        data.audio[i] = None
+    recipe = {"stages": [stage], "calibration": {"samples": 12, "batch_size": 4},
+              "evaluate": {"metrics": ["top1"]}}
+    with pytest.raises(mmcompress.errors.DataError,
+                       match="never reached layer 'audio.proj' while measuring"):
+        mmcompress.compress(tiny_adapter("late"), recipe, data=data, progress=False)

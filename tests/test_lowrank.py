@@ -141,6 +141,15 @@ def test_allocation_spends_the_budget_where_the_loss_is_lowest():
         allocate_ranks(layers, param_ratio=0.05)
 
 
+def test_allocation_gives_the_overshoot_back_to_a_layer_whose_loss_is_flat():
+    # 'free' costs nothing at any rank: its hull drops straight to rank 1 (kept 110 of the 140
+    # allowed); what that overshot goes back to it, so the model keeps what the budget allows
+    layers = {"free": LayerOptions(100, [(10 * r, 0.0, r) for r in range(1, 10)]),
+              "costly": LayerOptions(100, [(50, 0.5, 5), (90, 0.1, 9)])}
+    choices, kept = allocate_ranks(layers, param_ratio=0.7)
+    assert kept == 140 and choices == {"free": 4, "costly": None}
+
+
 def test_allocation_factors_a_layer_whose_first_step_is_costly():
     # factoring at all costs 0.2 at once, then each rank removed is free: the hull sees it
     layers = {"a": LayerOptions(100, [(90, 0.2, 9), (50, 0.2, 5), (10, 0.2, 1)]),

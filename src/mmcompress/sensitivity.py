@@ -14,6 +14,7 @@ from torch import nn
 
 from .adapters import Adapter
 from .data import Dataset
+from .errors import DataError
 from .evaluation.evaluate import QUALITY, Evaluation, quality
 from .evaluation.metrics import similarity_fidelity
 from .modules.replace import replace_modules
@@ -35,6 +36,29 @@ class Probe:
     def on(cls, adapter: Adapter, data: Dataset, max_samples: int = 64) -> Probe:
         small = data.head(max_samples)
         return cls(adapter, small, quality(adapter, small))
+
+    @classmethod
+    def reaching(cls, adapter: Adapter, data: Dataset, max_samples: int,
+                 modules: dict[str, nn.Module], purpose: str) -> Probe:
+        """`on`, after checking that the probe's examples run every one of `modules`: one
+        they never run would look free to compress (swapping it changes nothing).
+
+        Raises:
+            DataError: naming the first module the examples never run.
+        """
+        seen: set[str] = set()
+        handles = [m.register_forward_hook(lambda *_, n=n: seen.add(n))
+                   for n, m in modules.items()]
+        try:
+            probe = cls.on(adapter, data, max_samples)
+        finally:
+            for h in handles:
+                h.remove()
+        unseen = [n for n in modules if n not in seen]
+        if unseen:
+            raise DataError(f"calibration never reached layer {unseen[0]!r} while measuring "
+                            f"{purpose} ({max_samples} examples); check the data and targets")
+        return probe
 
     def measure(self, modules: dict[str, nn.Module], compress: Compress) -> dict[str, float]:
         """Metrics with `modules` compressed: task metric drops and ``1 - fidelity``."""

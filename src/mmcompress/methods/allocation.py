@@ -21,8 +21,7 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from ..adapters import Adapter
-from ..data import Dataset
-from ..errors import DataError, RecipeError
+from ..errors import RecipeError
 from ..evaluation.evaluate import saved_size_bytes
 from ..quantization.grid import QuantGrid
 from ..selection import tower_of
@@ -102,23 +101,6 @@ def allocate_bits(total: int, before: dict[str, int], size: dict[int, dict[str, 
     return {n: widths[lv] for n, lv in level.items()}, now
 
 
-def _probe(adapter: Adapter, data: Dataset, samples: int, modules: dict[str, nn.Module]) -> Probe:
-    """The sensitivity probe on `samples` examples; a layer they never run is refused (swapping
-    it would change nothing, so it would look free to quantize)."""
-    seen: set[str] = set()
-    handles = [m.register_forward_hook(lambda *_, n=n: seen.add(n)) for n, m in modules.items()]
-    try:
-        probe = Probe.on(adapter, data, samples)
-    finally:
-        for h in handles:
-            h.remove()
-    unseen = [n for n in modules if n not in seen]
-    if unseen:
-        raise DataError(f"calibration never reached layer {unseen[0]!r} while measuring the "
-                        f"budget's sensitivity ({samples} examples); check the data and targets")
-    return probe
-
-
 def _sized(layout: Layout, grid: QuantGrid, sizes: dict[str, int]) -> Compress:
     """`layout` at `grid`, noting in `sizes` the stored bytes of each layer it builds."""
 
@@ -146,7 +128,8 @@ def layer_grids(adapter: Adapter, modules: dict[str, nn.Module], config: Any,
     total = saved_size_bytes(adapter.model)
     before = {n: stored_bytes(m) for n, m in modules.items()}
     size: dict[int, dict[str, int]] = {b: {} for b in budget.bits}
-    probe = _probe(adapter, context.data, budget.samples, modules)
+    probe = Probe.reaching(adapter, context.data, budget.samples, modules,
+                           "the budget's sensitivity")
     loss = {b: layer_sensitivity(probe, modules, _sized(config.layout, grid_at(b), sizes),
                                  context.progress) for b, sizes in size.items()}
 

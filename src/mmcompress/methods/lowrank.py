@@ -151,7 +151,8 @@ def _choices(adapter: Adapter, factorizer: Factorizer, modules: dict[str, nn.Mod
         return uniform_ranks(sizes, c.param_ratio, factorizer.smallest)[0], {}
     check_reachable(sizes, c.param_ratio, factorizer.smallest)  # before calibrating
     options: dict[str, LayerOptions] = {}
-    probe = Probe.on(adapter, context.data, c.sensitivity_samples) \
+    probe = Probe.reaching(adapter, context.data, c.sensitivity_samples, modules,
+                           "rank sensitivity") \
         if c.sensitivity_samples and context.data is not None else None
 
     def measure(name: str, module: nn.Module, stats: HessianCollector) -> None:

@@ -109,7 +109,9 @@ def allocate_ranks(layers: dict[str, LayerOptions], param_ratio: float,
 def _fill(layers: dict[str, LayerOptions], choices: dict[str, Any], kept: int,
           target: float) -> tuple[dict[str, Any], int]:
     """Spend what the last hull step overshot: raise ranks (any option, not only hull points)
-    where that lowers the loss most per weight, while the budget holds."""
+    where that lowers the loss most per weight, while the budget holds; a layer whose loss
+    stays flat takes what is left (it costs nothing, and the model keeps closer to the
+    budget)."""
     ladders = {n: sorted(layer.options, key=lambda o: o[0]) + [(layer.dense, 0.0, None)]
                for n, layer in layers.items()}
     pos = {n: next(i for i, o in enumerate(ladders[n]) if o[2] == choices[n]) for n in layers}
@@ -118,7 +120,7 @@ def _fill(layers: dict[str, LayerOptions], choices: dict[str, Any], kept: int,
         for n, i in pos.items():
             if i + 1 < len(ladders[n]):
                 (p0, l0, _), (p1, l1, _) = ladders[n][i], ladders[n][i + 1]
-                if kept + p1 - p0 <= target and l0 > l1:
+                if kept + p1 - p0 <= target and l0 >= l1:
                     gain = (l0 - l1) / max(p1 - p0, 1)
                     if best is None or gain > best[0]:
                         best = (gain, n)
