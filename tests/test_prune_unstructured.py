@@ -601,6 +601,18 @@ def test_owl_ratios_prune_outlier_blocks_less():
     assert owl_sparsities({"a": 0.1, "b": 0.1}, 0.6, 0.08) == {"a": 0.6, "b": 0.6}
 
 
+@pytest.mark.parametrize("target", [0.03, 0.5, 0.95])
+def test_owl_removes_the_target_share_of_all_weights_even_where_it_clamps(target):
+    """Blocks of unequal size, sparsities near 0 or 0.99: the weights removed in all are
+    still the target, and each block stays in [0, 0.99]."""
+    ratios, sizes = {"a": 0.0, "b": 0.0, "c": 1.0}, {"a": 100, "b": 300, "c": 600}
+    per_block = owl_sparsities(ratios, target, 0.08, sizes)
+    removed = sum(per_block[b] * n for b, n in sizes.items()) / sum(sizes.values())
+    assert removed == pytest.approx(target, abs=1e-6)
+    assert all(0.0 <= v <= 0.99 for v in per_block.values())
+    assert per_block["c"] <= per_block["a"] == per_block["b"]
+
+
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
 def test_owl_keeps_the_mean_sparsity_and_varies_it_by_block(tiny_clip, method):
     summary = _apply(tiny_clip, method, sparsity=0.6, layer_sparsity="owl", targets=["text"])

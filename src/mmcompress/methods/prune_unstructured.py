@@ -141,7 +141,10 @@ def _layer_sparsities(adapter: Adapter, layers: dict[str, nn.Module],
         scores.setdefault(blocks[name], []).append(_wanda_scores(weight_matrix(layers[name]),
                                                                  s))
     ratios = {b: outlier_ratio(s, config.owl_threshold) for b, s in scores.items()}
-    per_block = owl_sparsities(ratios, config.target_sparsity, config.owl_spread)
+    sizes: dict[str, int] = {}
+    for name, block in blocks.items():
+        sizes[block] = sizes.get(block, 0) + weight_matrix(layers[name]).numel()
+    per_block = owl_sparsities(ratios, config.target_sparsity, config.owl_spread, sizes)
     return {name: per_block[blocks[name]] for name in layers}
 
 

@@ -47,16 +47,16 @@ class UnstructuredPruneConfig(MethodConfig):
                                       "finetune/distill stage trains (magnitude, wanda)")
     layer_sparsity: Literal["uniform", "owl", "sensitivity"] = Field(
         "uniform", description="every block at `sparsity`; 'owl': blocks whose Wanda scores "
-        "hold more outliers pruned less, the mean staying `sparsity`; or 'sensitivity': a "
-        "sparsity per layer from each layer's measured output error, `sparsity` of all the "
-        "weights removed (wanda, sparsegpt, admm; unstructured)")
+        "hold more outliers pruned less, `sparsity` of all the weights removed; or "
+        "'sensitivity': a sparsity per layer from each layer's measured output error, "
+        "`sparsity` of all the weights removed (wanda, sparsegpt, admm; unstructured)")
     sensitivity_samples: int = Field(64, ge=0, description="layer_sparsity 'sensitivity': "
                                      "examples probing each layer's effect on the model's "
                                      "output (0: each layer's relative output error alone)")
     owl_threshold: float = Field(5.0, gt=1, description="OWL: a score is an outlier above this "
                                  "many times its block's mean score")
-    owl_spread: float = Field(0.08, ge=0, lt=0.5, description="OWL: block sparsities span the "
-                              "target ± this")
+    owl_spread: float = Field(0.08, ge=0, lt=0.5, description="OWL: block sparsities span "
+                              "twice this (less where clamped to [0, 0.99])")
     layer_order: ClassVar[int | None] = LAYER_ORDER.index("unstructured pruning")
 
     def kinds(self) -> tuple[type[nn.Module], ...]:
