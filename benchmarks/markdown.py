@@ -16,7 +16,7 @@ from .results_file import load
 
 COLUMNS = (
     "config", "system", "{metric}", "Δ vs fp32", "fidelity", "size MB", "size ×fp32",
-    "image ms", "image ×fp32", "text ms", "text ×fp32", "build s", "peak MB",
+    "image ms", "image ×fp32", "text ms", "text ×fp32", "build s", "peak MiB",
 )  # fmt: skip
 
 
@@ -98,7 +98,7 @@ def _method(r: dict[str, Any]) -> list[str]:
         "  are not plain tensors); the `.onnx` files of all towers for ONNX Runtime.",
         "- **Build s:** compression wall time: the recipe's stages; `quantize_dynamic` for",
         "  PyTorch; export (+ `quantize_dynamic`) for ONNX Runtime.",
-        "- **Peak MB:** extra resident memory of a fresh process that loads the saved folder and",
+        "- **Peak MiB:** extra resident memory of a fresh process that loads the saved folder and",
         "  runs each tower once (mmcompress rows; not measured for peers).",
         "- **Peers.** *torch-dynamic-int8*: `torch.ao.quantization.quantize_dynamic` on every",
         "  `nn.Linear` (qint8 weights per tensor, activations quantized at run time); deprecated",

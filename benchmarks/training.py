@@ -231,7 +231,7 @@ def _row(r: dict[str, Any]) -> str:
             f"{r['teacher']} {r['teacher_metric']:.4f} | ×{r['fraction_of_teacher']:.3f} | "
             f"{r['params']:,} / {r['params_teacher']:,} "
             f"| {t['steps']} steps × {t['batch_size']} | {r['wall_s']} s | "
-            f"{r['peak_rss_mb']:.0f} MB |")
+            f"{r['peak_rss_mb']:.0f} MiB |")
 
 
 def main(argv: list[str]) -> None:

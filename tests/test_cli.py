@@ -57,6 +57,8 @@ def test_no_unpack_note_when_every_layer_is_dense(tiny_clip_folder, tmp_path):
         assert re.search(r"parameters ×0\.\d+, calibrated on \d+ images and \d+ texts "
                          r"\([\d,]+ tokens\)", text), report
         assert "Latency: median" in text, report
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "<code>model.safetensors</code>" in html and "`" not in html
 
 
 def test_evaluate_output_folder_as_json(tiny_clip_folder, tmp_path):
@@ -208,6 +210,12 @@ def test_existing_output_is_not_replaced_without_overwrite(tiny_clip_folder, tmp
     assert (out / "keep.txt").read_text() == "mine"
 
 
+def test_demo_refusing_its_output_folder_prints_only_the_error(tmp_path):
+    """The refusal comes before the demo's header line: one `error:` line in all."""
+    (tmp_path / "keep.txt").write_text("mine")
+    _assert_user_error(runner.invoke(app, ["demo", "--out", str(tmp_path)]), "not empty")
+
+
 def test_json_output_is_strict_json():
     """A metric that could not be computed (NaN) is written as null, never as a bare NaN."""
     from mmcompress.report import to_json
@@ -352,7 +360,9 @@ def test_inspect_sensitivity_probes_a_per_channel_grid(tiny_clip_folder, tmp_pat
             "--max-samples", "4", "--bits", "4", "--group-size"]
     result = runner.invoke(app, [*args, "0"])
     assert result.exit_code == 0, result.output
-    assert "RTN int4 (per channel) on 4 examples" in result.output
+    assert "RTN int4 (per channel) on 4 examples; unquantized: zero-shot top-1" in result.output
+    assert "{" not in result.output and "_drop" not in result.output  # labels, not reprs
+    assert "similarity loss" in result.output
     _assert_user_error(runner.invoke(app, [*args, "-1"]), "--group-size must be at least 1")
 
 

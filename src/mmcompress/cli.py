@@ -76,6 +76,9 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(143 if terminated else 130) from None
         except (typer.Exit, typer.Abort):
             raise
+        except BrokenPipeError:  # the reader went away (`| head`): nothing left to say
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(1) from None
         except Exception as exc:  # a bug, not bad input: still one line, unless debugging
             if os.environ.get("MMCOMPRESS_DEBUG"):
                 raise
@@ -138,6 +141,7 @@ def demo(
 ) -> None:
     """Compress a built-in model with the default recipe; print before/after."""
     from .api import compress, is_output_folder
+    from .io.atomic import check_output_dir
 
     described = {"demo": "the demo dual encoder (digits CNN + pretrained MiniLM)"} | {
         m: f"the {m} classifier (digit images, texts and spoken digits)"
@@ -147,6 +151,7 @@ def demo(
     progress = _setup(quiet, threads)
     recipe = resources.files("mmcompress").joinpath("recipes/demo.yaml").read_text()
     overwrite = overwrite or is_output_folder(out, recipe)  # the demo replaces its own output
+    check_output_dir(out, overwrite)  # a refused --out is the only line printed
     typer.echo(f"mmcompress demo: int8 RTN on every tower of {described[model]}", err=True)
     _print_result(compress(model, recipe, out=out, overwrite=overwrite, progress=progress))
 
@@ -272,13 +277,19 @@ def _print_sensitivity(adapter, data, bits, group_size, max_samples, top, as_jso
     if as_json:
         typer.echo(to_json(result))
         return
+    from .report import LABELS, fmt
+
     grid = f"group {group_size}" if group_size else "per channel"
-    typer.echo(f"RTN int{bits} ({grid}) on {result['examples']} examples; "
-               f"reference {result['reference']}")
-    typer.echo(f"{'tower':12s} {'fidelity loss':>14s}  quality drop")
+    reference = ", ".join(f"{LABELS.get(k, k)} {fmt(k, v)}"
+                          for k, v in result["reference"].items())
+    typer.echo(f"RTN int{bits} ({grid}) on {result['examples']} examples; unquantized: "
+               f"{reference}")
+    typer.echo(f"{'tower':12s} {'fidelity loss':>14s} {'similarity loss':>16s}  quality drop")
     for tower, m in result["towers"].items():
-        drops = ", ".join(f"{k} {v:+.4f}" for k, v in m.items() if k != "fidelity_loss")
-        typer.echo(f"{tower:12s} {m['fidelity_loss']:14.5f}  {drops}")
+        drops = ", ".join(f"{LABELS.get(k.removesuffix('_drop'), k)} {v:+.4f}"
+                          for k, v in m.items() if k.endswith("_drop"))
+        typer.echo(f"{tower:12s} {m['fidelity_loss']:14.5f} {m['similarity_loss']:16.5f}  "
+                   f"{drops}")
     ranked = sorted(result["layers"].items(), key=lambda kv: -kv[1])[:top]
     typer.echo("\nmost sensitive layers (fidelity loss when quantized alone):")
     for name, loss in ranked:
@@ -308,3 +319,7 @@ def _usage_errors() -> tuple[type[Exception], ...]:
         with contextlib.suppress(ImportError):
             found.append(importlib.import_module(module).UsageError)
     return tuple(found)
+
+
+if __name__ == "__main__":
+    main()

@@ -30,7 +30,7 @@ LABELS = {
     "latency_ms_text": "latency text (ms)",
     "latency_ms_audio": "latency audio (ms)",
     "latency_ms_model": "latency model (ms)",
-    "peak_memory_mb": "peak memory (MB)",
+    "peak_memory_mb": "peak memory (MiB)",
 }
 
 

@@ -44,7 +44,7 @@ def report_html(report: dict[str, Any]) -> str:
                      f"{s['seconds']:.1f} s, {escape(stage_details(s['summary']))}</li>"
                      for s in report["stages"])
     m = report.get("measurement", {})
-    note = f"<h2>Measurement</h2><p>{escape(measurement_note(m))}</p>" if m else ""
+    note = f"<h2>Measurement</h2><p>{_code(measurement_note(m))}</p>" if m else ""
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>mmcompress report</title>
 <style>body{{font-family:sans-serif;max-width:820px;margin:2em auto}}td,th{{padding:4px 10px}}
 tr:nth-child(even){{background:#f3f3f3}}</style></head><body>
@@ -52,6 +52,12 @@ tr:nth-child(even){{background:#f3f3f3}}</style></head><body>
 <code>{escape(str(m.get('data', '')))}</code> ({m.get('examples', '?')} examples).
 Grey: before; blue: after.</p><ol>{stages}</ol>
 <table><tr><th>metric</th><th>before</th><th>after</th><th>change</th></tr>{table}</table>
-{_bars("Quality", quality, "")}{_bars("Cost (MB, M params, ms)", cost, "")}
+{_bars("Quality", quality, "")}{_bars("Cost (size MB, peak MiB, M params, ms)", cost, "")}
 {note}</body></html>
 """
+
+
+def _code(markdown: str) -> str:
+    """Escaped text with Markdown's `code` spans as <code> elements."""
+    parts = escape(markdown).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))

@@ -83,6 +83,7 @@ class EvaluateConfig(Settings):
     def model_post_init(self, _: Any) -> None:
         unknown = [m for m in self.metrics or [] if m not in METRICS]
         if unknown:
-            raise ValueError(f"unknown metric(s) {unknown}; known: {', '.join(METRICS)}")
+            raise ValueError(f"unknown metric(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(METRICS)}")
 
 

@@ -1,0 +1,5 @@
+"""`python -m mmcompress`: the command line."""
+
+from .cli import main
+
+main()
