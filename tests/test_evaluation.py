@@ -147,6 +147,9 @@ def test_compress_refuses_to_save_a_model_holding_nan(tiny_clip, tmp_path, monke
     ({"steps": 8, "steps_per_epoch": 4, "resumed_at": 6, "epochs": [{}, {}], "final_loss": 0.5},
      "8 training steps over 2 epochs (resumed at step 6: its time counts from there), "
      "final loss 0.5"),
+    ({"steps": 4, "steps_per_epoch": 4, "final_loss": 0.5,
+      "training_data": {"name": "demo-train", "examples": 1257}},
+     "4 training steps over 1 epoch, final loss 0.5, trained on 1,257 examples of demo-train"),
     ({"norms": 3}, "done"),
     ({"modules": 4, "mean_bits_per_tower": {"vision": 5.5, "text": 3.0}},
      "4 modules changed, mean bits per tower: vision 5.5, text 3"),

@@ -230,6 +230,9 @@ def test_recipe_prune_schedule_then_finetune_saves_the_pruned_model(tiny_clip, t
     summary = result.report["stages"][0]["summary"]
     assert summary["removed"]["neurons"]["removed"] * 2 == summary["removed"]["neurons"]["of"]
     assert result.adapter.model.vision_model.encoder.layers[0].mlp.fc1.out_features == 32
+    trained = result.report["stages"][1]["summary"]["training_data"]  # said in report.md too
+    assert trained["examples"] == len(toy_data()) and trained["name"] in (
+        tmp_path / "out" / "report.md").read_text()
     loaded = mmcompress.load(tmp_path / "out")
     texts = ["a cat", "the dog"]
     assert torch.equal(loaded.encode_texts(texts), result.adapter.encode_texts(texts))

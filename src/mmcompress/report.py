@@ -118,6 +118,9 @@ def stage_outcome(summary: dict[str, Any]) -> str:
                      + (f" (resumed at step {resumed}: its time counts from there)"
                         if resumed else "")
                      + f", final loss {'n/a' if loss is None else format(loss, '.4g')}")
+    trained = summary.get("training_data")
+    if trained:
+        parts.append(f"trained on {trained['examples']:,} examples of {trained['name']}")
     return ", ".join(parts) or "done"
 
 
