@@ -95,8 +95,9 @@ SECTIONS = [
      " /tmp/sts/sts-calib.csv --eval /tmp/sts/sts-heldout.csv --threads 2",
      "The rows above calibrated on three quarters of STS-B train and evaluated on the other"
      " quarter (1,437 pairs): the targets checked beyond the dev split. Rerun whole in"
-     " session 12; the `wanda` and `sparsegpt` rows rerun with `--update` in session 13, the"
-     " `admm` rows added in session 14."),
+     " session 12; the `magnitude`, `wanda`, `sparsegpt` and `admm` rows (each method's"
+     " defaults) rerun in session 27 with `--update --methods magnitude,wanda,sparsegpt,admm`;"
+     " the other rows are session 12's."),
     *[(f"Unstructured pruning on other STS data, fold {k}",
         f"prune_unstructured_heldout_fold{k}.json",
         f"python -m benchmarks.sts_heldout /tmp/sts{k} --fold {k} && python -m"
@@ -105,7 +106,8 @@ SECTIONS = [
         f" /tmp/sts{k}/sts-calib.csv --eval /tmp/sts{k}/sts-heldout.csv --threads 2",
         f"As the section above, each method's defaults, holding out quarter {k} of STS-B train"
         f" (the pairs whose line number leaves remainder {k} by 4) and calibrating on the"
-        " rest (session 15). Timings are not comparable: other jobs shared the machine.")
+        " rest (session 15; rerun in session 27, Intel Xeon, at that session's code)."
+        " Timings are not comparable: other jobs shared the machine.")
        for k in (1, 2, 3)],
     ("Unstructured pruning on all four held-out quarters", "prune_heldout_folds.json",
      "python -m benchmarks.sts_folds",
