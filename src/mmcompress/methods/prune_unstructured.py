@@ -161,7 +161,7 @@ def _sensitivity_sparsities(adapter: Adapter, layers: dict[str, nn.Module],
         return _select(_wanda_scores(weight_matrix(module), stats[name]), module, config,
                        config.rows_compete(module), sparsity)
 
-    probe = Probe.reaching(adapter, context.data, config.sensitivity_samples, dict(layers),
+    probe = Probe.reaching(adapter, context.data, config.sensitivity_samples, layers,
                            "sparsity sensitivity") \
         if config.sensitivity_samples and context.data is not None else None
     return sensitivity_sparsities(layers, {n: s.hessian for n, s in stats.items()},
