@@ -91,6 +91,13 @@ def test_inspect_lists_towers(tiny_clip_folder):
     assert "vision" in result.output and "text_model.encoder.layers.0.mlp.fc1" in result.output
 
 
+def test_inspect_counts_a_logit_scale_exactly():
+    from mmcompress.cli import _param_count
+
+    assert _param_count(1).split() == ["1"]
+    assert _param_count(22_950_000).split() == ["22.95", "M"]
+
+
 def test_inspect_takes_threads(tiny_clip_folder):
     import torch
 
@@ -165,6 +172,13 @@ def test_user_errors_are_one_line_exit_2_and_leave_no_output(tiny_clip_folder, t
     _assert_user_error(result, fragment)
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp")]
+
+
+def test_evaluate_says_what_it_measured_on(tiny_clip_folder):
+    result = runner.invoke(app, ["evaluate", str(tiny_clip_folder), "--max-samples", "8",
+                                 "--metrics", "zeroshot_top1", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert "(classification, 8 examples), 1 thread" in result.stdout
 
 
 def test_corrupted_checkpoint_is_an_error(tiny_clip_folder, tmp_path):

@@ -197,7 +197,7 @@ def evaluate(
 ) -> None:
     """Evaluate a model: quality, fidelity (output folders), size, latency, memory."""
     from .api import evaluate as run_evaluate
-    from .report import LABELS, fmt
+    from .report import LABELS, fmt, threads_text
 
     progress = _setup(quiet, threads)
     config = {"max_samples": max_samples}
@@ -215,6 +215,13 @@ def evaluate(
         return
     for key, value in result["metrics"].items():  # the units the labels name (MB, M, ms)
         typer.echo(f"{LABELS.get(key, key):22s} {fmt(key, value)}")
+    m = result["measurement"]
+    timed = any(k.startswith("latency_ms_") for k in result["metrics"])
+    tokens = f", texts of {m['latency_text_tokens']} tokens" if m["latency_text_tokens"] else ""
+    typer.echo(f"\nmeasured on {m['data']} ({m['task']}, {m['examples']:,} examples), "
+               f"{threads_text(m['threads'])}"
+               + (f"; latency: {m['latency_statistic']}, {m['latency_repeats']} repeats, "
+                  f"batch {m['latency_batch_size']}{tokens}" if timed else ""))
 
 
 @app.command()
@@ -250,12 +257,19 @@ def inspect(
     typer.echo(f"adapter: {info['adapter']}   params: {info['params'] / 1e6:.2f} M")
     for tower, t in info["towers"].items():
         kinds = ", ".join(f"{n}×{k}" for k, n in sorted(t["layers"].items()))
-        typer.echo(f"  {tower:10s} {t['params'] / 1e6:8.2f} M   {kinds}")
+        if not kinds:  # parameters held outside any layer (a logit scale, a class embedding)
+            kinds = "parameters outside layers"
+        typer.echo(f"  {tower:10s} {_param_count(t['params'])}   {kinds}")
     if layers:
         for layer in info["layers"]:
             typer.echo(
                 f"  {layer['tower']:10s} {layer['name']:60s} {layer['type']:16s} {layer['shape']}"
             )
+
+
+def _param_count(n: int) -> str:
+    """A tower's parameter count: millions, or the exact count when that would round to 0."""
+    return f"{n / 1e6:8.2f} M" if n >= 5_000 else f"{n:8d}  "
 
 
 def _print_sensitivity(adapter, data, bits, group_size, max_samples, top, as_json,
