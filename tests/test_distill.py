@@ -46,9 +46,9 @@ def _pairs() -> Dataset:
     return Dataset("pairs", "sts", texts=a, texts_b=b, scores=[1.0, 2.0, 4.0, 3.0, 5.0, 0.5])
 
 
-def _sentence() -> SentenceAdapter:
+def _sentence(layers: int = 2) -> SentenceAdapter:
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2,
+    cfg = BertConfig(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=layers,
                      num_attention_heads=4, intermediate_size=48, max_position_embeddings=32)
     tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)})
     return SentenceAdapter(SentenceEncoder(cfg), tokenizer, max_seq_length=16)
@@ -169,6 +169,54 @@ def test_sentence_copy_has_zero_clip_kd():
     assert float(parts["attention"].detach()) == pytest.approx(0.0, abs=1e-6)
 
 
+def _pair_data(a: list[str]) -> Dataset:
+    b = ["a dog", "the cat", "a cat", "dog"]
+    return Dataset("pairs", "sts", texts=a, texts_b=b, scores=[1.0, 2.0, 4.0, 3.0])
+
+
+@pytest.mark.parametrize("loss", ["features", "attention"])
+def test_sentence_pairs_distill_both_sides(loss):
+    """The encoder runs once per side of a pair: both runs are compared, not only the last."""
+    student, teacher = _sentence(), _sentence()
+    with torch.no_grad():
+        for p in teacher.model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    values = []
+    for a in (["a cat", "the dog", "the dog", "a big dog"], ["big big", "of of", "the", "cat"]):
+        task = make_task(student, _pair_data(a))
+        obj = DistillObjective(student, teacher, task, [loss], alpha=1.0)
+        values.append(float(obj.parts(torch.arange(4))[loss].detach()))
+        calls = obj.s_taps.maps if loss == "attention" else obj.s_taps.outputs
+        assert all(len(c) == 2 for c in calls.values())  # side a, then side b
+    assert values[0] != pytest.approx(values[1], rel=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["features", "attention"])
+def test_padding_is_left_out_of_feature_and_attention_losses(loss):
+    """An example's terms do not depend on how far the batch pads it: the first pair scored
+    alone equals it scored beside a longer sentence, up to the other example's share."""
+    student, teacher = _sentence(), _sentence()
+    with torch.no_grad():
+        for p in teacher.model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    data = Dataset("pairs", "sts", texts=["a cat", "a small big cat of the dog photo"],
+                   texts_b=["a cat", "a cat"], scores=[1.0, 2.0])
+    obj = DistillObjective(student, teacher, make_task(student, data), [loss], alpha=1.0)
+    obj.parts(torch.arange(2))
+    calls = obj.s_taps.maps if loss == "attention" else obj.s_taps.outputs
+    side_a = next(iter(calls.values()))[0]
+    assert side_a.tokens is not None and int(side_a.tokens[0].sum()) == 4  # [CLS] a cat [SEP]
+    alone = obj.parts(torch.tensor([0]))[loss]
+    obj.parts(torch.arange(2))
+    padded = [c for calls_ in calls.values() for c in calls_]
+    t_calls = [c for calls_ in (obj.t_taps.maps if loss == "attention" else obj.t_taps.outputs)
+               .values() for c in calls_]
+    fn = losses.attention_kl if loss == "attention" else losses.feature_mse
+    first = torch.stack([fn(s.value[:1], t.value[:1], s.tokens[:1] if s.tokens is not None
+                            else None) for s, t in zip(padded, t_calls, strict=True)]).mean()
+    torch.testing.assert_close(first, alone)
+
+
 def test_features_of_other_widths_go_through_a_learned_projection():
     torch.manual_seed(0)
     wide = tiny_clip_config()
@@ -236,6 +284,36 @@ def test_student_with_half_the_neurons_uses_structured_pruning(tiny_clip):
     assert summary["layer_map"]["text_model.encoder.layers"] == [1]
     assert tiny_clip.model.text_model.encoder.layers[0].mlp.fc1.out_features == 32
     assert summary["params"]["student"] < summary["params"]["teacher"]
+
+
+def test_blocks_are_compared_with_the_teacher_blocks_they_were(monkeypatch):
+    """An earlier stage removed block 1 of 4; the student keeps every second of the other three
+    (originally 0 and 3): with the model before the recipe as teacher, they are compared with
+    its blocks 0 and 3, not 0 and 2."""
+    import mmcompress.methods.distill as stage
+    from mmcompress.methods.base import run_stages
+    from mmcompress.recipe import CalibrationConfig
+
+    adapter = _sentence(layers=4)
+    with torch.no_grad():  # the least important block by magnitude: the prune stage takes it
+        for p in adapter.model.bert.encoder.layer[1].parameters():
+            p.mul_(0.01)
+    seen = {}
+
+    def spy(*args, **kwargs):
+        objective = DistillObjective(*args, **kwargs)
+        seen.update(objective.pairs)
+        return objective
+
+    monkeypatch.setattr(stage, "DistillObjective", spy)
+    recipe = load_recipe({"stages": [
+        {"prune": {"method": "structured", "layers": 1, "importance": "magnitude"}},
+        {"distill": {"method": "kd", "losses": ["features"], "student": {"layers": "every-2"},
+                     "max_steps": 1, "batch_size": 4}}]})
+    context = StageContext(data=_pairs(), calibration=CalibrationConfig(samples=6, batch_size=3),
+                           progress=False, extra={"original": copy.deepcopy(adapter)})
+    run_stages(adapter, recipe.stages, context)
+    assert seen == {"bert.encoder.layer": [(0, 0), (1, 3)]}
 
 
 def test_spread_maps_last_to_last():
@@ -384,7 +462,8 @@ def test_recorded_text_attention_maps_are_causal_with_or_without_padding(tiny_cl
     tokens = tiny_clip.text_tensors(texts)
     with torch.no_grad(), taps.recording():
         tiny_clip.embed_text_tensors(tokens)
-    recorded = taps.maps[(name, 0)]
+    [call] = taps.maps[(name, 0)]
+    recorded = call.value
     text_model = tiny_clip.model.text_model
     text_model.config._attn_implementation = "eager"
     with torch.no_grad():
@@ -392,3 +471,5 @@ def test_recorded_text_attention_maps_are_causal_with_or_without_padding(tiny_cl
     real = tokens["attention_mask"].bool()
     keys = real[:, None, None, :] & real[:, None, :, None]  # rows of real queries and keys
     torch.testing.assert_close(recorded * keys, own * keys)
+    real_or_all = call.tokens if call.tokens is not None else torch.ones_like(real)
+    assert torch.equal(real_or_all, real)  # the tokens the losses average over

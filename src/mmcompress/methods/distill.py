@@ -11,7 +11,7 @@ from pydantic import Field, NonNegativeFloat, model_validator
 from ..adapters import Adapter
 from ..errors import RecipeError, UserError
 from ..model_specs import load_model
-from ..training.distill import LOSSES, DistillObjective
+from ..training.distill import LOSSES, DistillObjective, inherited_blocks
 from ..training.stage import TrainStageConfig, run_training, training_data
 from ..training.students import StudentConfig, build_student
 from ..training.tasks import make_task
@@ -72,11 +72,12 @@ def apply_distill(adapter: Adapter, config: DistillConfig,
         raise UserError("the teacher must be a separate model from the student")
     data = training_data(config, context)
     summary: dict[str, Any] = {}
-    layer_map = None
     if config.student is not None:
         summary["student"] = build_student(adapter, config.student, context, teacher.model)
-        if config.wants_original():  # the blocks came from this teacher: compare with them
-            layer_map = summary["student"].get("layer_map")
+    # the blocks came from this teacher (some maybe removed, here or by an earlier stage):
+    # compare each with the block it was
+    layer_map = inherited_blocks(adapter.model, teacher.model) if config.wants_original() \
+        else None
     task = make_task(adapter, data, config.augment)
     losses = config.losses or DEFAULT_LOSSES[task.kind]
     try:

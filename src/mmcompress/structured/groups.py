@@ -179,9 +179,22 @@ def prune_units(model: nn.Module, group: UnitGroup, remove: Sequence[int],
         setattr(model.get_submodule(module_name), attr, len(kept) * mult)
 
 
+_ORIGIN = "_mmcompress_block_origin"
+
+
+def block_origin(block: nn.Module, index: int) -> int:
+    """The position `block` had in its list before any block was removed from it (`index`,
+    where it is now, when none was)."""
+    return getattr(block, _ORIGIN, index)
+
+
 def remove_layers(model: nn.Module, layers: LayerList, remove: Sequence[int]) -> None:
-    """Delete whole blocks from a ModuleList / Sequential (later entries renumber)."""
+    """Delete whole blocks from a ModuleList / Sequential (later entries renumber); each block
+    remembers where it was first (`block_origin`), so that distillation from the model before
+    the recipe compares a block with the one it was."""
     container = model.get_submodule(layers.name)
+    for i, block in enumerate(container):
+        setattr(block, _ORIGIN, block_origin(block, i))
     for i in sorted(remove, reverse=True):
         del container[i]
 

@@ -3,10 +3,11 @@
 ``L = (1 − α)·L_task + α·Σ_k w_k·L_k`` over the chosen losses k:
 
 - ``logits`` (classifiers): Hinton KD, T²·KL(p_T ‖ p_S) at temperature T;
-- ``features``: MSE between block outputs (student block j ↔ the teacher block it was
-  inherited from, else spread evenly: j ↔ ⌈(j+1)·n/m⌉ − 1), through a learned linear
-  projection (1×1 convolution for feature maps) where widths differ;
-- ``attention``: KL(teacher ‖ student) of the same blocks' attention maps;
+- ``features``: MSE between block outputs over real tokens (student block j ↔ the teacher
+  block it was before blocks were removed, else spread evenly: j ↔ ⌈(j+1)·n/m⌉ − 1),
+  through a learned linear projection (1×1 convolution for feature maps) where widths
+  differ; every pass of a block counts (a sentence pair runs the encoder once per side);
+- ``attention``: KL(teacher ‖ student) of the same blocks' attention maps, over real queries;
 - ``affinity`` (dual encoders): TinyCLIP affinity mimicking, soft cross-entropy between the
   teacher's and the student's image→text and text→image distributions over the batch;
 - ``clip_kd`` (dual encoders; sentence encoders get the feature part only): CLIP-KD's feature
@@ -29,6 +30,7 @@ from torch import nn
 
 from ..adapters import Adapter
 from ..errors import RecipeError, UserError
+from ..structured.groups import block_origin
 from . import losses
 from .checkpoints import state_digest
 from .taps import Taps, block_lists
@@ -47,6 +49,21 @@ OUTPUT_LOSSES = {"logits", "affinity", "clip_kd"}
 def spread(m: int, n: int) -> list[int]:
     """Teacher block for each of `m` student blocks over `n` teacher blocks (last ↔ last)."""
     return [math.ceil((j + 1) * n / m) - 1 for j in range(m)]
+
+
+def inherited_blocks(student: nn.Module, teacher: nn.Module) -> dict[str, list[int]]:
+    """For each block list the two models share, the teacher block each student block was
+    before blocks were removed (a student shrunk by `student: layers`, or an earlier stage that
+    removed whole blocks), for a teacher that is the model before those removals. Lists where
+    some block has no such teacher block are left out (they are spread evenly)."""
+    s_lists, t_lists = block_lists(student), block_lists(teacher)
+    out = {}
+    for name in s_lists.keys() & t_lists.keys():
+        at = {block_origin(b, i): i for i, b in enumerate(t_lists[name])}
+        mapped = [at.get(block_origin(b, j)) for j, b in enumerate(s_lists[name])]
+        if None not in mapped:
+            out[name] = mapped
+    return out
 
 
 class _TeacherCache:
@@ -156,8 +173,8 @@ class DistillObjective:
                 raise UserError(f"the teacher's outputs do not match the student's: {name} is "
                                 f"{t_out[name].shape[-1]}-wide for the teacher, "
                                 f"{s_out[name].shape[-1]} for the student")
-        for key, s_feat in s_taps.outputs.items():
-            t_feat = t_taps.outputs[self._teacher_key(key)]
+        for key, s_calls in s_taps.outputs.items():
+            s_feat, t_feat = s_calls[0].value, t_taps.outputs[self._teacher_key(key)][0].value
             if s_feat.shape[2:] != t_feat.shape[2:] and s_feat.dim() == 4:
                 raise UserError(f"feature maps of {key[0]}.{key[1]} differ in size: "
                                 f"{tuple(s_feat.shape)} vs teacher {tuple(t_feat.shape)}")
@@ -240,15 +257,20 @@ class DistillObjective:
                                                      s["scale"], batch["labels"])
         return feature + interactive
 
+    def _calls(self, key: tuple[str, int], s_taps: Taps, t_taps: Taps, maps: bool):
+        """(student, teacher) records of each call of a student block and its teacher block."""
+        s_calls = (s_taps.maps if maps else s_taps.outputs)[key]
+        t_calls = (t_taps.maps if maps else t_taps.outputs)[self._teacher_key(key)]
+        return zip(s_calls, t_calls, strict=True)
+
     def _features(self, s: Outputs, t: Outputs, batch: Batch, s_taps: Taps,
                   t_taps: Taps) -> torch.Tensor:
         terms = []
-        for key, s_feat in s_taps.outputs.items():
-            t_feat = t_taps.outputs[self._teacher_key(key)]
-            name = _module_key(key)
-            proj = getattr(self.modules, name, None)
-            terms.append(losses.feature_mse(proj(s_feat) if proj is not None else s_feat,
-                                            t_feat))
+        for key in s_taps.outputs:
+            proj = getattr(self.modules, _module_key(key), None)
+            for s_call, t_call in self._calls(key, s_taps, t_taps, maps=False):
+                s_feat = proj(s_call.value) if proj is not None else s_call.value
+                terms.append(losses.feature_mse(s_feat, t_call.value, s_call.tokens))
         return torch.stack(terms).mean()
 
     def _attention(self, s: Outputs, t: Outputs, batch: Batch, s_taps: Taps,
@@ -256,8 +278,9 @@ class DistillObjective:
         if not s_taps.maps:
             raise RecipeError("attention distillation: the shared blocks have no attention "
                               "(residual blocks); use features")
-        terms = [losses.attention_kl(m, t_taps.maps[self._teacher_key(k)])
-                 for k, m in s_taps.maps.items()]
+        terms = [losses.attention_kl(s_call.value, t_call.value, s_call.tokens)
+                 for key in s_taps.maps
+                 for s_call, t_call in self._calls(key, s_taps, t_taps, maps=True)]
         return torch.stack(terms).mean()
 
 

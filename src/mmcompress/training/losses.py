@@ -80,16 +80,29 @@ def interactive_contrastive(s_image: torch.Tensor, s_text: torch.Tensor,
     return (img + txt) / 2
 
 
-def feature_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Hidden-state matching: MSE between (projected) student and teacher features."""
-    return F.mse_loss(student, teacher)
+def _token_mean(per_token: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
+    """Mean of [B, L] per-token values over the real tokens (all of them when None)."""
+    if tokens is None:
+        return per_token.mean()
+    return per_token[tokens].mean()
 
 
-def attention_kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+def feature_mse(student: torch.Tensor, teacher: torch.Tensor,
+                tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """Hidden-state matching: MSE between (projected) student and teacher features; for token
+    sequences [B, L, D] with `tokens` ([B, L] bool), over the real tokens only."""
+    if tokens is None:
+        return F.mse_loss(student, teacher)
+    return _token_mean((student - teacher).pow(2).mean(-1), tokens)
+
+
+def attention_kl(student: torch.Tensor, teacher: torch.Tensor,
+                 tokens: torch.Tensor | None = None) -> torch.Tensor:
     """KL(teacher ‖ student) between attention distributions [B, H, Lq, Lk], mean over
-    batch, heads and queries. Different head counts are compared head-averaged."""
+    batch, heads and queries (with `tokens`, [B, L] bool, the real queries only). Different
+    head counts are compared head-averaged."""
     if student.shape[1] != teacher.shape[1]:
         student, teacher = student.mean(1, keepdim=True), teacher.mean(1, keepdim=True)
     eps = torch.finfo(student.dtype).tiny
     kl = teacher * (teacher.clamp_min(eps).log() - student.clamp_min(eps).log())
-    return kl.sum(-1).mean()
+    return _token_mean(kl.sum(-1).mean(1), tokens)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -63,30 +64,53 @@ def attention_probs(module: nn.Module, hidden: torch.Tensor,
     return scores.softmax(-1)
 
 
+def real_tokens(mask: torch.Tensor | None, hidden: torch.Tensor) -> torch.Tensor | None:
+    """[B, L] bool: the positions an attention mask treats as tokens (a token sees itself;
+    padding is masked as a key everywhere, its own row included), or None when there is no
+    mask (every position is real)."""
+    if mask is None:
+        return None
+    n = hidden.shape[1]
+    diag = mask[:, 0].diagonal(dim1=-2, dim2=-1) if mask.shape[-2] == n else mask[:, 0, 0]
+    real = diag if diag.dtype == torch.bool else diag > torch.finfo(diag.dtype).min / 2
+    return None if bool(real.all()) else real.expand(hidden.shape[0], n)
+
+
+@dataclass
+class Recorded:
+    """One call of a tapped block: its output or attention map, and its real tokens."""
+
+    value: torch.Tensor
+    tokens: torch.Tensor | None  # [B, L] bool; None: every position
+
+
 class Taps:
-    """Forward hooks recording block outputs and/or attention maps while active."""
+    """Forward hooks recording block outputs and/or attention maps while active: every call
+    of a block in order (a sentence-pair model runs its encoder once per side), each with the
+    tokens its attention mask marks as real, so that padding can be left out of the losses."""
 
     def __init__(self, model: nn.Module, lists: dict[str, list[int]], features: bool,
                  attention: bool) -> None:
         self.model, self.lists = model, lists
         self.features, self.attention = features, attention
-        self.outputs: dict[tuple[str, int], torch.Tensor] = {}
-        self.maps: dict[tuple[str, int], torch.Tensor] = {}
+        self.outputs: dict[tuple[str, int], list[Recorded]] = {}
+        self.maps: dict[tuple[str, int], list[Recorded]] = {}
+        self._tokens: dict[tuple[str, int], torch.Tensor | None] = {}
 
     @contextmanager
     def recording(self) -> Iterator[Taps]:
-        self.outputs, self.maps = {}, {}
+        self.outputs, self.maps, self._tokens = {}, {}, {}
         handles = []
         blocks = block_lists(self.model)
         for name, indices in self.lists.items():
             for i in indices:
-                block = blocks[name][i]
-                if self.features:
-                    handles.append(block.register_forward_hook(self._keep_output((name, i))))
-                attn = attention_module(block) if self.attention else None
-                if attn is not None:
-                    handles.append(attn.register_forward_pre_hook(self._keep_map((name, i)),
+                block, key = blocks[name][i], (name, i)
+                attn = attention_module(block)
+                if attn is not None and (self.attention or self.features):
+                    handles.append(attn.register_forward_pre_hook(self._see_attention(key),
                                                                   with_kwargs=True))
+                if self.features:
+                    handles.append(block.register_forward_hook(self._keep_output(key)))
         try:
             yield self
         finally:
@@ -95,13 +119,18 @@ class Taps:
 
     def _keep_output(self, key: tuple[str, int]):
         def hook(module: nn.Module, args: Any, output: Any) -> None:
-            self.outputs[key] = output[0] if isinstance(output, tuple) else output
+            value = output[0] if isinstance(output, tuple) else output
+            self.outputs.setdefault(key, []).append(Recorded(value, self._tokens.pop(key, None)))
         return hook
 
-    def _keep_map(self, key: tuple[str, int]):
+    def _see_attention(self, key: tuple[str, int]):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
             hidden = args[0] if args else kwargs["hidden_states"]
             mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")
-            self.maps[key] = attention_probs(module, hidden, mask,
-                                             bool(kwargs.get("is_causal", False)))
+            tokens = real_tokens(mask, hidden)
+            self._tokens[key] = tokens
+            if self.attention:
+                probs = attention_probs(module, hidden, mask,
+                                        bool(kwargs.get("is_causal", False)))
+                self.maps.setdefault(key, []).append(Recorded(probs, tokens))
         return hook
