@@ -226,6 +226,33 @@ def test_calibrated_summary_counts_every_selected_layer(tiny_clip):
     assert summary["modules"] + summary["kept_dense"] == selected
 
 
+class _PatchThenGrouped(nn.Sequential):
+    @property
+    def weight(self) -> torch.Tensor:  # CLIP's embeddings read the patch convolution's dtype
+        return self[0].weight
+
+
+@pytest.mark.parametrize("allocation", ["uniform", "sensitivity"])
+def test_grouped_convolutions_stay_dense_inside_the_budget(tiny_clip, allocation):
+    """Tucker cannot take grouped or depthwise convolutions: they stay dense, and count as
+    kept weights of the selected layers, so the budget is met over all of them."""
+    emb = tiny_clip.model.vision_model.embeddings
+    grouped = [nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.Conv2d(32, 32, 3, padding=1,
+                                                                      groups=2)]
+    emb.patch_embedding = _PatchThenGrouped(emb.patch_embedding, *grouped)
+    convs = {n: m.weight.numel() for n, m in tiny_clip.model.named_modules()
+             if isinstance(m, nn.Conv2d)}
+    (summary,) = _run(tiny_clip, [{"lowrank": {"method": "tucker", "param_ratio": 0.5,
+                                               "allocation": allocation,
+                                               "sensitivity_samples": 0}}])
+    modules = dict(tiny_clip.model.named_modules())
+    kept = sum(modules[n].logical_params() if isinstance(modules[n], TuckerConv2d) else w
+               for n, w in convs.items())  # the patch convolution has no bias
+    assert summary["modules"] == 1 and summary["kept_dense"] == 2
+    assert kept / sum(convs.values()) == pytest.approx(summary["param_ratio"], abs=1e-4)
+    assert summary["param_ratio"] <= 0.5
+
+
 def test_lowrank_then_int8_factors_are_quantized_and_reload(tiny_clip, tmp_path):
     stages = [{"lowrank": {"method": "svd-whiten", "rank": 6, "targets": ["text"]}},
               {"quantize": {"method": "rtn", "bits": 8, "targets": ["re:mlp\\.fc1"],

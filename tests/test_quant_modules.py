@@ -79,6 +79,35 @@ def test_compact_tables_refuse_ids_out_of_range_as_nn_embedding_does():
         QuantEmbedding.from_embedding(nn.Embedding(5, 4, max_norm=1.0), QuantGrid(8))
 
 
+def test_no_compact_layer_takes_what_it_would_compute_differently():
+    """Half precision, quantized and sparse layers pad with zeros and look rows up as they are:
+    a reflect-padded convolution or a max_norm table is refused by each alike."""
+    from mmcompress.modules.half import HalfWeight
+    from mmcompress.modules.sparse import sparse_module
+
+    odd = [nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"), nn.Embedding(5, 4, max_norm=1.)]
+    makers = [HalfWeight.from_module, lambda m: sparse_module(m, torch.ones_like(m.weight) > 0),
+              lambda m: (QuantConv2d.from_conv if isinstance(m, nn.Conv2d)
+                         else QuantEmbedding.from_embedding)(m, QuantGrid(8))]
+    for module in odd:
+        for make in makers:
+            with pytest.raises(ValueError, match="padding_mode 'reflect'|max_norm"):
+                make(module)
+
+
+def test_quantize_stage_names_a_layer_it_cannot_reproduce(tiny_clip):
+    from mmcompress.errors import RecipeError
+    from mmcompress.methods import METHODS, StageContext
+    from mmcompress.recipe import load_recipe
+
+    tiny_clip.model.vision_model.embeddings.patch_embedding.padding_mode = "reflect"
+    for bits in (16, 8):
+        stage = load_recipe({"stages": [{"quantize": {"method": "rtn", "bits": bits}}]}).stages[0]
+        with pytest.raises(RecipeError, match="patch_embedding: padding_mode 'reflect'.*ignore"):
+            METHODS[(stage.kind, stage.config.method)].apply(tiny_clip, stage.config,
+                                                              StageContext(progress=False))
+
+
 def test_table_from_rows_fills_every_chunk():
     """A dense table decoded chunk by chunk (as unpacking does) holds every row, chunks
     ending mid-table included, and stays a trainable nn.Embedding."""

@@ -19,6 +19,7 @@ from ..modules.half import HalfWeight
 from ..modules.int8 import W8A8Linear, W8A8PatchConv2d
 from ..modules.quantized import QuantConv2d, QuantEmbedding, QuantLinear
 from ..modules.registry import MODULE_TYPES
+from ..modules.replace import not_reproducible
 from ..modules.sparse import SparseQuantConv2d, SparseQuantEmbedding, SparseQuantLinear
 from ..selection import check_tokens, select_modules, token_pattern
 from ..settings_base import Settings
@@ -189,8 +190,9 @@ def selected(
 def plain_layers(adapter: Adapter, config: MethodConfig, kinds: tuple[type[nn.Module], ...],
                  action: str, advice: str) -> dict[str, nn.Module]:
     """`selected`, after refusing targeted layers of `kinds` that an earlier stage made compact
-    (quantized, half precision, W8A8), which `kinds` would pass over without a word. A factored
-    layer is a container of plain layers, not a compact one."""
+    (quantized, half precision, W8A8), which `kinds` would pass over without a word, and layers
+    no compact layer reproduces (`not_reproducible`). A factored layer is a container of plain
+    layers, not a compact one."""
     compact = [(n, m) for n, m in selected(adapter, config, tuple(MODULE_TYPES.values())).items()
                if (stood_for := compact_kind(m)) is not None and issubclass(stood_for, kinds)]
     if compact:
@@ -199,6 +201,12 @@ def plain_layers(adapter: Adapter, config: MethodConfig, kinds: tuple[type[nn.Mo
         raise RecipeError(f"{action} cannot take {name}, a {type(module).__name__}{more}; "
                           f"{advice}, or leave it out with 'ignore:'")
     chosen = selected(adapter, config, kinds)
+    odd = [(n, why) for n, m in chosen.items() if (why := not_reproducible(m))]
+    if odd:
+        name, why = odd[0]
+        more = f" (and {len(odd) - 1} more)" if len(odd) > 1 else ""
+        raise RecipeError(f"{action} cannot take {name}{more}: {why}; leave it out with "
+                          "'ignore:'")
     if not chosen:  # the stage would change nothing without a word
         kinds_named = "/".join(k.__name__ for k in kinds)
         targets = "every tower" if config.targets is None else ", ".join(config.targets)

@@ -136,8 +136,10 @@ def _calibrate(adapter: Adapter, modules: dict[str, nn.Module], context: StageCo
 
 
 def _choices(adapter: Adapter, factorizer: Factorizer, modules: dict[str, nn.Module],
-             context: StageContext) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Choice per layer (absent: decided while factoring, by energy), and a summary."""
+             unfit: dict[str, int], context: StageContext
+             ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Choice per layer (absent: decided while factoring, by energy), and a summary; the
+    `unfit` layers' weights (they stay dense) count in a ``param_ratio`` budget."""
     c = factorizer.config
     if c.rank is not None:
         choices = {n: factorizer.fixed(m) for n, m in modules.items()}
@@ -147,6 +149,7 @@ def _choices(adapter: Adapter, factorizer: Factorizer, modules: dict[str, nn.Mod
     if c.param_ratio is None:
         return {}, {}
     sizes = {n: factorizer.options(n, m, None) for n, m in modules.items()}  # weights, no loss
+    sizes |= {n: LayerOptions(w) for n, w in unfit.items()}
     if c.allocation == "uniform":
         return uniform_ranks(sizes, c.param_ratio, factorizer.smallest)[0], {}
     check_reachable(sizes, c.param_ratio, factorizer.smallest)  # before calibrating
@@ -161,6 +164,7 @@ def _choices(adapter: Adapter, factorizer: Factorizer, modules: dict[str, nn.Mod
             _weigh_by_probe(probe, factorizer, name, module, stats, options[name])
 
     _calibrate(adapter, modules, context, measure, "rank sensitivity")
+    options |= {n: LayerOptions(w) for n, w in unfit.items()}
     choices, kept = allocate_ranks(options, c.param_ratio, factorizer.smallest)
     dense = sum(o.dense for o in options.values())
     return choices, {"predicted_param_ratio": round(kept / dense, 4)}
@@ -197,8 +201,11 @@ def apply_lowrank(adapter: Adapter, factorizer: Factorizer, context: StageContex
     modules = {n: m for n, m in found.items() if factorizer.supports(m)}
     if not modules:
         raise RecipeError(f"{desc} found no layer it can factor among the selected modules")
-    before, count = sum(factorizer.dense(m) for m in modules.values()), len(modules)
-    choices, summary = _choices(adapter, factorizer, modules, context)
+    # selected layers this factorization cannot take (grouped convolutions, say, or layers no
+    # rank makes smaller) stay dense, and count so in the budget and the summary
+    unfit = {n: factorizer.dense(m) for n, m in found.items() if n not in modules}
+    before, count = sum(factorizer.dense(m) for m in found.values()), len(found)
+    choices, summary = _choices(adapter, factorizer, modules, unfit, context)
     new: dict[str, nn.Module] = {}
 
     def replace(name: str, module: nn.Module, stats: Any) -> nn.Module | None:
@@ -225,6 +232,7 @@ def apply_lowrank(adapter: Adapter, factorizer: Factorizer, context: StageContex
     after = sum(m.logical_params() - _bias(m) for m in new.values())
     # calibration removes replaced layers from `modules`: what is left stayed dense
     after += sum(factorizer.dense(m) for n, m in modules.items() if n not in new)
+    after += sum(unfit.values())
     return {"modules": len(new), "kept_dense": count - len(new),
             "param_ratio": round(after / before, 4), **summary}
 

@@ -55,7 +55,7 @@ def prunable_layers(
     for name, m in chosen.items():
         conv = isinstance(m, nn.Conv2d)
         # grouped convolutions: the unfolded input does not match the filter's columns
-        if conv and (m.padding_mode != "zeros" or (calibrated and m.groups > 1)):
+        if conv and calibrated and m.groups > 1:
             skipped.append(name)
         else:
             layers[name] = m

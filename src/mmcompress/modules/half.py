@@ -13,12 +13,14 @@ from torch import nn
 
 from ..errors import RecipeError
 from .registry import register_module
-from .replace import conv_padding
+from .replace import conv_padding, not_reproducible
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def _layer_args(module: nn.Module) -> dict[str, Any]:
+    if why := not_reproducible(module):
+        raise ValueError(f"cannot store {module} in half precision: {why}")
     if isinstance(module, nn.Linear):
         return {"kind": "linear"}
     if isinstance(module, nn.Conv2d):

@@ -18,7 +18,7 @@ from torch import nn
 from ..quantization.grid import QuantGrid, Quantized, compute_scales, dequantize, quantize
 from ..quantization.packing import pack_rows, packed_row_bytes, unpack_rows
 from .registry import register_module
-from .replace import conv_padding, filled, lookup_ids, table_from_rows
+from .replace import conv_padding, filled, lookup_ids, not_reproducible, table_from_rows
 
 ROWS_PER_CHUNK = 4096  # rows quantized at a time: bounds the temporaries of a large table
 
@@ -189,8 +189,8 @@ class QuantConv2d(_PackedWeight):
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, grid: QuantGrid, quantized: Quantized | None = None,
                   input_scale: torch.Tensor | None = None) -> QuantConv2d:
-        if conv.padding_mode != "zeros":
-            raise ValueError(f"cannot quantize {conv}: only zero padding is supported")
+        if why := not_reproducible(conv):
+            raise ValueError(f"cannot quantize {conv}: {why}")
         mod = cls(cls.conv_args(conv), grid, input_scale is not None)
         weight = conv.weight.detach().float()
         if input_scale is not None:
@@ -247,8 +247,8 @@ class QuantEmbedding(_PackedWeight):
 
     @classmethod
     def from_embedding(cls, emb: nn.Embedding, grid: QuantGrid) -> QuantEmbedding:
-        if emb.max_norm is not None:
-            raise ValueError(f"cannot quantize {emb}: max_norm renormalises rows on lookup")
+        if why := not_reproducible(emb):
+            raise ValueError(f"cannot quantize {emb}: {why}")
         mod = cls(emb.num_embeddings, emb.embedding_dim, grid, emb.padding_idx)
         mod._store(emb.weight.detach().float(), None, None)
         return mod

@@ -33,6 +33,16 @@ def replace_modules(model: nn.Module, replacements: Mapping[str, nn.Module]) -> 
         setattr(parent, child, new)
 
 
+def not_reproducible(module: nn.Module) -> str | None:
+    """Why no compact layer (quantized, sparse, half precision) computes what `module` does,
+    or None: a convolution padding other than with zeros, an embedding renormalising rows."""
+    if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
+        return f"padding_mode {module.padding_mode!r} (compact layers pad with zeros)"
+    if isinstance(module, nn.Embedding) and module.max_norm is not None:
+        return "max_norm renormalises rows on lookup"
+    return None
+
+
 def conv_padding(conv: nn.Conv2d) -> tuple[int, int]:
     """`conv`'s zero padding as numbers. ``"valid"`` (SigLIP's patch embedding) is none;
     ``"same"`` is half the dilated kernel on each side where that is a whole number."""

@@ -25,7 +25,7 @@ from ..quantization.grid import QuantGrid, compute_scales, dequantize, quantize
 from ..quantization.packing import gather_codes, pack_codes, packed_numel, unpack_codes
 from .quantized import Quantized
 from .registry import register_module
-from .replace import filled, lookup_ids, table_from_rows
+from .replace import filled, lookup_ids, not_reproducible, table_from_rows
 
 _SHIFTS = torch.arange(8, dtype=torch.uint8)
 
@@ -49,9 +49,9 @@ def unpack_mask(bits: torch.Tensor, numel: int) -> torch.Tensor:
 
 def layer_args(module: nn.Module) -> dict[str, Any]:
     """JSON-able constructor arguments of a Linear, Conv2d or Embedding layer."""
+    if why := not_reproducible(module):
+        raise ValueError(f"cannot sparsify {module}: {why}")
     if isinstance(module, nn.Embedding):
-        if module.max_norm is not None:
-            raise ValueError(f"cannot sparsify {module}: max_norm renormalises rows on lookup")
         return {"kind": "embedding", "num_embeddings": module.num_embeddings,
                 "embedding_dim": module.embedding_dim, "padding_idx": module.padding_idx,
                 "bias": False}
@@ -59,8 +59,6 @@ def layer_args(module: nn.Module) -> dict[str, Any]:
         return {"kind": "linear", "in_features": module.in_features,
                 "out_features": module.out_features, "bias": module.bias is not None}
     if isinstance(module, nn.Conv2d):
-        if module.padding_mode != "zeros":
-            raise ValueError(f"cannot sparsify {module}: only zero padding is supported")
         pad = module.padding
         return {"kind": "conv2d", "in_channels": module.in_channels,
                 "out_channels": module.out_channels, "kernel_size": list(module.kernel_size),
