@@ -36,6 +36,30 @@ def test_the_previous_output_comes_back_when_the_new_one_cannot_take_its_place(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+def test_a_failed_output_removes_the_folders_made_to_hold_it(tmp_path):
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(RuntimeError), atomic.atomic_folder(tmp_path / "kept/a/b/out") as tmp:
+        (tmp / "model.safetensors").write_text("half")
+        raise RuntimeError("stopped midway")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]
+    assert not any((tmp_path / "kept").iterdir())
+    with atomic.atomic_folder(tmp_path / "kept/a/b/out") as tmp:  # a success keeps them
+        (tmp / "model.safetensors").write_text("whole")
+    assert (tmp_path / "kept/a/b/out/model.safetensors").read_text() == "whole"
+
+
+def test_an_out_that_is_a_link_replaces_the_folder_it_points_to(tmp_path):
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "model.safetensors").write_text("previous")
+    (tmp_path / "link").symlink_to(target)
+    with atomic.atomic_folder(tmp_path / "link", overwrite=True) as tmp:
+        (tmp / "model.safetensors").write_text("new")
+    assert (tmp_path / "link").is_symlink()
+    assert (tmp_path / "link/model.safetensors").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "target"]
+
+
 def test_outputs_get_the_permissions_a_plain_write_would_give(tmp_path):
     """Temporary folders (0700) and safetensors files (0600) are private to their owner."""
     import stat

@@ -108,6 +108,30 @@ def test_manifest_that_is_not_a_json_file_is_a_checkpoint_error(saved, kind):
         mmcompress.load(saved)
 
 
+def test_a_manifest_number_too_long_to_read_is_a_checkpoint_error(saved):
+    path = saved / "mmcompress.json"
+    text = path.read_text()
+    path.write_text(text.replace('"format_version": ', '"format_version": 1' + "0" * 5000 + ", "
+                                 '"was": ', 1))
+    with pytest.raises(CheckpointError, match="corrupted"):
+        mmcompress.load(saved)
+
+
+def test_weights_that_cannot_be_read_are_a_checkpoint_error(saved, monkeypatch):
+    from pathlib import Path
+
+    real_open = Path.open
+
+    def denied(self, *args, **kwargs):
+        if self.name == "model.safetensors":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", denied)
+    with pytest.raises(CheckpointError, match="model.safetensors cannot be read: Permission"):
+        mmcompress.load(saved)
+
+
 def test_truncated_weights_are_refused(saved):
     path = saved / "model.safetensors"
     path.write_bytes(path.read_bytes()[:-100])
@@ -214,11 +238,35 @@ def test_a_sparse_mask_keeping_other_than_its_values_is_refused(tiny_clip, tmp_p
         mmcompress.load(tmp_path)
 
 
+def test_size_before_saving_is_the_saved_files_size(tiny_clip, tmp_path):
+    from mmcompress.evaluation.evaluate import saved_size_bytes
+
+    _quantize(tiny_clip, bits=4, group_size=16)
+    before = saved_size_bytes(tiny_clip.model)
+    save_checkpoint(tiny_clip, tmp_path, "random:tiny", [])
+    assert before == (tmp_path / "model.safetensors").stat().st_size
+
+
 def test_nan_weights_are_refused(tiny_clip, tmp_path):
     with torch.no_grad():
         tiny_clip.model.visual_projection.weight[0, 0] = float("nan")
     save_checkpoint(tiny_clip, tmp_path, "random:tiny", [])
     with pytest.raises(CheckpointError, match="NaN or Inf"):
+        mmcompress.load(tmp_path)
+
+
+def test_nan_in_a_buffer_outside_the_state_dict_is_refused(tmp_path):
+    from mmcompress.adapters.fusion import FusionAdapter
+    from mmcompress.models.fusion import FusionClassifier
+
+    adapter = FusionAdapter(FusionClassifier(
+        fusion="late", dim=16, heads=2, hidden=16, vocab=64, max_text_len=12, text_layers=1,
+        fusion_layers=1, image_channels=[4, 8], image_layers=1, audio_layers=1, n_mels=16,
+        audio_samples=1024))
+    with torch.no_grad():
+        adapter.model.audio.frontend.window[3] = float("nan")
+    save_checkpoint(adapter, tmp_path, "fusion", [])
+    with pytest.raises(CheckpointError, match="buffer 'audio.frontend.window' holds NaN"):
         mmcompress.load(tmp_path)
 
 
@@ -354,10 +402,16 @@ def test_tensor_file_reads_what_safetensors_wrote(tmp_path):
             assert got.dtype == t.dtype and got.shape == t.shape and torch.equal(got, t)
 
 
+def _header(text: bytes) -> bytes:
+    return len(text).to_bytes(8, "little") + text
+
+
 @pytest.mark.parametrize("damage,message", [
     (lambda b: (10**9).to_bytes(8, "little") + b[8:], "header length"),
     (lambda b: b[:8] + b"x" * (len(b) - 8), "not JSON"),
     (lambda b: b[:-4], "outside the data"),
+    (lambda b: _header(b"[" * 100_000), "not JSON"),  # too deep for the parser
+    (lambda b: _header(b'{"w": {"data_offsets": [0, 1' + b"0" * 5000 + b"]}}"), "not JSON"),
     (lambda b: b.replace(b'"shape":[4,4]', b'"shape":[-4,-4]'), "not a whole number"),
     (lambda b: b.replace(b'"shape":[4,4]', b'"shape":[4.0,4]'), "not a whole number"),
 ])

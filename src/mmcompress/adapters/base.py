@@ -137,10 +137,13 @@ class Adapter(ABC):
         return self.preprocess("image", [data.load_image(j) for j in indices])
 
     def check_finite(self) -> None:
-        """Refuse weights holding NaN or Inf (a corrupted or diverged checkpoint)."""
-        for name, t in self.model.state_dict().items():
-            if t.is_floating_point() and not _all_finite(t):
-                raise CheckpointError(f"weight {name!r} holds NaN or Inf values")
+        """Refuse weights or buffers holding NaN or Inf (a corrupted or diverged checkpoint);
+        buffers a state dict leaves out (an audio window, say) are checked too."""
+        for kind, named in (("weight", self.model.named_parameters()),
+                            ("buffer", self.model.named_buffers())):
+            for name, t in named:
+                if t.is_floating_point() and not _all_finite(t):
+                    raise CheckpointError(f"{kind} {name!r} holds NaN or Inf values")
 
 
 def _all_finite(t: torch.Tensor, chunk: int = 1 << 18) -> bool:

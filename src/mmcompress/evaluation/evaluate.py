@@ -15,7 +15,7 @@ from torch import nn
 from ..adapters import Adapter
 from ..data import Dataset
 from ..errors import DataError
-from ..io.checkpoint import state_for_saving
+from ..io.checkpoint import state_for_saving, weights_metadata
 from .config import METRICS, EvaluateConfig
 from .metrics import fidelity_cosine
 from .speed import median_latency_ms, peak_memory_mb
@@ -86,7 +86,7 @@ def saved_size_bytes(model: nn.Module, weights_file: Path | None = None) -> int:
         return weights_file.stat().st_size
     with tempfile.TemporaryDirectory(prefix="mmc-size-") as tmp:
         path = Path(tmp) / "model.safetensors"
-        save_file(state_for_saving(model), str(path))
+        save_file(state_for_saving(model), str(path), metadata=weights_metadata())
         return path.stat().st_size
 
 

@@ -57,10 +57,16 @@ def check_output_dir(out: Path, overwrite: bool, reads: tuple[Path, ...] = ()) -
 
 @contextmanager
 def atomic_folder(out: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder that becomes `out` only if the block finishes without error."""
+    """Yield a temporary folder that becomes `out` only if the block finishes without error
+    (else the folders made to hold it are removed too). A link `out` keeps pointing where it
+    did: the folder it points to is the one replaced."""
     out = Path(out)
     check_output_dir(out, overwrite)
+    if out.is_symlink():
+        out = out.resolve()
+    made = _missing_parents(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    done = False
     tmp = Path(tempfile.mkdtemp(prefix=_beside(out, "tmp"), dir=out.parent))
     try:
         yield tmp
@@ -77,9 +83,25 @@ def atomic_folder(out: Path, overwrite: bool = False) -> Iterator[Path]:
             raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+        done = True
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if not done:
+            for folder in made:  # deepest first; one that something else filled stays
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+
+
+def _missing_parents(out: Path) -> list[Path]:
+    """The folders above `out` that do not exist yet, deepest first."""
+    missing, parent = [], out.absolute().parent
+    while not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
+    return missing
 
 
 def _umask() -> int:

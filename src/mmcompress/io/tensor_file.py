@@ -31,7 +31,10 @@ class TensorFile:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._file: BinaryIO = self.path.open("rb")
+        try:
+            self._file: BinaryIO = self.path.open("rb")
+        except OSError as exc:
+            raise self._bad(exc.strerror or str(exc)) from None
         try:
             self.entries, self._data_start = self._header()
         except Exception:
@@ -48,8 +51,8 @@ class TensorFile:
             raise self._bad("header length beyond the end of the file")
         try:
             header = json.loads(self._file.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise self._bad("the header is not JSON") from None
+        except (ValueError, RecursionError):  # not JSON or UTF-8, too deep, huge numbers
+            raise self._bad("the header is not JSON that can be read") from None
         if not isinstance(header, dict):
             raise self._bad("the header is not a JSON object")
         metadata = header.pop("__metadata__", None) or {}

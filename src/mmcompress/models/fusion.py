@@ -131,7 +131,8 @@ def mel_filterbank(n_fft: int, n_mels: int, rate: int) -> torch.Tensor:
 class LogMel(nn.Module):
     """Waveform [B, N] → log-mel spectrogram [B, 1, n_mels, frames], normalised per example
     and mel band.
-    No parameters: the window and filters are rebuilt from the architecture, never saved."""
+    No parameters: the window and filters are buffers outside the state dict, saved beside it
+    in `buffers.safetensors`."""
 
     def __init__(self, n_mels: int, n_fft: int = 256, hop: int = 128) -> None:
         super().__init__()
