@@ -226,13 +226,15 @@ def main(argv: list[str] | None = None) -> None:
 
 def _merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """`old` with the rows of `new` in place of those of the same method and setting (new
-    ones appended); refused when the two runs differ in anything but their rows and the last
-    digits of the dense metric (another machine's float sums; 1e-4 allowed, `old`'s kept)."""
+    ones appended); refused when the two runs differ in anything but their rows, the last
+    digits of the dense metric (another machine's float sums; 1e-4 allowed, `old`'s kept) and
+    the dense size by the weights file's metadata (up to 256 bytes: sizes measured before
+    saving count it since session 28)."""
     setup = {k for k in (*new, "by_source") if k not in ("rows", "dense")}
     dense_old, dense_new = old.get("dense", {}), new["dense"]
     key = dense_new["metric"]
     same_dense = (dense_old.get("metric") == key
-                  and dense_old.get("size_bytes") == dense_new["size_bytes"]
+                  and abs(dense_old.get("size_bytes", -1e9) - dense_new["size_bytes"]) <= 256
                   and abs(dense_old.get(key, float("inf")) - dense_new[key]) <= 1e-4)
     if not same_dense or {k: old.get(k) for k in setup} != {k: new.get(k) for k in setup}:
         raise SystemExit("error: the existing file was written with other settings (or another "

@@ -349,3 +349,18 @@ def test_no_larger_returns_the_ratio_it_built_with_or_refuses(monkeypatch):
     monkeypatch.setattr(fusion, "saved_size_bytes", lambda r: 250)
     with pytest.raises(RuntimeError, match="no model of at most 200 bytes"):
         fusion.no_larger(200, 1000, 0.2, build)
+
+
+def test_prune_unstructured_update_takes_the_dense_size_with_or_without_file_metadata():
+    from benchmarks.prune_unstructured import _merged
+
+    def run(size: int, spearman: float, rows: list) -> dict:
+        return {"model": "minilm", "threads": 2, "rows": rows,
+                "dense": {"metric": "stsb_spearman", "stsb_spearman": spearman,
+                          "size_bytes": size}}
+
+    old = run(1000, 0.8, [{"method": "wanda", "setting": "0.6", "loss": 0.1}])
+    merged = _merged(old, run(1136, 0.8, [{"method": "wanda", "setting": "0.6", "loss": 0.2}]))
+    assert [r["loss"] for r in merged["rows"]] == [0.2]
+    with pytest.raises(SystemExit, match="other settings"):  # another model
+        _merged(old, run(2000, 0.8, []))
