@@ -47,6 +47,46 @@ def test_siglip_folder_loads_and_embeds(tmp_path):
     assert adapter.encode_images([torch.rand(32, 32, 3).numpy()]).shape == (1, 32)
 
 
+def test_a_folder_without_tokenizer_files_says_its_texts_are_hashed(tiny_clip_folder, capsys,
+                                                                     monkeypatch):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    load_model(tiny_clip_folder)
+    assert "has no tokenizer files: texts are tokenized by a word hash" in capsys.readouterr().err
+
+
+def test_square_images_of_the_models_size_are_still_resized_then_cropped():
+    """A processor resizing the shorter edge to 40 and cropping 32 zooms into a 32×32 image
+    as into any other; the image was passed through whole."""
+    import torch.nn.functional as F
+
+    from mmcompress.adapters.preprocess import images_to_tensor
+
+    image = np.random.default_rng(0).random((32, 32, 3)).astype(np.float32)
+    got = images_to_tensor([image], 32, [0.0] * 3, [1.0] * 3, "crop", "bilinear", resize_to=40)
+    big = F.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None], size=(40, 40),
+                        mode="bilinear", antialias=True, align_corners=False)
+    torch.testing.assert_close(got, big[:, :, 4:36, 4:36])
+
+
+def test_uint8_images_are_read_as_0_to_255():
+    from mmcompress.adapters.preprocess import images_to_tensor
+
+    image = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    args = (16, [0.5] * 3, [0.25] * 3)
+    torch.testing.assert_close(images_to_tensor([image], *args),
+                               images_to_tensor([image.astype(np.float32) / 255], *args))
+
+
+def test_siglip_calibrates_on_every_text_position(tmp_path):
+    """SigLIP runs its text tower without a mask and pools the last position, which is
+    padding for a short text: every position reaches the embedding, so none is masked."""
+    SiglipModel(_tiny_siglip()).save_pretrained(tmp_path / "siglip")
+    adapter = load_model(tmp_path / "siglip")
+    calib = adapter.calibration_data(toy_image_data(), samples=4, batch_size=4, seed=0)
+    [batch] = calib.batches["text"]
+    assert batch.token_mask.all() and batch.token_mask.shape[1] == 16
+
+
 def test_architecture_rebuilds_the_same_structure(tiny_clip):
     rebuilt = type(tiny_clip).from_architecture(tiny_clip.architecture(), None)
     rebuilt.model.load_state_dict(tiny_clip.model.state_dict(), strict=True)

@@ -26,6 +26,21 @@ from mmcompress.evaluation.metrics import (
 from mmcompress.recipe import EvaluateConfig
 
 
+def test_retrieval_recall_reports_at_10_by_default_and_data_must_be_retrievable():
+    image, text = F.normalize(torch.randn(12, 4), dim=-1), F.normalize(torch.randn(12, 4), dim=-1)
+    r = retrieval_recall(image, text, owner=list(range(12)))
+    assert set(r) == {f"recall_{d}@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)}
+    assert r["recall_i2t@1"] <= r["recall_i2t@5"] <= r["recall_i2t@10"]
+    from mmcompress.data import Dataset
+    from mmcompress.errors import DataError
+
+    bad = Dataset("pets", "retrieval", images=[np.zeros((4, 4, 3))] * 2, captions=[["a"], []])
+    with pytest.raises(DataError, match="image 1 has no captions"):
+        bad.check()
+    with pytest.raises(DataError, match="holds no examples"):
+        Dataset("none", "classification", images=[], labels=[], class_names=["a"]).check()
+
+
 def test_retrieval_recall_on_known_ranking():
     image = torch.eye(3)
     # captions 0,1 describe image 0, caption 2 image 1, caption 3 image 2 (but looks like 0)
@@ -197,3 +212,22 @@ def test_data_whose_metric_means_nothing_is_refused(tiny_clip):
     sentence_model = SimpleNamespace(tasks=frozenset({"sts"}), name="sentence")
     with pytest.raises(DataError, match="two pairs of different scores"):
         check_data_fits(sentence_model, flat)
+
+
+def test_a_half_precision_hugging_face_folder_is_sized_as_the_float32_model_evaluated(
+        tiny_clip_folder, tmp_path):
+    """Loading makes the model float32: its size is what mmcompress would save, the same as
+    `compress` reports before it, not the folder's own half-size file."""
+    from transformers import CLIPModel
+
+    import mmcompress
+    from mmcompress.evaluation.evaluate import saved_size_bytes
+    from mmcompress.model_specs import load_model
+
+    half = tmp_path / "half"
+    CLIPModel.from_pretrained(tiny_clip_folder).half().save_pretrained(half)
+    result = mmcompress.evaluate(half, toy_image_data(), {"metrics": ["size_bytes"]},
+                                 progress=False)
+    fp32 = saved_size_bytes(load_model(half).model)
+    assert result["metrics"]["size_bytes"] == fp32
+    assert fp32 > 1.9 * (half / "model.safetensors").stat().st_size

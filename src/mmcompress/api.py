@@ -296,7 +296,10 @@ def evaluate(
         except UserError as exc:  # base model not available here: no fidelity
             notes.append(f"fidelity not measured: the base model cannot be loaded ({exc})")
     folder = Path(str(model)) if not isinstance(model, Adapter) else None
-    weights = folder / WEIGHTS if folder is not None and (folder / WEIGHTS).is_file() else None
+    # an output folder's size is its file's; a Hugging Face folder's file may hold another
+    # dtype than the float32 model evaluated: that is sized as mmcompress would save it
+    saved = folder is not None and (folder / MANIFEST).is_file() and (folder / WEIGHTS).is_file()
+    weights = folder / WEIGHTS if saved else None
     result = evaluate_adapter(
         adapter,
         dataset,
@@ -307,6 +310,8 @@ def evaluate(
         progress=progress,
         unpacked=unpack,
     )
+    if compiled:  # latency only: peak memory is measured in a fresh process, eagerly
+        result.measurement["compiled"] = True
     if cfg.metrics and not result.metrics:
         raise UserError(f"none of the metrics asked for ({', '.join(cfg.metrics)}) applies to "
                         f"this model on {dataset.name} data"

@@ -24,6 +24,8 @@ LABELS = {
     "recall_t2i@1": "recall t→i @1",
     "recall_i2t@5": "recall i→t @5",
     "recall_t2i@5": "recall t→i @5",
+    "recall_i2t@10": "recall i→t @10",
+    "recall_t2i@10": "recall t→i @10",
     "stsb_spearman": "STS Spearman",
     "fidelity_cosine": "fidelity (cosine)",
     "latency_ms_image": "latency image (ms)",
@@ -145,8 +147,8 @@ def measurement_note(m: dict[str, Any]) -> str:
             f"{m['latency_batch_size']}, {text}"
             f"{threads_text(m['threads'])}. Size: bytes of `model.safetensors`. Peak memory: RSS "
             "added by loading the model and running each tower once, in a fresh process. "
-            "Fidelity: mean cosine between compressed and uncompressed embeddings of the same "
-            "inputs.")
+            "Fidelity: mean cosine between compressed and uncompressed embeddings (classifiers: "
+            "logits) of the same inputs.")
 
 
 def report_markdown(report: dict[str, Any]) -> str:

@@ -86,6 +86,12 @@ class Adapter(ABC):
         """Turn raw items (images as arrays, texts as strings) into one model batch."""
         raise NotImplementedError(f"{self.name} takes no {modality} input")
 
+    def token_mask(self, batch: Any) -> torch.Tensor | None:
+        """[B, L] bool: the positions of a preprocessed text batch whose rows reach the
+        model's output (padding does not), or None when the batch has no attention mask."""
+        mask = batch.get("attention_mask") if isinstance(batch, dict) else None
+        return None if mask is None else mask.bool()
+
     def calibration_data(self, data: Dataset, samples: int, batch_size: int,
                          seed: int, text_tokens: int = 0) -> CalibrationData:
         """Up to `samples` random items per input modality of `data`, batched and preprocessed
@@ -120,14 +126,13 @@ class Adapter(ABC):
                         forward, functools.partial(self._image_batch, data, chosen)))
                     continue
                 batch = self.preprocess(modality, [items[j] for j in chosen])
-                mask = batch.get("attention_mask") if isinstance(batch, dict) else None
+                mask = self.token_mask(batch)
                 if mask is not None:
                     count["tokens"] = count.get("tokens", 0) + int(mask.sum())
                 else:
                     tokens = 0  # no mask to count real tokens by: `samples` only
                 batches.setdefault(modality, []).append(CalibrationBatch(
-                    forward, functools.partial(stored_inputs, batch),
-                    None if mask is None else mask.bool()))
+                    forward, functools.partial(stored_inputs, batch), mask))
         if not batches:
             raise DataError(f"calibration data {data.name!r} is empty or holds no "
                             f"{' or '.join(self.input_modalities)} inputs")

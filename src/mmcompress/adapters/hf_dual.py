@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
 
+from ..progress import announce
 from .base import DualEncoderAdapter
 from .preprocess import HashTokenizer, images_to_tensor
 from .tokenizers import has_tokenizer, load_tokenizer, pretrained, saved_tokenizer, tokenize
@@ -91,9 +92,13 @@ class HFDualEncoderAdapter(DualEncoderAdapter):
     def from_folder(cls, folder: Path) -> HFDualEncoderAdapter:
         """Load pretrained weights, tokenizer and image settings from a local folder."""
         model = pretrained(cls.model_cls, folder).float()
-        tokenizer = (
-            load_tokenizer(folder) if has_tokenizer(folder) else cls.hash_tokenizer(model.config)
-        )
+        if has_tokenizer(folder):
+            tokenizer = load_tokenizer(folder)
+        else:
+            announce(f"{folder} has no tokenizer files: texts are tokenized by a word hash whose "
+                     "ids carry no learned meaning (enough for speed and memory work, not for "
+                     "quality figures); copy the tokenizer files into the folder")
+            tokenizer = cls.hash_tokenizer(model.config)
         return cls(model, tokenizer, cls.image_settings(folder, model.config))
 
     @classmethod
@@ -170,6 +175,11 @@ class SiglipAdapter(HFDualEncoderAdapter):
 
     def embed_image_tensor(self, pixels: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.model.vision_model(pixel_values=pixels).pooler_output, dim=-1)
+
+    def token_mask(self, batch: Any) -> torch.Tensor:
+        """Every position: the text tower runs without a mask and pools the last one, so the
+        padding is part of what reaches the embedding."""
+        return torch.ones_like(batch["input_ids"], dtype=torch.bool)
 
     def embed_text_tensors(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         out = self.model.text_model(input_ids=inputs["input_ids"])

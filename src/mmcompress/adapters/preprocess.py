@@ -21,8 +21,8 @@ def images_to_tensor(
     interpolation: str = "bilinear",
     resize_to: int | None = None,
 ) -> torch.Tensor:
-    """HxWxC (or HxW grey) float images in [0, 1] → normalised [B, C, size, size],
-    C = len(mean).
+    """HxWxC (or HxW grey) float images in [0, 1] (uint8 images in 0–255 are divided by 255,
+    as the HF processors do) → normalised [B, C, size, size], C = len(mean).
 
     `fit` ``crop`` resizes the shorter side to `resize_to` (default `size`), keeping the aspect
     ratio (CLIP's processor); ``squash`` resizes the whole image to `resize_to` × `resize_to`
@@ -34,18 +34,16 @@ def images_to_tensor(
     for img in images:
         t = _channels_first(img, channels)
         h, w = t.shape[1:]
-        if (h, w) != (size, size):
-            edge = max(resize_to or size, size)
-            if fit == "squash":
-                nh = nw = edge
-            else:
-                nh, nw = (edge, int(edge * w / h)) if h <= w else (int(edge * h / w), edge)
-            if (nh, nw) != (h, w):
-                t = F.interpolate(t[None], size=(nh, nw), mode=interpolation, antialias=True,
-                                  align_corners=False)[0]
-            top, left = (nh - size) // 2, (nw - size) // 2
-            t = t[:, top : top + size, left : left + size]
-        out.append(t)
+        edge = max(resize_to or size, size)  # an image already `size` square is still
+        if fit == "squash":  # resized to `edge` first, as the processors do
+            nh = nw = edge
+        else:
+            nh, nw = (edge, int(edge * w / h)) if h <= w else (int(edge * h / w), edge)
+        if (nh, nw) != (h, w):
+            t = F.interpolate(t[None], size=(nh, nw), mode=interpolation, antialias=True,
+                              align_corners=False)[0]
+        top, left = (nh - size) // 2, (nw - size) // 2
+        out.append(t[:, top : top + size, left : left + size])
     batch = torch.stack(out)
     m = torch.tensor(mean).view(1, -1, 1, 1)
     s = torch.tensor(std).view(1, -1, 1, 1)
@@ -62,6 +60,8 @@ def _channels_first(img: np.ndarray, channels: int) -> torch.Tensor:
         raise DataError(f"an image must be H×W or H×W×C with 1–4 channels, got shape "
                         f"{list(arr.shape)}")
     t = torch.as_tensor(arr, dtype=torch.float32).permute(2, 0, 1)
+    if arr.dtype == np.uint8:
+        t = t / 255.0
     if not torch.isfinite(t).all():
         raise DataError("an image holds NaN or Inf values")
     colour = t[:3] if t.shape[0] >= 3 else t[:1]  # grey + alpha keeps the grey

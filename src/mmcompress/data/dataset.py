@@ -88,6 +88,11 @@ class Dataset:
         if len(set(sizes.values())) > 1:
             raise bad("its columns differ in length (" + ", ".join(
                 f"{k} {n}" for k, n in sizes.items()) + ")")
+        if not any(sizes.values()):
+            raise bad("it holds no examples")
+        empty = next((i for i, c in enumerate(self.captions or []) if not len(c)), None)
+        if empty is not None:
+            raise bad(f"image {empty} has no captions: it could never be retrieved")
         if not all(map(_finite, self.scores)):
             raise bad("a score is not a finite number")
         if self.class_names and any(not 0 <= y < len(self.class_names) for y in self.labels):

@@ -24,6 +24,8 @@ METRICS = (
     "recall_t2i@1",
     "recall_i2t@5",
     "recall_t2i@5",
+    "recall_i2t@10",
+    "recall_t2i@10",
     "stsb_spearman",
     "fidelity_cosine",
     "latency_ms_image",

@@ -32,7 +32,7 @@ def retrieval_recall(
     image_emb: torch.Tensor,
     text_emb: torch.Tensor,
     owner: Sequence[int],
-    ks: Sequence[int] = (1, 5),
+    ks: Sequence[int] = (1, 5, 10),
 ) -> dict[str, float]:
     """Recall@k both ways; `owner[j]` is the image index caption j describes."""
     owner_t = torch.as_tensor(owner)
