@@ -209,3 +209,20 @@ def test_the_demo_replaces_only_an_output_of_its_own_recipe(tmp_path):
     assert is_output_folder(out) and not is_output_folder(out, demo)
     (out / "recipe.yaml").write_text("{not yaml")
     assert not is_output_folder(out, demo)
+
+
+def test_the_demo_replaces_only_an_output_of_its_own_models(tiny_clip, tmp_path):
+    """The demo recipe run by `compress` on another model is the user's output, not the
+    demo's: `mmcompress demo` replaced it without --overwrite."""
+    from importlib import resources
+
+    from mmcompress.api import is_output_folder
+    from mmcompress.io.checkpoint import save_checkpoint
+
+    demo = resources.files("mmcompress").joinpath("recipes/demo.yaml").read_text()
+    out = tmp_path / "out"
+    out.mkdir()
+    save_checkpoint(tiny_clip, out, "random:tiny", [])
+    (out / "recipe.yaml").write_text(demo)
+    assert is_output_folder(out, demo)
+    assert not is_output_folder(out, demo, ("demo", "fusion"))

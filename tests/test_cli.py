@@ -360,6 +360,32 @@ def test_a_named_held_out_split_calibrates_on_its_training_complement(tiny_clip)
     assert "calibrated on 8 texts (40 tokens) of stsb-train" in stage_details(summary)
 
 
+def _pets(folder):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in ("cat", "dog"):
+        (folder / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(
+                folder / name / f"{i}.png")
+    return folder
+
+
+def test_evaluate_an_output_on_the_data_its_report_was_measured_on(tiny_clip_folder, tmp_path):
+    """Without --data, an output was evaluated on its base model's default data, not on the
+    data of its report (for a CIFAR ResNet: data its distillation had trained on)."""
+    out, pets = tmp_path / "out", _pets(tmp_path / "pets")
+    result = runner.invoke(app, ["compress", "--model", str(tiny_clip_folder), "--recipe",
+                                 str(_recipe(tmp_path)), "--data", str(pets), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["evaluate", str(out), "--metrics", "zeroshot_top1"])
+    assert result.exit_code == 0, result.output
+    assert f"note: evaluated on {pets.resolve()}, the data of this output's report" in \
+        result.stderr
+    assert "(classification, 6 examples)" in result.stdout
+
+
 def test_inspect_sensitivity_probes_a_per_channel_grid(tiny_clip_folder, tmp_path):
     """`--group-size` could not ask for one scale per output channel."""
     from PIL import Image

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -18,7 +19,14 @@ from .data.splits import TRAINING_SPLIT
 from .errors import CheckpointError, UserError
 from .evaluation.evaluate import check_data_fits, evaluate_adapter, quality
 from .io.atomic import atomic_folder, check_output_dir
-from .io.checkpoint import BUFFERS, MANIFEST, WEIGHTS, load_checkpoint, save_checkpoint
+from .io.checkpoint import (
+    BUFFERS,
+    MANIFEST,
+    WEIGHTS,
+    load_checkpoint,
+    read_manifest,
+    save_checkpoint,
+)
 from .methods import StageContext, keep_original, run_stage
 from .methods.base import check_targets
 from .model_specs import NAMED_SPECS, load_model
@@ -99,6 +107,7 @@ def compress(
         "stages": history,
         "before": before.metrics,
         "mmcompress_version": __version__,
+        **({"data": spec_data} if (spec_data := _data_spec(data)) is not None else {}),
     }
     if out_path is None:
         after = evaluate_adapter(adapter, dataset, eval_cfg, reference=before.embeddings)
@@ -126,9 +135,30 @@ def compress(
 REPORT_FILES = ("recipe.yaml", "report.json", "report.md", "report.html")
 
 
-def is_output_folder(folder: Path, recipe: str | None = None) -> bool:
+def _data_spec(data: str | Path | Dataset | None) -> str | None:
+    """The evaluation data as `evaluate` can load it again (a path made absolute), or None:
+    the model's default, or data built in Python."""
+    if data is None or isinstance(data, Dataset):
+        return None
+    path = Path(data)
+    return str(path.resolve()) if path.exists() else str(data)
+
+
+def _reported_data(folder: Path | None) -> str | None:
+    """The data an output folder's report was measured on, if it records it."""
+    try:
+        report = json.loads((folder / "report.json").read_text()) if folder else {}
+    except (OSError, ValueError):
+        return None
+    data = report.get("data") if isinstance(report, dict) else None
+    return data if isinstance(data, str) else None
+
+
+def is_output_folder(folder: Path, recipe: str | None = None,
+                     models: tuple[str, ...] | None = None) -> bool:
     """Whether `folder` holds an mmcompress output and nothing else (with `recipe`: an output
-    of that recipe): what the demo may replace without being told to."""
+    of that recipe; with `models`: of one of those model specs): what the demo may replace
+    without being told to."""
     try:
         names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
     except OSError:  # unreadable: `check_output_dir` says why
@@ -136,6 +166,13 @@ def is_output_folder(folder: Path, recipe: str | None = None) -> bool:
     if not (MANIFEST in names and names <= {WEIGHTS, BUFFERS, MANIFEST, "tokenizer",
                                             *REPORT_FILES}):
         return False
+    if models is not None:
+        try:
+            base = read_manifest(folder).get("base_model")
+        except UserError:
+            return False
+        if base not in models:
+            return False
     if recipe is None:
         return True
     try:
@@ -275,6 +312,11 @@ def evaluate(
     `unpack`: evaluate with sparse and weight-only quantized layers unpacked to dense ones
     (an output folder's size is still its file's)."""
     cfg = config if isinstance(config, EvaluateConfig) else _evaluate_config(config or {})
+    folder = Path(str(model)) if not isinstance(model, Adapter) else None
+    notes = []
+    if data is None and (reported := _reported_data(folder)) is not None:
+        data = reported  # what its report was measured on, not the base model's default
+        notes.append(f"evaluated on {reported}, the data of this output's report")
     adapter = load_model(model, progress=progress)
     if unpack:
         unpack_weights(adapter.model)
@@ -282,7 +324,7 @@ def evaluate(
         compile_towers(adapter)
     dataset = load_data(data if data is not None else adapter.default_data)
     check_data_fits(adapter, dataset)
-    reference, notes = None, []
+    reference = None
     manifest = getattr(adapter, "manifest", None)
     base = (manifest or {}).get("base_model")
     if manifest is not None and base is None:
@@ -295,7 +337,6 @@ def evaluate(
             del base_adapter
         except UserError as exc:  # base model not available here: no fidelity
             notes.append(f"fidelity not measured: the base model cannot be loaded ({exc})")
-    folder = Path(str(model)) if not isinstance(model, Adapter) else None
     # an output folder's size is its file's; a Hugging Face folder's file may hold another
     # dtype than the float32 model evaluated: that is sized as mmcompress would save it
     saved = folder is not None and (folder / MANIFEST).is_file() and (folder / WEIGHTS).is_file()

@@ -150,7 +150,8 @@ def demo(
         raise UserError(f"demo --model must be one of {', '.join(described)}, got {model!r}")
     progress = _setup(quiet, threads)
     recipe = resources.files("mmcompress").joinpath("recipes/demo.yaml").read_text()
-    overwrite = overwrite or is_output_folder(out, recipe)  # the demo replaces its own output
+    # the demo replaces its own output (its recipe, on one of its models)
+    overwrite = overwrite or is_output_folder(out, recipe, tuple(described))
     check_output_dir(out, overwrite)  # a refused --out is the only line printed
     typer.echo(f"mmcompress demo: int8 RTN on every tower of {described[model]}", err=True)
     _print_result(compress(model, recipe, out=out, overwrite=overwrite, progress=progress))
