@@ -211,6 +211,20 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path
     torch.testing.assert_close(two_p, one_p, atol=2e-3, rtol=0)
 
 
+def test_ddp_processes_end_with_the_same_batchnorm_statistics(tmp_path):
+    """Each process updated BatchNorm's running statistics on its own half of the last batch:
+    rank 1 evaluated (and printed) a model rank 0 never saved."""
+    out = tmp_path / "ddp.safetensors"
+    two = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(WORKER), str(out), "-", "--steps", "2", "--train-norm"],
+        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert two.wait(120) == 0, two.communicate()[1].decode()[-3000:]
+    rank0, rank1 = (load_file(f"{out}.rank{r}") for r in (0, 1))
+    stats = [k for k in rank0 if k.endswith("running_mean")]
+    assert stats and all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+
+
 def test_a_training_module_imports_first():
     """Since the package imports its API lazily, importing training.stage first went round a
     cycle (methods → distill → training.stage) and failed."""

@@ -47,19 +47,23 @@ def main(argv: list[str]) -> None:
     ap.add_argument("checkpoints")
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--train-norm", action="store_true",
+                    help="BatchNorm statistics update; every rank writes OUT.rankR")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     adapter = ImageClassifierAdapter(CifarResNet(20))
     settings = TrainSettings(epochs=100, max_steps=args.steps, batch_size=args.batch, lr=1e-3,
-                             warmup=2, freeze_norm=True, checkpoint_every=3,
+                             warmup=2, freeze_norm=not args.train_norm, checkpoint_every=3,
                              checkpoint_dir=None if args.checkpoints == "-" else args.checkpoints)
     objective = TaskObjective(adapter, make_task(adapter, tiny_data()))
     trainer = Trainer(adapter, objective, settings, callbacks=[KillAt()],
                       progress=False)
     summary = trainer.fit()
-    if trainer.world.is_main:
-        state = {k: v.contiguous() for k, v in adapter.model.state_dict().items()}
+    state = {k: v.contiguous() for k, v in adapter.model.state_dict().items()}
+    if args.train_norm:
+        save_file(state, f"{args.out}.rank{trainer.world.rank}")
+    elif trainer.world.is_main:
         save_file(state, args.out, metadata={"resumed_at": str(summary["resumed_at"])})
 
 

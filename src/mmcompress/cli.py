@@ -107,7 +107,10 @@ def _setup(quiet: bool, threads: int | None) -> bool:
 def _print_result(result) -> None:
     from .modules.unpack import compact_layers
     from .report import terminal_table
+    from .training.distributed import is_main_process
 
+    if not is_main_process():  # under torchrun one table: rank 0's, of the model it saves
+        return
     typer.echo(terminal_table(result.report["before"], result.report["after"]))
     m = result.report["measurement"]
     typer.echo(

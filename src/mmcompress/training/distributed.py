@@ -54,6 +54,15 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
+def broadcast_buffers(module: torch.nn.Module, world: World) -> None:
+    """Give every process rank 0's buffers (BatchNorm running statistics): DDP hands them out
+    before each forward, but each process then updates its own on its share of the batch, so
+    after the last step they differ from the model rank 0 saves."""
+    if world.distributed:
+        for buffer in module.buffers():
+            dist.broadcast(buffer.data, src=0)
+
+
 def mean_across(value: torch.Tensor, world: World) -> torch.Tensor:
     """Average a scalar tensor over every process (identity on one process)."""
     if not world.distributed:

@@ -34,7 +34,7 @@ from .checkpoints import (
     save_training_checkpoint,
     state_digest,
 )
-from .distributed import World, barrier, init_world, mean_across, shard
+from .distributed import World, barrier, broadcast_buffers, init_world, mean_across, shard
 from .schedule import lr_factor, warmup_steps
 from .settings import TrainSettings
 
@@ -167,6 +167,7 @@ class Trainer:
         finally:
             bar.close()
             self.model.train(was_training)
+        broadcast_buffers(self.model, self.world)  # every process holds the model saved
         for cb in self.callbacks:
             cb.on_train_end(self)
         self.model.eval()
