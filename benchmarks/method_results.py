@@ -211,14 +211,16 @@ SECTIONS = [
      " wanda-noswap-refit,wanda-swap-refit,sparsegpt-layer-refit --settings 0.6,2:4,0.7"
      " --calib /tmp/sts/sts-calib.csv --eval /tmp/sts/sts-heldout.csv --threads 2",
      "The rows above on the held-out quarter of STS-B train (calibrated on the other three"
-     " quarters)."),
+     " quarters). The `wanda-swap-refit` rows were rerun in session 28 (`--update --methods"
+     " wanda-swap-refit`); the others are session 21's."),
     *[(f"Kept weights refitted, on other STS data, fold {k}",
        f"prune_refit_heldout_fold{k}.json",
        f"python -m benchmarks.sts_heldout /tmp/sts{k} --fold {k} && python -m"
        f" benchmarks.prune_unstructured benchmarks/results/prune_refit_heldout_fold{k}.json"
        " --methods wanda-swap-refit --settings 0.6,2:4,0.7 --calib"
        f" /tmp/sts{k}/sts-calib.csv --eval /tmp/sts{k}/sts-heldout.csv --threads 2",
-       f"Wanda with swaps and `refit: true` holding out quarter {k} of STS-B train (session 21).")
+       f"Wanda with swaps and `refit: true` holding out quarter {k} of STS-B train (rerun in"
+       " session 28).")
       for k in (1, 2, 3)],
     ("Kept weights refitted, all four held-out quarters", "prune_refit_heldout_folds.json",
      "python -m benchmarks.sts_folds benchmarks/results/prune_refit_heldout_folds.json"
