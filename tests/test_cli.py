@@ -384,6 +384,10 @@ def test_evaluate_an_output_on_the_data_its_report_was_measured_on(tiny_clip_fol
     assert f"note: evaluated on {pets.resolve()}, the data of this output's report" in \
         result.stderr
     assert "(classification, 6 examples)" in result.stdout
+    pets.rename(tmp_path / "moved")  # the data is gone: the model's default, no error
+    result = runner.invoke(app, ["evaluate", str(out), "--metrics", "params"])
+    assert result.exit_code == 0, result.output
+    assert "the data of this output's report" not in result.stderr
 
 
 def test_inspect_sensitivity_probes_a_per_channel_grid(tiny_clip_folder, tmp_path):

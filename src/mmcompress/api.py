@@ -145,13 +145,18 @@ def _data_spec(data: str | Path | Dataset | None) -> str | None:
 
 
 def _reported_data(folder: Path | None) -> str | None:
-    """The data an output folder's report was measured on, if it records it."""
+    """The data an output folder's report was measured on, if it records it and it is still
+    there (a path moved away: None, the model's default)."""
     try:
-        report = json.loads((folder / "report.json").read_text()) if folder else {}
+        if folder is None or not (folder / MANIFEST).is_file():
+            return None
+        report = json.loads((folder / "report.json").read_text())
     except (OSError, ValueError):
         return None
     data = report.get("data") if isinstance(report, dict) else None
-    return data if isinstance(data, str) else None
+    if not isinstance(data, str) or (Path(data).is_absolute() and not Path(data).exists()):
+        return None
+    return data
 
 
 def is_output_folder(folder: Path, recipe: str | None = None,
