@@ -100,7 +100,10 @@ SECTIONS = [
      " quarter (1,437 pairs): the targets checked beyond the dev split. Rerun whole in"
      " session 12; the `magnitude`, `wanda`, `sparsegpt` and `admm` rows (each method's"
      " defaults) rerun in session 27 with `--update --methods magnitude,wanda,sparsegpt,admm`;"
-     " the other rows are session 12's."),
+     " the other rows in session 28 with `--update --methods"
+     " wanda-noswap,wanda-noswap-seq,sparsegpt-layer,sparsegpt-layer-norefit` (against session"
+     " 12's: `wanda-noswap` the same, `wanda-noswap-seq` 2:4 0.0172 → 0.0179, `sparsegpt-layer`"
+     " 2:4 0.0073 → 0.0082, `sparsegpt-layer-norefit` up to 0.0014)."),
     *[(f"Unstructured pruning on other STS data, fold {k}",
         f"prune_unstructured_heldout_fold{k}.json",
         f"python -m benchmarks.sts_heldout /tmp/sts{k} --fold {k} && python -m"
