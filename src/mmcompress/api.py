@@ -144,11 +144,21 @@ def _data_spec(data: str | Path | Dataset | None) -> str | None:
     return str(path.resolve()) if path.exists() else str(data)
 
 
+def _output_folder(model: str | Path | Adapter) -> Path | None:
+    """`model` as an mmcompress output folder, or None (a spec, a Hugging Face folder)."""
+    if isinstance(model, Adapter):
+        return None
+    try:  # a spec name too long for a path is not a folder either
+        return Path(str(model)) if (Path(str(model)) / MANIFEST).is_file() else None
+    except OSError:
+        return None
+
+
 def _reported_data(folder: Path | None) -> str | None:
     """The data an output folder's report was measured on, if it records it and it is still
     there (a path moved away: None, the model's default)."""
     try:
-        if folder is None or not (folder / MANIFEST).is_file():
+        if folder is None:
             return None
         report = json.loads((folder / "report.json").read_text())
     except (OSError, ValueError):
@@ -317,7 +327,7 @@ def evaluate(
     `unpack`: evaluate with sparse and weight-only quantized layers unpacked to dense ones
     (an output folder's size is still its file's)."""
     cfg = config if isinstance(config, EvaluateConfig) else _evaluate_config(config or {})
-    folder = Path(str(model)) if not isinstance(model, Adapter) else None
+    folder = _output_folder(model)
     notes = []
     if data is None and (reported := _reported_data(folder)) is not None:
         data = reported  # what its report was measured on, not the base model's default
@@ -344,8 +354,7 @@ def evaluate(
             notes.append(f"fidelity not measured: the base model cannot be loaded ({exc})")
     # an output folder's size is its file's; a Hugging Face folder's file may hold another
     # dtype than the float32 model evaluated: that is sized as mmcompress would save it
-    saved = folder is not None and (folder / MANIFEST).is_file() and (folder / WEIGHTS).is_file()
-    weights = folder / WEIGHTS if saved else None
+    weights = folder / WEIGHTS if folder is not None else None
     result = evaluate_adapter(
         adapter,
         dataset,

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from .errors import UserError
-from .report import threads_text, to_json
+from .report import to_json
 
 app = typer.Typer(
     add_completion=False,
@@ -106,17 +106,13 @@ def _setup(quiet: bool, threads: int | None) -> bool:
 
 def _print_result(result) -> None:
     from .modules.unpack import compact_layers
-    from .report import terminal_table
+    from .report import measurement_line, terminal_table
     from .training.distributed import is_main_process
 
     if not is_main_process():  # under torchrun one table: rank 0's, of the model it saves
         return
     typer.echo(terminal_table(result.report["before"], result.report["after"]))
-    m = result.report["measurement"]
-    typer.echo(
-        f"\ndata: {m['data']}, {m['examples']} examples; latency: median of "
-        f"{m['latency_repeats']}, batch {m['latency_batch_size']}, {threads_text(m['threads'])}"
-    )
+    typer.echo("\n" + measurement_line(result.report["measurement"]))
     if result.out is not None:
         typer.echo(f"saved to {result.out}")
         compact = compact_layers(result.adapter.model)
@@ -201,7 +197,7 @@ def evaluate(
 ) -> None:
     """Evaluate a model: quality, fidelity (output folders), size, latency, memory."""
     from .api import evaluate as run_evaluate
-    from .report import LABELS, fmt, threads_text
+    from .report import LABELS, fmt, measurement_line
 
     progress = _setup(quiet, threads)
     config = {"max_samples": max_samples}
@@ -219,13 +215,8 @@ def evaluate(
         return
     for key, value in result["metrics"].items():  # the units the labels name (MB, M, ms)
         typer.echo(f"{LABELS.get(key, key):22s} {fmt(key, value)}")
-    m = result["measurement"]
     timed = any(k.startswith("latency_ms_") for k in result["metrics"])
-    tokens = f", texts of {m['latency_text_tokens']} tokens" if m["latency_text_tokens"] else ""
-    typer.echo(f"\nmeasured on {m['data']} ({m['task']}, {m['examples']:,} examples), "
-               f"{threads_text(m['threads'])}"
-               + (f"; latency: {m['latency_statistic']}, {m['latency_repeats']} repeats, "
-                  f"batch {m['latency_batch_size']}{tokens}" if timed else ""))
+    typer.echo("\n" + measurement_line(result["measurement"], timed))
 
 
 @app.command()

@@ -139,12 +139,24 @@ def threads_text(n: int) -> str:
     return f"{n} thread{'' if n == 1 else 's'}"
 
 
+def latency_text(m: dict[str, Any]) -> str:
+    """How latency was timed: 'median after 3 warm-up runs, 10 repeats, batch 8, texts of
+    32 tokens' (the measurement's threads are said beside it)."""
+    tokens = m.get("latency_text_tokens")
+    return (f"{m['latency_statistic']}, {m['latency_repeats']} repeats, batch "
+            f"{m['latency_batch_size']}" + (f", texts of {tokens} tokens" if tokens else ""))
+
+
+def measurement_line(m: dict[str, Any], timed: bool = True) -> str:
+    """One line for the terminal: the data, its examples, the threads and (`timed`) how
+    latency was measured."""
+    return (f"measured on {m['data']} ({m['task']}, {m['examples']:,} examples), "
+            f"{threads_text(m['threads'])}" + (f"; latency: {latency_text(m)}" if timed else ""))
+
+
 def measurement_note(m: dict[str, Any]) -> str:
     """How the figures were measured (report.md and report.html)."""
-    tokens = m.get("latency_text_tokens")
-    text = f"texts of {tokens} tokens, " if tokens else ""
-    return (f"Latency: {m['latency_statistic']}, {m['latency_repeats']} repeats, batch "
-            f"{m['latency_batch_size']}, {text}"
+    return (f"Latency: {latency_text(m)}, "
             f"{threads_text(m['threads'])}. Size: bytes of `model.safetensors`. Peak memory: RSS "
             "added by loading the model and running each tower once, in a fresh process. "
             "Fidelity: mean cosine between compressed and uncompressed embeddings (classifiers: "

@@ -34,8 +34,9 @@ def images_to_tensor(
     for img in images:
         t = _channels_first(img, channels)
         h, w = t.shape[1:]
-        edge = max(resize_to or size, size)  # an image already `size` square is still
-        if fit == "squash":  # resized to `edge` first, as the processors do
+        # an image already `size` square is still resized to `edge` first, as processors do
+        edge = max(resize_to or size, size)
+        if fit == "squash":
             nh = nw = edge
         else:
             nh, nw = (edge, int(edge * w / h)) if h <= w else (int(edge * h / w), edge)

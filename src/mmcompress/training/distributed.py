@@ -60,7 +60,8 @@ def broadcast_buffers(module: torch.nn.Module, world: World) -> None:
     after the last step they differ from the model rank 0 saves."""
     if world.distributed:
         for buffer in module.buffers():
-            dist.broadcast(buffer.data, src=0)
+            if buffer.is_floating_point():  # packed codes and counters do not drift apart
+                dist.broadcast(buffer.data, src=0)
 
 
 def mean_across(value: torch.Tensor, world: World) -> torch.Tensor:
