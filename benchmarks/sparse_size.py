@@ -31,13 +31,10 @@ RESULTS = Path(__file__).resolve().parent / "results" / "sparse_size.json"
 
 
 def _layer_bytes(model: nn.Module, names: list[str]) -> int:
-    """Bytes of the named modules' tensors as saved (parameters and buffers)."""
-    total = 0
-    for n in names:
-        m = model.get_submodule(n)
-        tensors = [*m.parameters(recurse=False), *m.buffers(recurse=False)]
-        total += sum(t.numel() * t.element_size() for t in tensors if t is not None)
-    return total
+    """Bytes of the named modules' tensors as saved (their state dicts: parameters and
+    persistent buffers; an index rebuilt at load time is not saved, so not counted)."""
+    return sum(t.numel() * t.element_size() for n in names
+               for t in model.get_submodule(n).state_dict(keep_vars=True).values())
 
 
 def measure(spec: str, sparsity: float) -> list[dict]:

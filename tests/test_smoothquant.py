@@ -100,6 +100,8 @@ def test_patch_conv_w8a8_matches_the_convolution(size):
     assert out.shape == ref.shape and mod.weight.shape == conv.weight.shape
     assert F.cosine_similarity(out.flatten(), ref.flatten(), dim=0) > 0.999
     torch.testing.assert_close(mod.to_dense()(x), ref, rtol=0.05, atol=0.02)
+    with torch.inference_mode():  # an empty batch gives an empty output, as the conv does
+        assert mod(x[:0]).shape == conv(x[:0]).shape
     with pytest.raises(ValueError, match="patchifying"):
         W8A8PatchConv2d.from_conv(nn.Conv2d(3, 8, 3, padding=1), 0.1)
 

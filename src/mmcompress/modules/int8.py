@@ -510,7 +510,7 @@ class W8A8PatchConv2d(W8A8Linear):
         hp, wp = h // kh, w // kw
         patches = x[:, :, : hp * kh, : wp * kw].reshape(b, c, hp, kh, wp, kw)
         patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(b * hp * wp, c * kh * kw)
-        return super().forward(patches).view(b, hp, wp, -1).permute(0, 3, 1, 2)
+        return super().forward(patches).view(b, hp, wp, self.out_features).permute(0, 3, 1, 2)
 
     @property
     def weight(self) -> torch.Tensor:
