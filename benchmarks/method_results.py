@@ -156,7 +156,7 @@ SECTIONS = [
        f" --calib /tmp/sts0/sts-calib.csv --eval /tmp/sts0/sts-heldout.csv --targets '{pattern}'",
        f"Wanda (defaults) at 60% on the {label} of all six blocks only, the other layers dense;"
        " fold 0 as in \"Unstructured pruning on other STS data\", where every layer pruned"
-       " together loses 0.0113 (session 18).")
+       " together loses 0.0113 (session 18, `prune_by_source_heldout.json`).")
       for key, label, pattern in (
           ("qk", "query and key layers", r"re:self\.(query|key)$"),
           ("vo", "value and attention output layers",
@@ -248,7 +248,7 @@ SECTIONS = [
      " --methods wanda-layer --settings 0.6,0.7 --calib /tmp/sts0/sts-calib.csv"
      " --eval /tmp/sts0/sts-heldout.csv --threads 2",
      "The rows above on held-out quarter 0 of STS-B train; compare the `wanda` rows of"
-     " \"Unstructured pruning on other STS data\" (0.0113 / 0.0228). Per-layer comparison"
+     " \"Unstructured pruning on other STS data\" (0.0112 / 0.0228). Per-layer comparison"
      " loses more on both splits, so rows stay the default in linear layers."),
     ("Kept weights refitted, on lit-cifar", "prune_refit_litcifar.json",
      "python -m benchmarks.prune_unstructured benchmarks/results/prune_refit_litcifar.json"
@@ -353,7 +353,7 @@ SECTIONS = [
      " on STS-B dev. Both lost fidelity against the `sparsegpt` rows of the first table, so"
      " neither was kept or run on other data (session 14). A tenth of the damping"
      " (`-damp001`, session 15) left fidelity where it was (0.9071 / 0.8307 against 0.9069 /"
-     " 0.8307) and moved the loss both ways, so 0.01 stays."),
+     " 0.8304) and moved the loss both ways, so 0.01 stays."),
     ("Layer-wise error of each method's mask", "prune_layer_error.json",
      "python -m benchmarks.prune_layer_error",
      "Relative reconstruction error tr((W − Ŵ)H(W − Ŵ)ᵀ) / tr(WHWᵀ) of each linear layer of"
