@@ -315,6 +315,13 @@ def test_no_arguments_show_the_help_and_no_error_line(monkeypatch, capsys):
     assert stopped.value.code == 2 and "Usage" in out.out and "error" not in out.err
 
 
+def test_version_prints_the_package_version():
+    from mmcompress import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"mmcompress {__version__}"
+
+
 def test_metrics_none_of_which_apply_are_an_error_not_an_empty_table(tiny_clip_folder):
     """`--metrics stsb_spearman` on an image-text model printed nothing and exited 0."""
     result = runner.invoke(app, ["evaluate", str(tiny_clip_folder), "--metrics",

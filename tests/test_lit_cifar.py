@@ -134,6 +134,22 @@ def test_load_or_train_caches_the_trained_part_and_rebuilds_a_broken_cache(tmp_p
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_a_cache_folder_that_cannot_be_written_trains_for_the_run_with_a_warning(
+        tmp_path, monkeypatch, capsys):
+    (tmp_path / "file").write_text("")  # a folder under a file cannot be made
+    monkeypatch.setenv("MMCOMPRESS_CACHE", str(tmp_path / "file" / "cache"))
+    model = _Toy()
+
+    def train() -> None:
+        with torch.no_grad():
+            model.head.weight.fill_(0.5)
+
+    load_or_train(model, "toy", "k1", train)
+    err = capsys.readouterr().err
+    assert "warning: cannot write the cache folder" in err and "MMCOMPRESS_CACHE" in err
+    torch.testing.assert_close(model.head.weight, torch.full((2, 2), 0.5))
+
+
 @pytest.mark.integration
 @needs_data
 def test_lit_cifar_split_is_fixed_and_disjoint(monkeypatch):

@@ -19,3 +19,7 @@ def __getattr__(name: str) -> Any:
     if name in {"compress", "evaluate", "load"}:
         return getattr(importlib.import_module(".api", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -26,6 +26,22 @@ app = typer.Typer(
     help="Compress multimodal models and report what it cost.",
 )
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"mmcompress {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="print the version and exit")] = False,
+) -> None:
+    """Compress multimodal models and report what it cost."""
+
 DataOpt = Annotated[
     str | None,
     typer.Option(

@@ -7,9 +7,11 @@ is cached under `paths.cache_dir()` by a key of the training settings.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -88,16 +90,24 @@ def load_or_train(model: nn.Module, name: str, key: str, train: Callable[[], Any
             model.load_state_dict(state, strict=False)
             return
         except Exception:  # a broken cache is rebuilt, never trusted
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+    try:  # a folder that cannot take the file is found before the training, not after it
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+    except OSError as exc:
+        print(f"warning: cannot write the cache folder {path.parent} ({exc.strerror}): the "
+              f"built-in {name} model is trained for this run only; set MMCOMPRESS_CACHE to a "
+              "writable folder to keep it", file=sys.stderr, flush=True)
+        train()
+        return
     announce(f"training the built-in {name} model on first use (a few minutes; cached in "
              f"{path.parent})")
-    train()
-    state = model.state_dict()
-    trained = {n: state[n].detach().contiguous() for n in trained_names}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
     try:
+        train()
+        state = model.state_dict()
+        trained = {n: state[n].detach().contiguous() for n in trained_names}
         save_file(trained, tmp)
         share_as_created(Path(tmp))
         os.replace(tmp, path)
