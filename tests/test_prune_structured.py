@@ -720,3 +720,13 @@ def test_global_layer_removal_counts_quantized_blocks_by_their_logical_weights()
         kept[scope] = count_params(pruned.model)
     block = count_params(adapter.model.vision_model.encoder.layers[0])
     assert abs(kept["global"] - kept["tower"]) <= block
+
+
+def test_a_list_of_one_unit_is_refused_with_advice_that_fits_it():
+    """A one-layer list asked for `layers: 1` was told to 'ask for a count below 1'."""
+    from mmcompress.structured.allocate import check_counts
+
+    with pytest.raises(RecipeError, match="it has only one: leave it out with 'targets'"):
+        check_counts("layers", "fusion.layers", 1, 1, "layers")
+    with pytest.raises(RecipeError, match="ask for a count below 4, or a fraction"):
+        check_counts("heads", "text.layer.0", 4, 4, "heads")

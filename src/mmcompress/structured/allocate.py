@@ -68,9 +68,11 @@ def how_many(amount: Amount, size: int) -> int:
 
 def check_counts(kind: str, where: str, remove: int, size: int, noun: str) -> None:
     if remove >= size:
+        advice = (f"ask for a count below {size}, or a fraction" if size > 1 else
+                  "it has only one: leave it out with 'targets' or 'ignore'")
         raise RecipeError(
             f"prune {kind}: removing {remove} of the {size} {noun} of {where} would remove "
-            f"all of them; ask for a count below {size}, or a fraction")
+            f"all of them; {advice}")
 
 
 def uniform_plan(cands: Sequence[Candidate], remove: dict[int, int]) -> dict[int, list[int]]:
