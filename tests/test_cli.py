@@ -181,6 +181,23 @@ def test_evaluate_says_what_it_measured_on(tiny_clip_folder):
     assert "(classification, 8 examples), 1 thread" in result.stdout
 
 
+def test_without_latency_nothing_says_how_latency_was_timed(tiny_clip_folder, tmp_path):
+    """A run that times nothing said 'latency: median after ...' in the terminal and report."""
+    evaluate = {"max_samples": 8, "metrics": ["size_bytes", "zeroshot_top1"]}
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["compress", "--model", str(tiny_clip_folder), "--recipe",
+                                 str(_recipe(tmp_path, evaluate=evaluate)), "--out", str(out),
+                                 "--threads", "1", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "examples), 1 thread\n" in result.stdout and "latency:" not in result.stdout
+    note = (out / "report.md").read_text().split("## Measurement")[1]
+    assert note.lstrip().startswith("Measured with 1 thread.") and "Latency" not in note
+    timed = runner.invoke(app, ["compress", "--model", str(tiny_clip_folder), "--recipe",
+                                str(_recipe(tmp_path)), "--out", str(tmp_path / "timed"), "-q"])
+    assert "; latency: median" in timed.stdout
+    assert "Latency: median" in (tmp_path / "timed" / "report.md").read_text()
+
+
 def test_corrupted_checkpoint_is_an_error(tiny_clip_folder, tmp_path):
     out = tmp_path / "out"
     runner.invoke(app, ["compress", "--model", str(tiny_clip_folder), "--recipe",

@@ -147,6 +147,11 @@ def latency_text(m: dict[str, Any]) -> str:
             f"{m['latency_batch_size']}" + (f", texts of {tokens} tokens" if tokens else ""))
 
 
+def is_timed(metrics: dict[str, Any]) -> bool:
+    """Whether `metrics` hold a latency (otherwise nothing says how latency was timed)."""
+    return any(k.startswith("latency_ms_") for k in metrics)
+
+
 def measurement_line(m: dict[str, Any], timed: bool = True) -> str:
     """One line for the terminal: the data, its examples, the threads and (`timed`) how
     latency was measured."""
@@ -154,13 +159,13 @@ def measurement_line(m: dict[str, Any], timed: bool = True) -> str:
             f"{threads_text(m['threads'])}" + (f"; latency: {latency_text(m)}" if timed else ""))
 
 
-def measurement_note(m: dict[str, Any]) -> str:
-    """How the figures were measured (report.md and report.html)."""
-    return (f"Latency: {latency_text(m)}, "
-            f"{threads_text(m['threads'])}. Size: bytes of `model.safetensors`. Peak memory: RSS "
-            "added by loading the model and running each tower once, in a fresh process. "
-            "Fidelity: mean cosine between compressed and uncompressed embeddings (classifiers: "
-            "logits) of the same inputs.")
+def measurement_note(m: dict[str, Any], timed: bool = True) -> str:
+    """How the figures were measured (report.md and report.html); `timed`: with latency."""
+    how = (f"Latency: {latency_text(m)}, " if timed else "Measured with ")
+    return (f"{how}{threads_text(m['threads'])}. Size: bytes of `model.safetensors`. "
+            "Peak memory: RSS added by loading the model and running each tower once, in a "
+            "fresh process. Fidelity: mean cosine between compressed and uncompressed "
+            "embeddings (classifiers: logits) of the same inputs.")
 
 
 def report_markdown(report: dict[str, Any]) -> str:
@@ -177,7 +182,7 @@ def report_markdown(report: dict[str, Any]) -> str:
     return (
         f"# mmcompress report\n\nModel: `{report['model']}` · data: `{m['data']}` "
         f"({m['task']}, {m['examples']} examples)\n\n## Stages\n{stages}\n\n## Before / after\n"
-        f"{table}\n\n## Measurement\n{measurement_note(m)}\n"
+        f"{table}\n\n## Measurement\n{measurement_note(m, is_timed(report['after']))}\n"
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from .report import LABELS, comparison_rows, measurement_note, stage_details
+from .report import LABELS, comparison_rows, is_timed, measurement_note, stage_details
 
 BAR_W, ROW_H = 320, 26
 
@@ -44,7 +44,8 @@ def report_html(report: dict[str, Any]) -> str:
                      f"{s['seconds']:.1f} s, {escape(stage_details(s['summary']))}</li>"
                      for s in report["stages"])
     m = report.get("measurement", {})
-    note = f"<h2>Measurement</h2><p>{_code(measurement_note(m))}</p>" if m else ""
+    note = (f"<h2>Measurement</h2><p>{_code(measurement_note(m, is_timed(after)))}</p>"
+            if m else "")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>mmcompress report</title>
 <style>body{{font-family:sans-serif;max-width:820px;margin:2em auto}}td,th{{padding:4px 10px}}
 tr:nth-child(even){{background:#f3f3f3}}</style></head><body>
