@@ -190,6 +190,23 @@ def test_the_input_sample_draws_every_batch_alike():
     assert kept.min() >= 16 and kept.max() <= 48, kept.tolist()
 
 
+def test_the_input_sample_keeps_the_first_rows_as_often_as_the_last():
+    """Over many seeds each row of an 8-row stream is in a 2-row sample a quarter of the time,
+    the two that filled it too: row t must replace a slot drawn from [0, t], not [0, t)."""
+    from mmcompress.calibration import InputStatsCollector
+
+    seeds, counts = 400, torch.zeros(8)
+    for seed in range(seeds):
+        coll = InputStatsCollector(max_rows=2, seed=seed)
+        for b in range(2):  # rows 0-1 fill the sample, rows 2-7 may replace them
+            coll.add(torch.arange(4.0 * b, 4.0 * b + 4)[:, None])
+        counts[coll.sample[:, 0].long()] += 1
+    share = counts / seeds
+    error = (0.25 * 0.75 / seeds) ** 0.5  # binomial standard error of one row's share
+    assert (share - 0.25).abs().max() < 4 * error, share.tolist()
+    assert abs(float(share[:2].mean()) - 0.25) < 3 * error / 2**0.5, share.tolist()
+
+
 def test_the_input_sample_keeps_every_row_until_it_is_full_and_none_when_unused():
     import torch
 

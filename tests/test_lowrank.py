@@ -104,6 +104,34 @@ def test_asvd_scaling_folds_back_exactly_at_full_rank():
     torch.testing.assert_close(torch.matmul(*d.factors(16)), w, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("scaling", ["asvd", "none"])
+def test_scaled_svd_error_is_the_output_error_on_the_damped_gram_matrix(scaling):
+    """`error[r]` = tr(E H_d Eᵀ) / tr(W H_d Wᵀ) with E = W − W_r and H_d = XᵀX + damp ·
+    mean(diag) · I, the same damped matrix the Cholesky scaling whitens with, so the errors of
+    every scaling are on one footing (a direction no input reached still counts a little)."""
+    x = _inputs().double()
+    x[:, :2] *= 10  # outlier channels: the damping term is large next to most of XᵀX
+    w = torch.randn(24, 64, dtype=torch.float64)
+    h = x.T @ x
+    h_damped = h + 0.05 * h.diagonal().mean() * torch.eye(64, dtype=torch.float64)
+    svd = scaled_svd(w, h, scaling, x.abs().mean(0), damp=0.05)
+    for rank in (1, 4, 12, 23):
+        e = w - torch.matmul(*svd.factors(rank)).double()
+        expected = (e @ h_damped * e).sum() / (w @ h_damped * w).sum()
+        assert float(svd.error[rank]) == pytest.approx(float(expected), rel=1e-4)
+
+
+def test_energy_rank_counts_an_exact_tie_as_kept():
+    """The smallest rank whose error is at most 1 − energy: a rank keeping exactly `energy`
+    qualifies (also through float rounding), not only one keeping more."""
+    exact = scaled_svd(torch.diag(torch.tensor([3.0, 2, 1, 1, 1], dtype=torch.float64)))
+    assert float(exact.error[2]) == 3 / 16  # s² = 9, 4, 1, 1, 1: rank 2 keeps 13/16 exactly
+    assert exact.energy_rank(13 / 16) == 2 and exact.energy_rank(0.82) == 3
+    for spectrum, energy in (([0.6, 0.3, 0.1], 0.9), ([0.5, 0.3, 0.2], 0.8)):
+        w = torch.diag(torch.tensor(spectrum, dtype=torch.float64).sqrt())
+        assert scaled_svd(w).energy_rank(energy) == 2, spectrum
+
+
 @pytest.mark.parametrize("stride,padding", [(1, 1), (2, 0), (2, 2)])
 def test_tucker_and_cp_convs_compute_their_dense_kernel(stride, padding):
     torch.manual_seed(0)
@@ -125,6 +153,39 @@ def test_full_rank_tucker_and_high_rank_cp_reproduce_the_kernel():
                          3)
     rebuilt = torch.einsum("or,ir,hr,wr->oihw", a, b, c, d)
     assert float(rebuilt.norm()) > 0 and all(f.isfinite().all() for f in (a, b, c, d))
+
+
+def test_tucker_ranks_take_a_budget_met_exactly():
+    """Ranks whose weights equal the budget fit it ("at most"): a 16×16×3×3 kernel at 832 of
+    2,304 weights gets ranks (8, 8), 16·8 + 8·8·9 + 8·16 = 832."""
+    from mmcompress.factorization.conv import ConvShape
+
+    shape = ConvShape(16, 16, 3, 3)
+    assert shape.tucker_params(8, 8) == 832
+    assert shape.tucker_ranks(832 / 2304) == (8, 8)
+    assert shape.tucker_ranks(831 / 2304) == (7, 7)
+
+
+def test_svd_options_carry_the_output_error_of_their_own_rank():
+    """Each option (weights, loss, rank) the allocation chooses from has the relative output
+    error of that rank's factors on the calibration inputs, not of the rank one below."""
+    from mmcompress.calibration import HessianCollector
+    from mmcompress.methods.lowrank import SVDFactorizer, SVDWhitenConfig
+
+    x = _inputs(d=48)
+    lin = nn.Linear(48, 40)
+    stats = HessianCollector()
+    stats.add(x)
+    factorizer = SVDFactorizer(SVDWhitenConfig(param_ratio=0.5, damp=1e-8, asymmetric=False))
+    layer = factorizer.options("layer", lin, stats)
+    w = lin.weight.detach()
+    total = float(((x @ w.T) ** 2).sum())
+    assert [r for _, _, r in layer.options] == list(range(1, max_useful_rank(40, 48) + 1))
+    for weights, loss, rank in layer.options:
+        assert weights == rank * (40 + 48)
+        factored = factorizer.factor("layer", lin, rank, stats)
+        measured = _out_err(x, w, factored.weight.detach()) / total
+        assert loss == pytest.approx(measured, rel=1e-3, abs=1e-6), rank
 
 
 def test_allocation_spends_the_budget_where_the_loss_is_lowest():

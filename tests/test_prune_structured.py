@@ -280,6 +280,33 @@ def test_statistics_and_block_influence_ignore_padding():
         assert layers_p[name] == pytest.approx(s, rel=1e-3)
 
 
+def test_block_influence_of_conv_blocks_is_the_cosine_over_channels():
+    """A ResNet block's influence is the mean, over images and pixels, of 1 − cos between the
+    channel vectors of its input and output (not a cosine along image rows)."""
+    from mmcompress.structured.importance import layer_scores
+
+    adapter = ImageClassifierAdapter(_resnet())
+    ctx = StageContext(data=toy_image_data(4), calibration=CalibrationConfig(samples=4),
+                       progress=False)
+    calib = ctx.calibration_data(adapter)
+    lists = find_structure(adapter.model).layer_lists
+    names = [ll.entry(i) for ll in lists for i in ll.removable]
+    seen = {n: [] for n in names}
+    handles = [adapter.model.get_submodule(n).register_forward_hook(
+        lambda m, args, out, n=n: seen[n].append((args[0].clone(), out.clone())))
+        for n in names]
+    try:
+        scores = layer_scores(adapter, lists, lambda: calib)
+    finally:
+        for h in handles:
+            h.remove()
+    assert set(scores) == set(names) and len(names) >= 4
+    for name in names:
+        x, y = (torch.cat(t) for t in zip(*seen[name], strict=True))  # [images, C, H, W]
+        cos = (x * y).sum(1) / (x.norm(dim=1) * y.norm(dim=1)).clamp_min(1e-8)
+        assert scores[name] == pytest.approx(float((1 - cos).mean()), rel=1e-4), name
+
+
 def _roundtrip(adapter, tmp_path, encode):
     before = encode(adapter)
     save_checkpoint(adapter, tmp_path, "random:tiny", [])

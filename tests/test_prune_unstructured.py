@@ -91,6 +91,20 @@ def test_sparsegpt_per_row_prunes_each_rows_share_and_stays_second_order(sparsit
     assert output_error(x, w, pruned) < 0.9 * output_error(x, w, w * wanda)
 
 
+def test_sparsegpt_one_block_drops_the_lowest_obs_saliencies_of_the_layer():
+    """One block over all columns: the mask drops the k lowest w² / U_jj² of the whole layer
+    (U: upper Cholesky factor of the damped H⁻¹), not w² / U_jj."""
+    x, w = layer_inputs() * torch.logspace(-1, 1, 64), torch.randn(16, 64)  # U_jj ranges 100×
+    h = 2 * x.T @ x / len(x)
+    _, keep = sparsegpt_prune(w, h, 0.5, block_size=64)
+    hd = h.double() + 0.01 * h.diagonal().double().mean() * torch.eye(64, dtype=torch.float64)
+    u = torch.linalg.cholesky(torch.linalg.inv(hd), upper=True)
+    saliency = (w.double() ** 2 / u.diagonal() ** 2).flatten()
+    expected = torch.ones(w.numel(), dtype=torch.bool)
+    expected[saliency.argsort()[:512]] = False
+    assert torch.equal(keep, expected.view_as(w))
+
+
 def test_ties_cannot_change_the_count():
     scores = torch.ones(8, 16)
     assert int((~keep_mask(scores, 0.5)).sum()) == 64
@@ -143,6 +157,27 @@ def test_admm_sparsity_rises_gradually():
     assert (once != gradual).float().mean() > 0.05
     errors = [output_error(x, w, refit_kept(w, k, h)) for k in (once, gradual)]
     assert errors[1] < 0.9 * errors[0]
+
+
+def test_admm_sparsity_follows_the_cubic_schedule(monkeypatch):
+    """Iteration t prunes s·(1 − (1 − (t+1)/ramp)³) of the weights (ramp = 3/4 of the
+    iterations), then s: the documented cubic ramp, not a linear one."""
+    import mmcompress.sparsity.admm as admm
+
+    shares, pruned = [], []
+
+    def recording(scores, sparsity, nm=None, per_row=False):
+        keep = keep_mask(scores, sparsity, nm, per_row)
+        shares.append(sparsity)
+        pruned.append(int((~keep).sum()))
+        return keep
+
+    monkeypatch.setattr(admm, "keep_mask", recording)
+    x, w = layer_inputs(), torch.randn(8, 64)
+    admm_prune(w, 2 * x.T @ x / len(x), 0.6, iterations=8)  # ramp: 6 iterations
+    expected = [0.6 * (1 - (1 - t / 6) ** 3) for t in range(1, 6)] + [0.6] * 3
+    assert shares == pytest.approx(expected, rel=1e-12)
+    assert pruned == [round(s * w.numel()) for s in expected]
 
 
 # ---- mask refinement by swaps ---------------------------------------------------------------
@@ -316,6 +351,24 @@ def test_refit_is_each_rows_least_squares_fit_and_beats_sparsegpt(nm):
                                    atol=1e-4)
     sgpt_keep, sgpt_w = masks["sparsegpt"]
     assert output_error(x, w, refit_kept(w, sgpt_keep, h)) < output_error(x, w, sgpt_w)
+
+
+def test_refit_solves_the_damped_problem_on_nearly_collinear_inputs():
+    """ŵ_K = w_K + H_KK⁻¹ H_KP w_P with H damped by `damp` · mean diag H (docs/methods.md),
+    where the damping matters; a right-hand side from the undamped H pulls ŵ toward zero."""
+    torch.manual_seed(0)
+    x = torch.randn(512, 6) @ torch.randn(6, 32) + 0.01 * torch.randn(512, 32)  # rank ≈ 6
+    w = torch.randn(8, 32)
+    h = 2 * x.T @ x / len(x)
+    keep = keep_mask(w.abs() * x.norm(dim=0), 0.5, per_row=True)
+    refit = refit_kept(w, keep, h, damp=0.1)
+    hd = h.double() + 0.1 * h.diagonal().double().mean() * torch.eye(32, dtype=torch.float64)
+    for r in range(len(w)):
+        k, p = keep[r], ~keep[r]
+        wr = w[r].double()
+        expected = wr[k] + torch.linalg.solve(hd[k][:, k], hd[k][:, p] @ wr[p])
+        torch.testing.assert_close(refit[r, k].double(), expected, rtol=1e-5, atol=1e-5)
+        assert (refit[r, p] == 0).all()
 
 
 def test_refit_to_the_reference_fit_is_the_least_squares_fit_to_unpruned_outputs():

@@ -11,7 +11,9 @@ W ≈ U_r Σ_r V_rᵀ S⁻¹. Choices of S:
 
 Whatever the scaling, the output error of every truncation on the calibration inputs follows
 from H = XᵀX in closed form (U has orthonormal columns): ‖(W − Ŵ_r)·L‖² = Σ_{i>r} σ_i²·‖r_iᵀ L‖²
-where r_i are the rows of Vᵀ S⁻¹.
+where r_i are the rows of Vᵀ S⁻¹. H is damped there as for the Cholesky factor (`damp` · mean
+diagonal added), so every scaling's errors are on the same footing and a direction that no
+calibration input reached still costs a little.
 
 To match a reference model's outputs instead (asymmetric calibration), factor
 `calibration.reference.reference_fit(W, …)` in place of W.
