@@ -16,7 +16,13 @@ from mmcompress.io.checkpoint import save_checkpoint
 from mmcompress.methods import METHODS, StageContext, run_stages
 from mmcompress.quantization.awq import awq_quantize
 from mmcompress.quantization.gptq import gptq_quantize
-from mmcompress.quantization.grid import QuantGrid, dequantize, fake_quantize
+from mmcompress.quantization.grid import (
+    QuantGrid,
+    compute_scales,
+    dequantize,
+    fake_quantize,
+    quantize,
+)
 from mmcompress.recipe import CalibrationConfig, load_recipe
 from mmcompress.report import calibrated_on
 
@@ -65,6 +71,28 @@ def test_gptq_on_a_pruned_layer_keeps_its_zeros_and_beats_rtn(grid, act_order):
     assert error < 0.95 * output_error(x, w, unaware)
 
 
+@pytest.mark.parametrize("grid", [QuantGrid(4, 16), QuantGrid(4, 16, False)])
+def test_gptq_group_scales_ignore_the_updates_on_pruned_weights(grid):
+    """Group scales must come from kept weights only: counting the error updates GPTQ pushes
+    onto pruned positions gave a fully pruned group a scale of ~0.01 (not the empty group's 1)
+    and moved the zero points of a group with one kept weight off the grid's end."""
+    torch.manual_seed(0)
+    x, w = layer_inputs(), torch.randn(8, 64)
+    keep = torch.rand(8, 64) > 0.5
+    keep[:, 16:48] = False  # group 1 fully pruned; group 2 keeps only its first column
+    keep[:, 32] = True
+    codes, scale, zero = gptq_quantize(w * keep, 2 * x.T @ x / len(x), grid, keep=keep)
+    assert torch.equal(scale[:, 1], torch.ones(8))  # compute_scales' empty group
+    value = dequantize(codes, grid, scale, zero)[:, 32]
+    assert (value != 0).all()
+    if zero is None:  # the kept weight alone sets the range: it lands on code ±7
+        assert set(codes[:, 32].tolist()) <= {1, 15}
+    else:  # range [min(v, 0), max(v, 0)]: v at one end, 0 (the zero point) at the other
+        assert torch.equal(zero[:, 1], torch.zeros(8, dtype=torch.uint8))
+        assert torch.equal(zero[:, 2], torch.where(value > 0, 0, 15).to(torch.uint8))
+        assert torch.equal(codes[:, 32], torch.where(value > 0, 15, 0).to(torch.uint8))
+
+
 def test_gptq_on_a_grouped_convolution_quantizes_each_group_with_its_own_inputs():
     """The unfolded input of a grouped convolution spans every input channel (groups × the
     weight's columns); GPTQ used to fail there with an IndexError."""
@@ -94,6 +122,37 @@ def test_awq_layer_error_below_rtn_with_outlier_channels():
     (codes, scale, zero), s = awq_quantize(w, x[:512], x.abs().mean(0), grid)
     awq = output_error(x, w, dequantize(codes, grid, scale, zero) / s)
     assert awq < 0.6 * output_error(x, w, fake_quantize(w, grid))
+
+
+def test_awq_clipping_picks_each_groups_best_ratio_on_the_scaled_inputs():
+    """The clip search must score each candidate range by the error of rounding the weight
+    itself (not the shrunk weight) on the inputs the layer sees (x / s, not x). Scoring the
+    shrunk weight gave an output error of 48.3, scoring on x 53.5, against 39.5 (and 50.7
+    unclipped)."""
+    x, w, grid = layer_inputs(outliers=True), torch.randn(32, 64), QuantGrid(4, 16)
+    w[:, 10] *= 8  # a few large weights: clipping pays
+    calib = x[:512]
+    (codes, scale, zero), s = awq_quantize(w, calib, x.abs().mean(0), grid)
+    (plain, p_scale, p_zero), s_plain = awq_quantize(w, calib, x.abs().mean(0), grid, clip=False)
+    assert torch.equal(s, s_plain)
+    clipped = output_error(x, w, dequantize(codes, grid, scale, zero) / s)
+    unclipped = output_error(x, w, dequantize(plain, grid, p_scale, p_zero) / s)
+    assert clipped < 0.85 * unclipped
+
+    ws, xs = w * s, calib / s
+
+    def group_errors(deq):  # [rows, groups]: each group's share of the output error on x / s
+        d = deq - ws
+        return torch.stack([((xs[:, g:g + 16] @ d[:, g:g + 16].T) ** 2).mean(0)
+                            for g in range(0, 64, 16)], dim=1)
+
+    def shrunk(r):  # W·diag(s) rounded on its min-max grid shrunk by r
+        q_scale, q_zero = compute_scales(ws * r, grid)
+        return dequantize(quantize(ws, grid, q_scale, q_zero), grid, q_scale, q_zero)
+
+    best = torch.stack([group_errors(shrunk(r)) for r in torch.linspace(1.0, 0.5, 20)]).amin(0)
+    chosen = group_errors(dequantize(codes, grid, scale, zero))
+    assert (chosen <= best * (1 + 1e-4) + 1e-9).all()  # no group could do better
 
 
 def test_layer_groups_follow_blocks():

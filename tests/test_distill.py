@@ -86,6 +86,18 @@ def test_losses_vanish_when_student_equals_teacher():
         float(losses.info_nce(img, txt, scale, labels)), rel=1e-5)
 
 
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_hinton_kd_is_t_squared_kl_from_teacher_to_student(temperature):
+    """T²·KL(p_T ‖ p_S) with batch mean, as F.kl_div computes it: a plain T factor (4× too
+    small at T = 4) or KL(p_S ‖ p_T) (55% off at T = 1) both pass a same-logits check."""
+    gen = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(8, 10, generator=gen), 3 * torch.randn(8, 10, generator=gen)
+    t = temperature
+    expected = t * t * nn.functional.kl_div((student / t).log_softmax(-1),
+                                            (teacher / t).softmax(-1), reduction="batchmean")
+    assert losses.hinton_kd(student, teacher, t) == pytest.approx(float(expected), rel=1e-5)
+
+
 def test_affinity_is_smallest_at_the_teacher():
     img, txt = _emb(seed=1), _emb(seed=2)
     at_teacher = losses.affinity_mimic(img, txt, 10.0, img, txt, 10.0)
@@ -245,6 +257,20 @@ def test_loss_that_does_not_apply_is_a_recipe_error(tiny_clip):
     with pytest.raises(RecipeError, match="do not apply"):
         DistillObjective(tiny_clip, copy.deepcopy(tiny_clip), make_task(tiny_clip, _images(8)),
                          ["logits"])
+
+
+def test_alpha_weighs_the_distillation_losses(monkeypatch):
+    """L = (1 − α)·L_task + α·Σ w_k·L_k (docs/training.md); swapping the two weights is
+    invisible at the default α = 0.5, so this checks α = 0.9."""
+    student = _resnet()
+    obj = DistillObjective(student, copy.deepcopy(student), make_task(student, _images(8)),
+                           ["logits", "features"], alpha=0.9,
+                           weights={"logits": 2.0, "features": 0.5})
+    parts = {"task": torch.tensor(2.0), "logits": torch.tensor(0.5),
+             "features": torch.tensor(3.0)}
+    monkeypatch.setattr(obj, "parts", lambda indices: parts)
+    expected = 0.1 * 2.0 + 0.9 * (2.0 * 0.5 + 0.5 * 3.0)
+    assert float(obj.loss(torch.arange(4))) == pytest.approx(expected, rel=1e-6)
 
 
 def test_frozen_teacher_outputs_are_computed_once_per_example():

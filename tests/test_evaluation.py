@@ -79,6 +79,17 @@ def test_similarity_fidelity_ignores_a_rotation_but_not_noise():
     assert math.isnan(similarity_fidelity({"logits": torch.randn(4, 3)}, emb))  # nothing shared
 
 
+def test_similarity_fidelity_of_three_items_by_hand():
+    """Only pairs of distinct items count: the diagonal (every item's similarity to itself,
+    1 in both models) adds agreement that is not there (0.92 here instead of √3/2).
+    Reference cosines (1,2), (1,3), (2,3): 0, −1, 0; the other model's: 0, −1/√2, 1/√2.
+    Centred: (1, −2, 1)/3 and (0, −1, 1)/√2, so Pearson r = 3 / (√6 · √2) = √3/2."""
+    reference = {"image": torch.tensor([[1.0, 0], [0, 2], [-3, 0]])}  # not unit length
+    other = {"image": torch.tensor([[2.0, 0], [0, 1], [-1, 1]])}
+    assert similarity_fidelity(other, reference) == pytest.approx(math.sqrt(3) / 2, rel=1e-9)
+    assert similarity_fidelity(reference, other) == pytest.approx(math.sqrt(3) / 2, rel=1e-9)
+
+
 def test_evaluate_adapter_on_retrieval_data(tiny_clip):
     images = [torch.rand(20, 20, 3).numpy() for _ in range(4)]
     data = Dataset("toy", "retrieval", images=images, captions=[["a"], ["b c"], ["d"], ["e f"]])

@@ -43,6 +43,31 @@ def test_to_dense_matches_forward():
     torch.testing.assert_close(q.to_dense()(x), q(x))
 
 
+@pytest.mark.parametrize("kind", ["linear", "conv", "sparse-linear"])
+def test_to_dense_matches_forward_with_an_input_scale(kind):
+    """A layer with an AWQ input scale s stores Q(W·diag(s)) and divides its input by s, so
+    its dense weight is Q(W·diag(s))·diag(1/s); multiplying by s instead made to_dense()
+    differ from forward() by ~1 on outputs of size ~1."""
+    from mmcompress.modules.sparse import sparse_module, sparse_quantized
+
+    torch.manual_seed(0)
+    grid, s = QuantGrid(4, 16), torch.rand(16) + 0.5
+    if kind == "conv":
+        layer, x = nn.Conv2d(16, 8, 3, padding=1), torch.randn(2, 16, 5, 5)
+        q = QuantConv2d.from_conv(layer, grid, input_scale=s.clone())
+    else:
+        layer, x = nn.Linear(16, 8), torch.randn(4, 16)
+        if kind == "linear":
+            q = QuantLinear.from_linear(layer, grid, input_scale=s.clone())
+        else:
+            layer = sparse_module(layer, torch.rand(8, 16) > 0.5)
+            q = sparse_quantized(layer, grid, input_scale=s.clone())
+    with torch.no_grad():
+        out = q(x)
+        assert sqnr_db(layer(x), out) > 10  # the quantized layer computes the layer
+        torch.testing.assert_close(q.to_dense()(x), out, rtol=1e-5, atol=1e-5)
+
+
 def test_rebuild_from_spec_then_load_state_is_identical():
     q = QuantLinear.from_linear(nn.Linear(32, 8), QuantGrid(3, 16))
     empty = build_module(q.spec())

@@ -13,6 +13,7 @@ from mmcompress.errors import RecipeError, UserError
 from mmcompress.io.checkpoint import save_checkpoint
 from mmcompress.modules import W8A8Linear
 from mmcompress.quantization.observers import (
+    activation_scale,
     activation_threshold,
     percentile_threshold,
     quantization_mse,
@@ -43,6 +44,16 @@ def test_smoothing_scales_follow_the_formula_and_flatten_outliers():
     assert after.max() / after.median() < before / 4
 
 
+@pytest.mark.parametrize("alpha", [0.2, 0.8])
+def test_smoothing_scales_follow_the_formula_away_from_one_half(alpha):
+    """s = max|X|^α / max|W|^(1−α): at α = 0.5 both exponents are equal, so a swapped weight
+    exponent (max|W|^α) only shows at other values."""
+    x, w = _outlier_inputs(), torch.randn(48, 64) * (torch.rand(64) * 3 + 0.1)
+    x_max, w_max = x.abs().amax(0), w.abs().amax(0)
+    s = smoothing_scales(x_max, w, alpha)
+    torch.testing.assert_close(s, x_max ** alpha / w_max ** (1 - alpha))
+
+
 def test_module_weight_error_is_within_half_a_step():
     """Only rounding separates the stored smoothed weight from W·diag(s)."""
     torch.manual_seed(0)
@@ -61,7 +72,30 @@ def test_observer_thresholds_are_ordered():
     minmax = activation_threshold(sample, top, "minmax")
     pct = activation_threshold(sample, top, "percentile", percentile=99.9)
     assert minmax == top and pct < minmax
-    assert percentile_threshold(torch.arange(1, 10001.0), 99.0) == pytest.approx(9900, abs=1)
+    assert percentile_threshold(torch.arange(1, 10001.0), 99.0) == 9900
+
+
+@pytest.mark.parametrize("percentile,expected", [(99.0, 9900), (99.99, 9999), (100.0, 10000)])
+def test_percentile_threshold_is_the_value_with_the_right_count_above_it(percentile, expected):
+    """Exactly ⌊(100 − p)·n/100⌋ of the n values lie above the p-th percentile (numpy's
+    'inverted_cdf' in exact arithmetic); taking one value fewer from the top returned the next
+    value up (9,901 for p99 of 1..10,000), which a tolerance of 1 let through."""
+    values = torch.arange(1, 10001.0)[torch.randperm(10000, generator=torch.Generator()
+                                                     .manual_seed(0))]
+    assert percentile_threshold(-values, percentile) == expected  # of |values|
+
+
+_TEN = [0, 1, 2, 3, 4, 5, 6, 7, 8, 100]
+
+
+@pytest.mark.parametrize("values,percentile,expected", [
+    (_TEN, 80.0, 7), (_TEN, 85.0, 8), (_TEN, 90.0, 8), (_TEN, 95.0, 100),
+    (range(1, 10001), 99.9, 9990)])
+def test_percentile_threshold_counts_the_values_above_exactly(values, percentile, expected):
+    """p90 of ten values leaves exactly one above it, but (1 − 0.9)·10 is 0.999… in floats:
+    truncated to no value above, the observer returned the maximum (100) instead of 8 (and
+    8 for p80, 9,991 for p99.9 of 1..10,000)."""
+    assert percentile_threshold(torch.tensor(values, dtype=torch.float32), percentile) == expected
 
 
 def test_mse_observer_is_no_worse_than_minmax_on_heavy_tails():
@@ -296,6 +330,26 @@ def test_w8a8_error_predicts_the_real_layer(alpha):
         real = float(((layer(x) - lin(x)) ** 2).mean())
     predicted = w8a8_error(x, lin.weight.detach(), s, _minmax)
     assert predicted == pytest.approx(real, rel=0.02)
+
+
+def test_w8a8_error_is_the_reference_layers_error_with_a_clipping_observer():
+    """The alpha search's predicted error must be the real layer's, to rounding: activation
+    codes span [-128, 127] as in the layer; clamping at -127 went unseen with min-max ranges
+    (nothing clips) but was off by 0.2% once a percentile range clips negative outliers."""
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 32, bias=False)
+    x = torch.distributions.StudentT(2.0).sample((512, 64))
+    x[:, 0] = -x[:, 0].abs() * 5  # a channel of large negative outliers
+    s = smoothing_scales(x.abs().amax(0), lin.weight, 0.5)
+
+    def act(values, abs_max):
+        return activation_scale(values, abs_max, "percentile", percentile=99.0)
+
+    xs = x / s
+    layer = W8A8Linear.from_linear(lin, act(xs, float(xs.abs().max())), s)
+    with torch.no_grad():
+        real = float(((layer.reference_forward(x) - lin(x)) ** 2).mean())
+    assert w8a8_error(x, lin.weight.detach(), s, act) == pytest.approx(real, rel=1e-5)
 
 
 def test_searched_alpha_beats_no_smoothing_and_the_grid_edges_on_outliers():

@@ -12,6 +12,7 @@ max |x| over everything seen, an observer picks t; the activation scale is t / q
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Literal
 
 import torch
@@ -33,7 +34,9 @@ def percentile_threshold(values: torch.Tensor, percentile: float) -> float:
     flat = values.detach().reshape(-1).abs().float()
     if flat.numel() == 0:
         raise ValueError("no calibration values to take a percentile of")
-    above = int((1 - percentile / 100) * flat.numel())
+    # ⌊(100 − p)·n / 100⌋ values lie above the threshold, counted exactly (p as written in
+    # decimal): in floats (1 − 0.9)·10 is 0.999…, which truncated to 0 and gave the maximum
+    above = int((100 - Fraction(str(float(percentile)))) * flat.numel() / 100)
     if above == 0:
         return float(flat.max())
     return float(torch.topk(flat, above + 1).values[-1])
