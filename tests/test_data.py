@@ -1,4 +1,5 @@
 import json
+import os
 import warnings
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mmcompress.data import load_data
+from mmcompress.data import Dataset, load_data
 from mmcompress.errors import DataError
 
 
@@ -250,3 +251,28 @@ def test_sts_sentences_may_hold_unicode_line_separators(tmp_path):
     data = load_data(path)
     assert data.scores == [4.0, 1.0] and data.texts == ["a cat\u2028sits", "a dog\x85barks"]
     assert data.texts_b == ["a cat sits", "a car"]
+
+
+def test_digest_tells_apart_sets_of_one_name_and_size(tmp_path):
+    """A training checkpoint identifies its data by this digest: same content, same digest;
+    another label, text or rewritten image file, another digest."""
+    paths = []
+    for i in range(2):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (4, 4), (i * 100, 0, 0)).save(paths[-1])
+
+    def make() -> Dataset:
+        return Dataset(name="x", task="classification", images=list(paths), labels=[0, 1],
+                       class_names=["a", "b"], templates=["{}"])
+
+    first = make().digest()
+    assert make().digest() == first
+    relabelled = make()
+    relabelled.labels = [1, 0]
+    assert relabelled.digest() != first
+    Image.new("RGB", (4, 4), (7, 7, 7)).save(paths[0])
+    os.utime(paths[0], ns=(1, 1))  # a new file time, whatever the clock's resolution
+    assert make().digest() != first
+    texts = Dataset(name="s", task="sts", texts=["a"], texts_b=["b"], scores=[1.0])
+    other = Dataset(name="s", task="sts", texts=["a"], texts_b=["c"], scores=[1.0])
+    assert texts.digest() != other.digest()

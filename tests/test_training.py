@@ -26,12 +26,12 @@ WORKER = Path(__file__).with_name("train_worker.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
 
 
-def _trainer(tmp_path: Path | None, callbacks=(), **kw) -> Trainer:
+def _trainer(tmp_path: Path | None, callbacks=(), data=None, **kw) -> Trainer:
     torch.manual_seed(0)
     adapter = ImageClassifierAdapter(CifarResNet(20))
     settings = TrainSettings(**{"epochs": 1, "batch_size": 8, "lr": 1e-3, "warmup": 1,
                                 "freeze_norm": True, "checkpoint_every": 2, **kw})
-    objective = TaskObjective(adapter, make_task(adapter, tiny_data(16)))
+    objective = TaskObjective(adapter, make_task(adapter, data or tiny_data(16)))
     return Trainer(adapter, objective, settings, callbacks=callbacks, progress=False,
                    checkpoint_dir=tmp_path)
 
@@ -91,6 +91,15 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
     _trainer(tmp_path, max_steps=2).fit()
     with pytest.raises(CheckpointError, match="other settings"):
         _trainer(tmp_path, max_steps=2, lr=5e-4).fit()
+
+
+def test_checkpoint_of_a_run_on_other_examples_of_the_same_name_and_size_is_refused(tmp_path):
+    """Data was told apart by name and example count only: swapped labels resumed."""
+    _trainer(tmp_path, max_steps=2).fit()
+    data = tiny_data(16)
+    data.labels = [(y + 1) % len(data.class_names) for y in data.labels]
+    with pytest.raises(CheckpointError, match="other settings"):
+        _trainer(tmp_path, data=data, max_steps=2).fit()
 
 
 def test_checkpoint_of_a_run_from_other_weights_or_callbacks_is_refused(tmp_path):

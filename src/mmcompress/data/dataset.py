@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import warnings
 from collections.abc import Sequence
@@ -101,6 +103,24 @@ class Dataset:
     def load_image(self, index: int) -> np.ndarray:
         """Image `index` as float32 HxWxC in [0, 1]."""
         return load_image(self.images[index])
+
+    def digest(self) -> str:
+        """A hash of the examples' content: every column, images as array bytes or as file path,
+        size and modification time (not read), audio as waveform bytes. Two sets with the same
+        name and size but other examples, labels or files hash differently."""
+        h = hashlib.sha256(json.dumps(
+            [self.task, self.labels, self.class_names, self.templates, self.captions,
+             self.texts, self.texts_b, self.scores]).encode())
+        for item in (*self.images, *self.audio):
+            if isinstance(item, np.ndarray):
+                h.update(np.ascontiguousarray(item).tobytes())
+            elif isinstance(item, Path):
+                stat = item.stat() if item.exists() else None
+                h.update(repr((str(item.resolve()), stat and stat.st_size,
+                               stat and stat.st_mtime_ns)).encode())
+            else:
+                h.update(b"-")  # a missing modality
+        return h.hexdigest()
 
     def decoded_images(self) -> DecodedImages:
         """Every image, decoded only when indexed: a batch at a time, not all held at once."""

@@ -75,7 +75,7 @@ class TrainingTask(ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"task": self.kind, "data": self.data.name, "examples": len(self),
-                "augment": self.augment}
+                "content": self.data.digest(), "augment": self.augment}
 
 
 class ClassifierTask(TrainingTask):
