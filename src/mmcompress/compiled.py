@@ -53,9 +53,15 @@ def compile_towers(adapter: Adapter, towers: Sequence[str] | None = None) -> Ada
     # inductor's int8 lowering copies a tensor the way it warns against; not the user's concern
     warnings.filterwarnings("ignore", message="To copy construct from a tensor",
                             module=r"torch\._inductor")
-    for tower in towers or spec:
-        for name in spec[tower]:
-            adapter.model.get_submodule(name).compile()
+    modules = [adapter.model.get_submodule(name) for tower in towers or spec
+               for name in spec[tower]]
+    # modules of one class (a ResNet's blocks) share their forward's code, which dynamo
+    # compiles once per instance (frozen weights differ): past its recompile limit (8) the
+    # rest ran eager, after a screen of warnings; one compilation per module always fits
+    limit = torch._dynamo.config.recompile_limit
+    torch._dynamo.config.recompile_limit = max(limit, sum(1 for _ in adapter.model.modules()))
+    for module in modules:
+        module.compile()
     return adapter
 
 
