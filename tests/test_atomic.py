@@ -1,10 +1,12 @@
 """Outputs are all or nothing: a failed write leaves the previous output as it was."""
 
+import errno
 import os
 from pathlib import Path
 
 import pytest
 
+from mmcompress.errors import UserError
 from mmcompress.io import atomic
 
 
@@ -26,13 +28,43 @@ def test_the_previous_output_comes_back_when_the_new_one_cannot_take_its_place(
 
     def refuse_the_new_folder(src, dst):
         if ".tmp-" in str(src):
-            raise OSError("disk full")
+            raise OSError(errno.ENOSPC, "No space left on device")
         real_replace(src, dst)
 
-    monkeypatch.setattr(atomic.os, "replace", refuse_the_new_folder)
-    with pytest.raises(OSError), atomic.atomic_folder(out, overwrite=True) as tmp:
+    monkeypatch.setattr(atomic.os, "rename", refuse_the_new_folder)
+    with pytest.raises(UserError, match="No space left"), \
+            atomic.atomic_folder(out, overwrite=True) as tmp:
         (tmp / "model.safetensors").write_text("new")
     assert (out / "model.safetensors").read_text() == "previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_an_interrupt_between_the_renames_brings_the_previous_output_back(
+        tmp_path, monkeypatch):
+    """Ctrl-C after the old output was moved aside lost the new one and hid the old one."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.safetensors").write_text("previous")
+
+    def interrupted(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(atomic.os, "rename", interrupted)
+    with pytest.raises(KeyboardInterrupt), atomic.atomic_folder(out, overwrite=True) as tmp:
+        (tmp / "model.safetensors").write_text("new")
+    assert (out / "model.safetensors").read_text() == "previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_an_output_another_run_wrote_meanwhile_is_not_replaced_without_overwrite(tmp_path):
+    """Two runs to one new --out: the later one silently replaced the earlier one's output."""
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match="another run wrote it meanwhile"), \
+            atomic.atomic_folder(out) as tmp:
+        (tmp / "model.safetensors").write_text("mine")
+        out.mkdir()  # the other run finishes first
+        (out / "model.safetensors").write_text("theirs")
+    assert (out / "model.safetensors").read_text() == "theirs"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 

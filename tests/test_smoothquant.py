@@ -1,6 +1,7 @@
 """SmoothQuant numerics, activation observers, the W8A8 module and its save/reload."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -464,6 +465,10 @@ def test_the_kernel_choice_is_remembered_per_machine(tmp_path, monkeypatch):
     assert calls == ["a", "b"]
     (tmp_path / "int8_kernels.json").write_text("{not json")
     assert int8.remembered("16x8 a/b", choose("a"), {"a", "b"}) == "a"  # a damaged file: redo
+    entry = f"{int8._machine()} | 16x8 a/b"
+    for damaged in (json.dumps({entry: ["a"]}), "[" * 100_000):  # a list crashed; so did depth
+        (tmp_path / "int8_kernels.json").write_text(damaged)
+        assert int8.remembered("16x8 a/b", choose("b"), {"a", "b"}) == "b"
 
 
 def test_training_only_int8_activation_layers_is_nothing_to_train(tiny_clip):

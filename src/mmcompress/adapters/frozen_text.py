@@ -94,8 +94,9 @@ def load_or_train(model: nn.Module, name: str, key: str, train: Callable[[], Any
                 path.unlink(missing_ok=True)
     try:  # a folder that cannot take the file is found before the training, not after it
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        fd, probe = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         print(f"warning: cannot write the cache folder {path.parent} ({exc.strerror}): the "
               f"built-in {name} model is trained for this run only; set MMCOMPRESS_CACHE to a "
@@ -104,10 +105,12 @@ def load_or_train(model: nn.Module, name: str, key: str, train: Callable[[], Any
         return
     announce(f"training the built-in {name} model on first use (a few minutes; cached in "
              f"{path.parent})")
+    train()
+    state = model.state_dict()
+    trained = {n: state[n].detach().contiguous() for n in trained_names}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
     try:
-        train()
-        state = model.state_dict()
-        trained = {n: state[n].detach().contiguous() for n in trained_names}
         save_file(trained, tmp)
         share_as_created(Path(tmp))
         os.replace(tmp, path)

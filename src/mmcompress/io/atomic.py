@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -71,18 +72,7 @@ def atomic_folder(out: Path, overwrite: bool = False) -> Iterator[Path]:
     try:
         yield tmp
         share_as_created(tmp)
-        old = None
-        if out.exists():
-            old = out.with_name(f"{_beside(out, 'old')}{os.getpid()}")
-            os.replace(out, old)
-        try:
-            os.replace(tmp, out)
-        except OSError:
-            if old is not None:  # the previous output comes back rather than stay hidden
-                os.replace(old, out)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _put_in_place(tmp, out, overwrite)
         done = True
     finally:
         if tmp.exists():
@@ -93,6 +83,30 @@ def atomic_folder(out: Path, overwrite: bool = False) -> Iterator[Path]:
                     folder.rmdir()
                 except OSError:
                     break
+
+
+def _put_in_place(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Rename the finished `tmp` to `out`. Without `overwrite`, a folder that another run filled
+    at `out` meanwhile is never replaced (POSIX rename replaces only an empty one). With it,
+    the previous output is moved aside first and removed after; if the rename fails or is
+    interrupted, it comes back (or, when another run's output took its place, goes)."""
+    old = out.with_name(f"{_beside(out, 'old')}{os.getpid()}")
+    try:
+        if overwrite and out.exists():
+            os.replace(out, old)
+        os.rename(tmp, out)
+    except BaseException as exc:  # an interrupt between the two renames too
+        if old.exists():
+            try:
+                os.replace(old, out)
+            except OSError:
+                shutil.rmtree(old, ignore_errors=True)
+        if not isinstance(exc, OSError):
+            raise
+        clash = exc.errno in (errno.EEXIST, errno.ENOTEMPTY)
+        raise UserError(f"--out {out}: " + ("another run wrote it meanwhile; nothing was "
+                                            "replaced" if clash else exc.strerror)) from None
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _missing_parents(out: Path) -> list[Path]:

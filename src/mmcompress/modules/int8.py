@@ -241,9 +241,10 @@ def remembered(key: str, choose: Callable[[], str], valid: set[str]) -> str:
     path = cache_dir() / "int8_kernels.json"
     try:
         known = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # unreadable or malformed: measured again
         known = {}
-    known = known if isinstance(known, dict) else {}
+    known = {k: v for k, v in known.items() if isinstance(v, str)} \
+        if isinstance(known, dict) else {}
     entry = f"{_machine()} | {key}"
     if known.get(entry) in valid:
         return known[entry]
