@@ -1,6 +1,7 @@
 """The command line: results on tiny local models, and one-line errors with exit code 2."""
 
 import json
+import os
 import re
 
 import numpy as np
@@ -449,3 +450,30 @@ def test_sensitivity_of_a_model_with_nothing_left_to_quantize_says_so(tiny_clip)
     with pytest.raises(UserError, match="no plain linear or convolution layer left to probe"):
         sensitivity(tiny_clip, toy_image_data(), QuantGrid(bits=4, group_size=0), 4,
                     progress=False)
+
+
+def test_an_output_replaced_while_it_is_evaluated_is_an_error(tiny_clip_folder, tmp_path,
+                                                              monkeypatch):
+    """The size and peak memory of an output folder read it again after loading: replaced
+    meanwhile (another run's --overwrite), the figures mixed two models."""
+    import shutil
+
+    from mmcompress import api
+    from mmcompress.errors import UserError
+
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["compress", "--model", str(tiny_clip_folder), "--recipe",
+                                 str(_recipe(tmp_path)), "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    real = api.evaluate_adapter
+
+    def replaced_meanwhile(*args, **kw):
+        copy = out / "copy.safetensors"
+        shutil.copyfile(out / "model.safetensors", copy)
+        os.replace(copy, out / "model.safetensors")  # same bytes, another file
+        return real(*args, **kw)
+
+    monkeypatch.setattr(api, "evaluate_adapter", replaced_meanwhile)
+    with pytest.raises(UserError, match="was replaced while it was being evaluated"):
+        api.evaluate(str(out), config={"max_samples": 4, "metrics": ["size_bytes"]},
+                     progress=False)

@@ -248,6 +248,15 @@ def _stage_sets(adapter: Adapter, stages: list) -> dict[int, Dataset]:
             for i, stage in enumerate(stages) if getattr(stage.config, "data", None) is not None}
 
 
+def _file_state(path: Path | None) -> tuple | None:
+    """(inode, size, modification time) of a file, to tell whether it was replaced."""
+    try:
+        st = path.stat() if path is not None else None
+    except OSError:
+        return None
+    return None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def _train_dir(out: Path | None) -> Path | None:
     """Where training stages keep resumable checkpoints: beside the output folder, so that
     the same command started again after a crash resumes."""
@@ -332,6 +341,8 @@ def evaluate(
     if data is None and (reported := _reported_data(folder)) is not None:
         data = reported  # what its report was measured on, not the base model's default
         notes.append(f"evaluated on {reported}, the data of this output's report")
+    weights = folder / WEIGHTS if folder is not None else None
+    loaded = _file_state(weights)
     adapter = load_model(model, progress=progress)
     if unpack:
         unpack_weights(adapter.model)
@@ -354,7 +365,6 @@ def evaluate(
             notes.append(f"fidelity not measured: the base model cannot be loaded ({exc})")
     # an output folder's size is its file's; a Hugging Face folder's file may hold another
     # dtype than the float32 model evaluated: that is sized as mmcompress would save it
-    weights = folder / WEIGHTS if folder is not None else None
     result = evaluate_adapter(
         adapter,
         dataset,
@@ -365,6 +375,9 @@ def evaluate(
         progress=progress,
         unpacked=unpack,
     )
+    if _file_state(weights) != loaded:  # size and peak memory read the folder again
+        raise UserError(f"{folder} was replaced while it was being evaluated (another run's "
+                        "--overwrite?); evaluate it again")
     if compiled:  # latency only: peak memory is measured in a fresh process, eagerly
         result.measurement["compiled"] = True
     if cfg.metrics and not result.metrics:
