@@ -82,7 +82,7 @@ def test_unknown_tower_is_a_user_error(tiny_clip):
 
 
 @pytest.mark.integration
-def test_every_block_of_a_resnet_may_compile(monkeypatch):
+def test_every_block_of_a_resnet_may_compile():
     """ResNet-20's nine blocks share one forward, compiled once per block: past dynamo's
     default limit of 8 the last ran eager, after a screen of warnings."""
     if compiler_missing():
@@ -90,10 +90,15 @@ def test_every_block_of_a_resnet_may_compile(monkeypatch):
     from mmcompress.adapters.classifier import ImageClassifierAdapter
     from mmcompress.models.resnet_cifar import CifarResNet
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
-    adapter = ImageClassifierAdapter(CifarResNet(20))
-    compile_towers(adapter)  # compiles lazily: nothing is built here
-    assert torch._dynamo.config.recompile_limit >= sum(1 for _ in adapter.model.modules())
+    config = torch._dynamo.config  # assigned back, not monkeypatched: its undo hides the key
+    before = config.recompile_limit
+    try:
+        config.recompile_limit = 8
+        adapter = ImageClassifierAdapter(CifarResNet(20))
+        compile_towers(adapter)  # compiles lazily: nothing is built here
+        assert config.recompile_limit >= sum(1 for _ in adapter.model.modules())
+    finally:
+        config.recompile_limit = before
 
 
 def test_compiled_w8a8_clip_matches_eager_and_compiles_once(tiny_clip, tmp_path):
