@@ -17,6 +17,11 @@ def progress_bar(iterable: Any = None, *, enabled: bool = True, **kwargs: Any) -
     return tqdm(iterable, disable=not show, leave=False, dynamic_ncols=True, **kwargs)
 
 
+def warn(message: str) -> None:
+    """A `warning:` line on stderr, --quiet or not: something the user should act on."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def announce(message: str) -> None:
     """One line on stderr before long silent work (training a built-in model on first use),
     even where no progress bar is drawn; nothing with `TQDM_DISABLE` (the CLI's --quiet)."""

@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import json
 import os
-import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,7 +23,7 @@ from torch import nn
 from ..io.atomic import share_as_created
 from ..models.sentence_encoder import minilm_path
 from ..paths import cache_dir
-from ..progress import announce
+from ..progress import announce, warn
 from .base import DualEncoderAdapter
 from .tokenizers import load_tokenizer, saved_tokenizer, tokenize
 
@@ -98,9 +97,9 @@ def load_or_train(model: nn.Module, name: str, key: str, train: Callable[[], Any
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        print(f"warning: cannot write the cache folder {path.parent} ({exc.strerror}): the "
-              f"built-in {name} model is trained for this run only; set MMCOMPRESS_CACHE to a "
-              "writable folder to keep it", file=sys.stderr, flush=True)
+        warn(f"cannot write the cache folder {path.parent} ({exc.strerror}): the built-in "
+             f"{name} model is trained for this run only; set MMCOMPRESS_CACHE to a writable "
+             "folder to keep it")
         train()
         return
     announce(f"training the built-in {name} model on first use (a few minutes; cached in "
