@@ -6,7 +6,8 @@ the residual add) and the rescaling into the op after, and lowers `W8A8Linear`'s
 pattern to oneDNN's int8 GEMM. That lowering needs inductor's freezing (weights become
 constants), which `compile_towers` switches on for the process
 (``torch._inductor.config.freezing``; passing it per call through ``options`` does not reach
-the lowering in torch 2.13): edit the model, then compile again. Compiling takes seconds per
+the lowering in torch 2.13) and raises dynamo's recompile limit to one compilation per
+module, both for the process: edit the model, then compile again. Compiling takes seconds per
 tower and input shape, on the first call; calls with shapes seen before reuse the compiled code.
 """
 
@@ -24,6 +25,13 @@ import torch
 from .adapters import Adapter
 from .errors import UserError
 from .modules.int8 import W8A8Linear
+
+
+def recompile_limit_key() -> str:
+    """The name of dynamo's per-function compilation limit (before torch 2.7:
+    `cache_size_limit`); read here, not at import, which would load dynamo."""
+    config = torch._dynamo.config
+    return "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
 
 
 def compiler_missing() -> str | None:
@@ -58,8 +66,9 @@ def compile_towers(adapter: Adapter, towers: Sequence[str] | None = None) -> Ada
     # modules of one class (a ResNet's blocks) share their forward's code, which dynamo
     # compiles once per instance (frozen weights differ): past its recompile limit (8) the
     # rest ran eager, after a screen of warnings; one compilation per module always fits
-    limit = torch._dynamo.config.recompile_limit
-    torch._dynamo.config.recompile_limit = max(limit, sum(1 for _ in adapter.model.modules()))
+    key = recompile_limit_key()
+    limit = getattr(torch._dynamo.config, key)
+    setattr(torch._dynamo.config, key, max(limit, sum(1 for _ in adapter.model.modules())))
     for module in modules:
         module.compile()
     return adapter
