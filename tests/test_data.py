@@ -276,3 +276,30 @@ def test_digest_tells_apart_sets_of_one_name_and_size(tmp_path):
     texts = Dataset(name="s", task="sts", texts=["a"], texts_b=["b"], scores=[1.0])
     other = Dataset(name="s", task="sts", texts=["a"], texts_b=["c"], scores=[1.0])
     assert texts.digest() != other.digest()
+
+
+def test_digest_reads_numpy_labels_string_paths_and_item_shapes(tmp_path):
+    """Labels that `check` accepts as numpy integers are fingerprinted like Python ones; a
+    path given as a string is a file like a `Path`; items cut at other boundaries differ."""
+    path = tmp_path / "0.png"
+    Image.new("RGB", (4, 4), (1, 2, 3)).save(path)
+
+    def images(refs: list, labels: list) -> Dataset:
+        return Dataset(name="x", task="classification", images=refs, labels=labels,
+                       class_names=["a", "b"], templates=["{}"])
+
+    assert images([path], [np.int64(1)]).digest() == images([path], [1]).digest()
+    as_text = images([str(path)], [1]).digest()
+    assert as_text == images([path], [1]).digest()
+    os.utime(path, ns=(1, 1))
+    assert images([str(path)], [1]).digest() != as_text
+    pixels = np.zeros((8, 16, 3), np.float32)
+    assert (images([pixels], [0]).digest()
+            != images([pixels.reshape(16, 8, 3)], [0]).digest())
+    wave = np.arange(3000, dtype=np.float32)
+
+    def clips(cuts: list) -> Dataset:
+        return Dataset(name="a", task="multimodal", labels=[0, 1], class_names=["a", "b"],
+                       audio=cuts)
+
+    assert clips([wave[:1000], wave[1000:]]).digest() != clips([wave[:2000], wave[2000:]]).digest()

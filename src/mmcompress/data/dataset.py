@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -22,6 +23,26 @@ TASKS = ("classification", "retrieval", "sts", "multimodal")
 #: the columns each task reads, one entry per example
 NEEDED = {"classification": ("images", "labels"), "retrieval": ("images", "captions"),
           "sts": ("texts", "texts_b", "scores"), "multimodal": ("labels",)}
+
+
+def _json_value(value: object) -> object:
+    """A column value JSON cannot write as it is: a numpy scalar or array as its Python value."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot fingerprint a {type(value).__name__} in a data column")
+
+
+def _item_header(modality: str, item: object) -> str:
+    """What tells one image or waveform apart besides its bytes: an array's dtype and shape
+    (so that items cut at other boundaries differ), a file's path, size and time."""
+    if isinstance(item, np.ndarray):
+        return repr((modality, "array", str(item.dtype), item.shape))
+    if isinstance(item, str | os.PathLike):
+        path = Path(item)
+        stat = path.stat() if path.exists() else None
+        return repr((modality, "file", str(path.resolve()), stat and stat.st_size,
+                     stat and stat.st_mtime_ns))
+    return repr((modality, "missing"))
 
 
 def _finite(value: object) -> bool:
@@ -105,21 +126,18 @@ class Dataset:
         return load_image(self.images[index])
 
     def digest(self) -> str:
-        """A hash of the examples' content: every column, images as array bytes or as file path,
-        size and modification time (not read), audio as waveform bytes. Two sets with the same
-        name and size but other examples, labels or files hash differently."""
+        """A hash of the examples' content: every column, images as array bytes (with dtype and
+        shape) or as file path, size and modification time (not read), audio as waveform bytes.
+        Two sets with the same name and size but other examples, labels or files hash
+        differently."""
         h = hashlib.sha256(json.dumps(
             [self.task, self.labels, self.class_names, self.templates, self.captions,
-             self.texts, self.texts_b, self.scores]).encode())
-        for item in (*self.images, *self.audio):
-            if isinstance(item, np.ndarray):
-                h.update(np.ascontiguousarray(item).tobytes())
-            elif isinstance(item, Path):
-                stat = item.stat() if item.exists() else None
-                h.update(repr((str(item.resolve()), stat and stat.st_size,
-                               stat and stat.st_mtime_ns)).encode())
-            else:
-                h.update(b"-")  # a missing modality
+             self.texts, self.texts_b, self.scores], default=_json_value).encode())
+        for modality, items in (("image", self.images), ("audio", self.audio)):
+            for item in items:
+                h.update(_item_header(modality, item).encode())
+                if isinstance(item, np.ndarray):
+                    h.update(np.ascontiguousarray(item).tobytes())
         return h.hexdigest()
 
     def decoded_images(self) -> DecodedImages:
