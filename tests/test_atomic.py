@@ -68,6 +68,35 @@ def test_an_output_another_run_wrote_meanwhile_is_not_replaced_without_overwrite
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+def test_a_folder_left_aside_by_a_killed_run_is_never_taken_for_this_runs(tmp_path,
+                                                                         monkeypatch):
+    """A run killed between its renames leaves `.out.old-…` behind; a later run of the same
+    process id restored that stale folder into --out when interrupted, or said another run
+    had written --out when it had not."""
+    stale = tmp_path / f".out.old-{os.getpid()}"
+    stale.mkdir()
+    (stale / "model.safetensors").write_text("stale")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.safetensors").write_text("previous")
+    with atomic.atomic_folder(out, overwrite=True) as tmp:
+        (tmp / "model.safetensors").write_text("new")
+    assert (out / "model.safetensors").read_text() == "new"
+
+    def interrupted(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(atomic.os, "rename", interrupted)
+    fresh = tmp_path / "fresh"
+    with pytest.raises(KeyboardInterrupt), atomic.atomic_folder(fresh) as tmp:
+        (tmp / "model.safetensors").write_text("new")
+    assert not fresh.exists()
+    with pytest.raises(KeyboardInterrupt), atomic.atomic_folder(out, overwrite=True) as tmp:
+        (tmp / "model.safetensors").write_text("newer")
+    assert (out / "model.safetensors").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [stale.name, "out"]
+
+
 def test_a_failed_output_removes_the_folders_made_to_hold_it(tmp_path):
     (tmp_path / "kept").mkdir()
     with pytest.raises(RuntimeError), atomic.atomic_folder(tmp_path / "kept/a/b/out") as tmp:

@@ -88,25 +88,31 @@ def atomic_folder(out: Path, overwrite: bool = False) -> Iterator[Path]:
 def _put_in_place(tmp: Path, out: Path, overwrite: bool) -> None:
     """Rename the finished `tmp` to `out`. Without `overwrite`, a folder that another run filled
     at `out` meanwhile is never replaced (POSIX rename replaces only an empty one). With it,
-    the previous output is moved aside first and removed after; if the rename fails or is
-    interrupted, it comes back (or, when another run's output took its place, goes)."""
-    old = out.with_name(f"{_beside(out, 'old')}{os.getpid()}")
+    the previous output is moved into a fresh folder aside first and removed after; if the
+    rename fails or is interrupted, it comes back (or, when another run's output took its
+    place, goes)."""
+    aside: Path | None = None
     try:
         if overwrite and out.exists():
-            os.replace(out, old)
+            aside = Path(tempfile.mkdtemp(prefix=_beside(out, "old"), dir=out.parent))
+            os.replace(out, aside / "previous")
         os.rename(tmp, out)
     except BaseException as exc:  # an interrupt between the two renames too
-        if old.exists():
+        if aside is not None and (aside / "previous").exists():
             try:
-                os.replace(old, out)
+                os.replace(aside / "previous", out)
             except OSError:
-                shutil.rmtree(old, ignore_errors=True)
+                pass  # another run's output is there now: it stays, the previous one goes
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
         if not isinstance(exc, OSError):
             raise
         clash = exc.errno in (errno.EEXIST, errno.ENOTEMPTY)
-        raise UserError(f"--out {out}: " + ("another run wrote it meanwhile; nothing was "
-                                            "replaced" if clash else exc.strerror)) from None
-    shutil.rmtree(old, ignore_errors=True)
+        raise UserError(f"--out {out}: " + ("another run wrote it meanwhile; its output was "
+                                            "kept and this run's discarded" if clash
+                                            else exc.strerror)) from None
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _missing_parents(out: Path) -> list[Path]:
