@@ -150,6 +150,30 @@ def test_a_cache_folder_that_cannot_be_written_trains_for_the_run_with_a_warning
     torch.testing.assert_close(model.head.weight, torch.full((2, 2), 0.5))
 
 
+def test_a_cache_write_that_fails_after_training_keeps_the_model_with_a_warning(
+        tmp_path, monkeypatch, capsys):
+    """A full disk found only when the trained weights are saved lost the training too."""
+    import errno
+
+    import mmcompress.adapters.frozen_text as frozen_text
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setenv("MMCOMPRESS_CACHE", str(tmp_path))
+    monkeypatch.setattr(frozen_text, "save_file", full)
+    model = _Toy()
+
+    def train() -> None:
+        with torch.no_grad():
+            model.head.weight.fill_(0.5)
+
+    load_or_train(model, "toy", "k1", train)
+    assert "No space left on device" in capsys.readouterr().err
+    torch.testing.assert_close(model.head.weight, torch.full((2, 2), 0.5))
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.integration
 @needs_data
 def test_lit_cifar_split_is_fixed_and_disjoint(monkeypatch):

@@ -107,11 +107,16 @@ def load_or_train(model: nn.Module, name: str, key: str, train: Callable[[], Any
     train()
     state = model.state_dict()
     trained = {n: state[n].detach().contiguous() for n in trained_names}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
         save_file(trained, tmp)
         share_as_created(Path(tmp))
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk, say: the trained model still serves this run
+        warn(f"cannot keep the built-in {name} model in {path.parent} ({exc.strerror}): it "
+             "is used for this run only and trained again next time")
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)

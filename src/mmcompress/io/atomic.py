@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -99,10 +100,9 @@ def _put_in_place(tmp: Path, out: Path, overwrite: bool) -> None:
         os.rename(tmp, out)
     except BaseException as exc:  # an interrupt between the two renames too
         if aside is not None and (aside / "previous").exists():
-            try:
+            # when another run's output is there now, it stays and the previous one goes
+            with contextlib.suppress(OSError):
                 os.replace(aside / "previous", out)
-            except OSError:
-                pass  # another run's output is there now: it stays, the previous one goes
         if aside is not None:
             shutil.rmtree(aside, ignore_errors=True)
         if not isinstance(exc, OSError):
