@@ -338,11 +338,11 @@ def evaluate(
     cfg = config if isinstance(config, EvaluateConfig) else _evaluate_config(config or {})
     folder = _output_folder(model)
     notes = []
+    weights = folder / WEIGHTS if folder is not None else None
+    loaded = _file_state(weights)  # before its report is read: both must be of one output
     if data is None and (reported := _reported_data(folder)) is not None:
         data = reported  # what its report was measured on, not the base model's default
         notes.append(f"evaluated on {reported}, the data of this output's report")
-    weights = folder / WEIGHTS if folder is not None else None
-    loaded = _file_state(weights)
     adapter = load_model(model, progress=progress)
     if unpack:
         unpack_weights(adapter.model)
