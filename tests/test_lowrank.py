@@ -538,4 +538,4 @@ def test_quantizing_conv_factors_below_8_bits_is_warned_of(tiny_clip, capsys, bi
         assert "factor_layers_below_8_bits" not in quantized and "warning" not in err
     else:  # first, vertical, horizontal and last of the patch embedding
         assert quantized["factor_layers_below_8_bits"] == 4
-        assert "warning: 4 layers of factored convolutions (CP/Tucker)" in err
+        assert "warning: 4 factors of CP or Tucker convolutions" in err

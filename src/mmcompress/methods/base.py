@@ -161,7 +161,7 @@ def _warn_of_low_bit_factors(adapter: Adapter, summary: dict[str, Any]) -> None:
             for part in m.children())
     if n:
         summary["factor_layers_below_8_bits"] = n
-        warn(f"{n} layers of factored convolutions (CP/Tucker) now hold fewer than 8 bits: "
+        warn(f"{n} factors of CP or Tucker convolutions now hold fewer than 8 bits: "
              "their terms partly cancel, so rounding them can cost much more accuracy than "
              "either step alone; quantize them at 8 bits or leave them out with 'ignore:'")
 
