@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from ..io.atomic import write_text_atomic
 from ..paths import cache_dir
 from .registry import register_module
 from .replace import filled
@@ -251,9 +252,7 @@ def remembered(key: str, choose: Callable[[], str], valid: set[str]) -> str:
     name = known[entry] = choose()
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(known, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(known, indent=1, sort_keys=True))
     return name
 
 
