@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..io.atomic import share_as_created
+from ..io.atomic import write_file_atomic
 from ..models.sentence_encoder import minilm_path
 from ..paths import cache_dir
 from ..progress import announce, warn
@@ -107,16 +107,8 @@ def load_or_train(model: nn.Module, name: str, key: str, train: Callable[[], Any
     train()
     state = model.state_dict()
     trained = {n: state[n].detach().contiguous() for n in trained_names}
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        save_file(trained, tmp)
-        share_as_created(Path(tmp))
-        os.replace(tmp, path)
+        write_file_atomic(path, lambda tmp: save_file(trained, str(tmp)))
     except OSError as exc:  # a full disk, say: the trained model still serves this run
         warn(f"cannot keep the built-in {name} model in {path.parent} ({exc.strerror}): it "
              "is used for this run only and trained again next time")
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)

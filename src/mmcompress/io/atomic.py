@@ -7,7 +7,7 @@ import errno
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -99,20 +99,18 @@ def _put_in_place(tmp: Path, out: Path, overwrite: bool) -> None:
             os.replace(out, aside / "previous")
         os.rename(tmp, out)
     except BaseException as exc:  # an interrupt between the two renames too
-        if aside is not None and (aside / "previous").exists():
-            # when another run's output is there now, it stays and the previous one goes
+        if aside is not None:  # when another run's output is there now, it stays
             with contextlib.suppress(OSError):
                 os.replace(aside / "previous", out)
-        if aside is not None:
-            shutil.rmtree(aside, ignore_errors=True)
         if not isinstance(exc, OSError):
             raise
         clash = exc.errno in (errno.EEXIST, errno.ENOTEMPTY)
         raise UserError(f"--out {out}: " + ("another run wrote it meanwhile; its output was "
                                             "kept and this run's discarded" if clash
                                             else exc.strerror)) from None
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
+    finally:
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
 
 
 def _missing_parents(out: Path) -> list[Path]:
@@ -142,14 +140,21 @@ def share_as_created(path: Path) -> None:
             os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a text file via a temporary file and rename."""
+def write_file_atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """Have `write` fill a temporary file beside `path`, then rename it to `path`: a reader
+    sees the old file or the whole new one, and a failure leaves no temporary behind."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        write(Path(tmp))
         share_as_created(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a UTF-8 text file via a temporary file and rename."""
+    write_file_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
