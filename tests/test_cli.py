@@ -477,3 +477,16 @@ def test_an_output_replaced_while_it_is_evaluated_is_an_error(tiny_clip_folder, 
     with pytest.raises(UserError, match="was replaced while it was being evaluated"):
         api.evaluate(str(out), config={"max_samples": 4, "metrics": ["size_bytes"]},
                      progress=False)
+
+
+def test_recipe_errors_do_not_import_transformers():
+    """A bad recipe was reported after ~7 s, most of it importing transformers' model code
+    (BERT, CLIP, SigLIP) at import time; it is now imported where a model is built."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nimport mmcompress.api, mmcompress.recipe\n"
+            "print(sorted(m for m in sys.modules if m.startswith('transformers')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr

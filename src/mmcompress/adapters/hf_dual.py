@@ -10,7 +10,6 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
 
 from ..progress import announce
 from .base import DualEncoderAdapter
@@ -24,8 +23,7 @@ _RESAMPLE = {2: "bilinear", 3: "bicubic"}
 class HFDualEncoderAdapter(DualEncoderAdapter):
     """Shared logic; subclasses name the config/model classes and the tower modules."""
 
-    config_cls: ClassVar[type]
-    model_cls: ClassVar[type]
+    hf_names: ClassVar[tuple[str, str]]  # transformers' config and model class names
     default_mean: ClassVar[tuple[float, ...]]
     default_std: ClassVar[tuple[float, ...]]
     default_fit: ClassVar[str]  # what the model's own image processor does: crop or squash
@@ -36,6 +34,14 @@ class HFDualEncoderAdapter(DualEncoderAdapter):
         self.tokenizer = tokenizer
         self.image = self.image_defaults() | image  # folders saved before these keys existed
         self.max_text_len = model.config.text_config.max_position_embeddings
+
+    @classmethod
+    def hf_classes(cls) -> tuple[type, type]:
+        """(config class, model class), imported from transformers on first use (the CLI
+        starts faster without it)."""
+        import transformers
+
+        return tuple(getattr(transformers, name) for name in cls.hf_names)
 
     @property
     def image_size(self) -> int:
@@ -66,8 +72,9 @@ class HFDualEncoderAdapter(DualEncoderAdapter):
 
     @classmethod
     def from_architecture(cls, arch: dict[str, Any], folder: Path | None) -> HFDualEncoderAdapter:
-        config = cls.config_cls.from_dict(arch["config"])
-        model = cls.model_cls(config)
+        config_cls, model_cls = cls.hf_classes()
+        config = config_cls.from_dict(arch["config"])
+        model = model_cls(config)
         saved = saved_tokenizer(folder, "text tower") if arch.get("tokenizer") == "hf" else None
         tokenizer = load_tokenizer(saved) if saved is not None else cls.hash_tokenizer(config)
         return cls(model, tokenizer, arch["image"])
@@ -91,7 +98,7 @@ class HFDualEncoderAdapter(DualEncoderAdapter):
     @classmethod
     def from_folder(cls, folder: Path) -> HFDualEncoderAdapter:
         """Load pretrained weights, tokenizer and image settings from a local folder."""
-        model = pretrained(cls.model_cls, folder).float()
+        model = pretrained(cls.hf_classes()[1], folder).float()
         if has_tokenizer(folder):
             tokenizer = load_tokenizer(folder)
         else:
@@ -134,14 +141,13 @@ class HFDualEncoderAdapter(DualEncoderAdapter):
     def random(cls, config) -> HFDualEncoderAdapter:
         """Full-size architecture with random weights (for speed and memory work)."""
         torch.manual_seed(0)
-        return cls(
-            cls.model_cls(config), cls.hash_tokenizer(config), cls.image_settings(None, config)
-        )
+        model = cls.hf_classes()[1](config)
+        return cls(model, cls.hash_tokenizer(config), cls.image_settings(None, config))
 
 
 class CLIPAdapter(HFDualEncoderAdapter):
     name = "clip"
-    config_cls, model_cls = CLIPConfig, CLIPModel
+    hf_names = ("CLIPConfig", "CLIPModel")
     default_fit = "crop"  # CLIPImageProcessor: shortest edge, then a centre crop
     default_mean = (0.48145466, 0.4578275, 0.40821073)
     default_std = (0.26862954, 0.26130258, 0.27577711)
@@ -164,7 +170,7 @@ class CLIPAdapter(HFDualEncoderAdapter):
 
 class SiglipAdapter(HFDualEncoderAdapter):
     name = "siglip"
-    config_cls, model_cls = SiglipConfig, SiglipModel
+    hf_names = ("SiglipConfig", "SiglipModel")
     default_mean = (0.5, 0.5, 0.5)
     default_std = (0.5, 0.5, 0.5)
     default_fit = "squash"  # SiglipImageProcessor: the whole image to height × width

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from transformers import CLIPConfig, SiglipConfig
-
 from ..errors import UserError
 from .base import Adapter
 from .hf_dual import CLIPAdapter, SiglipAdapter
@@ -21,6 +19,8 @@ def _clip(
     proj: int,
 ) -> Callable[[], Adapter]:
     def build() -> Adapter:
+        from transformers import CLIPConfig
+
         config = CLIPConfig(
             vision_config=dict(
                 hidden_size=vision_width,
@@ -52,6 +52,8 @@ def _clip(
 
 def _siglip(patch: int, image: int) -> Callable[[], Adapter]:
     def build() -> Adapter:
+        from transformers import SiglipConfig
+
         config = SiglipConfig(
             vision_config=dict(
                 hidden_size=768,

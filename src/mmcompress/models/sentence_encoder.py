@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import BertConfig, BertModel
+
+if TYPE_CHECKING:
+    from transformers import BertConfig
 
 
 def minilm_path() -> Path:
@@ -22,12 +24,16 @@ class SentenceEncoder(nn.Module):
     """Mean-pooled, L2-normalised embeddings from a `BertModel`, as sentence-transformers does."""
 
     def __init__(self, config: BertConfig) -> None:
+        from transformers import BertModel  # imported on use: the CLI starts faster
+
         super().__init__()
         self.bert = BertModel(config, add_pooling_layer=False)
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> SentenceEncoder:
         """Load pretrained weights from a local Hugging Face folder (never downloads)."""
+        from transformers import BertModel
+
         from ..adapters.tokenizers import pretrained
 
         bert = pretrained(BertModel, folder, add_pooling_layer=False)
@@ -38,6 +44,8 @@ class SentenceEncoder(nn.Module):
 
     @classmethod
     def from_config_dict(cls, config: dict[str, Any]) -> SentenceEncoder:
+        from transformers import BertConfig
+
         return cls(BertConfig.from_dict(config))
 
     def config_dict(self) -> dict[str, Any]:

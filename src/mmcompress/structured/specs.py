@@ -5,13 +5,11 @@ type, matched by class.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from torch import nn
-from transformers.models.bert.modeling_bert import BertLayer
-from transformers.models.clip.modeling_clip import CLIPEncoderLayer
-from transformers.models.siglip.modeling_siglip import SiglipEncoderLayer
 
 from ..models.demo import DemoDualEncoder
 from ..models.fusion import Block, ConvEncoder, Head
@@ -107,22 +105,35 @@ def _fusion_head(name: str, head: nn.Module) -> list[UnitGroup]:
                       size=_dim(head.mlp.fc1, "out_features"))]
 
 
-SPECS: dict[type, Callable[[str, nn.Module], list[UnitGroup]]] = {
-    CLIPEncoderLayer: _clip_layer,
-    SiglipEncoderLayer: _clip_layer,
-    BertLayer: _bert_layer,
-    BasicBlock: _resnet_block,
-    DemoDualEncoder: _demo,
-    Block: _clip_layer,  # fusion models' blocks use CLIP's names (self_attn.*_proj, mlp.fc*)
-    ConvEncoder: _conv_encoder,
-    Head: _fusion_head,
-}
-TRANSFORMER_LAYERS = (CLIPEncoderLayer, SiglipEncoderLayer, BertLayer, Block)
+@functools.cache
+def transformer_layers() -> tuple[type, ...]:
+    """Transformer block classes: Hugging Face CLIP, SigLIP and BERT layers (transformers is
+    imported on first use, so commands that never meet one start faster) and fusion blocks."""
+    from transformers.models.bert.modeling_bert import BertLayer
+    from transformers.models.clip.modeling_clip import CLIPEncoderLayer
+    from transformers.models.siglip.modeling_siglip import SiglipEncoderLayer
+
+    return CLIPEncoderLayer, SiglipEncoderLayer, BertLayer, Block
+
+
+@functools.cache
+def _specs() -> dict[type, Callable[[str, nn.Module], list[UnitGroup]]]:
+    clip, siglip, bert, _ = transformer_layers()
+    return {
+        clip: _clip_layer,
+        siglip: _clip_layer,
+        bert: _bert_layer,
+        BasicBlock: _resnet_block,
+        DemoDualEncoder: _demo,
+        Block: _clip_layer,  # fusion models' blocks use CLIP's names (self_attn.*_proj, mlp.fc*)
+        ConvEncoder: _conv_encoder,
+        Head: _fusion_head,
+    }
 
 
 def _removable(container: nn.Module) -> tuple[int, ...] | None:
     blocks = list(container)
-    if blocks and all(isinstance(b, TRANSFORMER_LAYERS) for b in blocks):
+    if blocks and all(isinstance(b, transformer_layers()) for b in blocks):
         return tuple(range(len(blocks)))
     if blocks and all(isinstance(b, BasicBlock) for b in blocks):
         # only blocks with an identity shortcut keep shapes when removed; they are also the
@@ -135,7 +146,7 @@ def find_structure(model: nn.Module) -> PruningStructure:
     """Unit groups and removable-layer lists of every block type a spec knows."""
     out = PruningStructure()
     for name, module in model.named_modules():
-        spec = next((fn for cls, fn in SPECS.items() if isinstance(module, cls)), None)
+        spec = next((fn for cls, fn in _specs().items() if isinstance(module, cls)), None)
         if spec is not None:
             out.units.extend(spec(name, module))
         if isinstance(module, nn.ModuleList | nn.Sequential):

@@ -17,9 +17,7 @@ import torch
 from torch import nn
 
 from ..models.resnet_cifar import BasicBlock
-from ..structured.specs import TRANSFORMER_LAYERS
-
-BLOCKS = (*TRANSFORMER_LAYERS, BasicBlock)
+from ..structured.specs import transformer_layers
 
 
 def block_lists(model: nn.Module) -> dict[str, list[nn.Module]]:
@@ -27,7 +25,7 @@ def block_lists(model: nn.Module) -> dict[str, list[nn.Module]]:
     out = {}
     for name, module in model.named_modules():
         if isinstance(module, nn.ModuleList | nn.Sequential) and len(module) \
-                and all(isinstance(b, BLOCKS) for b in module):
+                and all(isinstance(b, (*transformer_layers(), BasicBlock)) for b in module):
             out[name] = list(module)
     return out
 
