@@ -238,6 +238,22 @@ def test_recipe_prune_schedule_then_finetune_saves_the_pruned_model(tiny_clip, t
     assert torch.equal(loaded.encode_texts(texts), result.adapter.encode_texts(texts))
 
 
+def test_a_training_stage_hashes_its_data_once(tiny_clip, tmp_path, monkeypatch):
+    """The checkpoint fingerprint and the stage summary each hashed every training example."""
+    from mmcompress.data import Dataset
+
+    calls = []
+    digest = Dataset.digest
+    monkeypatch.setattr(Dataset, "digest", lambda self: calls.append(1) or digest(self))
+    recipe = {"stages": [{"finetune": {"method": "task", "epochs": 1, "batch_size": 4,
+                                       "lr": 1e-3, "warmup": 0, "evaluate": False}}],
+              "evaluate": FAST_EVAL}
+    result = mmcompress.compress(tiny_clip, recipe, out=tmp_path / "out", data=toy_data(),
+                                 progress=False)
+    assert result.report["stages"][0]["summary"]["training_data"]["examples"] == len(toy_data())
+    assert len(calls) == 1
+
+
 class _Crash(TrainCallback):
     """Stops training after step `at` (as a killed process would), when `at` is set."""
 

@@ -103,7 +103,7 @@ def run_training(adapter: Adapter, objective: Objective, config: TrainStageConfi
                           progress=context.progress)
         summary = trainer.fit()
     summary["trained_params"] = count
-    described = objective.describe()
+    described = trainer.objective_description
     if "data" in described:
         summary["training_data"] = {"name": described["data"],
                                     "examples": described.get("examples")}

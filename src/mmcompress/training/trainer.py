@@ -11,6 +11,7 @@ processes), each process takes a strided share of the global batch, only rank 0 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -260,6 +261,12 @@ class Trainer:
         return params
 
     # -- checkpoints -----------------------------------------------------------------------
+    @functools.cached_property
+    def objective_description(self) -> dict[str, Any]:
+        """The objective's `describe()`, computed once (it hashes the training data and a
+        teacher's weights)."""
+        return self.objective.describe()
+
     def fingerprint(self) -> str:
         """Hash of what must match for a checkpoint to be resumed: settings, objective
         (teacher included), the starting weights, the modules' configuration (QAT grids), which
@@ -268,7 +275,7 @@ class Trainer:
         desc = {
             "settings": self.settings.model_dump(exclude={"checkpoint_dir", "checkpoint_every",
                                                           "resume", "evaluate"}),
-            "objective": self.objective.describe(),
+            "objective": self.objective_description,
             "weights": state_digest(self.model),
             "modules": hashlib.sha256(repr(self.model).encode()).hexdigest(),
             "trainable": [n for n, p in self.model.named_parameters() if p.requires_grad],
