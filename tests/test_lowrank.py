@@ -529,13 +529,17 @@ def test_quantizing_conv_factors_below_8_bits_is_warned_of(tiny_clip, capsys, bi
 
     recipe = load_recipe({"stages": [
         {"lowrank": {"method": "cp", "rank": 8, "n_iter_max": 5, "targets": ["vision"]}},
-        {"quantize": {"method": "rtn", "bits": bits, "group_size": None}}]})
+        {"quantize": {"method": "rtn", "bits": bits, "group_size": None,
+                      "targets": ["vision"]}},
+        {"quantize": {"method": "rtn", "bits": 8, "group_size": None, "targets": ["text"]}}]})
     ctx = StageContext(data=toy_image_data(12), progress=False,
                        calibration=CalibrationConfig(samples=8, batch_size=4))
-    _, quantized = run_stages(tiny_clip, recipe.stages, ctx)
-    err = capsys.readouterr().err
+    _, quantized, text_quantized = run_stages(tiny_clip, recipe.stages, ctx)
+    assert "factor_layers_below_8_bits" not in text_quantized  # said once, by the stage
+    err = capsys.readouterr().err  # that took them below 8 bits
     if bits == 8:
         assert "factor_layers_below_8_bits" not in quantized and "warning" not in err
     else:  # first, vertical, horizontal and last of the patch embedding
         assert quantized["factor_layers_below_8_bits"] == 4
         assert "warning: 4 factors of CP or Tucker convolutions" in err
+        assert err.count("factors of CP or Tucker") == 1

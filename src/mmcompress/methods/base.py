@@ -142,9 +142,10 @@ def run_stage(adapter: Adapter, stage: Stage, context: StageContext) -> dict[str
     stage calibrated on (``calibration``: examples, and real tokens of text, per modality;
     ``calibration_data``: the data set's name)."""
     context.drawn = None
+    low_bit_before = _low_bit_factors(adapter) if stage.kind == "quantize" else set()
     summary = METHODS[(stage.kind, stage.config.method)].apply(adapter, stage.config, context)
     if stage.kind == "quantize" and isinstance(summary, dict):
-        _warn_of_low_bit_factors(adapter, summary)
+        _warn_of_low_bit_factors(_low_bit_factors(adapter) - low_bit_before, summary)
     if context.drawn and isinstance(summary, dict):
         summary.setdefault("calibration", context.drawn)
         if context.data is not None:
@@ -152,13 +153,20 @@ def run_stage(adapter: Adapter, stage: Stage, context: StageContext) -> dict[str
     return summary
 
 
-def _warn_of_low_bit_factors(adapter: Adapter, summary: dict[str, Any]) -> None:
-    """Convolution factors (CP, Tucker) below 8 bits: their terms partly cancel, so rounding
-    each factor can wreck the kernel they compose (ResNet-20: CP then int4 top-1 0.830 →
-    0.091; docs/methods.md). Counted in the summary, and said on stderr."""
-    n = sum(getattr(getattr(part, "grid", None), "bits", 16) < 8
-            for m in adapter.model.modules() if isinstance(m, CPConv2d | TuckerConv2d)
-            for part in m.children())
+def _low_bit_factors(adapter: Adapter) -> set[str]:
+    """Names of the factors of CP and Tucker convolutions that hold fewer than 8 bits."""
+    return {f"{name}.{child}" for name, m in adapter.model.named_modules()
+            if isinstance(m, CPConv2d | TuckerConv2d)
+            for child, part in m.named_children()
+            if getattr(getattr(part, "grid", None), "bits", 16) < 8}
+
+
+def _warn_of_low_bit_factors(new: set[str], summary: dict[str, Any]) -> None:
+    """Convolution factors (CP, Tucker) a stage took below 8 bits: their terms partly cancel,
+    so rounding each factor can wreck the kernel they compose (ResNet-20: CP then int4 top-1
+    0.830 → 0.091; docs/methods.md). Counted in the summary, and said on stderr (once: a later
+    stage that leaves them as they are does not repeat it)."""
+    n = len(new)
     if n:
         summary["factor_layers_below_8_bits"] = n
         warn(f"{n} factors of CP or Tucker convolutions now hold fewer than 8 bits: "
