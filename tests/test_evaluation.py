@@ -242,3 +242,13 @@ def test_a_half_precision_hugging_face_folder_is_sized_as_the_float32_model_eval
     fp32 = saved_size_bytes(load_model(half).model)
     assert result["metrics"]["size_bytes"] == fp32
     assert fp32 > 1.9 * (half / "model.safetensors").stat().st_size
+
+
+@pytest.mark.integration  # a fresh process: about 4 s
+def test_peak_memory_counts_the_model_not_the_import_of_transformers(tiny_clip_folder):
+    """When transformers' model code became imported on first use, the memory probe's
+    baseline lost it and a tiny CLIP 'took' 165 MiB (the demo 281 instead of 138)."""
+    from mmcompress.evaluation.speed import peak_memory_mb
+
+    peak = peak_memory_mb(str(tiny_clip_folder), 8)
+    assert peak is not None and peak < 60

@@ -1,4 +1,5 @@
-"""Run in a fresh process: peak RSS added by loading a model and running its towers once."""
+"""Run in a fresh process: peak RSS added by loading a model and running its towers once (to
+a process that has imported torch, mmcompress and transformers' model code)."""
 
 from __future__ import annotations
 
@@ -25,8 +26,10 @@ def main() -> None:
 
     from mmcompress.model_specs import load_model
     from mmcompress.modules.unpack import unpack_weights
+    from mmcompress.structured.specs import transformer_layers
 
-    torch.set_grad_enabled(False)
+    transformer_layers()  # transformers' model code (imported where a model is built): like
+    torch.set_grad_enabled(False)  # torch's, part of the process, not of the model's figure
     baseline = max_rss_mb()
     adapter = load_model(spec, progress=False)
     if unpack:
