@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from mmcompress import compress
-from mmcompress.evaluation.memory_probe import max_rss_mb
+from mmcompress.evaluation.memory_probe import import_model_code, max_rss_mb
 from mmcompress.model_specs import load_model
 
 from .results_file import store
@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    import_model_code()
     baseline = max_rss_mb()
     adapter = load_model(args.model, progress=False)
     fp32_mb = model_bytes(adapter.model) / 2**20

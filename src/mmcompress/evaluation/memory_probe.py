@@ -20,16 +20,24 @@ def max_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB elsewhere
 
 
+def import_model_code() -> None:
+    """Import transformers' model code (BERT, CLIP, SigLIP; mmcompress imports it where a
+    model is built), so that memory measured from after this counts the model, not the library,
+    as torch's import is not counted either."""
+    from mmcompress.structured.specs import transformer_layers
+
+    transformer_layers()
+
+
 def main() -> None:
     spec, batch_size, unpack = sys.argv[1], int(sys.argv[2]), sys.argv[3:] == ["unpack"]
     import torch
 
     from mmcompress.model_specs import load_model
     from mmcompress.modules.unpack import unpack_weights
-    from mmcompress.structured.specs import transformer_layers
 
-    transformer_layers()  # transformers' model code (imported where a model is built): like
-    torch.set_grad_enabled(False)  # torch's, part of the process, not of the model's figure
+    import_model_code()
+    torch.set_grad_enabled(False)
     baseline = max_rss_mb()
     adapter = load_model(spec, progress=False)
     if unpack:
