@@ -490,3 +490,35 @@ def test_recipe_errors_do_not_import_transformers():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("earlier,model", [("demo-fusion", "fusion"), ("demo", "demo")])
+def test_the_demo_replaces_an_earlier_output_of_either_demo_recipe(tiny_clip, tmp_path,
+                                                                   monkeypatch, earlier, model):
+    """The dual encoder's demo (W8A8) and the fusion demos (RTN) have their own recipes; each
+    replaces what the other left in the default folder, and says which it runs."""
+    from importlib import resources
+
+    import mmcompress.api
+    from mmcompress.errors import UserError
+    from mmcompress.io.checkpoint import save_checkpoint
+
+    out = tmp_path / "out"
+    out.mkdir()
+    save_checkpoint(tiny_clip, out, model, [])
+    recipe = resources.files("mmcompress").joinpath(f"recipes/{earlier}.yaml").read_text()
+    (out / "recipe.yaml").write_text(recipe)
+    ran = []
+
+    def fake_compress(spec, recipe, **kw):
+        ran.append((spec, yaml.safe_load(recipe)["stages"][0]["quantize"]["method"]))
+        raise UserError("stop here")
+
+    monkeypatch.setattr(mmcompress.api, "compress", fake_compress)
+    for demo_model, method, said in (("demo", "smoothquant", "SmoothQuant W8A8"),
+                                     ("fusion-early", "rtn", "int8 RTN")):
+        result = runner.invoke(app, ["demo", "--model", demo_model, "--out", str(out)])
+        assert result.exit_code == 2 and "stop here" in result.output, result.output
+        assert ran[-1] == (demo_model, method) and said in result.output
+    (out / "recipe.yaml").write_text("stages:\n  - quantize: {method: rtn, bits: 4}\n")
+    _assert_user_error(runner.invoke(app, ["demo", "--out", str(out)]), "not empty")
