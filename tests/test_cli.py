@@ -90,6 +90,10 @@ def test_inspect_lists_towers(tiny_clip_folder):
     result = runner.invoke(app, ["inspect", str(tiny_clip_folder), "--layers"])
     assert result.exit_code == 0, result.output
     assert "vision" in result.output and "text_model.encoder.layers.0.mlp.fc1" in result.output
+    rows = [line for line in result.output.splitlines() if line.endswith("]")]  # layer rows
+    towers = [row.split()[0] for row in rows]
+    assert towers == sorted(towers, key=["vision", "text", "projector", "other"].index)
+    assert len({row.index("[") for row in rows}) == 1  # shapes line up whatever the types
 
 
 def test_inspect_counts_a_logit_scale_exactly():

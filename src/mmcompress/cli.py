@@ -283,11 +283,14 @@ def inspect(
         if not kinds:  # parameters held outside any layer (a logit scale, a class embedding)
             kinds = "parameters outside layers"
         typer.echo(f"  {tower:10s} {_param_count(t['params'])}   {kinds}")
-    if layers:
-        for layer in info["layers"]:
-            typer.echo(
-                f"  {layer['tower']:10s} {layer['name']:60s} {layer['type']:16s} {layer['shape']}"
-            )
+    if layers:  # in the summary's tower order, columns as wide as their longest entry
+        order = {tower: i for i, tower in enumerate(info["towers"])}
+        rows = sorted(info["layers"], key=lambda layer: order.get(layer["tower"], len(order)))
+        name_w = max((len(r["name"]) for r in rows), default=0)
+        type_w = max((len(r["type"]) for r in rows), default=0)
+        for r in rows:
+            typer.echo(f"  {r['tower']:10s} {r['name']:{name_w}s} {r['type']:{type_w}s} "
+                       f"{r['shape']}")
 
 
 def _param_count(n: int) -> str:
