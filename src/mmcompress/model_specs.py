@@ -119,6 +119,11 @@ def _load_path(path: Path) -> Adapter:
             f"{path}: model_type {model_type!r} is not supported; supported: "
             f"{', '.join(sorted(HF_MODEL_TYPES))}"
         )
+    if not any(path.glob("model*.safetensors")) and any(path.glob("pytorch_model*.bin")):
+        raise CheckpointError(
+            f"{path} holds its weights only as pytorch_model.bin, a pickle, which mmcompress "
+            "never loads (it can run code): save the model with safetensors "
+            "(save_pretrained(..., safe_serialization=True)) and point to that folder")
     try:
         return HF_MODEL_TYPES[model_type].from_folder(path)
     except UserError:
