@@ -526,3 +526,19 @@ def test_the_demo_replaces_an_earlier_output_of_either_demo_recipe(tiny_clip, tm
         assert ran[-1] == (demo_model, method) and said in result.output
     (out / "recipe.yaml").write_text("stages:\n  - quantize: {method: rtn, bits: 4}\n")
     _assert_user_error(runner.invoke(app, ["demo", "--out", str(out)]), "not empty")
+
+
+def test_the_demo_keeps_a_users_w8a8_run_on_a_fusion_model(tiny_clip, tmp_path):
+    """The W8A8 demo recipe on a fusion model is a user's run, never a demo output: replacing
+    it needs --overwrite."""
+    from importlib import resources
+
+    from mmcompress.io.checkpoint import save_checkpoint
+
+    out = tmp_path / "out"
+    out.mkdir()
+    save_checkpoint(tiny_clip, out, "fusion", [])
+    (out / "recipe.yaml").write_text(
+        resources.files("mmcompress").joinpath("recipes/demo.yaml").read_text())
+    _assert_user_error(runner.invoke(app, ["demo", "--model", "fusion", "--out", str(out)]),
+                       "not empty")

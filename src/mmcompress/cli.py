@@ -175,9 +175,10 @@ def demo(
     recipes = {name: resources.files("mmcompress").joinpath(f"recipes/{name}.yaml").read_text()
                for name in DEMO_RECIPES}
     name = "demo" if model == "demo" else "demo-fusion"
-    # the demo replaces its own output (one of its recipes, on one of its models)
-    overwrite = overwrite or any(is_output_folder(out, r, tuple(described))
-                                 for r in recipes.values())
+    # the demo replaces its own outputs: W8A8 on the dual encoder, RTN on any demo model (the
+    # dual encoder's recipe before session 30 too), never what a user's run left there
+    mine = {"demo": ("demo",), "demo-fusion": tuple(described)}
+    overwrite = overwrite or any(is_output_folder(out, recipes[r], mine[r]) for r in recipes)
     check_output_dir(out, overwrite)  # a refused --out is the only line printed
     typer.echo(f"mmcompress demo: {DEMO_RECIPES[name]} on every tower of {described[model]}",
                err=True)

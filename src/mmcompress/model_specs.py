@@ -119,10 +119,11 @@ def _load_path(path: Path) -> Adapter:
             f"{path}: model_type {model_type!r} is not supported; supported: "
             f"{', '.join(sorted(HF_MODEL_TYPES))}"
         )
-    if not any(path.glob("model*.safetensors")) and any(path.glob("pytorch_model*.bin")):
+    safetensors = [*path.glob("model.safetensors"), *path.glob("model-*-of-*.safetensors")]
+    if not safetensors and any(path.glob("pytorch_model*.bin")):
         raise CheckpointError(
-            f"{path} holds its weights only as pytorch_model.bin, a pickle, which mmcompress "
-            "never loads (it can run code): save the model with safetensors "
+            f"{path} holds its weights only in pickled pytorch_model*.bin files, which "
+            "mmcompress never loads (a pickle can run code): save the model with safetensors "
             "(save_pretrained(..., safe_serialization=True)) and point to that folder")
     try:
         return HF_MODEL_TYPES[model_type].from_folder(path)

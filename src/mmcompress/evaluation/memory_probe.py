@@ -3,6 +3,7 @@ a process that has imported torch, mmcompress and transformers' model code)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import resource
 import sys
@@ -24,9 +25,10 @@ def import_model_code() -> None:
     """Import transformers' model code (BERT, CLIP, SigLIP; mmcompress imports it where a
     model is built), so that memory measured from after this counts the model, not the library,
     as torch's import is not counted either."""
-    from mmcompress.structured.specs import transformer_layers
+    from mmcompress.structured.specs import HF_LAYERS
 
-    transformer_layers()
+    for module in HF_LAYERS:
+        importlib.import_module(module)
 
 
 def main() -> None:

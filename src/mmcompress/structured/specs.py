@@ -5,7 +5,7 @@ type, matched by class.
 
 from __future__ import annotations
 
-import functools
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -105,24 +105,29 @@ def _fusion_head(name: str, head: nn.Module) -> list[UnitGroup]:
                       size=_dim(head.mlp.fc1, "out_features"))]
 
 
-@functools.cache
+# Hugging Face block classes, by module and name: matched only once transformers has imported
+# them (a model holding one has), so pruning a ResNet never imports transformers
+HF_LAYERS = {
+    "transformers.models.clip.modeling_clip": ("CLIPEncoderLayer", _clip_layer),
+    "transformers.models.siglip.modeling_siglip": ("SiglipEncoderLayer", _clip_layer),
+    "transformers.models.bert.modeling_bert": ("BertLayer", _bert_layer),
+}
+
+
+def _loaded_hf_layers() -> dict[type, Callable[[str, nn.Module], list[UnitGroup]]]:
+    return {getattr(module, name): spec for path, (name, spec) in HF_LAYERS.items()
+            if (module := sys.modules.get(path)) is not None}
+
+
 def transformer_layers() -> tuple[type, ...]:
-    """Transformer block classes: Hugging Face CLIP, SigLIP and BERT layers (transformers is
-    imported on first use, so commands that never meet one start faster) and fusion blocks."""
-    from transformers.models.bert.modeling_bert import BertLayer
-    from transformers.models.clip.modeling_clip import CLIPEncoderLayer
-    from transformers.models.siglip.modeling_siglip import SiglipEncoderLayer
-
-    return CLIPEncoderLayer, SiglipEncoderLayer, BertLayer, Block
+    """Transformer block classes: the Hugging Face CLIP, SigLIP and BERT layers transformers
+    has imported, and fusion models' blocks."""
+    return (*_loaded_hf_layers(), Block)
 
 
-@functools.cache
 def _specs() -> dict[type, Callable[[str, nn.Module], list[UnitGroup]]]:
-    clip, siglip, bert, _ = transformer_layers()
     return {
-        clip: _clip_layer,
-        siglip: _clip_layer,
-        bert: _bert_layer,
+        **_loaded_hf_layers(),
         BasicBlock: _resnet_block,
         DemoDualEncoder: _demo,
         Block: _clip_layer,  # fusion models' blocks use CLIP's names (self_attn.*_proj, mlp.fc*)
@@ -145,8 +150,9 @@ def _removable(container: nn.Module) -> tuple[int, ...] | None:
 def find_structure(model: nn.Module) -> PruningStructure:
     """Unit groups and removable-layer lists of every block type a spec knows."""
     out = PruningStructure()
+    specs = _specs()
     for name, module in model.named_modules():
-        spec = next((fn for cls, fn in _specs().items() if isinstance(module, cls)), None)
+        spec = next((fn for cls, fn in specs.items() if isinstance(module, cls)), None)
         if spec is not None:
             out.units.extend(spec(name, module))
         if isinstance(module, nn.ModuleList | nn.Sequential):
