@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmcompress.evaluation.speed import interleaved_times_ms
 from mmcompress.modules import W8A8Linear
 from mmcompress.modules.int8 import (
     build_kernel,
@@ -57,21 +58,12 @@ SHAPES = {  # name: (tokens, in, out)
 }
 
 
-@torch.inference_mode()
 def interleaved(
     runs: dict[str, Callable[[], Any]], repeats: int, warmup: int = 3
 ) -> dict[str, dict[str, float]]:
     """Per run: median and min ms, and speedup vs the 'fp32' run (median of per-round ratios
     and ratio of minima)."""
-    for run in runs.values():
-        for _ in range(warmup):
-            run()
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(repeats):
-        for key, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[key].append((time.perf_counter() - start) * 1e3)
+    times = interleaved_times_ms(runs, repeats, warmup)
     base = times["fp32"]
     return {
         k: {

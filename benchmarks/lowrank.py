@@ -47,13 +47,13 @@ import torch
 
 from mmcompress.data import Dataset, load_data
 from mmcompress.evaluation.evaluate import count_params, quality
+from mmcompress.evaluation.speed import interleaved_latency_ms
 from mmcompress.model_specs import load_model
 
 from .configs import DATA_ROOT
 from .results_file import load, store
 from .stages import apply_stages
 from .stats import metric_difference_interval
-from .timing import interleaved_latency_ms
 
 STSB = DATA_ROOT / "stsb"
 COMPRESS_THREADS = [1]  # set from --compress-threads

@@ -36,11 +36,11 @@ import torch
 
 from mmcompress.data import Dataset, load_data
 from mmcompress.evaluation.evaluate import count_params, quality
+from mmcompress.evaluation.speed import interleaved_latency_ms
 from mmcompress.model_specs import load_model
 
 from .results_file import load, store
 from .stages import apply_stages
-from .timing import interleaved_latency_ms
 
 STSB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "stsb"
 THREADS, BATCH = 2, 8

@@ -21,7 +21,7 @@ from mmcompress.adapters import Adapter
 from mmcompress.adapters.base import LATENCY_SEQ_LEN
 from mmcompress.data import Dataset, load_data
 from mmcompress.evaluation.evaluate import check_data_fits, count_params, quality
-from mmcompress.evaluation.speed import WARMUP, peak_memory_mb
+from mmcompress.evaluation.speed import WARMUP, interleaved_latency_ms, peak_memory_mb
 from mmcompress.io.atomic import write_text_atomic
 from mmcompress.model_specs import NAMED_SPECS, load_model
 
@@ -29,7 +29,6 @@ from . import onnx_peers
 from .configs import COMPILED, CONFIGS, ModelCase
 from .markdown import render_markdown
 from .results_file import store
-from .timing import interleaved_latency_ms
 from .variants import (
     BuildContext,
     Variant,

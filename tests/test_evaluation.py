@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from _helpers import toy_image_data
+from _helpers import FAST_EVAL, toy_image_data
 
 from mmcompress.data import Dataset
 from mmcompress.errors import DataError
@@ -252,3 +252,42 @@ def test_peak_memory_counts_the_model_not_the_import_of_transformers(tiny_clip_f
 
     peak = peak_memory_mb(str(tiny_clip_folder), 8)
     assert peak is not None and peak < 60
+
+
+def test_interleaved_timing_keeps_the_ratio_when_the_machine_gets_busier(monkeypatch):
+    """Timed in two phases, a model 2× faster than its base read 2× *slower* when the machine
+    became 4× busier between the phases; timed round-robin, the ratio holds."""
+    from mmcompress.evaluation import speed
+
+    clock = {"now": 0.0, "calls": 0}
+
+    def work(cost: float):
+        def run():
+            clock["calls"] += 1
+            clock["now"] += cost * (4.0 if clock["calls"] > 16 else 1.0)  # busier from here
+        return run
+
+    monkeypatch.setattr(speed.time, "perf_counter", lambda: clock["now"] / 1e3)
+    ms = speed.interleaved_latency_ms({"before": work(2.0), "after": work(1.0)}, repeats=10)
+    assert ms["after"] / ms["before"] == pytest.approx(0.5)
+    clock.update(now=0.0, calls=0)
+    before = speed.median_latency_ms(work(2.0), repeats=10)  # the phases timed apart
+    after = speed.median_latency_ms(work(1.0), repeats=10)
+    assert after / before == pytest.approx(2.0)
+
+
+def test_compress_times_before_and_after_together_when_the_base_reloads(tiny_clip_folder,
+                                                                       tiny_clip):
+    """A model given by its spec is loaded again at the end, and each tower is timed in
+    alternation with its compressed self; one given as an object keeps the two phases."""
+    import mmcompress
+
+    recipe = {"stages": [{"quantize": {"method": "rtn", "bits": 8}}], "evaluate": FAST_EVAL}
+    by_spec = mmcompress.compress(str(tiny_clip_folder), recipe, data=toy_image_data(8),
+                                  progress=False).report
+    assert "timed in alternation with the model before" in \
+        by_spec["measurement"]["latency_statistic"]
+    assert by_spec["before"]["latency_ms_image"] > 0 and by_spec["after"]["latency_ms_text"] > 0
+    by_object = mmcompress.compress(tiny_clip, recipe, data=toy_image_data(8),
+                                    progress=False).report
+    assert by_object["measurement"]["latency_statistic"] == "median after 3 warm-up runs"

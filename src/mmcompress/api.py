@@ -17,7 +17,13 @@ from .compiled import compile_towers
 from .data import NAMED_DATA, Dataset, load_data
 from .data.splits import TRAINING_SPLIT
 from .errors import CheckpointError, UserError
-from .evaluation.evaluate import check_data_fits, evaluate_adapter, quality
+from .evaluation.evaluate import (
+    Evaluation,
+    check_data_fits,
+    evaluate_adapter,
+    quality,
+    time_against_base,
+)
 from .io.atomic import atomic_folder, check_output_dir
 from .io.checkpoint import (
     BUFFERS,
@@ -63,7 +69,9 @@ def compress(
     Args:
         model: a model spec (``demo``, ``random:NAME``, a folder) or a loaded `Adapter`,
             which is compressed in place (after a failed run it may hold half-applied stages
-            and training hooks: load it again).
+            and training hooks: load it again). A spec is loaded again at the end to time
+            each tower before and after compression in alternation; an `Adapter`'s towers
+            are timed before and after the stages, so load in between moves their ratio.
         recipe: a YAML path or text, a mapping, or a `Recipe`.
         out: output folder (written only if everything succeeds).
         data: data spec for evaluation (and calibration); the model's default when None.
@@ -111,6 +119,7 @@ def compress(
     }
     if out_path is None:
         after = evaluate_adapter(adapter, dataset, eval_cfg, reference=before.embeddings)
+        _time_against_base(model, adapter, before.metrics, after, eval_cfg)
         report.update(after=after.metrics, measurement=after.measurement)
         return CompressResult(adapter, report, None)
     with atomic_folder(out_path, overwrite) as tmp:
@@ -123,6 +132,7 @@ def compress(
             memory_spec=str(tmp),
             weights_file=tmp / WEIGHTS,
         )
+        _time_against_base(model, adapter, before.metrics, after, eval_cfg)
         report.update(after=after.metrics, measurement=after.measurement)
         texts = (recipe.to_yaml(), to_json(report), report_markdown(report), report_html(report))
         for name, text in zip(REPORT_FILES, texts, strict=True):
@@ -133,6 +143,22 @@ def compress(
 
 
 REPORT_FILES = ("recipe.yaml", "report.json", "report.md", "report.html")
+
+
+def _time_against_base(model: str | Path | Adapter, adapter: Adapter, before: dict[str, Any],
+                       after: Evaluation, config: EvaluateConfig) -> None:
+    """Latency before and after, timed again in alternation (`time_against_base`) on the
+    model loaded anew from its spec; a model given as an object (changed in place by the
+    stages) or one that no longer loads keeps the figures timed before and after the stages;
+    under torchrun only the process that writes times them."""
+    timed = any(k.startswith("latency_ms_") for k in after.metrics)
+    if isinstance(model, Adapter) or not timed or not is_main_process():
+        return
+    try:
+        base = load_model(model, progress=False)
+    except UserError:
+        return
+    time_against_base(base, adapter, before, after, config)
 
 
 def _data_spec(data: str | Path | Dataset | None) -> str | None:

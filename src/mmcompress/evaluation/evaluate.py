@@ -18,7 +18,7 @@ from ..errors import DataError
 from ..io.checkpoint import state_for_saving, weights_metadata
 from .config import METRICS, EvaluateConfig
 from .metrics import fidelity_cosine
-from .speed import median_latency_ms, peak_memory_mb
+from .speed import interleaved_latency_ms, median_latency_ms, peak_memory_mb
 from .tasks import TASK_EVALUATORS, Embeddings
 
 # task metrics: everything but fidelity and the cost metrics
@@ -101,6 +101,27 @@ def quality(
     return Evaluation(metrics, emb)
 
 
+LATENCY_STATISTIC = "median after 3 warm-up runs"
+
+
+def time_against_base(base: Adapter, adapter: Adapter, before: dict[str, Any],
+                      after: Evaluation, config: EvaluateConfig) -> None:
+    """Time each tower `after` has a latency for again, in alternation with the same tower of
+    `base` (the model before compression), and replace both figures (`before` and
+    `after.metrics`): timed apart, before and after the stages, their ratio moves with
+    whatever else the machine runs in between."""
+    base_runs = base.latency_inputs(config.latency_batch_size)
+    for tower, run in adapter.latency_inputs(config.latency_batch_size).items():
+        key = f"latency_ms_{tower}"
+        if key in after.metrics and key in before and tower in base_runs:
+            ms = interleaved_latency_ms({"before": base_runs[tower], "after": run},
+                                        config.latency_repeats)
+            before[key], after.metrics[key] = round(ms["before"], 3), round(ms["after"], 3)
+            after.measurement["latency_statistic"] = (
+                f"{LATENCY_STATISTIC} of each, timed in alternation with the model before "
+                "compression")
+
+
 def evaluate_adapter(
     adapter: Adapter,
     data: Dataset,
@@ -151,7 +172,7 @@ def evaluate_adapter(
         "latency_batch_size": config.latency_batch_size,
         "latency_text_tokens": adapter.latency_text_tokens(),
         "latency_repeats": config.latency_repeats,
-        "latency_statistic": "median after 3 warm-up runs",
+        "latency_statistic": LATENCY_STATISTIC,
     }
     if unpacked:
         result.measurement["unpacked"] = True

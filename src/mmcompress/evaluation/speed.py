@@ -29,6 +29,34 @@ def median_latency_ms(fn: Callable[[], Any], repeats: int = 10, warmup: int = WA
     return statistics.median(times)
 
 
+@torch.inference_mode()
+def interleaved_times_ms(runs: dict[str, Callable[[], Any]], repeats: int,
+                         warmup: int = WARMUP) -> dict[str, list[float]]:
+    """Wall times (ms) of `repeats` calls of each run, after `warmup` untimed calls each.
+
+    The timed calls go round-robin (one call of every run per round), so a burst of load from
+    other processes slows every run rather than whichever was being timed at the moment;
+    ratios between runs are then steadier than their absolute times.
+    """
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    times: dict[str, list[float]] = {key: [] for key in runs}
+    for _ in range(repeats):
+        for key, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[key].append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def interleaved_latency_ms(runs: dict[str, Callable[[], Any]], repeats: int,
+                           warmup: int = WARMUP) -> dict[str, float]:
+    """Median wall time (ms) of each run, timed round-robin (`interleaved_times_ms`)."""
+    return {key: statistics.median(t)
+            for key, t in interleaved_times_ms(runs, repeats, warmup).items()}
+
+
 def peak_memory_mb(spec: str, batch_size: int, unpacked: bool = False) -> float | None:
     """Peak resident memory (MiB) that loading `spec` (its compact layers unpacked if
     `unpacked`) and running each tower once adds to a fresh Python process that has already
