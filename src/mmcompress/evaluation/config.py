@@ -79,8 +79,9 @@ class EvaluateConfig(Settings):
     max_samples: PositiveInt | None = Field(None, description="evaluate on N evenly spaced "
                                             "examples (default: all)")
     latency_batch_size: PositiveInt = Field(8, description="examples per timed call")
-    latency_repeats: PositiveInt = Field(10, description="timed calls per tower; the median "
-                                         "is reported")
+    latency_repeats: PositiveInt = Field(
+        10, description="timed calls per tower; the median is reported (a model given by its "
+        "spec: timed after the stages, in alternation with the model reloaded)")
 
     def model_post_init(self, _: Any) -> None:
         unknown = [m for m in self.metrics or [] if m not in METRICS]
