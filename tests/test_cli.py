@@ -542,3 +542,14 @@ def test_the_demo_keeps_a_users_w8a8_run_on_a_fusion_model(tiny_clip, tmp_path):
         resources.files("mmcompress").joinpath("recipes/demo.yaml").read_text())
     _assert_user_error(runner.invoke(app, ["demo", "--model", "fusion", "--out", str(out)]),
                        "not empty")
+
+
+def test_a_latency_only_evaluation_does_not_name_examples_it_never_read(tiny_clip_folder):
+    result = runner.invoke(app, ["evaluate", str(tiny_clip_folder), "--metrics",
+                                 "latency_ms_image", "--max-samples", "4"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"measured with \d+ threads?; latency:", result.output), result.output
+    assert "examples" not in result.output
+    result = runner.invoke(app, ["evaluate", str(tiny_clip_folder), "--metrics",
+                                 "zeroshot_top1", "--max-samples", "4"])
+    assert "(classification, 4 examples)" in result.output, result.output

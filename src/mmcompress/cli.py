@@ -227,6 +227,7 @@ def evaluate(
 ) -> None:
     """Evaluate a model: quality, fidelity (output folders), size, latency, memory."""
     from .api import evaluate as run_evaluate
+    from .evaluation.evaluate import QUALITY
     from .report import LABELS, fmt, is_timed, measurement_line
 
     progress = _setup(quiet, threads)
@@ -245,7 +246,9 @@ def evaluate(
         return
     for key, value in result["metrics"].items():  # the units the labels name (MB, M, ms)
         typer.echo(f"{LABELS.get(key, key):22s} {fmt(key, value)}")
-    typer.echo("\n" + measurement_line(result["measurement"], is_timed(result["metrics"])))
+    scored = any(k in QUALITY or k == "fidelity_cosine" for k in result["metrics"])
+    typer.echo("\n" + measurement_line(result["measurement"], is_timed(result["metrics"]),
+                                        scored))
 
 
 @app.command()

@@ -152,11 +152,13 @@ def is_timed(metrics: dict[str, Any]) -> bool:
     return any(k.startswith("latency_ms_") for k in metrics)
 
 
-def measurement_line(m: dict[str, Any], timed: bool = True) -> str:
-    """One line for the terminal: the data, its examples, the threads and (`timed`) how
-    latency was measured."""
-    return (f"measured on {m['data']} ({m['task']}, {m['examples']:,} examples), "
-            f"{threads_text(m['threads'])}" + (f"; latency: {latency_text(m)}" if timed else ""))
+def measurement_line(m: dict[str, Any], timed: bool = True, scored: bool = True) -> str:
+    """One line for the terminal: the data and its examples (`scored`: a metric read them),
+    the threads and (`timed`) how latency was measured."""
+    where = (f"measured on {m['data']} ({m['task']}, {m['examples']:,} examples), " if scored
+             else "measured with ")
+    return where + threads_text(m["threads"]) + (f"; latency: {latency_text(m)}" if timed
+                                                 else "")
 
 
 def measurement_note(m: dict[str, Any], timed: bool = True) -> str:
