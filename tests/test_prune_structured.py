@@ -660,7 +660,11 @@ def test_importance_defaults_to_a_score_that_ranks_across_layers_for_global_scop
                                                                                   expected):
     from mmcompress.methods.prune_structured import StructuredPruneConfig
 
-    assert StructuredPruneConfig(heads=0.5, **given).importance == expected
+    config = StructuredPruneConfig(heads=0.5, **given)
+    assert config.importance == expected
+    given_back = config.model_dump(exclude_unset=True)  # what recipe.yaml writes
+    assert given_back.get("importance") == given.get("importance")
+    assert StructuredPruneConfig(**given_back).importance == expected
 
 
 def test_global_layer_removal_frees_what_per_tower_removal_frees():

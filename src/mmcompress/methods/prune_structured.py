@@ -76,14 +76,17 @@ class StructuredPruneConfig(MethodConfig):
 
     @model_validator(mode="before")
     @classmethod
-    def _default_importance(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("importance") is None:
-            scope = data.get("scope", "tower")
-            data = {**data, "importance": "taylor" if scope == "global" else "activation"}
+    def _null_importance(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "importance" in data and data["importance"] is None:
+            data = {k: v for k, v in data.items() if k != "importance"}  # the scope's default
         return data
 
     @model_validator(mode="after")
     def _something(self) -> StructuredPruneConfig:
+        if "importance" not in self.model_fields_set and self.scope == "global":
+            # the default for a global ranking, not a setting given: a saved recipe.yaml
+            # holds only what the recipe gave
+            object.__setattr__(self, "importance", "taylor")
         if all(getattr(self, k) is None for k in (*UNIT_KINDS, "layers")):
             raise ValueError("give at least one of heads, neurons, layers, channels")
         if self.params_ratio is not None and (self.scope != "global" or self.layers
