@@ -9,6 +9,7 @@ from _helpers import FAST_EVAL, toy_image_data
 
 from mmcompress.data import Dataset
 from mmcompress.errors import DataError
+from mmcompress.evaluation.config import METRICS
 from mmcompress.evaluation.evaluate import (
     check_data_fits,
     count_params,
@@ -291,3 +292,55 @@ def test_compress_times_before_and_after_together_when_the_base_reloads(tiny_cli
     by_object = mmcompress.compress(tiny_clip, recipe, data=toy_image_data(8),
                                     progress=False).report
     assert by_object["measurement"]["latency_statistic"] == "median after 3 warm-up runs"
+
+
+def test_a_built_in_model_missing_from_the_cache_is_not_trained_for_a_cheap_load(tmp_path,
+                                                                                 monkeypatch):
+    """Reloading the base to time it trained the demo model a second time when its cache
+    could not be written."""
+    from mmcompress.adapters.frozen_text import cached_only, load_or_train
+    from mmcompress.errors import CheckpointError
+
+    monkeypatch.setenv("MMCOMPRESS_CACHE", str(tmp_path))
+    model, trained = torch.nn.Linear(2, 2), []
+    with cached_only(), pytest.raises(CheckpointError, match="not in the cache"):
+        load_or_train(model, "toy", "k", lambda: trained.append(1), frozen=())
+    assert trained == []
+    load_or_train(model, "toy", "k", lambda: trained.append(1), frozen=())  # trains, caches
+    with cached_only():
+        load_or_train(model, "toy", "k", lambda: trained.append(1), frozen=())
+    assert trained == [1]
+
+
+@pytest.mark.parametrize("failing", ["reload", "timing"])
+def test_compress_times_alone_when_the_base_cannot_be_timed_again(tiny_clip_folder,
+                                                                  monkeypatch, capsys, failing):
+    """A base that no longer loads, or fails to run, must not lose a finished run: its
+    latency is timed alone, as before; the caller's random state is kept either way."""
+    import mmcompress
+    import mmcompress.api
+
+    def broken(*args, **kwargs):
+        torch.rand(3)  # as building a model would
+        raise RuntimeError("out of memory")
+
+    if failing == "reload":  # the first load (the model to compress) works
+        load = mmcompress.api.load_model
+        calls = []
+        monkeypatch.setattr(mmcompress.api, "load_model", lambda *a, **kw: (
+            calls.append(1), load(*a, **kw) if len(calls) == 1 else broken())[1])
+    else:
+        monkeypatch.setattr(mmcompress.api, "time_against_base", broken)
+    recipe = {"stages": [{"quantize": {"method": "rtn", "bits": 8}}], "evaluate": FAST_EVAL}
+    torch.manual_seed(123)
+    expected = torch.rand(1)
+    torch.manual_seed(123)
+    report = mmcompress.compress(str(tiny_clip_folder), recipe, data=toy_image_data(8),
+                                 progress=False).report
+    if failing == "reload":  # the compression itself draws nothing
+        assert torch.equal(torch.rand(1), expected)
+    assert report["measurement"]["latency_statistic"] == "median after 3 warm-up runs"
+    assert report["after"]["latency_ms_image"] > 0 and report["after"]["latency_ms_text"] > 0
+    assert list(report["after"]) == [k for k in METRICS if k in report["after"]]
+    assert ("timing it against the model before compression failed" in capsys.readouterr().err) \
+        == (failing == "timing")

@@ -9,18 +9,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import ValidationError
 
 from . import __version__
 from .adapters import Adapter
+from .adapters.frozen_text import cached_only
 from .compiled import compile_towers
 from .data import NAMED_DATA, Dataset, load_data
 from .data.splits import TRAINING_SPLIT
 from .errors import CheckpointError, UserError
+from .evaluation.config import METRICS
 from .evaluation.evaluate import (
     Evaluation,
     check_data_fits,
     evaluate_adapter,
+    latency_metrics,
     quality,
     time_against_base,
 )
@@ -37,6 +41,7 @@ from .methods import StageContext, keep_original, run_stage
 from .methods.base import check_targets
 from .model_specs import NAMED_SPECS, load_model
 from .modules.unpack import unpack_weights
+from .progress import warn
 from .recipe import EvaluateConfig, Recipe, load_recipe, plain_values
 from .report import report_markdown, to_json
 from .report_html import report_html
@@ -118,21 +123,13 @@ def compress(
         **({"data": spec_data} if (spec_data := _data_spec(data)) is not None else {}),
     }
     if out_path is None:
-        after = evaluate_adapter(adapter, dataset, eval_cfg, reference=before.embeddings)
-        _time_against_base(model, adapter, before.metrics, after, eval_cfg)
+        after = _evaluate_after(model, adapter, dataset, eval_cfg, before)
         report.update(after=after.metrics, measurement=after.measurement)
         return CompressResult(adapter, report, None)
     with atomic_folder(out_path, overwrite) as tmp:
         save_checkpoint(adapter, tmp, adapter.source, list(adapter.stages_applied))
-        after = evaluate_adapter(
-            adapter,
-            dataset,
-            eval_cfg,
-            reference=before.embeddings,
-            memory_spec=str(tmp),
-            weights_file=tmp / WEIGHTS,
-        )
-        _time_against_base(model, adapter, before.metrics, after, eval_cfg)
+        after = _evaluate_after(model, adapter, dataset, eval_cfg, before,
+                                memory_spec=str(tmp), weights_file=tmp / WEIGHTS)
         report.update(after=after.metrics, measurement=after.measurement)
         texts = (recipe.to_yaml(), to_json(report), report_markdown(report), report_html(report))
         for name, text in zip(REPORT_FILES, texts, strict=True):
@@ -145,20 +142,42 @@ def compress(
 REPORT_FILES = ("recipe.yaml", "report.json", "report.md", "report.html")
 
 
-def _time_against_base(model: str | Path | Adapter, adapter: Adapter, before: dict[str, Any],
-                       after: Evaluation, config: EvaluateConfig) -> None:
-    """Latency before and after, timed again in alternation (`time_against_base`) on the
-    model loaded anew from its spec; a model given as an object (changed in place by the
-    stages) or one that no longer loads keeps the figures timed before and after the stages;
-    under torchrun only the process that writes times them."""
-    timed = any(k.startswith("latency_ms_") for k in after.metrics)
-    if isinstance(model, Adapter) or not timed or not is_main_process():
-        return
+def _evaluate_after(model: str | Path | Adapter, adapter: Adapter, dataset: Dataset,
+                    config: EvaluateConfig, before: Evaluation, **kwargs: Any) -> Evaluation:
+    """The compressed model's evaluation. Its latency is timed in alternation with the model
+    before compression (`time_against_base`), loaded again from its spec once the rest is
+    measured; where that is not possible or not cheap (a model given as an object, compressed
+    in place; a built-in model missing from the cache), it is timed alone, against the figures
+    timed before the stages."""
+    wanted = set(config.metrics or METRICS)
+    again = not isinstance(model, Adapter) and is_main_process() \
+        and any(k.startswith("latency_ms_") for k in wanted)
+    after = evaluate_adapter(adapter, dataset, config, reference=before.embeddings,
+                             timed=not again, **kwargs)
+    if not again:
+        return after
+    base = _reload_base(model)
     try:
-        base = load_model(model, progress=False)
-    except UserError:
-        return
-    time_against_base(base, adapter, before, after, config)
+        if base is not None:
+            time_against_base(base, adapter, before.metrics, after, config)
+            return after
+    except Exception as exc:  # a failed re-timing must not lose the finished run
+        warn(f"latency timed after the stages alone: timing it against the model before "
+             f"compression failed ({type(exc).__name__}: {exc})")
+    timed = {**after.metrics, **latency_metrics(adapter, config)}
+    after.metrics = {k: timed[k] for k in METRICS if k in timed}
+    return after
+
+
+def _reload_base(model: str | Path) -> Adapter | None:
+    """The model before compression, loaded again from its spec, or None where that fails or
+    would not be cheap: a built-in model is only read from the cache, never trained again.
+    The caller's random state is left as it was."""
+    try:
+        with cached_only(), torch.random.fork_rng(devices=[]):
+            return load_model(model, progress=False)
+    except Exception:  # out of memory, a folder changed since, not cached: timed alone
+        return None
 
 
 def _data_spec(data: str | Path | Dataset | None) -> str | None:

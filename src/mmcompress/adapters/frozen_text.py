@@ -8,11 +8,12 @@ is cached under `paths.cache_dir()` by a key of the training settings.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..errors import CheckpointError
 from ..io.atomic import write_file_atomic
 from ..models.sentence_encoder import minilm_path
 from ..paths import cache_dir
@@ -71,6 +73,20 @@ def cache_key(*settings: Any) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
+_CACHED_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("cached_only", default=False)
+
+
+@contextlib.contextmanager
+def cached_only() -> Iterator[None]:
+    """Within it, a built-in model missing from the cache is a `CheckpointError`, not a
+    training run (for loads that are only worth their cost when cheap)."""
+    token = _CACHED_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _CACHED_ONLY.reset(token)
+
+
 def load_or_train(model: nn.Module, name: str, key: str, train: Callable[[], Any],
                   frozen: tuple[str, ...] = (TEXT_PREFIX,)) -> None:
     """Load the trained weights (all but those under the `frozen` prefixes) from the cache, or
@@ -91,6 +107,8 @@ def load_or_train(model: nn.Module, name: str, key: str, train: Callable[[], Any
         except Exception:  # a broken cache is rebuilt, never trusted
             with contextlib.suppress(OSError):
                 path.unlink(missing_ok=True)
+    if _CACHED_ONLY.get():
+        raise CheckpointError(f"the built-in {name} model is not in the cache {path.parent}")
     try:  # a folder that cannot take the file is found before the training, not after it
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=path.parent, suffix=".tmp")

@@ -104,22 +104,38 @@ def quality(
 LATENCY_STATISTIC = "median after 3 warm-up runs"
 
 
+def latency_metrics(adapter: Adapter, config: EvaluateConfig) -> dict[str, float]:
+    """``latency_ms_<tower>`` of every tower `config` asks to time, each timed alone."""
+    wanted = set(config.metrics or METRICS)
+    return {f"latency_ms_{tower}": round(median_latency_ms(run, config.latency_repeats), 3)
+            for tower, run in adapter.latency_inputs(config.latency_batch_size).items()
+            if f"latency_ms_{tower}" in wanted}
+
+
 def time_against_base(base: Adapter, adapter: Adapter, before: dict[str, Any],
                       after: Evaluation, config: EvaluateConfig) -> None:
-    """Time each tower `after` has a latency for again, in alternation with the same tower of
-    `base` (the model before compression), and replace both figures (`before` and
-    `after.metrics`): timed apart, before and after the stages, their ratio moves with
-    whatever else the machine runs in between."""
+    """Time every tower `config` asks to time in alternation with the same tower of `base`
+    (the model before compression) and put the figures in `before` and `after.metrics`:
+    timed apart, before and after the stages, their ratio moves with whatever else the machine
+    runs in between. A tower `base` or `before` lacks is timed alone."""
+    wanted = set(config.metrics or METRICS)
     base_runs = base.latency_inputs(config.latency_batch_size)
+    alone = False
     for tower, run in adapter.latency_inputs(config.latency_batch_size).items():
         key = f"latency_ms_{tower}"
-        if key in after.metrics and key in before and tower in base_runs:
+        if key not in wanted:
+            continue
+        if tower in base_runs and key in before:
             ms = interleaved_latency_ms({"before": base_runs[tower], "after": run},
                                         config.latency_repeats)
             before[key], after.metrics[key] = round(ms["before"], 3), round(ms["after"], 3)
-            after.measurement["latency_statistic"] = (
-                f"{LATENCY_STATISTIC} of each, timed in alternation with the model before "
-                "compression")
+        else:
+            after.metrics[key] = round(median_latency_ms(run, config.latency_repeats), 3)
+            alone = True
+    after.metrics = {k: after.metrics[k] for k in METRICS if k in after.metrics}  # in order
+    after.measurement["latency_statistic"] = (
+        f"{LATENCY_STATISTIC} of each, timed in alternation with the model before compression"
+        + (" (towers it lacks: alone)" if alone else ""))
 
 
 def evaluate_adapter(
@@ -131,10 +147,11 @@ def evaluate_adapter(
     weights_file: Path | None = None,
     progress: bool = False,
     unpacked: bool = False,
+    timed: bool = True,
 ) -> Evaluation:
     """Every metric that applies (or those in `config.metrics`), keys as in DESIGN.md.
     `unpacked`: the adapter's compact layers were unpacked after loading, so peak memory is
-    measured the same way."""
+    measured the same way; `timed=False`: no latency (`time_against_base` times it)."""
     config = config or EvaluateConfig()
     wanted = set(config.metrics or METRICS)
     data = data.head(config.max_samples)
@@ -152,13 +169,8 @@ def evaluate_adapter(
         m["size_bytes"] = saved_size_bytes(adapter.model, weights_file)
     if "params" in wanted:
         m["params"] = count_params(adapter.model)
-    timed = {
-        k: v
-        for k, v in adapter.latency_inputs(config.latency_batch_size).items()
-        if f"latency_ms_{k}" in wanted
-    }
-    for tower, run in timed.items():
-        m[f"latency_ms_{tower}"] = round(median_latency_ms(run, config.latency_repeats), 3)
+    if timed:
+        m.update(latency_metrics(adapter, config))
     if "peak_memory_mb" in wanted and memory_spec is not None:
         peak = peak_memory_mb(memory_spec, config.latency_batch_size, unpacked)
         if peak is not None:
