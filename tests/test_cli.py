@@ -553,3 +553,14 @@ def test_a_latency_only_evaluation_does_not_name_examples_it_never_read(tiny_cli
     result = runner.invoke(app, ["evaluate", str(tiny_clip_folder), "--metrics",
                                  "zeroshot_top1", "--max-samples", "4"])
     assert "(classification, 4 examples)" in result.output, result.output
+
+
+def test_a_cost_only_compression_does_not_name_examples_it_never_read(tiny_clip_folder,
+                                                                     tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("stages:\n  - quantize: {method: rtn, bits: 8}\n"
+                      "evaluate: {metrics: [size_bytes, params]}\n")
+    result = runner.invoke(app, ["compress", "--model", str(tiny_clip_folder), "--recipe",
+                                 str(recipe), "--out", str(tmp_path / "out"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"measured with \d+ threads?\n", result.output), result.output

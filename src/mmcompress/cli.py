@@ -122,14 +122,15 @@ def _setup(quiet: bool, threads: int | None) -> bool:
 
 def _print_result(result) -> None:
     from .modules.unpack import compact_layers
-    from .report import is_timed, measurement_line, terminal_table
+    from .report import is_scored, is_timed, measurement_line, terminal_table
     from .training.distributed import is_main_process
 
     if not is_main_process():  # under torchrun one table: rank 0's, of the model it saves
         return
     typer.echo(terminal_table(result.report["before"], result.report["after"]))
-    typer.echo("\n" + measurement_line(result.report["measurement"],
-                                        is_timed(result.report["after"])))
+    after = result.report["after"]
+    typer.echo("\n" + measurement_line(result.report["measurement"], is_timed(after),
+                                        is_scored(after)))
     if result.out is not None:
         typer.echo(f"saved to {result.out}")
         compact = compact_layers(result.adapter.model)
@@ -227,8 +228,7 @@ def evaluate(
 ) -> None:
     """Evaluate a model: quality, fidelity (output folders), size, latency, memory."""
     from .api import evaluate as run_evaluate
-    from .evaluation.evaluate import QUALITY
-    from .report import LABELS, fmt, is_timed, measurement_line
+    from .report import LABELS, fmt, is_scored, is_timed, measurement_line
 
     progress = _setup(quiet, threads)
     config = {"max_samples": max_samples}
@@ -246,9 +246,8 @@ def evaluate(
         return
     for key, value in result["metrics"].items():  # the units the labels name (MB, M, ms)
         typer.echo(f"{LABELS.get(key, key):22s} {fmt(key, value)}")
-    scored = any(k in QUALITY or k == "fidelity_cosine" for k in result["metrics"])
     typer.echo("\n" + measurement_line(result["measurement"], is_timed(result["metrics"]),
-                                        scored))
+                                        is_scored(result["metrics"])))
 
 
 @app.command()

@@ -6,7 +6,7 @@ import json
 import math
 from typing import Any
 
-from .evaluation.config import METRICS
+from .evaluation.config import COST, METRICS
 
 LABELS = {
     "size_bytes": "size (MB)",
@@ -150,6 +150,11 @@ def latency_text(m: dict[str, Any]) -> str:
 def is_timed(metrics: dict[str, Any]) -> bool:
     """Whether `metrics` hold a latency (otherwise nothing says how latency was timed)."""
     return any(k.startswith("latency_ms_") for k in metrics)
+
+
+def is_scored(metrics: dict[str, Any]) -> bool:
+    """Whether `metrics` hold a figure read from the data (quality, fidelity), not only costs."""
+    return any(k not in COST for k in metrics)
 
 
 def measurement_line(m: dict[str, Any], timed: bool = True, scored: bool = True) -> str:

@@ -34,6 +34,9 @@ METRICS = (
     "latency_ms_model",
     "peak_memory_mb",
 )
+#: what a model costs (no data read) and what it does on the data
+COST = {"size_bytes", "params", "peak_memory_mb"} | {m for m in METRICS if m.startswith("latency")}
+QUALITY = set(METRICS) - COST - {"fidelity_cosine"}
 
 
 #: examples of each input a calibrated method draws by default (GPTQ's, SparseGPT's and Wanda's

@@ -16,14 +16,12 @@ from ..adapters import Adapter
 from ..data import Dataset
 from ..errors import DataError
 from ..io.checkpoint import state_for_saving, weights_metadata
-from .config import METRICS, EvaluateConfig
+from .config import METRICS, QUALITY, EvaluateConfig
 from .metrics import fidelity_cosine
 from .speed import interleaved_latency_ms, median_latency_ms, peak_memory_mb
 from .tasks import TASK_EVALUATORS, Embeddings
 
 # task metrics: everything but fidelity and the cost metrics
-COST = {"size_bytes", "params", "peak_memory_mb"} | {m for m in METRICS if m.startswith("latency")}
-QUALITY = set(METRICS) - COST - {"fidelity_cosine"}
 
 
 @dataclass
