@@ -344,3 +344,16 @@ def test_compress_times_alone_when_the_base_cannot_be_timed_again(tiny_clip_fold
     assert list(report["after"]) == [k for k in METRICS if k in report["after"]]
     assert ("timing it against the model before compression failed" in capsys.readouterr().err) \
         == (failing == "timing")
+
+
+def test_reloading_the_base_does_not_repeat_what_loading_it_said(tiny_clip_folder, capsys,
+                                                                 monkeypatch):
+    """The folder's 'no tokenizer files' note was printed twice: once per load."""
+    import mmcompress
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    recipe = {"stages": [{"quantize": {"method": "rtn", "bits": 8}}], "evaluate": FAST_EVAL}
+    report = mmcompress.compress(str(tiny_clip_folder), recipe, data=toy_image_data(8),
+                                 progress=False).report
+    assert "in alternation" in report["measurement"]["latency_statistic"]  # it did reload
+    assert capsys.readouterr().err.count("has no tokenizer files") == 1

@@ -41,7 +41,7 @@ from .methods import StageContext, keep_original, run_stage
 from .methods.base import check_targets
 from .model_specs import NAMED_SPECS, load_model
 from .modules.unpack import unpack_weights
-from .progress import warn
+from .progress import said_already, warn
 from .recipe import EvaluateConfig, Recipe, load_recipe, plain_values
 from .report import report_markdown, to_json
 from .report_html import report_html
@@ -172,9 +172,10 @@ def _evaluate_after(model: str | Path | Adapter, adapter: Adapter, dataset: Data
 def _reload_base(model: str | Path) -> Adapter | None:
     """The model before compression, loaded again from its spec, or None where that fails or
     would not be cheap: a built-in model is only read from the cache, never trained again.
-    The caller's random state is left as it was."""
+    The caller's random state is left as it was, and what loading it said the first time is
+    not said again."""
     try:
-        with cached_only(), torch.random.fork_rng(devices=[]):
+        with cached_only(), said_already(), torch.random.fork_rng(devices=[]):
             return load_model(model, progress=False)
     except Exception:  # out of memory, a folder changed since, not cached: timed alone
         return None
