@@ -19,7 +19,7 @@ from .compiled import compile_towers
 from .data import NAMED_DATA, Dataset, load_data
 from .data.splits import TRAINING_SPLIT
 from .errors import CheckpointError, UserError
-from .evaluation.config import METRICS
+from .evaluation.config import METRICS, put_in_metric_order
 from .evaluation.evaluate import (
     Evaluation,
     check_data_fits,
@@ -100,9 +100,9 @@ def compress(
                  else dataset)
     stage_sets = _stage_sets(adapter, recipe.stages)
     eval_cfg = recipe.evaluate
-    before = evaluate_adapter(
-        adapter, dataset, eval_cfg, memory_spec=_memory_spec(model), progress=progress
-    )
+    retime = _retimes(model, eval_cfg)  # then latency is timed once, after the stages
+    before = evaluate_adapter(adapter, dataset, eval_cfg, memory_spec=_memory_spec(model),
+                              progress=progress, timed=not retime)
     train_dir = _train_dir(out_path)
     history = _run_stages(adapter, recipe, dataset, calib_set, before, progress, train_dir,
                           stage_sets)
@@ -123,12 +123,12 @@ def compress(
         **({"data": spec_data} if (spec_data := _data_spec(data)) is not None else {}),
     }
     if out_path is None:
-        after = _evaluate_after(model, adapter, dataset, eval_cfg, before)
+        after = _evaluate_after(model, adapter, dataset, eval_cfg, before, retime)
         report.update(after=after.metrics, measurement=after.measurement)
         return CompressResult(adapter, report, None)
     with atomic_folder(out_path, overwrite) as tmp:
         save_checkpoint(adapter, tmp, adapter.source, list(adapter.stages_applied))
-        after = _evaluate_after(model, adapter, dataset, eval_cfg, before,
+        after = _evaluate_after(model, adapter, dataset, eval_cfg, before, retime,
                                 memory_spec=str(tmp), weights_file=tmp / WEIGHTS)
         report.update(after=after.metrics, measurement=after.measurement)
         texts = (recipe.to_yaml(), to_json(report), report_markdown(report), report_html(report))
@@ -142,19 +142,25 @@ def compress(
 REPORT_FILES = ("recipe.yaml", "report.json", "report.md", "report.html")
 
 
+def _retimes(model: str | Path | Adapter, config: EvaluateConfig) -> bool:
+    """Whether latency is timed after the stages, each tower in alternation with the model
+    before compression loaded again from its spec (`time_against_base`): on the process that
+    writes, when latency is asked for, for a model given by its spec. A model given as an
+    object is compressed in place: its towers are timed before and after the stages."""
+    return not isinstance(model, Adapter) and is_main_process() \
+        and any(k.startswith("latency_ms_") for k in config.metrics or METRICS)
+
+
 def _evaluate_after(model: str | Path | Adapter, adapter: Adapter, dataset: Dataset,
-                    config: EvaluateConfig, before: Evaluation, **kwargs: Any) -> Evaluation:
-    """The compressed model's evaluation. Its latency is timed in alternation with the model
-    before compression (`time_against_base`), loaded again from its spec once the rest is
-    measured; where that is not possible or not cheap (a model given as an object, compressed
-    in place; a built-in model missing from the cache), it is timed alone, against the figures
-    timed before the stages."""
-    wanted = set(config.metrics or METRICS)
-    again = not isinstance(model, Adapter) and is_main_process() \
-        and any(k.startswith("latency_ms_") for k in wanted)
+                    config: EvaluateConfig, before: Evaluation, retime: bool,
+                    **kwargs: Any) -> Evaluation:
+    """The compressed model's evaluation; with `retime`, its latency and the base's, timed
+    together once the rest is measured. A base that cannot be loaded again cheaply (a
+    built-in model missing from the cache) or fails to run leaves the compressed model timed
+    alone and the base untimed."""
     after = evaluate_adapter(adapter, dataset, config, reference=before.embeddings,
-                             timed=not again, **kwargs)
-    if not again:
+                             timed=not retime, **kwargs)
+    if not retime:
         return after
     base = _reload_base(model)
     try:
@@ -164,8 +170,8 @@ def _evaluate_after(model: str | Path | Adapter, adapter: Adapter, dataset: Data
     except Exception as exc:  # a failed re-timing must not lose the finished run
         warn(f"latency timed after the stages alone: timing it against the model before "
              f"compression failed ({type(exc).__name__}: {exc})")
-    timed = {**after.metrics, **latency_metrics(adapter, config)}
-    after.metrics = {k: timed[k] for k in METRICS if k in timed}
+    after.metrics.update(latency_metrics(adapter, config))
+    put_in_metric_order(after.metrics)
     return after
 
 

@@ -39,6 +39,13 @@ COST = {"size_bytes", "params", "peak_memory_mb"} | {m for m in METRICS if m.sta
 QUALITY = set(METRICS) - COST - {"fidelity_cosine"}
 
 
+def put_in_metric_order(metrics: dict[str, Any]) -> None:
+    """Reorder `metrics` in place (other holders of the dict see it) as `METRICS` lists them."""
+    ordered = {k: metrics[k] for k in METRICS if k in metrics}
+    metrics.clear()
+    metrics.update(ordered)
+
+
 #: examples of each input a calibrated method draws by default (GPTQ's, SparseGPT's and Wanda's
 #: 128 calibration sequences)
 DEFAULT_SAMPLES = 128

@@ -16,12 +16,10 @@ from ..adapters import Adapter
 from ..data import Dataset
 from ..errors import DataError
 from ..io.checkpoint import state_for_saving, weights_metadata
-from .config import METRICS, QUALITY, EvaluateConfig
+from .config import METRICS, QUALITY, EvaluateConfig, put_in_metric_order
 from .metrics import fidelity_cosine
 from .speed import interleaved_latency_ms, median_latency_ms, peak_memory_mb
 from .tasks import TASK_EVALUATORS, Embeddings
-
-# task metrics: everything but fidelity and the cost metrics
 
 
 @dataclass
@@ -115,7 +113,7 @@ def time_against_base(base: Adapter, adapter: Adapter, before: dict[str, Any],
     """Time every tower `config` asks to time in alternation with the same tower of `base`
     (the model before compression) and put the figures in `before` and `after.metrics`:
     timed apart, before and after the stages, their ratio moves with whatever else the machine
-    runs in between. A tower `base` or `before` lacks is timed alone."""
+    runs in between. A tower `base` lacks is timed alone."""
     wanted = set(config.metrics or METRICS)
     base_runs = base.latency_inputs(config.latency_batch_size)
     alone = False
@@ -123,14 +121,15 @@ def time_against_base(base: Adapter, adapter: Adapter, before: dict[str, Any],
         key = f"latency_ms_{tower}"
         if key not in wanted:
             continue
-        if tower in base_runs and key in before:
+        if tower in base_runs:
             ms = interleaved_latency_ms({"before": base_runs[tower], "after": run},
                                         config.latency_repeats)
             before[key], after.metrics[key] = round(ms["before"], 3), round(ms["after"], 3)
         else:
             after.metrics[key] = round(median_latency_ms(run, config.latency_repeats), 3)
             alone = True
-    after.metrics = {k: after.metrics[k] for k in METRICS if k in after.metrics}  # in order
+    put_in_metric_order(before)
+    put_in_metric_order(after.metrics)
     after.measurement["latency_statistic"] = (
         f"{LATENCY_STATISTIC} of each, timed in alternation with the model before compression"
         + (" (towers it lacks: alone)" if alone else ""))
@@ -149,7 +148,7 @@ def evaluate_adapter(
 ) -> Evaluation:
     """Every metric that applies (or those in `config.metrics`), keys as in DESIGN.md.
     `unpacked`: the adapter's compact layers were unpacked after loading, so peak memory is
-    measured the same way; `timed=False`: no latency (`time_against_base` times it)."""
+    measured the same way; `timed=False`: no latency (`time_against_base` times it later)."""
     config = config or EvaluateConfig()
     wanted = set(config.metrics or METRICS)
     data = data.head(config.max_samples)

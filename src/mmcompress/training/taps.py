@@ -23,9 +23,10 @@ from ..structured.specs import transformer_layers
 def block_lists(model: nn.Module) -> dict[str, list[nn.Module]]:
     """Every ModuleList / Sequential of known blocks, by name (e.g. ``text.bert.encoder.layer``)."""
     out = {}
+    blocks = (*transformer_layers(), BasicBlock)
     for name, module in model.named_modules():
         if isinstance(module, nn.ModuleList | nn.Sequential) and len(module) \
-                and all(isinstance(b, (*transformer_layers(), BasicBlock)) for b in module):
+                and all(isinstance(b, blocks) for b in module):
             out[name] = list(module)
     return out
 
