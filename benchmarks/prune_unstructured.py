@@ -64,6 +64,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "b32": {"block_size": 32},
     "damp10": {"damp": 0.1},
     "damp001": {"damp": 0.001},
+    "perm": {"permute": True},
 }
 
 
@@ -81,8 +82,9 @@ def _stage(method: str, setting: str, embeddings: bool = False,
     mask as in the paper), ``-refit`` `refit: true` (refit the kept
     weights by exact least squares once the mask is chosen; SparseGPT's default) and
     ``-norefit`` `refit: false` (SparseGPT's own update alone, as in the paper), ``-bias``
-    `bias_correction: true`, ``-b32`` `block_size: 32`, ``-damp10`` `damp: 0.1` and
-    ``-damp001`` `damp: 0.001`. A trailing ``-bn`` (handled by `_row`) adds a
+    `bias_correction: true`, ``-b32`` `block_size: 32`, ``-damp10`` `damp: 0.1`,
+    ``-damp001`` `damp: 0.001` and ``-perm`` `permute: true` (N:M groups over a chosen order
+    of each linear layer's inputs). A trailing ``-bn`` (handled by `_row`) adds a
     ``finetune: {method: batchnorm}`` stage after pruning."""
     name, *variants = method.split("-")
     cfg: dict[str, Any] = {"method": name, "embeddings": embeddings}

@@ -35,6 +35,7 @@ from mmcompress.recipe import CalibrationConfig, load_recipe
 from mmcompress.sparsity import global_keep_masks, keep_mask, parse_pattern, sparsegpt_prune
 from mmcompress.sparsity.admm import admm_prune
 from mmcompress.sparsity.owl import outlier_ratio, owl_sparsities
+from mmcompress.sparsity.permute import _trade_scores, kept_score, nm_input_order
 from mmcompress.sparsity.refit import refit_kept
 from mmcompress.sparsity.swaps import refine_by_swaps
 
@@ -225,6 +226,105 @@ def test_swaps_keep_wanda_mask_when_inputs_are_uncorrelated():
     keep = keep_mask(w.abs() * h.diagonal().sqrt(), 0.6, per_row=True)
     refined, rounds = refine_by_swaps(w, keep, h)
     assert torch.equal(refined, keep) and rounds == 0
+
+
+# ---- input order for N:M groups (channel permutation) -------------------------------------
+
+@pytest.mark.parametrize("nm", [(2, 4), (4, 8), (1, 4)])
+def test_input_order_keeps_at_least_the_own_orders_score(nm):
+    torch.manual_seed(0)
+    scores = torch.rand(32, 64) * torch.rand(64) ** 4  # a few strong inputs, as in Wanda scores
+    order = nm_input_order(scores, nm)
+    assert torch.equal(order.sort().values, torch.arange(64))
+    assert kept_score(scores, nm, order) > kept_score(scores, nm) * 1.01
+    assert torch.equal(nm_input_order(scores, nm), order)  # seeded: the same order every time
+
+
+@pytest.mark.parametrize("nm", [(2, 4), (3, 8), (1, 4)])
+def test_trade_scores_are_the_kept_scores_of_the_traded_groups(nm):
+    n, m = nm
+    torch.manual_seed(1)
+    scores = torch.rand(5, 4 * m).round(decimals=1)  # ties too
+    first, second = torch.arange(0, 2 * m).view(2, m), torch.arange(2 * m, 4 * m).view(2, m)
+    got = _trade_scores(scores, first, second, n)
+    for p in range(2):
+        for i in range(m):
+            for j in range(m):
+                a, b = first[p].clone(), second[p].clone()
+                a[i], b[j] = second[p, j], first[p, i]
+                want = scores[:, a].topk(n).values.sum() + scores[:, b].topk(n).values.sum()
+                assert got[p, i, j] == pytest.approx(float(want), abs=1e-5)
+
+
+def test_input_order_spreads_inputs_every_row_needs():
+    """Four inputs every row needs, side by side: in their own order one group of 2:4 holds
+    them all and each row loses two; spread over four groups, every row keeps all four."""
+    scores = torch.rand(8, 16) * 0.1
+    scores[:, :4] += 10
+    order = nm_input_order(scores, (2, 4))
+    assert kept_score(scores, (2, 4)) < 22 * 8
+    assert (keep_mask(scores[:, order], 0.5, (2, 4))[:, order.argsort()][:, :4]).all()
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt", "admm"])
+def test_permuted_nm_masks_follow_their_saved_order_and_reload(tiny_clip, tmp_path, method):
+    texts = ["a photo of a cat", "two dogs"]
+    dense = {n: m.weight.detach().abs() for n, m in tiny_clip.model.named_modules()
+             if isinstance(m, nn.Linear)}
+    plain = copy.deepcopy(tiny_clip)
+    assert "permuted_layers" not in _apply(plain, method, pattern="2:4")
+    summary = _apply(tiny_clip, method, pattern="2:4", permute=True)
+    assert summary["sparsity"] == 0.5
+    layers, plain_layers = _sparse_layers(tiny_clip), _sparse_layers(plain)
+    ordered = 0
+    for name, m in layers.items():
+        assert m.follows_pattern(), name
+        if isinstance(m, nn.Conv2d):  # convolutions keep their own order
+            assert m.input_order is None
+            continue
+        ordered += 1
+        assert not torch.equal(m.input_order.long(), torch.arange(m.cols)), name
+        if method == "magnitude":  # the |W| its mask keeps grows
+            kept = (dense[name] * m.keep_mask()).sum()
+            assert kept > (dense[name] * plain_layers[name].keep_mask()).sum(), name
+    assert ordered > 10 and summary["permuted_layers"] == ordered
+    save_checkpoint(tiny_clip, tmp_path, "random:tiny", [])
+    loaded = mmcompress.load(tmp_path)
+    fc1 = loaded.model.text_model.encoder.layers[0].mlp.fc1
+    assert torch.equal(fc1.input_order, tiny_clip.model.text_model.encoder.layers[0].mlp.fc1
+                       .input_order)
+    assert torch.equal(loaded.encode_texts(texts), tiny_clip.encode_texts(texts))
+
+
+def test_permuted_layers_keep_their_order_when_quantized_and_reloaded(tiny_clip, tmp_path):
+    recipe = {"stages": [{"prune": {"method": "wanda", "pattern": "2:4", "permute": True}},
+                         {"quantize": {"method": "gptq", "bits": 4, "group_size": 32}}],
+              "calibration": {"samples": 8, "batch_size": 4}, "evaluate": FAST_EVAL}
+    result = mmcompress.compress(tiny_clip, recipe, out=tmp_path / "out", data=toy_image_data(),
+                                 progress=False)
+    layers = [m for m in result.adapter.model.modules() if isinstance(m, SparseQuantLinear)]
+    assert layers and all(m.input_order is not None and m.follows_pattern() for m in layers)
+    texts = ["a cat", "the dog"]
+    assert torch.equal(mmcompress.load(tmp_path / "out").encode_texts(texts),
+                       result.adapter.encode_texts(texts))
+
+
+def test_a_mask_breaking_its_pattern_is_seen_in_its_order():
+    layer = nn.Linear(8, 2)
+    keep = torch.tensor([[1, 1, 0, 0, 1, 1, 0, 0]] * 2, dtype=torch.bool)
+    assert sparse_module(layer, keep, pattern="2:4").follows_pattern()
+    assert not sparse_module(layer, keep, pattern="2:4",
+                             order=torch.tensor([0, 1, 4, 5, 2, 3, 6, 7])).follows_pattern()
+
+
+def test_an_input_order_that_is_no_order_is_refused_on_load():
+    layer = sparse_module(nn.Linear(8, 2), torch.ones(2, 8, dtype=torch.bool).tril(4),
+                          pattern="2:4", order=torch.tensor([0, 4, 1, 5, 2, 6, 3, 7]))
+    state = layer.state_dict()
+    state["input_order"][0] = 4
+    fresh = SparseLinear.from_spec(layer.spec())
+    with pytest.raises(RuntimeError, match="input_order is not an order of the layer's 8"):
+        fresh.load_state_dict(state)
 
 
 @pytest.mark.parametrize("value,nm", [("unstructured", None), ("2:4", (2, 4)), (" 4 : 8 ", (4, 8)),
@@ -852,6 +952,7 @@ def test_pruned_tables_quantize_and_reload_in_one_recipe(tiny_clip, tmp_path):
     ({"sparsity": 0.5, "method": "wanda", "refit": True, "schedule": {"end": 0.5}},
      "drop one of them"),
     ({"sparsity": 0.5, "refit": True}, "unknown key 'refit'"),  # magnitude
+    ({"sparsity": 0.5, "method": "wanda", "permute": True}, "give an N:M 'pattern'"),
 ])
 def test_bad_settings_are_recipe_errors(cfg, fragment):
     cfg = {"method": "magnitude", **cfg}

@@ -25,9 +25,10 @@ from ..modules.replace import replace_modules
 from ..modules.sparse import dense_layer, layer_args, sparse_module
 from ..selection import tower_of
 from ..sensitivity import Probe
-from ..sparsity import NM, global_keep_masks, keep_mask, sparsegpt_prune
+from ..sparsity import global_keep_masks, keep_mask, sparsegpt_prune
 from ..sparsity.admm import admm_prune
 from ..sparsity.owl import outlier_ratio, owl_sparsities
+from ..sparsity.permute import nm_input_order
 from ..sparsity.refit import refit_kept
 from ..sparsity.swaps import refine_by_swaps
 from .base import StageContext, plain_layers, register_method, split_embeddings
@@ -71,33 +72,51 @@ def prunable_layers(
     return layers, skipped
 
 
-def _column_order(module: nn.Module, nm: NM | None) -> torch.Tensor | None:
-    """For an N:M convolution, columns reordered (kh, kw, channel) so that groups run over the
-    input channels of one kernel position: the GEMM order of NHWC sparse kernels."""
-    if nm is None or not isinstance(module, nn.Conv2d) or module.kernel_size == (1, 1):
+def _input_order(module: nn.Module, config: UnstructuredPruneConfig,
+                 scores: torch.Tensor) -> torch.Tensor | None:
+    """The order of the layer's columns that its N:M groups run over (None: their own): for a
+    convolution, (kh, kw, channel), so that groups run over the input channels of one kernel
+    position (the GEMM order of NHWC sparse kernels); for a linear layer with `permute`, the
+    order whose mask keeps most of `scores` (`nm_input_order`)."""
+    nm = config.nm
+    if nm is None:
         return None
-    c, k = module.in_channels // module.groups, module.kernel_size[0] * module.kernel_size[1]
-    return torch.arange(c * k).view(c, k).T.reshape(-1)
+    if isinstance(module, nn.Conv2d):
+        if module.kernel_size == (1, 1):
+            return None
+        c, k = module.in_channels // module.groups, module.kernel_size[0] * module.kernel_size[1]
+        return torch.arange(c * k).view(c, k).T.reshape(-1)
+    if config.permute and isinstance(module, nn.Linear):
+        return nm_input_order(scores, nm)
+    return None
 
 
-def _select(scores: torch.Tensor, module: nn.Module, config: UnstructuredPruneConfig,
-            per_row: bool, sparsity: float | None = None) -> torch.Tensor:
-    """Keep-mask of one layer from its scores, in the layer's own column order (`sparsity`:
-    this layer's, default the stage's)."""
+def _stored_order(module: nn.Module, order: torch.Tensor | None) -> torch.Tensor | None:
+    """The order a sparse layer saves: a linear layer's chosen one (a convolution's follows
+    from its shape)."""
+    return order if isinstance(module, nn.Linear) else None
+
+
+def _select(scores: torch.Tensor, config: UnstructuredPruneConfig, per_row: bool,
+            sparsity: float | None = None, order: torch.Tensor | None = None) -> torch.Tensor:
+    """Keep-mask of one layer from its scores, in the layer's own column order, its N:M groups
+    formed over `order` (`_input_order`; `sparsity`: this layer's, default the stage's)."""
     sparsity = config.target_sparsity if sparsity is None else sparsity
-    perm = _column_order(module, config.nm)
-    if perm is None:
+    if order is None:
         return keep_mask(scores, sparsity, config.nm, per_row)
     keep = torch.empty_like(scores, dtype=torch.bool)
-    keep[:, perm] = keep_mask(scores[:, perm], sparsity, config.nm, per_row)
+    keep[:, order] = keep_mask(scores[:, order], sparsity, config.nm, per_row)
     return keep
 
 
-def _magnitude_keep(module: nn.Module, config: UnstructuredPruneConfig) -> torch.Tensor:
-    """Keep-mask of the largest |W|: per layer, or per row for an embedding table (each token
-    keeps the same share of its values)."""
-    return _select(weight_matrix(module).abs(), module, config,
-                   per_row=isinstance(module, nn.Embedding))
+def _magnitude_keep(module: nn.Module, config: UnstructuredPruneConfig
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(keep-mask of the largest |W|, the order its N:M groups run over): per layer, or per
+    row for an embedding table (each token keeps the same share of its values)."""
+    scores = weight_matrix(module).abs()
+    order = _input_order(module, config, scores)
+    keep = _select(scores, config, per_row=isinstance(module, nn.Embedding), order=order)
+    return keep, order
 
 
 def _wanda_scores(weight: torch.Tensor,
@@ -158,8 +177,8 @@ def _sensitivity_sparsities(adapter: Adapter, layers: dict[str, nn.Module],
                                 "sparsity sensitivity")
 
     def keep_at(name: str, module: nn.Module, sparsity: float) -> torch.Tensor:
-        return _select(_wanda_scores(weight_matrix(module), stats[name]), module, config,
-                       config.rows_compete(module), sparsity)
+        return _select(_wanda_scores(weight_matrix(module), stats[name]), config,
+                       config.rows_compete(module), sparsity)  # unstructured: no order
 
     probe = Probe.reaching(adapter, context.data, config.sensitivity_samples, layers,
                            "sparsity sensitivity") \
@@ -184,24 +203,28 @@ class _Tally:
 
     def __init__(self, config: UnstructuredPruneConfig, skipped: list[str]) -> None:
         self.config, self.skipped, self.kept, self.total = config, skipped, 0, 0
+        self.permuted = 0  # layers whose N:M groups run over a chosen order
         self.masks: dict[str, torch.Tensor] = {}
+        self.orders: dict[str, torch.Tensor | None] = {}
 
-    def sparse(self, module: nn.Module, keep: torch.Tensor,
-               matrix: torch.Tensor | None) -> nn.Module:
+    def sparse(self, module: nn.Module, keep: torch.Tensor, order: torch.Tensor | None,
+               matrix: torch.Tensor | None = None) -> nn.Module:
         self.kept += int(keep.sum())
         self.total += keep.numel()
-        return sparse_module(module, keep, matrix, self.config.pattern)
+        order = _stored_order(module, order)
+        self.permuted += order is not None
+        return sparse_module(module, keep, matrix, self.config.pattern, order)
 
-    def stand_in(self, name: str, module: nn.Module, keep: torch.Tensor,
-                 matrix: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+    def stand_in(self, name: str, module: nn.Module, keep: torch.Tensor, matrix: torch.Tensor,
+                 bias: torch.Tensor | None, order: torch.Tensor | None) -> nn.Module:
         """A dense layer with the pruned weights, used while later blocks calibrate (dense
         layers run faster than sparse ones); `finish` swaps in the compact modules."""
-        self.masks[name] = keep
+        self.masks[name], self.orders[name] = keep, _stored_order(module, order)
         weight = (matrix * keep).view(module.weight.shape)
         return dense_layer(layer_args(module), weight, bias)
 
     def finish(self, model: nn.Module) -> None:
-        replace_modules(model, {n: self.sparse(model.get_submodule(n), keep, None)
+        replace_modules(model, {n: self.sparse(model.get_submodule(n), keep, self.orders[n])
                                 for n, keep in self.masks.items()})
 
     def summary(self, modules: int) -> dict[str, Any]:
@@ -210,6 +233,8 @@ class _Tally:
                                if self.total else 0.0}
         if self.skipped:
             out["skipped"] = self.skipped
+        if self.permuted:
+            out["permuted_layers"] = self.permuted
         return out
 
 
@@ -230,36 +255,38 @@ def apply_magnitude(adapter: Adapter, config: MagnitudeConfig,
     if config.scope == "global":  # tables still keep the same share in every token's row
         tables, ranked = split_embeddings(layers)
         masks = global_keep_masks([matrices[n].abs() for n in ranked], config.target_sparsity)
-        keep = {**dict(zip(ranked, masks, strict=True)),
+        keep = {**{n: (k, None) for n, k in zip(ranked, masks, strict=True)},
                 **{n: _magnitude_keep(m, config) for n, m in tables.items()}}
     else:
         keep = {n: _magnitude_keep(m, config) for n, m in layers.items()}
-    replace_modules(adapter.model, {n: tally.sparse(m, keep[n], matrices[n])
+    replace_modules(adapter.model, {n: tally.sparse(m, *keep[n], matrices[n])
                                     for n, m in layers.items()})
     return tally.summary(len(layers))
 
 
-def _swapped(module: nn.Module, weight: torch.Tensor, keep: torch.Tensor, hessian: torch.Tensor,
-             config: CalibratedPruneConfig) -> tuple[torch.Tensor, int]:
-    """(`keep` refined by swaps, rounds used), in the layer's own column order (N:M groups of a
-    convolution run over the channels of one kernel position, as when the mask was chosen)."""
-    perm = _column_order(module, config.nm)
-    order = slice(None) if perm is None else perm
-    keep[:, order], used = refine_by_swaps(weight[:, order], keep[:, order],
-                                           hessian[order][:, order], config.nm, config.swaps)
+def _swapped(weight: torch.Tensor, keep: torch.Tensor, hessian: torch.Tensor,
+             config: CalibratedPruneConfig, order: torch.Tensor | None
+             ) -> tuple[torch.Tensor, int]:
+    """(`keep` refined by swaps, rounds used), in the layer's own column order (N:M groups
+    over `order`, as when the mask was chosen)."""
+    cols = slice(None) if order is None else order
+    keep[:, cols], used = refine_by_swaps(weight[:, cols], keep[:, cols],
+                                          hessian[cols][:, cols], config.nm, config.swaps)
     return keep, used
 
 
 def _prune_calibrated(adapter: Adapter, config: CalibratedPruneConfig, context: StageContext,
                       make_collector: Callable[[str, nn.Module], Any],
-                      prune_layer: Callable[[nn.Module, torch.Tensor, Any, Any, float],
+                      prune_layer: Callable[[nn.Module, torch.Tensor, Any, Any, float,
+                                             torch.Tensor | None],
                                             tuple[torch.Tensor, torch.Tensor]],
                       desc: str) -> dict[str, Any]:
     """What Wanda, SparseGPT and ADMM share: the prunable layers, a sparsity per layer (uniform or
     OWL), then block-by-block calibration (or, not `sequential`, one pass over the unpruned
-    model) where `prune_layer(module, weight, stats, hessian, sparsity)` gives (keep mask, new
-    weight matrix) for the layer's weight matrix `weight` (`hessian`: the Gram matrix to fit,
-    centred with `bias_correction`); compact sparse modules replace them at the
+    model) where `prune_layer(module, weight, stats, hessian, sparsity, order)` gives (keep
+    mask, new weight matrix) for the layer's weight matrix `weight` (`hessian`: the Gram
+    matrix to fit, centred with `bias_correction`; `order`: the columns' order its N:M groups
+    run over, `_input_order` from Wanda's scores); compact sparse modules replace them at the
     end. With `asymmetric`, the collectors also pair each layer's inputs with the unpruned
     model's, and `weight` is the map from this layer's inputs closest to the unpruned outputs
     (`reference_fit`), so masking it and refitting to it aim at the unpruned model."""
@@ -271,7 +298,7 @@ def _prune_calibrated(adapter: Adapter, config: CalibratedPruneConfig, context: 
     reference = copy.deepcopy(adapter.model) if config.asymmetric else None
     tables, layers = split_embeddings(layers)
     replace_modules(adapter.model, {  # by magnitude, before the layers that read them calibrate
-        n: tally.sparse(m, _magnitude_keep(m, config), None) for n, m in tables.items()})
+        n: tally.sparse(m, *_magnitude_keep(m, config)) for n, m in tables.items()})
 
     def replace(name: str, module: nn.Module, stats: Any) -> nn.Module:
         original = target = weight_matrix(module)
@@ -279,9 +306,10 @@ def _prune_calibrated(adapter: Adapter, config: CalibratedPruneConfig, context: 
         hessian, cross = stats.centred() if shift_bias else (stats.hessian, stats.cross)
         if config.asymmetric:
             target = reference_fit(target, hessian, cross, config.damp).float()
-        keep, weight = prune_layer(module, target, stats, hessian, sparsity[name])
+        order = _input_order(module, config, _wanda_scores(target, stats))
+        keep, weight = prune_layer(module, target, stats, hessian, sparsity[name], order)
         if config.swaps:
-            keep, used = _swapped(module, target, keep, hessian, config)
+            keep, used = _swapped(target, keep, hessian, config, order)
             rounds.append(used)
         if config.refit:
             weight = refit_kept(target, keep, hessian, config.damp)
@@ -290,7 +318,7 @@ def _prune_calibrated(adapter: Adapter, config: CalibratedPruneConfig, context: 
             lost = original.double() @ stats.reference_mean.double() \
                 - (weight * keep).double() @ stats.mean.double()
             bias = (bias.detach().double() + lost).to(bias.dtype)
-        return tally.stand_in(name, module, keep, weight, bias)
+        return tally.stand_in(name, module, keep, weight, bias, order)
 
     if config.sequential:
         sparsity = _layer_sparsities(adapter, layers, config, context)
@@ -322,9 +350,10 @@ def apply_wanda(adapter: Adapter, config: WandaConfig, context: StageContext) ->
     (by default) refine the mask by swaps (calibrated, no weight update)."""
 
     def prune(module: nn.Module, w: torch.Tensor, stats: FeatureNormCollector | HessianCollector,
-              hessian: torch.Tensor | None, sparsity: float) -> tuple[torch.Tensor, torch.Tensor]:
-        keep = _select(_wanda_scores(w, stats), module, config,
-                       config.rows_compete(module), sparsity)
+              hessian: torch.Tensor | None, sparsity: float, order: torch.Tensor | None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        keep = _select(_wanda_scores(w, stats), config, config.rows_compete(module), sparsity,
+                       order)
         return keep, w
 
     needs_hessian = config.swaps or config.refit or config.asymmetric or config.bias_correction \
@@ -341,14 +370,13 @@ def apply_sparsegpt(adapter: Adapter, config: SparseGPTConfig,
     """SparseGPT: second-order mask selection with an inverse-Hessian weight update."""
 
     def prune(module: nn.Module, w: torch.Tensor, stats: HessianCollector, h: torch.Tensor,
-              sparsity: float) -> tuple[torch.Tensor, torch.Tensor]:
-        perm = _column_order(module, config.nm)
-        if perm is not None:
-            w, h = w[:, perm], h[perm][:, perm]
+              sparsity: float, order: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if order is not None:
+            w, h = w[:, order], h[order][:, order]
         new, keep = sparsegpt_prune(w, h, sparsity, config.nm, config.damp, config.block_size,
                                     config.rows_compete(module))
-        if perm is not None:
-            new[:, perm], keep[:, perm] = new.clone(), keep.clone()
+        if order is not None:
+            new[:, order], keep[:, order] = new.clone(), keep.clone()
         return keep, new
 
     return _prune_calibrated(adapter, config, context, lambda n, m: HessianCollector(),
@@ -362,10 +390,10 @@ def apply_admm(adapter: Adapter, config: AdmmConfig, context: StageContext) -> d
     projection onto the sparsity pattern while the pattern's sparsity rises."""
 
     def prune(module: nn.Module, w: torch.Tensor, stats: HessianCollector, h: torch.Tensor,
-              sparsity: float) -> tuple[torch.Tensor, torch.Tensor]:
+              sparsity: float, order: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         per_row = config.rows_compete(module)
         nm_mask = None if config.nm is None else (  # in the layer's own column order
-            lambda scores: _select(scores, module, config, per_row))
+            lambda scores: _select(scores, config, per_row, order=order))
         new, keep = admm_prune(w, h, sparsity, nm_mask, per_row, config.iterations, config.rho,
                                config.damp)
         return keep, new

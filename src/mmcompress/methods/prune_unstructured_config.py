@@ -31,6 +31,12 @@ BIAS = ("shift each pruned layer's bias by the mean output it lost, b + W·μ_re
         "with a bias; wanda, sparsegpt, admm)")
 
 
+PERMUTE = ("N:M patterns: form each linear layer's groups of M over an order of its inputs "
+           "chosen so that inputs the rows need spread over different groups (channel "
+           "permutation), saved with the layer; the order maximises the score the mask keeps "
+           "(|W| for magnitude, |W|·‖X‖ otherwise); convolutions keep their own order")
+
+
 class UnstructuredPruneConfig(MethodConfig):
     """Settings every unstructured pruning method takes."""
 
@@ -45,6 +51,7 @@ class UnstructuredPruneConfig(MethodConfig):
                              "the same share of every token's row, whatever the method)")
     schedule: Schedule | None = Field(None, description="prune gradually while a later "
                                       "finetune/distill stage trains (magnitude, wanda)")
+    permute: bool = Field(False, description=PERMUTE)
     layer_sparsity: Literal["uniform", "owl", "sensitivity"] = Field(
         "uniform", description="every block at `sparsity`; 'owl': blocks whose Wanda scores "
         "hold more outliers pruned less, `sparsity` of all the weights removed; or "
@@ -77,6 +84,9 @@ class UnstructuredPruneConfig(MethodConfig):
                 and abs(self.sparsity - (1 - nm[0] / nm[1])) > 1e-6:
             raise ValueError(f"pattern {self.pattern} means sparsity {1 - nm[0] / nm[1]:g}, not "
                              f"{self.sparsity:g}; drop 'sparsity' or make them agree")
+        if self.permute and nm is None:
+            raise ValueError("'permute' orders a layer's inputs for its N:M groups: give an "
+                             "N:M 'pattern' (e.g. '2:4') or drop 'permute'")
         if self.layer_sparsity != "uniform" and (self.method == "magnitude" or nm is not None
                                                  or self.schedule is not None):
             raise ValueError(f"layer_sparsity '{self.layer_sparsity}' sets a sparsity per layer "

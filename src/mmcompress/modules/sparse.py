@@ -9,7 +9,9 @@ stay exactly zero and cost one mask bit each.
 
 Kept values are stored in row-major order of the [rows, cols] weight matrix (rows: outputs, or
 an embedding table's tokens; cols: inputs, convolution filters flattened, or the embedding
-dimension). Forward densifies the weight on the fly.
+dimension). Forward densifies the weight on the fly. A linear layer pruned to an N:M pattern
+over a chosen order of its inputs (``permute``) also stores that order, ``input_order``
+(int32 [cols]): its groups of M are ``input_order[k·M:(k+1)·M]``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch import nn
 
 from ..quantization.grid import QuantGrid, compute_scales, dequantize, quantize
 from ..quantization.packing import gather_codes, pack_codes, packed_numel, unpack_codes
+from ..sparsity.masks import parse_pattern
 from .quantized import Quantized
 from .registry import register_module
 from .replace import filled, lookup_ids, not_reproducible, table_from_rows
@@ -110,12 +113,15 @@ class _MaskedLayer(nn.Module):
     pattern: str
     derived_buffers = ("row_start",)  # set from the mask whenever it is loaded: not saved
 
-    def _setup(self, args: dict[str, Any], nnz: int, pattern: str, bias_grad: bool) -> None:
+    def _setup(self, args: dict[str, Any], nnz: int, pattern: str, bias_grad: bool,
+               ordered: bool = False) -> None:
         self.layer, self.pattern, self.nnz = dict(args), pattern, nnz
         shape = _weight_shape(args)
         self.rows, self.cols = shape[0], math.prod(shape[1:])
         self.register_buffer("mask_bits", torch.zeros(packed_numel(self.rows * self.cols, 1),
                                                       dtype=torch.uint8))
+        self.register_buffer("input_order", torch.arange(self.cols, dtype=torch.int32)
+                             if ordered else None)
         bias = nn.Parameter(torch.zeros(self.rows), requires_grad=bias_grad) \
             if args["bias"] else None
         self.register_parameter("bias", bias)
@@ -124,8 +130,10 @@ class _MaskedLayer(nn.Module):
         self.register_buffer("row_start", torch.zeros(self.rows, dtype=torch.int64)
                              if args["kind"] == "embedding" else None, persistent=False)
 
-    def _store_mask(self, keep: torch.Tensor) -> None:
+    def _store_mask(self, keep: torch.Tensor, order: torch.Tensor | None = None) -> None:
         self.mask_bits.copy_(pack_mask(keep))
+        if order is not None:
+            self.input_order.copy_(order)
         self._index_rows()
 
     def _index_rows(self) -> None:
@@ -143,6 +151,12 @@ class _MaskedLayer(nn.Module):
         if kept != self.nnz:
             args[-1].append(f"{prefix}mask_bits keeps {kept} weights, but the layer holds "
                             f"{self.nnz} values")
+            return
+        order = self.input_order
+        if order is not None and not torch.equal(
+                order.sort().values, torch.arange(self.cols, dtype=order.dtype)):
+            args[-1].append(f"{prefix}input_order is not an order of the layer's "
+                            f"{self.cols} inputs")
             return
         self._index_rows()
 
@@ -165,6 +179,20 @@ class _MaskedLayer(nn.Module):
         """Boolean [rows, cols]: True where a weight is kept."""
         return unpack_mask(self.mask_bits, self.rows * self.cols).view(self.rows, self.cols)
 
+    def follows_pattern(self) -> bool:
+        """Whether the mask keeps at most N of every group of M inputs of each row (groups of
+        consecutive inputs, or of `input_order`'s); True for an unstructured layer."""
+        nm = parse_pattern(self.pattern)
+        if nm is None:
+            return True
+        keep = self.keep_mask()
+        if self.input_order is not None:
+            keep = keep[:, self.input_order.long()]
+        elif self.layer["kind"] == "conv2d":  # groups run over the channels of a position
+            k = self.layer["kernel_size"]
+            keep = keep.view(self.rows, -1, k[0] * k[1]).transpose(1, 2).reshape(self.rows, -1)
+        return bool((keep.view(self.rows, -1, nm[1]).sum(-1) <= nm[0]).all())
+
     @property
     def sparsity(self) -> float:
         return 1 - self.nnz / (self.rows * self.cols)
@@ -183,25 +211,30 @@ class _MaskedLayer(nn.Module):
         return dense_layer(a, self.weight.detach(), self.bias)
 
     def _spec(self) -> dict[str, Any]:
-        return {"type": type(self).__name__, "layer": self.layer, "nnz": self.nnz,
+        spec = {"type": type(self).__name__, "layer": self.layer, "nnz": self.nnz,
                 "pattern": self.pattern}
+        if self.input_order is not None:
+            spec["input_order"] = True
+        return spec
 
     def _repr(self) -> str:
-        return f"{list(_weight_shape(self.layer))}, pattern={self.pattern}, " \
+        order = ", input_order" if self.input_order is not None else ""
+        return f"{list(_weight_shape(self.layer))}, pattern={self.pattern}{order}, " \
             f"sparsity={self.sparsity:.3f}"
 
 
 class _SparseFloat(_MaskedLayer):
     """fp32 kept values (trainable: fine-tuning keeps the zeros at zero)."""
 
-    def _init(self, args: dict[str, Any], nnz: int, pattern: str) -> None:
+    def _init(self, args: dict[str, Any], nnz: int, pattern: str, ordered: bool) -> None:
         nn.Module.__init__(self)
-        self._setup(args, nnz, pattern, bias_grad=True)
+        self._setup(args, nnz, pattern, bias_grad=True, ordered=ordered)
         self.values = nn.Parameter(torch.zeros(nnz))
 
-    def _fill(self, keep: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | None) -> None:
+    def _fill(self, keep: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | None,
+              order: torch.Tensor | None) -> None:
         with torch.no_grad():
-            self._store_mask(keep)
+            self._store_mask(keep, order)
             self.values.copy_(matrix[keep])
             if bias is not None:
                 self.bias.copy_(bias.detach().float())
@@ -232,7 +265,7 @@ class _SparseFloat(_MaskedLayer):
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> _SparseFloat:
-        return cls(spec["layer"], spec["nnz"], spec["pattern"])
+        return cls(spec["layer"], spec["nnz"], spec["pattern"], spec.get("input_order", False))
 
     def extra_repr(self) -> str:
         return self._repr()
@@ -242,8 +275,9 @@ class _SparseFloat(_MaskedLayer):
 class SparseLinear(_SparseFloat, nn.Linear):
     """A linear layer stored as a keep-mask plus its kept fp32 values."""
 
-    def __init__(self, args: dict[str, Any], nnz: int, pattern: str = "unstructured") -> None:
-        self._init(args, nnz, pattern)
+    def __init__(self, args: dict[str, Any], nnz: int, pattern: str = "unstructured",
+                 ordered: bool = False) -> None:
+        self._init(args, nnz, pattern, ordered)
         self.in_features, self.out_features = args["in_features"], args["out_features"]
 
 
@@ -251,8 +285,9 @@ class SparseLinear(_SparseFloat, nn.Linear):
 class SparseConv2d(_SparseFloat, nn.Conv2d):
     """A 2-d convolution stored as a keep-mask plus its kept fp32 values."""
 
-    def __init__(self, args: dict[str, Any], nnz: int, pattern: str = "unstructured") -> None:
-        self._init(args, nnz, pattern)
+    def __init__(self, args: dict[str, Any], nnz: int, pattern: str = "unstructured",
+                 ordered: bool = False) -> None:
+        self._init(args, nnz, pattern, ordered)
         # what nn.Conv2d's readers (calibration's unfold, AWQ) look up
         self.in_channels, self.out_channels = args["in_channels"], args["out_channels"]
         self.kernel_size, self.stride = tuple(args["kernel_size"]), tuple(args["stride"])
@@ -266,8 +301,9 @@ class SparseConv2d(_SparseFloat, nn.Conv2d):
 class SparseEmbedding(_SparseFloat, nn.Embedding):
     """An embedding table stored as a keep-mask plus its kept fp32 values."""
 
-    def __init__(self, args: dict[str, Any], nnz: int, pattern: str = "unstructured") -> None:
-        self._init(args, nnz, pattern)
+    def __init__(self, args: dict[str, Any], nnz: int, pattern: str = "unstructured",
+                 ordered: bool = False) -> None:
+        self._init(args, nnz, pattern, ordered)
         # what nn.Embedding's readers look up
         self.num_embeddings, self.embedding_dim = args["num_embeddings"], args["embedding_dim"]
         self.padding_idx, self.max_norm, self.norm_type = args["padding_idx"], None, 2.0
@@ -294,14 +330,16 @@ def is_sparse(module: nn.Module) -> bool:
 
 
 def sparse_module(module: nn.Module, keep: torch.Tensor, matrix: torch.Tensor | None = None,
-                  pattern: str = "unstructured") -> _SparseFloat:
+                  pattern: str = "unstructured", order: torch.Tensor | None = None
+                  ) -> _SparseFloat:
     """The sparse replacement of a Linear/Conv2d/Embedding keeping `keep` ([rows, cols]) of `matrix`
-    (default: the layer's own weight as [rows, cols])."""
+    (default: the layer's own weight as [rows, cols]); `order`: the inputs' order its N:M
+    groups were formed over, when not their own (linear layers)."""
     args = layer_args(module)
     if matrix is None:
         matrix = module.weight.detach().float().reshape(keep.shape)
-    mod = _FLOAT_CLASS[args["kind"]](args, int(keep.sum()), pattern)
-    mod._fill(keep, matrix, getattr(module, "bias", None))
+    mod = _FLOAT_CLASS[args["kind"]](args, int(keep.sum()), pattern, order is not None)
+    mod._fill(keep, matrix, getattr(module, "bias", None), order)
     return mod
 
 
@@ -310,9 +348,9 @@ class _SparseQuant(_MaskedLayer):
     scale s (AWQ) the stored weight is W·diag(s) and inputs are divided by s."""
 
     def __init__(self, args: dict[str, Any], nnz: int, pattern: str, grid: QuantGrid,
-                 input_scale: bool = False) -> None:
+                 input_scale: bool = False, ordered: bool = False) -> None:
         super().__init__()
-        self._setup(args, nnz, pattern, bias_grad=False)
+        self._setup(args, nnz, pattern, bias_grad=False, ordered=ordered)
         self.grid = grid
         if self._signed_int8:
             self.register_buffer("qvalues", torch.zeros(nnz, dtype=torch.int8))
@@ -344,7 +382,9 @@ class _SparseQuant(_MaskedLayer):
                     input_scale: torch.Tensor | None = None) -> _SparseQuant:
         """Quantize a sparse layer's kept values (min-max unless `quantized` codes for the whole
         [rows, cols] matrix are given; codes at pruned positions are dropped)."""
-        mod = cls(module.layer, module.nnz, module.pattern, grid, input_scale is not None)
+        order = module.input_order
+        mod = cls(module.layer, module.nnz, module.pattern, grid, input_scale is not None,
+                  order is not None)
         keep = module.keep_mask()
         matrix = module.dense_matrix().detach()
         if input_scale is not None:
@@ -356,7 +396,7 @@ class _SparseQuant(_MaskedLayer):
             codes, scale, zero = quantized
         kept = codes[keep]
         with torch.no_grad():
-            mod._store_mask(keep)
+            mod._store_mask(keep, order)
             if mod._signed_int8:
                 mod.qvalues.copy_((kept.to(torch.int16) - 128).to(torch.int8))
             else:
@@ -418,7 +458,8 @@ class _SparseQuant(_MaskedLayer):
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> _SparseQuant:
         grid = QuantGrid(spec["bits"], spec["group_size"], spec["symmetric"])
-        return cls(spec["layer"], spec["nnz"], spec["pattern"], grid, spec["input_scale"])
+        return cls(spec["layer"], spec["nnz"], spec["pattern"], grid, spec["input_scale"],
+                   spec.get("input_order", False))
 
     def extra_repr(self) -> str:
         g = self.grid
