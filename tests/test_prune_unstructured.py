@@ -17,6 +17,7 @@ from mmcompress.cli import app
 from mmcompress.errors import RecipeError
 from mmcompress.io.checkpoint import save_checkpoint
 from mmcompress.methods import METHODS, StageContext
+from mmcompress.methods.prune_unstructured import _input_order
 from mmcompress.methods.sparsity_allocation import masked_error, sensitivity_sparsities
 from mmcompress.modules.sparse import (
     SparseConv2d,
@@ -264,6 +265,16 @@ def test_input_order_spreads_inputs_every_row_needs():
     order = nm_input_order(scores, (2, 4))
     assert kept_score(scores, (2, 4)) < 22 * 8
     assert (keep_mask(scores[:, order], 0.5, (2, 4))[:, order.argsort()][:, :4]).all()
+
+
+def test_an_order_that_gains_nothing_is_not_kept():
+    one_group = torch.rand(8, 4)
+    assert torch.equal(nm_input_order(one_group, (2, 4)), torch.arange(4))
+    best_as_is = torch.tensor([[9.0, 9, 1, 1] * 4] * 3)  # every group already keeps its 9s
+    assert torch.equal(nm_input_order(best_as_is, (2, 4)), torch.arange(16))
+    config = load_recipe({"stages": [{"prune": {"method": "magnitude", "pattern": "2:4",
+                                                "permute": True}}]}).stages[0].config
+    assert _input_order(nn.Linear(16, 3), config, lambda: best_as_is) is None  # nothing saved
 
 
 @pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt", "admm"])

@@ -73,11 +73,11 @@ def prunable_layers(
 
 
 def _input_order(module: nn.Module, config: UnstructuredPruneConfig,
-                 scores: torch.Tensor) -> torch.Tensor | None:
+                 scores: Callable[[], torch.Tensor]) -> torch.Tensor | None:
     """The order of the layer's columns that its N:M groups run over (None: their own): for a
     convolution, (kh, kw, channel), so that groups run over the input channels of one kernel
-    position (the GEMM order of NHWC sparse kernels); for a linear layer with `permute`, the
-    order whose mask keeps most of `scores` (`nm_input_order`)."""
+    position (the GEMM order of NHWC sparse kernels); for a linear layer with `permute`, an
+    order whose mask keeps more of `scores()` (`nm_input_order`), or None if none does."""
     nm = config.nm
     if nm is None:
         return None
@@ -87,7 +87,8 @@ def _input_order(module: nn.Module, config: UnstructuredPruneConfig,
         c, k = module.in_channels // module.groups, module.kernel_size[0] * module.kernel_size[1]
         return torch.arange(c * k).view(c, k).T.reshape(-1)
     if config.permute and isinstance(module, nn.Linear):
-        return nm_input_order(scores, nm)
+        order = nm_input_order(scores(), nm)
+        return None if torch.equal(order, torch.arange(len(order))) else order
     return None
 
 
@@ -114,7 +115,7 @@ def _magnitude_keep(module: nn.Module, config: UnstructuredPruneConfig
     """(keep-mask of the largest |W|, the order its N:M groups run over): per layer, or per
     row for an embedding table (each token keeps the same share of its values)."""
     scores = weight_matrix(module).abs()
-    order = _input_order(module, config, scores)
+    order = _input_order(module, config, lambda: scores)
     keep = _select(scores, config, per_row=isinstance(module, nn.Embedding), order=order)
     return keep, order
 
@@ -233,7 +234,7 @@ class _Tally:
                                if self.total else 0.0}
         if self.skipped:
             out["skipped"] = self.skipped
-        if self.permuted:
+        if self.config.permute:  # 0 says no layer gained from an order (or none is linear)
             out["permuted_layers"] = self.permuted
         return out
 
@@ -306,7 +307,7 @@ def _prune_calibrated(adapter: Adapter, config: CalibratedPruneConfig, context: 
         hessian, cross = stats.centred() if shift_bias else (stats.hessian, stats.cross)
         if config.asymmetric:
             target = reference_fit(target, hessian, cross, config.damp).float()
-        order = _input_order(module, config, _wanda_scores(target, stats))
+        order = _input_order(module, config, lambda: _wanda_scores(target, stats))
         keep, weight = prune_layer(module, target, stats, hessian, sparsity[name], order)
         if config.swaps:
             keep, used = _swapped(target, keep, hessian, config, order)

@@ -33,8 +33,9 @@ BIAS = ("shift each pruned layer's bias by the mean output it lost, b + W·μ_re
 
 PERMUTE = ("N:M patterns: form each linear layer's groups of M over an order of its inputs "
            "chosen so that inputs the rows need spread over different groups (channel "
-           "permutation), saved with the layer; the order maximises the score the mask keeps "
-           "(|W| for magnitude, |W|·‖X‖ otherwise); convolutions keep their own order")
+           "permutation), saved with the layer; a local search for the order that keeps the "
+           "most score in the mask (|W| for magnitude, |W|·‖X‖ otherwise); convolutions keep "
+           "their own order")
 
 
 class UnstructuredPruneConfig(MethodConfig):
@@ -43,7 +44,9 @@ class UnstructuredPruneConfig(MethodConfig):
     sparsity: float | None = Field(None, ge=0, lt=1, description="fraction of weights removed "
                                    "(an N:M pattern implies 1 - N/M)")
     pattern: str = Field("unstructured", description="'unstructured', or 'N:M': at most N "
-                         "nonzeros in every M consecutive inputs of a row")
+                         "nonzeros in every M consecutive inputs of a row (a convolution's "
+                         "inputs ordered kernel position first; with 'permute', a linear "
+                         "layer's in its saved order)")
     scope: Literal["layer", "global"] = Field("layer", description="rank weights within each "
                                               "layer, or across all targeted layers (magnitude)")
     convolutions: bool = Field(True, description="also prune 2-d convolutions")

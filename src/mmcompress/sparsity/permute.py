@@ -4,13 +4,14 @@ with Wanda's scores in RIA, Zhang et al., 2024).
 An N:M pattern keeps N of every M consecutive inputs of each row. When two inputs that every
 row needs fall into one group, each row must drop one of them; reordering the inputs first,
 so that the groups are formed over the order, spreads such inputs over the groups. The order
-is chosen to maximise the score an N:M mask keeps, sum over rows and groups of the N highest
-scores: the inputs are first dealt out by their total score in a snake (the M strongest go to
-different groups); then, each round, the groups are put in disjoint random pairs and every
-pair trades the one input each that raises the kept score most, if any does (all M² trades
-are scored at once: leaving an input out of a group and adding another changes its top-N sum
-in closed form), for at most `rounds` rounds or until a round gains no more than `tolerance`
-of the kept score.
+is chosen to raise the score an N:M mask keeps, sum over rows and groups of the N highest
+scores, by a local search. The inputs are first dealt out by their total score in a snake
+(the G strongest go to the G groups, one each). Then, each round, the groups are put in
+disjoint random pairs and every pair trades the one input each that raises the kept score
+most, if any does (all M² trades are scored at once: leaving an input out of a group and
+adding another changes its top-N sum in closed form), for at most `rounds` rounds or until a
+round gains no more than `tolerance` of the kept score. The inputs' own order is kept unless
+the search strictly gains on it.
 
 A hardware N:M kernel then reads the inputs in this order (a gather, or folded into the layer
 before); the sparse layer stores it beside the mask.
@@ -23,6 +24,7 @@ import torch
 from .masks import NM
 
 DEFAULT_ROUNDS = 30
+_CHUNK = 1 << 24  # entries of one slice of trade terms (64 MiB of float32)
 
 
 def _without_each(groups: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,13 +41,19 @@ def _without_each(groups: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Ten
 def _trade_scores(scores: torch.Tensor, first: torch.Tensor, second: torch.Tensor,
                   n: int) -> torch.Tensor:
     """[pairs, m, m]: the score two groups' masks keep (summed over rows) once input i of the
-    first (columns [pairs, m]) and input j of the second trade places."""
-    a, b = scores[:, first], scores[:, second]  # [rows, pairs, m]
-    sum_a, nth_a = _without_each(a, n)
-    sum_b, nth_b = _without_each(b, n)
-    kept = (sum_a[..., :, None] + (b[..., None, :] - nth_a[..., :, None]).clamp_min(0)
-            + sum_b[..., None, :] + (a[..., :, None] - nth_b[..., None, :]).clamp_min(0))
-    return kept.sum(0)
+    first (columns [pairs, m]) and input j of the second trade places; rows are taken a
+    slice at a time, so that the [rows, pairs, m, m] terms stay under `_CHUNK` entries."""
+    pairs, m = first.shape
+    step = max(1, _CHUNK // (pairs * m * m))
+    total = scores.new_zeros(pairs, m, m)
+    for part in scores.split(step):
+        a, b = part[:, first], part[:, second]  # [rows, pairs, m]
+        sum_a, nth_a = _without_each(a, n)
+        sum_b, nth_b = _without_each(b, n)
+        total += (sum_a[..., :, None] + (b[..., None, :] - nth_a[..., :, None]).clamp_min(0)
+                  + sum_b[..., None, :] + (a[..., :, None] - nth_b[..., None, :]).clamp_min(0)
+                  ).sum(0)
+    return total
 
 
 def kept_score(scores: torch.Tensor, nm: NM, order: torch.Tensor | None = None) -> torch.Tensor:
@@ -69,7 +77,8 @@ def _snake(scores: torch.Tensor, m: int) -> torch.Tensor:
 def nm_input_order(scores: torch.Tensor, nm: NM, rounds: int = DEFAULT_ROUNDS,
                    seed: int = 0, tolerance: float = 1e-6) -> torch.Tensor:
     """An order of the columns of `scores` ([rows, cols], cols a multiple of M) whose N:M mask
-    keeps at least as much score as the snake's, and as the columns' own order.
+    keeps at least as much score as the snake's, and more than the columns' own order (else
+    their own order).
 
     Returns:
         int64 [cols]: a permutation; group k is ``order[k·M:(k+1)·M]``.
@@ -79,11 +88,12 @@ def nm_input_order(scores: torch.Tensor, nm: NM, rounds: int = DEFAULT_ROUNDS,
     cols = scores.shape[1]
     groups = cols // m
     identity = torch.arange(cols, device=scores.device)
-    order = _snake(scores, m)
-    if kept_score(scores, nm, order) < kept_score(scores, nm):
-        order = identity
     if groups < 2:
-        return order
+        return identity
+    own = float(kept_score(scores, nm))
+    order = _snake(scores, m)
+    if kept_score(scores, nm, order) <= own:
+        order = identity.clone()
     gen = torch.Generator().manual_seed(seed)
     total = float(kept_score(scores, nm, order))
     grouped = order.view(groups, m)
@@ -102,4 +112,4 @@ def nm_input_order(scores: torch.Tensor, nm: NM, rounds: int = DEFAULT_ROUNDS,
         i, j = trade[rows] // m, trade[rows] % m
         grouped[pairs[rows, 0], i], grouped[pairs[rows, 1], j] = second[rows, j], first[rows, i]
         total += gain
-    return order
+    return order if float(kept_score(scores, nm, order)) > own else identity
