@@ -44,6 +44,23 @@ def _quality_table(results: dict[str, Any], folds: dict[str, Any] | None,
     return markdown_table(header, rows)
 
 
+def _permute_table(pairs: list[tuple[str, Any, Any, str]]) -> str:
+    """2:4 loss of each method's defaults without → with `permute: true`, one column per
+    (label, stored defaults, stored `-perm` rows, key of the loss) in `pairs`; a folds file
+    gives the mean over the held-out quarters."""
+    def losses(results: Any, suffix: str, key: str) -> dict[str, float]:
+        rows = results["rows"] if results else []
+        return {r["method"].removesuffix(suffix): r[key] for r in rows
+                if r["setting"] == "2:4" and r["method"].endswith(suffix)}
+
+    columns = [(label, losses(plain, "", key), losses(permuted, "-perm", key))
+               for label, plain, permuted, key in pairs]
+    rows = [[m, *(f"{_loss(before.get(m))} → {_loss(after.get(m))}"
+                  for _, before, after in columns)]
+            for m in METHODS if any(m in after for _, _, after in columns)]
+    return markdown_table(["method", *(label for label, _, _ in columns)], rows)
+
+
 def _size_table(rows: list[dict[str, Any]]) -> str:
     return markdown_table(
         ["model", "saved as", "embedding tables pruned", "sparsity", "size ×dense"],
@@ -136,6 +153,19 @@ def section() -> list[str]:
                   "the mean loss over the four quarters of STS-B train held out in turn, each "
                   "calibrated on the other three (`prune_heldout_folds.json`):", "",
                   _quality_table(minilm, folds), ""]
+    permuted = _stored("prune_permute.json")
+    if minilm and permuted:
+        lines += ["2:4 loss without → with `permute: true` (each linear layer's groups of four "
+                  "formed over an order of its inputs that keeps more of the method's score; "
+                  "off by default): MiniLM on STS-B dev (`prune_permute.json`) and on the four "
+                  "held-out quarters (mean, `prune_permute_heldout_folds.json`), lit-cifar "
+                  "(`prune_permute_litcifar.json`):", "",
+                  _permute_table([
+                      ("MiniLM dev", minilm, permuted, "loss"),
+                      ("MiniLM held-out", folds, _stored("prune_permute_heldout_folds.json"),
+                       "loss_mean"),
+                      ("lit-cifar", litcifar, _stored("prune_permute_litcifar.json"), "loss")]),
+                  ""]
     if litcifar:
         lines += [f"lit-cifar, every layer of both towers but the stem convolution, zero-shot "
                   f"top-1 on the held-out images (dense "

@@ -281,6 +281,21 @@ def test_pruning_rows_of_the_benchmark_page_read_each_methods_defaults() -> None
     assert "| wanda | — | — | — | — |" in corrected
 
 
+def test_permute_rows_pair_each_methods_2_4_defaults_with_their_permuted_twin() -> None:
+    from benchmarks.pruning_page import _permute_table
+
+    plain = {"rows": [{"method": m, "setting": s, "loss": loss}
+                      for m, s, loss in (("wanda", "2:4", 0.012), ("wanda", "0.6", 0.5),
+                                         ("wanda-noswap", "2:4", 0.9), ("admm", "2:4", 0.0085))]}
+    permuted = {"rows": [{"method": "wanda-perm", "setting": "2:4", "loss": 0.011},
+                         {"method": "wanda", "setting": "2:4", "loss": 0.7}]}
+    table = _permute_table([("dev", plain, permuted, "loss"), ("other", plain, None, "loss")])
+    lines = table.splitlines()
+    assert lines[0] == "| method | dev | other |"
+    assert "| wanda | +0.0120 → +0.0110 | +0.0120 → — |" in lines
+    assert not any(line.startswith("| admm") for line in lines)  # never measured permuted
+
+
 def test_allocation_rows_pair_each_per_tower_run_with_its_global_twin() -> None:
     from benchmarks.pruning_page import _allocation_table
 
