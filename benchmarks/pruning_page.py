@@ -29,13 +29,20 @@ def _loss(value: float | None) -> str:
     return "—" if value is None else f"{value:+.4f}"
 
 
+def _by_method(results: dict[str, Any] | None, suffix: str = "",
+               key: str = "loss") -> dict[tuple[str, str], float]:
+    """{(method, setting): `key`} of the stored rows named METHOD + `suffix` (none without
+    `results`)."""
+    rows = results["rows"] if results else []
+    return {(r["method"].removesuffix(suffix), r["setting"]): r[key] for r in rows
+            if r["method"].endswith(suffix)}
+
+
 def _quality_table(results: dict[str, Any], folds: dict[str, Any] | None,
                    suffix: str = "") -> str:
     """Loss of each method's defaults (stored as METHOD + `suffix`) at every setting (and, with
     `folds`, the mean over the held-out quarters at the settings they measured)."""
-    loss = {(r["method"].removesuffix(suffix), r["setting"]): r["loss"]
-            for r in results["rows"] if r["method"].endswith(suffix)}
-    held = {(r["method"], r["setting"]): r["loss_mean"] for r in folds["rows"]} if folds else {}
+    loss, held = _by_method(results, suffix), _by_method(folds, key="loss_mean")
     held_settings = [s for s in SETTINGS if any(k[1] == s for k in held)]
     header = ["method", *(f"{s} loss" for s in SETTINGS)]
     header += [f"held-out {s}" for s in held_settings]
@@ -48,16 +55,11 @@ def _permute_table(pairs: list[tuple[str, Any, Any, str]]) -> str:
     """2:4 loss of each method's defaults without → with `permute: true`, one column per
     (label, stored defaults, stored `-perm` rows, key of the loss) in `pairs`; a folds file
     gives the mean over the held-out quarters."""
-    def losses(results: Any, suffix: str, key: str) -> dict[str, float]:
-        rows = results["rows"] if results else []
-        return {r["method"].removesuffix(suffix): r[key] for r in rows
-                if r["setting"] == "2:4" and r["method"].endswith(suffix)}
-
-    columns = [(label, losses(plain, "", key), losses(permuted, "-perm", key))
+    columns = [(label, _by_method(plain, key=key), _by_method(permuted, "-perm", key))
                for label, plain, permuted, key in pairs]
-    rows = [[m, *(f"{_loss(before.get(m))} → {_loss(after.get(m))}"
+    rows = [[m, *(f"{_loss(before.get((m, '2:4')))} → {_loss(after.get((m, '2:4')))}"
                   for _, before, after in columns)]
-            for m in METHODS if any(m in after for _, _, after in columns)]
+            for m in METHODS if any((m, "2:4") in after for _, _, after in columns)]
     return markdown_table(["method", *(label for label, _, _ in columns)], rows)
 
 

@@ -326,11 +326,18 @@ def test_a_mask_breaking_its_pattern_is_seen_in_its_order():
     assert sparse_module(layer, keep, pattern="2:4").follows_pattern()
     assert not sparse_module(layer, keep, pattern="2:4",
                              order=torch.tensor([0, 1, 4, 5, 2, 3, 6, 7])).follows_pattern()
+    conv = nn.Conv2d(4, 1, 2)  # columns channel-major: (channel, kernel position)
+    two_channels = torch.tensor([[1] * 8 + [0] * 8], dtype=torch.bool)
+    two_positions = torch.tensor([[1, 1, 0, 0] * 4], dtype=torch.bool)
+    assert sparse_module(conv, two_channels, pattern="2:4").follows_pattern()
+    assert not sparse_module(conv, two_positions, pattern="2:4").follows_pattern()
 
 
 def test_an_input_order_that_is_no_order_is_refused_on_load():
-    layer = sparse_module(nn.Linear(8, 2), torch.ones(2, 8, dtype=torch.bool).tril(4),
-                          pattern="2:4", order=torch.tensor([0, 4, 1, 5, 2, 6, 3, 7]))
+    keep = torch.tensor([[1, 0, 1, 0, 0, 1, 0, 1]] * 2, dtype=torch.bool)
+    layer = sparse_module(nn.Linear(8, 2), keep, pattern="2:4",
+                          order=torch.tensor([0, 4, 1, 5, 2, 6, 3, 7]))
+    assert layer.follows_pattern()
     state = layer.state_dict()
     state["input_order"][0] = 4
     fresh = SparseLinear.from_spec(layer.spec())

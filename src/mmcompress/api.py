@@ -19,7 +19,7 @@ from .compiled import compile_towers
 from .data import NAMED_DATA, Dataset, load_data
 from .data.splits import TRAINING_SPLIT
 from .errors import CheckpointError, UserError
-from .evaluation.config import METRICS, put_in_metric_order
+from .evaluation.config import put_in_metric_order
 from .evaluation.evaluate import (
     Evaluation,
     check_data_fits,
@@ -148,7 +148,7 @@ def _retimes(model: str | Path | Adapter, config: EvaluateConfig) -> bool:
     writes, when latency is asked for, for a model given by its spec. A model given as an
     object is compressed in place: its towers are timed before and after the stages."""
     return not isinstance(model, Adapter) and is_main_process() \
-        and any(k.startswith("latency_ms_") for k in config.metrics or METRICS)
+        and any(k.startswith("latency_ms_") for k in config.wanted)
 
 
 def _evaluate_after(model: str | Path | Adapter, adapter: Adapter, dataset: Dataset,

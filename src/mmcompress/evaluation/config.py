@@ -93,6 +93,11 @@ class EvaluateConfig(Settings):
         10, description="timed calls per tower; the median is reported (a model given by its "
         "spec: timed after the stages, in alternation with the model reloaded)")
 
+    @property
+    def wanted(self) -> set[str]:
+        """The metrics to measure: those given, else every one (each where it applies)."""
+        return set(self.metrics or METRICS)
+
     def model_post_init(self, _: Any) -> None:
         unknown = [m for m in self.metrics or [] if m not in METRICS]
         if unknown:

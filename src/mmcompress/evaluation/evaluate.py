@@ -100,12 +100,16 @@ def quality(
 LATENCY_STATISTIC = "median after 3 warm-up runs"
 
 
+def _alone_ms(run: Any, config: EvaluateConfig) -> float:
+    """One tower's latency, timed alone."""
+    return round(median_latency_ms(run, config.latency_repeats), 3)
+
+
 def latency_metrics(adapter: Adapter, config: EvaluateConfig) -> dict[str, float]:
     """``latency_ms_<tower>`` of every tower `config` asks to time, each timed alone."""
-    wanted = set(config.metrics or METRICS)
-    return {f"latency_ms_{tower}": round(median_latency_ms(run, config.latency_repeats), 3)
+    return {f"latency_ms_{tower}": _alone_ms(run, config)
             for tower, run in adapter.latency_inputs(config.latency_batch_size).items()
-            if f"latency_ms_{tower}" in wanted}
+            if f"latency_ms_{tower}" in config.wanted}
 
 
 def time_against_base(base: Adapter, adapter: Adapter, before: dict[str, Any],
@@ -114,19 +118,18 @@ def time_against_base(base: Adapter, adapter: Adapter, before: dict[str, Any],
     (the model before compression) and put the figures in `before` and `after.metrics`:
     timed apart, before and after the stages, their ratio moves with whatever else the machine
     runs in between. A tower `base` lacks is timed alone."""
-    wanted = set(config.metrics or METRICS)
     base_runs = base.latency_inputs(config.latency_batch_size)
     alone = False
     for tower, run in adapter.latency_inputs(config.latency_batch_size).items():
         key = f"latency_ms_{tower}"
-        if key not in wanted:
+        if key not in config.wanted:
             continue
         if tower in base_runs:
             ms = interleaved_latency_ms({"before": base_runs[tower], "after": run},
                                         config.latency_repeats)
             before[key], after.metrics[key] = round(ms["before"], 3), round(ms["after"], 3)
         else:
-            after.metrics[key] = round(median_latency_ms(run, config.latency_repeats), 3)
+            after.metrics[key] = _alone_ms(run, config)
             alone = True
     put_in_metric_order(before)
     put_in_metric_order(after.metrics)
@@ -150,7 +153,7 @@ def evaluate_adapter(
     `unpacked`: the adapter's compact layers were unpacked after loading, so peak memory is
     measured the same way; `timed=False`: no latency (`time_against_base` times it later)."""
     config = config or EvaluateConfig()
-    wanted = set(config.metrics or METRICS)
+    wanted = config.wanted
     data = data.head(config.max_samples)
     result = (
         quality(adapter, data, reference, progress)

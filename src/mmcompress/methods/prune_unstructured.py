@@ -27,6 +27,7 @@ from ..selection import tower_of
 from ..sensitivity import Probe
 from ..sparsity import global_keep_masks, keep_mask, sparsegpt_prune
 from ..sparsity.admm import admm_prune
+from ..sparsity.masks import kernel_position_order
 from ..sparsity.owl import outlier_ratio, owl_sparsities
 from ..sparsity.permute import nm_input_order
 from ..sparsity.refit import refit_kept
@@ -82,10 +83,9 @@ def _input_order(module: nn.Module, config: UnstructuredPruneConfig,
     if nm is None:
         return None
     if isinstance(module, nn.Conv2d):
-        if module.kernel_size == (1, 1):
-            return None
-        c, k = module.in_channels // module.groups, module.kernel_size[0] * module.kernel_size[1]
-        return torch.arange(c * k).view(c, k).T.reshape(-1)
+        positions = module.kernel_size[0] * module.kernel_size[1]
+        return None if positions == 1 else kernel_position_order(
+            module.in_channels // module.groups, positions)
     if config.permute and isinstance(module, nn.Linear):
         order = nm_input_order(scores(), nm)
         return None if torch.equal(order, torch.arange(len(order))) else order
@@ -220,7 +220,7 @@ class _Tally:
                  bias: torch.Tensor | None, order: torch.Tensor | None) -> nn.Module:
         """A dense layer with the pruned weights, used while later blocks calibrate (dense
         layers run faster than sparse ones); `finish` swaps in the compact modules."""
-        self.masks[name], self.orders[name] = keep, _stored_order(module, order)
+        self.masks[name], self.orders[name] = keep, order
         weight = (matrix * keep).view(module.weight.shape)
         return dense_layer(layer_args(module), weight, bias)
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..quantization.grid import QuantGrid, compute_scales, dequantize, quantize
 from ..quantization.packing import gather_codes, pack_codes, packed_numel, unpack_codes
-from ..sparsity.masks import parse_pattern
+from ..sparsity.masks import kernel_position_order, parse_pattern
 from .quantized import Quantized
 from .registry import register_module
 from .replace import filled, lookup_ids, not_reproducible, table_from_rows
@@ -179,18 +179,25 @@ class _MaskedLayer(nn.Module):
         """Boolean [rows, cols]: True where a weight is kept."""
         return unpack_mask(self.mask_bits, self.rows * self.cols).view(self.rows, self.cols)
 
+    def group_order(self) -> torch.Tensor | None:
+        """The order of the columns that N:M groups run over (None: their own): the saved
+        `input_order`, or a convolution's kernel position first."""
+        if self.input_order is not None:
+            return self.input_order.long()
+        if self.layer["kind"] == "conv2d":
+            k = self.layer["kernel_size"]
+            return kernel_position_order(self.cols // (k[0] * k[1]), k[0] * k[1])
+        return None
+
     def follows_pattern(self) -> bool:
-        """Whether the mask keeps at most N of every group of M inputs of each row (groups of
-        consecutive inputs, or of `input_order`'s); True for an unstructured layer."""
+        """Whether the mask keeps at most N of every group of M inputs of each row (groups
+        formed over `group_order`); True for an unstructured layer."""
         nm = parse_pattern(self.pattern)
         if nm is None:
             return True
-        keep = self.keep_mask()
-        if self.input_order is not None:
-            keep = keep[:, self.input_order.long()]
-        elif self.layer["kind"] == "conv2d":  # groups run over the channels of a position
-            k = self.layer["kernel_size"]
-            keep = keep.view(self.rows, -1, k[0] * k[1]).transpose(1, 2).reshape(self.rows, -1)
+        keep, order = self.keep_mask(), self.group_order()
+        if order is not None:
+            keep = keep[:, order]
         return bool((keep.view(self.rows, -1, nm[1]).sum(-1) <= nm[0]).all())
 
     @property

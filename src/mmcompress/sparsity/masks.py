@@ -66,6 +66,13 @@ def nm_keep_mask(scores: torch.Tensor, nm: NM) -> torch.Tensor:
     return keep.view(rows, cols)
 
 
+def kernel_position_order(channels: int, positions: int) -> torch.Tensor:
+    """The columns of a convolution's [rows, channels·positions] matrix (channel-major, as
+    PyTorch flattens its filters) ordered kernel position first, so that N:M groups run over
+    the input channels of one position: the GEMM order of NHWC sparse kernels."""
+    return torch.arange(channels * positions).view(channels, positions).T.reshape(-1)
+
+
 def keep_mask(
     scores: torch.Tensor, sparsity: float, nm: NM | None = None, per_row: bool = False
 ) -> torch.Tensor:
