@@ -267,6 +267,16 @@ def test_input_order_spreads_inputs_every_row_needs():
     assert (keep_mask(scores[:, order], 0.5, (2, 4))[:, order.argsort()][:, :4]).all()
 
 
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt", "admm"])
+def test_calibrated_methods_order_nm_inputs_by_default_and_magnitude_does_not(method):
+    def permutes(**cfg) -> bool:
+        return load_recipe({"stages": [{"prune": {"method": method, **cfg}}]}
+                           ).stages[0].config.permutes
+    assert permutes(pattern="2:4") is (method != "magnitude")
+    assert permutes(pattern="2:4", permute=True) and not permutes(pattern="4:8", permute=False)
+    assert not permutes(sparsity=0.5)  # no groups to order, and no error for the default
+
+
 def test_an_order_that_gains_nothing_is_not_kept():
     one_group = torch.rand(8, 4)
     assert torch.equal(nm_input_order(one_group, (2, 4)), torch.arange(4))
@@ -283,8 +293,9 @@ def test_permuted_nm_masks_follow_their_saved_order_and_reload(tiny_clip, tmp_pa
     dense = {n: m.weight.detach().abs() for n, m in tiny_clip.model.named_modules()
              if isinstance(m, nn.Linear)}
     plain = copy.deepcopy(tiny_clip)
-    assert "permuted_layers" not in _apply(plain, method, pattern="2:4")
-    summary = _apply(tiny_clip, method, pattern="2:4", permute=True)
+    assert "permuted_layers" not in _apply(plain, method, pattern="2:4", permute=False)
+    chosen = {"permute": True} if method == "magnitude" else {}  # the others' default
+    summary = _apply(tiny_clip, method, pattern="2:4", **chosen)
     assert summary["sparsity"] == 0.5
     layers, plain_layers = _sparse_layers(tiny_clip), _sparse_layers(plain)
     ordered = 0
@@ -540,8 +551,10 @@ def test_methods_prune_every_targeted_layer_exactly(tiny_clip, method, pattern):
             assert m.nnz == keep.numel() - round(0.6 * keep.numel()), name
         elif isinstance(m, nn.Conv2d):  # groups run over channels of one kernel position
             _assert_nm(keep.view(m.out_channels, 3, 64).transpose(1, 2).reshape(keep.shape), (2, 4))
-        else:
-            _assert_nm(keep, (2, 4))
+        else:  # over the order the layer saved (method != magnitude: chosen by default)
+            assert (m.input_order is None) is (method == "magnitude"), name
+            order = torch.arange(m.cols) if m.input_order is None else m.input_order.long()
+            _assert_nm(keep[:, order], (2, 4))
     assert summary["sparsity"] == pytest.approx(0.6 if pattern == "unstructured" else 0.5,
                                                 abs=1e-3)
 
@@ -670,7 +683,7 @@ def test_swaps_change_masks_not_counts_and_reload(tiny_clip, tmp_path, pattern, 
         keep, before = m.keep_mask(), plain_layers[name].keep_mask()
         assert torch.equal(keep.sum(1), before.sum(1)), name
         if pattern == "2:4" and not isinstance(m, nn.Conv2d):
-            _assert_nm(keep, (2, 4))
+            _assert_nm(keep[:, m.input_order.long()], (2, 4))  # groups over its chosen order
         changed += int((keep != before).sum())
     assert changed > 0
     texts = ["a photo of a cat", "two dogs"]

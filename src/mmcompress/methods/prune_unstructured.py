@@ -77,7 +77,7 @@ def _input_order(module: nn.Module, config: UnstructuredPruneConfig,
                  scores: Callable[[], torch.Tensor]) -> torch.Tensor | None:
     """The order of the layer's columns that its N:M groups run over (None: their own): for a
     convolution, (kh, kw, channel), so that groups run over the input channels of one kernel
-    position (the GEMM order of NHWC sparse kernels); for a linear layer with `permute`, an
+    position (the GEMM order of NHWC sparse kernels); for a linear layer that `permutes`, an
     order whose mask keeps more of `scores()` (`nm_input_order`), or None if none does."""
     nm = config.nm
     if nm is None:
@@ -86,7 +86,7 @@ def _input_order(module: nn.Module, config: UnstructuredPruneConfig,
         positions = module.kernel_size[0] * module.kernel_size[1]
         return None if positions == 1 else kernel_position_order(
             module.in_channels // module.groups, positions)
-    if config.permute and isinstance(module, nn.Linear):
+    if config.permutes and isinstance(module, nn.Linear):
         order = nm_input_order(scores(), nm)
         return None if torch.equal(order, torch.arange(len(order))) else order
     return None
@@ -234,7 +234,7 @@ class _Tally:
                                if self.total else 0.0}
         if self.skipped:
             out["skipped"] = self.skipped
-        if self.config.permute:  # 0 says no layer gained from an order (or none is linear)
+        if self.config.permutes:  # 0 says no layer gained from an order (or none is linear)
             out["permuted_layers"] = self.permuted
         return out
 
