@@ -5,7 +5,7 @@ lit-cifar zero-shot.
 [--eval TEST] [--samples 2048|auto] [--by-source] [--ignore MODULES] [--targets MODULES]
 [--methods magnitude,wanda,sparsegpt,admm,wanda-noswap,wanda-seq,wanda-row,wanda-owl,
 sparsegpt-layer,sparsegpt-asym,sparsegpt-norefit,sparsegpt-bias,wanda-bn]
-[--settings 0.5,0.6,0.7,2:4] [--embeddings] [--threads 2] [--update]``
+[--settings 0.5,0.6,0.7,2:4] [--embeddings] [--threads 2] [--update] [--own-order]``
 
 Calibrates on one split (STS-B train, or lit-cifar-train) and evaluates on another (STS-B dev,
 or lit-cifar-eval), so calibration never sees the evaluation examples. Each row prunes a fresh
@@ -18,7 +18,9 @@ resampled evaluation pairs or images (how far it could move on another sample li
 ``--by-source`` adds each row's loss within every source of the STS pairs (``loss_by_source``:
 MSRvid, images, headlines, ...). Method suffixes select options (see `_stage`). With
 ``--embeddings`` the embedding tables are pruned too (by magnitude, row by row, whatever the
-method), which is what takes the whole model's size below 0.6× at 50%.
+method), which is what takes the whole model's size below 0.6× at 50%. ``--own-order`` forms
+every method's N:M groups over each layer's own inputs (`permute: false`), as all did by
+default before session 32 (Wanda, SparseGPT and ADMM now choose an order per linear layer).
 
 2,048 calibration sentences by default: STS sentences are short (about 14 tokens), so 512
 give Wanda and SparseGPT only ~7k tokens of statistics (2,048: ~29k). On 1,437 held-out STS-B
@@ -62,6 +64,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "norefit": {"refit": False},
     "bias": {"bias_correction": True},
     "b32": {"block_size": 32},
+    "b512": {"block_size": 512},
     "damp10": {"damp": 0.1},
     "damp001": {"damp": 0.001},
     "perm": {"permute": True},
@@ -69,8 +72,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def _stage(method: str, setting: str, embeddings: bool = False,
-           ignore: list[str] | None = None, targets: list[str] | None = None
-           ) -> dict[str, Any]:
+           ignore: list[str] | None = None, targets: list[str] | None = None,
+           own_order: bool = False) -> dict[str, Any]:
     """Prune settings of one row: ``NAME[-VARIANT...]``, where ``-owl`` sets OWL's sparsity per
     block (`layer_sparsity: owl`), ``-asym`` sets `asymmetric: true`, ``-oneshot`` sets
     `sequential: false` (every block's statistics from the unpruned model), ``-sens``
@@ -82,12 +85,15 @@ def _stage(method: str, setting: str, embeddings: bool = False,
     mask as in the paper), ``-refit`` `refit: true` (refit the kept
     weights by exact least squares once the mask is chosen; SparseGPT's default) and
     ``-norefit`` `refit: false` (SparseGPT's own update alone, as in the paper), ``-bias``
-    `bias_correction: true`, ``-b32`` `block_size: 32`, ``-damp10`` `damp: 0.1`,
+    `bias_correction: true`, ``-b32`` / ``-b512`` `block_size: 32` / `512`, ``-damp10`` `damp: 0.1`,
     ``-damp001`` `damp: 0.001` and ``-perm`` `permute: true` (N:M groups over a chosen order
     of each linear layer's inputs). A trailing ``-bn`` (handled by `_row`) adds a
-    ``finetune: {method: batchnorm}`` stage after pruning."""
+    ``finetune: {method: batchnorm}`` stage after pruning. `own_order`: every method's N:M
+    groups over each layer's own inputs (`permute: false`, the defaults before session 32)."""
     name, *variants = method.split("-")
     cfg: dict[str, Any] = {"method": name, "embeddings": embeddings}
+    if own_order:
+        cfg["permute"] = False
     for v in variants:
         cfg.update(VARIANTS[v])
     if ignore:
@@ -106,7 +112,7 @@ def _row(base, method: str, setting: str, train: Dataset, test: Dataset, referen
          sources: list[str] | None = None) -> dict[str, Any]:
     adapter = copy.deepcopy(base)
     stages = [{"prune": _stage(method.removesuffix("-bn"), setting, args.embeddings,
-                               args.ignore, args.targets)}]
+                               args.ignore, args.targets, args.own_order)}]
     if method.endswith("-bn"):  # then correct BatchNorm statistics against the dense model
         stages.append({"finetune": {"method": "batchnorm"}})
     (summary, *_), seconds = apply_stages(adapter, stages, train, calib, original=base)
@@ -183,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--by-source", action="store_true", help="also each row's loss within "
                    "every source of the STS evaluation pairs (MSRvid, headlines, ...)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--own-order", action="store_true", help="N:M groups over each layer's own "
+                   "inputs for every method (permute: false; the defaults before session 32)")
     p.add_argument("--update", action="store_true", help="replace only the rows run (same "
                    "method and setting) in an existing OUT written with the same settings")
     a = p.parse_args(argv)
@@ -222,7 +230,8 @@ def main(argv: list[str] | None = None) -> None:
            "evaluation": a.eval or test.name,
            "samples": a.samples, "batch_size": a.batch_size, "embeddings_pruned": a.embeddings,
            "ignored": a.ignore or [], "targets": a.targets, "threads": a.threads,
-           **({"by_source": True} if sources else {}), "dense": dense, "rows": rows}
+           **({"by_source": True} if sources else {}),
+           **({"own_order": True} if a.own_order else {}), "dense": dense, "rows": rows}
     store(a.out, _merged(load(a.out), out) if a.update else out)
 
 
@@ -232,7 +241,7 @@ def _merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     digits of the dense metric (another machine's float sums; 1e-4 allowed, `old`'s kept) and
     the dense size by the weights file's metadata (up to 256 bytes: sizes measured before
     saving count it since session 28)."""
-    setup = {k for k in (*new, "by_source") if k not in ("rows", "dense")}
+    setup = {k for k in (*new, "by_source", "own_order") if k not in ("rows", "dense")}
     dense_old, dense_new = old.get("dense", {}), new["dense"]
     key = dense_new["metric"]
     same_dense = (dense_old.get("metric") == key

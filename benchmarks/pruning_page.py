@@ -52,14 +52,15 @@ def _quality_table(results: dict[str, Any], folds: dict[str, Any] | None,
 
 
 def _permute_table(pairs: list[tuple[str, Any, Any, str]]) -> str:
-    """2:4 loss of each method's defaults without → with `permute: true`, one column per
-    (label, stored defaults, stored `-perm` rows, key of the loss) in `pairs`; a folds file
-    gives the mean over the held-out quarters."""
-    columns = [(label, _by_method(plain, key=key), _by_method(permuted, "-perm", key))
-               for label, plain, permuted, key in pairs]
+    """2:4 loss of each method's defaults with N:M groups over each layer's own inputs →
+    over the order the method chose (its default since session 32), one column per (label,
+    stored `--own-order` rows, stored defaults, key of the loss) in `pairs`; a folds file gives
+    the mean over the held-out quarters."""
+    columns = [(label, _by_method(own, key=key), _by_method(chosen, key=key))
+               for label, own, chosen, key in pairs]
     rows = [[m, *(f"{_loss(before.get((m, '2:4')))} → {_loss(after.get((m, '2:4')))}"
                   for _, before, after in columns)]
-            for m in METHODS if any((m, "2:4") in after for _, _, after in columns)]
+            for m in METHODS if any((m, "2:4") in before for _, before, _ in columns)]
     return markdown_table(["method", *(label for label, _, _ in columns)], rows)
 
 
@@ -155,18 +156,19 @@ def section() -> list[str]:
                   "the mean loss over the four quarters of STS-B train held out in turn, each "
                   "calibrated on the other three (`prune_heldout_folds.json`):", "",
                   _quality_table(minilm, folds), ""]
-    permuted = _stored("prune_permute.json")
-    if minilm and permuted:
-        lines += ["2:4 loss without → with `permute: true` (each linear layer's groups of four "
-                  "formed over an order of its inputs that keeps more of the method's score; "
-                  "off by default): MiniLM on STS-B dev (`prune_permute.json`) and on the four "
-                  "held-out quarters (mean, `prune_permute_heldout_folds.json`), lit-cifar "
-                  "(`prune_permute_litcifar.json`):", "",
+    own_order = _stored("prune_own_order.json")
+    if minilm and own_order:
+        lines += ["2:4 loss with each layer's groups of four over its own inputs → over an "
+                  "order of its inputs that keeps more of the method's score (`permute`, the "
+                  "default of Wanda, SparseGPT and ADMM since session 32; `--own-order` rows: "
+                  "`prune_own_order.json`, the four held-out quarters' mean in "
+                  "`prune_own_order_heldout_folds.json`, `prune_own_order_litcifar.json`):", "",
                   _permute_table([
-                      ("MiniLM dev", minilm, permuted, "loss"),
-                      ("MiniLM held-out", folds, _stored("prune_permute_heldout_folds.json"),
+                      ("MiniLM dev", own_order, minilm, "loss"),
+                      ("MiniLM held-out", _stored("prune_own_order_heldout_folds.json"), folds,
                        "loss_mean"),
-                      ("lit-cifar", litcifar, _stored("prune_permute_litcifar.json"), "loss")]),
+                      ("lit-cifar", _stored("prune_own_order_litcifar.json"), litcifar,
+                       "loss")]),
                   ""]
     if litcifar:
         lines += [f"lit-cifar, every layer of both towers but the stem convolution, zero-shot "

@@ -263,6 +263,7 @@ def test_prune_rows_carry_their_targets_and_ignores_into_the_stage() -> None:
     assert cfg == {"method": "wanda", "embeddings": False, "swaps": 0, "pattern": "2:4",
                    "targets": ["re:intermediate"], "ignore": ["text.x"]}
     assert "targets" not in _stage("wanda", "0.6") and _stage("wanda", "0.6")["sparsity"] == 0.6
+    assert "permute" not in cfg and _stage("admm", "2:4", own_order=True)["permute"] is False
 
 
 def test_pruning_rows_of_the_benchmark_page_read_each_methods_defaults() -> None:
@@ -281,19 +282,20 @@ def test_pruning_rows_of_the_benchmark_page_read_each_methods_defaults() -> None
     assert "| wanda | — | — | — | — |" in corrected
 
 
-def test_permute_rows_pair_each_methods_2_4_defaults_with_their_permuted_twin() -> None:
+def test_permute_rows_pair_each_methods_own_order_rows_with_its_defaults() -> None:
     from benchmarks.pruning_page import _permute_table
 
-    plain = {"rows": [{"method": m, "setting": s, "loss": loss}
-                      for m, s, loss in (("wanda", "2:4", 0.012), ("wanda", "0.6", 0.5),
-                                         ("wanda-noswap", "2:4", 0.9), ("admm", "2:4", 0.0085))]}
-    permuted = {"rows": [{"method": "wanda-perm", "setting": "2:4", "loss": 0.011},
-                         {"method": "wanda", "setting": "2:4", "loss": 0.7}]}
-    table = _permute_table([("dev", plain, permuted, "loss"), ("other", plain, None, "loss")])
+    own = {"rows": [{"method": m, "setting": s, "loss": loss}
+                    for m, s, loss in (("wanda", "2:4", 0.012), ("wanda", "0.6", 0.5),
+                                       ("wanda-noswap", "2:4", 0.9))]}
+    chosen = {"rows": [{"method": "wanda", "setting": "2:4", "loss": 0.011},
+                       {"method": "admm", "setting": "2:4", "loss": 0.0053},
+                       {"method": "wanda-perm", "setting": "2:4", "loss": 0.7}]}
+    table = _permute_table([("dev", own, chosen, "loss"), ("other", own, None, "loss")])
     lines = table.splitlines()
     assert lines[0] == "| method | dev | other |"
     assert "| wanda | +0.0120 → +0.0110 | +0.0120 → — |" in lines
-    assert not any(line.startswith("| admm") for line in lines)  # never measured permuted
+    assert not any(line.startswith("| admm") for line in lines)  # no own-order row
 
 
 def test_allocation_rows_pair_each_per_tower_run_with_its_global_twin() -> None:
@@ -379,3 +381,5 @@ def test_prune_unstructured_update_takes_the_dense_size_with_or_without_file_met
     assert [r["loss"] for r in merged["rows"]] == [0.2]
     with pytest.raises(SystemExit, match="other settings"):  # another model
         _merged(old, run(2000, 0.8, []))
+    with pytest.raises(SystemExit, match="other settings"):  # rows of the inputs' own order
+        _merged(old, {**run(1000, 0.8, []), "own_order": True})

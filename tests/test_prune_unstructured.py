@@ -319,7 +319,7 @@ def test_permuted_nm_masks_follow_their_saved_order_and_reload(tiny_clip, tmp_pa
 
 
 def test_permuted_layers_keep_their_order_when_quantized_and_reloaded(tiny_clip, tmp_path):
-    recipe = {"stages": [{"prune": {"method": "wanda", "pattern": "2:4", "permute": True}},
+    recipe = {"stages": [{"prune": {"method": "wanda", "pattern": "2:4"}},
                          {"quantize": {"method": "gptq", "bits": 4, "group_size": 32}}],
               "calibration": {"samples": 8, "batch_size": 4}, "evaluate": FAST_EVAL}
     result = mmcompress.compress(tiny_clip, recipe, out=tmp_path / "out", data=toy_image_data(),
