@@ -197,8 +197,8 @@ SECTIONS = [
      " convolutions too. The `wanda` and `sparsegpt` rows were rerun with `--update` in"
      " session 13, when their defaults changed, and the `admm` rows added in session 14;"
      " the other rows are from earlier runs. The `wanda`, `sparsegpt` and `admm` 2:4 rows"
-     " were rerun in session 32 with the order each chose for the linear layers (`--update"
-     " --methods wanda,sparsegpt,admm --settings 2:4`); the other variants' 2:4 rows are"
+     " were rerun in session 32 with the order each chose (linear layers' inputs,"
+     " convolutions' channels; `--update --methods wanda,sparsegpt,admm --settings 2:4`); the other variants' 2:4 rows are"
      " older: `--own-order` reproduces them."),
     ("Wanda with its masks refined by swaps", "prune_swaps.json",
      "python -m benchmarks.prune_unstructured benchmarks/results/prune_swaps.json"
@@ -281,8 +281,7 @@ SECTIONS = [
      " --ignore vision.conv1 --threads 2 --own-order",
      "Wanda, SparseGPT and ADMM at 2:4 with `permute: false` on every layer of both lit-cifar"
      " towers but the stem convolution: the 2:4 rows of \"Unstructured pruning on lit-cifar\""
-     " until session 32, moved here as above. Only linear layers (the MiniLM text tower, the"
-     " image projection) take an order by default; the ResNet-56 convolutions keep theirs."),
+     " until session 32, moved here as above."),
     ("N:M groups over each layer's own inputs, on lit-cifar with the BatchNorm correction",
      "prune_own_order_litcifar_bn.json",
      "python -m benchmarks.prune_unstructured benchmarks/results/prune_own_order_litcifar_bn.json"
@@ -333,8 +332,9 @@ SECTIONS = [
      " Rerun in session 10, after lit-cifar-train carried its training captions; the"
      " `wanda-bn` and `sparsegpt-bn` rows (each method's defaults) added with `--update` in"
      " session 13, the `admm-bn` rows in session 14; the `wanda-bn`, `sparsegpt-bn` and"
-     " `admm-bn` 2:4 rows rerun in session 32 with the order each chose for the linear layers"
-     " (`--update --methods wanda-bn,sparsegpt-bn,admm-bn --settings 2:4`). The other"
+     " `admm-bn` 2:4 rows rerun in session 32 with the order each chose (linear layers'"
+     " inputs, convolutions' channels; `--update --methods wanda-bn,sparsegpt-bn,admm-bn"
+     " --settings 2:4`). The other"
      " variants' 2:4 rows are older: `--own-order` reproduces them."),
     ("Unstructured pruning on other STS data, 512 calibration sentences",
      "prune_unstructured_heldout_512.json",

@@ -17,7 +17,7 @@ from mmcompress.cli import app
 from mmcompress.errors import RecipeError
 from mmcompress.io.checkpoint import save_checkpoint
 from mmcompress.methods import METHODS, StageContext
-from mmcompress.methods.prune_unstructured import _input_order
+from mmcompress.methods.prune_unstructured import _input_order, _select
 from mmcompress.methods.sparsity_allocation import masked_error, sensitivity_sparsities
 from mmcompress.modules.sparse import (
     SparseConv2d,
@@ -35,6 +35,7 @@ from mmcompress.quantization.grid import QuantGrid
 from mmcompress.recipe import CalibrationConfig, load_recipe
 from mmcompress.sparsity import global_keep_masks, keep_mask, parse_pattern, sparsegpt_prune
 from mmcompress.sparsity.admm import admm_prune
+from mmcompress.sparsity.masks import kernel_position_order
 from mmcompress.sparsity.owl import outlier_ratio, owl_sparsities
 from mmcompress.sparsity.permute import _trade_scores, kept_score, nm_input_order
 from mmcompress.sparsity.refit import refit_kept
@@ -301,7 +302,7 @@ def test_permuted_nm_masks_follow_their_saved_order_and_reload(tiny_clip, tmp_pa
     ordered = 0
     for name, m in layers.items():
         assert m.follows_pattern(), name
-        if isinstance(m, nn.Conv2d):  # convolutions keep their own order
+        if isinstance(m, nn.Conv2d):  # 3 input channels: no groups of four to order
             assert m.input_order is None
             continue
         ordered += 1
@@ -316,6 +317,46 @@ def test_permuted_nm_masks_follow_their_saved_order_and_reload(tiny_clip, tmp_pa
     assert torch.equal(fc1.input_order, tiny_clip.model.text_model.encoder.layers[0].mlp.fc1
                        .input_order)
     assert torch.equal(loaded.encode_texts(texts), tiny_clip.encode_texts(texts))
+
+
+def test_a_convolutions_channels_take_one_order_for_every_kernel_position():
+    conv = nn.Conv2d(8, 3, 2)  # columns channel-major: channel c, position p at c·4 + p
+    needed = torch.tensor([9.0] * 4 + [1.0] * 4)  # channels 0-3: every row needs them
+    scores = needed[None, :, None].expand(3, 8, 4).reshape(3, 32) + torch.rand(3, 32)
+    config = load_recipe({"stages": [{"prune": {"method": "wanda", "pattern": "2:4"}}]}
+                         ).stages[0].config
+    order = _input_order(conv, config, lambda: scores)
+    by_position = order.view(4, 8)  # row p: the columns of position p's groups, in order
+    assert torch.equal(by_position % 4, torch.arange(4)[:, None].expand(4, 8))
+    channels = by_position // 4
+    assert (channels == channels[0]).all()  # one channel order at every position
+    assert sorted(channels[0].tolist()) == list(range(8))
+    own = kernel_position_order(8, 4)
+    assert kept_score(scores, (2, 4), order) > kept_score(scores, (2, 4), own)
+    keep = _select(scores, config, per_row=False, order=order)
+    assert keep.view(3, 8, 4)[:, :4].all()  # the needed channels all kept
+    own_order = config.model_copy(update={"permute": False})
+    assert torch.equal(_input_order(conv, own_order, lambda: scores), own)
+
+
+def test_permuted_convolutions_follow_their_saved_order_and_reload(tmp_path):
+    from mmcompress.adapters.classifier import ImageClassifierAdapter
+    from mmcompress.models.resnet_cifar import CifarResNet
+
+    torch.manual_seed(0)
+    adapter = ImageClassifierAdapter(CifarResNet(20).eval())
+    summary = _apply(adapter, "magnitude", pattern="2:4", permute=True, ignore=["conv1"])
+    convs = {n: m for n, m in _sparse_layers(adapter).items() if isinstance(m, nn.Conv2d)}
+    permuted = [n for n, m in convs.items() if m.input_order is not None]
+    assert len(permuted) > len(convs) // 2 and summary["permuted_layers"] >= len(permuted)
+    assert all(m.follows_pattern() for m in convs.values())
+    save_checkpoint(adapter, tmp_path, "resnet20-cifar10", [])
+    loaded = mmcompress.load(tmp_path)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), adapter.model(x))
+    assert torch.equal(loaded.model.get_submodule(permuted[0]).input_order,
+                       adapter.model.get_submodule(permuted[0]).input_order)
 
 
 def test_permuted_layers_keep_their_order_when_quantized_and_reloaded(tiny_clip, tmp_path):

@@ -77,15 +77,24 @@ def _input_order(module: nn.Module, config: UnstructuredPruneConfig,
                  scores: Callable[[], torch.Tensor]) -> torch.Tensor | None:
     """The order of the layer's columns that its N:M groups run over (None: their own): for a
     convolution, (kh, kw, channel), so that groups run over the input channels of one kernel
-    position (the GEMM order of NHWC sparse kernels); for a linear layer that `permutes`, an
-    order whose mask keeps more of `scores()` (`nm_input_order`), or None if none does."""
+    position (the GEMM order of NHWC sparse kernels); for a layer that `permutes`, an order
+    whose mask keeps more of `scores()` (`nm_input_order`): of a linear layer's inputs, or of
+    a convolution's input channels, one order for every kernel position."""
     nm = config.nm
     if nm is None:
         return None
     if isinstance(module, nn.Conv2d):
+        channels = module.in_channels // module.groups
         positions = module.kernel_size[0] * module.kernel_size[1]
-        return None if positions == 1 else kernel_position_order(
-            module.in_channels // module.groups, positions)
+        own = None if positions == 1 else kernel_position_order(channels, positions)
+        if not config.permutes or channels % nm[1] or channels == nm[1]:
+            return own
+        # every (row, kernel position) is a row of groups over the channels
+        by_position = scores().view(-1, channels, positions).transpose(1, 2)
+        order = nm_input_order(by_position.reshape(-1, channels), nm)
+        if torch.equal(order, torch.arange(channels)):
+            return own
+        return (order[None, :] * positions + torch.arange(positions)[:, None]).reshape(-1)
     if config.permutes and isinstance(module, nn.Linear):
         order = nm_input_order(scores(), nm)
         return None if torch.equal(order, torch.arange(len(order))) else order
@@ -93,9 +102,13 @@ def _input_order(module: nn.Module, config: UnstructuredPruneConfig,
 
 
 def _stored_order(module: nn.Module, order: torch.Tensor | None) -> torch.Tensor | None:
-    """The order a sparse layer saves: a linear layer's chosen one (a convolution's follows
-    from its shape)."""
-    return order if isinstance(module, nn.Linear) else None
+    """The order a sparse layer saves: a chosen one (a convolution's kernel position first
+    follows from its shape)."""
+    if isinstance(module, nn.Conv2d) and order is not None:
+        positions = module.kernel_size[0] * module.kernel_size[1]
+        own = kernel_position_order(module.in_channels // module.groups, positions)
+        return None if torch.equal(order, own) else order
+    return order
 
 
 def _select(scores: torch.Tensor, config: UnstructuredPruneConfig, per_row: bool,
