@@ -198,8 +198,8 @@ SECTIONS = [
      " session 13, when their defaults changed, and the `admm` rows added in session 14;"
      " the other rows are from earlier runs. The `wanda`, `sparsegpt` and `admm` 2:4 rows"
      " were rerun in session 32 with the order each chose (linear layers' inputs,"
-     " convolutions' channels; `--update --methods wanda,sparsegpt,admm --settings 2:4`); the other variants' 2:4 rows are"
-     " older: `--own-order` reproduces them."),
+     " convolutions' channels; `--update --methods wanda,sparsegpt,admm --settings 2:4`);"
+     " the other variants' 2:4 rows are older: `--own-order` reproduces them."),
     ("Wanda with its masks refined by swaps", "prune_swaps.json",
      "python -m benchmarks.prune_unstructured benchmarks/results/prune_swaps.json"
      " --methods wanda-noswap,wanda-swap --settings 0.6,0.7,2:4 --threads 1 --own-order",
