@@ -87,7 +87,7 @@ def _stage(method: str, setting: str, embeddings: bool = False,
     ``-norefit`` `refit: false` (SparseGPT's own update alone, as in the paper), ``-bias``
     `bias_correction: true`, ``-b32`` / ``-b512`` `block_size: 32` / `512`, ``-damp10`` `damp: 0.1`,
     ``-damp001`` `damp: 0.001` and ``-perm`` `permute: true` (N:M groups over a chosen order
-    of each linear layer's inputs). A trailing ``-bn`` (handled by `_row`) adds a
+    of each layer's inputs). A trailing ``-bn`` (handled by `_row`) adds a
     ``finetune: {method: batchnorm}`` stage after pruning. `own_order`: every method's N:M
     groups over each layer's own inputs (`permute: false`, the defaults before session 32)."""
     name, *variants = method.split("-")

@@ -320,9 +320,11 @@ def test_permuted_nm_masks_follow_their_saved_order_and_reload(tiny_clip, tmp_pa
 
 
 def test_a_convolutions_channels_take_one_order_for_every_kernel_position():
+    torch.manual_seed(0)
     conv = nn.Conv2d(8, 3, 2)  # columns channel-major: channel c, position p at c·4 + p
     needed = torch.tensor([9.0] * 4 + [1.0] * 4)  # channels 0-3: every row needs them
-    scores = needed[None, :, None].expand(3, 8, 4).reshape(3, 32) + torch.rand(3, 32)
+    scores = needed[None, :, None] * torch.rand(3, 8, 4) + torch.rand(3, 8, 4)
+    scores = scores.reshape(3, 32)  # each (row, position) its own scores
     config = load_recipe({"stages": [{"prune": {"method": "wanda", "pattern": "2:4"}}]}
                          ).stages[0].config
     order = _input_order(conv, config, lambda: scores)
@@ -330,33 +332,39 @@ def test_a_convolutions_channels_take_one_order_for_every_kernel_position():
     assert torch.equal(by_position % 4, torch.arange(4)[:, None].expand(4, 8))
     channels = by_position // 4
     assert (channels == channels[0]).all()  # one channel order at every position
-    assert sorted(channels[0].tolist()) == list(range(8))
+    rows = torch.stack([scores[:, c * 4 + p] for p in range(4) for c in range(8)], 1)
+    assert torch.equal(channels[0], nm_input_order(rows.view(3, 4, 8).reshape(12, 8), (2, 4)))
     own = kernel_position_order(8, 4)
     assert kept_score(scores, (2, 4), order) > kept_score(scores, (2, 4), own)
     keep = _select(scores, config, per_row=False, order=order)
-    assert keep.view(3, 8, 4)[:, :4].all()  # the needed channels all kept
+    assert keep.view(3, 8, 4)[:, :4].sum() > keep.view(3, 8, 4)[:, 4:].sum()
     own_order = config.model_copy(update={"permute": False})
     assert torch.equal(_input_order(conv, own_order, lambda: scores), own)
 
 
-def test_permuted_convolutions_follow_their_saved_order_and_reload(tmp_path):
+def test_permuted_convolutions_follow_their_saved_order_through_quantization(tmp_path):
     from mmcompress.adapters.classifier import ImageClassifierAdapter
     from mmcompress.models.resnet_cifar import CifarResNet
 
     torch.manual_seed(0)
     adapter = ImageClassifierAdapter(CifarResNet(20).eval())
     summary = _apply(adapter, "magnitude", pattern="2:4", permute=True, ignore=["conv1"])
-    convs = {n: m for n, m in _sparse_layers(adapter).items() if isinstance(m, nn.Conv2d)}
-    permuted = [n for n, m in convs.items() if m.input_order is not None]
-    assert len(permuted) > len(convs) // 2 and summary["permuted_layers"] >= len(permuted)
-    assert all(m.follows_pattern() for m in convs.values())
+    ordered = {n: m.input_order.clone() for n, m in _sparse_layers(adapter).items()
+               if m.input_order is not None}
+    convs = [n for n, m in _sparse_layers(adapter).items() if isinstance(m, nn.Conv2d)]
+    assert sum(n in ordered for n in convs) > len(convs) // 2
+    assert summary["permuted_layers"] == len(ordered)
+    stage = load_recipe({"stages": [{"quantize": {"method": "rtn", "bits": 4}}]}).stages[0]
+    METHODS[("quantize", "rtn")].apply(adapter, stage.config, StageContext(progress=False))
     save_checkpoint(adapter, tmp_path, "resnet20-cifar10", [])
     loaded = mmcompress.load(tmp_path)
+    for name, order in ordered.items():
+        layer = loaded.model.get_submodule(name)
+        assert isinstance(layer, SparseQuantConv2d | SparseQuantLinear), name
+        assert torch.equal(layer.input_order, order) and layer.follows_pattern(), name
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded.model(x), adapter.model(x))
-    assert torch.equal(loaded.model.get_submodule(permuted[0]).input_order,
-                       adapter.model.get_submodule(permuted[0]).input_order)
 
 
 def test_permuted_layers_keep_their_order_when_quantized_and_reloaded(tiny_clip, tmp_path):

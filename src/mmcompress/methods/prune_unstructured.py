@@ -247,7 +247,7 @@ class _Tally:
                                if self.total else 0.0}
         if self.skipped:
             out["skipped"] = self.skipped
-        if self.config.permutes:  # 0 says no layer gained from an order (or none is linear)
+        if self.config.permutes:  # 0: no layer gained from an order
             out["permuted_layers"] = self.permuted
         return out
 

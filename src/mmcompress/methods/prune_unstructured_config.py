@@ -46,8 +46,8 @@ class UnstructuredPruneConfig(MethodConfig):
                                    "(an N:M pattern implies 1 - N/M)")
     pattern: str = Field("unstructured", description="'unstructured', or 'N:M': at most N "
                          "nonzeros in every M consecutive inputs of a row (a convolution's "
-                         "inputs ordered kernel position first; with 'permute', a linear "
-                         "layer's in its saved order)")
+                         "inputs ordered kernel position first; with 'permute', a layer's "
+                         "in its saved order)")
     scope: Literal["layer", "global"] = Field("layer", description="rank weights within each "
                                               "layer, or across all targeted layers (magnitude)")
     convolutions: bool = Field(True, description="also prune 2-d convolutions")
@@ -110,7 +110,8 @@ class UnstructuredPruneConfig(MethodConfig):
 
     @property
     def permutes(self) -> bool:
-        """Whether linear layers' N:M groups run over a chosen order of their inputs."""
+        """Whether N:M groups run over a chosen order of each layer's inputs (a
+        convolution's input channels)."""
         return self.permute and self.nm is not None
 
     def rows_compete(self, module: nn.Module) -> bool:

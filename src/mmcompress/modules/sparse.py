@@ -341,7 +341,8 @@ def sparse_module(module: nn.Module, keep: torch.Tensor, matrix: torch.Tensor | 
                   ) -> _SparseFloat:
     """The sparse replacement of a Linear/Conv2d/Embedding keeping `keep` ([rows, cols]) of `matrix`
     (default: the layer's own weight as [rows, cols]); `order`: the inputs' order its N:M
-    groups were formed over, when not their own (linear layers)."""
+    groups were formed over, when not their own (for a convolution, not
+    kernel position first)."""
     args = layer_args(module)
     if matrix is None:
         matrix = module.weight.detach().float().reshape(keep.shape)
