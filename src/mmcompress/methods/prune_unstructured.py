@@ -92,12 +92,14 @@ def _input_order(module: nn.Module, config: UnstructuredPruneConfig,
         # every (row, kernel position) is a row of groups over the channels
         by_position = scores().view(-1, channels, positions).transpose(1, 2)
         order = nm_input_order(by_position.reshape(-1, channels), nm)
-        if torch.equal(order, torch.arange(channels)):
+        if torch.equal(order, torch.arange(channels, device=order.device)):
             return own
-        return (order[None, :] * positions + torch.arange(positions)[:, None]).reshape(-1)
+        at = torch.arange(positions, device=order.device)
+        return (order[None, :] * positions + at[:, None]).reshape(-1)
     if config.permutes and isinstance(module, nn.Linear):
         order = nm_input_order(scores(), nm)
-        return None if torch.equal(order, torch.arange(len(order))) else order
+        return None if torch.equal(order, torch.arange(len(order), device=order.device)) \
+            else order
     return None
 
 
@@ -107,7 +109,7 @@ def _stored_order(module: nn.Module, order: torch.Tensor | None) -> torch.Tensor
     if isinstance(module, nn.Conv2d) and order is not None:
         positions = module.kernel_size[0] * module.kernel_size[1]
         own = kernel_position_order(module.in_channels // module.groups, positions)
-        return None if torch.equal(order, own) else order
+        return None if torch.equal(order, own.to(order.device)) else order
     return order
 
 
