@@ -20,7 +20,7 @@ MSRvid, images, headlines, ...). Method suffixes select options (see `_stage`). 
 ``--embeddings`` the embedding tables are pruned too (by magnitude, row by row, whatever the
 method), which is what takes the whole model's size below 0.6× at 50%. ``--own-order`` forms
 every method's N:M groups over each layer's own inputs (`permute: false`), as all did by
-default before session 32 (Wanda, SparseGPT and ADMM now choose an order per linear layer).
+default before session 32 (Wanda, SparseGPT and ADMM now choose an order per layer).
 
 2,048 calibration sentences by default: STS sentences are short (about 14 tokens), so 512
 give Wanda and SparseGPT only ~7k tokens of statistics (2,048: ~29k). On 1,437 held-out STS-B

@@ -27,7 +27,7 @@ from ..selection import tower_of
 from ..sensitivity import Probe
 from ..sparsity import global_keep_masks, keep_mask, sparsegpt_prune
 from ..sparsity.admm import admm_prune
-from ..sparsity.masks import kernel_position_order
+from ..sparsity.masks import NM, kernel_position_order
 from ..sparsity.owl import outlier_ratio, owl_sparsities
 from ..sparsity.permute import nm_input_order
 from ..sparsity.refit import refit_kept
@@ -73,43 +73,59 @@ def prunable_layers(
     return layers, skipped
 
 
+def _own_order(module: nn.Module) -> torch.Tensor | None:
+    """The order of the layer's columns that N:M groups run over unless one is chosen (None:
+    their own): a convolution's (kh, kw, channel), so that groups run over the input channels
+    of one kernel position (the GEMM order of NHWC sparse kernels)."""
+    if not isinstance(module, nn.Conv2d):
+        return None
+    positions = module.kernel_size[0] * module.kernel_size[1]
+    return None if positions == 1 else kernel_position_order(
+        module.in_channels // module.groups, positions)
+
+
+def _chosen_order(module: nn.Module, nm: NM, scores: Callable[[], torch.Tensor]
+                  ) -> torch.Tensor | None:
+    """An order of the layer's columns whose N:M mask keeps more of `scores()`
+    (`nm_input_order`), None if none does: of a linear layer's inputs, or of a convolution's
+    input channels, one order for every kernel position (each (row, position) a row of groups
+    over the channels)."""
+    if isinstance(module, nn.Linear):
+        return _gaining(nm_input_order(scores(), nm))
+    if not isinstance(module, nn.Conv2d):
+        return None
+    channels = module.in_channels // module.groups
+    positions = module.kernel_size[0] * module.kernel_size[1]
+    if channels % nm[1] or channels == nm[1]:  # no two whole groups of channels to trade
+        return None
+    by_position = scores().view(-1, channels, positions).transpose(1, 2)
+    order = _gaining(nm_input_order(by_position.reshape(-1, channels), nm))
+    if order is None:
+        return None
+    at = torch.arange(positions, device=order.device)
+    return (order[None, :] * positions + at[:, None]).reshape(-1)
+
+
+def _gaining(order: torch.Tensor) -> torch.Tensor | None:
+    """`order`, or None where it is the columns' own (`nm_input_order` found no gain)."""
+    return None if torch.equal(order, torch.arange(len(order), device=order.device)) else order
+
+
 def _input_order(module: nn.Module, config: UnstructuredPruneConfig,
                  scores: Callable[[], torch.Tensor]) -> torch.Tensor | None:
-    """The order of the layer's columns that its N:M groups run over (None: their own): for a
-    convolution, (kh, kw, channel), so that groups run over the input channels of one kernel
-    position (the GEMM order of NHWC sparse kernels); for a layer that `permutes`, an order
-    whose mask keeps more of `scores()` (`nm_input_order`): of a linear layer's inputs, or of
-    a convolution's input channels, one order for every kernel position."""
-    nm = config.nm
-    if nm is None:
+    """The order of the layer's columns that its N:M groups run over (None: their own): one
+    chosen to keep more of `scores()` for a stage that `permutes`, else `_own_order`."""
+    if config.nm is None:
         return None
-    if isinstance(module, nn.Conv2d):
-        channels = module.in_channels // module.groups
-        positions = module.kernel_size[0] * module.kernel_size[1]
-        own = None if positions == 1 else kernel_position_order(channels, positions)
-        if not config.permutes or channels % nm[1] or channels == nm[1]:
-            return own
-        # every (row, kernel position) is a row of groups over the channels
-        by_position = scores().view(-1, channels, positions).transpose(1, 2)
-        order = nm_input_order(by_position.reshape(-1, channels), nm)
-        if torch.equal(order, torch.arange(channels, device=order.device)):
-            return own
-        at = torch.arange(positions, device=order.device)
-        return (order[None, :] * positions + at[:, None]).reshape(-1)
-    if config.permutes and isinstance(module, nn.Linear):
-        order = nm_input_order(scores(), nm)
-        return None if torch.equal(order, torch.arange(len(order), device=order.device)) \
-            else order
-    return None
+    chosen = _chosen_order(module, config.nm, scores) if config.permutes else None
+    return _own_order(module) if chosen is None else chosen
 
 
 def _stored_order(module: nn.Module, order: torch.Tensor | None) -> torch.Tensor | None:
-    """The order a sparse layer saves: a chosen one (a convolution's kernel position first
-    follows from its shape)."""
-    if isinstance(module, nn.Conv2d) and order is not None:
-        positions = module.kernel_size[0] * module.kernel_size[1]
-        own = kernel_position_order(module.in_channels // module.groups, positions)
-        return None if torch.equal(order, own.to(order.device)) else order
+    """The order a sparse layer saves: a chosen one (`_own_order` follows from its shape)."""
+    own = _own_order(module)
+    if order is None or (own is not None and torch.equal(order, own.to(order.device))):
+        return None
     return order
 
 
