@@ -47,7 +47,7 @@ SECTIONS = [
      " `--update` merges) after their held-out rows had drifted from the stored ones (here"
      " by up to 0.0013); the other rows are from earlier runs under the labels that"
      " reproduce them now. Since session 32 Wanda, SparseGPT and ADMM form N:M groups over"
-     " an order of each linear layer's inputs chosen to keep more of their score"
+     " an order of each layer's inputs chosen to keep more of their score"
      " (`permute`): their 2:4 rows were rerun then (`--update --methods"
      " wanda,sparsegpt,admm,magnitude-perm --settings 2:4`; `magnitude-perm` is magnitude with"
      " `permute: true`), and the rows they replaced are in \"N:M groups over each layer's own"
