@@ -68,6 +68,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "damp10": {"damp": 0.1},
     "damp001": {"damp": 0.001},
     "perm": {"permute": True},
+    "act": {"act_order": True},
 }
 
 
@@ -86,9 +87,10 @@ def _stage(method: str, setting: str, embeddings: bool = False,
     weights by exact least squares once the mask is chosen; SparseGPT's default) and
     ``-norefit`` `refit: false` (SparseGPT's own update alone, as in the paper), ``-bias``
     `bias_correction: true`, ``-b32`` / ``-b512`` `block_size: 32` / `512`, ``-damp10`` `damp: 0.1`,
-    ``-damp001`` `damp: 0.001` and ``-perm`` `permute: true` (N:M groups over a chosen order
-    of each layer's inputs). A trailing ``-bn`` (handled by `_row`) adds a
-    ``finetune: {method: batchnorm}`` stage after pruning. `own_order`: every method's N:M
+    ``-damp001`` `damp: 0.001`, ``-perm`` `permute: true` (N:M groups over a chosen order
+    of each layer's inputs) and ``-act`` `act_order: true` (SparseGPT, unstructured). A
+    trailing ``-bn`` (handled by `_row`) adds a ``finetune: {method: batchnorm}`` stage after
+    pruning. `own_order`: every method's N:M
     groups over each layer's own inputs (`permute: false`, the defaults before session 32)."""
     name, *variants = method.split("-")
     cfg: dict[str, Any] = {"method": name, "embeddings": embeddings}

@@ -94,6 +94,25 @@ def test_sparsegpt_per_row_prunes_each_rows_share_and_stays_second_order(sparsit
     assert output_error(x, w, pruned) < 0.9 * output_error(x, w, w * wanda)
 
 
+@pytest.mark.parametrize("per_row", [False, True])
+def test_sparsegpt_act_order_is_the_plain_mask_of_the_columns_sorted_by_hessian_diagonal(
+        per_row):
+    x = layer_inputs(outliers=True) * torch.linspace(0.2, 3, 64)  # distinct diagonals
+    torch.manual_seed(1)
+    w, h = torch.randn(24, 64), 2 * x.T @ x / len(x)
+    perm = torch.argsort(h.diagonal(), descending=True)
+    new, keep = sparsegpt_prune(w, h, 0.6, block_size=16, per_row=per_row, act_order=True)
+    sorted_new, sorted_keep = sparsegpt_prune(w[:, perm], h[perm][:, perm], 0.6, block_size=16,
+                                              per_row=per_row)
+    assert torch.equal(keep[:, perm], sorted_keep)
+    torch.testing.assert_close(new[:, perm], sorted_new)
+    assert not torch.equal(keep, sparsegpt_prune(w, h, 0.6, block_size=16,
+                                                 per_row=per_row)[1])
+    assert int((~keep).sum()) == round(0.6 * w.numel())
+    with pytest.raises(ValueError, match="act_order"):
+        sparsegpt_prune(w, h, 0.5, (2, 4), act_order=True)
+
+
 def test_sparsegpt_one_block_drops_the_lowest_obs_saliencies_of_the_layer():
     """One block over all columns: the mask drops the k lowest w² / U_jj² of the whole layer
     (U: upper Cholesky factor of the damped H⁻¹), not w² / U_jj."""
@@ -715,6 +734,17 @@ def test_sparsegpt_compares_rows_in_linear_layers_unless_told_layer(tiny_clip):
     assert _row_spread(layers[conv].keep_mask()) > 1  # auto: a convolution's filters compete
 
 
+def test_sparsegpt_act_order_chooses_on_the_columns_by_decreasing_hessian_diagonal(tiny_clip):
+    fc = "text_model.encoder.layers.0.mlp.fc1"
+    ordered = copy.deepcopy(tiny_clip)
+    _apply(tiny_clip, "sparsegpt", sparsity=0.6)
+    _apply(ordered, "sparsegpt", sparsity=0.6, act_order=True)
+    plain, visited = _sparse_layers(tiny_clip)[fc], _sparse_layers(ordered)[fc]
+    assert int(visited.keep_mask().sum()) == int(plain.keep_mask().sum())
+    assert not torch.equal(visited.keep_mask(), plain.keep_mask())
+    assert visited.input_order is None  # an unstructured mask saves no order
+
+
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
 def test_swaps_change_masks_not_counts_and_reload(tiny_clip, tmp_path, pattern, method):
@@ -1033,6 +1063,8 @@ def test_pruned_tables_quantize_and_reload_in_one_recipe(tiny_clip, tmp_path):
      "drop one of them"),
     ({"sparsity": 0.5, "refit": True}, "unknown key 'refit'"),  # magnitude
     ({"sparsity": 0.5, "method": "wanda", "permute": True}, "give an N:M 'pattern'"),
+    ({"pattern": "2:4", "method": "sparsegpt", "act_order": True}, "'act_order' orders"),
+    ({"sparsity": 0.5, "method": "wanda", "act_order": True}, "unknown key 'act_order'"),
 ])
 def test_bad_settings_are_recipe_errors(cfg, fragment):
     cfg = {"method": "magnitude", **cfg}

@@ -406,7 +406,7 @@ def apply_sparsegpt(adapter: Adapter, config: SparseGPTConfig,
         if order is not None:
             w, h = w[:, order], h[order][:, order]
         new, keep = sparsegpt_prune(w, h, sparsity, config.nm, config.damp, config.block_size,
-                                    config.rows_compete(module))
+                                    config.rows_compete(module), config.act_order)
         if order is not None:
             new[:, order], keep[:, order] = new.clone(), keep.clone()
         return keep, new

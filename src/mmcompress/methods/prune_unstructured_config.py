@@ -226,12 +226,22 @@ class _UpdatingPruneConfig(CalibratedPruneConfig):
 class SparseGPTConfig(_UpdatingPruneConfig):
     method: str = "sparsegpt"
     block_size: int = Field(128, ge=1, description="columns whose mask is chosen together")
+    act_order: bool = Field(False, description="unstructured patterns: visit the columns by "
+                            "decreasing Hessian diagonal, as GPTQ's act-order does (on MiniLM "
+                            "it lowered STS-B dev fidelity at 60% and 70%; docs/methods.md)")
     # SparseGPT's own update approximates the least-squares fit to its mask; solving it exactly
     # (`refit`, on by default) lost less in 13 of 15 comparisons on MiniLM (STS-B dev, held-out
     # train pairs) and lit-cifar, with and without the BatchNorm correction; the other two by
     # 0.0015 (docs/methods.md). Its mask compares each output row's weights in linear layers
     # (`comparison: auto`), as Wanda does: on MiniLM that lost less than the paper's block-wide
     # choice at 60% and 70%, on STS-B dev and held-out train pairs (docs/methods.md)
+
+    @model_validator(mode="after")
+    def _act_order_unstructured(self) -> SparseGPTConfig:
+        if self.act_order and self.nm is not None:
+            raise ValueError("'act_order' orders the columns of an unstructured mask; an N:M "
+                             "pattern's groups take their order from 'permute': drop one")
+        return self
 
 
 class AdmmConfig(_UpdatingPruneConfig):

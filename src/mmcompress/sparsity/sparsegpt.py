@@ -24,6 +24,7 @@ def sparsegpt_prune(
     damp: float = 0.01,
     block_size: int = 128,
     per_row: bool = False,
+    act_order: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(updated weight with the pruned entries at zero, keep-mask), both [rows, cols].
 
@@ -31,8 +32,17 @@ def sparsegpt_prune(
     gets the share that brings the running total to ``round(sparsity · rows · end_column)``,
     chosen across the whole block (the paper's), or with `per_row` within each row: every row
     prunes its share of the total (counts differ by at most one) spread evenly over its blocks
-    (Wanda's per-output comparison).
+    (Wanda's per-output comparison). `act_order` (unstructured only) visits the columns by
+    decreasing Hessian diagonal, as GPTQ's act-order does.
     """
+    if act_order:
+        if nm is not None:
+            raise ValueError("act_order orders an unstructured mask's columns, not N:M groups")
+        perm = torch.argsort(hessian.diagonal(), descending=True, stable=True)
+        w, keep = sparsegpt_prune(weight[:, perm], hessian[perm][:, perm], sparsity, None, damp,
+                                  block_size, per_row)
+        back = torch.argsort(perm)
+        return w[:, back], keep[:, back]
     w, h = without_dead_inputs(weight, hessian)  # always-zero inputs: their weights go first
     rows, cols = w.shape
     hinv = inverse_hessian_factor(h, damp, "SparseGPT")
