@@ -1,9 +1,10 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
-from _helpers import toy_image_data
+from _helpers import tiny_clip_config, toy_image_data
 from torch import nn
 from transformers import SiglipConfig, SiglipModel
 
@@ -234,4 +235,27 @@ def test_a_model_folder_with_a_broken_file_is_a_one_line_error(tiny_clip_folder,
         text = json.dumps(config)
     path.write_text(text)
     with pytest.raises(CheckpointError, match="cannot be loaded as a clip model folder"):
+        load_model(tiny_clip_folder)
+
+
+def test_an_invalid_config_value_is_named_in_full(tiny_clip_folder):
+    path = tiny_clip_folder / "config.json"
+    config = json.loads(path.read_text())
+    config["vision_config"]["num_attention_heads"] = 3  # 32 is no multiple of it
+    path.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"not a multiple of the number of attention "
+                       r"heads \(3\)") as caught:
+        load_model(tiny_clip_folder)
+    assert "\n" not in str(caught.value)
+
+
+def test_weights_of_another_width_name_the_first_mismatched_tensor(tiny_clip_folder, tmp_path):
+    from transformers import CLIPModel
+
+    wider = tiny_clip_config()
+    wider.text_config.hidden_size = 64
+    CLIPModel(wider).save_pretrained(tmp_path / "wider")
+    shutil.copy(tmp_path / "wider" / "model.safetensors", tiny_clip_folder)
+    with pytest.raises(CheckpointError, match=r"weight 'text_model\.\S+' in model\.safetensors "
+                       r"has shape \[[^\]]*64\], but its config\.json makes it \[[^\]]*32\]"):
         load_model(tiny_clip_folder)

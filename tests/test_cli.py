@@ -284,6 +284,30 @@ def test_missing_calibration_data_is_named_before_the_evaluation_runs(tiny_clip,
                             data=toy_image_data(), calibration_data=uneven, progress=False)
 
 
+def test_python_arguments_of_the_wrong_type_are_one_line_user_errors(tiny_clip):
+    import torch
+
+    import mmcompress
+    from mmcompress.errors import DataError, UserError
+
+    recipe = {"stages": [{"quantize": {"method": "rtn"}}]}
+    with pytest.raises(UserError, match="^load takes an output folder's path, not NoneType$"):
+        mmcompress.load(None)
+    with pytest.raises(UserError, match=r"^the model must be a name, a path or an Adapter, not "
+                                        r"Linear Linear\(in_features=3"):
+        mmcompress.compress(torch.nn.Linear(3, 3), recipe, progress=False)
+    with pytest.raises(DataError, match="^the data must be a name, a path or a Dataset, not "
+                                        "int 5$"):
+        mmcompress.compress(tiny_clip, recipe, data=5, progress=False)
+    with pytest.raises(DataError, match="^the data must be .* not list"):
+        mmcompress.evaluate(tiny_clip, data=[1, 2])
+    with pytest.raises(DataError, match="^the data is empty: give a name or a path$"):
+        mmcompress.evaluate(tiny_clip, data=" ")
+    result = CliRunner().invoke(app, ["inspect", ""])
+    assert result.exit_code == 2 and result.output.strip() == \
+        "error: the model is empty: give a name or a path"
+
+
 def test_a_stages_training_data_is_read_before_the_evaluation_runs(tiny_clip, tmp_path,
                                                                    monkeypatch):
     """A finetune stage's `data:` was first read when the stage ran, after the evaluation and

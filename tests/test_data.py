@@ -128,6 +128,23 @@ def test_16_bit_grey_images_keep_their_values(tmp_path):
     np.testing.assert_allclose(img[..., 0], grey / 65535, atol=1e-6)
 
 
+def test_float_images_keep_their_values_and_refuse_nan_and_out_of_range(tmp_path):
+    """Pillow's RGB conversion turns a float image's NaN into 0 and its [0, 1] into black."""
+    grey = np.linspace(0, 1, 12 * 10, dtype=np.float32).reshape(12, 10)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    Image.fromarray(grey, "F").save(tmp_path / "a" / "x.tiff")
+    _image(tmp_path / "b" / "y.png")
+    np.testing.assert_array_equal(load_data(tmp_path).load_image(0)[..., 0], grey)
+    for bad, why in ((np.nan, "holds NaN or Inf"), (np.inf, "holds NaN or Inf"),
+                     (255.0, "values from 0 to 255")):
+        grey[3, 4] = bad
+        Image.fromarray(grey, "F").save(tmp_path / "a" / "x.tiff")
+        with pytest.raises(DataError, match=f"image .*x.tiff {why}|x.tiff is a float image "
+                                            f"with {why}"):
+            load_data(tmp_path).load_image(0)
+
+
 def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
     (tmp_path / "pairs.tsv").write_text("\ufeffscore\tsentence1\tsentence2\n0.9\ta\tb\n0.1\tc\td\n",
                                         encoding="utf-8")

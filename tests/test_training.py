@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from train_worker import tiny_data
 
 from mmcompress.adapters.classifier import ImageClassifierAdapter, cifar_tensor
@@ -133,6 +134,22 @@ def test_checkpoint_of_a_run_training_other_parameters_is_refused(tmp_path):
     other.model.layer2.requires_grad_(False)
     with pytest.raises(CheckpointError, match="other settings"):
         other.fit()
+
+
+def test_a_checkpoint_holding_nan_or_a_latest_naming_no_step_is_refused_on_resume(tmp_path):
+    _trainer(tmp_path, max_steps=2, checkpoint_every=1).fit()
+    step = latest_checkpoint(tmp_path)
+    weights = load_file(step / "model.safetensors")
+    weights["linear.weight"][0, 0] = float("nan")
+    save_file(weights, step / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"model.safetensors: tensor 'linear.weight' "
+                       r"holds NaN or Inf values; resume from an earlier step-N"):
+        _trainer(tmp_path, max_steps=2, checkpoint_every=1).fit()
+    for name in ("", "..", "step-1/x"):
+        (tmp_path / "latest").write_text(name)
+        with pytest.raises(CheckpointError, match=f"should name a step-N folder beside it, "
+                                                  f"but holds '{re.escape(name)}'"):
+            latest_checkpoint(tmp_path)
 
 
 def test_resume_must_fails_without_checkpoint(tmp_path):

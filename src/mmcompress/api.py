@@ -190,7 +190,7 @@ def _reload_base(model: str | Path) -> Adapter | None:
 def _data_spec(data: str | Path | Dataset | None) -> str | None:
     """The evaluation data as `evaluate` can load it again (a path made absolute), or None:
     the model's default, or data built in Python."""
-    if data is None or isinstance(data, Dataset):
+    if not isinstance(data, str | Path):  # None (the model's default), a Dataset, or bad
         return None
     path = Path(data)
     return str(path.resolve()) if path.exists() else str(data)
@@ -352,6 +352,8 @@ def load(path: str | Path, compiled: bool = False, unpack: bool = False) -> Adap
     tower compiles on its first call, for each new input shape). `unpack`: turn sparse and
     weight-only quantized layers into the dense layers they compute (see
     `mmcompress.modules.unpack`): dense speed and memory from a small file."""
+    if not isinstance(path, str | Path):
+        raise UserError(f"load takes an output folder's path, not {type(path).__name__}")
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path} is not a folder")

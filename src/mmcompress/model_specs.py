@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .adapters import HF_MODEL_TYPES, Adapter
-from .errors import CheckpointError, UserError
+from .errors import CheckpointError, UserError, require_spec
 
 MANIFEST = "mmcompress.json"
 
@@ -73,6 +73,7 @@ def load_model(spec: str | Path | Adapter, progress: bool = True) -> Adapter:
     """Resolve a model spec. Bad specs raise `UserError` naming what was expected."""
     if isinstance(spec, Adapter):
         return spec
+    require_spec(spec, "the model", Adapter)
     text = str(spec)
     if text in NAMED_SPECS:
         adapter = NAMED_SPECS[text](progress)
@@ -130,6 +131,7 @@ def _load_path(path: Path) -> Adapter:
     except UserError:
         raise
     except Exception as exc:  # a file of the folder that does not read as it should
-        why = str(exc).splitlines()[0] if str(exc) else ""
+        why = " ".join(str(exc).split())  # the whole reason, on one line
+        why = why if len(why) <= 300 else why[:297] + "..."
         raise CheckpointError(f"{path} cannot be loaded as a {model_type} model folder "
                               f"({type(exc).__name__}: {why})") from None

@@ -147,11 +147,11 @@ class Adapter(ABC):
         for kind, named in (("weight", self.model.named_parameters()),
                             ("buffer", self.model.named_buffers())):
             for name, t in named:
-                if t.is_floating_point() and not _all_finite(t):
+                if t.is_floating_point() and not all_finite(t):
                     raise CheckpointError(f"{kind} {name!r} holds NaN or Inf values")
 
 
-def _all_finite(t: torch.Tensor, chunk: int = 1 << 18) -> bool:
+def all_finite(t: torch.Tensor, chunk: int = 1 << 18) -> bool:
     """Whether every value is finite, checked a slice at a time: a whole-tensor mask would
     add a byte per weight to the peak memory of loading a model."""
     flat = t.detach().reshape(-1)

@@ -38,11 +38,35 @@ def pretrained(model_cls: Any, folder: str | Path, **kwargs: Any) -> Any:
         with quiet_hf():
             return model_cls.from_pretrained(str(folder), local_files_only=True,
                                              use_safetensors=True, **kwargs)
+    except RuntimeError as exc:  # transformers reports size mismatches in its log only
+        mismatch = _size_mismatch(model_cls, Path(folder)) \
+            if "mismatched_sizes" in str(exc) else None
+        if mismatch is None:
+            raise
+        raise CheckpointError(f"cannot load {folder}: {mismatch}") from None
     except (OSError, ValueError, SafetensorError) as exc:
         first = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() \
             else type(exc).__name__
         raise CheckpointError(f"cannot load {folder}: {first} (only safetensors weights are "
                               "read)") from None
+
+
+def _size_mismatch(model_cls: Any, folder: Path) -> str | None:
+    """The first weight of `folder`'s safetensors files whose shape differs from the one its
+    config.json gives `model_cls` (built on the meta device: no memory), in words."""
+    from safetensors import safe_open
+
+    with quiet_hf(), torch.device("meta"):
+        expected = model_cls(model_cls.config_class.from_pretrained(str(folder))).state_dict()
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (a safetensors handle, no mapping)
+                want = expected.get(key)
+                got = list(f.get_slice(key).get_shape())
+                if want is not None and list(want.shape) != got:
+                    return (f"weight {key!r} in {file.name} has shape {got}, but its config.json "
+                            f"makes it {list(want.shape)}")
+    return None
 
 
 def has_tokenizer(folder: Path) -> bool:

@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import DataError
+from ..errors import DataError, require_spec
 from .cifar import cifar10_test, lit_cifar_eval
 from .dataset import Dataset, load_image
 from .demo import demo_dataset
@@ -43,6 +43,7 @@ def load_data(spec: str | Path | Dataset) -> Dataset:
     """Resolve a data spec. Unknown or unreadable input raises `DataError`."""
     if isinstance(spec, Dataset):
         return spec
+    require_spec(spec, "the data", Dataset, error=DataError)
     if str(spec) in NAMED_DATA:  # named as asked for (reports print a spec), its note kept
         data = NAMED_DATA[str(spec)]()
         _, note, rest = data.name.partition(" (")

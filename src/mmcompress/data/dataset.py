@@ -204,10 +204,24 @@ def load_image(ref: ImageRef) -> np.ndarray:
                 im = ImageOps.exif_transpose(opened)
                 if im.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grey: RGB clips at 255
                     return np.clip(np.asarray(im, dtype=np.float32) / 65535.0, 0, 1)[..., None]
+                if im.mode == "F":  # float grey: RGB would turn NaN into 0 and 0.5 into 0
+                    return _float_grey(np.asarray(im, dtype=np.float32), ref)
                 arr = np.asarray(_on_white(im), dtype=np.float32) / 255.0
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot read image {ref}: {exc}") from None
     return arr
+
+
+def _float_grey(arr: np.ndarray, ref: ImageRef) -> np.ndarray:
+    """A float image file's values as they are (H×W×1), refused unless finite and in [0, 1],
+    the range float arrays are read in."""
+    if not np.isfinite(arr).all():
+        raise DataError(f"image {ref} holds NaN or Inf values")
+    low, high = float(arr.min(initial=0)), float(arr.max(initial=0))
+    if low < 0 or high > 1:
+        raise DataError(f"image {ref} is a float image with values from {low:g} to {high:g}; "
+                        "float images are read in [0, 1]: scale it, or save it as 8-bit")
+    return arr[..., None]
 
 
 def _on_white(im: Image.Image) -> Image.Image:

@@ -21,6 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..adapters.base import all_finite
 from ..errors import CheckpointError
 from ..io.atomic import write_text_atomic
 from ..io.checkpoint import state_for_saving
@@ -95,7 +96,11 @@ def latest_checkpoint(folder: Path) -> Path | None:
     pointer = folder / LATEST
     if not pointer.is_file():
         return None
-    path = folder / pointer.read_text().strip()
+    name = pointer.read_text().strip()
+    path = folder / name
+    if name in ("", ".", "..") or Path(name).name != name:  # one folder beside `latest`
+        raise CheckpointError(f"{pointer} should name a step-N folder beside it, but holds "
+                              f"{name!r}")
     if not (path / STATE).is_file():
         raise CheckpointError(f"{pointer} names {path.name}, which is missing or incomplete")
     return path
@@ -109,10 +114,17 @@ def read_state(path: Path) -> dict[str, Any]:
 
 
 def _load(path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint file's tensors, refused when unreadable or holding NaN or Inf (a damaged
+    file, or a run that diverged before writing it: resuming would not train)."""
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path} cannot be read: {exc}") from None
+    for name, t in tensors.items():
+        if t.is_floating_point() and not all_finite(t):
+            raise CheckpointError(f"{path}: tensor {name!r} holds NaN or Inf values; resume "
+                                  "from an earlier step-N (name it in 'latest') or start over")
+    return tensors
 
 
 def load_training_checkpoint(
