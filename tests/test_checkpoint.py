@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 import torch
@@ -194,13 +195,22 @@ def test_an_edited_model_description_is_refused_even_when_the_shapes_still_fit(s
         mmcompress.load(saved)
 
 
-def test_a_manifest_that_cannot_be_built_is_a_checkpoint_error(saved):
-    """Any failure while rebuilding (here torch refusing bits -1) is the manifest's fault."""
+@pytest.mark.parametrize("field,value,why", [
+    ("bits", -1, "bits must be an integer from 2 to 8, got -1"),
+    ("bits", 9, "bits must be an integer from 2 to 8, got 9"),
+    ("group_size", 0, "group_size must be a positive integer or none, got 0"),
+    ("group_size", 16.0, "group_size must be a positive integer or none, got 16.0"),
+    ("symmetric", "no", "symmetric must be true or false, got 'no'"),
+])
+def test_a_manifest_that_cannot_be_built_is_a_checkpoint_error(saved, field, value, why):
+    """Any failure while rebuilding is the manifest's fault; a grid the recipe would refuse
+    (group_size 0 used to load as per-channel) is one."""
     _rewrite_weights(saved, load_file(str(saved / "model.safetensors")))
     manifest = json.loads((saved / "mmcompress.json").read_text())
-    manifest["modules"]["text_model.encoder.layers.0.mlp.fc1"]["bits"] = -1
+    manifest["modules"]["text_model.encoder.layers.0.mlp.fc1"][field] = value
     (saved / "mmcompress.json").write_text(json.dumps(manifest))
-    with pytest.raises(CheckpointError, match="mmcompress.json describes cannot be rebuilt"):
+    with pytest.raises(CheckpointError, match=f"mmcompress.json describes cannot be rebuilt "
+                                              f".*{re.escape(why)}"):
         mmcompress.load(saved)
 
 

@@ -476,7 +476,7 @@ def test_sensitivity_of_a_model_with_nothing_left_to_quantize_says_so(tiny_clip)
     stage = load_recipe({"stages": [{"quantize": {"method": "rtn", "bits": 8}}]}).stages[0]
     METHODS[("quantize", "rtn")].apply(tiny_clip, stage.config, StageContext(progress=False))
     with pytest.raises(UserError, match="no plain linear or convolution layer left to probe"):
-        sensitivity(tiny_clip, toy_image_data(), QuantGrid(bits=4, group_size=0), 4,
+        sensitivity(tiny_clip, toy_image_data(), QuantGrid(bits=4), 4,
                     progress=False)
 
 

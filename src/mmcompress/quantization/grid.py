@@ -27,6 +27,17 @@ class QuantGrid:
     group_size: int | None = None
     symmetric: bool = True
 
+    def __post_init__(self) -> None:
+        # recipes are validated where they are read; this guards grids read back from a file
+        if type(self.bits) is not int or not 2 <= self.bits <= 8:
+            raise ValueError(f"bits must be an integer from 2 to 8, got {self.bits!r}")
+        if self.group_size is not None and (type(self.group_size) is not int
+                                            or self.group_size < 1):
+            raise ValueError(f"group_size must be a positive integer or none, got "
+                             f"{self.group_size!r}")
+        if not isinstance(self.symmetric, bool):
+            raise ValueError(f"symmetric must be true or false, got {self.symmetric!r}")
+
     def width(self, cols: int) -> int:
         """Columns per group for rows of `cols` values."""
         return min(self.group_size or cols, cols)
