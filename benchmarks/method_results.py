@@ -51,7 +51,10 @@ SECTIONS = [
      " (`permute`): their 2:4 rows were rerun then (`--update --methods"
      " wanda,sparsegpt,admm,magnitude-perm --settings 2:4`; `magnitude-perm` is magnitude with"
      " `permute: true`), and the rows they replaced are in \"N:M groups over each layer's own"
-     " inputs\". The other variants' 2:4 rows are older: `--own-order` reproduces them."),
+     " inputs\". The other variants' 2:4 rows are older: `--own-order` reproduces them."
+     " `wanda-seq` (Wanda's defaults, swaps included, with sequential statistics) was added in"
+     " session 33 (`--update --methods wanda-seq --settings 0.6,0.7`): it lost fidelity"
+     " against `wanda` at both, so `sequential: false` stays Wanda's default."),
     ("Wanda with OWL sparsity per block", "prune_owl.json",
      "python -m benchmarks.prune_unstructured benchmarks/results/prune_owl.json"
      " --methods wanda-noswap,wanda-noswap-owl --settings 0.6,0.7 --threads 1",
