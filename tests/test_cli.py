@@ -440,7 +440,14 @@ def test_evaluate_an_output_on_the_data_its_report_was_measured_on(tiny_clip_fol
     pets.rename(tmp_path / "moved")  # the data is gone: the model's default, no error
     result = runner.invoke(app, ["evaluate", str(out), "--metrics", "params"])
     assert result.exit_code == 0, result.output
-    assert "the data of this output's report" not in result.stderr
+    assert f"evaluated on {pets.resolve()}" not in result.stderr
+    assert f"note: {pets.resolve()}, the data of this output's report, is gone: evaluated on the " \
+        "model's default data" in result.stderr
+    (out / "report.json").write_text("{broken")
+    result = runner.invoke(app, ["evaluate", str(out), "--metrics", "params"])
+    assert result.exit_code == 0, result.output
+    assert "note: this output's report.json cannot be read: evaluated on the model's default " \
+        "data" in result.stderr
 
 
 def test_inspect_sensitivity_probes_a_per_channel_grid(tiny_clip_folder, tmp_path):

@@ -206,19 +206,23 @@ def _output_folder(model: str | Path | Adapter) -> Path | None:
         return None
 
 
-def _reported_data(folder: Path | None) -> str | None:
-    """The data an output folder's report was measured on, if it records it and it is still
-    there (a path moved away: None, the model's default)."""
+def _reported_data(folder: Path | None) -> tuple[str | None, str | None]:
+    """(the data an output folder's report was measured on, if it records it and it is still
+    there, else None: the model's default; a note on why a report's data is not used)."""
+    if folder is None or not (folder / "report.json").exists():
+        return None, None
     try:
-        if folder is None:
-            return None
         report = json.loads((folder / "report.json").read_text())
     except (OSError, ValueError):
-        return None
+        return None, ("this output's report.json cannot be read: evaluated on the model's "
+                      "default data")
     data = report.get("data") if isinstance(report, dict) else None
-    if not isinstance(data, str) or (Path(data).is_absolute() and not Path(data).exists()):
-        return None
-    return data
+    if not isinstance(data, str):
+        return None, None
+    if Path(data).is_absolute() and not Path(data).exists():
+        return None, (f"{data}, the data of this output's report, is gone: evaluated on the "
+                      "model's default data")
+    return data, f"evaluated on {data}, the data of this output's report"
 
 
 def is_output_folder(folder: Path, recipe: str | None = None,
@@ -394,9 +398,9 @@ def evaluate(
     notes = []
     weights = folder / WEIGHTS if folder is not None else None
     loaded = _file_state(weights)  # before its report is read: both must be of one output
-    if data is None and (reported := _reported_data(folder)) is not None:
-        data = reported  # what its report was measured on, not the base model's default
-        notes.append(f"evaluated on {reported}, the data of this output's report")
+    if data is None:  # what its report was measured on, not the base model's default
+        data, note = _reported_data(folder)
+        notes.extend([note] if note else [])
     adapter = load_model(model, progress=progress)
     if unpack:
         unpack_weights(adapter.model)
